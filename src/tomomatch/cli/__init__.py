@@ -1,0 +1,58 @@
+"""Command-line interface: a thin argparse layer over the Python API.
+
+Each subcommand lives in its own module ``tomomatch.cli.<name>`` exposing
+``register(subparsers)``, which adds a parser and sets ``func(args) -> int`` on it. Commands
+parse arguments, call one API function and return an exit code. Any
+:class:`tomomatch.errors.InputError` becomes one line on stderr and exit status 2 (the
+traceback only with ``--debug``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import InputError
+
+# Order is the order shown in --help. Add a command by adding its module here.
+COMMANDS: list[str] = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tomomatch",
+        description="Defocus-gradient-aware 3D template matching for cryo-ET.")
+    parser.add_argument("--version", action="version", version=f"tomomatch {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        if args.debug:
+            raise
+        print(f"tomomatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:  # pragma: no cover - console entry
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

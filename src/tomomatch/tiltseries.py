@@ -1,0 +1,132 @@
+"""The typed tilt-series object every reader produces and every consumer takes.
+
+Units follow :mod:`tomomatch.conventions`: tilt angles in degrees (IMOD/RELION sign), dose
+accumulated before each tilt in e/A^2, defocus in micrometres (+ = underfocus), astigmatism
+angle and phase shift in degrees, voltage kV, Cs mm, pixel sizes Angstrom.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .conventions import check_hand
+from .errors import InputError
+
+__all__ = ["TiltSeries"]
+
+MAX_PLAUSIBLE_DEFOCUS_UM = 100.0
+
+
+def _as_array(values, n: int | None, name: str, source: str | None, fill: float | None = None,
+              dtype=float) -> np.ndarray:
+    if values is None:
+        if fill is None:
+            raise InputError(f"missing per-tilt field {name}", source, name)
+        return np.full(n, fill, dtype=dtype)
+    arr = np.array(values, dtype=dtype).reshape(-1)
+    if n is not None and arr.size != n:
+        raise InputError(f"{arr.size} values, expected one per tilt ({n})", source, name)
+    if dtype is float and not np.all(np.isfinite(arr)):
+        raise InputError("contains NaN or Inf; expected finite numbers", source, name)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class TiltSeries:
+    """Per-tilt and per-series metadata of one tilt series.
+
+    Per-tilt arrays all have length ``n_tilts`` and are in acquisition-stack order.
+    ``hand`` is the defocus handedness if the metadata state it (RELION rlnTomoHand, Warp
+    AreAnglesInverted), else ``None``. ``extra`` keeps source fields that have no slot here.
+    """
+
+    tilt_angles_deg: np.ndarray
+    accumulated_dose: np.ndarray | None = None
+    defocus_u_um: np.ndarray | None = None
+    defocus_v_um: np.ndarray | None = None
+    astigmatism_angle_deg: np.ndarray | None = None
+    phase_shift_deg: np.ndarray | None = None
+    excluded: np.ndarray | None = None
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    pixel_size_angstrom: float | None = None
+    hand: int | None = None
+    tilt_axis_angle_deg: float = 0.0
+    name: str = ""
+    source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        src = self.source
+        angles = _as_array(self.tilt_angles_deg, None, "tilt angle", src)
+        n = angles.size
+        if n == 0:
+            raise InputError("no tilts; expected at least one tilt angle", src, "tilt angle")
+        if np.any(np.abs(angles) > 90):
+            bad = angles[np.abs(angles) > 90][0]
+            raise InputError(f"tilt angle {bad:g} outside -90..90 degrees", src, "tilt angle")
+        set_ = object.__setattr__
+        set_(self, "tilt_angles_deg", angles)
+        set_(self, "accumulated_dose", _as_array(self.accumulated_dose, n, "dose", src, fill=0.0))
+        if np.any(self.accumulated_dose < 0):
+            raise InputError("negative dose; expected accumulated e/A^2 >= 0", src, "dose")
+        if self.defocus_u_um is not None:
+            du = _as_array(self.defocus_u_um, n, "defocus", src)
+            dv = du.copy() if self.defocus_v_um is None else _as_array(self.defocus_v_um, n, "defocus V", src)
+            for arr, label in ((du, "defocus"), (dv, "defocus V")):
+                if np.any(np.abs(arr) > MAX_PLAUSIBLE_DEFOCUS_UM):
+                    raise InputError(
+                        f"defocus {np.max(np.abs(arr)):g} um is implausible (> {MAX_PLAUSIBLE_DEFOCUS_UM:g});"
+                        " expected micrometres (was it given in Angstrom or nm?)", src, label)
+            set_(self, "defocus_u_um", du)
+            set_(self, "defocus_v_um", dv)
+        elif self.defocus_v_um is not None:
+            raise InputError("defocus V given without defocus U", src, "defocus")
+        set_(self, "astigmatism_angle_deg", _as_array(self.astigmatism_angle_deg, n, "astigmatism angle", src, fill=0.0))
+        set_(self, "phase_shift_deg", _as_array(self.phase_shift_deg, n, "phase shift", src, fill=0.0))
+        set_(self, "excluded", _as_array(self.excluded, n, "excluded", src, fill=False, dtype=bool))
+        if self.hand is not None:
+            try:
+                set_(self, "hand", check_hand(self.hand))
+            except ValueError as exc:
+                raise InputError(str(exc), src, "hand") from None
+        for name in ("voltage_kv", "cs_mm", "amplitude_contrast"):
+            v = float(getattr(self, name))
+            if not np.isfinite(v) or v < 0:
+                raise InputError(f"{name} = {v!r}; expected a finite non-negative number", src, name)
+            set_(self, name, v)
+        if not 0 <= self.amplitude_contrast < 1:
+            raise InputError(f"amplitude contrast {self.amplitude_contrast} outside [0, 1)", src, "amplitude_contrast")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def n_tilts(self) -> int:
+        return int(self.tilt_angles_deg.size)
+
+    @property
+    def has_defocus(self) -> bool:
+        return self.defocus_u_um is not None
+
+    @property
+    def defocus_um(self) -> np.ndarray:
+        """Mean of defocus U and V per tilt (micrometres, + = underfocus)."""
+        if self.defocus_u_um is None:
+            raise InputError("tilt metadata hold no defocus; give --defocus", self.source, "defocus")
+        return 0.5 * (self.defocus_u_um + self.defocus_v_um)
+
+    def included(self) -> "TiltSeries":
+        """A copy without the excluded tilts."""
+        keep = ~self.excluded
+        per_tilt = {k: getattr(self, k)[keep] for k in (
+            "tilt_angles_deg", "accumulated_dose", "astigmatism_angle_deg", "phase_shift_deg", "excluded")}
+        if self.defocus_u_um is not None:
+            per_tilt["defocus_u_um"] = self.defocus_u_um[keep]
+            per_tilt["defocus_v_um"] = self.defocus_v_um[keep]
+        return replace(self, **per_tilt)
+
+    def with_(self, **changes) -> "TiltSeries":
+        """``dataclasses.replace`` with validation (e.g. ``ts.with_(hand=-1)``)."""
+        return replace(self, **changes)
