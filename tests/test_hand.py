@@ -1,0 +1,191 @@
+"""Tests of the handedness statistics, pairing, figure, report, CLI and per-particle rescoring."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.optimize import linear_sum_assignment
+
+from tomomatch.hand import (HandScores, compare_hands, hand_statistics, pair_particles, read_report,
+                            write_report)
+from tomomatch.hand_plots import plot_hand, quadratic_fit_band
+
+
+def _synthetic(true_hand: int, n: int = 120, noise: float = 4e-4, gain_per_angstrom: float = 1e-6,
+               seed: int = 3) -> HandScores:
+    """Scores whose true-hand advantage grows linearly with |x|, plus paired noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2500.0, 2500.0, n)
+    base = rng.normal(0.4, 0.03, n)  # particle-to-particle spread, shared by both hands
+    gain = true_hand * gain_per_angstrom * np.abs(x)
+    return HandScores(x_angstrom=x, score_plus=base + gain / 2 + rng.normal(0, noise, n),
+                      score_minus=base - gain / 2 + rng.normal(0, noise, n), score_zero=base)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("true_hand", [1, -1])
+def test_statistics_recover_known_sign(true_hand):
+    sc = _synthetic(true_hand)
+    r = hand_statistics(sc, seed=11)
+    assert r["verdict"] == true_hand
+    assert r["p"] < 1e-6
+    lo, hi = r["bootstrap"]["mean_delta_interval"]
+    assert (lo > 0 and hi > 0) if true_hand == 1 else (lo < 0 and hi < 0)
+    assert np.sign(r["trend_abs_x"]["slope_per_angstrom"]) == true_hand
+    # independent computation of the reported numbers
+    d = sc.score_plus - sc.score_minus
+    assert r["mean_delta"] == pytest.approx(d.mean())
+    assert r["wilcoxon"]["p"] == pytest.approx(stats.wilcoxon(d).pvalue)
+    k = int((d > 0).sum())
+    assert r["sign_test"]["k_plus"] == k
+    assert r["sign_test"]["p"] == pytest.approx(stats.binomtest(k, d.size).pvalue)
+    slope = np.polyfit(np.abs(sc.x_angstrom), d, 1)[0]
+    assert r["trend_abs_x"]["slope_per_angstrom"] == pytest.approx(slope, rel=1e-6)
+    # the bootstrap interval brackets the mean and has about the normal-theory width
+    se = d.std(ddof=1) / np.sqrt(d.size)
+    assert lo < d.mean() < hi
+    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.2)
+
+
+def test_statistics_zero_mean_is_undetermined():
+    sc = _synthetic(0, seed=5)
+    r = hand_statistics(sc, seed=2)
+    assert r["verdict"] == "undetermined"
+    lo, hi = r["bootstrap"]["mean_delta_interval"]
+    assert lo < 0 < hi
+    assert "contains 0" in r["reason"]
+
+
+def test_statistics_bootstrap_is_seeded():
+    sc = _synthetic(1, n=40, noise=2e-3)
+    a = hand_statistics(sc, seed=7)["bootstrap"]["mean_delta_interval"]
+    b = hand_statistics(sc, seed=7)["bootstrap"]["mean_delta_interval"]
+    c = hand_statistics(sc, seed=8)["bootstrap"]["mean_delta_interval"]
+    assert a == b and a != c
+
+
+def test_statistics_too_few_particles():
+    sc = _synthetic(1, n=6)
+    r = hand_statistics(sc)
+    assert r["verdict"] == "undetermined"
+    assert "too few particles" in r["reason"]
+    empty = HandScores(np.zeros(0), np.zeros(0), np.zeros(0))
+    assert hand_statistics(empty)["verdict"] == "undetermined"
+
+
+def test_statistics_zero_deltas_dropped():
+    # the centre tile of a tiled run gives identical scores under both hands
+    sc = _synthetic(1, n=60)
+    plus = sc.score_plus.copy()
+    plus[:20] = sc.score_minus[:20]
+    r = hand_statistics(HandScores(sc.x_angstrom, plus, sc.score_minus))
+    assert r["n_nonzero_delta"] == 40
+    assert r["wilcoxon"]["p"] == pytest.approx(stats.wilcoxon((plus - sc.score_minus)[20:]).pvalue)
+
+
+def test_statistics_contradicting_trend_is_undetermined():
+    # +1 better on average, but the advantage shrinks with |x|: not a defocus gradient
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-3000, 3000, 200)
+    d = 3e-3 - 1e-6 * np.abs(x) + rng.normal(0, 1e-4, x.size)
+    d = np.clip(d, 1e-5, None)
+    r = hand_statistics(HandScores(x, 0.5 + d, np.full(x.size, 0.5)))
+    assert r["verdict"] == "undetermined"
+    assert "trend" in r["reason"]
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+def _brute_force_max_pairs(a, b, r):
+    d = np.linalg.norm(a[:, None] - b[None], axis=-1)
+    big = 1e6
+    cost = np.where(d <= r, d, big)
+    rows, cols = linear_sum_assignment(cost)
+    ok = cost[rows, cols] < big
+    return int(ok.sum()), float(cost[rows[ok], cols[ok]].sum())
+
+
+def test_pairing_one_to_one_and_radius():
+    rng = np.random.default_rng(4)
+    a = rng.uniform(0, 60, (80, 3))
+    b = np.concatenate([a[:60] + rng.normal(0, 1.5, (60, 3)), rng.uniform(0, 60, (30, 3))])
+    b = b[rng.permutation(len(b))]
+    r = 4.0
+    ia, ib, dist = pair_particles(a, b, r)
+    assert len(set(ia.tolist())) == ia.size and len(set(ib.tolist())) == ib.size
+    assert np.all(dist <= r)
+    np.testing.assert_allclose(dist, np.linalg.norm(a[ia] - b[ib], axis=1))
+    n_ref, total_ref = _brute_force_max_pairs(a, b, r)
+    assert ia.size == n_ref
+    assert dist.sum() == pytest.approx(total_ref)
+
+
+def test_pairing_prefers_one_to_one_over_greedy():
+    # greedy nearest neighbour would give b0 to a1 and leave a0 unpaired
+    a = np.array([[0.0, 0, 0], [1.5, 0, 0]])
+    b = np.array([[1.0, 0, 0], [3.0, 0, 0]])
+    ia, ib, dist = pair_particles(a, b, 1.6)
+    assert ia.tolist() == [0, 1] and ib.tolist() == [0, 1]
+    ia, ib, _ = pair_particles(a, b, 0.4)
+    assert ia.size == 0
+    assert pair_particles(np.zeros((0, 3)), b, 1.0)[0].size == 0
+
+
+def test_compare_hands_pairs_and_orients():
+    sc = _synthetic(-1, n=80)
+    rng = np.random.default_rng(9)
+    pos = np.stack([sc.x_angstrom, rng.uniform(-2000, 2000, 80), rng.uniform(-300, 300, 80)], 1)
+    perm = rng.permutation(80)
+    # run A was matched with -1, run B with +1 and lists its particles in another order
+    paired, rep = compare_hands(pos, sc.score_minus, -1, pos[perm] + 5.0, sc.score_plus[perm], 1,
+                                max_distance_angstrom=20.0, seed=1)
+    assert rep["pairing"]["n_pairs"] == 80
+    assert rep["verdict"] == -1
+    # each pair's x is the mean of its two positions; its delta is that particle's s(+1) - s(-1)
+    src = np.argsort(sc.x_angstrom)
+    order = np.argsort(paired.x_angstrom)
+    np.testing.assert_allclose(paired.x_angstrom[order], sc.x_angstrom[src] + 2.5)
+    np.testing.assert_allclose(paired.delta[order], sc.delta[src])
+    from tomomatch.errors import InputError
+    with pytest.raises(InputError):
+        compare_hands(pos, sc.score_minus, 1, pos, sc.score_plus, 1, max_distance_angstrom=20.0)
+
+
+# --------------------------------------------------------------------------- figure and report
+
+
+def test_quadratic_band_matches_statsmodels_style_formula():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-10, 10, 50)
+    y = 0.3 * x ** 2 - x + 2 + rng.normal(0, 1, 50)
+    xe = np.array([-10.0, 0.0, 7.0])
+    fit, lo, hi = quadratic_fit_band(x, y, xe)
+    # independent: np.polyfit with its own covariance (scaled by chi2/dof)
+    p, cov = np.polyfit(x, y, 2, cov="unscaled")
+    resid = y - np.polyval(p, x)
+    cov = cov * (resid @ resid) / (x.size - 3)
+    J = np.stack([xe ** 2, xe, np.ones_like(xe)], 1)
+    se = np.sqrt(np.einsum("ij,jk,ik->i", J, cov, J))
+    t = stats.t.ppf(0.975, x.size - 3)
+    np.testing.assert_allclose(fit, np.polyval(p, xe), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(hi - fit, t * se, rtol=1e-6)
+    np.testing.assert_allclose(fit - lo, t * se, rtol=1e-6)
+
+
+def test_figure_and_report_written(tmp_path):
+    sc = _synthetic(1, n=50)
+    r = hand_statistics(sc)
+    png = plot_hand(tmp_path / "hand.png", sc, r)
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.part"))
+    out = write_report(tmp_path / "hand.json", r, sc)
+    doc = json.loads(out.read_text())
+    assert doc["verdict"] == 1 and len(doc["particles"]["delta"]) == 50
+    rep, back = read_report(out)
+    np.testing.assert_allclose(back.delta, sc.delta)
+    assert rep["wilcoxon"]["p"] == pytest.approx(r["wilcoxon"]["p"])
