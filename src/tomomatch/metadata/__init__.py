@@ -1,0 +1,19 @@
+"""Tilt-series metadata readers and writers.
+
+Every reader returns values in tomomatch units (:mod:`tomomatch.conventions`): tilt angles in
+degrees with the IMOD/RELION sign, dose accumulated before each tilt in e/A^2, defocus in
+micrometres (positive = underfocus), astigmatism angle and phase shift in degrees. Structured
+sources return a :class:`tomomatch.tiltseries.TiltSeries`; :func:`load_tilt_series` combines a
+primary source with extra files and scalar overrides. All writers are atomic.
+"""
+from __future__ import annotations
+
+from .relion import list_relion5_tomograms, read_relion5, write_relion5
+from .text import (read_defocus_text, read_dose, read_imod_defocus, read_tilt_angles, write_dose,
+                   write_imod_defocus, write_tilt_angles)
+
+__all__ = [
+    "read_tilt_angles", "read_dose", "read_defocus_text", "read_imod_defocus",
+    "read_relion5", "list_relion5_tomograms",
+    "write_tilt_angles", "write_dose", "write_imod_defocus", "write_relion5",
+]

@@ -1,0 +1,263 @@
+"""Plain-text tilt metadata: IMOD ``.rawtlt``/``.tlt``, dose lists, defocus lists, ctfplotter ``.defocus``."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import InputError
+from ..tiltseries import MAX_PLAUSIBLE_DEFOCUS_UM, TiltSeries
+from ._common import (check_count, check_tilt_angles, finite_array, numeric_rows, parse_float, read_text,
+                      require_file, write_text_atomic)
+
+__all__ = [
+    "read_tilt_angles", "read_dose", "read_defocus_text", "read_imod_defocus",
+    "write_tilt_angles", "write_dose", "write_imod_defocus",
+    "IMOD_FLAG_ASTIGMATISM", "IMOD_FLAG_ASTIG_RADIANS", "IMOD_FLAG_PHASE", "IMOD_FLAG_PHASE_RADIANS",
+    "IMOD_FLAG_INVERT_ANGLES", "IMOD_FLAG_CUT_ON",
+]
+
+NM_PER_UM = 1000.0
+
+# ctfplotter/ctfphaseflip .defocus version-3 header flags (IMOD ctfphaseflip man page,
+# "Defocus File Format", as quoted in scipion-em/scipion-em-imod imod/utils.py).
+IMOD_FLAG_ASTIGMATISM = 1
+IMOD_FLAG_ASTIG_RADIANS = 2
+IMOD_FLAG_PHASE = 4
+IMOD_FLAG_PHASE_RADIANS = 8
+IMOD_FLAG_INVERT_ANGLES = 16
+IMOD_FLAG_CUT_ON = 32
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_tilt_angles(path) -> np.ndarray:
+    """Tilt angles in degrees from an IMOD ``.rawtlt`` / ``.tlt`` file.
+
+    One angle per line in stack order; blank lines and ``#`` comments are skipped. A file
+    with several columns per line uses the first column.
+
+    Raises
+    ------
+    InputError
+        Missing or empty file, a non-numeric or NaN field (with its line number), an angle
+        outside -90..90 degrees.
+    """
+    p = require_file(path, "tilt-angle")
+    rows = numeric_rows(p, "tilt-angle", "a tilt angle in degrees")
+    angles = np.array([r[0] for _, r in rows], dtype=float)
+    return check_tilt_angles(angles, p, [ln for ln, _ in rows])
+
+
+def read_dose(path, per_tilt: bool = False, tilt_angles_deg=None) -> np.ndarray:
+    """Accumulated dose (e/A^2 before each tilt) from a text file with one value per line.
+
+    Parameters
+    ----------
+    path
+        Text file, one non-negative dose per line in stack order (pytom's ``--dose-accumulation``
+        file holds accumulated values already, and is read as is).
+    per_tilt
+        If True the values are the dose *of* each exposure. They are accumulated assuming the
+        file (stack) order is the acquisition order: tilt ``i`` gets the sum of the values on
+        the lines before it, and the first tilt gets 0. A stack sorted by angle but acquired
+        dose-symmetrically cannot be accumulated from such a file; give accumulated values
+        or an ``.mdoc`` instead.
+    tilt_angles_deg
+        If given, the number of values must equal the number of tilts.
+    """
+    p = require_file(path, "dose")
+    rows = numeric_rows(p, "dose", "a dose in e/A^2")
+    values = np.array([r[0] for _, r in rows], dtype=float)
+    neg = np.flatnonzero(values < 0)
+    if neg.size:
+        i = int(neg[0])
+        raise InputError(f"dose {values[i]:g} is negative; expected e/A^2 >= 0", p, f"line {rows[i][0]}")
+    if tilt_angles_deg is not None:
+        check_count(values.size, np.asarray(tilt_angles_deg).size, p, "dose")
+    if per_tilt:
+        values = np.concatenate([[0.0], np.cumsum(values)[:-1]])
+    return values
+
+
+def _defocus_unit_hint(value: float) -> str:
+    v = abs(value)
+    return f"looks like nanometres ({v / 1e3:g} um?) or Angstrom ({v / 1e4:g} um?)"
+
+
+def read_defocus_text(path) -> np.ndarray:
+    """Per-tilt defocus in micrometres (positive = underfocus) from a plain text file.
+
+    One value per line in stack order. The unit is never guessed: a value above 100 um
+    (e.g. nanometres or Angstrom) raises :class:`InputError` asking for micrometres.
+    """
+    p = require_file(path, "defocus")
+    rows = numeric_rows(p, "defocus", "a defocus in micrometres")
+    values = np.array([r[0] for _, r in rows], dtype=float)
+    big = np.flatnonzero(np.abs(values) > MAX_PLAUSIBLE_DEFOCUS_UM)
+    if big.size:
+        i = int(big[0])
+        raise InputError(
+            f"defocus {values[i]:g} is implausible in micrometres ({_defocus_unit_hint(values[i])}); "
+            "expected micrometres, positive = underfocus", p, f"line {rows[i][0]}")
+    return values
+
+
+def _imod_lines(p) -> list[tuple[int, list[str]]]:
+    out = []
+    for lineno, line in enumerate(read_text(p, "IMOD defocus").splitlines(), start=1):
+        s = line.strip()
+        if s and not s.startswith("#"):
+            out.append((lineno, s.split()))
+    if not out:
+        raise InputError("is empty; expected an IMOD ctfplotter .defocus file", p)
+    return out
+
+
+def read_imod_defocus(path) -> dict[str, np.ndarray]:
+    """Read an IMOD ctfplotter/ctfphaseflip ``.defocus`` file (version 2 or 3).
+
+    Version is the 6th field of the first line. Version 2: every line is
+    ``startView endView startAngle endAngle defocus_nm`` (the first with the version
+    appended). Version 3: the first line is ``flags 0 0 0 0 3``; data lines are
+    ``startView endView startAngle endAngle defocus1_nm`` then, if ``flags & 1``,
+    ``defocus2_nm astigAngle``; if ``flags & 4`` the phase shift; if ``flags & 32`` the
+    cut-on frequency (read and ignored). ``flags & 2`` / ``& 8``: astigmatism angle / phase in
+    radians; ``flags & 16``: tilt angles are inverted (tomomatch negates them back). A first
+    line with 5 fields and no version is read as the version-2 layout.
+
+    Views are 1-based inclusive ranges; a range gives its defocus to every view in it, with
+    tilt angles interpolated linearly from startAngle to endAngle. All views from 1 to the
+    highest must be covered exactly once.
+
+    Returns
+    -------
+    dict
+        ``defocus_u_um``, ``defocus_v_um`` (um, + = underfocus), ``astigmatism_angle_deg``,
+        ``phase_shift_deg``, ``tilt_angles_deg`` (arrays, one per view), ``version`` and
+        ``flags`` (ints).
+    """
+    p = require_file(path, "IMOD defocus")
+    lines = _imod_lines(p)
+    first_no, first = lines[0]
+    version = 2
+    if len(first) >= 6:
+        v = parse_float(first[5], p, first_no, "the format version (2 or 3) as 6th field of line 1")
+        if v not in (2, 3):
+            raise InputError(f"format version {first[5]} not supported; expected 2 or 3", p, f"line {first_no}")
+        version = int(v)
+    elif len(first) != 5:
+        raise InputError(f"{len(first)} fields; expected 6 (version 2/3 header or data with version)",
+                         p, f"line {first_no}")
+    flags = 0
+    if version == 3:
+        flags = int(parse_float(first[0], p, first_no, "the flags value of the version-3 header"))
+        data = lines[1:]
+        if not data:
+            raise InputError("version-3 header but no data lines", p)
+    else:
+        data = [(first_no, first[:5])] + lines[1:]
+    astig = bool(flags & IMOD_FLAG_ASTIGMATISM)
+    phase = bool(flags & IMOD_FLAG_PHASE)
+    n_cols = 5 + (2 if astig else 0) + (1 if phase else 0) + (1 if flags & IMOD_FLAG_CUT_ON else 0)
+
+    records = []
+    for lineno, toks in data:
+        if len(toks) < n_cols:
+            raise InputError(f"{len(toks)} fields; expected {n_cols} for version {version}"
+                             f" with flags {flags}", p, f"line {lineno}")
+        vals = [parse_float(t, p, lineno, "a number") for t in toks[:n_cols]]
+        start, end = vals[0], vals[1]
+        if start != int(start) or end != int(end) or start < 1 or end < start:
+            raise InputError(f"view range {toks[0]}-{toks[1]} invalid; expected 1-based start <= end",
+                             p, f"line {lineno}")
+        df1 = vals[4] / NM_PER_UM
+        df2 = vals[5] / NM_PER_UM if astig else df1
+        ang = vals[6] if astig else 0.0
+        if astig and flags & IMOD_FLAG_ASTIG_RADIANS:
+            ang = math.degrees(ang)
+        ph = vals[5 + (2 if astig else 0)] if phase else 0.0
+        if phase and flags & IMOD_FLAG_PHASE_RADIANS:
+            ph = math.degrees(ph)
+        for d, label in ((df1, "defocus"), (df2, "defocus2")):
+            if abs(d) > MAX_PLAUSIBLE_DEFOCUS_UM:
+                raise InputError(f"{label} {d * NM_PER_UM:g} nm implausible; expected nanometres",
+                                 p, f"line {lineno}")
+        records.append((lineno, int(start), int(end), vals[2], vals[3], df1, df2, ang, ph))
+
+    n = max(r[2] for r in records)
+    out = {k: np.full(n, np.nan) for k in ("defocus_u_um", "defocus_v_um", "astigmatism_angle_deg",
+                                           "phase_shift_deg", "tilt_angles_deg")}
+    seen = np.zeros(n, dtype=int)
+    for lineno, start, end, a1, a2, df1, df2, ang, ph in records:
+        views = np.arange(start, end + 1)
+        dup = views[seen[views - 1] > 0]
+        if dup.size:
+            raise InputError(f"view {dup[0]} given twice; expected each view once", p, f"line {lineno}")
+        seen[views - 1] = lineno
+        frac = (views - start) / (end - start) if end > start else np.zeros(views.size)
+        out["tilt_angles_deg"][views - 1] = a1 + frac * (a2 - a1)
+        out["defocus_u_um"][views - 1] = df1
+        out["defocus_v_um"][views - 1] = df2
+        out["astigmatism_angle_deg"][views - 1] = ang
+        out["phase_shift_deg"][views - 1] = ph
+    missing = np.flatnonzero(seen == 0)
+    if missing.size:
+        raise InputError(f"view {missing[0] + 1} has no line (views 1..{n} must all be covered)", p, "views")
+    if flags & IMOD_FLAG_INVERT_ANGLES:
+        out["tilt_angles_deg"] = -out["tilt_angles_deg"]
+    check_tilt_angles(out["tilt_angles_deg"], p, None, "tilt angle")
+    out["version"] = version
+    out["flags"] = flags
+    return out
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def write_tilt_angles(path, angles_deg) -> "Path":  # noqa: F821
+    """Write tilt angles (degrees), one per line (``%.6f``), atomically. Returns the path."""
+    a = finite_array(angles_deg, "tilt angles")
+    return write_text_atomic(path, "".join(f"{v:.6f}\n" for v in a))
+
+
+def write_dose(path, accumulated_dose) -> "Path":  # noqa: F821
+    """Write accumulated dose (e/A^2 before each tilt), one per line, atomically."""
+    d = finite_array(accumulated_dose, "accumulated dose")
+    if np.any(d < 0):
+        raise ValueError("accumulated dose must be >= 0")
+    return write_text_atomic(path, "".join(f"{v:.6f}\n" for v in d))
+
+
+def write_imod_defocus(path, tilt_series: TiltSeries) -> "Path":  # noqa: F821
+    """Write the per-tilt defocus of ``tilt_series`` as an IMOD ``.defocus`` file, atomically.
+
+    Rule: a series without astigmatism (U == V for every tilt) and without phase shift is
+    written as version 2 (``view view angle angle defocus_nm``, version on line 1). Otherwise
+    version 3 with flags 1 (astigmatism: ``defocus1 defocus2 angle_deg``) plus 4 if any phase
+    shift is non-zero (phase in degrees). One line per tilt (all tilts, excluded ones too),
+    defocus in nm. Both forms round-trip through :func:`read_imod_defocus`.
+    """
+    ts = tilt_series
+    if not ts.has_defocus:
+        raise ValueError("tilt series has no defocus to write")
+    du = ts.defocus_u_um * NM_PER_UM
+    dv = ts.defocus_v_um * NM_PER_UM
+    astig = not np.allclose(du, dv, rtol=0, atol=1e-6)
+    phase = bool(np.any(ts.phase_shift_deg != 0))
+    lines = []
+    if not astig and not phase:
+        for i, (a, d) in enumerate(zip(ts.tilt_angles_deg, du), start=1):
+            tail = "\t2" if i == 1 else ""
+            lines.append(f"{i}\t{i}\t{a:.2f}\t{a:.2f}\t{d:.2f}{tail}")
+    else:
+        flags = IMOD_FLAG_ASTIGMATISM | (IMOD_FLAG_PHASE if phase else 0)
+        lines.append(f"{flags}\t0\t0.0\t0.0\t0.0\t3")
+        for i in range(ts.n_tilts):
+            a = ts.tilt_angles_deg[i]
+            row = f"{i + 1}\t{i + 1}\t{a:.2f}\t{a:.2f}\t{du[i]:.2f}\t{dv[i]:.2f}\t{ts.astigmatism_angle_deg[i]:.2f}"
+            if phase:
+                row += f"\t{ts.phase_shift_deg[i]:.2f}"
+            lines.append(row)
+    return write_text_atomic(path, "\n".join(lines) + "\n")
