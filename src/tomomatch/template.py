@@ -1,0 +1,536 @@
+"""Templates for matching: atomic model -> potential map, Fourier resampling, template boxes.
+
+Conventions (see :mod:`tomomatch.conventions`): arrays are ``[z, y, x]``, coordinates and
+shifts ``(x, y, z)``, lengths in Angstrom, and the centre of an axis of ``n`` voxels is index
+``n // 2``. Every function here keeps that centre fixed: resampling maps input index
+``n_in // 2`` onto output index ``n_out // 2``, boxing pads/crops around it, and mirroring
+reflects about it.
+
+Units of :func:`density_from_model`
+    The map is the electrostatic (Coulomb) potential in **volts**, point-sampled on the grid:
+    gemmi's electron scattering factors (International Tables C 4.3.2.2, Peng's 5-Gaussian
+    fits) give ``rho(r)`` in 1/Angstrom^2, and the Mott-Bethe constant
+    ``h^2 / (2 pi m0 e) = 47.878 V A^2`` turns it into volts. The integral is independent of
+    the voxel size: ``vol.sum() * v**3 = 47.878 * sum_atoms(occ * f_e(0))`` (V A^3). For the
+    weak-phase approximation the projected phase is ``sigma_e * sum_z(V) * v`` radians.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .conventions import centre_index
+from .errors import InputError
+from .mrcio import read_volume
+
+__all__ = [
+    "MOTT_BETHE_VOLT_ANGSTROM2",
+    "MODEL_EXTENSIONS",
+    "MAP_EXTENSIONS",
+    "is_model_path",
+    "density_from_model",
+    "resample_fourier",
+    "fourier_shift",
+    "low_pass",
+    "centre_of_mass",
+    "recentre_volume",
+    "pad_or_crop",
+    "mirror_x",
+    "object_extent_voxels",
+    "create_template",
+]
+
+#: h^2 / (2 pi m0 e) in V*Angstrom^2: scattering factor density (1/A^2) -> potential (V).
+MOTT_BETHE_VOLT_ANGSTROM2 = 47.878
+
+MODEL_EXTENSIONS = (".pdb", ".ent", ".cif", ".mmcif", ".pdbx")
+MAP_EXTENSIONS = (".mrc", ".map", ".rec", ".ccp4", ".mrcs", ".st", ".ali")
+
+# Fraction of the maximum above which a map voxel counts as "object" (box checks).
+_SUPPORT_FRACTION = 0.05
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _suffix(path) -> str:
+    name = Path(path).name.lower()
+    for comp in (".gz", ".bz2"):
+        if name.endswith(comp):
+            name = name[: -len(comp)]
+    return Path(name).suffix
+
+
+def is_model_path(path) -> bool:
+    """True if ``path`` names an atomic model (PDB/mmCIF, optionally ``.gz``) by extension."""
+    return _suffix(path) in MODEL_EXTENSIONS
+
+
+def _check_voxel(voxel_size_angstrom, field="voxel size") -> float:
+    try:
+        v = float(voxel_size_angstrom)
+    except (TypeError, ValueError):
+        raise InputError(f"{voxel_size_angstrom!r} is not a number", field=field) from None
+    if not (v > 0 and math.isfinite(v)):
+        raise InputError(f"{v} must be a positive number of Angstrom", field=field)
+    return v
+
+
+def _check_box(box_size) -> int | None:
+    if box_size is None:
+        return None
+    try:
+        b = int(box_size)
+    except (TypeError, ValueError):
+        raise InputError(f"{box_size!r} is not an integer", field="box size") from None
+    if b != box_size or b < 2:
+        raise InputError(f"{box_size!r} must be an integer >= 2 voxels", field="box size")
+    return b
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def _interp_matrix(n_in: int, n_out: int, positions: np.ndarray, cutoff_cycles_per_voxel: float | None,
+                   dtype=np.float64) -> np.ndarray:
+    """Trigonometric (band-limited, periodic) interpolation matrix ``(n_out, n_in)``.
+
+    Row ``j`` evaluates at input coordinate ``positions[j]`` (input voxel units) the
+    periodic band-limited interpolant of the ``n_in`` samples, keeping only frequencies
+    ``|k / n_in| <= cutoff`` (cycles per input voxel). For even ``n_in`` the Nyquist term is
+    split half to ``+n/2`` and half to ``-n/2`` so the result is real.
+    """
+    k = np.arange(-(n_in // 2), n_in // 2 + 1, dtype=np.float64)   # symmetric range
+    w = np.ones_like(k)
+    if n_in % 2 == 0:
+        w[0] = w[-1] = 0.5
+    if cutoff_cycles_per_voxel is not None:
+        f = np.abs(k) / n_in
+        w[f > cutoff_cycles_per_voxel * (1 + 1e-9)] = 0.0
+    x = np.asarray(positions, dtype=np.float64)
+    i = np.arange(n_in, dtype=np.float64)
+    # M[j, i] = 1/n sum_k w_k cos(2 pi k (x_j - i) / n) = Re(E diag(w) F)
+    e_out = np.exp(2j * np.pi * np.outer(x, k) / n_in)          # (n_out, K)
+    f_in = np.exp(-2j * np.pi * np.outer(k, i) / n_in) / n_in   # (K, n_in)
+    m = (e_out * w[None, :]) @ f_in
+    return np.ascontiguousarray(m.real, dtype=dtype)
+
+
+def _apply_axis(vol: np.ndarray, m: np.ndarray, axis: int) -> np.ndarray:
+    out = np.tensordot(m, vol, axes=([1], [axis]))   # new axis first
+    return np.moveaxis(out, 0, axis)
+
+
+def _work_dtype(size: int):
+    return np.float64 if size <= 2 ** 24 else np.float32
+
+
+def resample_fourier(volume: np.ndarray, voxel_in: float, voxel_out: float) -> np.ndarray:
+    """Resample a volume to a new voxel size by Fourier cropping (or zero padding).
+
+    The output has ``round(n * voxel_in / voxel_out)`` voxels along each axis (the same field
+    of view up to half an output voxel) and exactly ``voxel_out`` spacing. Input index
+    ``n_in // 2`` and output index ``n_out // 2`` are the same point. The output samples the
+    periodic band-limited (trigonometric) interpolant of the input, with the spectrum cut at
+    the output Nyquist frequency when downsampling. When ``n_out * voxel_out`` equals
+    ``n_in * voxel_in`` this is exactly Fourier cropping/padding; otherwise it is the same
+    interpolant evaluated on the new grid (an exact DFT, not an FFT). Even sizes split the
+    Nyquist term in half between +N/2 and -N/2, so the result is real and symmetric.
+
+    Values are preserved (not sums): a constant stays the same constant, a band-limited
+    signal keeps its values at every point, so the mean and ``sum * voxel**3`` (the integral)
+    are preserved.
+
+    Parameters
+    ----------
+    volume
+        ``[z, y, x]`` (any number of dimensions; every axis is resampled).
+    voxel_in, voxel_out
+        Input and output voxel sizes in Angstrom.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 volume with ``voxel_out`` spacing.
+    """
+    vin = _check_voxel(voxel_in, "input voxel size")
+    vout = _check_voxel(voxel_out, "output voxel size")
+    vol = np.asarray(volume)
+    if abs(vin - vout) <= 1e-9 * vout:
+        return np.array(vol, dtype=np.float32)
+    ratio = vout / vin
+    cutoff = 0.5 / ratio if ratio > 1 else None          # output Nyquist, cycles per input voxel
+    work = vol.astype(_work_dtype(vol.size))
+    for axis in range(vol.ndim):
+        n_in = vol.shape[axis]
+        n_out = max(1, int(round(n_in / ratio)))
+        pos = centre_index(n_in) + (np.arange(n_out) - centre_index(n_out)) * ratio
+        m = _interp_matrix(n_in, n_out, pos, cutoff, dtype=work.dtype)
+        work = _apply_axis(work, m, axis)
+    return work.astype(np.float32)
+
+
+def fourier_shift(volume: np.ndarray, shift_xyz) -> np.ndarray:
+    """Shift a volume by ``shift_xyz`` voxels (x, y, z; sub-voxel allowed), circularly.
+
+    ``out[p + shift] = in[p]``: a feature at index ``p`` moves to ``p + shift``. Uses the
+    same band-limited interpolant as :func:`resample_fourier` (a Fourier phase shift), so
+    content moved past an edge wraps to the other side: pad first if that matters.
+    """
+    vol = np.asarray(volume)
+    shift_zyx = np.asarray(shift_xyz, dtype=float)[::-1]
+    work = vol.astype(_work_dtype(vol.size))
+    for axis, d in enumerate(shift_zyx):
+        if d == 0:
+            continue
+        n = vol.shape[axis]
+        if float(d).is_integer():
+            work = np.roll(work, int(d), axis=axis)
+            continue
+        m = _interp_matrix(n, n, np.arange(n) - d, None, dtype=work.dtype)
+        work = _apply_axis(work, m, axis)
+    return work.astype(np.float32)
+
+
+def _frequency_radius(shape, voxel_size_angstrom: float) -> np.ndarray:
+    """|f| in 1/Angstrom on the full FFT grid (unshifted) of ``shape``."""
+    grids = np.meshgrid(*[np.fft.fftfreq(n, d=voxel_size_angstrom) for n in shape], indexing="ij")
+    return np.sqrt(sum(g * g for g in grids))
+
+
+def low_pass(volume: np.ndarray, voxel_size_angstrom: float, resolution_angstrom: float,
+             edge_fraction: float = 0.2) -> np.ndarray:
+    """Low-pass filter with a raised-cosine (soft) edge centred on ``1/resolution``.
+
+    The filter is 1 below ``fc - w/2``, 0 above ``fc + w/2`` and ``(1 + cos)/2`` in between,
+    with ``fc = 1 / resolution_angstrom`` (where the filter is exactly 0.5) and
+    ``w = max(edge_fraction * fc, 2 / (n * voxel))`` (never narrower than two Fourier
+    samples, to limit ringing). The filter is applied by FFT, so it is circular.
+    """
+    v = _check_voxel(voxel_size_angstrom)
+    res = _check_voxel(resolution_angstrom, "low-pass resolution")
+    vol = np.asarray(volume, dtype=np.float64)
+    fc = 1.0 / res
+    w = max(edge_fraction * fc, 2.0 / (min(vol.shape) * v))
+    f = _frequency_radius(vol.shape, v)
+    t = np.clip((f - (fc - w / 2)) / w, 0.0, 1.0)
+    filt = 0.5 * (1 + np.cos(np.pi * t))
+    out = np.fft.ifftn(np.fft.fftn(vol) * filt).real
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- boxes, centring
+
+
+def centre_of_mass(volume: np.ndarray, weights: str = "auto") -> np.ndarray:
+    """Centre of mass ``(x, y, z)`` in voxel indices.
+
+    ``weights="auto"`` uses the positive part of the map, or of ``-map`` when the map is
+    mostly negative (``|min| > max``, i.e. dark-protein contrast); ``"positive"`` always the
+    positive part.
+    """
+    vol = np.asarray(volume, dtype=np.float64)
+    sign = 1.0
+    if weights == "auto" and -vol.min() > vol.max():
+        sign = -1.0
+    wts = np.clip(sign * vol, 0.0, None)
+    total = wts.sum()
+    if not total > 0:
+        raise InputError("map has no positive density to centre on", field="template")
+    idx = np.indices(vol.shape, dtype=np.float64)
+    com_zyx = np.array([(g * wts).sum() / total for g in idx])
+    return com_zyx[::-1]
+
+
+def pad_or_crop(volume: np.ndarray, box_size) -> np.ndarray:
+    """Zero-pad or crop to ``box_size`` (int for a cube, or ``(z, y, x)``) keeping ``n // 2`` fixed."""
+    vol = np.asarray(volume)
+    shape = (int(box_size),) * vol.ndim if np.isscalar(box_size) else tuple(int(b) for b in box_size)
+    out = np.zeros(shape, dtype=vol.dtype)
+    src, dst = [], []
+    for n_in, n_out in zip(vol.shape, shape):
+        off = centre_index(n_out) - centre_index(n_in)   # out index = in index + off
+        lo_in = max(0, -off)
+        hi_in = min(n_in, n_out - off)
+        src.append(slice(lo_in, hi_in))
+        dst.append(slice(lo_in + off, hi_in + off))
+    out[tuple(dst)] = vol[tuple(src)]
+    return out
+
+
+def mirror_x(volume: np.ndarray) -> np.ndarray:
+    """Mirror along x (the last array axis) about the centre index ``n // 2``.
+
+    Index ``i`` goes to ``2 * (n // 2) - i`` (mod ``n``), so the centre voxel stays put for
+    odd and even ``n`` (for even ``n`` index 0 maps onto itself). A mirror changes the
+    handedness of the object: no rotation undoes it.
+    """
+    vol = np.asarray(volume)
+    n = vol.shape[-1]
+    out = np.flip(vol, axis=-1)
+    if n % 2 == 0:
+        out = np.roll(out, 1, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def object_extent_voxels(volume: np.ndarray, fraction: float = _SUPPORT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Support of a map: ``(low, high)`` offsets ``(x, y, z)`` in voxels from the centre index.
+
+    A voxel belongs to the object where ``s * map > fraction * max(s * map)``, with ``s`` the
+    sign of the dominant extreme (as in :func:`centre_of_mass`).
+    """
+    vol = np.asarray(volume)
+    sign = -1.0 if -vol.min() > vol.max() else 1.0
+    sv = sign * vol
+    mask = sv > fraction * sv.max()
+    if not mask.any():
+        raise InputError("map is empty (no density above background)", field="template")
+    idx = np.nonzero(mask)
+    low, high = [], []
+    for axis in range(vol.ndim):
+        c = centre_index(vol.shape[axis])
+        low.append(idx[axis].min() - c)
+        high.append(idx[axis].max() - c)
+    return np.array(low[::-1]), np.array(high[::-1])
+
+
+def _fits(low_xyz, high_xyz, box: int) -> bool:
+    c = centre_index(box)
+    return bool(np.all(np.asarray(low_xyz) >= -c) and np.all(np.asarray(high_xyz) <= box - 1 - c))
+
+
+def _min_box(low_xyz, high_xyz) -> int:
+    need = int(max(np.max(-np.asarray(low_xyz)), np.max(np.asarray(high_xyz)) + 1))
+    return 2 * need   # box b has c = b//2 voxels below and b - 1 - c above
+
+
+def recentre_volume(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move the centre of mass to index ``n // 2`` with a sub-voxel Fourier shift.
+
+    The volume is zero-padded first by the shift (plus one voxel) on every side so nothing
+    wraps around; the result is that padded volume (centre still at ``n // 2``). Returns the
+    volume and the applied shift ``(x, y, z)`` in voxels.
+    """
+    vol = np.asarray(volume, dtype=np.float32)
+    com = centre_of_mass(vol)
+    centre = np.array([centre_index(n) for n in vol.shape[::-1]], dtype=float)
+    shift = centre - com
+    pad = int(np.ceil(np.max(np.abs(shift)))) + 1
+    padded = pad_or_crop(vol, tuple(n + 2 * pad for n in vol.shape))
+    return fourier_shift(padded, shift), shift
+
+
+# --------------------------------------------------------------------------- atomic models
+
+
+def _read_model(path):
+    import gemmi
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("atomic model file not found", p)
+    try:
+        st = gemmi.read_structure(os.fspath(p))
+    except Exception as exc:  # gemmi raises RuntimeError/ValueError/IOError variants
+        raise InputError(f"not a readable PDB/mmCIF model ({exc.__class__.__name__}: {exc})", p) from None
+    if len(st) == 0 or st[0].count_atom_sites() == 0:
+        raise InputError("model contains no atoms", p)
+    return st
+
+
+def _model_arrays(model):
+    """Positions (N, 3) x,y,z A, occupancies, B_iso and element numbers of a gemmi model."""
+    n = model.count_atom_sites()
+    xyz = np.empty((n, 3))
+    occ = np.empty(n)
+    b = np.empty(n)
+    z = np.empty(n, dtype=np.int64)
+    for i, cra in enumerate(model.all()):
+        a = cra.atom
+        p = a.pos
+        xyz[i] = (p.x, p.y, p.z)
+        occ[i] = a.occ
+        b[i] = a.b_iso
+        z[i] = a.element.atomic_number
+    return xyz, occ, b, z
+
+
+def density_from_model(path, voxel_size_angstrom: float, box_size: int | None = None,
+                       blur_angstrom2: float | None = None,
+                       resolution_angstrom: float | None = None) -> np.ndarray:
+    """Electrostatic potential map (volts) of an atomic model, centred in a cubic box.
+
+    The first model of the PDB/mmCIF file (``.gz`` is fine) goes through
+    ``gemmi.DensityCalculatorE`` (electron scattering factors, per-atom occupancy and B,
+    ANISOU if present, plus ``blur_angstrom2``). Crystal symmetry is dropped (space group
+    ``P 1``) and the model gets its own unit cell, padded so that no periodic image reaches
+    into the box. Units: see the module docstring (volts; ``sum * v**3`` is voxel-size
+    independent).
+
+    The scattering-weighted centre of the atoms (weights ``occ * f_e(0)``) lands on box
+    index ``n // 2``, so the map's centre of mass is there to a small fraction of a voxel.
+
+    Atoms are point-sampled as Gaussians directly on the output grid, so the map is
+    positive everywhere (no Fourier cropping, no ringing); the default blur keeps the
+    aliasing moderate (each atom at least a Gaussian of sigma ``v/2``: transfer 0.29 at
+    Nyquist).
+
+    Parameters
+    ----------
+    path
+        PDB or mmCIF file.
+    voxel_size_angstrom
+        Output voxel size (A).
+    box_size
+        Cubic box in voxels. ``None``: the smallest even box holding every atom plus a
+        margin for the atomic blur. A box that does not contain every atom raises
+        :class:`InputError`.
+    blur_angstrom2
+        Extra B factor (A^2) added to every atom. ``None``: ``8 pi^2 (v/2)^2`` (``v`` the voxel
+        size: a Gaussian of sigma v/2, against aliasing). Use 0 for none.
+    resolution_angstrom
+        If given, :func:`low_pass` at this resolution afterwards.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``[z, y, x]`` potential in volts, positive.
+    """
+    import gemmi
+
+    v = _check_voxel(voxel_size_angstrom)
+    box = _check_box(box_size)
+    if blur_angstrom2 is not None and not float(blur_angstrom2) >= 0:
+        raise InputError(f"{blur_angstrom2} must be >= 0", field="blur (A^2)")
+    st = _read_model(path)
+    model = st[0]
+    xyz, occ, b_iso, znum = _model_arrays(model)
+
+    blur = 8 * np.pi ** 2 * (v / 2) ** 2 if blur_angstrom2 is None else float(blur_angstrom2)
+
+    # scattering weights and the largest Gaussian width present
+    f0 = {}
+    bmax_coef = 0.0
+    for zz in np.unique(znum):
+        coefs = gemmi.Element(int(zz)).c4322.get_coefs()
+        f0[int(zz)] = float(sum(coefs[:5]))
+        bmax_coef = max(bmax_coef, max(coefs[5:]))
+    wts = occ * np.array([f0[int(zz)] for zz in znum])
+    if not wts.sum() > 0:
+        raise InputError("model has zero total occupancy", path)
+    centroid = (xyz * wts[:, None]).sum(0) / wts.sum()
+    rel = xyz - centroid
+    sigma_max = math.sqrt((bmax_coef + max(float(b_iso.max()), 0.0) + blur) / (8 * np.pi ** 2))
+    margin_a = 4.0 * sigma_max + 2 * v            # density negligible beyond this from an atom
+
+    # internal box (coarse voxels), even, big enough for atoms + margin on both sides
+    reach = np.max(np.abs(rel)) + margin_a
+    n_int = 2 * int(math.ceil(reach / v)) + 2
+    if box is not None:
+        low = np.floor(rel.min(0) / v + 1e-9)
+        high = np.ceil(rel.max(0) / v - 1e-9)
+        if not _fits(low, high, box):
+            need = _min_box(low, high)
+            raise InputError(
+                f"box of {box} voxels is smaller than the model (needs at least {need} voxels "
+                f"at {v:g} A)", path, "box size")
+    length = n_int * v
+    centre_a = centre_index(n_int) * v
+
+    st.spacegroup_hm = "P 1"
+    st.cell = gemmi.UnitCell(length, length, length, 90, 90, 90)
+    shift = centre_a - centroid
+    model.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(), gemmi.Vec3(*shift)))
+    st.setup_cell_images()
+
+    dc = gemmi.DensityCalculatorE()
+    dc.d_min = 0.0
+    dc.blur = blur
+    dc.grid.spacegroup = gemmi.SpaceGroup("P 1")
+    dc.grid.set_unit_cell(st.cell)
+    dc.grid.set_size(n_int, n_int, n_int)
+    dc.put_model_density_on_grid(model)
+    vol = np.array(dc.grid, copy=True).transpose(2, 1, 0) * MOTT_BETHE_VOLT_ANGSTROM2   # [z, y, x]
+
+    if resolution_angstrom is not None:
+        vol = low_pass(vol, v, resolution_angstrom)
+    if box is not None:
+        vol = pad_or_crop(vol, box)
+    return np.ascontiguousarray(vol, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- template
+
+
+def create_template(source, voxel_size_angstrom: float, *, box_size: int | None = None,
+                    input_voxel_size_angstrom: float | None = None,
+                    low_pass_angstrom: float | None = None, invert: bool = False,
+                    mirror: bool = False, recentre: bool = True) -> tuple[np.ndarray, float]:
+    """Make a matching template from a density map or an atomic model.
+
+    Steps, in order:
+
+    1. **Read.** ``.pdb/.ent/.cif/.mmcif/.pdbx`` (optionally ``.gz``): an atomic model,
+       turned into a potential map at ``voxel_size_angstrom`` by :func:`density_from_model`
+       (already centred). Anything else is read as MRC (``input_voxel_size_angstrom``
+       overrides the header; a header voxel size of 0 without override is an error).
+    2. **Resample** maps to ``voxel_size_angstrom`` with :func:`resample_fourier` (Fourier
+       cropping/padding; values preserved).
+    3. **Low-pass** (optional) with :func:`low_pass`: raised-cosine edge, 0.5 at
+       ``1/low_pass_angstrom``, width 20 % of that frequency.
+    4. **Re-centre** (maps, default on): the centre of mass of the positive density (of the
+       negative density for a dark-on-light map) goes to index ``n // 2`` by a sub-voxel
+       Fourier shift, after zero padding so nothing wraps.
+    5. **Box**: pad/crop to a cube of ``box_size`` around ``n // 2``. ``None``: the larger of
+       the current size and the smallest cube holding the object. The object (every atom;
+       for maps, voxels above 5 % of the maximum) must fit, else :class:`InputError`.
+    6. **Mirror** (optional): :func:`mirror_x`, reflection along x about ``n // 2``; this
+       changes the hand, e.g. to fix a map deposited with the wrong handedness.
+    7. **Invert** (optional): multiply by -1 (dark protein, as in the tomogram).
+
+    Returns
+    -------
+    (numpy.ndarray, float)
+        float32 ``[z, y, x]`` cubic template and its voxel size in Angstrom.
+    """
+    v = _check_voxel(voxel_size_angstrom)
+    box = _check_box(box_size)
+    src = Path(source)
+    if is_model_path(src):
+        if input_voxel_size_angstrom is not None:
+            raise InputError("an input voxel size applies only to maps, not atomic models",
+                             src, "input voxel size")
+        if not src.exists():
+            raise InputError("atomic model file not found", src)
+        vol = density_from_model(src, v, box_size=box, resolution_angstrom=low_pass_angstrom)
+    else:
+        vol, vin = read_volume(src, input_voxel_size_angstrom, what="template map")
+        if vol.shape[0] == 1:
+            raise InputError("is a 2D image; expected a 3D density map", src)
+        if abs(vin - v) > 1e-9 * v:
+            if vin > v:
+                warnings.warn(f"upsampling the map from {vin:g} A to {v:g} A adds no information",
+                              stacklevel=2)
+            vol = resample_fourier(vol, vin, v)
+        if low_pass_angstrom is not None:
+            vol = low_pass(vol, v, low_pass_angstrom)
+        if recentre:
+            vol, _ = recentre_volume(vol)
+        low, high = object_extent_voxels(vol)
+        if box is None:
+            box = max(max(vol.shape), _min_box(low, high))
+        elif not _fits(low, high, box):
+            raise InputError(
+                f"box of {box} voxels is smaller than the object in the map (needs at least "
+                f"{_min_box(low, high)} voxels at {v:g} A)", src, "box size")
+        vol = pad_or_crop(vol, box)
+    if mirror:
+        vol = mirror_x(vol)
+    if invert:
+        vol = -vol
+    return np.ascontiguousarray(vol, dtype=np.float32), v
+
