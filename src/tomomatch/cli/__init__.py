@@ -18,6 +18,7 @@ from ..errors import InputError
 # Order is the order shown in --help. Add a command by adding its module here.
 COMMANDS: list[str] = [
     "template", "mask",
+    "metadata",
 ]
 
 

@@ -25,6 +25,25 @@ def require_file(path, what: str) -> Path:
     return p
 
 
+# Suffixes of the structured formats, to catch a file given to the wrong option.
+_KNOWN_SUFFIXES = {
+    ".aln": "an AreTomo .aln (use --aln)",
+    ".mdoc": "a SerialEM .mdoc (use --mdoc)",
+    ".xml": "a Warp XML (use --warp-xml)",
+    ".star": "a RELION STAR file (use --relion5-tomograms)",
+    ".defocus": "an IMOD .defocus (use --defocus)",
+    ".mrc": "an MRC image", ".st": "an MRC image stack", ".rec": "an MRC tomogram",
+    ".mrcs": "an MRC image stack", ".xf": "an IMOD .xf transform file",
+}
+
+
+def refuse_other_format(path: Path, what: str, allowed: tuple[str, ...] = ()) -> None:
+    """InputError if ``path`` has the suffix of another known format (not in ``allowed``)."""
+    suffix = path.suffix.lower()
+    if suffix in _KNOWN_SUFFIXES and suffix not in allowed:
+        raise InputError(f"unknown file type for a {what} file: this is {_KNOWN_SUFFIXES[suffix]}", path)
+
+
 def read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8", errors="replace")

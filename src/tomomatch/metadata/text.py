@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import InputError
 from ..tiltseries import MAX_PLAUSIBLE_DEFOCUS_UM, TiltSeries
 from ._common import (check_count, check_tilt_angles, finite_array, numeric_rows, parse_float, read_text,
-                      require_file, write_text_atomic)
+                      refuse_other_format, require_file, write_text_atomic)
 
 __all__ = [
     "read_tilt_angles", "read_dose", "read_defocus_text", "read_imod_defocus",
@@ -45,6 +45,7 @@ def read_tilt_angles(path) -> np.ndarray:
         outside -90..90 degrees.
     """
     p = require_file(path, "tilt-angle")
+    refuse_other_format(p, "tilt-angle")
     rows = numeric_rows(p, "tilt-angle", "a tilt angle in degrees")
     angles = np.array([r[0] for _, r in rows], dtype=float)
     return check_tilt_angles(angles, p, [ln for ln, _ in rows])
@@ -68,6 +69,7 @@ def read_dose(path, per_tilt: bool = False, tilt_angles_deg=None) -> np.ndarray:
         If given, the number of values must equal the number of tilts.
     """
     p = require_file(path, "dose")
+    refuse_other_format(p, "dose")
     rows = numeric_rows(p, "dose", "a dose in e/A^2")
     values = np.array([r[0] for _, r in rows], dtype=float)
     neg = np.flatnonzero(values < 0)
@@ -93,6 +95,7 @@ def read_defocus_text(path) -> np.ndarray:
     (e.g. nanometres or Angstrom) raises :class:`InputError` asking for micrometres.
     """
     p = require_file(path, "defocus")
+    refuse_other_format(p, "plain-text defocus")
     rows = numeric_rows(p, "defocus", "a defocus in micrometres")
     values = np.array([r[0] for _, r in rows], dtype=float)
     big = np.flatnonzero(np.abs(values) > MAX_PLAUSIBLE_DEFOCUS_UM)
