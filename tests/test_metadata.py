@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tomomatch.cli import main
 from tomomatch.errors import InputError
-from tomomatch.metadata import (read_defocus_text, read_dose, read_imod_defocus, read_relion5,
-                                read_tilt_angles, write_dose, write_imod_defocus, write_relion5,
-                                write_tilt_angles)
+from tomomatch.metadata import (load_tilt_series, read_aln, read_defocus_text, read_dose, read_imod_defocus,
+                                read_mdoc, read_relion5, read_tilt_angles, read_warp_xml, write_dose,
+                                write_imod_defocus, write_relion5, write_tilt_angles)
 from tomomatch.tiltseries import TiltSeries
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tilt_metadata"
@@ -261,3 +262,219 @@ def test_bad_imod_defocus(tmp_path, content, fragment):
     p.write_text(content)
     with pytest.raises(InputError, match=fragment):
         read_imod_defocus(p)
+
+
+# --------------------------------------------------------------------------- Warp XML
+
+
+def test_warp_xml_fixture():
+    ts = read_warp_xml(FIXTURES / "warp_small.xml")
+    # Warp angles -30..30 are negated to the IMOD/RELION sign
+    np.testing.assert_allclose(ts.tilt_angles_deg, [30, 15, 0, -15, -30])
+    np.testing.assert_allclose(ts.accumulated_dose, [9, 3, 0, 6, 12])
+    assert ts.excluded.tolist() == [False, False, False, True, False]
+    # U = D + delta/2, V = D - delta/2 (Warp's RELION export)
+    np.testing.assert_allclose(ts.defocus_u_um, [3.15, 3.10, 3.10, 3.25, 3.35])
+    np.testing.assert_allclose(ts.defocus_v_um, [3.05, 3.00, 2.90, 3.15, 3.25])
+    np.testing.assert_allclose(ts.defocus_um, [3.10, 3.05, 3.00, 3.20, 3.30])
+    np.testing.assert_allclose(ts.astigmatism_angle_deg, [30, 30, 40, 30, 30])
+    np.testing.assert_allclose(ts.phase_shift_deg, 45.0)          # 0.25 pi
+    assert ts.hand == -1                                           # AreAnglesInverted=False
+    assert (ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast, ts.pixel_size_angstrom) == (300, 2.7, 0.1, 1.5)
+    assert ts.tilt_axis_angle_deg == pytest.approx(84.5)
+    assert ts.extra["LevelAngleX"] == 1.5 and ts.extra["LevelAngleY"] == -0.5
+    assert ts.name == "warp_small"
+
+
+def _edit_xml(tmp_path, old, new, count=-1):
+    text = (FIXTURES / "warp_small.xml").read_text()
+    assert old in text
+    p = tmp_path / "edited.xml"
+    p.write_text(text.replace(old, new, count))
+    return p
+
+
+def test_warp_xml_inverted_hand_spatial_grid_and_fallback(tmp_path):
+    p = _edit_xml(tmp_path, 'AreAnglesInverted="False"', 'AreAnglesInverted="True"')
+    assert read_warp_xml(p).hand == 1
+    # a 2x1x5 GridCTF: per-tilt values are the mean over X
+    text = (FIXTURES / "warp_small.xml").read_text()
+    start, end = text.index("\t<GridCTF "), text.index("</GridCTF>") + len("</GridCTF>")
+    nodes = "".join(f'<Node X="{x}" Y="0" Z="{z}" Value="{3.0 + z * 0.1 + x * 0.2}" />'
+                    for z in range(5) for x in range(2))
+    p.write_text(text[:start] + f'<GridCTF Width="2" Height="1" Depth="5">{nodes}</GridCTF>' + text[end:])
+    np.testing.assert_allclose(read_warp_xml(p).defocus_um, 3.1 + 0.1 * np.arange(5))
+    # no grids: the <CTF> Params give one value for every tilt
+    import re
+    p.write_text(re.sub(r"\t<GridCTF.*?</GridCTF\w*>\n", "", text, flags=re.S))
+    ts = read_warp_xml(p)
+    np.testing.assert_allclose(ts.defocus_u_um, 3.15)
+    np.testing.assert_allclose(ts.defocus_v_um, 3.05)
+    np.testing.assert_allclose(ts.astigmatism_angle_deg, 30)
+    np.testing.assert_allclose(ts.phase_shift_deg, 45)
+
+
+@pytest.mark.parametrize("old, new, fragment", [
+    ("<Dose>9.0\n", "<Dose>", "Dose: 4 entries but 5 tilt angles"),
+    ("<Angles>-30\n", "<Angles>-95\n", "outside -90..90"),
+    ('Value="3.05"', 'Value="abc"', "GridCTF: node"),
+    ('Depth="5"', 'Depth="4"', "Depth 4 but 5 tilts"),
+    ("<UseTilt>True", "<UseTilt>maybe", "expected True or False"),
+    ("TiltSeries", "Other", "expected a Warp <TiltSeries> XML"),
+])
+def test_warp_xml_bad_input(tmp_path, old, new, fragment):
+    with pytest.raises(InputError, match=fragment):
+        read_warp_xml(_edit_xml(tmp_path, old, new))
+
+
+def test_warp_xml_not_xml(tmp_path):
+    p = tmp_path / "x.xml"
+    p.write_text("<TiltSeries><Angles>1\n2</Angles>")
+    with pytest.raises(InputError, match="not a readable XML file"):
+        read_warp_xml(p)
+
+
+# --------------------------------------------------------------------------- mdoc
+
+
+def test_mdoc_dose_accumulated_in_acquisition_time_order():
+    ts = read_mdoc(FIXTURES / "small_ts.mrc.mdoc")
+    np.testing.assert_allclose(ts.tilt_angles_deg, [-6.01, -3.0, 0.02, 3.0, 6.0])
+    # acquired 0, +3, -3, -6, +6 with exposures 2.9, 3.0, 3.0, 3.1, 3.2 e/A^2
+    np.testing.assert_allclose(ts.accumulated_dose, [8.9, 5.9, 0.0, 2.9, 12.0])
+    assert ts.extra["dose_order_source"] == "DateTime"
+    assert ts.pixel_size_angstrom == 2.125 and ts.voltage_kv == 300.0
+    assert ts.tilt_axis_angle_deg == pytest.approx(85.3)
+    assert ts.name == "small_ts" and ts.hand is None
+
+
+def test_mdoc_without_datetime_uses_zvalue_order(tmp_path):
+    text = (FIXTURES / "small_ts.mrc.mdoc").read_text()
+    p = tmp_path / "nodate.mdoc"
+    p.write_text("\n".join(line for line in text.splitlines() if not line.startswith("DateTime")))
+    ts = read_mdoc(p)
+    assert ts.extra["dose_order_source"] == "ZValue"
+    np.testing.assert_allclose(ts.accumulated_dose, [0.0, 3.1, 6.1, 9.0, 12.0])
+
+
+def test_mdoc_bad_input(tmp_path):
+    text = (FIXTURES / "small_ts.mrc.mdoc").read_text()
+    p = tmp_path / "bad.mdoc"
+    p.write_text(text.replace("TiltAngle = -3.0", "TiltAngle = -93.0"))
+    with pytest.raises(InputError, match="outside -90..90"):
+        read_mdoc(p)
+    p.write_text(text.replace("TiltAngle = -3.0", "TiltAngle = minus three"))
+    with pytest.raises(InputError, match=str(p)):
+        read_mdoc(p)
+    p.write_text("PixelSpacing = 2\n")
+    with pytest.raises(InputError, match="TiltAngle"):
+        read_mdoc(p)
+
+
+# --------------------------------------------------------------------------- aln
+
+
+def test_aln_dark_frames_become_excluded_tilts_at_raw_positions():
+    ts = read_aln(FIXTURES / "dark_frames.aln")
+    # raw stack (SEC / DarkFrame 2nd number): 0:0 1:-3 2:+3 3:-6 4:+6 5:-9 (dark) 6:+9 (dark)
+    np.testing.assert_allclose(ts.tilt_angles_deg, [0, -3, 3, -6, 6, -9, 9])
+    assert ts.excluded.tolist() == [False] * 5 + [True] * 2
+    assert ts.n_tilts == ts.extra["raw_size"][2] == 7
+    assert ts.tilt_axis_angle_deg == pytest.approx(np.mean([-85.3, -85.4, -85.3, -85.2, -85.3]))
+    np.testing.assert_allclose(ts.extra["shifts_px"][1], [1.5, 0.5])
+    assert ts.extra["alpha_offset"] == -1.5
+    np.testing.assert_allclose(ts.included().tilt_angles_deg, [0, -3, 3, -6, 6])
+
+
+def test_aln_without_offset_lines():
+    ts = read_aln(FIXTURES / "no_offsets.aln")
+    np.testing.assert_allclose(ts.tilt_angles_deg, [-2, 0, 2])
+    assert ts.tilt_axis_angle_deg == 86.0 and not ts.excluded.any()
+
+
+def test_aln_bad_input(tmp_path):
+    p = tmp_path / "bad.aln"
+    p.write_text("# AreTomo Alignment / Priims bprmMn\n# RawSize = 1 1 1\n")
+    with pytest.raises(InputError, match="no global alignment rows"):
+        read_aln(p)
+    p.write_text((FIXTURES / "no_offsets.aln").read_text().replace("0.500      0.500", "0.500      x.500"))
+    with pytest.raises(InputError, match="not a readable AreTomo .aln"):
+        read_aln(p)
+
+
+# --------------------------------------------------------------------------- load_tilt_series
+
+
+def test_load_combines_primary_extra_files_and_overrides(tmp_path):
+    write_tilt_angles(tmp_path / "a.tlt", [-3, 0, 3, -6, 6, -9, 9])
+    write_dose(tmp_path / "d.txt", np.arange(7) * 2.0)
+    ts = load_tilt_series(aln=FIXTURES / "dark_frames.aln", tilt_angles=tmp_path / "a.tlt",
+                          dose=tmp_path / "d.txt", defocus="3.5", voltage_kv=200, cs_mm=0.01,
+                          amplitude_contrast=0.1, phase_shift_deg=90, hand=1, pixel_size_angstrom=1.1)
+    np.testing.assert_allclose(ts.tilt_angles_deg, [-3, 0, 3, -6, 6, -9, 9])
+    assert ts.excluded.tolist() == [False] * 5 + [True] * 2           # kept from the aln
+    np.testing.assert_allclose(ts.accumulated_dose, np.arange(7) * 2.0)
+    np.testing.assert_allclose(ts.defocus_um, 3.5)
+    np.testing.assert_allclose(ts.phase_shift_deg, 90)
+    assert (ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast, ts.hand, ts.pixel_size_angstrom) == (200, 0.01, 0.1, 1, 1.1)
+
+
+@needs_real
+def test_load_pytom_style_inputs():
+    ts = load_tilt_series(tilt_angles=REAL / "pytom_test_angles.rawtlt", dose=REAL / "pytom_test_dose.txt",
+                          defocus=REAL / "pytom_test_imod.defocus", voltage_kv=200, amplitude_contrast=0.08)
+    assert ts.n_tilts == 35 and ts.hand is None
+    assert ts.defocus_um[0] == pytest.approx(3.083) and ts.accumulated_dose[0] == pytest.approx(60.165)
+    assert ts.name == "pytom_test_angles"
+
+
+def test_load_tilt_count_mismatch_names_both_files(tmp_path):
+    write_tilt_angles(tmp_path / "a.rawtlt", [-3, 0, 3])
+    (tmp_path / "df.txt").write_text("3.0\n3.1\n")
+    with pytest.raises(InputError) as exc:
+        load_tilt_series(tilt_angles=tmp_path / "a.rawtlt", defocus=tmp_path / "df.txt")
+    msg = str(exc.value)
+    assert "df.txt" in msg and "a.rawtlt" in msg and "2 tilts" in msg and "has 3" in msg
+
+
+def test_load_refusals(tmp_path):
+    with pytest.raises(InputError, match="no tilt angles"):
+        load_tilt_series(dose=tmp_path / "d.txt")
+    with pytest.raises(InputError, match="several tilt-series sources"):
+        load_tilt_series(mdoc=FIXTURES / "small_ts.mrc.mdoc", aln=FIXTURES / "no_offsets.aln")
+    with pytest.raises(InputError, match="unknown file type .* AreTomo .aln"):
+        load_tilt_series(tilt_angles=FIXTURES / "no_offsets.aln")
+    with pytest.raises(InputError, match="not a plausible value in micrometres"):
+        load_tilt_series(aln=FIXTURES / "no_offsets.aln", defocus="35000")
+    with pytest.raises(InputError, match="file not found"):
+        load_tilt_series(warp_xml=tmp_path / "missing.xml")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_metadata_table_and_json(capsys):
+    assert main(["metadata", "--warp-xml", str(FIXTURES / "warp_small.xml"), "--voltage", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "5 tilts (1 excluded)" in out and "voltage 200 kV" in out and "hand -1" in out
+    assert main(["metadata", "--aln", str(FIXTURES / "dark_frames.aln"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["n_tilts"] == 7 and data["excluded"][-2:] == [True, True]
+    assert data["tilt_angles_deg"][:3] == [0.0, -3.0, 3.0]
+
+
+@pytest.mark.parametrize("extra_args, fragment", [
+    ([], "no tilt-series metadata given"),
+    (["-a", "{tmp}/missing.rawtlt"], "file not found"),
+    (["-a", "{tmp}/a.rawtlt", "--dose", "{tmp}/d.txt"], "2 tilts, but"),
+    (["-a", "{tmp}/bad.rawtlt"], "line 2: 'x' is not a number"),
+])
+def test_cli_metadata_bad_input_exit_2(tmp_path, capsys, extra_args, fragment):
+    write_tilt_angles(tmp_path / "a.rawtlt", [-3, 0, 3])
+    write_dose(tmp_path / "d.txt", [0, 3])
+    (tmp_path / "bad.rawtlt").write_text("1\nx\n")
+    args = ["metadata"] + [a.format(tmp=tmp_path) for a in extra_args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert err.count("\n") == 1 and err.startswith("tomomatch metadata: error:")
