@@ -41,6 +41,9 @@ __all__ = [
     "compare_hands",
     "write_report",
     "read_report",
+    "RescoreResult",
+    "rotate_volumes",
+    "rescore_particles",
 ]
 
 #: significance level of the verdict: the Wilcoxon p-value must be at most this
@@ -425,3 +428,262 @@ def read_report(path) -> tuple[dict[str, Any], HandScores | None]:
         scores = HandScores(**{k: table.get(k) for k in (
             "x_angstrom", "score_plus", "score_minus", "score_zero", "y_angstrom", "z_angstrom")})
     return doc, scores
+
+
+# --------------------------------------------------------------------------- per-particle rescoring
+
+
+@dataclass
+class RescoreResult:
+    """Per-particle scores of :func:`rescore_particles`.
+
+    Attributes
+    ----------
+    hands
+        The hands scored, in column order (e.g. ``(1, -1, 0)``).
+    scores
+        ``(n_particles, n_hands)`` best normalised cross-correlation under each hand,
+        maximised over the local rotations and the shifts.
+    best_rotation
+        ``(n_particles, n_hands, 3, 3)`` pose at the best score.
+    best_shift_voxels
+        ``(n_particles, n_hands, 3)`` integer ``(x, y, z)`` shift of the best score from the
+        rounded particle position.
+    centred_angstrom
+        ``(n_particles, 3)`` centred ``(x, y, z)`` of the rounded particle positions, Angstrom.
+    n_rotations
+        Local rotations tried per particle.
+    """
+
+    hands: tuple[int, ...]
+    scores: np.ndarray
+    best_rotation: np.ndarray
+    best_shift_voxels: np.ndarray
+    centred_angstrom: np.ndarray
+    n_rotations: int
+
+    def score(self, hand: int) -> np.ndarray:
+        """Column of ``scores`` for one hand."""
+        return self.scores[:, self.hands.index(int(hand))]
+
+    def to_hand_scores(self) -> HandScores:
+        """The :class:`HandScores` for :func:`hand_statistics` (needs hands +1 and -1)."""
+        c = self.centred_angstrom
+        return HandScores(x_angstrom=c[:, 0], y_angstrom=c[:, 1], z_angstrom=c[:, 2],
+                          score_plus=self.score(1), score_minus=self.score(-1),
+                          score_zero=self.score(0) if 0 in self.hands else None)
+
+
+def rotate_volumes(volume, matrices, *, dtype=None):
+    """Rotate a cubic-or-not volume about its centre voxel ``n // 2`` by each pose matrix.
+
+    ``out_k(r) = volume(R_k^T (r - c) + c)`` (trilinear, zeros outside): the template carried
+    onto a particle with pose ``R_k`` (:mod:`tomomatch.conventions`).
+
+    Parameters
+    ----------
+    volume
+        ``[z, y, x]`` array or tensor.
+    matrices
+        ``(k, 3, 3)`` rotation matrices acting on ``(x, y, z)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(k, z, y, x)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    vol = torch.as_tensor(np.asarray(volume) if not isinstance(volume, torch.Tensor) else volume)
+    vol = vol.to(dtype or torch.float32)
+    mats = torch.as_tensor(np.asarray(matrices, dtype=float), dtype=vol.dtype).reshape(-1, 3, 3)
+    nz, ny, nx = vol.shape
+    size_xyz = torch.tensor([nx, ny, nz], dtype=vol.dtype)
+    centre = torch.div(size_xyz, 2, rounding_mode="floor")
+    zz, yy, xx = torch.meshgrid(torch.arange(nz, dtype=vol.dtype), torch.arange(ny, dtype=vol.dtype),
+                                torch.arange(nx, dtype=vol.dtype), indexing="ij")
+    r = torch.stack([xx, yy, zz], -1).reshape(-1, 3) - centre  # (V, 3) as (x, y, z)
+    # source = R^T r  ->  row form r @ R
+    src = torch.einsum("vi,kij->kvj", r, mats) + centre
+    grid = 2.0 * src / (size_xyz - 1).clamp(min=1) - 1.0
+    grid = grid.reshape(-1, nz, ny, nx, 3)
+    out = F.grid_sample(vol.expand(grid.shape[0], 1, nz, ny, nx), grid, mode="bilinear",
+                        padding_mode="zeros", align_corners=True)
+    return out[:, 0]
+
+
+def _windows(tomogram: np.ndarray, centre_zyx: np.ndarray, box_zyx: tuple[int, int, int],
+             shift: int) -> np.ndarray:
+    """All ``(2 shift + 1)^3`` boxes around ``centre_zyx`` as ``(n_shifts, V)`` (float64).
+
+    Box ``[c - box//2 + s, c - box//2 + s + box)`` per axis for shifts ``s`` in ``-shift..shift``
+    (ordered z, y, x). Parts outside the tomogram are filled with the mean of the part inside.
+    """
+    b = np.asarray(box_zyx)
+    lo = centre_zyx - b // 2 - shift
+    hi = lo + b + 2 * shift
+    shape = np.asarray(tomogram.shape)
+    clo = np.maximum(lo, 0)
+    chi = np.minimum(hi, shape)
+    inner = tomogram[clo[0]:chi[0], clo[1]:chi[1], clo[2]:chi[2]].astype(np.float64)
+    region = np.full(tuple(hi - lo), inner.mean() if inner.size else 0.0)
+    region[clo[0] - lo[0]:chi[0] - lo[0], clo[1] - lo[1]:chi[1] - lo[1],
+           clo[2] - lo[2]:chi[2] - lo[2]] = inner
+    view = np.lib.stride_tricks.sliding_window_view(region, tuple(b))  # (2s+1,)*3 + box
+    return np.array(view.reshape(-1, int(np.prod(b))))  # a writable copy
+
+
+def _hand_weights(tilt_series, box_zyx, voxel_size_angstrom: float, centred_xyz, hands, hand_mode,
+                  weight_options: dict[str, Any]):
+    """rfft-grid template weights ``(n_hands, z, y, x//2+1)`` for one particle.
+
+    The per-tilt defocus is shifted to the particle's own centred ``(x, z)`` under each hand
+    (:func:`tomomatch.conventions.defocus_offset_angstrom`) and passed to
+    :func:`tomomatch.weighting.tilt_series_weight` as one position per hand.
+    """
+    from .conventions import ANGSTROM_PER_MICROMETRE, defocus_offset_angstrom
+    from .weighting import tilt_series_weight
+
+    x_a, _, z_a = (float(v) for v in centred_xyz)
+    offsets = np.stack([defocus_offset_angstrom(x_a, z_a, tilt_series.tilt_angles_deg, h, hand_mode)
+                        for h in hands]) / ANGSTROM_PER_MICROMETRE  # (n_hands, n_tilts), all tilts
+    w = tilt_series_weight(tilt_series, tuple(int(v) for v in box_zyx), voxel_size_angstrom,
+                           defocus_offset_um=offsets, **weight_options)
+    return w.reshape(len(hands), *w.shape[-3:])
+
+
+def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_series, template: np.ndarray,
+                      mask: np.ndarray, positions_xyz, poses, *, hands: Sequence[int] = (1, -1, 0),
+                      hand_mode: str = "full", max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
+                      shift_voxels: int = 1, weight_options: dict[str, Any] | None = None,
+                      weight_function=None, progress=None) -> RescoreResult:
+    """Re-score every particle under several defocus hands, with local refinement.
+
+    For each particle: the per-tilt defocus at its own centred ``(x, z)`` is computed with
+    :func:`tomomatch.conventions.defocus_at_point_um` for each hand; the template is rotated
+    to every pose within ``max_angle_deg`` of the particle's pose
+    (:func:`tomomatch.angles.local_rotations`), multiplied in Fourier space by that hand's
+    per-tilt weight (:func:`tomomatch.weighting.tilt_series_weight`), masked and normalised
+    (zero mean, unit variance under the rotated mask); and its normalised cross-correlation
+    with the tomogram (mean and variance of the tomogram under the mask at each position) is
+    taken at the particle's voxel and its neighbours within ``shift_voxels``. The score of a
+    hand is the maximum over rotations and shifts; every hand sees the same rotations, shifts
+    and data, so ``delta`` is a paired difference.
+
+    Parameters
+    ----------
+    tomogram
+        ``[z, y, x]`` volume.
+    voxel_size_angstrom
+        Voxel size of tomogram, template and mask.
+    tilt_series
+        :class:`tomomatch.tiltseries.TiltSeries` with defocus (excluded tilts are left out).
+    template, mask
+        ``[z, y, x]`` boxes of the same shape (template already with the tomogram's contrast
+        convention, as for matching).
+    positions_xyz
+        ``(n, 3)`` particle positions as voxel indices ``(x, y, z)`` (rounded here).
+    poses
+        ``(n, 3, 3)`` pose matrices (template to particle).
+    hands
+        Hands to score (default ``(1, -1, 0)``).
+    hand_mode
+        ``"full"`` or ``"pytom"`` (:func:`tomomatch.conventions.defocus_offset_angstrom`).
+    max_angle_deg, angle_step_deg
+        Local rotation set (0 for the pose alone).
+    shift_voxels
+        Search radius for the position, voxels per axis (default 1: 27 positions).
+    weight_options
+        Extra keyword arguments for :func:`tomomatch.weighting.tilt_series_weight`
+        (``ctf_mode``, ``low_pass_angstrom``, ``high_pass_angstrom``, ``per_tilt``,
+        ``dose_weighting``, ``cos_weighting``, ...); the default is its default: per-tilt
+        weighting with signed CTF, dose and cos weighting, no band pass.
+    weight_function
+        Replacement for the weight computation, ``f(centred_xyz, hand) -> rfft-grid weight``
+        (tests; default the per-tilt wedge with the particle's defocus).
+    progress
+        Optional callable ``progress(i, n)`` called after each particle.
+
+    Returns
+    -------
+    RescoreResult
+    """
+    import torch
+
+    from .angles import local_rotations
+    from .conventions import check_hand, index_to_centered_angstrom
+
+    hands = tuple(check_hand(h) for h in hands)
+    tomo = np.asarray(tomogram, dtype=np.float32)
+    tmpl = np.asarray(template, dtype=np.float32)
+    msk = np.asarray(mask, dtype=np.float32)
+    if tmpl.shape != msk.shape:
+        raise InputError(f"template shape {tmpl.shape} differs from mask shape {msk.shape}", field="mask")
+    box = tmpl.shape
+    pos = np.asarray(positions_xyz, dtype=float).reshape(-1, 3)
+    mats = np.asarray(poses, dtype=float).reshape(-1, 3, 3)
+    if len(mats) != len(pos):
+        raise ValueError("one pose per position expected")
+    shape_xyz = np.asarray(tomo.shape[::-1])
+    idx = np.rint(pos).astype(int)
+    outside = np.any((idx < 0) | (idx >= shape_xyz), axis=1)
+    if np.any(outside):
+        k = int(np.flatnonzero(outside)[0])
+        raise InputError(f"{int(outside.sum())} particle(s) lie outside the tomogram (first: voxel "
+                         f"{tuple(pos[k].round(1))}, tomogram x, y, z size {tuple(shape_xyz)})",
+                         field="coordinates")
+    centred = index_to_centered_angstrom(idx, tomo.shape, voxel_size_angstrom)
+    ts = None
+    if weight_function is None:
+        if tilt_series is None or not tilt_series.has_defocus:
+            raise InputError("tilt metadata hold no per-tilt defocus; the hand test needs it",
+                             None if tilt_series is None else tilt_series.source, "defocus")
+        ts = tilt_series
+    opts = dict(weight_options or {})
+
+    n, nh = len(pos), len(hands)
+    shifts = np.stack(np.meshgrid(*(np.arange(-shift_voxels, shift_voxels + 1),) * 3, indexing="ij"),
+                      -1).reshape(-1, 3)  # (z, y, x) order, as _windows
+    scores = np.zeros((n, nh))
+    best_rot = np.zeros((n, nh, 3, 3))
+    best_shift = np.zeros((n, nh, 3), dtype=int)
+    tmpl_t = torch.as_tensor(tmpl)
+    msk_t = torch.as_tensor(msk)
+    n_rot = 0
+    for i in range(n):
+        rots = (local_rotations(mats[i], max_angle_deg, angle_step_deg) if max_angle_deg > 0
+                else mats[i][None])
+        n_rot = len(rots)
+        t_rot = rotate_volumes(tmpl_t, rots)                       # (K, z, y, x)
+        m_rot = rotate_volumes(msk_t, rots).clamp(0.0, 1.0)        # (K, z, y, x)
+        if weight_function is None:
+            w = _hand_weights(ts, box, voxel_size_angstrom, centred[i], hands, hand_mode, opts)
+        else:
+            w = torch.stack([torch.as_tensor(weight_function(centred[i], h)) for h in hands])
+        w = w.to(torch.float32)
+        ft = torch.fft.rfftn(t_rot, dim=(-3, -2, -1))              # (K, ...)
+        weighted = torch.fft.irfftn(ft[None] * w[:, None], s=box, dim=(-3, -2, -1))  # (H, K, z, y, x)
+        m = m_rot.to(torch.float64).reshape(1, n_rot, -1)
+        t = weighted.to(torch.float64).reshape(nh, n_rot, -1)
+        n_m = m.sum(-1, keepdim=True)
+        mean_t = (t * m).sum(-1, keepdim=True) / n_m
+        var_t = ((t - mean_t) ** 2 * m).sum(-1, keepdim=True) / n_m
+        t_norm = (t - mean_t) * m / torch.sqrt(var_t.clamp(min=1e-30))   # zero mean, unit var under mask
+        x = torch.as_tensor(_windows(tomo, idx[i][::-1], box, shift_voxels))    # (S, V)
+        mk = m[0]                                                   # (K, V)
+        mean_x = x @ mk.T / n_m[0, :, 0]                            # (S, K)
+        var_x = (x * x) @ mk.T / n_m[0, :, 0] - mean_x ** 2
+        num = torch.einsum("sv,hkv->hsk", x, t_norm)               # (H, S, K)
+        cc = num / (n_m[0, :, 0][None, None] * torch.sqrt(var_x.clamp(min=1e-30))[None])
+        flat = cc.reshape(nh, -1)
+        best = torch.argmax(flat, dim=1)
+        scores[i] = flat[torch.arange(nh), best].numpy()
+        s_idx = (best // n_rot).numpy()
+        k_idx = (best % n_rot).numpy()
+        best_rot[i] = rots[k_idx]
+        best_shift[i] = shifts[s_idx][:, ::-1]
+        if progress is not None:
+            progress(i + 1, n)
+    return RescoreResult(hands=hands, scores=scores, best_rotation=best_rot, best_shift_voxels=best_shift,
+                         centred_angstrom=centred, n_rotations=n_rot)
