@@ -478,3 +478,27 @@ def test_cli_metadata_bad_input_exit_2(tmp_path, capsys, extra_args, fragment):
     err = capsys.readouterr().err
     assert fragment in err
     assert err.count("\n") == 1 and err.startswith("tomomatch metadata: error:")
+
+
+def test_relion5_bad_input(tmp_path):
+    ts = _astig_series()
+    star = write_relion5(tmp_path, ts, "t", (10, 10, 10), 1.0)
+    ts_star = tmp_path / "tilt_series" / "t.star"
+    text = ts_star.read_text()
+    ts_star.write_text(text.replace("\t30000.000000\t", "\tabc\t", 1))
+    with pytest.raises(InputError, match=r"rlnDefocusU: row 1: 'abc' is not a finite number"):
+        read_relion5(star)
+    # explicit tilt-series file overrides rlnTomoTiltSeriesStarFile
+    other = tmp_path / "elsewhere.star"
+    other.write_text(text)
+    ts_star.unlink()
+    assert read_relion5(star, tilt_series_star=other).n_tilts == 5
+    with pytest.raises(InputError, match="rlnTomoTiltSeriesStarFile 'tilt_series/t.star' not found"):
+        read_relion5(star)
+    g = star.read_text()
+    star.write_text(g.replace("_rlnTomoHand", "_rlnTomoHandX"))
+    with pytest.raises(InputError, match="rlnTomoHand: column missing"):
+        read_relion5(star, tilt_series_star=other)
+    (tmp_path / "x.star").write_text("data_particles\nloop_\n_rlnTomoName #1\na\n")
+    with pytest.raises(InputError, match="no data_global loop"):
+        read_relion5(tmp_path / "x.star")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -219,13 +220,13 @@ def read_imod_defocus(path) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- writers
 
 
-def write_tilt_angles(path, angles_deg) -> "Path":  # noqa: F821
+def write_tilt_angles(path, angles_deg) -> Path:
     """Write tilt angles (degrees), one per line (``%.6f``), atomically. Returns the path."""
     a = finite_array(angles_deg, "tilt angles")
     return write_text_atomic(path, "".join(f"{v:.6f}\n" for v in a))
 
 
-def write_dose(path, accumulated_dose) -> "Path":  # noqa: F821
+def write_dose(path, accumulated_dose) -> Path:
     """Write accumulated dose (e/A^2 before each tilt), one per line, atomically."""
     d = finite_array(accumulated_dose, "accumulated dose")
     if np.any(d < 0):
@@ -233,7 +234,7 @@ def write_dose(path, accumulated_dose) -> "Path":  # noqa: F821
     return write_text_atomic(path, "".join(f"{v:.6f}\n" for v in d))
 
 
-def write_imod_defocus(path, tilt_series: TiltSeries) -> "Path":  # noqa: F821
+def write_imod_defocus(path, tilt_series: TiltSeries) -> Path:
     """Write the per-tilt defocus of ``tilt_series`` as an IMOD ``.defocus`` file, atomically.
 
     Rule: a series without astigmatism (U == V for every tilt) and without phase shift is
