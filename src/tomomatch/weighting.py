@@ -99,6 +99,25 @@ def frequency_radius_3d(shape_zyx: Sequence[int], voxel_size_angstrom: float, de
     return torch.sqrt(fz[:, None, None] ** 2 + fy[None, :, None] ** 2 + fx[None, None, :] ** 2)
 
 
+def _hermitian_planes(w: torch.Tensor, nx: int, combine: str = "mean") -> torch.Tensor:
+    """Make the kx = 0 (and, for even nx, the Nyquist) planes Hermitian-consistent.
+
+    On those planes the rfft stores both ``k`` and ``-k`` (Nyquist indices of even axes alias
+    ``+-0.5``), so a real filter must take equal values at mirrored indices; the weights are
+    replaced by the mean (or max, for 0/1 masks) of each pair. Acts on the last three axes.
+    """
+    nz, ny = w.shape[-3], w.shape[-2]
+    iz = (-torch.arange(nz, device=w.device)) % nz
+    iy = (-torch.arange(ny, device=w.device)) % ny
+    planes = [0] + ([nx // 2] if nx % 2 == 0 and nx > 1 else [])
+    w = w.clone()
+    for ix in planes:
+        p = w[..., ix]
+        m = p.index_select(-2, iz).index_select(-1, iy)
+        w[..., ix] = 0.5 * (p + m) if combine == "mean" else torch.maximum(p, m)
+    return w
+
+
 # --------------------------------------------------------------------------- band pass
 
 
@@ -214,7 +233,8 @@ def binary_wedge(shape_zyx: Sequence[int], tilt_angles_deg, device=None,
     inside = torch.where(on_z, torch.tensor(ninety, device=inside.device), inside)
     inside = inside | ((kx == 0) & (kz == 0))
     ny = int(shape_zyx[1])
-    return inside.to(torch.float32)[:, None, :].expand(-1, ny, -1).contiguous()
+    w = inside.to(torch.float32)[:, None, :].expand(-1, ny, -1)
+    return _hermitian_planes(w, int(shape_zyx[2]), combine="max").contiguous()
 
 
 # --------------------------------------------------------------------------- per-tilt wedge
@@ -389,6 +409,7 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
             vals = base[None]
         out[p0:p1].index_add_(2, flat, vals.transpose(1, 2).to(f32))
     w = out.view(n_pos, ny, nz, nxh).permute(0, 2, 1, 3)  # (P, nz, ny, nxh)
+    w = _hermitian_planes(w, nx)
     if normalization == "coverage":
         w = w / torch.clamp(coverage, min=1.0).to(f32)[None, :, None, :]
     else:
