@@ -164,6 +164,12 @@ def test_tilt_angles_and_dose_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_multi_column_rawtlt_uses_first_column(tmp_path):
+    p = tmp_path / "multi.rawtlt"
+    p.write_text("# angle weight\n-10.5 0.3\n\n0.0 1.0\n10.5, 0.3\n")
+    np.testing.assert_allclose(read_tilt_angles(p), [-10.5, 0.0, 10.5])
+
+
 def test_per_tilt_dose_accumulates_in_file_order(tmp_path):
     (tmp_path / "d.txt").write_text("2.0\n3.0\n4.0\n")
     np.testing.assert_allclose(read_dose(tmp_path / "d.txt", per_tilt=True), [0.0, 2.0, 5.0])
@@ -304,6 +310,12 @@ def test_warp_xml_inverted_hand_spatial_grid_and_fallback(tmp_path):
                     for z in range(5) for x in range(2))
     p.write_text(text[:start] + f'<GridCTF Width="2" Height="1" Depth="5">{nodes}</GridCTF>' + text[end:])
     np.testing.assert_allclose(read_warp_xml(p).defocus_um, 3.1 + 0.1 * np.arange(5))
+    # a 1x1x1 GridCTF holds one value for every tilt
+    p.write_text(text[:start] + '<GridCTF Width="1" Height="1" Depth="1"><Node X="0" Y="0" Z="0" Value="2.5" />'
+                 '</GridCTF>' + text[end:])
+    one = read_warp_xml(p)
+    np.testing.assert_allclose(one.defocus_um, 2.5)
+    np.testing.assert_allclose(one.defocus_u_um, [2.55, 2.55, 2.6, 2.55, 2.55])  # delta 0.2 on tilt 2
     # no grids: the <CTF> Params give one value for every tilt
     import re
     p.write_text(re.sub(r"\t<GridCTF.*?</GridCTF\w*>\n", "", text, flags=re.S))
