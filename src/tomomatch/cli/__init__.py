@@ -19,6 +19,7 @@ from ..errors import InputError
 COMMANDS: list[str] = [
     "template", "mask",
     "metadata",
+    "match",
 ]
 
 

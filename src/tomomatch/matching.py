@@ -1,0 +1,662 @@
+"""Core correlation: Roseman's fast local correlation (FLCF) over a set of rotations.
+
+Pure functions over arrays/tensors; no file I/O (that is :mod:`tomomatch.job`).
+
+Score
+    For a tile ``V`` (already filtered by the tomogram-side filter, e.g. band pass), a mask ``M``
+    (sum ``W``) and a template ``T`` normalised under the mask (``T^ = (T - mu_M) / s_M``,
+    ``T~ = M T^``), the score of rotation ``R`` at voxel ``r`` is the mask-weighted Pearson
+    correlation
+
+        ``FLCF_R(r) = sum_u T~_R(u) V(r + u) / (W_R sigma_V,R(r))``
+
+    with ``sigma_V,R(r)^2 = (M_R * V^2)(r)/W_R - ((M_R * V)(r)/W_R)^2`` the local variance of
+    the tile under the rotated mask (FFT convolutions). ``u`` are offsets from the template's
+    rotation centre ``n // 2`` (:mod:`tomomatch.conventions`). For a spherical mask ``M_R = M``
+    and ``sigma_V`` is computed once per tile. The output per voxel is the maximum over
+    rotations and the index of the first rotation reaching it.
+
+Weights
+    The Fourier weight (missing wedge, per-tilt CTF, dose, band pass) belongs to the tomogram,
+    so it is defined in the *tomogram frame* and multiplies the template *after* rotation.
+    It is passed as a callable ``weight(shape_zyx) -> tensor (nz, ny, nx//2+1)`` evaluated on
+    whatever grid is used.
+
+Two paths (``method=``)
+    ``"exact"`` (reference, pytom's order of operations): rotate template and mask in real
+    space (cubic B-spline for the template, linear for the mask) about the centre ``n // 2``,
+    weight on the template box grid, mask, normalise under the rotated mask, paste into the
+    tile, forward FFT, multiply, inverse FFT: two full-size FFTs per rotation.
+
+    ``"fast"`` (default): the masked normalised template's transform is computed once on a box
+    oversampled ``oversample`` times (zero padded, rotation centre moved to index 0 so no phase
+    ramp remains, and pre-divided by ``sinc^2`` of the trilinear kernel -- the gridding
+    correction). For each rotation it is sampled by trilinear interpolation at ``R^T q``
+    directly on the tile's rfft grid, only at the frequencies where the weight is non-zero and
+    ``|q| <= 1/2`` (the template's band), multiplied by the weight, scaled, multiplied by the
+    tile's transform and inverse transformed: one full-size inverse FFT per rotation, rotations
+    in batches. Normalisation: the weighted rotated template has zero mean (its DC term is
+    dropped) and is scaled, by Parseval on the tile grid, to the energy ``E0 = sum (M T^)^2`` of
+    the unweighted masked template, which is what the exact path's template has without a
+    weight. The exact path re-masks *after* weighting; the fast path does not (a weight's
+    point-spread function reaches a little outside the mask), so with a weight the two differ
+    slightly (see docs/matching.md for measured numbers).
+
+Borders
+    Correlations are circular on the padded tile (fast FFT size). Voxels closer than half a
+    template box to a face of the tomogram see zero padding/wrapped data there, as in pytom;
+    inside, tiles reproduce an unsplit run (see :mod:`tomomatch.tiles`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+import torch
+
+from .errors import InputError
+
+__all__ = [
+    "WeightFn",
+    "fast_fft_shape",
+    "resolve_device",
+    "normalise_under_mask",
+    "place_centered",
+    "rotate_volume",
+    "is_spherical_mask",
+    "phase_randomised_template",
+    "filter_volume",
+    "local_sigma",
+    "FourierTemplate",
+    "TileState",
+    "TileCorrelator",
+    "match_volume",
+    "MatchResult",
+]
+
+WeightFn = Callable[[tuple[int, int, int]], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def fast_fft_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """Smallest 5-smooth (2, 3, 5) sizes ``>= shape`` per axis (fast for pocketfft and cuFFT)."""
+    return tuple(int(scipy.fft.next_fast_len(int(n), real=True)) for n in shape)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> torch device; InputError if CUDA is absent."""
+    name = "cpu" if device is None else str(device)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {name!r}; expected cpu, cuda or cuda:N", None, "--device") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} requested but no CUDA device is available", None, "--device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA "
+                             "device(s) exist", None, "--device")
+    elif dev.type != "cpu":
+        raise InputError(f"unsupported device {name!r}; expected cpu, cuda or cuda:N", None, "--device")
+    return dev
+
+
+def _rfftn(x: torch.Tensor, s=None, dim=(-3, -2, -1)) -> torch.Tensor:
+    """rfftn; on the CPU through scipy.fft (pocketfft, threaded), zero-copy via numpy."""
+    if x.device.type == "cpu":
+        out = scipy.fft.rfftn(x.numpy(), s=s, axes=dim, workers=torch.get_num_threads())
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.complex64))
+    return torch.fft.rfftn(x, s=s, dim=dim)
+
+
+def _irfftn(x: torch.Tensor, s, dim=(-3, -2, -1)) -> torch.Tensor:
+    """irfftn counterpart of :func:`_rfftn` (may overwrite its input on the CPU)."""
+    if x.device.type == "cpu":
+        out = scipy.fft.irfftn(x.numpy(), s=s, axes=dim, workers=torch.get_num_threads(),
+                               overwrite_x=True)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+    return torch.fft.irfftn(x, s=s, dim=dim)
+
+
+def _as_tensor(x, device, dtype=torch.float32) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=dtype)
+    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+
+
+def normalise_under_mask(template, mask) -> torch.Tensor:
+    """``M * (T - mu) / s`` with ``mu, s`` the mask-weighted mean and standard deviation.
+
+    Works for soft masks (weights ``M``): ``sum M T^ = 0`` and ``sum M T^2 = sum M`` for
+    ``T^ = (T - mu) / s``. Zero outside the mask. Arrays/tensors ``[z, y, x]`` (or batched
+    ``[..., z, y, x]``).
+    """
+    t = template if isinstance(template, torch.Tensor) else torch.as_tensor(np.asarray(template, np.float32))
+    m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask, np.float32))
+    t64, m64 = t.double(), m.double()
+    dims = (-3, -2, -1)
+    w = m64.sum(dim=dims, keepdim=True)
+    mu = (m64 * t64).sum(dim=dims, keepdim=True) / w
+    var = (m64 * (t64 - mu) ** 2).sum(dim=dims, keepdim=True) / w
+    if torch.any(var <= 0):
+        raise InputError("template is constant under the mask; cannot normalise", None, "template")
+    return (m64 * (t64 - mu) / torch.sqrt(var)).to(t.dtype)
+
+
+def place_centered(box: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Zero-pad a box ``[..., n, n, n]`` to ``shape`` with its centre ``n // 2`` moved to index 0.
+
+    The result is the box "wrapped" around the origin, ready for circular correlation.
+    """
+    n = box.shape[-3:]
+    pad = []
+    for s, k in zip(reversed(tuple(shape)), reversed(n)):
+        if k > s:
+            raise ValueError(f"box {tuple(n)} does not fit into {tuple(shape)}")
+        pad += [0, s - k]
+    out = torch.nn.functional.pad(box, pad)
+    return torch.roll(out, shifts=tuple(-(k // 2) for k in n), dims=(-3, -2, -1))
+
+
+def _zyx_affine(rotation: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """scipy ``affine_transform`` matrix/offset for ``out(x) = in(R^T (x - c) + c)``, zyx order."""
+    rt = np.asarray(rotation, float).T[::-1, ::-1]
+    c = np.array([k // 2 for k in shape], float)
+    return rt, c - rt @ c
+
+
+def rotate_volume(volume, rotation, order: int = 3) -> np.ndarray:
+    """Rotate a box about its centre ``n // 2``: ``out(x) = in(R^T (x - c) + c)`` (numpy).
+
+    ``rotation`` is a pose matrix acting on ``(x, y, z)`` (:mod:`tomomatch.conventions`);
+    ``order`` is the spline order (3: prefiltered cubic B-spline; 1: trilinear). Outside is 0.
+    """
+    v = np.asarray(volume, dtype=np.float64)
+    mat, off = _zyx_affine(rotation, v.shape)
+    return scipy.ndimage.affine_transform(v, mat, offset=off, order=order, mode="constant", cval=0.0)
+
+
+def is_spherical_mask(mask, tol: float = 1e-3) -> bool:
+    """True when the mask is (numerically) invariant under rotation about its centre."""
+    try:  # prefer the shared implementation when present
+        from .mask import is_spherical  # type: ignore
+        return bool(is_spherical(np.asarray(mask)))
+    except Exception:
+        pass
+    m = np.asarray(mask, dtype=np.float64)
+    scale = float(np.abs(m).max()) or 1.0
+    rng = np.random.default_rng(0)
+    from scipy.spatial.transform import Rotation
+    for r in Rotation.random(3, random_state=rng).as_matrix():
+        if np.abs(rotate_volume(m, r, order=1) - m).max() > 0.25 * scale:
+            return False
+    # finer test: values depend on radius only
+    zz, yy, xx = np.indices(m.shape)
+    c = [k // 2 for k in m.shape]
+    r = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2)
+    rb = np.round(r * 4).astype(int)
+    sums = np.bincount(rb.ravel(), m.ravel())
+    cnt = np.bincount(rb.ravel())
+    mean = sums / np.maximum(cnt, 1)
+    return bool(np.abs(m - mean[rb]).max() <= tol * scale + 0.05 * scale)
+
+
+def phase_randomised_template(template, mask, seed: int = 0, iterations: int = 20) -> np.ndarray:
+    """A copy of ``mask * template`` with the same amplitude spectrum and random phases.
+
+    Random Hermitian phases come from the rFFT of seeded Gaussian noise; a few alternating
+    projections (amplitudes <-> support of the mask) keep it inside the mask. Deterministic
+    for a given ``seed``. Returned unnormalised (the caller normalises under the mask).
+    """
+    t = np.asarray(template, np.float64) * np.asarray(mask, np.float64)
+    m = np.asarray(mask, np.float64)
+    amp = np.abs(np.fft.rfftn(t))
+    rng = np.random.default_rng(seed)
+    phase = np.exp(1j * np.angle(np.fft.rfftn(rng.standard_normal(t.shape))))
+    x = np.fft.irfftn(amp * phase, s=t.shape)
+    for _ in range(iterations):
+        x = x * m
+        f = np.fft.rfftn(x)
+        x = np.fft.irfftn(amp * np.exp(1j * np.angle(f)), s=t.shape)
+    x = x * m
+    if np.sum(x) * np.sum(t) < 0:
+        x = -x
+    return x.astype(np.float32)
+
+
+def filter_volume(volume: torch.Tensor, weight: WeightFn | None) -> torch.Tensor:
+    """Multiply a whole volume's transform by ``weight`` on its fast-size padded grid.
+
+    Used for the tomogram-side filter (band pass, whitening) *before* tiling, so that tiles
+    see the same filtered data as an unsplit run.
+    """
+    if weight is None:
+        return volume
+    shape = tuple(volume.shape)
+    padded = fast_fft_shape(shape)
+    f = _rfftn(volume, s=padded)
+    f = f * weight(padded).to(f.device)
+    out = _irfftn(f, s=padded)
+    return out[: shape[0], : shape[1], : shape[2]].contiguous()
+
+
+def _rfft_grid(shape: Sequence[int], device) -> torch.Tensor:
+    """Frequencies (cycles/voxel) of the rfft grid of ``shape``: tensor ``(nz, ny, nx//2+1, 3)``
+    holding ``(qx, qy, qz)``."""
+    nz, ny, nx = shape
+    qz = torch.fft.fftfreq(nz, device=device)
+    qy = torch.fft.fftfreq(ny, device=device)
+    qx = torch.fft.rfftfreq(nx, device=device)
+    gz, gy, gx = torch.meshgrid(qz, qy, qx, indexing="ij")
+    return torch.stack([gx, gy, gz], dim=-1)
+
+
+def local_sigma(v_hat: torch.Tensor, v2_hat: torch.Tensor, mask_hat: torch.Tensor, mask_sum: float,
+                shape: Sequence[int]) -> torch.Tensor:
+    """Local standard deviation of a volume under a (wrapped) mask from transforms.
+
+    ``v_hat``/``v2_hat`` are the rfft of ``V`` and ``V^2``; ``mask_hat`` the rfft of the mask
+    placed with its centre at index 0. Returns ``sigma(r)`` (0 where the variance is not
+    positive within float32 round-off).
+    """
+    mu = _irfftn(torch.conj(mask_hat) * v_hat, s=tuple(shape)) / mask_sum
+    m2 = _irfftn(torch.conj(mask_hat) * v2_hat, s=tuple(shape)) / mask_sum
+    var = m2 - mu * mu
+    tiny = 1e-5 * float(torch.clamp(m2.abs().max(), min=1e-30))
+    var = torch.where(var > tiny, var, torch.zeros_like(var))
+    return torch.sqrt(var)
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+class FourierTemplate:
+    """Oversampled, gridding-corrected transform of a box, sampled at rotated frequencies.
+
+    Parameters
+    ----------
+    box
+        Real box ``[n, n, n]`` (e.g. the masked normalised template), rotation centre ``n//2``.
+    oversample
+        Zero-padding factor ``P / n`` (default 2).
+    device
+        Torch device.
+    """
+
+    def __init__(self, box, oversample: int = 2, device="cpu"):
+        b = np.asarray(box.cpu().numpy() if isinstance(box, torch.Tensor) else box, np.float64)
+        n = b.shape[0]
+        if b.shape != (n, n, n):
+            raise InputError(f"template box must be cubic, got {b.shape}", None, "template")
+        p = int(scipy.fft.next_fast_len(int(math.ceil(oversample * n))))
+        if p % 2:
+            p += 1
+        pad = np.zeros((p, p, p))
+        pad[:n, :n, :n] = b
+        pad = np.roll(pad, (-(n // 2),) * 3, axis=(0, 1, 2))
+        # gridding correction: trilinear interpolation in Fourier space multiplies real space by
+        # sinc^2(x / P) per axis; divide it out beforehand.
+        x = np.fft.fftfreq(p) * p  # wrapped coordinate
+        s = np.sinc(x / p) ** 2
+        pad /= s[:, None, None] * s[None, :, None] * s[None, None, :]
+        f = np.fft.fftshift(np.fft.fftn(pad))
+        self.size = p
+        self.box = n
+        self.device = torch.device(device)
+        # grid_sample wants channels first: (1, 2, D, H, W) = (1, 2, z, y, x)
+        self.grid = torch.as_tensor(np.stack([f.real, f.imag]).astype(np.float32),
+                                    device=self.device)[None]
+
+    def sample(self, rotations: torch.Tensor, q_xyz: torch.Tensor) -> torch.Tensor:
+        """Transform of the rotated box ``t(R^T x)`` at frequencies ``q`` (cycles/voxel).
+
+        ``rotations`` ``(B, 3, 3)``, ``q_xyz`` ``(K, 3)`` -> complex ``(B, K)``.
+        ``T_R(q) = T(R^T q)``; frequencies outside the oversampled grid give 0.
+        """
+        p = self.size
+        qr = torch.matmul(q_xyz.unsqueeze(0), rotations.to(q_xyz.dtype))  # (B, K, 3) = (R^T q)^T
+        # continuous index idx = q * P + P/2 ; grid_sample normalised coordinate (align_corners)
+        g = (qr * p + p // 2) * (2.0 / (p - 1)) - 1.0
+        out = torch.nn.functional.grid_sample(self.grid, g[None, :, None], mode="bilinear",
+                                              padding_mode="zeros", align_corners=True)
+        out = out[0, :, :, 0, :]  # (2, B, K)
+        return torch.complex(out[0], out[1])
+
+
+@dataclass
+class TileState:
+    """Running state of one tile's search (what a checkpoint stores).
+
+    ``best``/``index`` cover the tile's unique region; ``sum``/``sumsq`` are float64 sums of
+    every score value searched there; ``done`` is the number of rotations processed (in order).
+    """
+
+    best: torch.Tensor
+    index: torch.Tensor
+    noise_best: torch.Tensor | None = None
+    sum: float = 0.0
+    sumsq: float = 0.0
+    count: int = 0
+    done: int = 0
+
+    @classmethod
+    def empty(cls, shape, device, random_phase: bool = False) -> "TileState":
+        return cls(best=torch.full(tuple(shape), -torch.inf, device=device),
+                   index=torch.full(tuple(shape), -1, dtype=torch.int64, device=device),
+                   noise_best=(torch.full(tuple(shape), -torch.inf, device=device)
+                               if random_phase else None))
+
+    def to_numpy(self) -> dict:
+        d = {"best": self.best.cpu().numpy(), "index": self.index.cpu().numpy(),
+             "sum": np.float64(self.sum), "sumsq": np.float64(self.sumsq),
+             "count": np.int64(self.count), "done": np.int64(self.done)}
+        if self.noise_best is not None:
+            d["noise_best"] = self.noise_best.cpu().numpy()
+        return d
+
+    @classmethod
+    def from_numpy(cls, d, device) -> "TileState":
+        nb = d["noise_best"] if "noise_best" in d else None
+        return cls(best=torch.as_tensor(np.asarray(d["best"]), device=device),
+                   index=torch.as_tensor(np.asarray(d["index"]), device=device),
+                   noise_best=None if nb is None else torch.as_tensor(np.asarray(nb), device=device),
+                   sum=float(d["sum"]), sumsq=float(d["sumsq"]), count=int(d["count"]),
+                   done=int(d["done"]))
+
+
+class TileCorrelator:
+    """FLCF of one tile against a set of rotations (fast or exact path).
+
+    Parameters
+    ----------
+    tile
+        Real tile ``[z, y, x]`` (filtered tomogram data; zero where outside the tomogram).
+    template, mask
+        Cubic boxes of the same shape. The template is normalised under the mask here.
+    unique
+        Slices (z, y, x) of the tile whose scores are kept (the tile's unique region).
+    weight
+        Tomogram-frame Fourier weight for the template (callable ``shape -> rfft-grid tensor``)
+        or None.
+    method
+        ``"fast"`` or ``"exact"``.
+    spherical
+        Whether the mask is spherical (None: detect).
+    random_phase_template
+        Optional second template (e.g. :func:`phase_randomised_template`) matched alongside.
+    device
+        Torch device.
+    oversample
+        Oversampling of the fast path's template transform.
+    """
+
+    def __init__(self, tile, template, mask, unique: tuple[slice, slice, slice], *,
+                 weight: WeightFn | None = None, method: str = "fast", spherical: bool | None = None,
+                 random_phase_template=None, device="cpu", oversample: int = 2):
+        if method not in ("fast", "exact"):
+            raise ValueError(f"method must be 'fast' or 'exact', got {method!r}")
+        dev = torch.device(device)
+        self.device, self.method = dev, method
+        tmpl = np.asarray(template, np.float32)
+        msk = np.asarray(mask, np.float32)
+        if tmpl.shape != msk.shape:
+            raise InputError(f"template {tmpl.shape} and mask {msk.shape} shapes differ", None, "mask")
+        n = tmpl.shape[0]
+        tile_t = _as_tensor(tile, dev)
+        if any(n > s for s in tile_t.shape):
+            raise InputError(f"template box {n} larger than the tile {tuple(tile_t.shape)}", None, "template")
+        self.box = n
+        self.data_shape = tuple(tile_t.shape)
+        self.shape = fast_fft_shape(self.data_shape)
+        self.unique = unique
+        self.weight = weight
+        self.spherical = is_spherical_mask(msk) if spherical is None else bool(spherical)
+        self.mask_np = msk
+        self.mask_sum = float(msk.astype(np.float64).sum())
+        if self.mask_sum <= 0:
+            raise InputError("mask is empty (sum <= 0)", None, "mask")
+        padded = torch.zeros(self.shape, device=dev)
+        padded[: self.data_shape[0], : self.data_shape[1], : self.data_shape[2]] = tile_t
+        self.v_hat = _rfftn(padded.clone())
+        self.v2_hat = _rfftn(padded * padded)
+        mask_t = _as_tensor(msk, dev)
+        if self.spherical:
+            m_hat = _rfftn(place_centered(mask_t, self.shape))
+            sigma = local_sigma(self.v_hat, self.v2_hat, m_hat, self.mask_sum, self.shape)
+            self.inv_norm = self._inv(sigma, self.mask_sum)[unique].contiguous()
+        self.templates = [tmpl]
+        if random_phase_template is not None:
+            self.templates.append(np.asarray(random_phase_template, np.float32))
+        self.normed = [normalise_under_mask(torch.as_tensor(t), torch.as_tensor(msk)).numpy()
+                       for t in self.templates]
+        self.energy0 = float(np.sum(self.normed[0].astype(np.float64) ** 2))
+        if method == "fast":
+            self._setup_fast(oversample)
+        else:
+            self._box_weight = None if weight is None else weight((n, n, n)).to(dev)
+
+    @staticmethod
+    def _inv(sigma: torch.Tensor, mask_sum) -> torch.Tensor:
+        inv = torch.zeros_like(sigma)
+        ok = sigma > 0
+        if isinstance(mask_sum, torch.Tensor):
+            inv[ok] = 1.0 / (mask_sum[ok] * sigma[ok])
+        else:
+            inv[ok] = 1.0 / (mask_sum * sigma[ok])
+        return inv
+
+    # ------------------------------------------------------------------ fast path set-up
+    def _setup_fast(self, oversample: int):
+        dev = self.device
+        grid = _rfft_grid(self.shape, dev)  # (nz, ny, nxh, 3)
+        r = torch.linalg.vector_norm(grid, dim=-1)
+        w = torch.ones(r.shape, device=dev) if self.weight is None else self.weight(self.shape).to(dev).float()
+        keep = (r <= 0.5) & (w != 0)
+        keep[0, 0, 0] = False  # zero mean: drop DC
+        idx = torch.nonzero(keep.reshape(-1)).reshape(-1)
+        self.active = idx
+        self.q_active = grid.reshape(-1, 3)[idx].contiguous()
+        self.w_active = w.reshape(-1)[idx].contiguous()
+        nx = self.shape[2]
+        kx = torch.arange(nx // 2 + 1, device=dev)
+        mult = torch.where((kx == 0) | ((nx % 2 == 0) & (kx == nx // 2)), 1.0, 2.0)
+        self.mult_active = mult.expand(r.shape).reshape(-1)[idx].contiguous()
+        self.vhat_active = self.v_hat.reshape(-1)[idx].contiguous()
+        self.n_total = float(np.prod(self.shape))
+        self.ftemplates = [FourierTemplate(t, oversample, dev) for t in self.normed]
+        if not self.spherical:
+            keep_m = r <= 0.5
+            self.m_active = torch.nonzero(keep_m.reshape(-1)).reshape(-1)
+            self.qm_active = grid.reshape(-1, 3)[self.m_active].contiguous()
+            self.fmask = FourierTemplate(self.mask_np, oversample, dev)
+            self.vhat_m = self.v_hat.reshape(-1)[self.m_active]
+            self.v2hat_m = self.v2_hat.reshape(-1)[self.m_active]
+
+    def batch_bytes(self) -> int:
+        """Approximate memory per rotation in a batch (bytes)."""
+        n = float(np.prod(self.shape))
+        per = 4 * n + 4 * n  # half-grid complex spectrum + real output
+        if self.method == "fast":
+            per += self.active.numel() * (12 + 8 + 8)
+            if not self.spherical:
+                per += 3 * 8 * n
+        else:
+            per += 3 * 4 * n
+        return int(per * len(self.templates))
+
+    # ------------------------------------------------------------------ scores
+    def scores(self, rotations) -> list[torch.Tensor]:
+        """Scores of a batch of rotations on the unique region: one ``(B, ...)`` per template."""
+        rot = torch.as_tensor(np.asarray(rotations, np.float32), device=self.device)
+        if rot.ndim == 2:
+            rot = rot[None]
+        if self.method == "fast":
+            return self._scores_fast(rot)
+        return self._scores_exact(np.asarray(rotations, np.float64).reshape(-1, 3, 3))
+
+    def _scores_fast(self, rot: torch.Tensor) -> list[torch.Tensor]:
+        b = rot.shape[0]
+        nz, ny, nx = self.shape
+        if not self.spherical:
+            mvals = self.fmask.sample(rot, self.qm_active)  # (B, K)
+            # mask sum per rotation = its DC term, not in the active set; sample at q = 0
+            w_r = self.fmask.sample(rot, torch.zeros(1, 3, device=self.device)).real[:, 0]
+            spec = torch.zeros((b, nz * ny * (nx // 2 + 1)), dtype=torch.complex64, device=self.device)
+            spec[:, self.m_active] = torch.conj(mvals) * self.vhat_m
+            spec[:, 0] = w_r * self.v_hat.reshape(-1)[0]
+            mu = _irfftn(spec.reshape(b, nz, ny, nx // 2 + 1), s=self.shape)
+            spec = torch.zeros_like(spec)
+            spec[:, self.m_active] = torch.conj(mvals) * self.v2hat_m
+            spec[:, 0] = w_r * self.v2_hat.reshape(-1)[0]
+            m2 = _irfftn(spec.reshape(b, nz, ny, nx // 2 + 1), s=self.shape)
+            del spec
+            wr = w_r.reshape(b, 1, 1, 1)
+            mu = mu[(slice(None),) + self.unique] / wr
+            m2 = m2[(slice(None),) + self.unique] / wr
+            var = m2 - mu * mu
+            tiny = 1e-5 * torch.clamp(m2.abs().amax(dim=(1, 2, 3), keepdim=True), min=1e-30)
+            sig = torch.sqrt(torch.where(var > tiny, var, torch.zeros_like(var)))
+            inv = torch.where(sig > 0, 1.0 / (wr * sig.clamp_min(1e-30)), torch.zeros_like(sig))
+        else:
+            inv = self.inv_norm
+        out = []
+        for ft in self.ftemplates:
+            vals = ft.sample(rot, self.q_active) * self.w_active  # (B, K)
+            energy = (self.mult_active * (vals.real ** 2 + vals.imag ** 2)).sum(dim=1) / self.n_total
+            scale = torch.sqrt(self.energy0 / energy.clamp_min(1e-30))
+            spec = torch.zeros((b, nz * ny * (nx // 2 + 1)), dtype=torch.complex64, device=self.device)
+            spec[:, self.active] = torch.conj(vals) * (scale[:, None] * self.vhat_active)
+            corr = _irfftn(spec.reshape(b, nz, ny, nx // 2 + 1), s=self.shape)
+            del spec
+            out.append(corr[(slice(None),) + self.unique] * inv)
+        return out
+
+    def _scores_exact(self, rots: np.ndarray) -> list[torch.Tensor]:
+        dev = self.device
+        outs = [[] for _ in self.templates]
+        for r in rots:
+            if self.spherical:
+                m_r = self.mask_np.astype(np.float64)
+                inv = self.inv_norm
+            else:
+                m_r = np.clip(rotate_volume(self.mask_np, r, order=1), 0, None)
+                w_r = float(m_r.sum())
+                m_hat = _rfftn(place_centered(_as_tensor(m_r, dev), self.shape))
+                sig = local_sigma(self.v_hat, self.v2_hat, m_hat, w_r, self.shape)
+                inv = self._inv(sig, w_r)[self.unique]
+            for k, t in enumerate(self.templates):
+                t_r = torch.as_tensor(rotate_volume(t, r, order=3), dtype=torch.float32, device=dev)
+                if self._box_weight is not None:
+                    t_r = _irfftn(_rfftn(t_r) * self._box_weight, s=t_r.shape)
+                tn = normalise_under_mask(t_r, torch.as_tensor(m_r, dtype=torch.float32, device=dev))
+                t_hat = _rfftn(place_centered(tn, self.shape))
+                corr = _irfftn(torch.conj(t_hat) * self.v_hat, s=self.shape)
+                outs[k].append(corr[self.unique] * inv)
+        return [torch.stack(o) for o in outs]
+
+    # ------------------------------------------------------------------ running max
+    def run(self, rotations: np.ndarray, state: TileState | None = None, batch_size: int = 4,
+            on_batch: Callable[[TileState], None] | None = None) -> TileState:
+        """Process rotations ``state.done`` onward in batches, updating the running state.
+
+        ``on_batch(state)`` is called after each batch (progress, checkpoints). Rotation order
+        and batch boundaries (multiples of ``batch_size`` from 0) are fixed, so a resumed run
+        reproduces an uninterrupted one exactly.
+        """
+        rotations = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
+        ushape = tuple(s.stop - s.start for s in self.unique)
+        if state is None:
+            state = TileState.empty(ushape, self.device, random_phase=len(self.templates) > 1)
+        n = len(rotations)
+        start = state.done
+        while start < n:
+            stop = min(n, (start // batch_size + 1) * batch_size)
+            sc = self.scores(rotations[start:stop])
+            s = sc[0]
+            flat = s.reshape(s.shape[0], -1)
+            state.sum += float(flat.sum(dim=1, dtype=torch.float64).sum())
+            state.sumsq += float((flat.double() ** 2).sum())
+            state.count += int(flat.numel())
+            vals, arg = s.max(dim=0)
+            better = vals > state.best
+            state.best = torch.where(better, vals, state.best)
+            state.index = torch.where(better, arg + start, state.index)
+            if len(sc) > 1:
+                state.noise_best = torch.maximum(state.noise_best, sc[1].max(dim=0).values)
+            state.done = stop
+            start = stop
+            if on_batch is not None:
+                on_batch(state)
+        return state
+
+
+@dataclass
+class MatchResult:
+    """Result of :func:`match_volume`: score and rotation-index maps plus search statistics."""
+
+    scores: np.ndarray
+    angles: np.ndarray
+    n_voxels: int
+    n_rotations: int
+    mean: float
+    std: float
+    noise_mean: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def match_volume(tomogram, template, mask, rotations, *, weight: WeightFn | None = None,
+                 tomogram_weight: WeightFn | None = None, method: str = "fast",
+                 spherical: bool | None = None, random_phase: bool = False, device="cpu",
+                 batch_size: int = 4, oversample: int = 2) -> MatchResult:
+    """Template search of a whole (small) volume held in memory, as one tile.
+
+    Parameters
+    ----------
+    tomogram
+        ``[z, y, x]`` volume.
+    template, mask
+        Cubic boxes of equal shape, rotation centre ``n // 2``.
+    rotations
+        ``(N, 3, 3)`` pose matrices (:mod:`tomomatch.conventions`).
+    weight
+        Template weight in the tomogram frame (callable ``shape -> rfft-grid tensor``) or None.
+    tomogram_weight
+        Filter applied to the whole tomogram first (band pass, whitening) or None.
+    method
+        ``"fast"`` (Fourier-space rotation, default) or ``"exact"`` (real-space reference).
+    random_phase
+        Match a phase-randomised template alongside and subtract its per-voxel maximum
+        (``score - noise + mean(noise)``).
+
+    Returns
+    -------
+    MatchResult
+        ``scores`` float32 and ``angles`` (int64 rotation index) maps ``[z, y, x]``.
+    """
+    dev = resolve_device(device)
+    vol = _as_tensor(tomogram, dev)
+    if not torch.all(torch.isfinite(vol)):
+        raise InputError("tomogram contains NaN or Inf", None, "tomogram")
+    vol = (vol - vol.mean()) / vol.std().clamp_min(1e-30)
+    vol = filter_volume(vol, tomogram_weight)
+    rp = phase_randomised_template(template, mask) if random_phase else None
+    unique = tuple(slice(0, s) for s in vol.shape)
+    tc = TileCorrelator(vol, template, mask, unique, weight=weight, method=method, spherical=spherical,
+                        random_phase_template=rp, device=dev, oversample=oversample)
+    st = tc.run(rotations, batch_size=batch_size)
+    scores = st.best
+    noise_mean = None
+    if st.noise_best is not None:
+        noise_mean = float(st.noise_best.double().mean())
+        scores = scores - st.noise_best + noise_mean
+    mean = st.sum / st.count
+    std = math.sqrt(max(st.sumsq / st.count - mean * mean, 0.0))
+    return MatchResult(scores=scores.cpu().numpy().astype(np.float32), angles=st.index.cpu().numpy(),
+                       n_voxels=int(np.prod(vol.shape)), n_rotations=len(rotations), mean=mean, std=std,
+                       noise_mean=noise_mean)
