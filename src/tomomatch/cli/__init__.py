@@ -20,6 +20,7 @@ COMMANDS: list[str] = [
     "template", "mask",
     "metadata",
     "match",
+    "simulate",
 ]
 
 

@@ -1,0 +1,254 @@
+"""Simulation parameters, presets and their validation."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..conventions import check_hand
+from ..errors import InputError
+
+__all__ = ["SimulationConfig", "Structure", "PRESETS", "preset_config", "default_data_dir"]
+
+
+@dataclass(frozen=True, eq=False)
+class Structure:
+    """An in-memory density to simulate (positive, volts above the ice, ``[z, y, x]`` cube
+    centred on ``n // 2``) at ``voxel_size_angstrom``. ``name`` is recorded in the outputs."""
+
+    density: np.ndarray
+    voxel_size_angstrom: float
+    name: str = "array"
+
+
+@dataclass
+class SimulationConfig:
+    """Every parameter of one simulation (units in the names; see docs/simulation.md).
+
+    Geometry follows :mod:`tomomatch.conventions`: the tomogram is ``tomogram_size_xyz``
+    voxels of ``voxel_size_angstrom`` with its centre (voxel ``n // 2``) on the tilt axis; the
+    tilt images are simulated at ``voxel_size_angstrom / binning`` and binned by Fourier
+    cropping to the tomogram voxel size.
+    """
+
+    preset: str = "custom"
+    seed: int = 0
+    # ---- sample
+    structure: Any = "phantom"             # 'phantom', 'phantom-mirror', 'phantom-decoy', a model/map path or Structure
+    phantom_diameter_angstrom: float = 250.0
+    n_particles: int = 8
+    n_decoys: int = 0
+    decoy_structure: Any = "phantom-decoy"
+    n_blobs: int = 0
+    blob_sigma_angstrom: tuple[float, float] = (10.0, 25.0)
+    blob_peak_volt: float = 1.5
+    thickness_nm: float = 40.0
+    min_distance_angstrom: float | None = None   # default: sum of the two particles' radii
+    particle_positions_angstrom: Any = None     # optional (n, 3) centred x, y, z (A), overrides random placement
+    particle_angles_relion_deg: Any = None      # optional (n, 3) rot, tilt, psi, overrides random orientations
+    # ---- tomogram
+    tomogram_size_xyz: tuple[int, int, int] = (128, 128, 48)
+    voxel_size_angstrom: float = 10.0
+    binning: int = 2
+    # ---- tilt scheme
+    tilt_min_deg: float = -60.0
+    tilt_max_deg: float = 60.0
+    tilt_step_deg: float = 4.0
+    tilt_order: str = "dose-symmetric"
+    dose_symmetric_group: int = 2
+    dose_per_tilt: float = 3.5
+    # ---- optics
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    defocus_um: float = 3.0
+    defocus_scatter_um: float = 0.15
+    astigmatism_um: float = 0.0             # |dU - dV|
+    astigmatism_angle_deg: float | None = None   # None: random per tilt
+    b_factor_angstrom2: float = 0.0         # extra envelope exp(-B k^2 / 4)
+    hand: int = 1
+    hand_mode: str = "full"
+    apply_ctf: bool = True                  # False: ideal dark contrast, transfer -1 at all k (debugging)
+    apply_dose_filter: bool = True
+    # ---- noise
+    shot_noise: bool = True
+    ice_noise_rad: float = 0.05             # rms ice phase noise per simulation pixel at 0 degrees
+    inelastic_mean_free_path_nm: float = 350.0
+    jitter_angstrom: float = 0.0            # rms per-tilt residual misalignment (x and y)
+    # ---- outputs
+    tomo_name: str = "sim"
+    template_box_size: int | None = None
+    warnings: list = field(default_factory=list)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def simulation_pixel_angstrom(self) -> float:
+        return self.voxel_size_angstrom / self.binning
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Structure):
+                v = f"<array {v.name} {v.density.shape} at {v.voxel_size_angstrom} A>"
+            elif isinstance(v, Path):
+                v = os.fspath(v)
+            elif isinstance(v, np.ndarray):
+                v = v.tolist()
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+    def validate(self) -> "SimulationConfig":
+        """Check every value; raise :class:`InputError` (field named) for bad input."""
+        def pos(name, integer=False, allow_zero=False):
+            v = getattr(self, name)
+            try:
+                fv = float(v)
+            except (TypeError, ValueError):
+                raise InputError(f"{v!r} is not a number", field=name) from None
+            if not math.isfinite(fv) or fv < 0 or (fv == 0 and not allow_zero):
+                raise InputError(f"{v!r} must be {'>= 0' if allow_zero else '> 0'}", field=name)
+            if integer and fv != int(fv):
+                raise InputError(f"{v!r} must be an integer", field=name)
+
+        for n in ("voxel_size_angstrom", "thickness_nm", "tilt_step_deg", "voltage_kv",
+                  "phantom_diameter_angstrom", "inelastic_mean_free_path_nm"):
+            pos(n)
+        for n in ("dose_per_tilt", "cs_mm", "defocus_scatter_um", "astigmatism_um", "b_factor_angstrom2",
+                  "ice_noise_rad", "jitter_angstrom", "blob_peak_volt"):
+            pos(n, allow_zero=True)
+        for n in ("n_particles", "n_decoys", "n_blobs"):
+            pos(n, integer=True, allow_zero=True)
+        pos("binning", integer=True)
+        self.binning = int(self.binning)
+        self.n_particles, self.n_decoys, self.n_blobs = int(self.n_particles), int(self.n_decoys), int(self.n_blobs)
+        if self.n_particles + self.n_decoys == 0 and self.particle_positions_angstrom is None:
+            pass  # an empty field (noise only) is allowed
+        try:
+            size = tuple(int(s) for s in self.tomogram_size_xyz)
+        except (TypeError, ValueError):
+            raise InputError(f"{self.tomogram_size_xyz!r} must be 3 integers", field="tomogram size") from None
+        if len(size) != 3 or min(size) < 8:
+            raise InputError(f"{self.tomogram_size_xyz!r} must be 3 integers >= 8 (x y z)", field="tomogram size")
+        self.tomogram_size_xyz = size
+        if not -90 <= self.tilt_min_deg <= self.tilt_max_deg <= 90:
+            raise InputError(f"tilt range {self.tilt_min_deg:g}..{self.tilt_max_deg:g} must lie within -90..90 "
+                             "degrees with min <= max", field="tilt range")
+        if max(abs(self.tilt_min_deg), abs(self.tilt_max_deg)) >= 89.0:
+            raise InputError("tilts of 89 degrees or more leave no usable projection", field="tilt range")
+        if self.tilt_order not in ("dose-symmetric", "sequential", "bidirectional"):
+            raise InputError(f"unknown tilt order {self.tilt_order!r}; expected dose-symmetric, sequential "
+                             "or bidirectional", field="tilt order")
+        try:
+            self.hand = check_hand(self.hand)
+        except ValueError as exc:
+            raise InputError(str(exc), field="hand") from None
+        if self.hand_mode not in ("full", "pytom"):
+            raise InputError(f"unknown hand mode {self.hand_mode!r}; expected full or pytom", field="hand mode")
+        if not 0 <= float(self.amplitude_contrast) < 1:
+            raise InputError(f"{self.amplitude_contrast} outside [0, 1)", field="amplitude contrast")
+        if not math.isfinite(float(self.defocus_um)) or abs(float(self.defocus_um)) > 100:
+            raise InputError(f"{self.defocus_um} um is implausible; expected micrometres", field="defocus")
+        lo, hi = (float(s) for s in self.blob_sigma_angstrom)
+        if not 0 < lo <= hi:
+            raise InputError(f"{self.blob_sigma_angstrom!r} must be 0 < min <= max", field="blob sigma")
+        if self.template_box_size is not None:
+            pos("template_box_size", integer=True)
+            self.template_box_size = int(self.template_box_size)
+        try:
+            self.seed = int(self.seed)
+        except (TypeError, ValueError):
+            raise InputError(f"{self.seed!r} is not an integer", field="seed") from None
+        if self.seed < 0:
+            raise InputError(f"{self.seed} must be >= 0", field="seed")
+        if not str(self.tomo_name) or any(c in str(self.tomo_name) for c in "/\\ \t"):
+            raise InputError(f"{self.tomo_name!r} must be a non-empty name without spaces or slashes",
+                             field="tomo name")
+        return self
+
+
+def default_data_dir() -> Path:
+    """Shared data folder: ``$TOMOMATCH_DATA`` or ``<repo>/../shared/data``."""
+    env = os.environ.get("TOMOMATCH_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+def _ribosome_structure() -> tuple[Any, list[str]]:
+    p = default_data_dir() / "structures" / "4v5d.cif.gz"
+    try:
+        import gemmi  # noqa: F401
+        ok = p.exists()
+    except ImportError:  # pragma: no cover
+        ok = False
+    if ok:
+        return str(p), []
+    return "phantom", [f"70S model {p} not found (or gemmi missing): simulating the built-in phantom instead"]
+
+
+#: Preset name -> parameter overrides of :class:`SimulationConfig`.
+PRESETS: dict[str, dict] = {
+    # small and fast: CI and the README demo (<= 20 s on 2 cores)
+    "ci": dict(
+        structure="phantom", phantom_diameter_angstrom=200.0, n_particles=8, n_decoys=2, n_blobs=30,
+        thickness_nm=40.0, tomogram_size_xyz=(128, 128, 48), voxel_size_angstrom=10.0, binning=2,
+        tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=4.0, dose_per_tilt=3.5,
+        defocus_um=3.0, defocus_scatter_um=0.15, ice_noise_rad=0.05,
+    ),
+    # like pytom-match-pick's defocus-handedness benchmark (EMPIAR-10985 TS 27)
+    "seed": dict(
+        structure="@4v5d", n_particles=100, n_decoys=0, n_blobs=60,
+        thickness_nm=70.0, tomogram_size_xyz=(514, 720, 84), voxel_size_angstrom=8.56, binning=2,
+        tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=3.0, dose_per_tilt=3.0,
+        voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, defocus_um=3.0, defocus_scatter_um=0.15,
+        ice_noise_rad=0.05,
+    ),
+    # a wide field of view at a finer voxel, where the gradient matters more
+    "wide": dict(
+        structure="@4v5d", n_particles=80, n_decoys=0, n_blobs=80,
+        thickness_nm=70.0, tomogram_size_xyz=(2064, 512, 168), voxel_size_angstrom=4.28, binning=2,
+        tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=3.0, dose_per_tilt=3.0,
+        voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, defocus_um=3.0, defocus_scatter_um=0.15,
+        ice_noise_rad=0.05,
+    ),
+}
+
+
+def preset_config(preset: str = "ci", **overrides) -> SimulationConfig:
+    """A validated :class:`SimulationConfig` for ``preset`` with keyword overrides.
+
+    Unknown presets or parameter names raise :class:`InputError`. ``structure="@4v5d"``
+    resolves to the shared 70S model, falling back to the phantom with a recorded warning.
+    """
+    if preset not in PRESETS and preset != "custom":
+        raise InputError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}", field="preset")
+    params = dict(PRESETS.get(preset, {}))
+    names = {f.name for f in fields(SimulationConfig)}
+    for k, v in overrides.items():
+        if k not in names or k in ("preset", "warnings"):
+            raise InputError(f"unknown simulation parameter {k!r}", field=k)
+        if v is not None or k in ("min_distance_angstrom", "template_box_size", "astigmatism_angle_deg"):
+            params[k] = v
+    warns: list[str] = []
+    if params.get("structure") == "@4v5d":
+        params["structure"], warns = _ribosome_structure()
+        if warns and "phantom_diameter_angstrom" not in overrides:
+            params["phantom_diameter_angstrom"] = 250.0
+    if params.get("decoy_structure") == "@4v5d":
+        params["decoy_structure"], w2 = _ribosome_structure()
+        warns += w2
+    cfg = SimulationConfig(preset=preset, **params)
+    cfg.warnings = warns
+    return cfg.validate()
+
+
+def replace(cfg: SimulationConfig, **changes) -> SimulationConfig:
+    return dataclasses.replace(cfg, **changes).validate()

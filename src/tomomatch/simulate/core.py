@@ -1,0 +1,575 @@
+"""The simulation pipeline: sample, tilt series, reconstruction, outputs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.fft as sfft
+import starfile
+import torch
+from scipy.spatial.transform import Rotation
+
+from .. import ctf as ctfmod
+from ..conventions import (ANGSTROM_PER_MICROMETRE, centre_index, defocus_at_point_um,
+                           electron_wavelength_angstrom, matrix_to_relion, projected_x,
+                           relion5_centered_angstrom, relion_to_matrix, tilt_rotation)
+from ..errors import InputError
+from ..mrcio import atomic_path, write_volume
+from ..tiltseries import TiltSeries
+from .config import SimulationConfig, Structure, preset_config
+from .physics import (FourierProjector, fourier_bin_2d, interaction_constant, poisson_counts,
+                      tilt_scheme, weighted_back_projection)
+
+__all__ = ["simulate", "run_simulation", "SimulationResult", "load_structure", "LoadedStructure"]
+
+_SUPPORT_FRACTION = 0.05
+_PHANTOMS = {"phantom": ("ribosome", False), "phantom-mirror": ("ribosome", True),
+             "phantom-decoy": ("decoy", False)}
+
+
+# --------------------------------------------------------------------------- structures
+
+
+@dataclass
+class LoadedStructure:
+    """A structure ready to project: density (volts) at the simulation pixel, its radius."""
+
+    name: str
+    source: Any
+    density: np.ndarray
+    voxel_size_angstrom: float
+    radius_angstrom: float
+
+
+def _radius(density: np.ndarray, voxel: float) -> float:
+    d = np.asarray(density)
+    m = d > _SUPPORT_FRACTION * d.max()
+    if not m.any():
+        raise InputError("structure density is empty (no positive density)", field="structure")
+    idx = np.nonzero(m)
+    c = centre_index(d.shape[0])
+    r2 = sum((i - c).astype(float) ** 2 for i in idx)
+    return float(math.sqrt(r2.max()) + 0.5) * voxel
+
+
+def _cube(density: np.ndarray) -> np.ndarray:
+    from ..template import pad_or_crop
+    n = max(density.shape)
+    n += n % 2
+    return pad_or_crop(np.asarray(density, dtype=np.float32), (n, n, n))
+
+
+def load_structure(spec, voxel_size_angstrom: float, phantom_diameter_angstrom: float = 250.0,
+                   box_size: int | None = None) -> LoadedStructure:
+    """Density of a structure spec at ``voxel_size_angstrom`` (positive, volts, centred cube).
+
+    ``spec``: ``"phantom"``, ``"phantom-mirror"``, ``"phantom-decoy"`` (built-in, see
+    :mod:`tomomatch.phantom`), a :class:`Structure`, or a path to an atomic model
+    (PDB/mmCIF, through gemmi: :func:`tomomatch.template.density_from_model`) or a density
+    map (MRC: :func:`tomomatch.template.create_template`, re-centred, not inverted).
+    """
+    from .. import template as tpl
+    from ..phantom import phantom_density
+
+    v = float(voxel_size_angstrom)
+    if isinstance(spec, Structure):
+        dens = np.asarray(spec.density, dtype=np.float32)
+        if dens.ndim != 3:
+            raise InputError(f"structure array must be 3D, got shape {dens.shape}", field="structure")
+        dens = tpl.resample_fourier(dens, spec.voxel_size_angstrom, v)
+        if box_size is not None:
+            dens = tpl.pad_or_crop(dens, box_size)
+        dens = _cube(dens)
+        name, source = spec.name, "array"
+    elif isinstance(spec, str) and spec in _PHANTOMS:
+        variant, mirror = _PHANTOMS[spec]
+        dens = phantom_density(v, box_size, phantom_diameter_angstrom, variant=variant, mirror=mirror)
+        name, source = spec, f"built-in {spec} (diameter {phantom_diameter_angstrom:g} A)"
+    else:
+        p = Path(os.fspath(spec))
+        if not p.exists():
+            raise InputError("structure file not found", p, "structure")
+        if tpl.is_model_path(p):
+            dens = tpl.density_from_model(p, v, box_size=box_size)
+        else:
+            dens, _ = tpl.create_template(p, v, box_size=box_size, recentre=True)
+            if -dens.min() > dens.max():
+                raise InputError("map has dark (negative) density; give a positive-density map",
+                                 p, "structure")
+            dens = np.clip(dens, 0.0, None)
+        dens = _cube(dens)
+        name, source = p.name, os.fspath(p)
+    if not np.all(np.isfinite(dens)) or dens.max() <= 0:
+        raise InputError("structure density has no positive values", field="structure")
+    return LoadedStructure(name, source, np.ascontiguousarray(dens, dtype=np.float32), v, _radius(dens, v))
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class SimulationResult:
+    """What :func:`simulate` made.
+
+    Attributes
+    ----------
+    out_dir, paths
+        Output folder and a dict of output files (``tilt_series``, ``tomogram``, ``rawtlt``,
+        ``dose``, ``defocus``, ``tomograms_star``, ``particles_star``, ``template``, ``mask``,
+        ``summary``).
+    particles
+        Ground truth table (the particles STAR's rows).
+    defocus_um
+        Defocus applied to each particle in each tilt, ``(n_particles + n_decoys, n_tilts)``
+        micrometres (+ = underfocus, U/V mean), tilts in stack (sorted) order.
+    tilt_series
+        :class:`TiltSeries` as written (per-tilt nominal defocus at the tilt axis).
+    hand
+        The true defocus handedness used.
+    summary
+        The summary JSON as a dict.
+    """
+
+    out_dir: Path
+    paths: dict
+    particles: pd.DataFrame
+    defocus_um: np.ndarray
+    tilt_series: TiltSeries
+    hand: int
+    config: SimulationConfig
+    summary: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def _place(rng: np.random.Generator, radii: np.ndarray, half_extent_xyz: np.ndarray,
+           half_thickness: float, min_distance: float | None) -> np.ndarray:
+    """Non-overlapping random centres (centred Angstrom), rejection sampling in batches."""
+    n = radii.size
+    pos = np.zeros((n, 3))
+    for i in range(n):
+        r = radii[i]
+        lim = np.array([half_extent_xyz[0] - r, half_extent_xyz[1] - r, min(half_thickness, half_extent_xyz[2]) - r])
+        if np.any(lim < 0):
+            raise InputError(
+                f"a particle of radius {r:.0f} A does not fit in the field/slab "
+                f"(half sizes {half_extent_xyz[0]:.0f}, {half_extent_xyz[1]:.0f} A, half thickness "
+                f"{min(half_thickness, half_extent_xyz[2]):.0f} A)", field="thickness / tomogram size")
+        placed = False
+        for _ in range(200):
+            cand = (rng.random((64, 3)) * 2 - 1) * lim
+            if i == 0:
+                pos[0] = cand[0]
+                placed = True
+                break
+            d = np.linalg.norm(cand[:, None, :] - pos[None, :i, :], axis=-1)
+            need = (radii[None, :i] + r) if min_distance is None else np.full((1, i), float(min_distance))
+            ok = np.all(d >= need, axis=1)
+            if ok.any():
+                pos[i] = cand[np.argmax(ok)]
+                placed = True
+                break
+        if not placed:
+            raise InputError(
+                f"could place only {i} of {n} particles without overlap; more particles than fit in the "
+                "volume (use fewer particles, a thicker slab or a larger tomogram)", field="n particles")
+    return pos
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> SimulationResult:
+    """Run a validated :class:`SimulationConfig` and write its outputs into ``out_dir``."""
+    cfg.validate()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out_dir = Path(out_dir)
+    ss = np.random.SeedSequence(cfg.seed)
+    (rng_place, rng_rot, rng_tilt, rng_noise, rng_blob, rng_jitter, rng_ice) = [
+        np.random.default_rng(s) for s in ss.spawn(7)]
+    nx, ny, nz = cfg.tomogram_size_xyz
+    v = float(cfg.voxel_size_angstrom)
+    b = int(cfg.binning)
+    ps = v / b                                       # simulation pixel
+    NX, NY = nx * b, ny * b
+    cx_f, cy_f = b * centre_index(nx), b * centre_index(ny)   # fine-image pixel of the tilt axis
+
+    # ---------------------------------------------------------------- tilt scheme and optics
+    angles, acq = tilt_scheme(cfg.tilt_min_deg, cfg.tilt_max_deg, cfg.tilt_step_deg, cfg.tilt_order,
+                              cfg.dose_symmetric_group)
+    nt = angles.size
+    if nt == 0:
+        raise InputError("the tilt range and step give no tilts", field="tilt range")
+    dose_tilt = np.full(nt, float(cfg.dose_per_tilt))
+    pre = np.zeros(nt)
+    order = np.argsort(acq)
+    pre[order] = np.concatenate([[0.0], np.cumsum(dose_tilt[order])[:-1]])
+    df_tilt = cfg.defocus_um + cfg.defocus_scatter_um * rng_tilt.standard_normal(nt)
+    ast_ang = (rng_tilt.uniform(-90, 90, nt) if cfg.astigmatism_angle_deg is None
+               else np.full(nt, float(cfg.astigmatism_angle_deg)))
+    df_u = df_tilt + 0.5 * cfg.astigmatism_um
+    df_v = df_tilt - 0.5 * cfg.astigmatism_um
+    jitter = cfg.jitter_angstrom * rng_jitter.standard_normal((nt, 2))    # (dx, dy) A per tilt
+    lam = electron_wavelength_angstrom(cfg.voltage_kv)
+    sigma_e = interaction_constant(cfg.voltage_kv)
+    rot_t = tilt_rotation(angles)
+
+    # ---------------------------------------------------------------- structures
+    t0 = time.perf_counter()
+    part = load_structure(cfg.structure, ps, cfg.phantom_diameter_angstrom)
+    structs = [part]
+    if cfg.n_decoys:
+        structs.append(load_structure(cfg.decoy_structure, ps, cfg.phantom_diameter_angstrom))
+    timings["structures_s"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- sample
+    t0 = time.perf_counter()
+    n_tot = cfg.n_particles + cfg.n_decoys
+    kind = np.array([0] * cfg.n_particles + [1] * cfg.n_decoys, dtype=int)
+    radii = np.array([structs[k].radius_angstrom for k in kind])
+    half = np.array([nx * v / 2, ny * v / 2, nz * v / 2])
+    if cfg.particle_positions_angstrom is not None:
+        pos = np.asarray(cfg.particle_positions_angstrom, dtype=float).reshape(-1, 3)
+        if pos.shape[0] != n_tot:
+            raise InputError(f"{pos.shape[0]} positions given for {n_tot} particles", field="positions")
+        if np.any(np.abs(pos) > half):
+            raise InputError("a given particle position lies outside the tomogram", field="positions")
+    else:
+        pos = _place(rng_place, radii, half, cfg.thickness_nm * 5.0, cfg.min_distance_angstrom)
+    if cfg.particle_angles_relion_deg is not None:
+        ang = np.asarray(cfg.particle_angles_relion_deg, dtype=float).reshape(-1, 3)
+        if ang.shape[0] != n_tot:
+            raise InputError(f"{ang.shape[0]} orientations given for {n_tot} particles", field="angles")
+        poses = relion_to_matrix(ang)
+    else:
+        poses = Rotation.random(n_tot, random_state=rng_rot).as_matrix() if n_tot else np.zeros((0, 3, 3))
+    # per-particle per-tilt defocus (U and V shifted alike), with the TRUE hand
+    off_um = (defocus_at_point_um(0.0, pos[:, 0:1], pos[:, 2:3], angles[None, :], cfg.hand, cfg.hand_mode)
+              if n_tot else np.zeros((0, nt)))
+    part_df = df_tilt[None, :] + off_um
+    # background blobs: centres (A), sigma (A)
+    blob_pos = np.column_stack([rng_blob.uniform(-half[0], half[0], cfg.n_blobs),
+                                rng_blob.uniform(-half[1], half[1], cfg.n_blobs),
+                                rng_blob.uniform(-1, 1, cfg.n_blobs) * min(cfg.thickness_nm * 5.0, half[2])])
+    blob_sig = rng_blob.uniform(cfg.blob_sigma_angstrom[0], cfg.blob_sigma_angstrom[1], cfg.n_blobs)
+    timings["placement_s"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- projection
+    t0 = time.perf_counter()
+    k_out = 0.5 / v
+    df_max = abs(cfg.defocus_um) + 4 * cfg.defocus_scatter_um + cfg.astigmatism_um + \
+        (np.abs(off_um).max() if n_tot else 0.0)
+    deloc_px = lam * df_max * ANGSTROM_PER_MICROMETRE * k_out / ps
+    projectors = []
+    for s in structs:
+        n = s.density.shape[0]
+        p = max(2 * n, int(math.ceil(n + 2 * deloc_px + 8)))
+        p = int(sfft.next_fast_len(p + p % 2))
+        p += p % 2
+        projectors.append(FourierProjector(s.density, p))
+    timings["fourier_prep_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    counts_binned = np.zeros((nt, ny, nx), dtype=np.float32)
+    chunk = max(1, min(nt, int(2.5e8 // (NY * NX * 4))))
+    atten = np.exp(-cfg.thickness_nm / (np.cos(np.deg2rad(angles)) * cfg.inelastic_mean_free_path_nm))
+    e_per_px = dose_tilt * ps * ps * atten
+    proj_pos_x = projected_x(pos[:, 0:1], pos[:, 2:3], angles[None, :]) if n_tot else np.zeros((0, nt))
+    t_proj = 0.0
+    t_noise = 0.0
+    for c0 in range(0, nt, chunk):
+        c1 = min(nt, c0 + chunk)
+        ti = np.arange(c0, c1)
+        contrast = np.zeros((c1 - c0, NY, NX), dtype=np.float32)
+        tp = time.perf_counter()
+        for j in range(n_tot):
+            pr = projectors[kind[j]]
+            P = pr.pad_size
+            mats = np.einsum("ji,tjk->tik", poses[j], rot_t[ti])        # R^T @ Rt
+            S = pr.slices(mats)                                           # (m, P, H) complex
+            ku = torch.from_numpy(pr.ku.astype(np.float32))[None, None, :]
+            kv = torch.from_numpy(pr.kv.astype(np.float32))[None, :, None]
+            kx, ky = ku / ps, kv / ps
+            X = cx_f + (proj_pos_x[j, ti] + jitter[ti, 0]) / ps
+            Y = cy_f + (pos[j, 1] + jitter[ti, 1]) / ps
+            Xi, Yi = np.round(X), np.round(Y)
+            dx = torch.from_numpy((X - Xi).astype(np.float32))[:, None, None]
+            dy = torch.from_numpy((Y - Yi).astype(np.float32))[:, None, None]
+            filt = _transfer(kx, ky, cfg, part_df[j, ti] + 0.5 * cfg.astigmatism_um,
+                             part_df[j, ti] - 0.5 * cfg.astigmatism_um, ast_ang[ti], pre[ti] + 0.5 * dose_tilt[ti])
+            ramp = -2 * math.pi * (dx * ku + dy * kv)
+            phase = torch.complex(torch.cos(ramp), torch.sin(ramp))
+            S = S * (filt * (2.0 * sigma_e * ps)) * phase
+            patch = torch.fft.irfft2(S, s=(P, P))
+            patch = torch.fft.fftshift(patch, dim=(-2, -1)).numpy()
+            for m, t in enumerate(ti):
+                _paste(contrast[m], patch[m], int(Yi[m]) - centre_index(P), int(Xi[m]) - centre_index(P))
+        t_proj += time.perf_counter() - tp
+        tn = time.perf_counter()
+        # background: ice phase noise + blobs, through the nominal CTF of each tilt
+        bg = np.zeros((c1 - c0, NY, NX), dtype=np.float32)
+        if cfg.ice_noise_rad > 0:
+            for m, t in enumerate(ti):
+                bg[m] = rng_ice.standard_normal((NY, NX)).astype(np.float32) * np.float32(
+                    cfg.ice_noise_rad / math.sqrt(math.cos(math.radians(angles[t]))))
+        if cfg.n_blobs:
+            for m, t in enumerate(ti):
+                _add_blobs(bg[m], blob_pos, blob_sig, cfg.blob_peak_volt, angles[t], jitter[t], cx_f, cy_f, ps,
+                           sigma_e)
+        if cfg.ice_noise_rad > 0 or cfg.n_blobs:
+            fy = torch.from_numpy(np.fft.fftfreq(NY).astype(np.float32))[None, :, None] / ps
+            fx = torch.from_numpy(np.fft.rfftfreq(NX).astype(np.float32))[None, None, :] / ps
+            filt = _transfer(fx, fy, cfg, df_u[ti], df_v[ti], ast_ang[ti], pre[ti] + 0.5 * dose_tilt[ti])
+            bgf = torch.fft.rfft2(torch.from_numpy(bg)) * (2.0 * filt)
+            contrast += torch.fft.irfft2(bgf, s=(NY, NX)).numpy()
+        del bg
+        intensity = contrast
+        intensity += np.float32(1.0)
+        for m, t in enumerate(ti):
+            if cfg.shot_noise:
+                intensity[m] = poisson_counts(intensity[m], e_per_px[t], rng_noise)
+            else:
+                intensity[m] *= np.float32(e_per_px[t])
+        counts_binned[c0:c1] = fourier_bin_2d(intensity, (ny, nx))
+        del intensity, contrast
+        t_noise += time.perf_counter() - tn
+    timings["projection_s"] = t_proj
+    timings["background_noise_binning_s"] = t_noise
+    timings["tilt_series_total_s"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- reconstruction
+    t0 = time.perf_counter()
+    means = counts_binned.mean(axis=(1, 2), keepdims=True)
+    norm = counts_binned / np.maximum(means, 1e-12) - 1.0
+    tomo = weighted_back_projection(norm, angles, (nz, ny, nx))
+    timings["reconstruction_s"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- ground truth
+    idx = np.column_stack([pos[:, 0] / v + centre_index(nx), pos[:, 1] / v + centre_index(ny),
+                           pos[:, 2] / v + centre_index(nz)]) if n_tot else np.zeros((0, 3))
+    rel = relion5_centered_angstrom(idx, v, (nx, ny, nz), v) if n_tot else np.zeros((0, 3))
+    eul = matrix_to_relion(poses) if n_tot else np.zeros((0, 3))
+    particles = pd.DataFrame({
+        "rlnTomoName": [cfg.tomo_name] * n_tot,
+        "rlnCenteredCoordinateXAngst": rel[:, 0], "rlnCenteredCoordinateYAngst": rel[:, 1],
+        "rlnCenteredCoordinateZAngst": rel[:, 2],
+        "rlnAngleRot": eul[:, 0], "rlnAngleTilt": eul[:, 1], "rlnAnglePsi": eul[:, 2],
+        "tmVoxelIndexX": idx[:, 0], "tmVoxelIndexY": idx[:, 1], "tmVoxelIndexZ": idx[:, 2],
+        "tmIsDecoy": kind.astype(int),
+        "tmTrueHand": np.full(n_tot, cfg.hand, dtype=int),
+        "tmStructure": [structs[k].name for k in kind],
+    })
+    ts = TiltSeries(tilt_angles_deg=angles, accumulated_dose=pre, defocus_u_um=df_u, defocus_v_um=df_v,
+                    astigmatism_angle_deg=ast_ang, voltage_kv=cfg.voltage_kv, cs_mm=cfg.cs_mm,
+                    amplitude_contrast=cfg.amplitude_contrast, pixel_size_angstrom=v,
+                    hand=cfg.hand, name=cfg.tomo_name)
+    summary = {
+        "tomomatch_simulation": 1,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "true_hand": cfg.hand,
+        "hand_mode": cfg.hand_mode,
+        "defocus_rule": ("df_particle = df_tilt + h*(x sin t + z cos t)" if cfg.hand_mode == "full"
+                         else "df_particle = df_tilt + z cos t + h*x sin t (pytom)") + " ; h=0: no gradient",
+        "rlnTomoHand_written": cfg.hand if cfg.hand != 0 else 1,
+        "parameters": cfg.to_dict(),
+        "warnings": list(cfg.warnings),
+        "structures": [{"name": s.name, "source": str(s.source), "box_size": int(s.density.shape[0]),
+                        "voxel_size_angstrom": s.voxel_size_angstrom, "radius_angstrom": round(s.radius_angstrom, 3),
+                        "pad_size": pr.pad_size} for s, pr in zip(structs, projectors)],
+        "simulation_pixel_angstrom": ps,
+        "tomogram_voxel_angstrom": v,
+        "tomogram_size_xyz": [nx, ny, nz],
+        "tilt_series_pixel_angstrom": v,
+        "interaction_constant_rad_per_volt_angstrom": sigma_e,
+        "electron_wavelength_angstrom": lam,
+        "per_tilt": {
+            "tilt_angle_deg": angles.tolist(), "acquisition_index": acq.tolist(),
+            "pre_exposure_e_per_A2": pre.tolist(), "dose_e_per_A2": dose_tilt.tolist(),
+            "defocus_u_um": df_u.tolist(), "defocus_v_um": df_v.tolist(),
+            "astigmatism_angle_deg": ast_ang.tolist(), "jitter_xy_angstrom": jitter.tolist(),
+            "attenuation": atten.tolist(), "electrons_per_simulation_pixel": e_per_px.tolist(),
+        },
+        "n_particles": cfg.n_particles, "n_decoys": cfg.n_decoys, "n_blobs": cfg.n_blobs,
+        "conventions": {
+            "pose": "particle(r) = template(R^T (r - p)); RELION rot/tilt/psi = conventions.matrix_to_relion(R)",
+            "image": "tilt axis y; x' = x cos t - z sin t; centre voxel n//2; tilt series sorted by angle",
+            "contrast": "tilt series = detected electrons per pixel (protein dark); tomogram = WBP of "
+                        "counts/mean - 1 (protein dark); template = -density (dark)",
+            "dose": "accumulated dose before each tilt; the damage filter uses pre-exposure + half the tilt dose",
+        },
+    }
+    result = SimulationResult(out_dir=out_dir, paths={}, particles=particles, defocus_um=part_df,
+                              tilt_series=ts, hand=cfg.hand, config=cfg, summary=summary)
+    result.tilt_series_counts = counts_binned
+    result.tomogram = tomo
+    if write:
+        t0 = time.perf_counter()
+        _write_outputs(result, counts_binned, tomo, structs[0], cfg)
+        timings["write_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    summary["timings"] = {k: round(val, 3) for k, val in timings.items()}
+    summary["peak_memory_gb"] = round(_rss_gb(), 3)
+    if write:
+        _write_json(out_dir / "summary.json", summary)
+    return result
+
+
+def _transfer(kx, ky, cfg: SimulationConfig, du, dv, ang, dose_for_filter) -> torch.Tensor:
+    """CTF x dose filter x B envelope on a (t, ny, nx) frequency grid (1/A), float32."""
+    nt = len(du)
+    shp = (nt, 1, 1)
+    k2 = kx * kx + ky * ky
+    if cfg.apply_ctf:
+        c = ctfmod.ctf(kx, ky, torch.as_tensor(np.asarray(du, dtype=np.float32)).reshape(shp),
+                       torch.as_tensor(np.asarray(dv, dtype=np.float32)).reshape(shp),
+                       torch.as_tensor(np.asarray(ang, dtype=np.float32)).reshape(shp),
+                       voltage_kv=cfg.voltage_kv, cs_mm=cfg.cs_mm, amplitude_contrast=cfg.amplitude_contrast)
+    else:
+        c = -torch.ones((nt,) + tuple(torch.broadcast_shapes(kx.shape, ky.shape)[-2:]))
+    if cfg.apply_dose_filter:
+        k = torch.sqrt(k2)
+        c = c * ctfmod.dose_filter(k, torch.as_tensor(np.asarray(dose_for_filter, dtype=np.float32)).reshape(shp),
+                                   voltage_kv=cfg.voltage_kv)
+    if cfg.b_factor_angstrom2 > 0:
+        c = c * torch.exp(-cfg.b_factor_angstrom2 * k2 / 4.0)
+    return c.to(torch.float32)
+
+
+def _paste(dst: np.ndarray, src: np.ndarray, y0: int, x0: int) -> None:
+    H, W = dst.shape
+    h, w = src.shape
+    ya, yb = max(0, y0), min(H, y0 + h)
+    xa, xb = max(0, x0), min(W, x0 + w)
+    if ya < yb and xa < xb:
+        dst[ya:yb, xa:xb] += src[ya - y0:yb - y0, xa - x0:xb - x0]
+
+
+def _add_blobs(img, blob_pos, blob_sig, peak_volt, angle, jit, cx_f, cy_f, ps, sigma_e) -> None:
+    """Add the projected phase of 3D Gaussian blobs (peak ``peak_volt``) to ``img``."""
+    H, W = img.shape
+    xs = projected_x(blob_pos[:, 0], blob_pos[:, 2], angle)
+    for (x, y, s) in zip(xs, blob_pos[:, 1], blob_sig):
+        X = cx_f + (x + jit[0]) / ps
+        Y = cy_f + (y + jit[1]) / ps
+        r = int(math.ceil(4 * s / ps))
+        x0, x1 = max(0, int(X) - r), min(W, int(X) + r + 2)
+        y0, y1 = max(0, int(Y) - r), min(H, int(Y) + r + 2)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        gx = np.exp(-0.5 * ((np.arange(x0, x1) - X) * ps / s) ** 2)
+        gy = np.exp(-0.5 * ((np.arange(y0, y1) - Y) * ps / s) ** 2)
+        # projected potential of a 3D Gaussian: peak * sqrt(2 pi) * s (V A)
+        amp = sigma_e * peak_volt * math.sqrt(2 * math.pi) * s
+        img[y0:y1, x0:x1] += (amp * gy[:, None] * gx[None, :]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _write_json(path: Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, part, cfg: SimulationConfig) -> None:
+    from .. import template as tpl
+    from ..mask import spherical_mask
+    from ..metadata import write_dose, write_imod_defocus, write_relion5, write_tilt_angles
+    from ..phantom import phantom_density
+
+    out = res.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    name = cfg.tomo_name
+    v = cfg.voxel_size_angstrom
+    nx, ny, nz = cfg.tomogram_size_xyz
+    paths = res.paths
+    paths["tilt_series"] = write_volume(out / f"{name}_ts.mrc", counts, v)
+    paths["tomogram"] = write_volume(out / f"{name}.mrc", tomo, v)
+    paths["rawtlt"] = write_tilt_angles(out / f"{name}.rawtlt", res.tilt_series.tilt_angles_deg)
+    paths["dose"] = write_dose(out / f"{name}_dose.txt", res.tilt_series.accumulated_dose)
+    paths["defocus"] = write_imod_defocus(out / f"{name}.defocus", res.tilt_series)
+    paths["tomograms_star"] = write_relion5(out, res.tilt_series, name, (nx, ny, nz), 1.0,
+                                            tomogram_path=f"{name}.mrc", hand=cfg.hand if cfg.hand != 0 else 1)
+    paths["tilt_series_star"] = out / "tilt_series" / f"{name}.star"
+    star = out / "particles.star"
+    with atomic_path(star) as tmp:
+        starfile.write({"particles": res.particles}, tmp, float_format="%.6f")
+    paths["particles_star"] = star
+
+    # template (dark, like the tomogram) and mask at the tomogram voxel size
+    radius_vox = part.radius_angstrom / v
+    box = cfg.template_box_size or int(2 * math.ceil(1.2 * radius_vox + 2))
+    spec = cfg.structure
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if isinstance(spec, Structure):
+            t = tpl.pad_or_crop(tpl.resample_fourier(spec.density, spec.voxel_size_angstrom, v), box)
+        elif isinstance(spec, str) and spec in _PHANTOMS:
+            variant, mirror = _PHANTOMS[spec]
+            t = phantom_density(v, box, cfg.phantom_diameter_angstrom, variant=variant, mirror=mirror)
+        else:
+            t, _ = tpl.create_template(spec, v)
+            box = max(box, t.shape[0])
+            t = tpl.pad_or_crop(t, box)
+    template = -np.asarray(t, dtype=np.float32)
+    paths["template"] = write_volume(out / "template.mrc", template, v)
+    mask = spherical_mask(box, radius_vox * 1.05 + 1.0, 1.0)
+    paths["mask"] = write_volume(out / "mask.mrc", mask, v)
+    paths["summary"] = out / "summary.json"
+    res.summary["template"] = {"box_size": box, "mask_radius_voxels": radius_vox * 1.05 + 1.0,
+                               "mask_sigma_voxels": 1.0, "contrast": "dark (inverted density)"}
+    res.summary["files"] = {k: os.path.relpath(p, out) for k, p in paths.items()}
+
+
+def simulate(preset: str = "ci", out_dir=None, seed: int | None = None, hand: int | None = None,
+             write: bool = True, **overrides) -> SimulationResult:
+    """Simulate a tilt series and tomogram with known particles, poses and defocus handedness.
+
+    Parameters
+    ----------
+    preset
+        ``"ci"`` (small, seconds), ``"seed"`` (70S ribosomes like pytom's handedness benchmark,
+        0.44 x 0.62 um at 8.56 A), ``"wide"`` (0.88 um field at 4.28 A) or ``"custom"``.
+    out_dir
+        Output folder (created). Required when ``write``.
+    seed
+        Random seed (default 0). The same seed gives byte-identical files (except timings in
+        summary.json).
+    hand
+        True defocus handedness ``h`` in {+1, -1, 0} (:mod:`tomomatch.conventions`).
+    write
+        Write the files (default) or only return arrays.
+    **overrides
+        Any :class:`SimulationConfig` field (e.g. ``n_particles=20``, ``thickness_nm=100``,
+        ``structure="model.cif"``, ``shot_noise=False``).
+
+    Returns
+    -------
+    SimulationResult
+    """
+    if seed is not None:
+        overrides["seed"] = seed
+    if hand is not None:
+        overrides["hand"] = hand
+    cfg = preset_config(preset, **overrides)
+    if write and out_dir is None:
+        raise InputError("an output folder is required", field="out_dir")
+    for w in cfg.warnings:
+        warnings.warn(w, stacklevel=2)
+    return run_simulation(cfg, out_dir if out_dir is not None else ".", write=write)
