@@ -344,19 +344,16 @@ def _read_model(path):
 
 def _model_arrays(model):
     """Positions (N, 3) x,y,z A, occupancies, B_iso and element numbers of a gemmi model."""
-    n = model.count_atom_sites()
-    xyz = np.empty((n, 3))
-    occ = np.empty(n)
-    b = np.empty(n)
-    z = np.empty(n, dtype=np.int64)
-    for i, cra in enumerate(model.all()):
+    xyz, occ, b, z = [], [], [], []
+    for cra in model.all():
         a = cra.atom
         p = a.pos
-        xyz[i] = (p.x, p.y, p.z)
-        occ[i] = a.occ
-        b[i] = a.b_iso
-        z[i] = a.element.atomic_number
-    return xyz, occ, b, z
+        xyz.append((p.x, p.y, p.z))
+        occ.append(a.occ)
+        b.append(a.b_iso)
+        z.append(a.element.atomic_number)
+    return (np.array(xyz, dtype=np.float64).reshape(-1, 3), np.array(occ, dtype=np.float64),
+            np.array(b, dtype=np.float64), np.array(z, dtype=np.int64))
 
 
 def density_from_model(path, voxel_size_angstrom: float, box_size: int | None = None,

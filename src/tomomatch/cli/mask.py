@@ -1,8 +1,6 @@
 """``tomomatch mask``: spherical or ellipsoidal mask with an optional soft Gaussian edge."""
 from __future__ import annotations
 
-import argparse
-
 from ..errors import InputError
 from ..mask import ellipsoid_mask, spherical_mask
 from ..mrcio import write_volume
@@ -16,8 +14,7 @@ def register(subparsers) -> None:
             "Make a mask centred on voxel n//2 of a cubic box. Radii and sigma are in VOXELS "
             "(as in pytom-match-pick) unless given with the -angstrom variants, which are "
             "divided by --voxel-size. The mask is 1 inside the radius and exp(-e^2/(2 sigma^2)) "
-            "at a distance e outside it (0 beyond 3 sigma); sigma 0 gives a hard edge."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+            "at a distance e outside it (0 beyond 3 sigma); sigma 0 gives a hard edge."))
     p.add_argument("-o", "--output", required=True, metavar="OUT.mrc", help="output mask MRC")
     p.add_argument("-b", "--box-size", type=int, required=True, metavar="BOX",
                    help="cubic box in voxels (same as the template)")

@@ -1,8 +1,6 @@
 """``tomomatch template``: make a matching template from a density map or an atomic model."""
 from __future__ import annotations
 
-import argparse
-
 from ..mrcio import write_volume
 from ..template import create_template
 
@@ -17,8 +15,7 @@ def register(subparsers) -> None:
             "(gemmi electron scattering factors), centred at voxel n//2. An MRC map is Fourier-"
             "resampled, optionally low-passed, and its centre of mass moved to n//2. Then the box "
             "is padded/cropped, and the result optionally mirrored along x and inverted. "
-            "Mirroring changes the hand; inverting gives dark protein as in a tomogram."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+            "Mirroring changes the hand; inverting gives dark protein as in a tomogram."))
     p.add_argument("-i", "--input", required=True, metavar="MAP_OR_MODEL",
                    help="input MRC map, or PDB/mmCIF atomic model (chosen by extension)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mrc", help="output template MRC")
