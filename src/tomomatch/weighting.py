@@ -222,7 +222,7 @@ def binary_wedge(shape_zyx: Sequence[int], tilt_angles_deg, device=None,
         docstring). The tilt axis ``ky`` (``kx = kz = 0``) is always 1.
     """
     tmin, tmax = _tilt_range(tilt_angles_deg)
-    fz, fy, fx = _axes_1d(shape_zyx, 1.0, device, torch.float64)
+    fz, fy, fx = _axes_1d(shape_zyx, 1.0, device, _geom_dtype(device or "cpu"))
     kx = fx[None, :]
     kz = fz[:, None]
     t = tilt_of_frequency_deg(kx.expand(kz.shape[0], -1), kz.expand(-1, kx.shape[1]))
@@ -240,12 +240,18 @@ def binary_wedge(shape_zyx: Sequence[int], tilt_angles_deg, device=None,
 # --------------------------------------------------------------------------- per-tilt wedge
 
 
-def _as_per_tilt(values, n_tilts: int, name: str, device, batch: int | None = None) -> torch.Tensor:
-    """Per-tilt values as a float64 tensor of shape ``(n_tilts,)`` or ``(P, n_tilts)``."""
+def _geom_dtype(device) -> torch.dtype:
+    """float64 for the small geometry arrays, except on devices without it (Apple MPS)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def _as_per_tilt(values, n_tilts: int, name: str, device) -> torch.Tensor:
+    """Per-tilt values as a tensor of shape ``(n_tilts,)`` or ``(P, n_tilts)``."""
+    dt = _geom_dtype(device)
     if isinstance(values, torch.Tensor):
-        a = values.detach().to(device=device, dtype=torch.float64)
+        a = values.detach().to(device=device, dtype=dt)
     else:
-        a = torch.as_tensor(np.asarray(values, dtype=float), device=device, dtype=torch.float64)
+        a = torch.as_tensor(np.asarray(values, dtype=float), dtype=dt).to(device)
     if a.ndim == 0:
         a = a.expand(n_tilts)
     if a.ndim not in (1, 2) or a.shape[-1] != n_tilts:
@@ -338,14 +344,14 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
                          "slice thickness")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     tilts = torch.as_tensor(tilt_angles_deg.detach().cpu().numpy() if isinstance(tilt_angles_deg, torch.Tensor)
-                            else np.asarray(tilt_angles_deg, float), dtype=torch.float64).to(dev)
+                            else np.asarray(tilt_angles_deg, float), dtype=_geom_dtype(dev)).to(dev)
     if tilts.ndim != 1 or tilts.numel() == 0 or not torch.all(torch.isfinite(tilts)):
         raise InputError("tilt angles must be a 1D list of at least one finite angle", None, "tilt angles")
     n_t = tilts.numel()
     f32 = torch.float32
 
     # ---- slice geometry in the (kz, kx) plane (it does not depend on ky)
-    fz, fy, fx = _axes_1d(shape_zyx, a, dev, torch.float64)
+    fz, fy, fx = _axes_1d(shape_zyx, a, dev, _geom_dtype(dev))
     t_rad = torch.deg2rad(tilts)
     sin_t, cos_t = torch.sin(t_rad), torch.cos(t_rad)
     delta = thick * torch.sqrt((sin_t / (nx * a)) ** 2 + (cos_t / (nz * a)) ** 2)  # (n_t,)
