@@ -1,7 +1,6 @@
 """Templates: model -> potential map, Fourier resampling, low-pass, boxing, mirror, invert, CLI."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from tomomatch.cli import main
 from tomomatch.errors import InputError
 from tomomatch.mrcio import write_volume
 from tomomatch.template import (
-    MOTT_BETHE_VOLT_ANGSTROM2, centre_of_mass, create_template, density_from_model,
+    MOTT_BETHE_VOLT_ANGSTROM2, create_template, density_from_model,
     fourier_shift, low_pass, mirror_x, pad_or_crop, resample_fourier)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -185,6 +184,12 @@ def test_create_template_recentres_resamples_and_boxes(tmp_path):
     np.testing.assert_allclose(com(t), (12, 12, 12), atol=0.02)
     # resampling keeps values, so the integral (sum * voxel^3) is preserved
     assert t.sum() * 4.0 ** 3 == pytest.approx(vol.sum() * 2.0 ** 3, rel=1e-3)
+    # a dark-on-light (negative) map is centred on its negative density
+    neg = tmp_path / "neg.mrc"
+    write_volume(neg, -vol, 2.0)
+    tn, _ = create_template(neg, 4.0, box_size=24)
+    np.testing.assert_allclose(com(-tn), (12, 12, 12), atol=0.02)
+    np.testing.assert_allclose(tn, -t, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- atomic models
