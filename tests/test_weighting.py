@@ -449,3 +449,39 @@ def test_tilt_series_weight_binary_and_whitening():
     plain = TiltSeries(tilt_angles_deg=ts.tilt_angles_deg)
     w_plain = weighting.tilt_series_weight(plain, shape, v)
     assert float(w_plain.min()) >= 0.0
+
+
+# --------------------------------------------------------------------------- real metadata
+
+REAL = "/work/shared/data/tilt_metadata"
+
+
+def test_real_relion5_series_weights():
+    import os
+
+    if not os.path.exists(f"{REAL}/tomo200528_relion5_tomograms.star"):
+        pytest.skip("shared real tilt metadata not available")
+    from tomomatch.conventions import defocus_offset_angstrom
+    from tomomatch.metadata import read_relion5
+
+    ts = read_relion5(f"{REAL}/tomo200528_relion5_tomograms.star", "tomo200528_107",
+                      tilt_series_star=f"{REAL}/tomo200528_107_relion5_tiltseries.star")
+    shape, v = (32, 32, 32), 13.79
+    w = weighting.tilt_series_weight(ts, shape, v).numpy()
+    cos = np.cos(np.deg2rad(ts.tilt_angles_deg[~ts.excluded]))
+    assert np.isfinite(w).all()
+    assert w[0, 0, 0] == pytest.approx(ts.amplitude_contrast * cos.mean(), rel=1e-4)
+    # nothing leaks far into the missing wedge (range about +-51 degrees): a slice one Fourier
+    # voxel thick reaches asin(1 / r) beyond the last tilt at radius r voxels (9 -> 6.4 deg);
+    # r is measured in the kx-kz plane (all slices contain the ky axis)
+    kz, _, kx = (k.numpy() for k in weighting.frequency_grid_3d(shape, v))
+    r_vox = np.hypot(kx, kz) * shape[0] * v
+    far = (weighting.binary_wedge(shape, (-58, 58)).numpy() == 0) & (r_vox > 9)
+    assert far.any() and np.all(w[far] == 0)
+    # the defocus gradient: a tile at x = +1500 A, z = +300 A; the hand decides the offsets
+    offs = {h: defocus_offset_angstrom(1500.0, 300.0, ts.tilt_angles_deg, h) / 1e4 for h in (-1, 1)}
+    w_pos = weighting.tilt_series_weight(ts, shape, v, defocus_offset_um=np.stack([offs[-1], offs[1]])).numpy()
+    assert not np.allclose(w_pos[0], w_pos[1], atol=1e-3)
+    assert np.allclose(w_pos[0][0, 0, 0], w[0, 0, 0])  # DC does not depend on defocus
+    w_hand = weighting.tilt_series_weight(ts, shape, v, defocus_offset_um=offs[ts.hand]).numpy()
+    assert np.allclose(w_hand, w_pos[0 if ts.hand == -1 else 1], atol=1e-6)
