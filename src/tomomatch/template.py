@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy import fft as sfft
 
 from .conventions import centre_index
 from .errors import InputError
@@ -197,9 +198,15 @@ def fourier_shift(volume: np.ndarray, shift_xyz) -> np.ndarray:
 
 
 def _frequency_radius(shape, voxel_size_angstrom: float) -> np.ndarray:
-    """|f| in 1/Angstrom on the full FFT grid (unshifted) of ``shape``."""
-    grids = np.meshgrid(*[np.fft.fftfreq(n, d=voxel_size_angstrom) for n in shape], indexing="ij")
-    return np.sqrt(sum(g * g for g in grids))
+    """|f| in 1/Angstrom on the rfftn grid (unshifted, last axis halved) of ``shape``."""
+    axes = [np.fft.fftfreq(n, d=voxel_size_angstrom) for n in shape[:-1]]
+    axes.append(np.fft.rfftfreq(shape[-1], d=voxel_size_angstrom))
+    f2 = 0.0
+    for i, a in enumerate(axes):
+        sh = [1] * len(axes)
+        sh[i] = a.size
+        f2 = f2 + (a * a).reshape(sh)
+    return np.sqrt(f2)
 
 
 def low_pass(volume: np.ndarray, voxel_size_angstrom: float, resolution_angstrom: float,
@@ -213,13 +220,14 @@ def low_pass(volume: np.ndarray, voxel_size_angstrom: float, resolution_angstrom
     """
     v = _check_voxel(voxel_size_angstrom)
     res = _check_voxel(resolution_angstrom, "low-pass resolution")
-    vol = np.asarray(volume, dtype=np.float64)
+    vol = np.asarray(volume)
+    vol = vol.astype(_work_dtype(vol.size))
     fc = 1.0 / res
     w = max(edge_fraction * fc, 2.0 / (min(vol.shape) * v))
     f = _frequency_radius(vol.shape, v)
     t = np.clip((f - (fc - w / 2)) / w, 0.0, 1.0)
     filt = 0.5 * (1 + np.cos(np.pi * t))
-    out = np.fft.ifftn(np.fft.fftn(vol) * filt).real
+    out = sfft.irfftn(sfft.rfftn(vol) * filt, s=vol.shape, axes=tuple(range(vol.ndim)))
     return out.astype(np.float32)
 
 
@@ -233,7 +241,8 @@ def centre_of_mass(volume: np.ndarray, weights: str = "auto") -> np.ndarray:
     mostly negative (``|min| > max``, i.e. dark-protein contrast); ``"positive"`` always the
     positive part.
     """
-    vol = np.asarray(volume, dtype=np.float64)
+    vol = np.asarray(volume)
+    vol = vol.astype(_work_dtype(vol.size))
     sign = 1.0
     if weights == "auto" and -vol.min() > vol.max():
         sign = -1.0
@@ -241,9 +250,11 @@ def centre_of_mass(volume: np.ndarray, weights: str = "auto") -> np.ndarray:
     total = wts.sum()
     if not total > 0:
         raise InputError("map has no positive density to centre on", field="template")
-    idx = np.indices(vol.shape, dtype=np.float64)
-    com_zyx = np.array([(g * wts).sum() / total for g in idx])
-    return com_zyx[::-1]
+    com_zyx = []
+    for axis, n in enumerate(vol.shape):
+        marginal = wts.sum(axis=tuple(a for a in range(vol.ndim) if a != axis))
+        com_zyx.append(float((np.arange(n) * marginal).sum() / total))
+    return np.array(com_zyx[::-1])
 
 
 def pad_or_crop(volume: np.ndarray, box_size) -> np.ndarray:
