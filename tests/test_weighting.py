@@ -440,6 +440,10 @@ def test_tilt_series_weight_binary_and_whitening():
     k = weighting.frequency_radius_3d(shape, v)
     ctf0 = torch.as_tensor(np_template_ctf(k.numpy(), 0.0, 3.45, 3.45, 0.0), dtype=torch.float32)
     assert torch.allclose(w, wedge * ctf0, atol=1e-5)
+    batch = weighting.tilt_series_weight(ts, shape, v, per_tilt=False,
+                                         defocus_offset_um=np.array([[0.0] * 5, [1.0] * 5]))
+    assert batch.shape == (2,) + w.shape
+    assert torch.allclose(batch[0], w, atol=1e-6) and not torch.allclose(batch[1], w, atol=1e-3)
     no_ctf = weighting.tilt_series_weight(ts, shape, v, per_tilt=False, ctf_mode=None)
     assert torch.equal(no_ctf, wedge)
     white = torch.rand(shape[0], shape[1], shape[2] // 2 + 1)
