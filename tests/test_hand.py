@@ -273,7 +273,7 @@ def _tiny_gradient_case(true_hand, n=24, seed=0, B=32, voxel=4.0, noise=1.0, nx=
     poses = Rotation.random(n, random_state=seed).as_matrix()
     cen = index_to_centered_angstrom(pos, shape, voxel)
     for i in range(n):
-        w = _hand_weights(ts, (B, B, B), voxel, cen[i], (true_hand,), "full", {})[0]
+        w = _hand_weights(ts, (B, B, B), voxel, cen[i], (true_hand,), "full", {})[0, 0]
         t = rotate_volumes(tmpl, poses[i][None])[0]
         part = torch.fft.irfftn(torch.fft.rfftn(t) * w, s=(B, B, B)).numpy()
         x, y, z = pos[i]

@@ -42,6 +42,7 @@ __all__ = [
     "write_report",
     "read_report",
     "RescoreResult",
+    "oversample_volume",
     "rotate_volumes",
     "rescore_particles",
 ]
@@ -474,8 +475,27 @@ class RescoreResult:
                           score_zero=self.score(0) if 0 in self.hands else None)
 
 
-def rotate_volumes(volume, matrices, *, dtype=None):
-    """Rotate a cubic-or-not volume about its centre voxel ``n // 2`` by each pose matrix.
+def oversample_volume(volume, factor: int = 2) -> np.ndarray:
+    """Cubic B-spline resampling of a ``[z, y, x]`` box onto a grid ``factor`` times finer.
+
+    Fine index ``j`` is coarse index ``j / factor`` (so coarse voxel ``i`` is fine voxel
+    ``factor * i``); the result has ``factor * (n - 1) + 1`` voxels per axis. Used once per
+    template so that the many rotations of :func:`rotate_volumes` can use fast trilinear
+    interpolation on the fine grid with little blurring.
+    """
+    from scipy import ndimage
+
+    v = np.asarray(volume, dtype=np.float64)
+    f = int(factor)
+    if f == 1:
+        return v.astype(np.float32)
+    shape = tuple(f * (n - 1) + 1 for n in v.shape)
+    return ndimage.affine_transform(v, np.full(3, 1.0 / f), output_shape=shape, order=3,
+                                    mode="constant", cval=0.0).astype(np.float32)
+
+
+def rotate_volumes(volume, matrices, *, oversampling: int = 1, out_shape_zyx=None, dtype=None):
+    """Rotate a box about its centre voxel ``n // 2`` by each pose matrix (batched, torch).
 
     ``out_k(r) = volume(R_k^T (r - c) + c)`` (trilinear, zeros outside): the template carried
     onto a particle with pose ``R_k`` (:mod:`tomomatch.conventions`).
@@ -483,9 +503,15 @@ def rotate_volumes(volume, matrices, *, dtype=None):
     Parameters
     ----------
     volume
-        ``[z, y, x]`` array or tensor.
+        ``[z, y, x]`` array or tensor; with ``oversampling = f > 1`` it is the output of
+        :func:`oversample_volume` (``f`` times finer than the output grid).
     matrices
         ``(k, 3, 3)`` rotation matrices acting on ``(x, y, z)``.
+    oversampling
+        Ratio of the input grid's sampling to the output's.
+    out_shape_zyx
+        Output box; default the input's shape (``oversampling = 1``) or the coarse box
+        ``(n - 1) / f + 1``.
 
     Returns
     -------
@@ -495,20 +521,24 @@ def rotate_volumes(volume, matrices, *, dtype=None):
     import torch
     import torch.nn.functional as F
 
-    vol = torch.as_tensor(np.asarray(volume) if not isinstance(volume, torch.Tensor) else volume)
+    vol = volume if isinstance(volume, torch.Tensor) else torch.as_tensor(np.array(volume))
     vol = vol.to(dtype or torch.float32)
     mats = torch.as_tensor(np.asarray(matrices, dtype=float), dtype=vol.dtype).reshape(-1, 3, 3)
-    nz, ny, nx = vol.shape
-    size_xyz = torch.tensor([nx, ny, nz], dtype=vol.dtype)
-    centre = torch.div(size_xyz, 2, rounding_mode="floor")
+    f = int(oversampling)
+    in_z, in_y, in_x = vol.shape
+    if out_shape_zyx is None:
+        out_shape_zyx = tuple((n - 1) // f + 1 for n in vol.shape)
+    nz, ny, nx = (int(v) for v in out_shape_zyx)
+    in_size_xyz = torch.tensor([in_x, in_y, in_z], dtype=vol.dtype)
+    centre = torch.tensor([nx // 2, ny // 2, nz // 2], dtype=vol.dtype)
     zz, yy, xx = torch.meshgrid(torch.arange(nz, dtype=vol.dtype), torch.arange(ny, dtype=vol.dtype),
                                 torch.arange(nx, dtype=vol.dtype), indexing="ij")
     r = torch.stack([xx, yy, zz], -1).reshape(-1, 3) - centre  # (V, 3) as (x, y, z)
-    # source = R^T r  ->  row form r @ R
-    src = torch.einsum("vi,kij->kvj", r, mats) + centre
-    grid = 2.0 * src / (size_xyz - 1).clamp(min=1) - 1.0
+    # source = R^T r (row form r @ R), in input-grid voxels
+    src = (torch.einsum("vi,kij->kvj", r, mats) + centre) * f
+    grid = 2.0 * src / (in_size_xyz - 1).clamp(min=1) - 1.0
     grid = grid.reshape(-1, nz, ny, nx, 3)
-    out = F.grid_sample(vol.expand(grid.shape[0], 1, nz, ny, nx), grid, mode="bilinear",
+    out = F.grid_sample(vol.expand(grid.shape[0], 1, in_z, in_y, in_x), grid, mode="bilinear",
                         padding_mode="zeros", align_corners=True)
     return out[:, 0]
 
@@ -536,27 +566,29 @@ def _windows(tomogram: np.ndarray, centre_zyx: np.ndarray, box_zyx: tuple[int, i
 
 def _hand_weights(tilt_series, box_zyx, voxel_size_angstrom: float, centred_xyz, hands, hand_mode,
                   weight_options: dict[str, Any]):
-    """rfft-grid template weights ``(n_hands, z, y, x//2+1)`` for one particle.
+    """rfft-grid template weights ``(n_particles, n_hands, z, y, x//2+1)``.
 
-    The per-tilt defocus is shifted to the particle's own centred ``(x, z)`` under each hand
-    (:func:`tomomatch.conventions.defocus_offset_angstrom`) and passed to
-    :func:`tomomatch.weighting.tilt_series_weight` as one position per hand.
+    The per-tilt defocus is shifted to each particle's own centred ``(x, z)`` under each hand
+    (:func:`tomomatch.conventions.defocus_offset_angstrom`) and all ``particles x hands``
+    positions go to one :func:`tomomatch.weighting.tilt_series_weight` call.
     """
     from .conventions import ANGSTROM_PER_MICROMETRE, defocus_offset_angstrom
     from .weighting import tilt_series_weight
 
-    x_a, _, z_a = (float(v) for v in centred_xyz)
-    offsets = np.stack([defocus_offset_angstrom(x_a, z_a, tilt_series.tilt_angles_deg, h, hand_mode)
-                        for h in hands]) / ANGSTROM_PER_MICROMETRE  # (n_hands, n_tilts), all tilts
+    c = np.asarray(centred_xyz, dtype=float).reshape(-1, 3)
+    tilts = np.asarray(tilt_series.tilt_angles_deg, dtype=float)
+    offsets = np.stack([defocus_offset_angstrom(c[:, 0, None], c[:, 2, None], tilts[None], h, hand_mode)
+                        for h in hands], axis=1) / ANGSTROM_PER_MICROMETRE  # (P, H, n_tilts), all tilts
     w = tilt_series_weight(tilt_series, tuple(int(v) for v in box_zyx), voxel_size_angstrom,
-                           defocus_offset_um=offsets, **weight_options)
-    return w.reshape(len(hands), *w.shape[-3:])
+                           defocus_offset_um=offsets.reshape(-1, tilts.size), **weight_options)
+    return w.reshape(len(c), len(hands), *w.shape[-3:])
 
 
 def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_series, template: np.ndarray,
                       mask: np.ndarray, positions_xyz, poses, *, hands: Sequence[int] = (1, -1, 0),
                       hand_mode: str = "full", max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
-                      shift_voxels: int = 1, weight_options: dict[str, Any] | None = None,
+                      shift_voxels: int = 1, oversampling: int = 2,
+                      weight_options: dict[str, Any] | None = None,
                       weight_function=None, progress=None) -> RescoreResult:
     """Re-score every particle under several defocus hands, with local refinement.
 
@@ -594,6 +626,12 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
         Local rotation set (0 for the pose alone).
     shift_voxels
         Search radius for the position, voxels per axis (default 1: 27 positions).
+    oversampling
+        The template is resampled once onto a grid this many times finer (cubic B-spline,
+        :func:`oversample_volume`) and every rotation then interpolates it trilinearly
+        (:func:`rotate_volumes`): 2 keeps about 80 % of the high-frequency power that plain
+        trilinear rotation (1) loses half of. The mask is rotated trilinearly (not at all if
+        spherical).
     weight_options
         Extra keyword arguments for :func:`tomomatch.weighting.tilt_series_weight`
         (``ctf_mode``, ``low_pass_angstrom``, ``high_pass_angstrom``, ``per_tilt``,
@@ -648,28 +686,35 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
     scores = np.zeros((n, nh))
     best_rot = np.zeros((n, nh, 3, 3))
     best_shift = np.zeros((n, nh, 3), dtype=int)
-    tmpl_t = torch.as_tensor(tmpl)
+    from .matching import is_spherical_mask, normalise_under_mask
+
+    tmpl_fine = torch.as_tensor(oversample_volume(tmpl, oversampling))
     msk_t = torch.as_tensor(msk)
+    spherical = is_spherical_mask(msk)
     n_rot = 0
+    weight_batch = max(1, int(2 ** 24 // (nh * np.prod(box))))  # ~64 MB of weights per batch
     for i in range(n):
         rots = (local_rotations(mats[i], max_angle_deg, angle_step_deg) if max_angle_deg > 0
                 else mats[i][None])
         n_rot = len(rots)
-        t_rot = rotate_volumes(tmpl_t, rots)                       # (K, z, y, x)
-        m_rot = rotate_volumes(msk_t, rots).clamp(0.0, 1.0)        # (K, z, y, x)
+        t_rot = rotate_volumes(tmpl_fine, rots, oversampling=oversampling, out_shape_zyx=box)  # (K, z, y, x)
+        m_rot = (msk_t.expand(n_rot, *box) if spherical
+                 else rotate_volumes(msk_t, rots).clamp(0.0, 1.0))  # (K, z, y, x)
         if weight_function is None:
-            w = _hand_weights(ts, box, voxel_size_angstrom, centred[i], hands, hand_mode, opts)
+            if i % weight_batch == 0:  # weights for the next batch of particles in one call
+                w_batch = _hand_weights(ts, box, voxel_size_angstrom, centred[i:i + weight_batch],
+                                        hands, hand_mode, opts)
+            w = w_batch[i % weight_batch]
         else:
             w = torch.stack([torch.as_tensor(weight_function(centred[i], h)) for h in hands])
         w = w.to(torch.float32)
         ft = torch.fft.rfftn(t_rot, dim=(-3, -2, -1))              # (K, ...)
         weighted = torch.fft.irfftn(ft[None] * w[:, None], s=box, dim=(-3, -2, -1))  # (H, K, z, y, x)
+        # zero mean, unit variance under the rotated mask (mask-weighted), zero outside
+        t_norm = normalise_under_mask(weighted.to(torch.float64), m_rot.to(torch.float64))
+        t_norm = t_norm.reshape(nh, n_rot, -1)
         m = m_rot.to(torch.float64).reshape(1, n_rot, -1)
-        t = weighted.to(torch.float64).reshape(nh, n_rot, -1)
         n_m = m.sum(-1, keepdim=True)
-        mean_t = (t * m).sum(-1, keepdim=True) / n_m
-        var_t = ((t - mean_t) ** 2 * m).sum(-1, keepdim=True) / n_m
-        t_norm = (t - mean_t) * m / torch.sqrt(var_t.clamp(min=1e-30))   # zero mean, unit var under mask
         x = torch.as_tensor(_windows(tomo, idx[i][::-1], box, shift_voxels))    # (S, V)
         mk = m[0]                                                   # (K, V)
         mean_x = x @ mk.T / n_m[0, :, 0]                            # (S, K)
