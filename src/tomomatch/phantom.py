@@ -52,29 +52,29 @@ def phantom_components(diameter_angstrom: float = 250.0, variant: str = "ribosom
         raise InputError(f"phantom diameter {diameter_angstrom} must be > 0", field="diameter")
     comps: list[tuple[float, float, float, float, float]] = []  # x, y, z, sigma, amplitude (units of D / V)
     if variant == "ribosome":
-        # large subunit: lumpy, asymmetric body below the centre
+        # large subunit: three unequal lobes that do not share a mirror plane
         comps += [
-            (0.00, 0.00, -0.08, 0.16, 2.0),
-            (0.14, 0.06, -0.12, 0.11, 1.6),
-            (-0.10, -0.10, -0.14, 0.10, 1.7),
-            (0.05, -0.16, -0.02, 0.09, 1.5),
-            (-0.04, 0.15, -0.20, 0.08, 1.4),
+            (0.02, 0.00, -0.10, 0.12, 1.6),
+            (0.17, 0.10, -0.14, 0.10, 1.6),
+            (-0.12, -0.12, -0.16, 0.09, 1.7),
+            (0.10, -0.18, 0.00, 0.08, 1.5),
+            (-0.06, 0.18, -0.24, 0.07, 1.4),
         ]
         # small subunit head, offset in x and y
         comps += [
-            (0.08, 0.05, 0.20, 0.11, 1.6),
-            (0.18, -0.04, 0.24, 0.07, 1.3),
+            (0.12, 0.06, 0.20, 0.10, 1.6),
+            (0.24, -0.06, 0.26, 0.07, 1.4),
         ]
         # right-handed helix of beads around +z on the -x side: (r cos p, r sin p, pitch * p)
-        cx, cy = -0.22, 0.02
-        for i in range(7):
+        cx, cy = -0.24, 0.04
+        for i in range(8):
             p = i * (math.pi / 3.0)
-            comps.append((cx + 0.10 * math.cos(p), cy + 0.10 * math.sin(p), -0.18 + 0.06 * i, 0.035, 2.4))
-        # stalk protrusion and tail
+            comps.append((cx + 0.12 * math.cos(p), cy + 0.12 * math.sin(p), -0.22 + 0.065 * i, 0.045, 2.4))
+        # stalk protrusion (+x, +y, up) and tail (-y, down)
         comps += [
-            (0.36, 0.14, 0.02, 0.045, 1.5),
-            (0.42, 0.20, 0.06, 0.035, 1.5),
-            (-0.02, -0.30, -0.28, 0.05, 1.4),
+            (0.36, 0.16, 0.04, 0.05, 1.6),
+            (0.44, 0.24, 0.10, 0.04, 1.6),
+            (-0.02, -0.32, -0.28, 0.05, 1.5),
         ]
     elif variant == "decoy":
         s = 0.7

@@ -23,7 +23,7 @@ from ..conventions import (ANGSTROM_PER_MICROMETRE, centre_index, defocus_at_poi
                            electron_wavelength_angstrom, matrix_to_relion, projected_x,
                            relion5_centered_angstrom, relion_to_matrix, tilt_rotation)
 from ..errors import InputError
-from ..mrcio import atomic_path, write_volume
+from ..mrcio import atomic_path
 from ..tiltseries import TiltSeries
 from .config import SimulationConfig, Structure, preset_config
 from .physics import (FourierProjector, fourier_bin_2d, interaction_constant, poisson_counts,
@@ -363,7 +363,9 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     idx = np.column_stack([pos[:, 0] / v + centre_index(nx), pos[:, 1] / v + centre_index(ny),
                            pos[:, 2] / v + centre_index(nz)]) if n_tot else np.zeros((0, 3))
     rel = relion5_centered_angstrom(idx, v, (nx, ny, nz), v) if n_tot else np.zeros((0, 3))
-    eul = matrix_to_relion(poses) if n_tot else np.zeros((0, 3))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Gimbal lock")
+        eul = matrix_to_relion(poses) if n_tot else np.zeros((0, 3))
     particles = pd.DataFrame({
         "rlnTomoName": [cfg.tomo_name] * n_tot,
         "rlnCenteredCoordinateXAngst": rel[:, 0], "rlnCenteredCoordinateYAngst": rel[:, 1],
@@ -482,6 +484,31 @@ def _add_blobs(img, blob_pos, blob_sig, peak_volt, angle, jit, cx_f, cy_f, ps, s
 # --------------------------------------------------------------------------- outputs
 
 
+def _write_mrc(path: Path, data: np.ndarray, voxel_size_angstrom: float) -> Path:
+    """Atomic MRC write with a fixed header label (mrcfile's default label holds a timestamp,
+    which would break byte-identical outputs for the same seed)."""
+    import mrcfile
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as m:
+            m.set_data(np.ascontiguousarray(data, dtype=np.float32))
+            m.voxel_size = float(voxel_size_angstrom)
+            m.header.label[0] = b"tomomatch simulate"
+            m.header.nlabl = 1
+    return path
+
+
+def _fix_star_comment(path: Path, comment: str) -> None:
+    """Replace starfile's time-stamped first comment line by ``comment`` (deterministic files)."""
+    path = Path(path)
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and lines[0].startswith("# Created by the starfile"):
+        lines[0] = comment.rstrip("\n") + "\n"
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text("".join(lines))
+
+
 def _write_json(path: Path, obj) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
@@ -499,17 +526,25 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
     v = cfg.voxel_size_angstrom
     nx, ny, nz = cfg.tomogram_size_xyz
     paths = res.paths
-    paths["tilt_series"] = write_volume(out / f"{name}_ts.mrc", counts, v)
-    paths["tomogram"] = write_volume(out / f"{name}.mrc", tomo, v)
+    paths["tilt_series"] = _write_mrc(out / f"{name}_ts.mrc", counts, v)
+    paths["tomogram"] = _write_mrc(out / f"{name}.mrc", tomo, v)
     paths["rawtlt"] = write_tilt_angles(out / f"{name}.rawtlt", res.tilt_series.tilt_angles_deg)
     paths["dose"] = write_dose(out / f"{name}_dose.txt", res.tilt_series.accumulated_dose)
     paths["defocus"] = write_imod_defocus(out / f"{name}.defocus", res.tilt_series)
     paths["tomograms_star"] = write_relion5(out, res.tilt_series, name, (nx, ny, nz), 1.0,
                                             tomogram_path=f"{name}.mrc", hand=cfg.hand if cfg.hand != 0 else 1)
     paths["tilt_series_star"] = out / "tilt_series" / f"{name}.star"
+    for p in (paths["tomograms_star"], paths["tilt_series_star"]):
+        _fix_star_comment(p, f"# tomomatch simulate (preset {cfg.preset}, seed {cfg.seed}); "
+                             f"rlnTomoHand = true hand {cfg.hand}" + (" (0 = no gradient, written as +1)"
+                                                                        if cfg.hand == 0 else ""))
     star = out / "particles.star"
     with atomic_path(star) as tmp:
         starfile.write({"particles": res.particles}, tmp, float_format="%.6f")
+        _fix_star_comment(tmp, f"# tomomatch simulate ground truth: true defocus hand h = {cfg.hand} "
+                               f"(mode {cfg.hand_mode}); pose R maps template to particle, "
+                               "angles = RELION ZYZ of R; tmVoxelIndexX/Y/Z = 0-based tomogram voxel indices "
+                               "(centre n//2)")
     paths["particles_star"] = star
 
     # template (dark, like the tomogram) and mask at the tomogram voxel size
@@ -528,9 +563,9 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
             box = max(box, t.shape[0])
             t = tpl.pad_or_crop(t, box)
     template = -np.asarray(t, dtype=np.float32)
-    paths["template"] = write_volume(out / "template.mrc", template, v)
+    paths["template"] = _write_mrc(out / "template.mrc", template, v)
     mask = spherical_mask(box, radius_vox * 1.05 + 1.0, 1.0)
-    paths["mask"] = write_volume(out / "mask.mrc", mask, v)
+    paths["mask"] = _write_mrc(out / "mask.mrc", mask, v)
     paths["summary"] = out / "summary.json"
     res.summary["template"] = {"box_size": box, "mask_radius_voxels": radius_vox * 1.05 + 1.0,
                                "mask_sigma_voxels": 1.0, "contrast": "dark (inverted density)"}
