@@ -207,7 +207,7 @@ def is_spherical_mask(mask, tol: float = 1e-3) -> bool:
     return bool(np.abs(m - mean[rb]).max() <= tol * scale + 0.05 * scale)
 
 
-def phase_randomised_template(template, mask, seed: int = 0, iterations: int = 20) -> np.ndarray:
+def phase_randomised_template(template, mask, seed: int = 0, iterations: int = 5) -> np.ndarray:
     """A copy of ``mask * template`` with the same amplitude spectrum and random phases.
 
     Random Hermitian phases come from the rFFT of seeded Gaussian noise; a few alternating
@@ -219,11 +219,11 @@ def phase_randomised_template(template, mask, seed: int = 0, iterations: int = 2
     amp = np.abs(np.fft.rfftn(t))
     rng = np.random.default_rng(seed)
     phase = np.exp(1j * np.angle(np.fft.rfftn(rng.standard_normal(t.shape))))
-    x = np.fft.irfftn(amp * phase, s=t.shape)
+    x = np.fft.irfftn(amp * phase, s=t.shape, axes=(0, 1, 2))
     for _ in range(iterations):
         x = x * m
         f = np.fft.rfftn(x)
-        x = np.fft.irfftn(amp * np.exp(1j * np.angle(f)), s=t.shape)
+        x = np.fft.irfftn(amp * np.exp(1j * np.angle(f)), s=t.shape, axes=(0, 1, 2))
     x = x * m
     if np.sum(x) * np.sum(t) < 0:
         x = -x
@@ -327,6 +327,56 @@ class FourierTemplate:
                                               padding_mode="zeros", align_corners=True)
         out = out[0, :, :, 0, :]  # (2, B, K)
         return torch.complex(out[0], out[1])
+
+
+class BoxToTile:
+    """Transform of boxes (centre ``n // 2``) on the rfft grid of a larger (tile) shape.
+
+    The exact answer is the rfftn of the box zero-padded into the tile with its centre moved
+    to index 0 (what the exact path computes, one full-size FFT per box). Here the box is
+    instead zero-padded to a small cube of ``P ~ oversample * n`` voxels, divided by the
+    trilinear kernel's real-space transform ``sinc^2(x / P)`` per axis (gridding correction),
+    transformed, and resampled onto the tile's frequencies by separable linear interpolation
+    along z, y and x. The cost per box is one small FFT plus three cheap passes, the largest
+    of the size of the tile's rfft grid.
+    """
+
+    def __init__(self, n: int, shape: Sequence[int], oversample: int = 2, device="cpu"):
+        p = int(scipy.fft.next_fast_len(int(math.ceil(oversample * n))))
+        if p % 2:
+            p += 1
+        self.size, self.box, self.shape = p, int(n), tuple(int(s) for s in shape)
+        dev = torch.device(device)
+        x = np.fft.fftfreq(p) * p
+        g = (np.sinc(x / p) ** 2).astype(np.float32)
+        gi = torch.as_tensor(1.0 / g, device=dev)
+        self.gcorr = gi[:, None, None] * gi[None, :, None] * gi[None, None, :]
+        self.axes = []
+        for ax, length in enumerate(self.shape):
+            if ax < 2:
+                idx = np.mod(np.fft.fftfreq(length) * p, p)
+                i0 = np.floor(idx).astype(np.int64)
+                f = idx - i0
+                i1 = (i0 + 1) % p
+            else:
+                idx = np.fft.rfftfreq(length) * p
+                i0 = np.minimum(np.floor(idx).astype(np.int64), p // 2)
+                f = idx - i0
+                i1 = np.minimum(i0 + 1, p // 2)
+            shp = [-1 if k == ax else 1 for k in range(3)]
+            self.axes.append((torch.as_tensor(i0, device=dev), torch.as_tensor(i1, device=dev),
+                              torch.as_tensor(f.astype(np.float32), device=dev).reshape(shp)))
+
+    def __call__(self, boxes: torch.Tensor) -> torch.Tensor:
+        """``(..., n, n, n)`` real boxes -> ``(..., nz, ny, nx // 2 + 1)`` complex transforms."""
+        p = self.size
+        x = place_centered(boxes, (p, p, p)) * self.gcorr
+        f = _rfftn(x)
+        for ax, (i0, i1, w) in enumerate(self.axes):
+            d = ax - 3
+            a = f.index_select(d, i0)
+            f = a + (f.index_select(d, i1) - a) * w
+        return f
 
 
 @dataclass
@@ -435,11 +485,9 @@ class TileCorrelator:
             self.templates.append(np.asarray(random_phase_template, np.float32))
         self.normed = [normalise_under_mask(torch.as_tensor(t), torch.as_tensor(msk)).numpy()
                        for t in self.templates]
-        self.energy0 = float(np.sum(self.normed[0].astype(np.float64) ** 2))
+        self._box_weight = None if weight is None else weight((n, n, n)).to(dev)
         if method == "fast":
             self._setup_fast(oversample)
-        else:
-            self._box_weight = None if weight is None else weight((n, n, n)).to(dev)
 
     @staticmethod
     def _inv(sigma: torch.Tensor, mask_sum) -> torch.Tensor:
@@ -453,41 +501,26 @@ class TileCorrelator:
 
     # ------------------------------------------------------------------ fast path set-up
     def _setup_fast(self, oversample: int):
-        dev = self.device
-        grid = _rfft_grid(self.shape, dev)  # (nz, ny, nxh, 3)
-        r = torch.linalg.vector_norm(grid, dim=-1)
-        w = torch.ones(r.shape, device=dev) if self.weight is None else self.weight(self.shape).to(dev).float()
-        keep = (r <= 0.5) & (w != 0)
-        keep[0, 0, 0] = False  # zero mean: drop DC
-        idx = torch.nonzero(keep.reshape(-1)).reshape(-1)
-        self.active = idx
-        self.q_active = grid.reshape(-1, 3)[idx].contiguous()
-        self.w_active = w.reshape(-1)[idx].contiguous()
-        nx = self.shape[2]
-        kx = torch.arange(nx // 2 + 1, device=dev)
-        mult = torch.where((kx == 0) | ((nx % 2 == 0) & (kx == nx // 2)), 1.0, 2.0)
-        self.mult_active = mult.expand(r.shape).reshape(-1)[idx].contiguous()
-        self.vhat_active = self.v_hat.reshape(-1)[idx].contiguous()
-        self.n_total = float(np.prod(self.shape))
+        dev, n = self.device, self.box
         self.ftemplates = [FourierTemplate(t, oversample, dev) for t in self.normed]
+        qb = _rfft_grid((n, n, n), dev)
+        sel = torch.linalg.vector_norm(qb, dim=-1) <= 0.5
+        self.box_sel = torch.nonzero(sel.reshape(-1)).reshape(-1)
+        self.q_box = qb.reshape(-1, 3)[self.box_sel].contiguous()
+        self.resampler = BoxToTile(n, self.shape, oversample, dev)
+        self.mask_t = _as_tensor(self.mask_np, dev)
         if not self.spherical:
-            keep_m = r <= 0.5
-            self.m_active = torch.nonzero(keep_m.reshape(-1)).reshape(-1)
-            self.qm_active = grid.reshape(-1, 3)[self.m_active].contiguous()
-            self.fmask = FourierTemplate(self.mask_np, oversample, dev)
-            self.vhat_m = self.v_hat.reshape(-1)[self.m_active]
-            self.v2hat_m = self.v2_hat.reshape(-1)[self.m_active]
+            c = torch.arange(n, device=dev, dtype=torch.float32) - n // 2
+            gz, gy, gx = torch.meshgrid(c, c, c, indexing="ij")
+            self.box_xyz = torch.stack([gx, gy, gz], -1).reshape(-1, 3)
 
     def batch_bytes(self) -> int:
         """Approximate memory per rotation in a batch (bytes)."""
         n = float(np.prod(self.shape))
-        per = 4 * n + 4 * n  # half-grid complex spectrum + real output
-        if self.method == "fast":
-            per += self.active.numel() * (12 + 8 + 8)
-            if not self.spherical:
-                per += 3 * 8 * n
-        else:
-            per += 3 * 4 * n
+        per = 4 * n + 4 * n + 4 * n  # template spectrum, product spectrum, real output
+        per += 8 * float(self.resampler.size ** 3) if self.method == "fast" else 0.0
+        if not self.spherical:
+            per += 3 * 8 * n
         return int(per * len(self.templates))
 
     # ------------------------------------------------------------------ scores
@@ -500,40 +533,53 @@ class TileCorrelator:
             return self._scores_fast(rot)
         return self._scores_exact(np.asarray(rotations, np.float64).reshape(-1, 3, 3))
 
+    def _rotated_masks(self, rot: torch.Tensor) -> torch.Tensor:
+        """Masks rotated in real space (trilinear), ``(B, n, n, n)``."""
+        n = self.box
+        src = torch.matmul(self.box_xyz.unsqueeze(0), rot)  # (R^T x)^T = x^T R
+        g = (src + n // 2) * (2.0 / (n - 1)) - 1.0
+        out = torch.nn.functional.grid_sample(self.mask_t[None, None].expand(1, 1, n, n, n),
+                                              g.reshape(1, -1, 1, 1, 3), mode="bilinear",
+                                              padding_mode="zeros", align_corners=True)
+        return out.reshape(rot.shape[0], n, n, n).clamp_min(0)
+
+    def _sigma_inv(self, masks: torch.Tensor) -> torch.Tensor:
+        """``1 / (W_R sigma_V,R)`` on the unique region for a batch of rotated masks."""
+        b = masks.shape[0]
+        w_r = masks.double().sum(dim=(1, 2, 3)).float().reshape(b, 1, 1, 1)
+        m_hat = self.resampler(masks) if self.method == "fast" else \
+            _rfftn(place_centered(masks, self.shape))
+        mu = _irfftn(torch.conj(m_hat) * self.v_hat, s=self.shape)[(slice(None),) + self.unique] / w_r
+        m2 = _irfftn(torch.conj(m_hat) * self.v2_hat, s=self.shape)[(slice(None),) + self.unique] / w_r
+        var = m2 - mu * mu
+        tiny = 1e-5 * torch.clamp(m2.abs().amax(dim=(1, 2, 3), keepdim=True), min=1e-30)
+        sig = torch.sqrt(torch.where(var > tiny, var, torch.zeros_like(var)))
+        return torch.where(sig > 0, 1.0 / (w_r * sig.clamp_min(1e-30)), torch.zeros_like(sig))
+
+    def _box_templates(self, ft: "FourierTemplate", rot: torch.Tensor, masks) -> torch.Tensor:
+        """Rotated (Fourier space), weighted, masked, normalised templates on the box."""
+        n, b = self.box, rot.shape[0]
+        spec = torch.zeros((b, n * n * (n // 2 + 1)), dtype=torch.complex64, device=self.device)
+        spec[:, self.box_sel] = ft.sample(rot, self.q_box)
+        spec = spec.reshape(b, n, n, n // 2 + 1)
+        if self._box_weight is not None:
+            spec = spec * self._box_weight
+        box = _irfftn(spec, s=(n, n, n))
+        box = torch.roll(box, shifts=(n // 2,) * 3, dims=(1, 2, 3))  # centre from index 0 to n//2
+        return normalise_under_mask(box, masks)
+
     def _scores_fast(self, rot: torch.Tensor) -> list[torch.Tensor]:
-        b = rot.shape[0]
-        nz, ny, nx = self.shape
-        if not self.spherical:
-            mvals = self.fmask.sample(rot, self.qm_active)  # (B, K)
-            # mask sum per rotation = its DC term, not in the active set; sample at q = 0
-            w_r = self.fmask.sample(rot, torch.zeros(1, 3, device=self.device)).real[:, 0]
-            spec = torch.zeros((b, nz * ny * (nx // 2 + 1)), dtype=torch.complex64, device=self.device)
-            spec[:, self.m_active] = torch.conj(mvals) * self.vhat_m
-            spec[:, 0] = w_r * self.v_hat.reshape(-1)[0]
-            mu = _irfftn(spec.reshape(b, nz, ny, nx // 2 + 1), s=self.shape)
-            spec = torch.zeros_like(spec)
-            spec[:, self.m_active] = torch.conj(mvals) * self.v2hat_m
-            spec[:, 0] = w_r * self.v2_hat.reshape(-1)[0]
-            m2 = _irfftn(spec.reshape(b, nz, ny, nx // 2 + 1), s=self.shape)
-            del spec
-            wr = w_r.reshape(b, 1, 1, 1)
-            mu = mu[(slice(None),) + self.unique] / wr
-            m2 = m2[(slice(None),) + self.unique] / wr
-            var = m2 - mu * mu
-            tiny = 1e-5 * torch.clamp(m2.abs().amax(dim=(1, 2, 3), keepdim=True), min=1e-30)
-            sig = torch.sqrt(torch.where(var > tiny, var, torch.zeros_like(var)))
-            inv = torch.where(sig > 0, 1.0 / (wr * sig.clamp_min(1e-30)), torch.zeros_like(sig))
+        if self.spherical:
+            masks, inv = self.mask_t, self.inv_norm
         else:
-            inv = self.inv_norm
+            masks = self._rotated_masks(rot)
+            inv = self._sigma_inv(masks)
         out = []
         for ft in self.ftemplates:
-            vals = ft.sample(rot, self.q_active) * self.w_active  # (B, K)
-            energy = (self.mult_active * (vals.real ** 2 + vals.imag ** 2)).sum(dim=1) / self.n_total
-            scale = torch.sqrt(self.energy0 / energy.clamp_min(1e-30))
-            spec = torch.zeros((b, nz * ny * (nx // 2 + 1)), dtype=torch.complex64, device=self.device)
-            spec[:, self.active] = torch.conj(vals) * (scale[:, None] * self.vhat_active)
-            corr = _irfftn(spec.reshape(b, nz, ny, nx // 2 + 1), s=self.shape)
-            del spec
+            box = self._box_templates(ft, rot, masks)
+            t_hat = self.resampler(box)
+            corr = _irfftn(torch.conj(t_hat) * self.v_hat, s=self.shape)
+            del t_hat
             out.append(corr[(slice(None),) + self.unique] * inv)
         return out
 
@@ -546,11 +592,8 @@ class TileCorrelator:
                 inv = self.inv_norm
             else:
                 m_r = np.clip(rotate_volume(self.mask_np, r, order=1), 0, None)
-                w_r = float(m_r.sum())
-                m_hat = _rfftn(place_centered(_as_tensor(m_r, dev), self.shape))
-                sig = local_sigma(self.v_hat, self.v2_hat, m_hat, w_r, self.shape)
-                inv = self._inv(sig, w_r)[self.unique]
-            for k, t in enumerate(self.templates):
+                inv = self._sigma_inv(_as_tensor(m_r, dev)[None])[0]
+            for k, t in enumerate(self.normed):
                 t_r = torch.as_tensor(rotate_volume(t, r, order=3), dtype=torch.float32, device=dev)
                 if self._box_weight is not None:
                     t_r = _irfftn(_rfftn(t_r) * self._box_weight, s=t_r.shape)

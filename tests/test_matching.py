@@ -1,0 +1,273 @@
+"""Tests of the correlation engine (tomomatch.matching) on small simulated volumes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from tomomatch import matching as M
+from tomomatch.errors import InputError
+
+N = 16
+
+
+def _template(n=N):
+    z, y, x = np.indices((n, n, n)) - n // 2
+    t = (np.exp(-((x - 2) ** 2 + y ** 2 + (z + 1) ** 2) / 4.0)
+         + 0.7 * np.exp(-((x + 2) ** 2 + (y - 3) ** 2 + z ** 2) / 3.0)
+         + 0.5 * np.exp(-(x ** 2 + (y + 2) ** 2 + (z - 3) ** 2) / 2.0))
+    return t.astype(np.float32)
+
+
+def _sphere(n=N, r=6.5):
+    z, y, x = np.indices((n, n, n)) - n // 2
+    return (np.sqrt(x ** 2 + y ** 2 + z ** 2) <= r).astype(np.float32)
+
+
+def _ellipsoid(n=N):
+    z, y, x = np.indices((n, n, n)) - n // 2
+    return (((x / 7.0) ** 2 + (y / 5.0) ** 2 + (z / 4.0) ** 2) <= 1).astype(np.float32)
+
+
+ROTS = Rotation.random(12, random_state=3).as_matrix()
+TRUTH = [((10, 12, 14), 3), ((28, 30, 20), 7), ((20, 36, 33), 11)]
+
+
+def _tomogram(noise=0.05, shape=(40, 48, 46), template=None, seed=1, truth=TRUTH):
+    t = _template() if template is None else template
+    vol = np.zeros(shape)
+    for (pz, py, px), k in truth:
+        tr = M.rotate_volume(t, ROTS[k], order=3)
+        vol[pz - N // 2:pz + N - N // 2, py - N // 2:py + N - N // 2, px - N // 2:px + N - N // 2] += tr
+    return vol + np.random.default_rng(seed).normal(0, noise, shape) if noise else vol
+
+
+def _peak_near(scores, p, r=2):
+    sl = tuple(slice(c - r, c + r + 1) for c in p)
+    i = np.unravel_index(np.argmax(scores[sl]), scores[sl].shape)
+    return tuple(c - r + d for c, d in zip(p, i))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_place_centered_moves_centre_to_origin():
+    box = torch.zeros(5, 4, 3)
+    box[5 // 2, 4 // 2, 3 // 2] = 1.0
+    out = M.place_centered(box, (8, 8, 8))
+    assert out[0, 0, 0] == 1.0 and float(out.sum()) == 1.0
+    box[0, 0, 0] = 2.0  # offset (-2, -2, -1) from the centre wraps to the end
+    out = M.place_centered(box, (8, 8, 8))
+    assert out[6, 6, 7] == 2.0
+
+
+def test_rotate_volume_follows_pose_convention():
+    """particle(r) = template(R^T r): a point at +x rotated 90 deg about z goes to +y."""
+    vol = np.zeros((9, 9, 9))
+    vol[4, 4, 6] = 1.0  # x = +2
+    rz90 = Rotation.from_euler("z", 90, degrees=True).as_matrix()
+    out = M.rotate_volume(vol, rz90, order=1)
+    assert np.unravel_index(np.argmax(out), out.shape) == (4, 6, 4)  # y = +2
+
+
+def test_normalise_under_mask_soft_mask():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(8, 8, 8))
+    m = rng.uniform(0, 1, size=(8, 8, 8))
+    tn = M.normalise_under_mask(torch.as_tensor(t), torch.as_tensor(m)).numpy()
+    that = np.divide(tn, m)
+    assert np.isclose(np.sum(m * that), 0, atol=1e-8)
+    assert np.isclose(np.sum(m * that ** 2), m.sum(), rtol=1e-8)
+
+
+def test_fast_fft_shape_is_5_smooth():
+    for n in (17, 74, 510, 97):
+        f = M.fast_fft_shape([n])[0]
+        assert f >= n
+        k = f
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        assert k == 1
+
+
+def test_cuda_absent_is_input_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(InputError):
+        M.resolve_device("cuda")
+    with pytest.raises(InputError):
+        M.resolve_device("tpu")
+
+
+# --------------------------------------------------------------------------- FLCF reference
+
+
+def _reference_flcf(vol, template, mask, mask_r, rot, pos):
+    """Direct sum over voxels of the mask-weighted Pearson correlation at one position.
+
+    The template is normalised under the mask, rotated (cubic spline), and normalised again
+    under the rotated mask (the engine's documented order of operations)."""
+    w0 = mask.sum()
+    mu0 = np.sum(mask * template) / w0
+    t0 = mask * (template - mu0) / np.sqrt(np.sum(mask * (template - mu0) ** 2) / w0)
+    t_r = M.rotate_volume(t0, rot, order=3)
+    w = mask_r.sum()
+    mu_t = np.sum(mask_r * t_r) / w
+    sd_t = np.sqrt(np.sum(mask_r * (t_r - mu_t) ** 2) / w)
+    that = (t_r - mu_t) / sd_t
+    c = N // 2
+    patch = vol[pos[0] - c:pos[0] - c + N, pos[1] - c:pos[1] - c + N, pos[2] - c:pos[2] - c + N]
+    mu_v = np.sum(mask_r * patch) / w
+    sd_v = np.sqrt(np.sum(mask_r * (patch - mu_v) ** 2) / w)
+    return np.sum(mask_r * that * (patch - mu_v)) / (w * sd_v)
+
+
+@pytest.mark.parametrize("mask_kind", ["sphere", "ellipsoid"])
+def test_exact_flcf_matches_direct_sum(mask_kind):
+    rng = np.random.default_rng(5)
+    vol = 0.2 * rng.normal(size=(30, 32, 34))
+    vol[8:24, 8:24, 9:25] += 2 * M.rotate_volume(_template(), ROTS[2], order=3)
+    mask = _sphere() if mask_kind == "sphere" else _ellipsoid()
+    # soft edge for the sphere, to exercise weights
+    if mask_kind == "sphere":
+        z, y, x = np.indices((N, N, N)) - N // 2
+        mask = np.clip(6.8 - np.sqrt(x ** 2 + y ** 2 + z ** 2), 0, 1).astype(np.float32)
+    tc = M.TileCorrelator(vol, _template(), mask, tuple(slice(0, s) for s in vol.shape),
+                          method="exact")
+    assert tc.spherical == (mask_kind == "sphere")
+    for k in (2, 5):
+        s = tc.scores(ROTS[k])[0][0].numpy()
+        mask_r = mask.astype(np.float64) if tc.spherical else np.clip(M.rotate_volume(mask, ROTS[k], order=1), 0, None)
+        for pos in [(16, 16, 17), (12, 20, 15), (18, 11, 22)]:
+            ref = _reference_flcf(vol, _template().astype(np.float64), mask.astype(np.float64), mask_r, ROTS[k], pos)
+            assert s[pos] == pytest.approx(ref, abs=2e-4), (k, pos)
+    # the true pose scores high, another one lower
+    assert tc.scores(ROTS[2])[0][0, 16, 16, 17] > 0.7
+
+
+# --------------------------------------------------------------------------- simulated search
+
+
+@pytest.mark.parametrize("method", ["fast", "exact"])
+def test_finds_true_positions_and_rotations(method):
+    vol = _tomogram(noise=0.2)
+    res = M.match_volume(vol, _template(), _sphere(), ROTS, method=method, batch_size=5)
+    assert res.scores.dtype == np.float32
+    for p, k in TRUTH:
+        assert _peak_near(res.scores, p) == p
+        assert res.angles[p] == k
+        assert res.scores[p] > 0.5
+    # background far below the peaks
+    assert np.median(res.scores) < 0.4
+    assert res.n_voxels == vol.size and res.n_rotations == len(ROTS)
+
+
+def test_noise_free_copy_scores_one():
+    vol = _tomogram(noise=0)
+    ex = M.match_volume(vol, _template(), _sphere(), ROTS, method="exact")
+    fa = M.match_volume(vol, _template(), _sphere(), ROTS, method="fast")
+    for p, k in TRUTH:  # rotated copies: only interpolation differs (mask edge rotated first)
+        assert ex.scores[p] == pytest.approx(1.0, abs=0.005)
+        assert fa.scores[p] == pytest.approx(1.0, abs=0.01)
+    # an unrotated copy with the identity among the rotations: exactly 1
+    vol = np.zeros((30, 30, 30))
+    vol[5:21, 9:25, 7:23] = _template()
+    rots = np.concatenate([ROTS[:3], np.eye(3)[None]])
+    ex = M.match_volume(vol, _template(), _sphere(), rots, method="exact")
+    fa = M.match_volume(vol, _template(), _sphere(), rots, method="fast")
+    assert ex.scores[13, 17, 15] == pytest.approx(1.0, abs=1e-4) and ex.angles[13, 17, 15] == 3
+    assert fa.scores[13, 17, 15] == pytest.approx(1.0, abs=0.003) and fa.angles[13, 17, 15] == 3
+
+
+def _bandpass_weight(low_frac):
+    def weight(shape):
+        qz = torch.fft.fftfreq(shape[0])[:, None, None]
+        qy = torch.fft.fftfreq(shape[1])[None, :, None]
+        qx = torch.fft.rfftfreq(shape[2])[None, None, :]
+        q = torch.sqrt(qz ** 2 + qy ** 2 + qx ** 2)
+        return torch.exp(-0.5 * (q / low_frac) ** 2)
+    return weight
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fast_matches_exact(weighted):
+    """Same peaks (position, rotation) and peak scores within 1 % of the exact path."""
+    vol = _tomogram(noise=0.2)
+    w = _bandpass_weight(0.2) if weighted else None
+    ex = M.match_volume(vol, _template(), _sphere(), ROTS, method="exact", weight=w)
+    fa = M.match_volume(vol, _template(), _sphere(), ROTS, method="fast", weight=w)
+    for p, k in TRUTH:
+        assert _peak_near(fa.scores, p) == _peak_near(ex.scores, p) == p
+        assert fa.angles[p] == ex.angles[p] == k
+        assert fa.scores[p] == pytest.approx(ex.scores[p], rel=0.01)
+    # the whole map agrees closely too
+    assert np.abs(fa.scores - ex.scores).max() < 0.05
+    assert fa.std == pytest.approx(ex.std, rel=0.02)
+
+
+def test_fast_matches_exact_non_spherical_mask():
+    vol = _tomogram(noise=0.2)
+    mask = _ellipsoid()
+    ex = M.match_volume(vol, _template(), mask, ROTS[:8], method="exact")
+    fa = M.match_volume(vol, _template(), mask, ROTS[:8], method="fast")
+    for p, k in TRUTH[:2]:
+        assert fa.angles[p] == ex.angles[p] == k
+        assert fa.scores[p] == pytest.approx(ex.scores[p], rel=0.02)
+
+
+def test_statistics_are_over_every_score():
+    vol = _tomogram(noise=0.2, shape=(24, 26, 28), truth=[((12, 13, 14), 4)])
+    tc = M.TileCorrelator(vol, _template(), _sphere(), (slice(2, 20), slice(0, 26), slice(3, 28)))
+    all_scores = torch.cat([tc.scores(ROTS[i:i + 4])[0] for i in range(0, 12, 4)]).double()
+    st = tc.run(ROTS, batch_size=5)
+    assert st.count == all_scores.numel() == 18 * 26 * 25 * 12
+    assert st.sum == pytest.approx(float(all_scores.sum()), rel=1e-5, abs=1e-3)
+    assert st.sumsq == pytest.approx(float((all_scores ** 2).sum()), rel=1e-5)
+    assert torch.equal(st.best, all_scores.max(0).values.float())
+    assert torch.equal(st.index, all_scores.argmax(0))
+
+
+def test_batching_does_not_change_results():
+    vol = _tomogram(noise=0.2, shape=(24, 26, 28), truth=[((12, 13, 14), 4)])
+    unique = tuple(slice(0, s) for s in vol.shape)
+    tc = M.TileCorrelator(vol, _template(), _sphere(), unique)
+    a = tc.run(ROTS, batch_size=1)
+    b = tc.run(ROTS, batch_size=7)
+    assert torch.allclose(a.best, b.best, atol=1e-6)
+    assert torch.equal(a.index, b.index)
+
+
+def test_random_phase_lowers_background_keeps_peaks():
+    vol = _tomogram(noise=0.2)
+    plain = M.match_volume(vol, _template(), _sphere(), ROTS)
+    rp = M.match_volume(vol, _template(), _sphere(), ROTS, random_phase=True)
+    noise = M.phase_randomised_template(_template(), _sphere())
+    tm = _template() * _sphere()
+    a_n, a_t = np.abs(np.fft.rfftn(noise)).ravel(), np.abs(np.fft.rfftn(tm)).ravel()
+    assert np.corrcoef(a_n, a_t)[0, 1] > 0.9  # same amplitude spectrum (up to the support constraint)
+    assert abs(np.corrcoef(noise.ravel(), tm.ravel())[0, 1]) < 0.5  # but not the template
+    assert np.array_equal(noise, M.phase_randomised_template(_template(), _sphere()))  # seeded
+    assert np.all(noise[_sphere() == 0] == 0)
+    for p, k in TRUTH:  # the subtracted noise maximum may move a peak by one voxel
+        assert max(abs(a - b) for a, b in zip(_peak_near(rp.scores, p), p)) <= 1
+    # score minus noise maximum: the background's spread shrinks relative to the peaks
+    peak = np.mean([rp.scores[p] for p, _ in TRUTH])
+    assert rp.noise_mean is not None
+    assert (peak - np.median(rp.scores)) / np.std(rp.scores) > 0.9 * (
+        np.mean([plain.scores[p] for p, _ in TRUTH]) - np.median(plain.scores)) / np.std(plain.scores)
+
+
+def test_nan_tomogram_is_input_error():
+    vol = _tomogram(noise=0.2, shape=(24, 26, 28), truth=[((12, 13, 14), 4)])
+    vol[3, 3, 3] = np.nan
+    with pytest.raises(InputError):
+        M.match_volume(vol, _template(), _sphere(), ROTS[:2])
+
+
+def test_template_larger_than_tile_is_input_error():
+    with pytest.raises(InputError):
+        M.TileCorrelator(np.zeros((10, 30, 30)), _template(), _sphere(), (slice(0, 10),) * 3)
+    with pytest.raises(InputError):
+        M.TileCorrelator(np.zeros((30, 30, 30)), _template(), _sphere(8 * 2 + 1, 3), (slice(0, 10),) * 3)
