@@ -32,8 +32,9 @@ class SimulationConfig:
 
     Geometry follows :mod:`tomomatch.conventions`: the tomogram is ``tomogram_size_xyz``
     voxels of ``voxel_size_angstrom`` with its centre (voxel ``n // 2``) on the tilt axis; the
-    tilt images are simulated at ``voxel_size_angstrom / binning`` and binned by Fourier
-    cropping to the tomogram voxel size.
+    structures are sampled at ``voxel_size_angstrom / binning`` and their projections are
+    evaluated in the band of the tomogram voxel size (i.e. simulated finer, then Fourier-cropped);
+    the tilt series has the tomogram's pixel size.
     """
 
     preset: str = "custom"
@@ -54,7 +55,7 @@ class SimulationConfig:
     # ---- tomogram
     tomogram_size_xyz: tuple[int, int, int] = (128, 128, 48)
     voxel_size_angstrom: float = 10.0
-    binning: int = 2
+    binning: int = 2                        # density sampled at voxel/binning; projections Fourier-cropped to voxel
     # ---- tilt scheme
     tilt_min_deg: float = -60.0
     tilt_max_deg: float = 60.0
@@ -77,7 +78,7 @@ class SimulationConfig:
     apply_dose_filter: bool = True
     # ---- noise
     shot_noise: bool = True
-    ice_noise_rad: float = 0.05             # rms ice phase noise per simulation pixel at 0 degrees
+    ice_noise_rad: float = 0.03             # rms ice phase noise per tilt-series pixel at 0 degrees (white, / sqrt(cos t))
     inelastic_mean_free_path_nm: float = 350.0
     jitter_angstrom: float = 0.0            # rms per-tilt residual misalignment (x and y)
     # ---- outputs
@@ -201,7 +202,7 @@ PRESETS: dict[str, dict] = {
         structure="phantom", phantom_diameter_angstrom=200.0, n_particles=8, n_decoys=2, n_blobs=30,
         thickness_nm=40.0, tomogram_size_xyz=(128, 128, 48), voxel_size_angstrom=10.0, binning=2,
         tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=4.0, dose_per_tilt=3.5,
-        defocus_um=3.0, defocus_scatter_um=0.15, ice_noise_rad=0.05,
+        defocus_um=3.0, defocus_scatter_um=0.15, ice_noise_rad=0.03,
     ),
     # like pytom-match-pick's defocus-handedness benchmark (EMPIAR-10985 TS 27)
     "seed": dict(
@@ -209,7 +210,7 @@ PRESETS: dict[str, dict] = {
         thickness_nm=70.0, tomogram_size_xyz=(514, 720, 84), voxel_size_angstrom=8.56, binning=2,
         tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=3.0, dose_per_tilt=3.0,
         voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, defocus_um=3.0, defocus_scatter_um=0.15,
-        ice_noise_rad=0.05,
+        ice_noise_rad=0.03,
     ),
     # a wide field of view at a finer voxel, where the gradient matters more
     "wide": dict(
@@ -217,7 +218,7 @@ PRESETS: dict[str, dict] = {
         thickness_nm=70.0, tomogram_size_xyz=(2064, 512, 168), voxel_size_angstrom=4.28, binning=2,
         tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=3.0, dose_per_tilt=3.0,
         voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, defocus_um=3.0, defocus_scatter_um=0.15,
-        ice_noise_rad=0.05,
+        ice_noise_rad=0.03,
     ),
 }
 

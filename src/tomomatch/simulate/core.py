@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..mrcio import atomic_path
 from ..tiltseries import TiltSeries
 from .config import SimulationConfig, Structure, preset_config
-from .physics import (FourierProjector, fourier_bin_2d, interaction_constant, poisson_counts,
+from .physics import (FourierProjector, interaction_constant, poisson_counts,
                       tilt_scheme, weighted_back_projection)
 
 __all__ = ["simulate", "run_simulation", "SimulationResult", "load_structure", "LoadedStructure"]
@@ -205,9 +205,8 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     nx, ny, nz = cfg.tomogram_size_xyz
     v = float(cfg.voxel_size_angstrom)
     b = int(cfg.binning)
-    ps = v / b                                       # simulation pixel
-    NX, NY = nx * b, ny * b
-    cx_f, cy_f = b * centre_index(nx), b * centre_index(ny)   # fine-image pixel of the tilt axis
+    ps = v / b                                       # voxel of the simulated density (fine)
+    cx, cy = centre_index(nx), centre_index(ny)      # tilt-image pixel of the tilt axis
 
     # ---------------------------------------------------------------- tilt scheme and optics
     angles, acq = tilt_scheme(cfg.tilt_min_deg, cfg.tilt_max_deg, cfg.tilt_step_deg, cfg.tilt_order,
@@ -270,92 +269,86 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     timings["placement_s"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- projection
+    # Each particle is projected from the 3D transform of its density at the fine voxel ps
+    # (padded to P = b*Q); only the band of the tilt-series pixel v is evaluated, which is
+    # the fine projection Fourier-cropped to v (the tilt series is made at v directly).
     t0 = time.perf_counter()
     k_out = 0.5 / v
     df_max = abs(cfg.defocus_um) + 4 * cfg.defocus_scatter_um + cfg.astigmatism_um + \
         (np.abs(off_um).max() if n_tot else 0.0)
-    deloc_px = lam * df_max * ANGSTROM_PER_MICROMETRE * k_out / ps
-    projectors = []
-    for s in structs:
+    deloc_px = lam * df_max * ANGSTROM_PER_MICROMETRE * k_out / v      # CTF delocalisation, output pixels
+    projectors, qsizes = [], []
+    for k, s in enumerate(structs):
         n = s.density.shape[0]
-        p = max(2 * n, int(math.ceil(n + 2 * deloc_px + 8)))
-        p = int(sfft.next_fast_len(p + p % 2))
-        p += p % 2
-        projectors.append(FourierProjector(s.density, p))
+        q = max(int(math.ceil(2 * n / b)), int(math.ceil(n / b + 2 * deloc_px + 4)))
+        q = int(sfft.next_fast_len(q + q % 2))
+        q += q % 2
+        projectors.append(FourierProjector(s.density, b * q) if np.any(kind == k) else None)
+        qsizes.append(q)
     timings["fourier_prep_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    counts_binned = np.zeros((nt, ny, nx), dtype=np.float32)
-    chunk = max(1, min(nt, int(2.5e8 // (NY * NX * 4))))
+    counts = np.zeros((nt, ny, nx), dtype=np.float32)
     atten = np.exp(-cfg.thickness_nm / (np.cos(np.deg2rad(angles)) * cfg.inelastic_mean_free_path_nm))
-    e_per_px = dose_tilt * ps * ps * atten
+    e_per_px = dose_tilt * v * v * atten
     proj_pos_x = projected_x(pos[:, 0:1], pos[:, 2:3], angles[None, :]) if n_tot else np.zeros((0, nt))
-    t_proj = 0.0
-    t_noise = 0.0
-    for c0 in range(0, nt, chunk):
-        c1 = min(nt, c0 + chunk)
-        ti = np.arange(c0, c1)
-        contrast = np.zeros((c1 - c0, NY, NX), dtype=np.float32)
-        tp = time.perf_counter()
-        for j in range(n_tot):
-            pr = projectors[kind[j]]
-            P = pr.pad_size
-            mats = np.einsum("ji,tjk->tik", poses[j], rot_t[ti])        # R^T @ Rt
-            S = pr.slices(mats)                                           # (m, P, H) complex
-            ku = torch.from_numpy(pr.ku.astype(np.float32))[None, None, :]
-            kv = torch.from_numpy(pr.kv.astype(np.float32))[None, :, None]
-            kx, ky = ku / ps, kv / ps
-            X = cx_f + (proj_pos_x[j, ti] + jitter[ti, 0]) / ps
-            Y = cy_f + (pos[j, 1] + jitter[ti, 1]) / ps
-            Xi, Yi = np.round(X), np.round(Y)
-            dx = torch.from_numpy((X - Xi).astype(np.float32))[:, None, None]
-            dy = torch.from_numpy((Y - Yi).astype(np.float32))[:, None, None]
-            filt = _transfer(kx, ky, cfg, part_df[j, ti] + 0.5 * cfg.astigmatism_um,
-                             part_df[j, ti] - 0.5 * cfg.astigmatism_um, ast_ang[ti], pre[ti] + 0.5 * dose_tilt[ti])
-            ramp = -2 * math.pi * (dx * ku + dy * kv)
-            phase = torch.complex(torch.cos(ramp), torch.sin(ramp))
-            S = S * (filt * (2.0 * sigma_e * ps)) * phase
-            patch = torch.fft.irfft2(S, s=(P, P))
-            patch = torch.fft.fftshift(patch, dim=(-2, -1)).numpy()
-            for m, t in enumerate(ti):
-                _paste(contrast[m], patch[m], int(Yi[m]) - centre_index(P), int(Xi[m]) - centre_index(P))
-        t_proj += time.perf_counter() - tp
-        tn = time.perf_counter()
-        # background: ice phase noise + blobs, through the nominal CTF of each tilt
-        bg = np.zeros((c1 - c0, NY, NX), dtype=np.float32)
-        if cfg.ice_noise_rad > 0:
-            for m, t in enumerate(ti):
-                bg[m] = rng_ice.standard_normal((NY, NX)).astype(np.float32) * np.float32(
+    contrast = np.zeros((nt, ny, nx), dtype=np.float32)
+    dose_mid = pre + 0.5 * dose_tilt
+    tp = time.perf_counter()
+    grids = {}
+    for j in range(n_tot):
+        pr, Q = projectors[kind[j]], qsizes[kind[j]]
+        if Q not in grids:
+            ku = torch.from_numpy(np.fft.rfftfreq(Q).astype(np.float32))[None, None, :]   # cycles / pixel
+            kv = torch.from_numpy(np.fft.fftfreq(Q).astype(np.float32))[None, :, None]
+            grids[Q] = (ku, kv)
+        ku, kv = grids[Q]
+        mats = np.einsum("ji,tjk->tik", poses[j], rot_t)                 # R^T @ Rt
+        S = pr.slices(mats, Q)                                            # (nt, Q, Q//2+1) complex
+        X = cx + (proj_pos_x[j] + jitter[:, 0]) / v
+        Y = cy + (pos[j, 1] + jitter[:, 1]) / v
+        Xi, Yi = np.round(X), np.round(Y)
+        dx = torch.from_numpy((X - Xi).astype(np.float32))[:, None, None]
+        dy = torch.from_numpy((Y - Yi).astype(np.float32))[:, None, None]
+        filt = _transfer(ku / v, kv / v, cfg, part_df[j] + 0.5 * cfg.astigmatism_um,
+                         part_df[j] - 0.5 * cfg.astigmatism_um, ast_ang, dose_mid)
+        ramp = -2 * math.pi * (dx * ku + dy * kv)
+        S = S * (filt * np.float32(2.0 * sigma_e * ps / (b * b))) * torch.complex(torch.cos(ramp), torch.sin(ramp))
+        patch = torch.fft.fftshift(torch.fft.irfft2(S, s=(Q, Q)), dim=(-2, -1)).numpy()
+        for t in range(nt):
+            _paste(contrast[t], patch[t], int(Yi[t]) - centre_index(Q), int(Xi[t]) - centre_index(Q))
+    t_proj = time.perf_counter() - tp
+    tn = time.perf_counter()
+    # background: ice phase noise + blobs, through the nominal CTF of each tilt
+    if cfg.ice_noise_rad > 0 or cfg.n_blobs:
+        fy = torch.from_numpy(np.fft.fftfreq(ny).astype(np.float32))[None, :, None] / v
+        fx = torch.from_numpy(np.fft.rfftfreq(nx).astype(np.float32))[None, None, :] / v
+        for t in range(nt):
+            bg = np.zeros((ny, nx), dtype=np.float32)
+            if cfg.ice_noise_rad > 0:
+                bg += rng_ice.standard_normal((ny, nx)).astype(np.float32) * np.float32(
                     cfg.ice_noise_rad / math.sqrt(math.cos(math.radians(angles[t]))))
-        if cfg.n_blobs:
-            for m, t in enumerate(ti):
-                _add_blobs(bg[m], blob_pos, blob_sig, cfg.blob_peak_volt, angles[t], jitter[t], cx_f, cy_f, ps,
-                           sigma_e)
-        if cfg.ice_noise_rad > 0 or cfg.n_blobs:
-            fy = torch.from_numpy(np.fft.fftfreq(NY).astype(np.float32))[None, :, None] / ps
-            fx = torch.from_numpy(np.fft.rfftfreq(NX).astype(np.float32))[None, None, :] / ps
-            filt = _transfer(fx, fy, cfg, df_u[ti], df_v[ti], ast_ang[ti], pre[ti] + 0.5 * dose_tilt[ti])
-            bgf = torch.fft.rfft2(torch.from_numpy(bg)) * (2.0 * filt)
-            contrast += torch.fft.irfft2(bgf, s=(NY, NX)).numpy()
-        del bg
-        intensity = contrast
-        intensity += np.float32(1.0)
-        for m, t in enumerate(ti):
-            if cfg.shot_noise:
-                intensity[m] = poisson_counts(intensity[m], e_per_px[t], rng_noise)
-            else:
-                intensity[m] *= np.float32(e_per_px[t])
-        counts_binned[c0:c1] = fourier_bin_2d(intensity, (ny, nx))
-        del intensity, contrast
-        t_noise += time.perf_counter() - tn
+            if cfg.n_blobs:
+                _add_blobs(bg, blob_pos, blob_sig, cfg.blob_peak_volt, angles[t], jitter[t], cx, cy, v, sigma_e)
+            filt = _transfer(fx, fy, cfg, df_u[t:t + 1], df_v[t:t + 1], ast_ang[t:t + 1], dose_mid[t:t + 1])[0]
+            contrast[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * (2.0 * filt), s=(ny, nx)).numpy()
+    # detection: expected electrons per pixel, Poisson
+    for t in range(nt):
+        intensity = contrast[t] + np.float32(1.0)
+        if cfg.shot_noise:
+            counts[t] = poisson_counts(intensity, e_per_px[t], rng_noise)
+        else:
+            counts[t] = intensity * np.float32(e_per_px[t])
+    del contrast
+    t_noise = time.perf_counter() - tn
     timings["projection_s"] = t_proj
     timings["background_noise_binning_s"] = t_noise
     timings["tilt_series_total_s"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- reconstruction
     t0 = time.perf_counter()
-    means = counts_binned.mean(axis=(1, 2), keepdims=True)
-    norm = counts_binned / np.maximum(means, 1e-12) - 1.0
+    means = counts.mean(axis=(1, 2), keepdims=True)
+    norm = counts / np.maximum(means, 1e-12) - 1.0
     tomo = weighted_back_projection(norm, angles, (nz, ny, nx))
     timings["reconstruction_s"] = time.perf_counter() - t0
 
@@ -393,7 +386,8 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         "warnings": list(cfg.warnings),
         "structures": [{"name": s.name, "source": str(s.source), "box_size": int(s.density.shape[0]),
                         "voxel_size_angstrom": s.voxel_size_angstrom, "radius_angstrom": round(s.radius_angstrom, 3),
-                        "pad_size": pr.pad_size} for s, pr in zip(structs, projectors)],
+                        "fourier_pad_size": b * q, "patch_size_pixels": q}
+                       for s, pr, q in zip(structs, projectors, qsizes)],
         "simulation_pixel_angstrom": ps,
         "tomogram_voxel_angstrom": v,
         "tomogram_size_xyz": [nx, ny, nz],
@@ -418,11 +412,11 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     }
     result = SimulationResult(out_dir=out_dir, paths={}, particles=particles, defocus_um=part_df,
                               tilt_series=ts, hand=cfg.hand, config=cfg, summary=summary)
-    result.tilt_series_counts = counts_binned
+    result.tilt_series_counts = counts
     result.tomogram = tomo
     if write:
         t0 = time.perf_counter()
-        _write_outputs(result, counts_binned, tomo, structs[0], cfg)
+        _write_outputs(result, counts, tomo, structs[0], cfg)
         timings["write_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     summary["timings"] = {k: round(val, 3) for k, val in timings.items()}
@@ -462,22 +456,24 @@ def _paste(dst: np.ndarray, src: np.ndarray, y0: int, x0: int) -> None:
         dst[ya:yb, xa:xb] += src[ya - y0:yb - y0, xa - x0:xb - x0]
 
 
-def _add_blobs(img, blob_pos, blob_sig, peak_volt, angle, jit, cx_f, cy_f, ps, sigma_e) -> None:
-    """Add the projected phase of 3D Gaussian blobs (peak ``peak_volt``) to ``img``."""
+def _add_blobs(img, blob_pos, blob_sig, peak_volt, angle, jit, cx, cy, pixel, sigma_e) -> None:
+    """Add the projected phase of 3D Gaussian blobs (peak ``peak_volt``) to ``img``; each is
+    widened by half a pixel in quadrature (integral kept) so the sampled image is band-limited."""
     H, W = img.shape
     xs = projected_x(blob_pos[:, 0], blob_pos[:, 2], angle)
     for (x, y, s) in zip(xs, blob_pos[:, 1], blob_sig):
-        X = cx_f + (x + jit[0]) / ps
-        Y = cy_f + (y + jit[1]) / ps
-        r = int(math.ceil(4 * s / ps))
+        X = cx + (x + jit[0]) / pixel
+        Y = cy + (y + jit[1]) / pixel
+        se = math.sqrt(s * s + (0.5 * pixel) ** 2)
+        r = int(math.ceil(4 * se / pixel))
         x0, x1 = max(0, int(X) - r), min(W, int(X) + r + 2)
         y0, y1 = max(0, int(Y) - r), min(H, int(Y) + r + 2)
         if x0 >= x1 or y0 >= y1:
             continue
-        gx = np.exp(-0.5 * ((np.arange(x0, x1) - X) * ps / s) ** 2)
-        gy = np.exp(-0.5 * ((np.arange(y0, y1) - Y) * ps / s) ** 2)
-        # projected potential of a 3D Gaussian: peak * sqrt(2 pi) * s (V A)
-        amp = sigma_e * peak_volt * math.sqrt(2 * math.pi) * s
+        gx = np.exp(-0.5 * ((np.arange(x0, x1) - X) * pixel / se) ** 2)
+        gy = np.exp(-0.5 * ((np.arange(y0, y1) - Y) * pixel / se) ** 2)
+        # projected potential of a 3D Gaussian: peak * sqrt(2 pi) * s (V A), spread over se^2
+        amp = sigma_e * peak_volt * math.sqrt(2 * math.pi) * s * (s / se) ** 2
         img[y0:y1, x0:x1] += (amp * gy[:, None] * gx[None, :]).astype(np.float32)
 
 

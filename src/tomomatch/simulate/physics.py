@@ -17,7 +17,7 @@ import scipy.fft as sfft
 import torch
 import torch.nn.functional as F
 
-from ..conventions import centre_index, electron_wavelength_angstrom, tilt_rotation
+from ..conventions import centre_index, electron_wavelength_angstrom, projected_x
 
 __all__ = [
     "interaction_constant",
@@ -127,21 +127,28 @@ class FourierProjector:
         ft = sfft.fftshift(sfft.fftn(sfft.ifftshift(padded), workers=-1))
         vol = np.stack([ft.real, ft.imag]).astype(np.float32)
         self._vol = torch.from_numpy(vol)[None]  # (1, 2, P, P, P) [z, y, x]
-        self.ku = np.fft.rfftfreq(p)               # cycles / pixel
-        self.kv = np.fft.fftfreq(p)
 
-    def slices(self, matrices: np.ndarray) -> torch.Tensor:
-        """Complex 2D transforms ``(m, P, P//2+1)`` of the projections for sampling matrices.
+    def slices(self, matrices: np.ndarray, out_size: int | None = None) -> torch.Tensor:
+        """Complex 2D transforms ``(m, Q, Q//2+1)`` of the projections for sampling matrices.
 
         ``matrices`` (m, 3, 3) map image frequency ``(ku, kv, 0)`` to template frequency;
         for a particle of pose ``R`` at tilt ``t`` that is ``R^T @ Rt(t)``. The transforms have
-        their origin at the template centre (index ``P // 2`` of the image after fftshift).
+        their origin at the template centre (index ``Q // 2`` of the image after fftshift).
+
+        ``out_size`` ``Q`` (default ``P``; ``P`` must be a multiple of it): only the central
+        ``Q x Q`` band of the ``P x P`` transform, i.e. the projection Fourier-cropped to a
+        pixel ``P / Q`` times coarser. ``irfft2(., s=(Q, Q)) / (P/Q)^2`` is then the band-limited
+        projection (sum over the beam in density voxels) sampled on the coarse pixel grid.
         """
         m = np.asarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
         p = self.pad_size
-        kv, ku = np.meshgrid(self.kv, self.ku, indexing="ij")           # (P, P//2+1)
+        q = p if out_size is None else int(out_size)
+        if p % q:
+            raise ValueError(f"pad size {p} is not a multiple of out_size {q}")
+        b = p // q
+        kv, ku = np.meshgrid(np.fft.fftfreq(q, d=b), np.fft.rfftfreq(q, d=b), indexing="ij")   # cycles / voxel
         k2 = np.stack([ku, kv], axis=-1)                                 # (P, H, 2)
-        k3 = np.einsum("mij,abj->mabi", m[:, :, :2], k2)                # (m, P, H, 3) xyz cycles/voxel
+        k3 = np.einsum("mij,abj->mabi", m[:, :, :2], k2)                # (m, Q, H, 3) xyz cycles/voxel
         idx = k3 * p + centre_index(p)
         grid = idx / (p - 1) * 2.0 - 1.0                                 # align_corners=True
         grid_t = torch.from_numpy(grid.astype(np.float32))[None]        # (1, m, P, H, 3) (x, y, z)
@@ -193,7 +200,7 @@ def ramp_filter_1d(n: int, rolloff_start: float = 0.9) -> np.ndarray:
 
 
 def weighted_back_projection(projections: np.ndarray, tilt_angles_deg, shape_zyx: tuple[int, int, int],
-                             rolloff_start: float = 0.9, z_chunk: int = 16) -> np.ndarray:
+                             rolloff_start: float = 0.9) -> np.ndarray:
     """Weighted back-projection with the tilt axis along y.
 
     Each projection ``(ny, nx)`` (same pixel as the tomogram voxel, centre ``n // 2``) is
@@ -213,31 +220,16 @@ def weighted_back_projection(projections: np.ndarray, tilt_angles_deg, shape_zyx
         raise ValueError(f"projection height {pny} != tomogram y size {ny}")
     w = ramp_filter_1d(pnx, rolloff_start)
     filt = sfft.irfft(sfft.rfft(proj, axis=-1, workers=-1) * w, n=pnx, axis=-1, workers=-1).astype(np.float32)
-    # (nt, nx_img + 1, ny): x-major with a zero column at the end for out-of-range samples
-    ft_t = np.zeros((nt, pnx + 1, ny), dtype=np.float32)
-    ft_t[:, :pnx, :] = filt.transpose(0, 2, 1)
-    tt = torch.from_numpy(ft_t)
-    vol = torch.zeros((nz, nx, ny), dtype=torch.float32)
-    xs = torch.arange(nx, dtype=torch.float64) - centre_index(nx)
-    zs = torch.arange(nz, dtype=torch.float64) - centre_index(nz)
+    vol = torch.zeros((ny, nz, nx), dtype=torch.float32)
+    xs = np.arange(nx, dtype=np.float64) - centre_index(nx)
+    zs = np.arange(nz, dtype=np.float64) - centre_index(nz)
     cimg = centre_index(pnx)
-    rot = tilt_rotation(np.asarray(tilt_angles_deg, dtype=float))
-    for i in range(nt):
-        c, s = float(rot[i, 0, 0]), float(-rot[i, 2, 0])   # cos t, sin t
-        img = tt[i]
-        for z0 in range(0, nz, z_chunk):
-            z1 = min(nz, z0 + z_chunk)
-            u = xs[None, :] * c - zs[z0:z1, None] * s + cimg          # (zc, nx)
-            i0 = torch.floor(u)
-            f = (u - i0).to(torch.float32)
-            i0 = i0.to(torch.int64)
-            i1 = i0 + 1
-            bad0 = (i0 < 0) | (i0 >= pnx)
-            bad1 = (i1 < 0) | (i1 >= pnx)
-            i0 = torch.where(bad0, torch.full_like(i0, pnx), i0)
-            i1 = torch.where(bad1, torch.full_like(i1, pnx), i1)
-            g0 = img.index_select(0, i0.reshape(-1)).reshape(z1 - z0, nx, ny)
-            g1 = img.index_select(0, i1.reshape(-1)).reshape(z1 - z0, nx, ny)
-            vol[z0:z1] += g0 * (1 - f)[..., None] + g1 * f[..., None]
+    grid = torch.zeros((1, nz, nx, 2), dtype=torch.float32)
+    for i, t in enumerate(np.asarray(tilt_angles_deg, dtype=float)):
+        u = projected_x(xs[None, :], zs[:, None], t) + cimg                    # (nz, nx) image pixel
+        grid[0, :, :, 0] = torch.from_numpy((u / (pnx - 1) * 2.0 - 1.0).astype(np.float32))
+        # rows y as channels: (1, ny, 1, nx_img) sampled at (u, 0) -> (ny, nz, nx); zero outside
+        img = torch.from_numpy(filt[i])[None, :, None, :]
+        vol += F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     vol *= math.pi / nt
-    return np.ascontiguousarray(vol.numpy().transpose(0, 2, 1))
+    return np.ascontiguousarray(vol.numpy().transpose(1, 0, 2))
