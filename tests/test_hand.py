@@ -316,3 +316,96 @@ def test_rescore_bad_inputs():
         rescore_particles(tomo, 5.0, ts_nodf, tmpl, tmpl, [[25, 5, 5]], np.eye(3)[None])
     with pytest.raises(InputError, match="defocus"):
         rescore_particles(tomo, 5.0, ts_nodf, tmpl, tmpl, [[5, 5, 5]], np.eye(3)[None])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _fake_job(directory, name, hand, positions_xyz, peak_scores, shape_zyx=(24, 40, 120), voxel=10.0):
+    """A minimal match job: score map with a sharp peak per particle, one rotation."""
+    import json as _json
+
+    from tomomatch.angles import write_rotations
+    from tomomatch.mrcio import write_volume
+
+    directory.mkdir(parents=True, exist_ok=True)
+    scores = np.zeros(shape_zyx, np.float32)
+    for (x, y, z), s in zip(positions_xyz, peak_scores):
+        scores[z - 1:z + 2, y - 1:y + 2, x - 1:x + 2] = 0.3 * s
+        scores[z, y, x] = s
+    write_volume(directory / f"{name}_scores.mrc", scores, voxel)
+    write_volume(directory / f"{name}_angles.mrc", np.zeros(shape_zyx, np.float32), voxel)
+    write_rotations(directory / f"{name}_rotations.txt", np.eye(3)[None])
+    job = {"tomomatch_version": "test", "job_format": 1, "name": name, "tomogram": "none.mrc",
+           "tomogram_shape_zyx": list(shape_zyx), "voxel_size_angstrom": voxel,
+           "scores": f"{name}_scores.mrc", "angles": f"{name}_angles.mrc",
+           "rotations": f"{name}_rotations.txt", "particle_diameter_angstrom": 40.0,
+           "defocus_handedness": hand, "hand_mode": "full",
+           "search_statistics": {"n_voxels": int(np.prod(shape_zyx)), "n_rotations": 1,
+                                 "n_search": int(np.prod(shape_zyx)), "mean": 0.0, "std": 0.05}}
+    path = directory / f"{name}_job.json"
+    path.write_text(_json.dumps(job))
+    return path
+
+
+def _two_fake_runs(tmp_path, true_hand=-1, n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    xs = rng.choice(np.arange(4, 116, 6), size=min(n, 18), replace=False)
+    ys = rng.choice(np.arange(4, 36, 6), size=xs.size)
+    pos = np.stack([xs, ys, np.full(xs.size, 12)], 1)
+    x_a = (pos[:, 0] - 60) * 10.0
+    base = rng.uniform(0.5, 0.8, xs.size)
+    gain = true_hand * 2e-5 * np.abs(x_a) + rng.normal(0, 5e-4, xs.size)
+    ja = _fake_job(tmp_path / "plus", "plus", 1, pos, base + gain / 2)
+    # the -1 run finds the same particles one voxel off in y
+    jb = _fake_job(tmp_path / "minus", "minus", -1, pos + [0, 1, 0], base - gain / 2)
+    return ja, jb, pos, base + gain / 2, base - gain / 2
+
+
+def test_cli_compare_hands_on_jobs(tmp_path, capsys):
+    from tomomatch.cli import main
+
+    ja, jb, pos, s_plus, s_minus = _two_fake_runs(tmp_path, true_hand=-1)
+    out = tmp_path / "cmp"
+    rc = main(["compare-hands", str(jb), str(ja), "-o", str(out), "--cutoff", "0.2",
+               "--min-particles", "8", "--radius", "15"])
+    assert rc == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["pairing"]["n_pairs"] == len(pos)
+    assert doc["verdict"] == -1 and doc["p"] < 0.01
+    # every pair carries the right particle's scores: delta as constructed
+    x = np.asarray(doc["particles"]["x_angstrom"])
+    d = np.asarray(doc["particles"]["delta"])
+    ref_x = (pos[:, 0] - 60) * 10.0
+    order, ref_order = np.argsort(x), np.argsort(ref_x)
+    np.testing.assert_allclose(x[order], ref_x[ref_order])
+    np.testing.assert_allclose(d[order], (s_plus - s_minus)[ref_order], atol=1e-6)
+    assert out.with_suffix(".png").exists()
+    assert "h = -1" in capsys.readouterr().out
+
+
+def test_cli_compare_hands_bad_inputs(tmp_path, capsys):
+    from tomomatch.cli import main
+
+    ja, jb, *_ = _two_fake_runs(tmp_path)
+    out = str(tmp_path / "cmp")
+    # same hand twice
+    assert main(["compare-hands", str(ja), str(ja), "-o", out, "--cutoff", "0.2"]) == 2
+    # a missing run
+    assert main(["compare-hands", str(ja), str(tmp_path / "nope.json"), "-o", out]) == 2
+    # no candidates above the cut-off
+    assert main(["compare-hands", str(ja), str(jb), "-o", out, "--cutoff", "5"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 3 and all(line.startswith("tomomatch compare-hands: error:") for line in err)
+    assert not (tmp_path / "cmp.json").exists()
+
+
+def test_cli_compare_hands_too_few_is_undetermined(tmp_path):
+    from tomomatch.cli import main
+
+    ja, jb, *_ = _two_fake_runs(tmp_path)
+    out = tmp_path / "few"
+    assert main(["compare-hands", str(ja), str(jb), "-o", str(out), "--cutoff", "0.2",
+                 "--min-particles", "50", "--no-figure"]) == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["verdict"] == "undetermined" and "too few" in doc["reason"]

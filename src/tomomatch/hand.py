@@ -45,6 +45,10 @@ __all__ = [
     "oversample_volume",
     "rotate_volumes",
     "rescore_particles",
+    "tilt_series_from_job",
+    "run_hand",
+    "load_run",
+    "run_compare_hands",
 ]
 
 #: significance level of the verdict: the Wilcoxon p-value must be at most this
@@ -588,7 +592,8 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
                       mask: np.ndarray, positions_xyz, poses, *, hands: Sequence[int] = (1, -1, 0),
                       hand_mode: str = "full", max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
                       shift_voxels: int = 1, oversampling: int = 2,
-                      weight_options: dict[str, Any] | None = None,
+                      low_pass_angstrom: float | None = None, high_pass_angstrom: float | None = None,
+                      whiten: bool = False, weight_options: dict[str, Any] | None = None,
                       weight_function=None, progress=None) -> RescoreResult:
     """Re-score every particle under several defocus hands, with local refinement.
 
@@ -632,6 +637,10 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
         (:func:`rotate_volumes`): 2 keeps about 80 % of the high-frequency power that plain
         trilinear rotation (1) loses half of. The mask is rotated trilinearly (not at all if
         spherical).
+    low_pass_angstrom, high_pass_angstrom, whiten
+        Band pass and spectral whitening applied to the tomogram (whole volume, once) and the
+        template, as the matching engine does (:func:`tomomatch.job.run_match`); use the
+        match job's values.
     weight_options
         Extra keyword arguments for :func:`tomomatch.weighting.tilt_series_weight`
         (``ctf_mode``, ``low_pass_angstrom``, ``high_pass_angstrom``, ``per_tilt``,
@@ -679,6 +688,25 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
                              None if tilt_series is None else tilt_series.source, "defocus")
         ts = tilt_series
     opts = dict(weight_options or {})
+    if low_pass_angstrom is not None or high_pass_angstrom is not None or whiten:
+        from .matching import filter_volume
+        from .weighting import bandpass, whitening_filter
+
+        vol_t = torch.as_tensor(np.array(tomo))
+        vol_t = (vol_t - vol_t.mean()) / vol_t.std().clamp_min(1e-30)
+        tilts_inc = None if tilt_series is None else tilt_series.tilt_angles_deg[~tilt_series.excluded]
+
+        def _tomogram_weight(shape):
+            w = bandpass(shape, voxel_size_angstrom, low_pass_angstrom, high_pass_angstrom)
+            if whiten:
+                w = w * whitening_filter(vol_t, voxel_size_angstrom, shape, tilt_angles_deg=tilts_inc)
+            return w
+
+        if whiten:
+            opts["whitening"] = whitening_filter(vol_t, voxel_size_angstrom, box, tilt_angles_deg=tilts_inc)
+        opts["low_pass_angstrom"] = low_pass_angstrom
+        opts["high_pass_angstrom"] = high_pass_angstrom
+        tomo = filter_volume(vol_t, _tomogram_weight).numpy()
 
     n, nh = len(pos), len(hands)
     shifts = np.stack(np.meshgrid(*(np.arange(-shift_voxels, shift_voxels + 1),) * 3, indexing="ij"),
@@ -689,7 +717,7 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
     from .matching import is_spherical_mask, normalise_under_mask
 
     tmpl_fine = torch.as_tensor(oversample_volume(tmpl, oversampling))
-    msk_t = torch.as_tensor(msk)
+    msk_t = torch.as_tensor(np.array(msk))
     spherical = is_spherical_mask(msk)
     n_rot = 0
     weight_batch = max(1, int(2 ** 24 // (nh * np.prod(box))))  # ~64 MB of weights per batch
@@ -732,3 +760,240 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
             progress(i + 1, n)
     return RescoreResult(hands=hands, scores=scores, best_rotation=best_rot, best_shift_voxels=best_shift,
                          centred_angstrom=centred, n_rotations=n_rot)
+
+
+# --------------------------------------------------------------------------- pipelines (CLI layer calls these)
+
+
+def tilt_series_from_job(job: dict[str, Any]):
+    """The :class:`~tomomatch.tiltseries.TiltSeries` recorded in a match job (or None)."""
+    from .tiltseries import TiltSeries
+
+    d = job.get("tilt_series")
+    if not d:
+        return None
+    keys = ("tilt_angles_deg", "accumulated_dose", "defocus_u_um", "defocus_v_um", "astigmatism_angle_deg",
+            "phase_shift_deg", "excluded", "voltage_kv", "cs_mm", "amplitude_contrast", "pixel_size_angstrom")
+    return TiltSeries(**{k: d[k] for k in keys if d.get(k) is not None}, source=job.get("_job_path"))
+
+
+def _job_hand(job: dict[str, Any]) -> int | None:
+    from .conventions import check_hand
+
+    h = job.get("defocus_handedness")
+    if h is None:
+        return None
+    try:
+        return check_hand(h)
+    except ValueError as exc:
+        raise InputError(str(exc), job.get("_job_path"), "defocus_handedness") from None
+
+
+def _particle_arrays(table, shape_zyx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(positions_xyz voxel, pose matrices, score)`` from a particle table (extract's columns)."""
+    from .conventions import relion_to_matrix
+
+    missing = [c for c in ("x", "y", "z", "rot", "tilt", "psi") if c not in table.columns]
+    if missing:
+        raise InputError(f"particle table lacks column(s) {', '.join(missing)}", field="particles")
+    pos = table[["x", "y", "z"]].to_numpy(float)
+    mats = relion_to_matrix(table[["rot", "tilt", "psi"]].to_numpy(float))
+    score = table["score"].to_numpy(float) if "score" in table.columns else np.full(len(table), np.nan)
+    return pos, mats, score
+
+
+def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, tilt_series=None,
+             particles=None, voxel_size_angstrom: float | None = None, max_particles: int = 200,
+             hand_mode: str | None = None, max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
+             shift_voxels: int = 1, oversampling: int = 2, low_pass_angstrom: float | None = None,
+             high_pass_angstrom: float | None = None, whiten: bool | None = None, ctf_mode: str | None = None,
+             coarse_step_deg: float = 20.0, particle_diameter_angstrom: float | None = None,
+             alpha: float = DEFAULT_ALPHA, min_particles: int = DEFAULT_MIN_PARTICLES,
+             n_bootstrap: int = 10_000, seed: int = 0, figure: bool = True, progress=None) -> dict[str, Any]:
+    """``tomomatch hand``: rescore candidates under ``h = +1, -1, 0`` and decide the hand.
+
+    Inputs come from a match job (``job``: its tomogram, template, mask, tilt series, voxel
+    size, band pass, whitening, CTF mode and hand mode; explicit arguments override them) or
+    are given directly. The candidates are ``particles`` (a table with extract's columns
+    ``x, y, z`` voxel indices, ``rot, tilt, psi``, ``score``); without it they are extracted
+    from ``job`` (:func:`tomomatch.extract.extract_candidates`), and without a job a coarse
+    search (``coarse_step_deg``, no gradient) is run first into ``<out_prefix>_coarse/``.
+    The strongest ``max_particles`` candidates are rescored (:func:`rescore_particles`).
+
+    Writes ``<out_prefix>.json`` (report with the per-particle table) and, with ``figure``,
+    ``<out_prefix>.png``. Returns the report (with ``"files"``).
+    """
+    from .extract import extract_candidates, read_job
+    from .mrcio import read_volume
+
+    out_prefix = Path(out_prefix)
+    jobd = None
+    if job is not None:
+        jobd = read_job(job) if not isinstance(job, dict) else job
+        tomogram = tomogram or jobd.get("tomogram")
+        template = template or jobd.get("template")
+        mask = mask or jobd.get("mask")
+        if tilt_series is None:
+            tilt_series = tilt_series_from_job(jobd)
+        voxel_size_angstrom = voxel_size_angstrom or jobd.get("voxel_size_angstrom")
+        wt = jobd.get("weighting") or {}
+        low_pass_angstrom = low_pass_angstrom if low_pass_angstrom is not None else wt.get("low_pass_angstrom")
+        high_pass_angstrom = high_pass_angstrom if high_pass_angstrom is not None else wt.get("high_pass_angstrom")
+        whiten = bool(wt.get("whitening")) if whiten is None else whiten
+        ctf_mode = ctf_mode or wt.get("ctf")
+        hand_mode = hand_mode or jobd.get("hand_mode")
+    hand_mode = hand_mode or "full"
+    ctf_mode = ctf_mode or "signed"
+    for what, val in (("tomogram", tomogram), ("template", template), ("mask", mask)):
+        if val is None:
+            raise InputError(f"no {what} given (and no match job naming one)", field=f"--{what}")
+    if tilt_series is None or not tilt_series.has_defocus:
+        raise InputError("tilt metadata with per-tilt defocus are required (e.g. --defocus FILE)",
+                         None if tilt_series is None else tilt_series.source, "defocus")
+    tomo, voxel = read_volume(tomogram, voxel_size_angstrom, what="tomogram")
+    tmpl, _ = read_volume(template, voxel, what="template")
+    msk, _ = read_volume(mask, voxel, what="mask")
+
+    source = "particles"
+    if particles is None:
+        if jobd is None:
+            from .job import run_match
+
+            diameter = particle_diameter_angstrom
+            if diameter is None:  # sphere of the mask's volume
+                diameter = 2.0 * (3.0 * float((msk > 0.5).sum()) / (4.0 * math.pi)) ** (1 / 3) * voxel
+            coarse_dir = out_prefix.parent / f"{out_prefix.name}_coarse"
+            run_match(template, mask, tomogram, coarse_dir, name="coarse", voxel_size_angstrom=voxel,
+                      angular_step_deg=coarse_step_deg, particle_diameter_angstrom=diameter,
+                      low_pass_angstrom=low_pass_angstrom, high_pass_angstrom=high_pass_angstrom,
+                      whiten=bool(whiten), ctf=ctf_mode, tilt_series=tilt_series, defocus_handedness=0,
+                      hand_mode=hand_mode)
+            jobd = read_job(coarse_dir / "coarse_job.json")
+            source = f"coarse match ({coarse_step_deg:g} deg) and extraction in {coarse_dir}"
+        else:
+            source = f"extracted from {jobd.get('_job_path')}"
+        particles = extract_candidates(jobd, max_particles=max_particles,
+                                       particle_diameter_angstrom=(particle_diameter_angstrom
+                                                                   or jobd.get("particle_diameter_angstrom")))
+    if len(particles) == 0:
+        raise InputError("no candidates (none above the cut-off)", field="particles")
+    table = particles
+    if "score" in table.columns and len(table) > max_particles:
+        table = table.sort_values("score", ascending=False, kind="stable").head(max_particles)
+    elif len(table) > max_particles:
+        table = table.head(max_particles)
+    pos, mats, _ = _particle_arrays(table, tomo.shape)
+    res = rescore_particles(tomo, voxel, tilt_series, tmpl, msk, pos, mats, hands=(1, -1, 0),
+                            hand_mode=hand_mode, max_angle_deg=max_angle_deg, angle_step_deg=angle_step_deg,
+                            shift_voxels=shift_voxels, oversampling=oversampling,
+                            low_pass_angstrom=low_pass_angstrom, high_pass_angstrom=high_pass_angstrom,
+                            whiten=bool(whiten), weight_options={"ctf_mode": ctf_mode}, progress=progress)
+    scores = res.to_hand_scores()
+    report = hand_statistics(scores, alpha=alpha, min_particles=min_particles, n_bootstrap=n_bootstrap, seed=seed)
+    report["method"] = {
+        "command": "hand", "candidates": source, "n_candidates_rescored": int(len(table)),
+        "hand_mode": hand_mode, "max_angle_deg": float(max_angle_deg), "angle_step_deg": float(angle_step_deg),
+        "n_local_rotations": int(res.n_rotations), "shift_voxels": int(shift_voxels),
+        "oversampling": int(oversampling), "low_pass_angstrom": low_pass_angstrom,
+        "high_pass_angstrom": high_pass_angstrom, "whiten": bool(whiten), "ctf": ctf_mode,
+        "voxel_size_angstrom": float(voxel), "tomogram": str(tomogram), "template": str(template),
+        "mask": str(mask), "score": "normalised cross-correlation (max over local rotations and shifts)",
+    }
+    files = {"report": str(out_prefix.with_suffix(".json"))}
+    if figure:
+        from .hand_plots import plot_hand
+        files["figure"] = str(plot_hand(out_prefix.with_suffix(".png"), scores, report))
+    report["files"] = files
+    write_report(out_prefix.with_suffix(".json"), report, scores)
+    return report
+
+
+def load_run(path, *, max_particles: int = 1000, score: str = "score", hand: int | None = None,
+             **extract_options) -> tuple[np.ndarray, np.ndarray, int | None, dict[str, Any]]:
+    """One run for :func:`compare_hands`: centred positions (Angstrom), scores, hand, info.
+
+    ``path`` is a match job file (``*_job.json``: candidates are extracted from its maps with
+    :func:`tomomatch.extract.extract_candidates`, the hand is its ``defocus_handedness``) or a
+    candidate STAR file (read with :func:`tomomatch.particles.read_particles`; the hand must be
+    given, or come from a job file named in it). ``score`` is ``"score"`` (the LCC maximum) or
+    ``"score_sigma"`` (in units of the search's standard deviation).
+    """
+    from .conventions import index_to_centered_angstrom
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("run not found (expected a match job .json or a candidate .star)", p)
+    if p.suffix.lower() == ".json":
+        from .extract import extract_candidates, read_job
+
+        job = read_job(p)
+        table = extract_candidates(job, max_particles=max_particles, **extract_options)
+        shape = job.get("tomogram_shape_zyx")
+        if shape is None:
+            raise InputError("job file lacks tomogram_shape_zyx", p, "tomogram_shape_zyx")
+        voxel = float(job["voxel_size_angstrom"])
+        run_hand_ = _job_hand(job) if hand is None else hand
+        info = {"path": str(p), "kind": "job", "n_candidates": int(len(table)),
+                "cutoff": table.attrs.get("cutoff"), "cutoff_method": table.attrs.get("method")}
+    else:
+        try:
+            from .particles import read_particles
+        except ImportError:  # pragma: no cover - depends on the STAR module being installed
+            raise InputError("reading candidate STAR files needs tomomatch.particles", p) from None
+        table = read_particles(p)
+        attrs = getattr(table, "attrs", {}) or {}
+        shape = attrs.get("tomogram_shape_zyx")
+        voxel = attrs.get("voxel_size_angstrom")
+        run_hand_ = hand
+        if run_hand_ is None and attrs.get("job"):
+            from .extract import read_job
+            run_hand_ = _job_hand(read_job(attrs["job"]))
+        info = {"path": str(p), "kind": "star", "n_candidates": int(len(table))}
+    if len(table) == 0:
+        raise InputError("no candidates (none above the cut-off)", p)
+    if score not in table.columns:
+        raise InputError(f"no {score!r} column; expected 'score' or 'score_sigma'", p, score)
+    if {"x_angstrom", "y_angstrom", "z_angstrom"} <= set(table.columns):
+        centred = table[["x_angstrom", "y_angstrom", "z_angstrom"]].to_numpy(float)
+    else:
+        if shape is None or voxel is None:
+            raise InputError("cannot place the candidates: tomogram shape and voxel size unknown", p)
+        centred = index_to_centered_angstrom(table[["x", "y", "z"]].to_numpy(float), shape, voxel)
+    info["hand"] = run_hand_
+    return centred, table[score].to_numpy(float), run_hand_, info
+
+
+def run_compare_hands(run_a, run_b, out_prefix, *, hands: Sequence[int] | None = None,
+                      max_distance_angstrom: float | None = None, max_particles: int = 1000,
+                      score: str = "score", alpha: float = DEFAULT_ALPHA,
+                      min_particles: int = DEFAULT_MIN_PARTICLES, n_bootstrap: int = 10_000, seed: int = 0,
+                      figure: bool = True, **extract_options) -> dict[str, Any]:
+    """``tomomatch compare-hands``: the seed's two-run workflow, with paired statistics.
+
+    Loads both runs (:func:`load_run`), pairs their candidates one-to-one within
+    ``max_distance_angstrom`` (default: 2 voxels of the first job, or 10 Angstrom) and applies
+    :func:`hand_statistics` to ``delta = s(+1 run) - s(-1 run)``. Writes ``<out_prefix>.json``
+    and ``<out_prefix>.png``; returns the report.
+    """
+    out_prefix = Path(out_prefix)
+    ha_opt, hb_opt = (None, None) if hands is None else (int(hands[0]), int(hands[1]))
+    ca, sa, ha, info_a = load_run(run_a, max_particles=max_particles, score=score, hand=ha_opt, **extract_options)
+    cb, sb, hb, info_b = load_run(run_b, max_particles=max_particles, score=score, hand=hb_opt, **extract_options)
+    for h, info in ((ha, info_a), (hb, info_b)):
+        if h is None:
+            raise InputError("the hand of this run is unknown; give --hands H1 H2", info["path"], "hand")
+    if max_distance_angstrom is None:
+        max_distance_angstrom = 10.0
+        if Path(run_a).suffix.lower() == ".json":
+            from .extract import read_job
+            max_distance_angstrom = 2.0 * float(read_job(run_a)["voxel_size_angstrom"])
+    paired, report = compare_hands(ca, sa, ha, cb, sb, hb, max_distance_angstrom=max_distance_angstrom,
+                                   alpha=alpha, min_particles=min_particles, n_bootstrap=n_bootstrap, seed=seed)
+    report["method"] = {"command": "compare-hands", "runs": [info_a, info_b], "score": score}
+    files = {"report": str(out_prefix.with_suffix(".json"))}
+    if figure:
+        from .hand_plots import plot_hand
+        files["figure"] = str(plot_hand(out_prefix.with_suffix(".png"), paired, report))
+    report["files"] = files
+    write_report(out_prefix.with_suffix(".json"), report, paired)
+    return report
