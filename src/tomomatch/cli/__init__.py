@@ -21,6 +21,7 @@ COMMANDS: list[str] = [
     "metadata",
     "match",
     "simulate",
+    "hand", "compare-hands",
 ]
 
 
