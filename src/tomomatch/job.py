@@ -194,7 +194,9 @@ def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
     random_phase
         Subtract the per-voxel maximum of a phase-randomised template (pytom/STOPGAP).
     method
-        ``"fast"`` (Fourier-space rotation) or ``"exact"`` (real-space reference).
+        ``"fast"`` (Fourier-space rotation, exact transform onto the tile; default),
+        ``"resample"`` (approximate, cheaper) or ``"exact"`` (real-space reference); see
+        :mod:`tomomatch.matching`.
     quiet
         No progress bar.
     checkpoint_interval_s
@@ -209,8 +211,8 @@ def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
     out_dir = Path(out_dir)
     template, mask, tomogram = Path(template), Path(mask), Path(tomogram)
     name = name or tomogram.stem
-    if method not in ("fast", "exact"):
-        raise InputError(f"method {method!r}; expected fast or exact", None, "method")
+    if method not in ("fast", "resample", "exact"):
+        raise InputError(f"method {method!r}; expected fast, resample or exact", None, "--method")
     if hand_mode not in ("full", "pytom"):
         raise InputError(f"hand mode {hand_mode!r}; expected full or pytom", None, "--hand-mode")
     if max_memory_gb is None or not max_memory_gb > 0:
@@ -362,6 +364,7 @@ def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
     total_sum = total_sumsq = 0.0
     total_count = 0
     rot_done_all = 0
+    resumed = 0
     try:
         for ti, tile in enumerate(plan):
             ck = ck_dir / f"tile_{ti:04d}.npz"
@@ -369,6 +372,7 @@ def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
             if ck.exists():
                 with np.load(ck) as d:
                     state = TileState.from_numpy(dict(d), dev)
+                resumed += state.done
             if state is None or state.done < n_rot:
                 tc = TileCorrelator(vol_t[tile.data_slices], tmpl_np, mask_np, tile.unique_in_data,
                                     weight=template_weight_for(tile), method=method, spherical=spherical,
@@ -437,7 +441,7 @@ def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
         "tilt_series": _ts_json(ts), "relion": relion,
         "search_statistics": {"n_voxels": int(total_count // max(n_rot, 1)), "n_rotations": int(n_rot),
                               "n_search": int(total_count), "mean": mean, "std": std},
-        "random_phase_noise_mean": noise_mean, "method": method,
+        "random_phase_noise_mean": noise_mean, "method": method, "resumed_rotations": int(resumed),
         "device": str(dev), "elapsed_s": round(time.time() - t_start, 3), "command": command or "",
     }
     write_job(f_job, job)

@@ -61,8 +61,9 @@ def register(subparsers) -> None:
                    help="memory budget for rotation batches")
     p.add_argument("--random-phase", action="store_true",
                    help="subtract the per-voxel max of a phase-randomised template")
-    p.add_argument("--method", choices=["fast", "exact"], default="fast",
-                   help="fast: rotate the template in Fourier space; exact: real-space reference path")
+    p.add_argument("--method", choices=["fast", "resample", "exact"], default="fast",
+                   help="fast: rotate the template in Fourier space (exact transform onto the tile); "
+                        "resample: cheaper, ~1%% approximate; exact: real-space reference path")
     p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="S",
                    help="seconds between rotation-chunk checkpoints")
     p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)

@@ -1,0 +1,253 @@
+"""Whole match jobs: CLI outputs and job file, split vs unsplit, gradient offsets, resume, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from tomomatch import matching as M
+from tomomatch.angles import read_rotations, uniform_rotations
+from tomomatch.cli import main
+from tomomatch.job import read_job, run_match
+from tomomatch.mrcio import write_volume
+
+N = 12
+VOXEL = 10.0
+SHAPE = (30, 34, 44)
+TILTS = np.arange(-60, 61, 15.0)
+
+
+def _template():
+    z, y, x = np.indices((N, N, N)) - N // 2
+    t = (np.exp(-((x - 2) ** 2 + y ** 2 + (z + 1) ** 2) / 3.0)
+         + 0.7 * np.exp(-((x + 2) ** 2 + (y - 2) ** 2 + z ** 2) / 2.0)
+         + 0.5 * np.exp(-(x ** 2 + (y + 2) ** 2 + (z - 2) ** 2) / 2.0))
+    return t.astype(np.float32)
+
+
+def _mask():
+    z, y, x = np.indices((N, N, N)) - N // 2
+    return (np.sqrt(x ** 2 + y ** 2 + z ** 2) <= 5).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    rots = uniform_rotations(45.0)
+    vol = np.random.default_rng(0).normal(0, 0.15, SHAPE)
+    truth = [((12, 10, 9), 17), ((15, 22, 30), 101)]
+    for (pz, py, px), k in truth:
+        vol[pz - N // 2:pz + N // 2, py - N // 2:py + N // 2, px - N // 2:px + N // 2] += \
+            M.rotate_volume(_template(), rots[k], order=3)
+    write_volume(d / "tomo.mrc", vol, VOXEL)
+    write_volume(d / "tmpl.mrc", _template(), VOXEL)
+    write_volume(d / "mask.mrc", _mask(), VOXEL)
+    (d / "tilts.tlt").write_text("\n".join(f"{t:g}" for t in TILTS) + "\n")
+    return {"dir": d, "rots": rots, "truth": truth, "vol": vol}
+
+
+def _args(data, out, *extra):
+    d = data["dir"]
+    return ["match", "-t", str(d / "tmpl.mrc"), "-m", str(d / "mask.mrc"), "-v", str(d / "tomo.mrc"),
+            "-d", str(out), "--quiet", *extra]
+
+
+def _read(path):
+    with mrcfile.open(path) as m:
+        return np.array(m.data)
+
+
+def test_cli_outputs_and_job_file(data, tmp_path):
+    out = tmp_path / "out"
+    assert main(_args(data, out, "--angular-step", "45", "--name", "j")) == 0
+    job = read_job(out / "j_job.json")
+    for key in ("tomomatch_version", "job_format", "name", "tomogram", "tomogram_shape_zyx",
+                "voxel_size_angstrom", "template", "mask", "template_shape_zyx", "mask_is_spherical",
+                "scores", "angles", "rotations", "angular_step_deg", "symmetry", "n_rotations",
+                "particle_diameter_angstrom", "defocus_handedness", "hand_mode", "tiles", "tile_regions",
+                "weighting", "tilt_series", "relion", "search_statistics", "device", "elapsed_s", "command"):
+        assert key in job, key
+    assert job["tomogram_shape_zyx"] == list(SHAPE) and job["mask_is_spherical"] is True
+    assert (out / job["tomogram"]).resolve() == (data["dir"] / "tomo.mrc").resolve()
+    scores, angles = _read(out / "j_scores.mrc"), _read(out / "j_angles.mrc")
+    assert scores.dtype == np.float32 and angles.dtype == np.float32 and scores.shape == SHAPE
+    rots = read_rotations(out / job["rotations"])
+    np.testing.assert_allclose(rots, data["rots"], atol=1e-6)
+    assert job["n_rotations"] == len(rots)
+    st = job["search_statistics"]
+    assert st["n_voxels"] == int(np.prod(SHAPE)) and st["n_search"] == st["n_voxels"] * len(rots)
+    assert abs(st["mean"]) < 0.05 and 0 < st["std"] < 0.5
+    for p, k in data["truth"]:
+        sl = tuple(slice(c - 2, c + 3) for c in p)
+        i = np.unravel_index(np.argmax(scores[sl]), scores[sl].shape)
+        assert tuple(c - 2 + j for c, j in zip(p, i)) == p
+        assert int(angles[p]) == k
+        assert scores[p] > 0.6
+    assert not (out / "j_checkpoints").exists()
+    assert not list(out.glob(".*part"))
+
+
+def _interior(shape, reach):
+    return tuple(slice(reach, s - reach) for s in shape)
+
+
+def test_split_equals_unsplit_without_gradient(data, tmp_path):
+    d = data["dir"]
+    common = dict(rotations=data["rots"][:40], wedge="per_tilt", low_pass_angstrom=25.0, quiet=True)
+    from tomomatch.tiltseries import TiltSeries
+    ts = TiltSeries(tilt_angles_deg=TILTS, defocus_u_um=np.full(TILTS.size, 3.0),
+                    accumulated_dose=np.arange(TILTS.size) * 3.0)
+    a = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "a", tilt_series=ts,
+                  defocus_handedness=0, tiles=(1, 1, 1), **common)
+    b = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "b", tilt_series=ts,
+                  defocus_handedness=0, tiles=(3, 2, 1), **common)
+    assert len(b["tile_regions"]) == 6
+    sa, sb = _read(tmp_path / "a" / "tomo_scores.mrc"), _read(tmp_path / "b" / "tomo_scores.mrc")
+    aa, ab = _read(tmp_path / "a" / "tomo_angles.mrc"), _read(tmp_path / "b" / "tomo_angles.mrc")
+    inner = _interior(SHAPE, N // 2)
+    assert np.abs(sa[inner] - sb[inner]).max() < 1e-5
+    assert np.mean(aa[inner] == ab[inner]) > 0.999  # float round-off may swap exact near-ties
+    assert np.all(ab >= 0)
+    # the statistics cover the same searched values
+    assert b["search_statistics"]["n_search"] == a["search_statistics"]["n_search"]
+    assert b["search_statistics"]["std"] == pytest.approx(a["search_statistics"]["std"], rel=2e-3)
+
+    # with a hand, outer tiles get their own defocus; the centre x-tile (zero offset) is unchanged
+    c = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "c", tilt_series=ts,
+                  defocus_handedness=1, tiles=(3, 1, 1), **common)
+    sc = _read(tmp_path / "c" / "tomo_scores.mrc")
+    regs = c["tile_regions"]
+    assert np.allclose(regs[1]["defocus_offsets_um"], 0) and not np.allclose(regs[0]["defocus_offsets_um"], 0)
+    x0, x1 = regs[1]["unique_start_zyx"][2], regs[1]["unique_stop_zyx"][2]
+    centre = (slice(N // 2, SHAPE[0] - N // 2), slice(N // 2, SHAPE[1] - N // 2), slice(x0, x1))
+    assert np.abs(sc[centre] - sa[centre]).max() < 1e-5
+    left = (slice(N // 2, SHAPE[0] - N // 2), slice(N // 2, SHAPE[1] - N // 2),
+            slice(N // 2, regs[0]["unique_stop_zyx"][2]))
+    assert np.abs(sc[left] - sa[left]).max() > 1e-4
+    # hand-computed offset of the left tile: x centre index 7 of 44 -> (7 - 22) * 10 = -150 A
+    assert regs[0]["centre_angstrom_xyz"][0] == -150.0
+    np.testing.assert_allclose(regs[0]["defocus_offsets_um"], -150.0 * np.sin(np.radians(TILTS)) / 1e4)
+
+
+def _run_cli_subprocess(args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "tomomatch", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def _job_without_run_fields(path):
+    job = json.loads(Path(path).read_text())
+    for k in ("elapsed_s", "command", "resumed_rotations"):
+        job.pop(k, None)
+    return job
+
+
+def test_resume_after_sigkill_gives_identical_outputs(data, tmp_path):
+    common = ["--angular-step", "30", "--tiles", "2", "1", "1", "--batch-size", "2",
+              "--checkpoint-interval", "0", "--name", "r"]
+    ref = _run_cli_subprocess(_args(data, tmp_path / "ref", *common))
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
+
+    out = tmp_path / "killed"
+    p = _run_cli_subprocess(_args(data, out, *common))
+    ck = out / "r_checkpoints" / "tile_0000.npz"
+    t0 = time.time()
+    while not ck.exists() and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.02)
+    assert p.poll() is None, "run ended before it could be killed"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (out / "r_job.json").exists() and not (out / "r_scores.mrc").exists()
+    with np.load(ck) as st:
+        assert 0 < int(st["done"])
+    again = _run_cli_subprocess(_args(data, out, *common))
+    assert again.wait(timeout=300) == 0, again.stderr.read().decode()
+    job = json.loads((out / "r_job.json").read_text())
+    assert job["resumed_rotations"] > 0
+    for f in ("r_scores.mrc", "r_angles.mrc"):  # identical data and header (but the label's time stamp)
+        with mrcfile.open(out / f) as a, mrcfile.open(tmp_path / "ref" / f) as b:
+            assert np.array_equal(a.data, b.data), f
+            ha, hb = a.header.copy(), b.header.copy()
+            ha["label"] = hb["label"] = b""
+            assert ha.tobytes() == hb.tobytes(), f
+    assert (out / "r_rotations.txt").read_bytes() == (tmp_path / "ref" / "r_rotations.txt").read_bytes()
+    assert _job_without_run_fields(out / "r_job.json") == _job_without_run_fields(tmp_path / "ref" / "r_job.json")
+    assert not (out / "r_checkpoints").exists()
+
+
+def test_checkpoint_of_another_command_is_not_reused(data, tmp_path):
+    d = data["dir"]
+    kw = dict(rotations=data["rots"][:6], quiet=True, name="x")
+    ref = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "ref", **kw)
+    # plant a finished-looking checkpoint with garbage under a different key
+    ck = tmp_path / "o" / "x_checkpoints"
+    ck.mkdir(parents=True)
+    (ck / "key.txt").write_text("someotherkey\n")
+    st = M.TileState.empty(SHAPE, "cpu")
+    st.best[:] = 5.0
+    st.index[:] = 0
+    st.done, st.count = 6, 1
+    np.savez(ck / "tile_0000.npz", **st.to_numpy())
+    job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "o", **kw)
+    assert job["resumed_rotations"] == 0
+    assert np.array_equal(_read(tmp_path / "o" / "x_scores.mrc"), _read(tmp_path / "ref" / "x_scores.mrc"))
+
+
+def test_random_phase_and_exact_method_run(data, tmp_path):
+    d = data["dir"]
+    job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, rotations=data["rots"][:8],
+                    random_phase=True, method="exact", quiet=True)
+    assert job["weighting"]["random_phase"] is True and job["method"] == "exact"
+    assert job["random_phase_noise_mean"] is not None
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad(data, tmp_path, *extra, files=None):
+    out = tmp_path / "bad"
+    rc = main(_args(data, out, "--angular-step", "45", *extra) if files is None else
+              ["match", *files, "-d", str(out), "--quiet", "--angular-step", "45", *extra])
+    assert rc == 2
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_inputs_exit_2_without_output(data, tmp_path, capsys):
+    d = data["dir"]
+    # template box larger than the tomogram
+    write_volume(tmp_path / "big.mrc", np.zeros((40, 40, 40), np.float32), VOXEL)
+    _bad(data, tmp_path, files=["-t", str(tmp_path / "big.mrc"), "-m", str(tmp_path / "big.mrc"),
+                                "-v", str(d / "tomo.mrc")])
+    # template and mask shapes differ
+    write_volume(tmp_path / "m10.mrc", np.ones((10, 10, 10), np.float32), VOXEL)
+    _bad(data, tmp_path, files=["-t", str(d / "tmpl.mrc"), "-m", str(tmp_path / "m10.mrc"), "-v", str(d / "tomo.mrc")])
+    # voxel sizes more than 1 % apart
+    write_volume(tmp_path / "t11.mrc", _template(), VOXEL * 1.02)
+    _bad(data, tmp_path, files=["-t", str(tmp_path / "t11.mrc"), "-m", str(d / "mask.mrc"), "-v", str(d / "tomo.mrc")])
+    # NaN in the tomogram
+    vol = data["vol"].astype(np.float32).copy()
+    vol[1, 2, 3] = np.nan
+    with pytest.warns(RuntimeWarning):
+        write_volume(tmp_path / "nan.mrc", vol, VOXEL)
+    _bad(data, tmp_path, files=["-t", str(d / "tmpl.mrc"), "-m", str(d / "mask.mrc"), "-v", str(tmp_path / "nan.mrc")])
+    # template box larger than a tile
+    _bad(data, tmp_path, "--tiles", "8", "1", "1")
+    # CUDA where there is none
+    import torch
+    if not torch.cuda.is_available():
+        _bad(data, tmp_path, "--device", "cuda")
+    # tilt metadata count mismatch (dose file with a wrong count)
+    (tmp_path / "dose.txt").write_text("0\n3\n6\n")
+    _bad(data, tmp_path, "-a", str(d / "tilts.tlt"), "--dose", str(tmp_path / "dose.txt"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert all(line.startswith("tomomatch match: error:") for line in err) and len(err) >= 6
