@@ -409,3 +409,66 @@ def test_cli_compare_hands_too_few_is_undetermined(tmp_path):
                  "--min-particles", "50", "--no-figure"]) == 0
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["verdict"] == "undetermined" and "too few" in doc["reason"]
+
+
+# --------------------------------------------------------------------------- simulator end to end
+
+
+def test_run_hand_on_simulated_strong_gradient(tmp_path):
+    """The simulator (projection, per-particle CTF with the true hand, WBP) and ``run_hand``
+    (files in, report and figure out) agree on the hand: a CI-size case with a strong gradient
+    (0.7 um wide field at 5 A, 1.5 um defocus, ice noise, no shot noise)."""
+    import warnings
+
+    import pandas as pd
+
+    from tomomatch.metadata import load_tilt_series
+    from tomomatch.hand import run_hand
+    from tomomatch.simulate import simulate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = simulate("ci", tmp_path / "sim", seed=4242, hand=-1, phantom_diameter_angstrom=100.0,
+                       n_particles=24, n_decoys=0, n_blobs=0, tomogram_size_xyz=(1400, 56, 40),
+                       voxel_size_angstrom=5.0, thickness_nm=14.0, defocus_um=1.5, tilt_step_deg=3.0,
+                       shot_noise=False)
+    d = sim.out_dir
+    ts = load_tilt_series(tilt_angles=d / "sim.rawtlt", dose=d / "sim_dose.txt", defocus=d / "sim.defocus")
+    p = sim.particles
+    cand = pd.DataFrame({"x": p["tmVoxelIndexX"], "y": p["tmVoxelIndexY"], "z": p["tmVoxelIndexZ"],
+                         "rot": p["rlnAngleRot"], "tilt": p["rlnAngleTilt"], "psi": p["rlnAnglePsi"],
+                         "score": 1.0})
+    rep = run_hand(tmp_path / "hand", tomogram=d / "sim.mrc", template=d / "template.mrc", mask=d / "mask.mrc",
+                   tilt_series=ts, particles=cand, max_angle_deg=0.0)
+    assert rep["verdict"] == -1, rep["reason"]
+    assert rep["p"] < 0.01
+    assert rep["mean_score_minus"] > rep["mean_score_zero"] > rep["mean_score_plus"]
+    assert (tmp_path / "hand.png").exists()
+    doc = json.loads((tmp_path / "hand.json").read_text())
+    assert len(doc["particles"]["delta"]) == 24 and doc["method"]["n_local_rotations"] == 1
+
+
+def test_cli_hand_bad_inputs(tmp_path, capsys):
+    from tomomatch.cli import main
+    from tomomatch.mrcio import write_volume
+
+    write_volume(tmp_path / "t.mrc", np.random.default_rng(0).normal(size=(16, 16, 16)), 10.0)
+    write_volume(tmp_path / "m.mrc", np.ones((16, 16, 16)), 10.0)
+    write_volume(tmp_path / "v.mrc", np.random.default_rng(1).normal(size=(32, 40, 48)), 10.0)
+    (tmp_path / "a.rawtlt").write_text("\n".join(str(a) for a in range(-60, 61, 10)) + "\n")
+    out = str(tmp_path / "h")
+    base = ["hand", "-o", out, "-v", str(tmp_path / "v.mrc"), "-t", str(tmp_path / "t.mrc"),
+            "-m", str(tmp_path / "m.mrc")]
+    # metadata without defocus
+    assert main(base + ["-a", str(tmp_path / "a.rawtlt")]) == 2
+    # no metadata at all
+    assert main(base) == 2
+    # no tomogram
+    assert main(["hand", "-o", out, "-t", str(tmp_path / "t.mrc"), "-m", str(tmp_path / "m.mrc"),
+                 "-a", str(tmp_path / "a.rawtlt"), "--defocus", "3"]) == 2
+    # bad option values
+    assert main(base + ["-a", str(tmp_path / "a.rawtlt"), "--defocus", "3", "--alpha", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 4 and all(line.startswith("tomomatch hand: error:") for line in err)
+    assert "defocus" in err[0] and "defocus" in err[1] and "tomogram" in err[2]
+    assert not list(tmp_path.glob("h.*"))
