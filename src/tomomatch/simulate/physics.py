@@ -147,13 +147,14 @@ class FourierProjector:
             raise ValueError(f"pad size {p} is not a multiple of out_size {q}")
         b = p // q
         kv, ku = np.meshgrid(np.fft.fftfreq(q, d=b), np.fft.rfftfreq(q, d=b), indexing="ij")   # cycles / voxel
-        k2 = np.stack([ku, kv], axis=-1)                                 # (P, H, 2)
-        k3 = np.einsum("mij,abj->mabi", m[:, :, :2], k2)                # (m, Q, H, 3) xyz cycles/voxel
-        idx = k3 * p + centre_index(p)
-        grid = idx / (p - 1) * 2.0 - 1.0                                 # align_corners=True
-        grid_t = torch.from_numpy(grid.astype(np.float32))[None]        # (1, m, P, H, 3) (x, y, z)
-        out = F.grid_sample(self._vol, grid_t, mode="bilinear", padding_mode="zeros",
-                            align_corners=True)[0]                       # (2, m, P, H)
+        k2 = torch.from_numpy(np.stack([ku, kv], axis=-1).reshape(1, -1, 2))        # (1, Q*H, 2)
+        # template frequency (x, y, z) = M @ (ku, kv, 0), as voxel index of the shifted transform,
+        # normalised for grid_sample(align_corners=True): idx / (P - 1) * 2 - 1
+        mt = torch.from_numpy(m[:, :, :2].transpose(0, 2, 1).copy())              # (m, 2, 3)
+        idx = torch.matmul(k2, mt) * p + centre_index(p)                           # (m, Q*H, 3)
+        grid = (idx * (2.0 / (p - 1)) - 1.0).to(torch.float32).reshape(1, m.shape[0], q, q // 2 + 1, 3)
+        out = F.grid_sample(self._vol, grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=True)[0]                       # (2, m, Q, H)
         return torch.complex(out[0], out[1])
 
 
