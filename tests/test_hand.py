@@ -472,3 +472,44 @@ def test_cli_hand_bad_inputs(tmp_path, capsys):
     assert len(err) == 4 and all(line.startswith("tomomatch hand: error:") for line in err)
     assert "defocus" in err[0] and "defocus" in err[1] and "tomogram" in err[2]
     assert not list(tmp_path.glob("h.*"))
+
+
+def test_cli_compare_hands_on_star_files(tmp_path):
+    """Each run as a candidate STAR (tomomatch's RELION 5 writer), hands from the option."""
+    from tomomatch.cli import main
+    from tomomatch.extract import extract_candidates
+    from tomomatch.particles import write_particles
+
+    ja, jb, pos, s_plus, s_minus = _two_fake_runs(tmp_path, true_hand=1)
+    stars = []
+    for j in (ja, jb):
+        df = extract_candidates(j, cutoff=0.2)
+        stars.append(write_particles(df, tmp_path / f"{j.stem}.star", "relion5", job=j))
+    out = tmp_path / "cmp_star"
+    assert main(["compare-hands", str(stars[1]), str(stars[0]), "--hands", "-1", "1", "-o", str(out),
+                 "--min-particles", "8", "--radius", "15", "--no-figure"]) == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["pairing"]["n_pairs"] == len(pos) and doc["verdict"] == 1
+    np.testing.assert_allclose(np.sort(doc["particles"]["delta"]), np.sort(s_plus - s_minus), atol=1e-6)
+
+
+def test_cli_hand_star_outside_tomogram(tmp_path, capsys):
+    import pandas as pd
+
+    from tomomatch.cli import main
+    from tomomatch.mrcio import write_volume
+    from tomomatch.particles import write_particles
+
+    write_volume(tmp_path / "t.mrc", np.random.default_rng(0).normal(size=(16, 16, 16)), 10.0)
+    write_volume(tmp_path / "m.mrc", np.ones((16, 16, 16)), 10.0)
+    write_volume(tmp_path / "v.mrc", np.random.default_rng(1).normal(size=(24, 40, 120)), 10.0)
+    job = _fake_job(tmp_path / "job", "j", 0, [[60, 20, 12]], [0.5])
+    df = pd.DataFrame({"x": [60.0, 500.0], "y": [20.0, 20.0], "z": [12.0, 12.0], "rot": 0.0, "tilt": 0.0,
+                       "psi": 0.0, "score": [0.5, 0.4], "score_sigma": [10.0, 8.0]})
+    star = write_particles(df, tmp_path / "c.star", "relion5", job=job)
+    (tmp_path / "a.rawtlt").write_text("\n".join(str(a) for a in range(-60, 61, 10)) + "\n")
+    rc = main(["hand", "-o", str(tmp_path / "h"), "-v", str(tmp_path / "v.mrc"), "-t", str(tmp_path / "t.mrc"),
+               "-m", str(tmp_path / "m.mrc"), "-p", str(star), "--job", str(job),
+               "-a", str(tmp_path / "a.rawtlt"), "--defocus", "3"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert rc == 2 and len(err) == 1 and "outside the tomogram" in err[0]

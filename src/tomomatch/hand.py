@@ -797,6 +797,9 @@ def _particle_arrays(table, shape_zyx) -> tuple[np.ndarray, np.ndarray, np.ndarr
     if missing:
         raise InputError(f"particle table lacks column(s) {', '.join(missing)}", field="particles")
     pos = table[["x", "y", "z"]].to_numpy(float)
+    if not np.all(np.isfinite(pos)):
+        raise InputError("candidate positions in voxels are unknown (STAR without tomogram geometry);"
+                         " give the match job with --job", field="particles")
     mats = relion_to_matrix(table[["rot", "tilt", "psi"]].to_numpy(float))
     score = table["score"].to_numpy(float) if "score" in table.columns else np.full(len(table), np.nan)
     return pos, mats, score
@@ -936,10 +939,8 @@ def load_run(path, *, max_particles: int = 1000, score: str = "score", hand: int
         info = {"path": str(p), "kind": "job", "n_candidates": int(len(table)),
                 "cutoff": table.attrs.get("cutoff"), "cutoff_method": table.attrs.get("method")}
     else:
-        try:
-            from .particles import read_particles
-        except ImportError:  # pragma: no cover - depends on the STAR module being installed
-            raise InputError("reading candidate STAR files needs tomomatch.particles", p) from None
+        from .particles import read_particles
+
         table = read_particles(p)
         attrs = getattr(table, "attrs", {}) or {}
         shape = attrs.get("tomogram_shape_zyx")
@@ -953,12 +954,17 @@ def load_run(path, *, max_particles: int = 1000, score: str = "score", hand: int
         raise InputError("no candidates (none above the cut-off)", p)
     if score not in table.columns:
         raise InputError(f"no {score!r} column; expected 'score' or 'score_sigma'", p, score)
-    if {"x_angstrom", "y_angstrom", "z_angstrom"} <= set(table.columns):
+    idx = table[["x", "y", "z"]].to_numpy(float) if {"x", "y", "z"} <= set(table.columns) else None
+    if shape is not None and voxel is not None and idx is not None and np.all(np.isfinite(idx)):
+        # centred on the matched tomogram's centre voxel n // 2, as the defocus offsets are
+        centred = index_to_centered_angstrom(idx, shape, voxel)
+    elif {"x_angstrom", "y_angstrom", "z_angstrom"} <= set(table.columns):
         centred = table[["x_angstrom", "y_angstrom", "z_angstrom"]].to_numpy(float)
     else:
-        if shape is None or voxel is None:
-            raise InputError("cannot place the candidates: tomogram shape and voxel size unknown", p)
-        centred = index_to_centered_angstrom(table[["x", "y", "z"]].to_numpy(float), shape, voxel)
+        centred = np.full((len(table), 3), np.nan)
+    if not np.all(np.isfinite(centred)):
+        raise InputError("cannot place the candidates: the tomogram geometry is unknown"
+                         " (write the STAR with tomomatch extract, or compare the job files)", p)
     info["hand"] = run_hand_
     return centred, table[score].to_numpy(float), run_hand_, info
 

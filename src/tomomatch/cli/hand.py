@@ -103,12 +103,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read_candidate_star(path):
-    try:
-        from ..particles import read_particles
-    except ImportError:  # pragma: no cover - the STAR module ships with tomomatch
-        raise InputError("reading candidate STAR files needs tomomatch.particles", path) from None
-    return read_particles(path)
+def _read_candidate_star(path, job=None):
+    from ..particles import read_particles
+
+    return read_particles(path, job=job)
 
 
 def run(args) -> int:
@@ -120,7 +118,7 @@ def run(args) -> int:
     if args.max_angle < 0 or args.angle_step <= 0 or args.shift < 0:
         raise InputError("--max-angle must be >= 0, --angle-step > 0 and --shift >= 0", field="--max-angle")
     ts = tilt_series_from_args(args)
-    particles = _read_candidate_star(args.particles) if args.particles else None
+    particles = _read_candidate_star(args.particles, args.job) if args.particles else None
 
     def progress(i, n):
         if sys.stderr.isatty():
