@@ -1,0 +1,777 @@
+"""Candidate extraction: turn a match job's score and angle maps into a particle table.
+
+Pipeline (:func:`extract_candidates`)
+
+1. Read the job file (:func:`read_job`), the score map, the angle-index map and the rotation
+   list. Voxels with angle index ``< 0`` were not searched and are never picked.
+2. Optional mask (voxels with mask ``> 0`` may hold picks) and optional top-hat constraint
+   (:func:`tophat_mask`: a white top-hat with a small ball removes broad ridges; only voxels
+   whose top-hat value stands out from the top-hat background may hold picks).
+3. Peak list (:func:`pick_peaks`): the candidates are the local maxima of the score map in
+   their 3x3x3 neighbourhood; they are taken greedily in decreasing score, and every
+   accepted peak suppresses all voxels *closer* than the exclusion radius ``r`` (a sphere, in
+   voxels). So two kept peaks are never closer than ``r``.
+4. Cut-off (:func:`gaussian_cutoff`, :func:`tail_cutoff`): a score value given directly
+   (``fixed``), or the score above which ``N_fp`` false alarms are expected:
+
+   * ``gaussian`` (Rickgauer et al. 2017, as pytom-match-pick): the correlation over all
+     ``N_search`` = voxels x rotations searched is taken as Gaussian with the job's mean and
+     standard deviation; ``cutoff = mean + sigma * sqrt(2) * erfcinv(2 N_fp / N_search)``.
+     With ``N_search = 6,749,723,520,000`` and ``N_fp = 1`` that is 7.30 sigma.
+   * ``tail`` (default): a generalized Pareto distribution is fitted to the upper tail of the
+     *peak* scores (the whole peak list of step 3, i.e. the background as the picker sees
+     it), truncated at a trial cut-off so that the strong cluster of real particles above it
+     does not enter the fit. The trial cut-off is raised from the 75th percentile of the
+     peak scores until it is self-consistent (the fit predicts a cut-off at or below it).
+     The cut-off is where the fitted background tail predicts ``N_fp`` peaks above it. This
+     holds when the background's tail is heavier than Gaussian, where the Gaussian formula
+     lets many background peaks through.
+
+5. Sub-voxel position (:func:`refine_subvoxel`): a 3-point parabola per axis through the
+   peak voxel and its two neighbours (offset clipped to +-0.5 voxel). A refined pick closer
+   than ``r`` to a stronger refined pick is dropped, so the exclusion also holds for the
+   reported positions.
+6. Angles: the pose matrix of the rotation index at the peak voxel, converted with
+   :func:`tomomatch.conventions.matrix_to_relion`.
+
+The result is a :class:`pandas.DataFrame` with one row per particle (see
+:func:`extract_candidates`); :func:`tomomatch.particles.write_particles` writes it as
+RELION 5, RELION 4 or Warp STAR.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage, optimize
+from scipy.special import erfcinv
+
+from .conventions import matrix_to_relion
+from .errors import InputError
+from .mrcio import read_volume
+
+__all__ = [
+    "CUTOFF_METHODS",
+    "read_job",
+    "load_job_maps",
+    "gaussian_cutoff_sigma",
+    "gaussian_cutoff",
+    "tail_cutoff",
+    "pick_peaks",
+    "refine_subvoxel",
+    "tophat_mask",
+    "exclusion_radius_voxels",
+    "extract_candidates",
+    "PARTICLE_COLUMNS",
+]
+
+CUTOFF_METHODS = ("tail", "gaussian", "fixed")
+
+#: columns of the particle table returned by :func:`extract_candidates`
+PARTICLE_COLUMNS = ("x", "y", "z", "score", "score_sigma", "rotation_index", "rot", "tilt", "psi",
+                    "x_voxel", "y_voxel", "z_voxel")
+
+#: shape parameter range of the tail fits: xi >= 0 (exponential or heavier), so that a fit
+#: truncated at a trial point cannot put a finite end point just above it
+_XI_BOUNDS = [0.0, 1.5]
+_JOB_REQUIRED = ("scores", "angles", "rotations", "voxel_size_angstrom")
+_JOB_PATH_KEYS = ("scores", "angles", "rotations", "tomogram", "template", "mask")
+
+
+# --------------------------------------------------------------------------- job file
+
+
+def read_job(path) -> dict[str, Any]:
+    """Read and check a match job file for extraction (``<name>_job.json``).
+
+    The file is read with the engine's :func:`tomomatch.job.read_job` (which checks
+    ``job_format``); this adds the checks extraction needs and resolves the relative paths
+    (scores, angles, rotations, tomogram, template, mask) against the job file's directory.
+    The returned dict also holds ``"_job_path"`` (absolute path of the job file).
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, invalid JSON, not a tomomatch job file, a required key
+        (``scores``, ``angles``, ``rotations``, ``voxel_size_angstrom``) absent, or a
+        non-positive voxel size.
+    """
+    from .job import read_job as _engine_read_job
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("job file not found", p)
+    try:
+        doc = _engine_read_job(p)
+    except UnicodeDecodeError:
+        raise InputError("not a text (JSON) job file", p) from None
+    for key in _JOB_REQUIRED:
+        if doc.get(key) in (None, ""):
+            raise InputError("required key missing from the job file", p, key)
+    try:
+        vs = float(doc["voxel_size_angstrom"])
+    except (TypeError, ValueError):
+        raise InputError(f"expected a number, got {doc['voxel_size_angstrom']!r}", p,
+                         "voxel_size_angstrom") from None
+    if not (math.isfinite(vs) and vs > 0):
+        raise InputError(f"voxel size must be > 0, got {vs}", p, "voxel_size_angstrom")
+    doc["voxel_size_angstrom"] = vs
+    base = p.resolve().parent
+    for key in _JOB_PATH_KEYS:
+        val = doc.get(key)
+        if isinstance(val, str) and val:
+            q = Path(val)
+            doc[key] = str(q if q.is_absolute() else base / q)
+    doc["_job_path"] = str(p.resolve())
+    return doc
+
+
+def _as_job(job) -> dict[str, Any]:
+    if isinstance(job, dict):
+        if "_job_path" not in job:
+            # a dict built in memory: check the same keys as a file would need
+            for key in _JOB_REQUIRED:
+                if job.get(key) in (None, ""):
+                    raise InputError("required key missing from the job", field=key)
+        return job
+    return read_job(job)
+
+
+def load_job_maps(job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score map, angle-index map (int64, ``-1`` = not searched) and pose matrices of a job.
+
+    Raises :class:`InputError` if the two maps differ in shape, disagree with the job's
+    ``tomogram_shape_zyx``, or the angle map holds an index outside the rotation list.
+    """
+    job = _as_job(job)
+    jp = job.get("_job_path")
+    vs = float(job["voxel_size_angstrom"])
+    scores, _ = read_volume(job["scores"], vs, what="score map")
+    angles_f, _ = read_volume(job["angles"], vs, what="angle map")
+    if scores.shape != angles_f.shape:
+        raise InputError(f"score map shape {scores.shape} and angle map shape {angles_f.shape} differ;"
+                         " expected the same [z, y, x] shape", jp, "angles")
+    shape = job.get("tomogram_shape_zyx")
+    if shape is not None and tuple(int(s) for s in shape) != scores.shape:
+        raise InputError(f"score map shape {scores.shape} differs from tomogram_shape_zyx {tuple(shape)}",
+                         jp, "tomogram_shape_zyx")
+    angles = np.rint(angles_f).astype(np.int64)
+    angles[angles < 0] = -1
+    from .angles import read_rotations
+    rotations = read_rotations(job["rotations"])
+    if angles.size and angles.max() >= len(rotations):
+        raise InputError(f"angle map holds rotation index {int(angles.max())} but the rotation list has"
+                         f" {len(rotations)} entries", jp, "rotations")
+    return scores, angles, rotations
+
+
+# --------------------------------------------------------------------------- cut-offs
+
+
+def _check_false_alarms(n_false_alarms) -> float:
+    try:
+        n = float(n_false_alarms)
+    except (TypeError, ValueError):
+        raise InputError(f"expected a number, got {n_false_alarms!r}", field="false alarms") from None
+    if not (math.isfinite(n) and n > 0):
+        raise InputError(f"number of false alarms must be > 0, got {n_false_alarms}", field="false alarms")
+    return n
+
+
+def gaussian_cutoff_sigma(n_false_alarms: float, n_search: float) -> float:
+    """Cut-off in units of sigma: ``sqrt(2) * erfcinv(2 N_fp / N_search)``.
+
+    The expected number of Gaussian samples above ``k sigma`` among ``N_search`` is
+    ``N_search * erfc(k / sqrt 2) / 2``; this returns the ``k`` that makes it ``N_fp``.
+    ``gaussian_cutoff_sigma(1, 6_749_723_520_000)`` is 7.296 (the seed's 7.30 sigma).
+    """
+    nfp = _check_false_alarms(n_false_alarms)
+    try:
+        ns = float(n_search)
+    except (TypeError, ValueError):
+        raise InputError(f"expected a number, got {n_search!r}", field="n_search") from None
+    if not (math.isfinite(ns) and ns > 0):
+        raise InputError(f"search size must be > 0, got {n_search}", field="n_search")
+    if 2 * nfp >= 2 * ns:
+        raise InputError(f"{nfp:g} false alarms is not fewer than the {ns:g} samples searched",
+                         field="false alarms")
+    return float(math.sqrt(2.0) * erfcinv(2.0 * nfp / ns))
+
+
+def gaussian_cutoff(n_false_alarms: float, n_search: float, mean: float, std: float) -> float:
+    """Score cut-off ``mean + std * gaussian_cutoff_sigma(n_false_alarms, n_search)``."""
+    if not (math.isfinite(float(std)) and float(std) > 0):
+        raise InputError(f"search standard deviation must be > 0 and finite, got {std}",
+                         field="search_statistics.std")
+    if not math.isfinite(float(mean)):
+        raise InputError(f"search mean must be finite, got {mean}", field="search_statistics.mean")
+    return float(mean) + float(std) * gaussian_cutoff_sigma(n_false_alarms, n_search)
+
+
+def _gpd_logsf(y, xi, beta):
+    """log survival of the generalized Pareto distribution (loc 0)."""
+    y = np.asarray(y, float)
+    if abs(xi) < 1e-9:
+        return -y / beta
+    z = 1.0 + xi * y / beta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(z > 0, -np.log(np.where(z > 0, z, 1.0)) / xi, -np.inf)
+    return out
+
+
+def _fit_gpd_truncated(y: np.ndarray, t: float) -> tuple[float, float]:
+    """Maximum-likelihood GPD ``(xi, beta)`` of exceedances ``0 <= y < t`` truncated at ``t``.
+
+    The likelihood of each point is ``f(y) / F(t)``, so the points above ``t`` (the strong
+    cluster) neither enter the fit nor bias it. ``xi`` is kept in ``_XI_BOUNDS``.
+    """
+    scale0 = max(float(np.mean(y)), 1e-12)
+    y = np.asarray(y, float) / scale0  # fit on a unit scale
+    t = t / scale0
+    n = y.size
+    finite_t = math.isfinite(t)
+
+    def nll(p):
+        xi, lb = float(p[0]), float(p[1])
+        if not (_XI_BOUNDS[0] <= xi <= _XI_BOUNDS[1]) or not (-20.0 < lb < 20.0):
+            return 1e300
+        b = math.exp(lb)
+        if xi < 1e-8:
+            logf = -lb - y / b
+        else:
+            logf = -lb - (1.0 + 1.0 / xi) * np.log1p(xi * y / b)
+        ll = float(logf.sum())
+        if finite_t:
+            s_t = math.exp(max(float(_gpd_logsf(t, xi, b)), -700.0))
+            ll -= n * math.log1p(-min(s_t, 1.0 - 1e-15))
+        return -ll if math.isfinite(ll) else 1e300
+
+    best = None
+    for xi0 in (max(0.15, _XI_BOUNDS[0]), 0.7):
+        res = optimize.minimize(nll, x0=[xi0, 0.0], method="Nelder-Mead",
+                                options={"xatol": 1e-5, "fatol": 1e-7, "maxiter": 1000,
+                                         "initial_simplex": [[xi0, 0.0], [xi0 + 0.1, 0.0], [xi0, 0.3]]})
+        if best is None or res.fun < best.fun:
+            best = res
+    return float(best.x[0]), float(math.exp(best.x[1]) * scale0)
+
+
+def _gpd_cutoff(u: float, xi: float, beta: float, n_above_u: float, n_false_alarms: float) -> float:
+    """Score ``c`` with ``n_above_u * S(c - u) = n_false_alarms`` for the GPD tail above ``u``."""
+    ratio = n_above_u / n_false_alarms
+    if ratio <= 1.0:
+        return u
+    if abs(xi) < 1e-9:
+        return u + beta * math.log(ratio)
+    return u + beta / xi * (ratio ** xi - 1.0)
+
+
+def _gpd_fit_window(s_desc: np.ndarray, k: int, n_tail: int) -> dict[str, float]:
+    """GPD fit of the ``n_tail`` peaks ranked just below rank ``k`` (0 = none above).
+
+    ``s_desc`` is sorted strongest first. The window is ranks ``k .. k + n_tail - 1``
+    (0-based); the threshold ``u`` is the next score below the window and the likelihood is
+    truncated at ``c = s_desc[k - 1]`` (the weakest peak left out above the window), so the
+    ``k`` strongest peaks neither enter nor bias the fit.
+    """
+    c = float(s_desc[k - 1]) if k > 0 else math.inf
+    u = float(s_desc[k + n_tail])
+    y = s_desc[k:k + n_tail] - u
+    y = y[y > 0]
+    if y.size < 10:
+        raise ValueError(f"only {y.size} distinct peak scores above the tail threshold")
+    xi, beta = _fit_gpd_truncated(y, c - u)
+    if math.isfinite(c):
+        log_s_c = float(_gpd_logsf(c - u, xi, beta))
+        s_c = math.exp(log_s_c) if log_s_c > -700 else 0.0
+    else:
+        s_c = 0.0
+    n_u = y.size / max(1.0 - s_c, 1e-300)
+    return dict(xi=xi, beta=beta, threshold=u, truncation=c, n_background_above_threshold=n_u,
+                expected_above_truncation=n_u * s_c, n_fit=int(y.size))
+
+
+def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: float = 0.1,
+                min_tail: int = 60, max_tail: int = 400, max_strong_fraction: float = 0.1,
+                n_trials: int = 40) -> tuple[float, dict[str, Any]]:
+    """Data-driven cut-off from the tail of the background peak-score distribution.
+
+    Parameters
+    ----------
+    peak_scores
+        Scores of all peaks of the map (the greedy peak list without cut-off).
+    n_false_alarms
+        Expected number of background peaks above the returned cut-off.
+    tail_fraction, min_tail, max_tail
+        Each tail fit uses ``clip(tail_fraction * n_peaks, min_tail, max_tail)`` peaks.
+    max_strong_fraction
+        Real particles are assumed to be at most this fraction of all peaks: the search
+        starts at this rank.
+    n_trials
+        Number of trial truncation ranks between that start and the top.
+
+    Returns
+    -------
+    cutoff, info
+        ``info`` holds the fitted ``xi``, ``beta``, threshold ``u``, truncation point, the
+        number of peaks above it (``n_strong``) and the estimated background counts.
+
+    Notes
+    -----
+    A generalized Pareto distribution (GPD) is fitted by maximum likelihood to a window of
+    peak scores just below a trial truncation point ``c``, with the likelihood truncated at
+    ``c``: the peaks above ``c`` neither enter nor bias the fit. The fit predicts
+    ``lambda(c)``, the number of background peaks above ``c``. The trial point rises
+    (geometric ranks, from ``max_strong_fraction`` of the peaks to the top) until
+    ``lambda(c) <= N_fp``: then the peaks above ``c`` are the strong cluster (real
+    particles, plus at most about ``N_fp`` background). The cut-off solves
+    ``N_u S(cutoff - u) = N_fp`` with that fit. A window of the highest background peaks
+    keeps the extrapolation short, so the tail's shape (Gaussian-like or heavier) is taken
+    from the data; the Gaussian formula assumes it.
+    """
+    nfp = _check_false_alarms(n_false_alarms)
+    s_desc = np.sort(np.asarray(peak_scores, float)[np.isfinite(peak_scores)])[::-1]
+    n = s_desc.size
+    n_tail = int(min(max(tail_fraction * n, min_tail), max_tail))
+    k_start = int(max_strong_fraction * n)
+    if n < n_tail + k_start + 2 or n_tail < 10:
+        raise ValueError(f"only {n} peaks; the tail fit needs at least {n_tail + k_start + 2}")
+    fits: dict[int, dict[str, float]] = {}
+
+    def lam(k: int) -> float:
+        """Predicted background count above the k-th strongest peak (inf: degenerate fit)."""
+        if k not in fits:
+            f = _gpd_fit_window(s_desc, k, n_tail)
+            f["n_strong"] = int(k)
+            # a window piling up against its truncation point can be "fitted" by a tail that
+            # puts most of its mass above it; such a fit says nothing about the background
+            if f["xi"] >= 0.98 * _XI_BOUNDS[1] or f["expected_above_truncation"] > n:
+                f["expected_above_truncation"] = math.inf
+            fits[k] = f
+        return fits[k]["expected_above_truncation"]
+
+    grid = np.unique(np.round(np.geomspace(max(k_start, 1), 1, n_trials)).astype(int))[::-1].tolist()
+    chosen = None
+    for i, k in enumerate(grid):  # rising truncation point
+        if lam(k) <= nfp:
+            # refine: the first rank between the previous grid point and this one that crosses
+            lo = grid[i - 1] - 1 if i > 0 else k
+            for kk in range(lo, k, -1):
+                if lam(kk) <= nfp:
+                    k = kk
+                    break
+            chosen = k
+            break
+    if chosen is None:
+        # no rank is self-consistent. A near miss (the best rank predicts at most 2 N_fp + 1
+        # background peaks above it) still marks the strong cluster; otherwise there is none
+        # and the whole tail is background (no truncation).
+        i = int(np.argmin([lam(k) for k in grid]))
+        hi = grid[i - 1] if i > 0 else grid[i]
+        lo = grid[i + 1] if i + 1 < len(grid) else grid[i]
+        best = min(range(lo, hi + 1), key=lam)
+        chosen = best if lam(best) <= 2 * nfp + 1 else 0
+        lam(chosen)
+    fit = fits[chosen]
+    cutoff = _gpd_cutoff(fit["threshold"], fit["xi"], fit["beta"], fit["n_background_above_threshold"], nfp)
+    fit["n_peaks"] = int(n)
+    return float(cutoff), fit
+
+
+# --------------------------------------------------------------------------- peaks
+
+
+def _ball(radius: float, strict: bool = True) -> np.ndarray:
+    """Boolean ball of voxels with distance ``< radius`` (``<=`` if not strict) from the centre."""
+    rad = max(float(radius), 0.0)
+    half = int(math.ceil(rad))
+    g = np.arange(-half, half + 1)
+    d2 = g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2
+    ball = d2 < rad * rad if strict else d2 <= rad * rad
+    ball[half, half, half] = True
+    return ball
+
+
+def exclusion_radius_voxels(particle_diameter_angstrom: float, voxel_size_angstrom: float) -> float:
+    """Exclusion radius in voxels: half the particle diameter, ``(d / 2) / voxel``."""
+    d = float(particle_diameter_angstrom)
+    if not (math.isfinite(d) and d > 0):
+        raise InputError(f"particle diameter must be > 0, got {particle_diameter_angstrom}",
+                         field="particle diameter")
+    return d / 2.0 / float(voxel_size_angstrom)
+
+
+def pick_peaks(scores: np.ndarray, radius_voxels: float, *, cutoff: float = -math.inf,
+               max_count: int | None = None, eligible: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy peak picking with a spherical exclusion.
+
+    Candidates are the voxels that are maxima of their 3x3x3 neighbourhood (ineligible
+    voxels count as ``-inf``), scoring above ``cutoff``. They are taken in decreasing score;
+    a candidate closer than ``radius_voxels`` to an accepted peak is skipped.
+
+    Parameters
+    ----------
+    scores
+        Score map ``[z, y, x]``.
+    radius_voxels
+        Exclusion radius in voxels (``> 0``); peaks closer than this are never both kept.
+    cutoff
+        Only peaks scoring strictly above this are returned.
+    max_count
+        Stop after this many peaks (``None``: all).
+    eligible
+        Boolean map of voxels allowed to hold a peak (``None``: all).
+
+    Returns
+    -------
+    zyx, values
+        ``(K, 3)`` integer voxel indices ``[z, y, x]`` and their scores, strongest first.
+    """
+    s = np.asarray(scores, dtype=np.float32)
+    if s.ndim != 3:
+        raise InputError(f"score map must be 3D, got shape {s.shape}")
+    if not (float(radius_voxels) > 0):
+        raise InputError(f"exclusion radius must be > 0 voxels, got {radius_voxels}", field="radius")
+    if max_count is not None and int(max_count) < 1:
+        raise InputError(f"maximum number of particles must be >= 1, got {max_count}", field="max count")
+    work = s
+    if eligible is not None:
+        eligible = np.asarray(eligible, dtype=bool)
+        if eligible.shape != s.shape:
+            raise InputError(f"mask shape {eligible.shape} differs from the score map shape {s.shape}",
+                             field="mask")
+        work = np.where(eligible, s, -np.inf).astype(np.float32)
+    local_max = work == ndimage.maximum_filter(work, size=3, mode="constant", cval=-np.inf)
+    cand = local_max & np.isfinite(work) & (work > cutoff)
+    flat = np.flatnonzero(cand)
+    vals = s.reshape(-1)[flat]
+    order = np.argsort(-vals, kind="stable")
+    flat = flat[order]
+    ball = _ball(radius_voxels, strict=True)
+    half = ball.shape[0] // 2
+    suppressed = np.zeros(s.shape, dtype=bool)
+    sflat = suppressed.reshape(-1)
+    nz, ny, nx = s.shape
+    picks: list[int] = []
+    limit = None if max_count is None else int(max_count)
+    for v in flat.tolist():
+        if sflat[v]:
+            continue
+        picks.append(v)
+        if limit is not None and len(picks) >= limit:
+            break
+        z, rem = divmod(v, ny * nx)
+        y, x = divmod(rem, nx)
+        z0, z1 = max(z - half, 0), min(z + half + 1, nz)
+        y0, y1 = max(y - half, 0), min(y + half + 1, ny)
+        x0, x1 = max(x - half, 0), min(x + half + 1, nx)
+        suppressed[z0:z1, y0:y1, x0:x1] |= ball[z0 - z + half:z1 - z + half,
+                                                y0 - y + half:y1 - y + half,
+                                                x0 - x + half:x1 - x + half]
+    idx = np.asarray(picks, dtype=np.int64)
+    zyx = np.stack(np.unravel_index(idx, s.shape), axis=1) if idx.size else np.zeros((0, 3), np.int64)
+    return zyx.astype(np.int64), s.reshape(-1)[idx].astype(float)
+
+
+def refine_subvoxel(scores: np.ndarray, zyx) -> np.ndarray:
+    """Sub-voxel peak positions by a 3-point parabola per axis.
+
+    For each axis the parabola through ``f(-1), f(0), f(+1)`` peaks at
+    ``0.5 (f(-1) - f(+1)) / (f(-1) - 2 f(0) + f(+1))``; the offset is clipped to ``[-0.5, 0.5]``
+    and set to 0 at the map edge or where the three values are not concave.
+
+    Returns
+    -------
+    ``(K, 3)`` float positions ``[z, y, x]`` in voxels.
+    """
+    s = np.asarray(scores, dtype=float)
+    p = np.asarray(zyx, dtype=np.int64).reshape(-1, 3)
+    out = p.astype(float)
+    if p.size == 0:
+        return out
+    f0 = s[p[:, 0], p[:, 1], p[:, 2]]
+    for ax in range(3):
+        n = s.shape[ax]
+        ok = (p[:, ax] > 0) & (p[:, ax] < n - 1)
+        lo = p.copy()
+        hi = p.copy()
+        lo[:, ax] = np.clip(p[:, ax] - 1, 0, n - 1)
+        hi[:, ax] = np.clip(p[:, ax] + 1, 0, n - 1)
+        fl = s[lo[:, 0], lo[:, 1], lo[:, 2]]
+        fh = s[hi[:, 0], hi[:, 1], hi[:, 2]]
+        den = fl - 2.0 * f0 + fh
+        ok &= den < 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            off = np.where(ok, 0.5 * (fl - fh) / np.where(ok, den, 1.0), 0.0)
+        out[:, ax] += np.clip(off, -0.5, 0.5)
+    return out
+
+
+def _drop_close_refined(pos_zyx: np.ndarray, radius: float) -> np.ndarray:
+    """Keep-mask: drop a (refined) pick closer than ``radius`` to a stronger kept pick."""
+    from scipy.spatial import cKDTree
+
+    n = len(pos_zyx)
+    keep = np.ones(n, dtype=bool)
+    if n < 2:
+        return keep
+    tree = cKDTree(pos_zyx)
+    pairs = tree.query_pairs(radius, output_type="ndarray")
+    if pairs.size == 0:
+        return keep
+    d = np.linalg.norm(pos_zyx[pairs[:, 0]] - pos_zyx[pairs[:, 1]], axis=1)
+    pairs = pairs[d < radius]
+    neighbours: dict[int, list[int]] = {}
+    for a, b in pairs.tolist():
+        lo, hi = min(a, b), max(a, b)
+        neighbours.setdefault(hi, []).append(lo)
+    for i in range(n):  # rows are strongest first
+        for j in neighbours.get(i, ()):
+            if keep[j]:
+                keep[i] = False
+                break
+    return keep
+
+
+def tophat_mask(scores: np.ndarray, eligible: np.ndarray | None = None, *, radius_voxels: float = 1.0,
+                n_false_alarms: float = 1.0, threshold: float | None = None,
+                min_fraction: float = 0.3) -> tuple[np.ndarray, float]:
+    """Voxels where the white top-hat of the score map stands out (suppresses broad ridges).
+
+    The white top-hat ``T = S - opening(S)`` with a ball of ``radius_voxels`` keeps peaks
+    narrower than the ball and removes features broader than it (membranes, gold edges,
+    ridges of a strong neighbour). A voxel may hold a peak where both
+
+    * ``T > threshold``; unless given, ``threshold = median(T) + 1.4826 MAD(T) * sqrt(2)
+      erfcinv(2 N_fp / N_voxels)`` over the eligible voxels (a robust Gaussian false-alarm
+      level of the top-hat values), and
+    * ``T >= min_fraction * (S - median(S))``: the peak rises above its surroundings by at
+      least this fraction of its height (a crest of a ridge wider than the ball does not).
+
+    Returns
+    -------
+    mask, threshold
+        Boolean map of voxels that may hold a peak, and the top-hat threshold used.
+    """
+    s = np.asarray(scores, dtype=np.float32)
+    fp = _ball(radius_voxels, strict=False)
+    th = s - ndimage.grey_opening(s, footprint=fp, mode="nearest")
+    sel = eligible if eligible is not None else np.ones(s.shape, bool)
+    vals = th[sel]
+    if vals.size < 2:
+        raise InputError("too few voxels for the top-hat threshold", field="tophat")
+    if threshold is None:
+        med = float(np.median(vals))
+        sig = 1.4826 * float(np.median(np.abs(vals - med)))
+        if not sig > 0:
+            sig = float(np.std(vals)) or 1e-12
+        threshold = med + sig * gaussian_cutoff_sigma(n_false_alarms, vals.size)
+    base = float(np.median(s[sel]))
+    return (th > threshold) & (th >= float(min_fraction) * (s - base)), float(threshold)
+
+
+# --------------------------------------------------------------------------- main API
+
+
+def _search_stats(job) -> tuple[float | None, float | None, float | None]:
+    st = job.get("search_statistics") or {}
+    try:
+        n = float(st["n_search"]) if st.get("n_search") is not None else None
+        if n is None and st.get("n_voxels") is not None and st.get("n_rotations") is not None:
+            n = float(st["n_voxels"]) * float(st["n_rotations"])
+        mean = float(st["mean"]) if st.get("mean") is not None else None
+        std = float(st["std"]) if st.get("std") is not None else None
+    except (TypeError, ValueError):
+        raise InputError("search_statistics must hold numbers", job.get("_job_path"), "search_statistics") from None
+    if std is not None and not (math.isfinite(std) and std > 0):
+        raise InputError(f"search standard deviation must be > 0 and finite, got {std}",
+                         job.get("_job_path"), "search_statistics.std")
+    return n, mean, std
+
+
+def _load_mask(mask, shape, job_path) -> np.ndarray:
+    if isinstance(mask, np.ndarray):
+        m = mask
+    else:
+        m, _ = read_volume(mask, 1.0, what="mask")
+    if m.shape != tuple(shape):
+        raise InputError(f"mask shape {m.shape} differs from the score map shape {tuple(shape)}",
+                         None if isinstance(mask, np.ndarray) else mask, "mask")
+    return np.asarray(m) > 0
+
+
+def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angstrom: float | None = None,
+                       radius_voxels: float | None = None, cutoff: float | None = None,
+                       false_alarms: float = 1.0, cutoff_method: str | None = None,
+                       mask=None, tophat: bool = False, tophat_radius_voxels: float = 1.0,
+                       border_voxels: int = 0, subvoxel: bool = True, return_details: bool = False):
+    """Extract particle candidates from a match job.
+
+    Parameters
+    ----------
+    job
+        Path of the job file, or the dict :func:`read_job` returns.
+    max_particles
+        Largest number of particles (``>= 1``).
+    particle_diameter_angstrom, radius_voxels
+        Exclusion radius: ``radius_voxels`` directly, else half the diameter (default: the
+        job's ``particle_diameter_angstrom``).
+    cutoff
+        Score (raw LCC) cut-off; given, it selects the ``fixed`` method. Must be ``>= 0``.
+    false_alarms
+        Expected number of background peaks above the cut-off (``tail``/``gaussian``).
+    cutoff_method
+        ``"tail"`` (default), ``"gaussian"`` or ``"fixed"``. ``tail`` falls back to
+        ``gaussian`` (with a warning) when there are too few peaks to fit.
+    mask
+        MRC path or boolean array ``[z, y, x]``; peaks only where it is ``> 0``.
+    tophat, tophat_radius_voxels
+        Apply the top-hat constraint (:func:`tophat_mask`).
+    border_voxels
+        Ignore peaks within this many voxels of the map faces.
+    subvoxel
+        Refine positions with a 3-point parabola per axis.
+    return_details
+        Also return a dict with the peak-score list, fits and maps for plotting.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per particle, strongest first: ``x, y, z`` (float voxel indices of the matched
+        tomogram, sub-voxel), ``x_voxel, y_voxel, z_voxel`` (integer peak voxel), ``score``
+        (the LCC maximum), ``score_sigma`` (``(score - mean) / std`` of the search
+        statistics), ``rotation_index`` and RELION ``rot, tilt, psi`` (degrees). ``df.attrs``
+        holds the cut-off, method, radius and job path (scalars only).
+    """
+    job = _as_job(job)
+    jp = job.get("_job_path")
+    method = cutoff_method.lower() if cutoff_method else ("fixed" if cutoff is not None else "tail")
+    if method not in CUTOFF_METHODS:
+        raise InputError(f"unknown cut-off method {cutoff_method!r}; expected one of {', '.join(CUTOFF_METHODS)}",
+                         field="cutoff-method")
+    try:
+        max_particles = int(max_particles)
+    except (TypeError, ValueError):
+        raise InputError(f"expected an integer, got {max_particles!r}", field="max particles") from None
+    if max_particles < 1:
+        raise InputError(f"maximum number of particles must be >= 1, got {max_particles}", field="max particles")
+    if method == "fixed":
+        if cutoff is None:
+            raise InputError("cut-off method 'fixed' needs a cut-off value", field="cutoff")
+        cutoff = float(cutoff)
+        if not math.isfinite(cutoff) or cutoff < 0:
+            raise InputError(f"cut-off must be a finite score >= 0, got {cutoff}", field="cutoff")
+    elif cutoff is not None:
+        raise InputError(f"a cut-off value was given with method {method!r}; use method 'fixed'", field="cutoff")
+    nfp = _check_false_alarms(false_alarms)
+    if int(border_voxels) < 0:
+        raise InputError(f"border must be >= 0 voxels, got {border_voxels}", field="border")
+
+    vs = float(job["voxel_size_angstrom"])
+    if radius_voxels is None:
+        d = particle_diameter_angstrom if particle_diameter_angstrom is not None \
+            else job.get("particle_diameter_angstrom")
+        if d is None:
+            raise InputError("no exclusion radius: give the particle diameter or a radius in voxels"
+                             " (the job has no particle_diameter_angstrom)", jp, "particle diameter")
+        radius = exclusion_radius_voxels(d, vs)
+    else:
+        radius = float(radius_voxels)
+        if not (math.isfinite(radius) and radius > 0):
+            raise InputError(f"exclusion radius must be > 0 voxels, got {radius_voxels}", field="radius")
+
+    scores, angle_idx, rotations = load_job_maps(job)
+    eligible = angle_idx >= 0
+    if mask is not None:
+        eligible &= _load_mask(mask, scores.shape, jp)
+    b = int(border_voxels)
+    if b > 0:
+        inner = np.zeros_like(eligible)
+        inner[b:-b or None, b:-b or None, b:-b or None] = True
+        eligible &= inner
+    if not eligible.any():
+        raise InputError("no searched voxel is left to pick from (check the mask and the angle map)", jp, "mask")
+
+    n_search, mean, std = _search_stats(job)
+    sigma_source = "search_statistics"
+    if mean is None or std is None:
+        vals = scores[eligible]
+        mean, std = float(vals.mean()), float(vals.std())
+        sigma_source = "score map (job has no search statistics)"
+        if not std > 0:
+            std = 1.0
+
+    th_thr = None
+    if tophat:
+        th_mask, th_thr = tophat_mask(scores, eligible, radius_voxels=tophat_radius_voxels,
+                                      n_false_alarms=nfp)
+        eligible &= th_mask
+
+    # the whole peak list: the background as the picker sees it (cheap: local maxima only)
+    all_zyx, all_vals = pick_peaks(scores, radius, eligible=eligible)
+    details: dict[str, Any] = {"peak_scores": all_vals, "search_mean": mean, "search_std": std,
+                               "n_search": n_search, "radius_voxels": radius, "tophat_threshold": th_thr}
+    gauss = None
+    if n_search is not None:
+        try:
+            gauss = gaussian_cutoff(nfp, n_search, mean, std)
+        except InputError:
+            gauss = None
+    details["gaussian_cutoff"] = gauss
+    tail_info = None
+    used = method
+    if method == "fixed":
+        c = float(cutoff)
+    elif method == "gaussian":
+        if n_search is None or sigma_source != "search_statistics":
+            raise InputError("the gaussian cut-off needs search_statistics (n_search, mean, std) in the job",
+                             jp, "search_statistics")
+        c = gaussian_cutoff(nfp, n_search, mean, std)
+    else:
+        try:
+            c, tail_info = tail_cutoff(all_vals, nfp)
+        except ValueError as exc:
+            if gauss is None:
+                raise InputError(f"tail fit impossible ({exc}) and no search statistics for the gaussian"
+                                 " cut-off; give --cutoff", jp, "cutoff") from None
+            warnings.warn(f"tail fit impossible ({exc}); using the gaussian cut-off", stacklevel=2)
+            c, used = gauss, "gaussian"
+    details["tail_fit"] = tail_info
+    details["cutoff"] = c
+    details["cutoff_method"] = used
+
+    sel = all_vals > c
+    zyx, vals = all_zyx[sel][:max_particles], all_vals[sel][:max_particles]
+    pos = refine_subvoxel(scores, zyx) if subvoxel else zyx.astype(float)
+    keep = _drop_close_refined(pos, radius)
+    zyx, vals, pos = zyx[keep], vals[keep], pos[keep]
+    rot_idx = angle_idx[zyx[:, 0], zyx[:, 1], zyx[:, 2]] if len(zyx) else np.zeros(0, np.int64)
+    with warnings.catch_warnings():  # e.g. the identity: tilt 0 gives rot + psi, psi set to 0
+        warnings.filterwarnings("ignore", message="Gimbal lock", category=UserWarning)
+        eul = matrix_to_relion(rotations[rot_idx]) if len(zyx) else np.zeros((0, 3))
+    df = pd.DataFrame({
+        "x": pos[:, 2], "y": pos[:, 1], "z": pos[:, 0],
+        "score": vals.astype(float),
+        "score_sigma": (vals.astype(float) - mean) / std,
+        "rotation_index": rot_idx.astype(np.int64),
+        "rot": eul[:, 0], "tilt": eul[:, 1], "psi": eul[:, 2],
+        "x_voxel": zyx[:, 2].astype(np.int64), "y_voxel": zyx[:, 1].astype(np.int64),
+        "z_voxel": zyx[:, 0].astype(np.int64),
+    })
+    df.attrs.update({
+        "cutoff": float(c), "cutoff_sigma": float((c - mean) / std), "cutoff_method": used,
+        "false_alarms": float(nfp), "radius_voxels": float(radius), "search_mean": float(mean),
+        "search_std": float(std), "sigma_source": sigma_source, "job": jp,
+        "n_peaks_total": int(all_vals.size),
+        "gaussian_cutoff": None if gauss is None else float(gauss),
+    })
+    if return_details:
+        details["scores"] = scores
+        details["eligible"] = eligible
+        return df, details
+    return df
