@@ -20,6 +20,7 @@ COMMANDS: list[str] = [
     "template", "mask",
     "metadata",
     "match",
+    "extract", "merge-stars",
     "simulate",
     "hand", "compare-hands",
 ]
