@@ -342,3 +342,40 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path):
         assert rc == 2, (extra, err)
         assert len(err.splitlines()) == 1 and "error" in err, (extra, err)
     assert not (tmp_path / "out" / "sim.mrc").exists()
+
+
+# --------------------------------------------------------------------------- other structure sources
+
+
+def test_density_map_structure_through_cli(tmp_path):
+    from tomomatch.mrcio import write_volume
+    m = tmp_path / "blob.mrc"
+    write_volume(m, phantom_density(5.0, box_size=48, diameter_angstrom=180.0), 5.0)
+    out = tmp_path / "o"
+    rc = main(["simulate", "--preset", "custom", "-o", str(out), "--structure", str(m), "--n-particles", "2",
+               "--size", "64", "64", "32", "--voxel-size", "10", "--tilt-range", "-50", "50", "--tilt-step", "10",
+               "--thickness-nm", "30", "--hand", "0"])
+    assert rc == 0
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["structures"][0]["source"] == str(m) and summ["true_hand"] == 0
+    assert summ["rlnTomoHand_written"] == 1
+    parts = starfile.read(out / "particles.star")
+    assert (parts.tmTrueHand == 0).all()
+    tpl = mrcfile.read(out / "template.mrc")
+    # the written template is the inverted map at 10 A: compare with the phantom evaluated there
+    ref = -phantom_density(10.0, box_size=tpl.shape[0], diameter_angstrom=180.0)
+    assert _cc(tpl, ref) > 0.95
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
+
+
+@pytest.mark.skipif(not (DATA / "6z6u.pdb.gz").exists(), reason="shared data not available")
+def test_atomic_model_structure(tmp_path):
+    res = simulate("custom", out_dir=tmp_path, structure=str(DATA / "6z6u.pdb.gz"), n_particles=2,
+                   tomogram_size_xyz=(64, 64, 32), voxel_size_angstrom=10.0, tilt_min_deg=-50, tilt_max_deg=50,
+                   tilt_step_deg=10, thickness_nm=30.0)
+    s = res.summary["structures"][0]
+    assert s["name"] == "6z6u.pdb.gz" and 55 < s["radius_angstrom"] < 90    # apoferritin, 124 A across
+    tpl = mrcfile.read(tmp_path / "template.mrc")
+    assert tpl.min() < 0 and tpl.max() <= 1e-3 * abs(tpl.min())
