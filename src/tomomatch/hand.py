@@ -721,13 +721,12 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
     spherical = is_spherical_mask(msk)
     n_rot = 0
     weight_batch = max(1, int(2 ** 24 // (nh * np.prod(box))))  # ~64 MB of weights per batch
+    vox = int(np.prod(box))
+    rot_chunk = max(1, int(2 ** 25 // (8 * nh * vox)))  # ~32 MB per float64 template stack
     for i in range(n):
         rots = (local_rotations(mats[i], max_angle_deg, angle_step_deg) if max_angle_deg > 0
                 else mats[i][None])
         n_rot = len(rots)
-        t_rot = rotate_volumes(tmpl_fine, rots, oversampling=oversampling, out_shape_zyx=box)  # (K, z, y, x)
-        m_rot = (msk_t.expand(n_rot, *box) if spherical
-                 else rotate_volumes(msk_t, rots).clamp(0.0, 1.0))  # (K, z, y, x)
         if weight_function is None:
             if i % weight_batch == 0:  # weights for the next batch of particles in one call
                 w_batch = _hand_weights(ts, box, voxel_size_angstrom, centred[i:i + weight_batch],
@@ -736,19 +735,30 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
         else:
             w = torch.stack([torch.as_tensor(weight_function(centred[i], h)) for h in hands])
         w = w.to(torch.float32)
-        ft = torch.fft.rfftn(t_rot, dim=(-3, -2, -1))              # (K, ...)
-        weighted = torch.fft.irfftn(ft[None] * w[:, None], s=box, dim=(-3, -2, -1))  # (H, K, z, y, x)
-        # zero mean, unit variance under the rotated mask (mask-weighted), zero outside
-        t_norm = normalise_under_mask(weighted.to(torch.float64), m_rot.to(torch.float64))
-        t_norm = t_norm.reshape(nh, n_rot, -1)
-        m = m_rot.to(torch.float64).reshape(1, n_rot, -1)
-        n_m = m.sum(-1, keepdim=True)
-        x = torch.as_tensor(_windows(tomo, idx[i][::-1], box, shift_voxels))    # (S, V)
-        mk = m[0]                                                   # (K, V)
-        mean_x = x @ mk.T / n_m[0, :, 0]                            # (S, K)
-        var_x = (x * x) @ mk.T / n_m[0, :, 0] - mean_x ** 2
-        num = torch.einsum("sv,hkv->hsk", x, t_norm)               # (H, S, K)
-        cc = num / (n_m[0, :, 0][None, None] * torch.sqrt(var_x.clamp(min=1e-30))[None])
+        x = torch.as_tensor(_windows(tomo, idx[i][::-1], box, shift_voxels))    # (S, V) float64
+        x2 = x * x
+        cc_parts = []
+        for k0 in range(0, n_rot, rot_chunk):
+            rk = rots[k0:k0 + rot_chunk]
+            nk = len(rk)
+            t_rot = rotate_volumes(tmpl_fine, rk, oversampling=oversampling, out_shape_zyx=box)  # (k, z, y, x)
+            m_rot = (msk_t.expand(nk, *box) if spherical
+                     else rotate_volumes(msk_t, rk).clamp(0.0, 1.0))  # (k, z, y, x)
+            ft = torch.fft.rfftn(t_rot, dim=(-3, -2, -1))
+            weighted = torch.fft.irfftn(ft[None] * w[:, None], s=box, dim=(-3, -2, -1))  # (H, k, z, y, x)
+            del ft, t_rot
+            # zero mean, unit variance under the rotated mask (mask-weighted), zero outside
+            t_norm = normalise_under_mask(weighted.to(torch.float64), m_rot.to(torch.float64))
+            t_norm = t_norm.reshape(nh, nk, -1)
+            del weighted
+            mk = m_rot.to(torch.float64).reshape(nk, -1)               # (k, V)
+            n_m = mk.sum(-1)                                           # (k,)
+            mean_x = x @ mk.T / n_m                                    # (S, k)
+            var_x = x2 @ mk.T / n_m - mean_x ** 2
+            num = torch.einsum("sv,hkv->hsk", x, t_norm)               # (H, S, k)
+            cc_parts.append(num / (n_m[None, None] * torch.sqrt(var_x.clamp(min=1e-30))[None]))
+            del t_norm, mk
+        cc = torch.cat(cc_parts, dim=2)                                # (H, S, K)
         flat = cc.reshape(nh, -1)
         best = torch.argmax(flat, dim=1)
         scores[i] = flat[torch.arange(nh), best].numpy()
