@@ -189,6 +189,26 @@ def _place(rng: np.random.Generator, radii: np.ndarray, half_extent_xyz: np.ndar
 # --------------------------------------------------------------------------- pipeline
 
 
+class _StageClock:
+    """Wall and CPU seconds per stage (``<stage>_s``, ``<stage>_cpu_s``) and in total."""
+
+    def __init__(self):
+        self.start = self.last = (time.perf_counter(), time.process_time())
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.laps[f"{name}_s"] = now[0] - self.last[0]
+        self.laps[f"{name}_cpu_s"] = now[1] - self.last[1]
+        self.last = now
+
+    def as_dict(self) -> dict:
+        out = {k: round(v, 3) for k, v in self.laps.items()}
+        out["total_s"] = round(time.perf_counter() - self.start[0], 3)
+        out["total_cpu_s"] = round(time.process_time() - self.start[1], 3)
+        return out
+
+
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
@@ -196,9 +216,7 @@ def _rss_gb() -> float:
 def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> SimulationResult:
     """Run a validated :class:`SimulationConfig` and write its outputs into ``out_dir``."""
     cfg.validate()
-    t_start = time.perf_counter()
-    cpu_start = time.process_time()
-    timings: dict[str, float] = {}
+    clock = _StageClock()
     out_dir = Path(out_dir)
     ss = np.random.SeedSequence(cfg.seed)
     (rng_place, rng_rot, rng_tilt, rng_noise, rng_blob, rng_jitter, rng_ice) = [
@@ -230,15 +248,13 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     rot_t = tilt_rotation(angles)
 
     # ---------------------------------------------------------------- structures
-    t0 = time.perf_counter()
     part = load_structure(cfg.structure, ps, cfg.phantom_diameter_angstrom)
     structs = [part]
     if cfg.n_decoys:
         structs.append(load_structure(cfg.decoy_structure, ps, cfg.phantom_diameter_angstrom))
-    timings["structures_s"] = time.perf_counter() - t0
+    clock.lap("structures")
 
     # ---------------------------------------------------------------- sample
-    t0 = time.perf_counter()
     n_tot = cfg.n_particles + cfg.n_decoys
     kind = np.array([0] * cfg.n_particles + [1] * cfg.n_decoys, dtype=int)
     radii = np.array([structs[k].radius_angstrom for k in kind])
@@ -267,13 +283,12 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
                                 rng_blob.uniform(-half[1], half[1], cfg.n_blobs),
                                 rng_blob.uniform(-1, 1, cfg.n_blobs) * min(cfg.thickness_nm * 5.0, half[2])])
     blob_sig = rng_blob.uniform(cfg.blob_sigma_angstrom[0], cfg.blob_sigma_angstrom[1], cfg.n_blobs)
-    timings["placement_s"] = time.perf_counter() - t0
+    clock.lap("placement")
 
     # ---------------------------------------------------------------- projection
     # Each particle is projected from the 3D transform of its density at the fine voxel ps
     # (padded to P = b*Q); only the band of the tilt-series pixel v is evaluated, which is
     # the fine projection Fourier-cropped to v (the tilt series is made at v directly).
-    t0 = time.perf_counter()
     k_out = 0.5 / v
     df_max = abs(cfg.defocus_um) + 4 * cfg.defocus_scatter_um + cfg.astigmatism_um + \
         (np.abs(off_um).max() if n_tot else 0.0)
@@ -286,16 +301,14 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         q += q % 2
         projectors.append(FourierProjector(s.density, b * q) if np.any(kind == k) else None)
         qsizes.append(q)
-    timings["fourier_prep_s"] = time.perf_counter() - t0
+    clock.lap("fourier_prep")
 
-    t0 = time.perf_counter()
     counts = np.zeros((nt, ny, nx), dtype=np.float32)
     atten = np.exp(-cfg.thickness_nm / (np.cos(np.deg2rad(angles)) * cfg.inelastic_mean_free_path_nm))
     e_per_px = dose_tilt * v * v * atten
     proj_pos_x = projected_x(pos[:, 0:1], pos[:, 2:3], angles[None, :]) if n_tot else np.zeros((0, nt))
     contrast = np.zeros((nt, ny, nx), dtype=np.float32)
     dose_mid = pre + 0.5 * dose_tilt
-    tp = time.perf_counter()
     # particles of one kind in batches (all tilts at once); patches are made centred on index
     # Q // 2 by folding that shift into the sub-pixel phase ramp
     for k, (pr, Q) in enumerate(zip(projectors, qsizes)):
@@ -324,8 +337,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
                 for t in range(nt):
                     _paste(contrast[t], patch[jj, t], int(Yi[jj, t]) - centre_index(Q),
                            int(Xi[jj, t]) - centre_index(Q))
-    t_proj = time.perf_counter() - tp
-    tn = time.perf_counter()
+    clock.lap("projection")
     # background: ice phase noise + blobs, through the nominal CTF of each tilt
     if cfg.ice_noise_rad > 0 or cfg.n_blobs:
         fy = torch.from_numpy(np.fft.fftfreq(ny).astype(np.float32))[None, :, None] / v
@@ -347,17 +359,13 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         else:
             counts[t] = intensity * np.float32(e_per_px[t])
     del contrast
-    t_noise = time.perf_counter() - tn
-    timings["projection_s"] = t_proj
-    timings["background_noise_binning_s"] = t_noise
-    timings["tilt_series_total_s"] = time.perf_counter() - t0
+    clock.lap("background_and_noise")
 
     # ---------------------------------------------------------------- reconstruction
-    t0 = time.perf_counter()
     means = counts.mean(axis=(1, 2), keepdims=True)
     norm = counts / np.maximum(means, 1e-12) - 1.0
     tomo = weighted_back_projection(norm, angles, (nz, ny, nx))
-    timings["reconstruction_s"] = time.perf_counter() - t0
+    clock.lap("reconstruction")
 
     # ---------------------------------------------------------------- ground truth
     idx = np.column_stack([pos[:, 0] / v + centre_index(nx), pos[:, 1] / v + centre_index(ny),
@@ -422,12 +430,9 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     result.tilt_series_counts = counts
     result.tomogram = tomo
     if write:
-        t0 = time.perf_counter()
         _write_outputs(result, counts, tomo, structs[0], cfg)
-        timings["write_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    timings["total_cpu_s"] = time.process_time() - cpu_start
-    summary["timings"] = {k: round(val, 3) for k, val in timings.items()}
+        clock.lap("write")
+    summary["timings"] = clock.as_dict()
     summary["peak_memory_gb"] = round(_rss_gb(), 3)
     if write:
         _write_json(out_dir / "summary.json", summary)
