@@ -230,7 +230,7 @@ def preset_config(preset: str = "ci", **overrides) -> SimulationConfig:
     resolves to the shared 70S model, falling back to the phantom with a recorded warning.
     """
     if preset not in PRESETS and preset != "custom":
-        raise InputError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}", field="preset")
+        raise InputError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)} or custom", field="preset")
     params = dict(PRESETS.get(preset, {}))
     names = {f.name for f in fields(SimulationConfig)}
     for k, v in overrides.items():
