@@ -423,3 +423,21 @@ def test_written_template_poses_and_positions_match_the_tomogram(ci_run):
     assert np.mean(true_cc) > 0.12                      # positive: the template is dark like the tomogram
     assert np.mean(true_cc) > np.mean(rand_cc) + 0.06
     assert np.mean(np.array(true_cc) > np.array(rand_cc)) >= 0.75
+
+
+def test_slab_offset_and_noise_free_tomogram(tmp_path):
+    res = simulate("custom", out_dir=tmp_path, n_particles=3, phantom_diameter_angstrom=150.0,
+                   tomogram_size_xyz=(64, 64, 48), voxel_size_angstrom=10.0, thickness_nm=20.0,
+                   slab_offset_nm=10.0, tilt_step_deg=6, write_noise_free=True, seed=2)
+    z = res.particles.rlnCenteredCoordinateZAngst.to_numpy()
+    r = res.summary["structures"][0]["radius_angstrom"]
+    assert np.all(z >= 100 - 100 + r - 1e-6) and np.all(z <= 100 + 100 - r + 1e-6)
+    nf = mrcfile.read(tmp_path / "sim_noisefree.mrc")
+    noisy = mrcfile.read(tmp_path / "sim.mrc")
+    assert nf.shape == noisy.shape
+    assert _cc(ndimage.gaussian_filter(nf, 2), ndimage.gaussian_filter(noisy, 2)) > 0.25
+    ix = res.particles[["tmVoxelIndexZ", "tmVoxelIndexY", "tmVoxelIndexX"]].round().astype(int).to_numpy()
+    sm = ndimage.uniform_filter(nf, 5)
+    assert np.all(sm[ix[:, 0], ix[:, 1], ix[:, 2]] < nf.mean() - 2 * sm.std())
+    with pytest.raises(Exception):
+        simulate("custom", write=False, slab_offset_nm=100.0)

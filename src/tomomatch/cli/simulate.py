@@ -27,6 +27,7 @@ def register(subparsers) -> None:
                         "phantom-decoy")
     p.add_argument("--decoy-structure", default=None)
     p.add_argument("--thickness-nm", type=float, default=None, help="ice slab thickness (nm)")
+    p.add_argument("--slab-offset-nm", type=float, default=None, help="slab centre z relative to the tomogram centre (nm)")
     p.add_argument("--voxel-size", type=float, default=None, help="tomogram voxel size (A)")
     p.add_argument("--binning", type=int, default=None, help="simulation pixel = voxel size / binning")
     p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
@@ -44,6 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--ice-noise", type=float, default=None, help="rms ice phase noise per pixel at 0 deg (rad)")
     p.add_argument("--jitter", type=float, default=None, help="rms per-tilt misalignment (A)")
     p.add_argument("--no-shot-noise", action="store_true", help="expected counts instead of Poisson samples")
+    p.add_argument("--noise-free", action="store_true",
+                   help="also write <name>_noisefree.mrc: the same tomogram without ice and shot noise")
     p.add_argument("--tomo-name", default=None)
     p.set_defaults(func=run)
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     ov = dict(
         n_particles=args.n_particles, n_decoys=args.n_decoys, n_blobs=args.n_blobs, structure=args.structure,
-        decoy_structure=args.decoy_structure, thickness_nm=args.thickness_nm,
+        decoy_structure=args.decoy_structure, thickness_nm=args.thickness_nm, slab_offset_nm=args.slab_offset_nm,
         voxel_size_angstrom=args.voxel_size, binning=args.binning,
         tomogram_size_xyz=tuple(args.size) if args.size else None,
         tilt_step_deg=args.tilt_step, tilt_order=args.tilt_order, dose_per_tilt=args.dose_per_tilt,
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         ov["tilt_min_deg"], ov["tilt_max_deg"] = args.tilt_range
     if args.no_shot_noise:
         ov["shot_noise"] = False
+    if args.noise_free:
+        ov["write_noise_free"] = True
     ov = {k: v for k, v in ov.items() if v is not None}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

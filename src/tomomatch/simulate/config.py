@@ -49,6 +49,7 @@ class SimulationConfig:
     blob_sigma_angstrom: tuple[float, float] = (10.0, 25.0)
     blob_peak_volt: float = 1.5
     thickness_nm: float = 40.0
+    slab_offset_nm: float = 0.0             # slab centre along z relative to the tomogram centre
     min_distance_angstrom: float | None = None   # default: sum of the two particles' radii
     particle_positions_angstrom: Any = None     # optional (n, 3) centred x, y, z (A), overrides random placement
     particle_angles_relion_deg: Any = None      # optional (n, 3) rot, tilt, psi, overrides random orientations
@@ -84,6 +85,7 @@ class SimulationConfig:
     # ---- outputs
     tomo_name: str = "sim"
     template_box_size: int | None = None
+    write_noise_free: bool = False          # also write <name>_noisefree.mrc (no ice, no shot noise)
     warnings: list = field(default_factory=list)
 
     # ------------------------------------------------------------------ derived
@@ -139,6 +141,8 @@ class SimulationConfig:
         if len(size) != 3 or min(size) < 8:
             raise InputError(f"{self.tomogram_size_xyz!r} must be 3 integers >= 8 (x y z)", field="tomogram size")
         self.tomogram_size_xyz = size
+        if not math.isfinite(float(self.slab_offset_nm)):
+            raise InputError(f"{self.slab_offset_nm!r} must be finite", field="slab offset")
         if not -90 <= self.tilt_min_deg <= self.tilt_max_deg <= 90:
             raise InputError(f"tilt range {self.tilt_min_deg:g}..{self.tilt_max_deg:g} must lie within -90..90 "
                              "degrees with min <= max", field="tilt range")

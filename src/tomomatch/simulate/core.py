@@ -153,21 +153,26 @@ class SimulationResult:
 
 
 def _place(rng: np.random.Generator, radii: np.ndarray, half_extent_xyz: np.ndarray,
-           half_thickness: float, min_distance: float | None) -> np.ndarray:
-    """Non-overlapping random centres (centred Angstrom), rejection sampling in batches."""
+           slab_z: tuple[float, float], min_distance: float | None) -> np.ndarray:
+    """Non-overlapping random centres (centred Angstrom), rejection sampling in batches.
+
+    Each particle lies entirely inside the field of view and inside the slab
+    ``slab_z = (z_low, z_high)`` (already clipped to the tomogram).
+    """
     n = radii.size
     pos = np.zeros((n, 3))
     for i in range(n):
         r = radii[i]
-        lim = np.array([half_extent_xyz[0] - r, half_extent_xyz[1] - r, min(half_thickness, half_extent_xyz[2]) - r])
-        if np.any(lim < 0):
+        low = np.array([-half_extent_xyz[0] + r, -half_extent_xyz[1] + r, slab_z[0] + r])
+        high = np.array([half_extent_xyz[0] - r, half_extent_xyz[1] - r, slab_z[1] - r])
+        if np.any(high < low):
             raise InputError(
                 f"a particle of radius {r:.0f} A does not fit in the field/slab "
-                f"(half sizes {half_extent_xyz[0]:.0f}, {half_extent_xyz[1]:.0f} A, half thickness "
-                f"{min(half_thickness, half_extent_xyz[2]):.0f} A)", field="thickness / tomogram size")
+                f"(half sizes {half_extent_xyz[0]:.0f}, {half_extent_xyz[1]:.0f} A, slab z "
+                f"{slab_z[0]:.0f}..{slab_z[1]:.0f} A inside the tomogram)", field="thickness / tomogram size")
         placed = False
         for _ in range(200):
-            cand = (rng.random((64, 3)) * 2 - 1) * lim
+            cand = low + rng.random((64, 3)) * (high - low)
             if i == 0:
                 pos[0] = cand[0]
                 placed = True
@@ -259,6 +264,10 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     kind = np.array([0] * cfg.n_particles + [1] * cfg.n_decoys, dtype=int)
     radii = np.array([structs[k].radius_angstrom for k in kind])
     half = np.array([nx * v / 2, ny * v / 2, nz * v / 2])
+    z0 = float(cfg.slab_offset_nm) * 10.0
+    slab_z = (max(z0 - cfg.thickness_nm * 5.0, -half[2]), min(z0 + cfg.thickness_nm * 5.0, half[2]))
+    if slab_z[1] <= slab_z[0]:
+        raise InputError(f"the slab (centre {z0:g} A) lies outside the tomogram", field="slab offset")
     if cfg.particle_positions_angstrom is not None:
         pos = np.asarray(cfg.particle_positions_angstrom, dtype=float).reshape(-1, 3)
         if pos.shape[0] != n_tot:
@@ -266,7 +275,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         if np.any(np.abs(pos) > half):
             raise InputError("a given particle position lies outside the tomogram", field="positions")
     else:
-        pos = _place(rng_place, radii, half, cfg.thickness_nm * 5.0, cfg.min_distance_angstrom)
+        pos = _place(rng_place, radii, half, slab_z, cfg.min_distance_angstrom)
     if cfg.particle_angles_relion_deg is not None:
         ang = np.asarray(cfg.particle_angles_relion_deg, dtype=float).reshape(-1, 3)
         if ang.shape[0] != n_tot:
@@ -281,7 +290,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     # background blobs: centres (A), sigma (A)
     blob_pos = np.column_stack([rng_blob.uniform(-half[0], half[0], cfg.n_blobs),
                                 rng_blob.uniform(-half[1], half[1], cfg.n_blobs),
-                                rng_blob.uniform(-1, 1, cfg.n_blobs) * min(cfg.thickness_nm * 5.0, half[2])])
+                                rng_blob.uniform(slab_z[0], slab_z[1], cfg.n_blobs)])
     blob_sig = rng_blob.uniform(cfg.blob_sigma_angstrom[0], cfg.blob_sigma_angstrom[1], cfg.n_blobs)
     clock.lap("placement")
 
@@ -339,18 +348,23 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
                            int(Xi[jj, t]) - centre_index(Q))
     clock.lap("projection")
     # background: ice phase noise + blobs, through the nominal CTF of each tilt
+    signal = np.zeros_like(contrast) if cfg.write_noise_free else None
+    if signal is not None:
+        signal += contrast
     if cfg.ice_noise_rad > 0 or cfg.n_blobs:
         fy = torch.from_numpy(np.fft.fftfreq(ny).astype(np.float32))[None, :, None] / v
         fx = torch.from_numpy(np.fft.rfftfreq(nx).astype(np.float32))[None, None, :] / v
         for t in range(nt):
+            filt = 2.0 * _transfer(fx, fy, cfg, df_u[t:t + 1], df_v[t:t + 1], ast_ang[t:t + 1], dose_mid[t:t + 1])[0]
             bg = np.zeros((ny, nx), dtype=np.float32)
+            if cfg.n_blobs:
+                _add_blobs(bg, blob_pos, blob_sig, cfg.blob_peak_volt, angles[t], jitter[t], cx, cy, v, sigma_e)
+                if signal is not None:
+                    signal[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * filt, s=(ny, nx)).numpy()
             if cfg.ice_noise_rad > 0:
                 bg += rng_ice.standard_normal((ny, nx)).astype(np.float32) * np.float32(
                     cfg.ice_noise_rad / math.sqrt(math.cos(math.radians(angles[t]))))
-            if cfg.n_blobs:
-                _add_blobs(bg, blob_pos, blob_sig, cfg.blob_peak_volt, angles[t], jitter[t], cx, cy, v, sigma_e)
-            filt = _transfer(fx, fy, cfg, df_u[t:t + 1], df_v[t:t + 1], ast_ang[t:t + 1], dose_mid[t:t + 1])[0]
-            contrast[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * (2.0 * filt), s=(ny, nx)).numpy()
+            contrast[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * filt, s=(ny, nx)).numpy()
     # detection: expected electrons per pixel, Poisson
     for t in range(nt):
         intensity = contrast[t] + np.float32(1.0)
@@ -362,9 +376,15 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     clock.lap("background_and_noise")
 
     # ---------------------------------------------------------------- reconstruction
-    means = counts.mean(axis=(1, 2), keepdims=True)
-    norm = counts / np.maximum(means, 1e-12) - 1.0
-    tomo = weighted_back_projection(norm, angles, (nz, ny, nx))
+    def reconstruct(stack):
+        means = stack.mean(axis=(1, 2), keepdims=True)
+        return weighted_back_projection(stack / np.maximum(means, 1e-12) - 1.0, angles, (nz, ny, nx))
+
+    tomo = reconstruct(counts)
+    tomo_nf = None
+    if signal is not None:     # particles + decoys + blobs, no ice or shot noise
+        tomo_nf = reconstruct(signal + np.float32(1.0))
+        del signal
     clock.lap("reconstruction")
 
     # ---------------------------------------------------------------- ground truth
@@ -429,6 +449,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
                               tilt_series=ts, hand=cfg.hand, config=cfg, summary=summary)
     result.tilt_series_counts = counts
     result.tomogram = tomo
+    result.tomogram_noise_free = tomo_nf
     if write:
         _write_outputs(result, counts, tomo, structs[0], cfg)
         clock.lap("write")
@@ -537,6 +558,8 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
     paths = res.paths
     paths["tilt_series"] = _write_mrc(out / f"{name}_ts.mrc", counts, v)
     paths["tomogram"] = _write_mrc(out / f"{name}.mrc", tomo, v)
+    if getattr(res, "tomogram_noise_free", None) is not None:
+        paths["tomogram_noise_free"] = _write_mrc(out / f"{name}_noisefree.mrc", res.tomogram_noise_free, v)
     paths["rawtlt"] = write_tilt_angles(out / f"{name}.rawtlt", res.tilt_series.tilt_angles_deg)
     paths["dose"] = write_dose(out / f"{name}_dose.txt", res.tilt_series.accumulated_dose)
     paths["defocus"] = write_imod_defocus(out / f"{name}.defocus", res.tilt_series)
