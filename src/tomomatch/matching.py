@@ -167,14 +167,16 @@ def normalise_under_mask(template, mask) -> torch.Tensor:
     """
     t = template if isinstance(template, torch.Tensor) else torch.as_tensor(np.asarray(template, np.float32))
     m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask, np.float32))
-    t64, m64 = t.double(), m.double()
+    # two-pass in the input's precision (float32 boxes are small: the sums are accurate)
+    m = m.to(t.dtype)
     dims = (-3, -2, -1)
-    w = m64.sum(dim=dims, keepdim=True)
-    mu = (m64 * t64).sum(dim=dims, keepdim=True) / w
-    var = (m64 * (t64 - mu) ** 2).sum(dim=dims, keepdim=True) / w
-    if torch.any(var <= 0):
+    w = m.sum(dim=dims, keepdim=True)
+    mu = (m * t).sum(dim=dims, keepdim=True) / w
+    d = t - mu
+    var = (m * d * d).sum(dim=dims, keepdim=True) / w
+    if t.ndim == 3 and not bool(var.reshape(-1)[0] > 0):
         raise InputError("template is constant under the mask; cannot normalise", None, "template")
-    return (m64 * (t64 - mu) / torch.sqrt(var)).to(t.dtype)
+    return m * d * torch.rsqrt(var.clamp_min(torch.finfo(t.dtype).tiny))
 
 
 def place_centered(box: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -551,7 +553,8 @@ class TileCorrelator:
         self.templates = [tmpl]
         if random_phase_template is not None:
             self.templates.append(np.asarray(random_phase_template, np.float32))
-        self.normed = [normalise_under_mask(torch.as_tensor(t), torch.as_tensor(msk)).numpy()
+        self.normed = [normalise_under_mask(torch.as_tensor(t, dtype=torch.float64),
+                                            torch.as_tensor(msk, dtype=torch.float64)).float().numpy()
                        for t in self.templates]
         self._box_weight = None if weight is None else weight((n, n, n)).to(dev)
         if method != "exact":
