@@ -841,6 +841,7 @@ def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, t
 
     out_prefix = Path(out_prefix)
     jobd = None
+    weight_extra: dict[str, Any] = {}
     if job is not None:
         jobd = read_job(job) if not isinstance(job, dict) else job
         tomogram = tomogram or jobd.get("tomogram")
@@ -855,6 +856,9 @@ def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, t
         whiten = bool(wt.get("whitening")) if whiten is None else whiten
         ctf_mode = ctf_mode or wt.get("ctf")
         hand_mode = hand_mode or jobd.get("hand_mode")
+        if wt.get("wedge") == "per_tilt":  # else keep the per-tilt defaults (dose and cos on)
+            weight_extra = {"dose_weighting": bool(wt.get("dose", True)),
+                            "cos_weighting": bool(wt.get("cos", True))}
     hand_mode = hand_mode or "full"
     ctf_mode = ctf_mode or "signed"
     for what, val in (("tomogram", tomogram), ("template", template), ("mask", mask)):
@@ -900,7 +904,7 @@ def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, t
                             hand_mode=hand_mode, max_angle_deg=max_angle_deg, angle_step_deg=angle_step_deg,
                             shift_voxels=shift_voxels, oversampling=oversampling,
                             low_pass_angstrom=low_pass_angstrom, high_pass_angstrom=high_pass_angstrom,
-                            whiten=bool(whiten), weight_options={"ctf_mode": ctf_mode}, progress=progress)
+                            whiten=bool(whiten), weight_options={"ctf_mode": ctf_mode, **weight_extra}, progress=progress)
     scores = res.to_hand_scores()
     report = hand_statistics(scores, alpha=alpha, min_particles=min_particles, n_bootstrap=n_bootstrap, seed=seed)
     report["method"] = {
@@ -909,6 +913,8 @@ def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, t
         "n_local_rotations": int(res.n_rotations), "shift_voxels": int(shift_voxels),
         "oversampling": int(oversampling), "low_pass_angstrom": low_pass_angstrom,
         "high_pass_angstrom": high_pass_angstrom, "whiten": bool(whiten), "ctf": ctf_mode,
+        "weighting": {"per_tilt": True, "dose": weight_extra.get("dose_weighting", True),
+                      "cos": weight_extra.get("cos_weighting", True)},
         "voxel_size_angstrom": float(voxel), "tomogram": str(tomogram), "template": str(template),
         "mask": str(mask), "score": "normalised cross-correlation (max over local rotations and shifts)",
     }
