@@ -138,7 +138,8 @@ def _batch_size(tc: TileCorrelator, max_memory_gb: float) -> int:
     per = max(tc.batch_bytes(), 1)
     persistent = 6 * 4 * float(np.prod(tc.shape))
     free = max_memory_gb * 1e9 - persistent
-    return int(max(1, min(_MAX_BATCH, free // per)))
+    cap = _MAX_BATCH if tc.device.type == "cuda" else 4  # the CPU gains nothing from big batches
+    return int(max(1, min(cap, free // per)))
 
 
 # --------------------------------------------------------------------------- the job
@@ -255,8 +256,6 @@ def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
         raise InputError(f"ctf {ctf!r}; expected signed, abs or none", None, "--ctf")
     ctf = None if ctf == "none" else ctf
     ctf_used = ctf if (ts is not None and ts.has_defocus and wedge != "none") else None
-    if hand != 0 and ctf_used is None and tiles == "auto":
-        pass  # offsets without a CTF change nothing: auto gives one tile below
     # rotations
     if rotations is None:
         if angular_step_deg is None:

@@ -449,6 +449,20 @@ class BoxToTile:
         return f
 
 
+def _sum_of_squares(x: torch.Tensor, chunk: int = 8192) -> float:
+    """``sum x^2`` in one pass: float32 dot products of ``chunk`` elements summed in float64."""
+    f = x.reshape(-1)
+    k = f.numel() // chunk * chunk
+    total = 0.0
+    if k:
+        h = f[:k].view(-1, 1, chunk)
+        total += float(torch.bmm(h, h.transpose(1, 2)).double().sum())
+    if k < f.numel():
+        r = f[k:]
+        total += float(torch.dot(r, r))
+    return total
+
+
 @dataclass
 class TileState:
     """Running state of one tile's search (what a checkpoint stores).
@@ -699,7 +713,6 @@ class TileCorrelator:
         n = len(rotations)
         start = state.done
         gt = torch.empty(ushape, dtype=torch.bool, device=self.device)
-        sq = torch.empty(ushape, device=self.device)
         while start < n:
             stop = min(n, (start // batch_size + 1) * batch_size)
             sc = self.scores(rotations[start:stop])
@@ -707,7 +720,7 @@ class TileCorrelator:
                 s = sc[0][b]
                 # per-rotation float32 sums (cascade summation), accumulated in float64
                 state.sum += float(s.sum())
-                state.sumsq += float(torch.mul(s, s, out=sq).sum())
+                state.sumsq += _sum_of_squares(s)
                 state.count += int(s.numel())
                 torch.gt(s, state.best, out=gt)
                 torch.maximum(state.best, s, out=state.best)
