@@ -208,6 +208,19 @@ def test_fast_matches_exact(weighted, method, tol):
     assert fa.std == pytest.approx(ex.std, rel=2 * tol)
 
 
+@pytest.mark.parametrize("backend", ["1", "0"])
+def test_inverse_fft_backends_agree(backend, monkeypatch):
+    monkeypatch.setenv("TOMOMATCH_FFTW", backend)
+    x = torch.fft.rfftn(torch.randn(3, 10, 12, 15), dim=(1, 2, 3))
+    want = torch.fft.irfftn(x, s=(10, 12, 15), dim=(1, 2, 3))
+    got = M._irfftn_scratch(x.clone(), (10, 12, 15))
+    assert torch.allclose(got, want, atol=1e-5)
+    box = torch.randn(2, 6, 6, 6)
+    pr = M.BoxToTilePruned(6, (10, 12, 15))
+    full = torch.fft.rfftn(torch.nn.functional.pad(box, (0, 9, 0, 6, 0, 4)), dim=(1, 2, 3))
+    assert torch.allclose(pr(box), full, atol=1e-4)
+
+
 def test_pruned_transform_equals_full_fft():
     box = torch.as_tensor(np.random.default_rng(2).normal(size=(2, 8, 8, 8)), dtype=torch.float32)
     shape = (10, 12, 15)
