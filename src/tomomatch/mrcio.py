@@ -76,18 +76,29 @@ class _AtomicPath:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            # mkstemp creates 0600; give the finished file the usual umask-based mode
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)
             os.replace(self.tmp, self.final)
         else:
             self.tmp.unlink(missing_ok=True)
         return False
 
 
-def write_volume(path, data: np.ndarray, voxel_size_angstrom: float, *, dtype=np.float32) -> Path:
-    """Write ``data`` (``[z, y, x]``) as MRC with the voxel size in the header, atomically."""
+def write_volume(path, data: np.ndarray, voxel_size_angstrom: float, *, dtype=np.float32,
+                 label: str = "tomomatch") -> Path:
+    """Write ``data`` (``[z, y, x]``) as MRC with the voxel size in the header, atomically.
+
+    The header carries one fixed ``label`` instead of mrcfile's time-stamped one, so the same
+    data always give byte-identical files.
+    """
     path = Path(path)
     arr = np.ascontiguousarray(np.asarray(data), dtype=dtype)
     with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as m:
             m.set_data(arr)
             m.voxel_size = float(voxel_size_angstrom)
+            m.header.label[0] = label.encode("ascii", "replace")[:80]
+            m.header.nlabl = 1
     return path

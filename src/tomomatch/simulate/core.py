@@ -23,7 +23,7 @@ from ..conventions import (ANGSTROM_PER_MICROMETRE, centre_index, defocus_at_poi
                            electron_wavelength_angstrom, matrix_to_relion, projected_x,
                            relion5_centered_angstrom, relion_to_matrix, tilt_rotation)
 from ..errors import InputError
-from ..mrcio import atomic_path
+from ..mrcio import atomic_path, write_volume
 from ..tiltseries import TiltSeries
 from .config import SimulationConfig, Structure, preset_config
 from .physics import (FourierProjector, interaction_constant, poisson_counts,
@@ -515,18 +515,7 @@ def _add_blobs(img, blob_pos, blob_sig, peak_volt, angle, jit, cx, cy, pixel, si
 
 
 def _write_mrc(path: Path, data: np.ndarray, voxel_size_angstrom: float) -> Path:
-    """Atomic MRC write with a fixed header label (mrcfile's default label holds a timestamp,
-    which would break byte-identical outputs for the same seed)."""
-    import mrcfile
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as m:
-            m.set_data(np.ascontiguousarray(data, dtype=np.float32))
-            m.voxel_size = float(voxel_size_angstrom)
-            m.header.label[0] = b"tomomatch simulate"
-            m.header.nlabl = 1
-    return path
+    return write_volume(path, data, voxel_size_angstrom, label="tomomatch simulate")
 
 
 def _fix_star_comment(path: Path, comment: str) -> None:
