@@ -42,9 +42,9 @@ def _mask():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    rots = uniform_rotations(45.0)
+    rots = uniform_rotations(90.0)
     vol = np.random.default_rng(0).normal(0, 0.15, SHAPE)
-    truth = [((12, 10, 9), 17), ((15, 22, 30), 101)]
+    truth = [((12, 10, 9), 17), ((15, 22, 30), 41)]
     for (pz, py, px), k in truth:
         vol[pz - N // 2:pz + N // 2, py - N // 2:py + N // 2, px - N // 2:px + N // 2] += \
             M.rotate_volume(_template(), rots[k], order=3)
@@ -68,7 +68,7 @@ def _read(path):
 
 def test_cli_outputs_and_job_file(data, tmp_path):
     out = tmp_path / "out"
-    assert main(_args(data, out, "--angular-step", "45", "--name", "j")) == 0
+    assert main(_args(data, out, "--angular-step", "90", "--name", "j")) == 0
     job = read_job(out / "j_job.json")
     for key in ("tomomatch_version", "job_format", "name", "tomogram", "tomogram_shape_zyx",
                 "voxel_size_angstrom", "template", "mask", "template_shape_zyx", "mask_is_spherical",
@@ -102,7 +102,7 @@ def _interior(shape, reach):
 
 def test_split_equals_unsplit_without_gradient(data, tmp_path):
     d = data["dir"]
-    common = dict(rotations=data["rots"][:40], wedge="per_tilt", low_pass_angstrom=25.0, quiet=True)
+    common = dict(rotations=data["rots"][:24], wedge="per_tilt", low_pass_angstrom=25.0, quiet=True)
     from tomomatch.tiltseries import TiltSeries
     ts = TiltSeries(tilt_angles_deg=TILTS, defocus_u_um=np.full(TILTS.size, 3.0),
                     accumulated_dose=np.arange(TILTS.size) * 3.0)
@@ -152,7 +152,7 @@ def _job_without_run_fields(path):
 
 
 def test_resume_after_sigkill_gives_identical_outputs(data, tmp_path):
-    common = ["--angular-step", "30", "--tiles", "2", "1", "1", "--batch-size", "2",
+    common = ["--angular-step", "60", "--tiles", "2", "1", "1", "--batch-size", "1",
               "--checkpoint-interval", "0", "--name", "r"]
     ref = _run_cli_subprocess(_args(data, tmp_path / "ref", *common))
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
@@ -163,10 +163,9 @@ def test_resume_after_sigkill_gives_identical_outputs(data, tmp_path):
     t0 = time.time()
     while not ck.exists() and p.poll() is None and time.time() - t0 < 120:
         time.sleep(0.02)
-    assert p.poll() is None, "run ended before it could be killed"
-    time.sleep(0.3)
     p.send_signal(signal.SIGKILL)
     p.wait()
+    assert p.returncode == -signal.SIGKILL, "run ended before it could be killed"
     assert not (out / "r_job.json").exists() and not (out / "r_scores.mrc").exists()
     with np.load(ck) as st:
         assert 0 < int(st["done"])
@@ -216,8 +215,8 @@ def test_random_phase_and_exact_method_run(data, tmp_path):
 
 def _bad(data, tmp_path, *extra, files=None):
     out = tmp_path / "bad"
-    rc = main(_args(data, out, "--angular-step", "45", *extra) if files is None else
-              ["match", *files, "-d", str(out), "--quiet", "--angular-step", "45", *extra])
+    rc = main(_args(data, out, "--angular-step", "90", *extra) if files is None else
+              ["match", *files, "-d", str(out), "--quiet", "--angular-step", "90", *extra])
     assert rc == 2
     assert not out.exists() or not any(out.iterdir())
 

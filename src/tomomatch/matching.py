@@ -121,7 +121,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def _rfftn(x: torch.Tensor, s=None, dim=(-3, -2, -1)) -> torch.Tensor:
     """rfftn; on the CPU through scipy.fft (pocketfft, threaded), zero-copy via numpy."""
     if x.device.type == "cpu":
-        out = scipy.fft.rfftn(x.numpy(), s=s, axes=dim, workers=torch.get_num_threads())
+        out = scipy.fft.rfftn(x.numpy(), s=s, axes=dim, workers=_fft_threads(x.numel()))
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.complex64))
     return torch.fft.rfftn(x, s=s, dim=dim)
 
@@ -132,6 +132,15 @@ except ImportError:  # pragma: no cover - depends on the environment
     _pyfftw = None
 
 _FFTW_PLANS: dict = {}
+
+
+_MIN_THREADED_FFT = 1 << 22
+
+
+def _fft_threads(n_elements: int) -> int:
+    """Threads for one CPU FFT: 1 below ~4 M elements (thread start-up and barriers cost more
+    than they save there, badly so on a loaded machine), else torch's thread count."""
+    return 1 if n_elements < _MIN_THREADED_FFT else max(1, torch.get_num_threads())
 
 
 def fft_backend(device="cpu") -> str:
@@ -155,7 +164,7 @@ def _irfftn_scratch(x: torch.Tensor, s) -> torch.Tensor:
     if fft_backend(x.device) != "pyfftw":
         return _irfftn(x, s)
     s = tuple(int(v) for v in s)
-    threads = torch.get_num_threads()
+    threads = _fft_threads(int(np.prod(s)))
     key = (tuple(x.shape[-3:]), s, threads)
     plan = _FFTW_PLANS.get(key)
     if plan is None:
@@ -180,7 +189,7 @@ def _irfftn_scratch(x: torch.Tensor, s) -> torch.Tensor:
 def _irfftn(x: torch.Tensor, s, dim=(-3, -2, -1)) -> torch.Tensor:
     """irfftn counterpart of :func:`_rfftn` (may overwrite its input on the CPU)."""
     if x.device.type == "cpu":
-        out = scipy.fft.irfftn(x.numpy(), s=s, axes=dim, workers=torch.get_num_threads(),
+        out = scipy.fft.irfftn(x.numpy(), s=s, axes=dim, workers=_fft_threads(x.numel()),
                                overwrite_x=True)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
     return torch.fft.irfftn(x, s=s, dim=dim)
@@ -423,11 +432,12 @@ class BoxToTilePruned:
 
     def _fftw_plans(self):
         """Three FFTW plans over preallocated zero-padded buffers (x r2c, y c2c, z c2c)."""
-        key = ("pruned", self.box, self.shape, torch.get_num_threads())
+        th = _fft_threads(int(np.prod(self.shape)))
+        key = ("pruned", self.box, self.shape, th)
         plans = _FFTW_PLANS.get(key)
         if plans is None:
             n, (nz, ny, nx) = self.box, self.shape
-            nxh, th = nx // 2 + 1, torch.get_num_threads()
+            nxh = nx // 2 + 1
             fl = ("FFTW_ESTIMATE",)
             a = _pyfftw.zeros_aligned((n, n, nx), dtype="float32")
             b = _pyfftw.zeros_aligned((n, ny, nxh), dtype="complex64")
@@ -458,7 +468,7 @@ class BoxToTilePruned:
                 res[i] = torch.from_numpy(c)
             return res.reshape(lead + tuple(res.shape[1:]))
         if boxes.device.type == "cpu":
-            w = torch.get_num_threads()
+            w = _fft_threads(int(np.prod(self.shape)))
             f = scipy.fft.rfft(boxes.numpy(), n=nx, axis=-1, workers=w)
             f = scipy.fft.fft(f, n=ny, axis=-2, workers=w, overwrite_x=True)
             f = scipy.fft.fft(f, n=nz, axis=-3, workers=w, overwrite_x=True)
@@ -777,6 +787,17 @@ class TileCorrelator:
         and batch boundaries (multiples of ``batch_size`` from 0) are fixed, so a resumed run
         reproduces an uninterrupted one exactly.
         """
+        threads = torch.get_num_threads()
+        small = self.device.type == "cpu" and float(np.prod(self.shape)) < _MIN_THREADED_FFT
+        if small and threads > 1:  # small tiles: one thread is faster (no barriers per op)
+            torch.set_num_threads(1)
+        try:
+            return self._run(rotations, state, batch_size, on_batch)
+        finally:
+            if small and threads > 1:
+                torch.set_num_threads(threads)
+
+    def _run(self, rotations, state, batch_size, on_batch) -> TileState:
         rotations = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
         ushape = tuple(s.stop - s.start for s in self.unique)
         if state is None:
