@@ -140,7 +140,7 @@ def _trend(abs_x: np.ndarray, delta: np.ndarray) -> dict[str, Any]:
 
 def hand_statistics(scores: HandScores, *, alpha: float = DEFAULT_ALPHA,
                     min_particles: int = DEFAULT_MIN_PARTICLES, n_bootstrap: int = 10_000,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, tie_tolerance: float | None = None) -> dict[str, Any]:
     """Paired statistics on ``delta = s(+1) - s(-1)`` and the handedness verdict.
 
     Parameters
@@ -153,6 +153,10 @@ def hand_statistics(scores: HandScores, *, alpha: float = DEFAULT_ALPHA,
         Fewer particles than this (or fewer non-zero deltas) give ``"undetermined"``.
     n_bootstrap, seed
         Bootstrap resamples for the 95 % interval of the mean delta, and their seed.
+    tie_tolerance
+        ``|delta|`` at or below this counts as a tie (zero). Default ``1e-6`` times the largest
+        ``|score|``: far below any gradient effect, above float32 rounding (two runs that
+        give a particle the same template, e.g. in the centre tile, differ by ~1e-8).
 
     Returns
     -------
@@ -176,8 +180,12 @@ def hand_statistics(scores: HandScores, *, alpha: float = DEFAULT_ALPHA,
     template) are dropped from both tests (Wilcoxon's ``zero_method="wilcox"``).
     """
     x = scores.x_angstrom
-    delta = scores.delta
+    delta = scores.delta.copy()
     n = len(scores)
+    if tie_tolerance is None:
+        top = max(np.max(np.abs(scores.score_plus), initial=0.0), np.max(np.abs(scores.score_minus), initial=0.0))
+        tie_tolerance = 1e-6 * top
+    delta[np.abs(delta) <= tie_tolerance] = 0.0
     nonzero = delta != 0
     n_nonzero = int(nonzero.sum())
     n_pos = int((delta > 0).sum())
@@ -190,6 +198,7 @@ def hand_statistics(scores: HandScores, *, alpha: float = DEFAULT_ALPHA,
         "fraction_plus_better": (n_pos / n_nonzero) if n_nonzero else None,
         "alpha": float(alpha),
         "min_particles": int(min_particles),
+        "tie_tolerance": float(tie_tolerance),
         "mean_score_plus": float(np.mean(scores.score_plus)) if n else None,
         "mean_score_minus": float(np.mean(scores.score_minus)) if n else None,
         "mean_score_zero": (float(np.mean(scores.score_zero))
