@@ -274,10 +274,10 @@ def _tiny_gradient_case(true_hand, n=24, seed=0, B=32, voxel=4.0, noise=1.0, nx=
     pos[:, 1:] += rng.integers(-2, 3, (n, 2))
     poses = Rotation.random(n, random_state=seed).as_matrix()
     cen = index_to_centered_angstrom(pos, shape, voxel)
+    weights = _hand_weights(ts, (B, B, B), voxel, cen, (true_hand,), "full", {})[:, 0]
+    rotated = rotate_volumes(tmpl, poses)
     for i in range(n):
-        w = _hand_weights(ts, (B, B, B), voxel, cen[i], (true_hand,), "full", {})[0, 0]
-        t = rotate_volumes(tmpl, poses[i][None])[0]
-        part = torch.fft.irfftn(torch.fft.rfftn(t) * w, s=(B, B, B)).numpy()
+        part = torch.fft.irfftn(torch.fft.rfftn(rotated[i]) * weights[i], s=(B, B, B)).numpy()
         x, y, z = pos[i]
         tomo[z - B // 2:z + B // 2, y - B // 2:y + B // 2, x - B // 2:x + B // 2] += part
     tomo += rng.normal(0, noise * tomo[tomo != 0].std(), shape).astype(np.float32)

@@ -732,51 +732,60 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
     weight_batch = max(1, int(2 ** 24 // (nh * np.prod(box))))  # ~64 MB of weights per batch
     vox = int(np.prod(box))
     rot_chunk = max(1, int(2 ** 25 // (8 * nh * vox)))  # ~32 MB per float64 template stack
-    for i in range(n):
-        rots = (local_rotations(mats[i], max_angle_deg, angle_step_deg) if max_angle_deg > 0
-                else mats[i][None])
-        n_rot = len(rots)
-        if weight_function is None:
-            if i % weight_batch == 0:  # weights for the next batch of particles in one call
-                w_batch = _hand_weights(ts, box, voxel_size_angstrom, centred[i:i + weight_batch],
-                                        hands, hand_mode, opts)
-            w = w_batch[i % weight_batch]
-        else:
-            w = torch.stack([torch.as_tensor(weight_function(centred[i], h)) for h in hands])
-        w = w.to(torch.float32)
-        x = torch.as_tensor(_windows(tomo, idx[i][::-1], box, shift_voxels))    # (S, V) float64
-        x2 = x * x
-        cc_parts = []
-        for k0 in range(0, n_rot, rot_chunk):
-            rk = rots[k0:k0 + rot_chunk]
-            nk = len(rk)
-            t_rot = rotate_volumes(tmpl_fine, rk, oversampling=oversampling, out_shape_zyx=box)  # (k, z, y, x)
-            m_rot = (msk_t.expand(nk, *box) if spherical
-                     else rotate_volumes(msk_t, rk).clamp(0.0, 1.0))  # (k, z, y, x)
-            ft = torch.fft.rfftn(t_rot, dim=(-3, -2, -1))
-            weighted = torch.fft.irfftn(ft[None] * w[:, None], s=box, dim=(-3, -2, -1))  # (H, k, z, y, x)
-            del ft, t_rot
-            # zero mean, unit variance under the rotated mask (mask-weighted), zero outside
-            t_norm = normalise_under_mask(weighted.to(torch.float64), m_rot.to(torch.float64))
-            t_norm = t_norm.reshape(nh, nk, -1)
-            del weighted
-            mk = m_rot.to(torch.float64).reshape(nk, -1)               # (k, V)
-            n_m = mk.sum(-1)                                           # (k,)
-            mean_x = x @ mk.T / n_m                                    # (S, k)
-            var_x = x2 @ mk.T / n_m - mean_x ** 2
-            num = torch.einsum("sv,hkv->hsk", x, t_norm)               # (H, S, k)
-            cc_parts.append(num / (n_m[None, None] * torch.sqrt(var_x.clamp(min=1e-30))[None]))
-            del t_norm, mk
-        cc = torch.cat(cc_parts, dim=2)                                # (H, S, K)
-        flat = cc.reshape(nh, -1)
-        best = torch.argmax(flat, dim=1)
-        scores[i] = flat[torch.arange(nh), best].numpy()
-        s_idx = (best // n_rot).numpy()
-        k_idx = (best % n_rot).numpy()
-        best_rot[i] = rots[k_idx]
-        best_shift[i] = shifts[s_idx][:, ::-1]
-        if progress is not None:
-            progress(i + 1, n)
+    # small boxes: one torch thread is faster (no barrier per op; matters on a loaded machine)
+    threads = torch.get_num_threads()
+    single = vox < 2 ** 18 and threads > 1
+    if single:
+        torch.set_num_threads(1)
+    try:
+        for i in range(n):
+            rots = (local_rotations(mats[i], max_angle_deg, angle_step_deg) if max_angle_deg > 0
+                    else mats[i][None])
+            n_rot = len(rots)
+            if weight_function is None:
+                if i % weight_batch == 0:  # weights for the next batch of particles in one call
+                    w_batch = _hand_weights(ts, box, voxel_size_angstrom, centred[i:i + weight_batch],
+                                            hands, hand_mode, opts)
+                w = w_batch[i % weight_batch]
+            else:
+                w = torch.stack([torch.as_tensor(weight_function(centred[i], h)) for h in hands])
+            w = w.to(torch.float32)
+            x = torch.as_tensor(_windows(tomo, idx[i][::-1], box, shift_voxels))    # (S, V) float64
+            x2 = x * x
+            cc_parts = []
+            for k0 in range(0, n_rot, rot_chunk):
+                rk = rots[k0:k0 + rot_chunk]
+                nk = len(rk)
+                t_rot = rotate_volumes(tmpl_fine, rk, oversampling=oversampling, out_shape_zyx=box)  # (k, z, y, x)
+                m_rot = (msk_t.expand(nk, *box) if spherical
+                         else rotate_volumes(msk_t, rk).clamp(0.0, 1.0))  # (k, z, y, x)
+                ft = torch.fft.rfftn(t_rot, dim=(-3, -2, -1))
+                weighted = torch.fft.irfftn(ft[None] * w[:, None], s=box, dim=(-3, -2, -1))  # (H, k, z, y, x)
+                del ft, t_rot
+                # zero mean, unit variance under the rotated mask (mask-weighted), zero outside
+                t_norm = normalise_under_mask(weighted.to(torch.float64), m_rot.to(torch.float64))
+                t_norm = t_norm.reshape(nh, nk, -1)
+                del weighted
+                mk = m_rot.to(torch.float64).reshape(nk, -1)               # (k, V)
+                n_m = mk.sum(-1)                                           # (k,)
+                mean_x = x @ mk.T / n_m                                    # (S, k)
+                var_x = x2 @ mk.T / n_m - mean_x ** 2
+                num = torch.einsum("sv,hkv->hsk", x, t_norm)               # (H, S, k)
+                cc_parts.append(num / (n_m[None, None] * torch.sqrt(var_x.clamp(min=1e-30))[None]))
+                del t_norm, mk
+            cc = torch.cat(cc_parts, dim=2)                                # (H, S, K)
+            flat = cc.reshape(nh, -1)
+            best = torch.argmax(flat, dim=1)
+            scores[i] = flat[torch.arange(nh), best].numpy()
+            s_idx = (best // n_rot).numpy()
+            k_idx = (best % n_rot).numpy()
+            best_rot[i] = rots[k_idx]
+            best_shift[i] = shifts[s_idx][:, ::-1]
+            if progress is not None:
+                progress(i + 1, n)
+    finally:
+        if single:
+            torch.set_num_threads(threads)
     return RescoreResult(hands=hands, scores=scores, best_rotation=best_rot, best_shift_voxels=best_shift,
                          centred_angstrom=centred, n_rotations=n_rot)
 
