@@ -115,7 +115,8 @@ def plot_hand(path, scores: HandScores, report: dict[str, Any] | None = None, *,
         ax1.legend(loc="best", fontsize="small")
 
     ax2.axhline(0.0, color="k", linewidth=0.8)
-    colours = np.where(delta > 0, HAND_COLOURS[1], np.where(delta < 0, HAND_COLOURS[-1], "gray"))
+    tol = float(report.get("tie_tolerance") or 0.0)  # float-rounding ties are drawn grey
+    colours = np.where(delta > tol, HAND_COLOURS[1], np.where(delta < -tol, HAND_COLOURS[-1], "gray"))
     ax2.scatter(xs, delta, s=10, c=list(colours), alpha=0.8)
     trend = report.get("trend_abs_x") or {}
     if trend.get("slope_per_angstrom") is not None and x.size:
@@ -125,7 +126,7 @@ def plot_hand(path, scores: HandScores, report: dict[str, Any] | None = None, *,
         ax2.legend(loc="best", fontsize="small")
     ax2.set_xlabel(f"centred x ({unit})")
     ax2.set_ylabel("delta = s(+1) - s(-1)")
-    ax2.set_title("paired difference (blue: +1 higher)")
+    ax2.set_title("paired difference (blue: +1 higher, grey: tie)")
 
     if title is None:
         v = report.get("verdict")
