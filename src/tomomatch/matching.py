@@ -82,6 +82,8 @@ __all__ = [
     "filter_volume",
     "local_sigma",
     "FourierTemplate",
+    "BoxToTilePruned",
+    "BoxToTile",
     "TileState",
     "TileCorrelator",
     "match_volume",
