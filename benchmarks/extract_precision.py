@@ -15,7 +15,7 @@ cut-off: the weakest true positive and the strongest false positive of the full 
 Usage::
 
     python benchmarks/extract_precision.py OUT [--preset ci] [--seeds 8101 8102] [--step 12]
-        [--device cpu|cuda] [--false-alarms 1]
+        [--device cpu|cuda] [--false-alarms 1] [--set n_blobs=300]
 
 ``ci`` (128 x 128 x 48, 8 particles + 2 decoys, 30 blobs) runs in minutes on a CPU at a 12-15
 degree step; ``seed`` (514 x 720 x 84, 100 ribosomes, 60 blobs) needs a GPU for a fine search.
@@ -49,7 +49,7 @@ def run_case(out: Path, preset: str, seed: int, args) -> dict:
     if not (sim_dir / "summary.json").exists():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            simulate(preset, sim_dir, seed=seed, hand=args.hand)
+            simulate(preset, sim_dir, seed=seed, hand=args.hand, **args.overrides)
     t_sim = time.time() - t0
     summ = json.loads((sim_dir / "summary.json").read_text())
     diameter = 2.0 * max(s["radius_angstrom"] for s in summ["structures"])
@@ -128,11 +128,22 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--false-alarms", type=float, default=1.0)
     ap.add_argument("--match-radius", type=float, default=0.5, help="pairing radius / particle radius")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="simulation overrides, e.g. n_blobs=300 (numbers are parsed as such)")
     args = ap.parse_args()
+    args.overrides = {}
+    for item in args.set:
+        key, _, val = item.partition("=")
+        try:
+            args.overrides[key] = json.loads(val)
+        except json.JSONDecodeError:
+            args.overrides[key] = val
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
-        res = run_case(args.out / f"{args.preset}_{seed}", args.preset, seed, args)
+        tag = "".join(f"_{k}{v}" for k, v in args.overrides.items())
+        res = run_case(args.out / f"{args.preset}{tag}_{seed}", args.preset, seed, args)
+        res["overrides"] = args.overrides
         rows.append(res)
         with open(args.out / "summary.jsonl", "a") as fh:
             fh.write(json.dumps(res) + "\n")
