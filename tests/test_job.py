@@ -250,3 +250,27 @@ def test_bad_inputs_exit_2_without_output(data, tmp_path, capsys):
     _bad(data, tmp_path, "-a", str(d / "tilts.tlt"), "--dose", str(tmp_path / "dose.txt"))
     err = capsys.readouterr().err.strip().splitlines()
     assert all(line.startswith("tomomatch match: error:") for line in err) and len(err) >= 6
+
+
+def test_options_whiten_binary_wedge_auto_tiles_and_metadata_hand(data, tmp_path):
+    from tomomatch.tiles import auto_tile_counts
+    from tomomatch.tiltseries import TiltSeries
+    d = tmp_path / "in"  # the same data at 0.5 A voxels, so that the gradient matters here
+    write_volume(d / "tomo.mrc", data["vol"].astype(np.float32), 0.5)
+    write_volume(d / "tmpl.mrc", _template(), 0.5)
+    write_volume(d / "mask.mrc", _mask(), 0.5)
+    ts = TiltSeries(tilt_angles_deg=TILTS, defocus_u_um=np.full(TILTS.size, 3.0), hand=-1)
+    job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, rotations=data["rots"][:4],
+                    tilt_series=ts, wedge="binary", whiten=True, high_pass_angstrom=20.0, tiles="auto",
+                    quiet=True)
+    assert job["defocus_handedness"] == -1  # from the metadata
+    want = auto_tile_counts(SHAPE, 0.5, N, TILTS, 1.0, 300.0, -1)
+    assert job["tiles"] == list(want) and want[0] > 1  # fine voxels: the gradient needs tiles
+    w = job["weighting"]
+    assert w["wedge"] == "binary" and w["whitening"] is True and w["ctf"] == "signed"
+    for reg in job["tile_regions"]:  # h = -1 offsets: -(x sin t + z cos t)
+        x, _, z = reg["centre_angstrom_xyz"]
+        np.testing.assert_allclose(reg["defocus_offsets_um"],
+                                   -(x * np.sin(np.radians(TILTS)) + z * np.cos(np.radians(TILTS))) / 1e4)
+    scores = _read(tmp_path / "tomo_scores.mrc")
+    assert np.all(np.isfinite(scores))
