@@ -524,3 +524,42 @@ def test_statistics_float_rounding_counts_as_tie():
     r = hand_statistics(HandScores(sc.x_angstrom, plus, sc.score_minus))
     assert r["n_nonzero_delta"] == 40
     assert r["tie_tolerance"] == pytest.approx(1e-6 * max(np.abs(plus).max(), np.abs(sc.score_minus).max()))
+
+
+def test_cli_hand_runs_coarse_match_without_candidates(tmp_path):
+    """No STAR and no job: ``hand`` runs a coarse search, extracts and re-scores (smoke test of
+    the path; two particles are too few for a verdict)."""
+    from scipy.spatial.transform import Rotation
+
+    from tomomatch.cli import main
+    from tomomatch.hand import rotate_volumes
+    from tomomatch.mrcio import write_volume
+
+    rng = np.random.default_rng(8)
+    B = 16
+    zz, yy, xx = np.mgrid[:B, :B, :B] - B // 2
+    tmpl = np.zeros((B, B, B))
+    for _ in range(6):
+        c = rng.uniform(-4, 4, 3)
+        tmpl += np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / 2.0)
+    mask = ((xx ** 2 + yy ** 2 + zz ** 2) <= 7 ** 2).astype(np.float32)
+    tomo = rng.normal(0, 0.05, (32, 32, 56)).astype(np.float32)
+    for x0, R in ((14, np.eye(3)), (40, Rotation.from_euler("z", 90, degrees=True).as_matrix())):
+        tomo[8:24, 8:24, x0 - 8:x0 + 8] += rotate_volumes(tmpl, R[None])[0].numpy()
+    write_volume(tmp_path / "t.mrc", tmpl, 10.0)
+    write_volume(tmp_path / "m.mrc", mask, 10.0)
+    write_volume(tmp_path / "v.mrc", tomo, 10.0)
+    (tmp_path / "a.rawtlt").write_text("\n".join(str(a) for a in range(-60, 61, 10)) + "\n")
+    out = tmp_path / "h"
+    rc = main(["hand", "-o", str(out), "-v", str(tmp_path / "v.mrc"), "-t", str(tmp_path / "t.mrc"),
+               "-m", str(tmp_path / "m.mrc"), "-a", str(tmp_path / "a.rawtlt"), "--defocus", "3",
+               "--coarse-step", "45", "--particle-diameter", "150", "-n", "5", "--max-angle", "0",
+               "--no-figure"])
+    assert rc == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert (tmp_path / "h_coarse" / "coarse_job.json").exists()
+    assert "coarse match" in doc["method"]["candidates"]
+    assert 1 <= doc["n_particles"] <= 5 and doc["verdict"] == "undetermined"
+    # the two planted particles are among the candidates (centred x = (14 - 28) * 10, (40 - 28) * 10)
+    xs = np.asarray(doc["particles"]["x_angstrom"])
+    assert np.min(np.abs(xs + 140)) <= 20 and np.min(np.abs(xs - 120)) <= 20
