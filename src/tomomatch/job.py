@@ -1,17 +1,39 @@
-"""Run a whole match job: validate -> plan tiles -> search each tile -> merge -> write outputs.
+"""Run a whole match job: plan -> execute work units -> merge -> persist.
 
-Outputs (``<out_dir>/<name>_*``; the contract is ``docs/matching.md`` / the job schema):
-``_scores.mrc`` (float32 max FLCF), ``_angles.mrc`` (float32 rotation index, -1 where not
-searched), ``_rotations.txt`` (RELION ZYZ degrees, line i = index i) and ``_job.json``, all
-written atomically, the job file last.
+The four steps live apart, as plain data and functions, so that a job runs the same way in one
+process, in a local process pool (``processes=N``) or spread over a Dask cluster
+(:mod:`tomomatch.distributed`):
+
+:func:`plan_match`
+    Validates the inputs and parameters and returns a :class:`MatchPlan`: the tile plan, the
+    rotation set, the checkpoint key and a list of :class:`WorkUnit` ``(tile, rotation chunk
+    [start, stop))``. Picklable; holds no volume data.
+:func:`run_unit`
+    Searches one unit and returns a :class:`UnitResult` (running maximum, argmax, noise
+    maximum and float64 sums per rotation over the tile's unique region), saved atomically as
+    the unit's checkpoint file. Deterministic: rotation batches are fixed multiples of the
+    tile's batch size counted from rotation 0, and chunk boundaries are multiples of it too,
+    so a unit's scores are bit-identical whatever the chunking.
+:func:`merge_units`
+    Exact and order-independent: per voxel the maximum over chunks, ties going to the lower
+    rotation index (the index of the first rotation reaching the maximum, as in one
+    uninterrupted pass); the search statistics are exactly rounded sums (``math.fsum``) of
+    the per-rotation sums. Any chunking and any completion order give identical outputs.
+:func:`write_outputs`
+    ``_scores.mrc`` (float32 max FLCF), ``_angles.mrc`` (float32 rotation index, -1 where not
+    searched), ``_rotations.txt`` (RELION ZYZ degrees, line i = index i) and ``_job.json``
+    (the contract is ``docs/matching.md`` / the job schema), all written atomically, the job
+    file last.
 
 Checkpoints: ``<out_dir>/<name>_checkpoints/`` holds ``key.txt`` (a SHA-256 of the input files'
-contents and every parameter that changes the result) and one ``tile_<i>.npz`` per tile with
-its running maximum, argmax, float64 sums and the number of rotations done, saved atomically
-after a batch at most every ``checkpoint_interval_s`` seconds and when the tile ends. Started
-again with the same inputs and parameters, a job continues from them and ends with outputs
-identical to an uninterrupted run (rotation order and batch boundaries are fixed); a
-checkpoint directory with another key is discarded. It is removed after success.
+contents and every parameter that changes the result) and one file per unit:
+``tile_<i>.npz`` when the unit covers all rotations of tile ``i``, else
+``tile_<i>_rot_<start>-<stop>.npz``. Each stores the key, the unit's range and its running
+state, saved atomically after a batch at most every ``checkpoint_interval_s`` seconds and when
+the unit ends. Started again with the same inputs and parameters, a job skips finished units,
+continues unfinished ones from their last batch and ends with outputs identical to an
+uninterrupted run; a checkpoint directory (or file) with another key is discarded. The
+directory is removed after success.
 """
 from __future__ import annotations
 
@@ -22,22 +44,27 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import scipy.fft
 import torch
 
 from . import __version__
 from .angles import crowther_step_deg, parse_symmetry, uniform_rotations, write_rotations
 from .conventions import check_hand
 from .errors import InputError
-from .matching import (TileCorrelator, TileState, filter_volume, is_spherical_mask,
+from .matching import (TileCorrelator, TileState, fast_fft_shape, filter_volume, is_spherical_mask,
                        phase_randomised_template, resolve_device)
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .tiles import Tile, auto_tile_counts, plan_tiles
 
-__all__ = ["run_match", "read_job", "write_job", "JOB_FORMAT", "DEFAULT_MAX_MEMORY_GB"]
+__all__ = ["run_match", "read_job", "write_job", "JOB_FORMAT", "DEFAULT_MAX_MEMORY_GB",
+           "MatchPlan", "WorkUnit", "UnitResult", "MergedMatch", "plan_match", "prepare_checkpoints",
+           "load_unit", "run_unit", "merge_units", "load_unit_results", "write_outputs",
+           "remove_checkpoints"]
 
 JOB_FORMAT = 1
 DEFAULT_MAX_MEMORY_GB = 4.0
@@ -108,9 +135,9 @@ def _rel(path: Path, base: Path) -> str:
 
 
 class _Progress:
-    """rich progress bar (tiles, rotations, ETA) on a TTY unless quiet; silent otherwise."""
+    """rich progress bar (work units, rotations, ETA) on a TTY unless quiet; silent otherwise."""
 
-    def __init__(self, n_tiles: int, n_rot: int, quiet: bool):
+    def __init__(self, n_units: int, n_rot_total: int, quiet: bool, done_units: int = 0, done_rot: int = 0):
         self.bar = None
         if quiet or not sys.stderr.isatty():
             return
@@ -121,25 +148,675 @@ class _Progress:
                             TimeElapsedColumn(), TimeRemainingColumn(),
                             console=Console(stderr=True), transient=False)
         self.bar.start()
-        self.t_tiles = self.bar.add_task("tiles", total=n_tiles)
-        self.t_rot = self.bar.add_task("rotations (all tiles)", total=n_tiles * n_rot)
+        self.t_units = self.bar.add_task("work units", total=n_units, completed=done_units)
+        self.t_rot = self.bar.add_task("rotations (all tiles)", total=n_rot_total, completed=done_rot)
 
-    def update(self, tiles_done: int, rot_done: int):
+    def advance(self, units: int = 0, rotations: int = 0):
         if self.bar is not None:
-            self.bar.update(self.t_tiles, completed=tiles_done)
-            self.bar.update(self.t_rot, completed=rot_done)
+            self.bar.advance(self.t_units, units)
+            self.bar.advance(self.t_rot, rotations)
 
     def close(self):
         if self.bar is not None:
             self.bar.stop()
 
 
-def _batch_size(tc: TileCorrelator, max_memory_gb: float) -> int:
-    per = max(tc.batch_bytes(), 1)
-    persistent = 6 * 4 * float(np.prod(tc.shape))
-    free = max_memory_gb * 1e9 - persistent
-    cap = _MAX_BATCH if tc.device.type == "cuda" else 4  # the CPU gains nothing from big batches
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One unit of work: rotations ``[start, stop)`` of tile ``tile`` (``index``: position in the plan)."""
+
+    index: int
+    tile: int
+    start: int
+    stop: int
+
+
+@dataclass
+class MatchPlan:
+    """Everything a match job needs, validated: inputs, parameters, tiles, rotations, units.
+
+    Plain, picklable data (no volumes): it travels to worker processes. ``key`` is the
+    checkpoint key (SHA-256 of the input files and of every parameter that changes the
+    result); ``batch_sizes[i]`` is tile ``i``'s rotation batch (batches start at multiples of
+    it, and so do the unit boundaries).
+    """
+
+    name: str
+    out_dir: Path
+    tomogram: Path
+    template: Path
+    mask: Path
+    voxel_size_angstrom: float
+    shape_zyx: tuple[int, int, int]
+    template_shape_zyx: tuple[int, int, int]
+    mask_is_spherical: bool
+    rotations: np.ndarray
+    angular_step_deg: float | None
+    particle_diameter_angstrom: float | None
+    symmetry: str
+    method: str
+    low_pass_angstrom: float | None
+    high_pass_angstrom: float | None
+    whiten: bool
+    wedge: str
+    ctf: str | None
+    dose: bool
+    cos_weighting: bool
+    hand: int
+    hand_mode: str
+    tile_counts: tuple[int, int, int]
+    random_phase: bool
+    tilt_series: Any
+    device: str
+    max_memory_gb: float
+    tiles: list[Tile]
+    batch_sizes: list[int]
+    units: list[WorkUnit]
+    key: str
+    checkpoint_interval_s: float = 60.0
+
+    @property
+    def n_rotations(self) -> int:
+        return int(len(self.rotations))
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / f"{self.name}_checkpoints"
+
+    def unit_path(self, unit: WorkUnit) -> Path:
+        """Checkpoint file of ``unit``."""
+        if unit.start == 0 and unit.stop == self.n_rotations:
+            return self.checkpoint_dir / f"tile_{unit.tile:04d}.npz"
+        return self.checkpoint_dir / f"tile_{unit.tile:04d}_rot_{unit.start:06d}-{unit.stop:06d}.npz"
+
+    def output_paths(self) -> dict[str, Path]:
+        """The output files: ``scores``, ``angles``, ``rotations``, ``job``."""
+        o, n = self.out_dir, self.name
+        return {"scores": o / f"{n}_scores.mrc", "angles": o / f"{n}_angles.mrc",
+                "rotations": o / f"{n}_rotations.txt", "job": o / f"{n}_job.json"}
+
+
+def _estimate_batch_size(data_shape, box: int, method: str, spherical: bool, n_templates: int,
+                         device_type: str, max_memory_gb: float) -> int:
+    """Rotations per batch for a tile (the memory model of ``TileCorrelator.batch_bytes``)."""
+    n = float(np.prod(fast_fft_shape(data_shape)))
+    per = 4 * n + 4 * n + 4 * n
+    if method == "resample":
+        p = int(scipy.fft.next_fast_len(int(math.ceil(2 * box))))
+        p += p % 2
+        per += 8 * float(p ** 3)
+    if not spherical:
+        per += 3 * 8 * n
+    per = max(int(per * n_templates), 1)
+    free = max_memory_gb * 1e9 - 6 * 4 * n
+    cap = _MAX_BATCH if device_type == "cuda" else 4  # the CPU gains nothing from big batches
     return int(max(1, min(cap, free // per)))
+
+
+def _make_units(n_tiles: int, n_rot: int, batch_sizes: Sequence[int], rotations_per_unit: int | None,
+                min_units: int) -> list[WorkUnit]:
+    units: list[WorkUnit] = []
+    if rotations_per_unit is None:
+        chunks = max(1, math.ceil(max(int(min_units), 1) / n_tiles))
+        rotations_per_unit = math.ceil(n_rot / chunks)
+    if rotations_per_unit < 1:
+        raise InputError(f"rotations per unit {rotations_per_unit}; expected >= 1", None, "--rotations-per-unit")
+    for ti in range(n_tiles):
+        bs = batch_sizes[ti]
+        size = max(bs, math.ceil(rotations_per_unit / bs) * bs)  # a multiple of the batch size
+        for start in range(0, n_rot, size):
+            units.append(WorkUnit(len(units), ti, start, min(n_rot, start + size)))
+    return units
+
+
+def plan_match(template, mask, tomogram, out_dir, *, name: str | None = None,
+               voxel_size_angstrom: float | None = None, angular_step_deg: float | None = None,
+               particle_diameter_angstrom: float | None = None, symmetry: str = "C1",
+               rotations: np.ndarray | None = None,
+               low_pass_angstrom: float | None = None, high_pass_angstrom: float | None = None,
+               whiten: bool = False, wedge: str | None = None, ctf: str | None = "signed",
+               dose: bool = True, cos_weighting: bool = True, tilt_series=None,
+               defocus_handedness: int | None = None, hand_mode: str = "full",
+               tiles: Sequence[int] | str = (1, 1, 1), device: str = "cpu",
+               max_memory_gb: float = DEFAULT_MAX_MEMORY_GB, random_phase: bool = False,
+               method: str = "fast", checkpoint_interval_s: float = 60.0,
+               batch_size: int | None = None, rotations_per_unit: int | None = None,
+               min_units: int = 1, check_device: bool = True) -> MatchPlan:
+    """Validate a match job and plan it (tiles, rotations, work units, checkpoint key).
+
+    Parameters are those of :func:`run_match`, plus:
+
+    rotations_per_unit
+        Rotations per work unit (rounded up to a multiple of the tile's batch size). Default:
+        all rotations of a tile in one unit, or fewer so that there are at least ``min_units``.
+    min_units
+        Least number of units to aim for (e.g. a few per worker) when ``rotations_per_unit``
+        is not given.
+    check_device
+        Check that ``device`` exists here (off when the workers, not this machine, hold the GPUs).
+
+    Reads the three volumes once to validate them; the plan itself holds no volume data.
+    Raises :class:`InputError` for bad input.
+    """
+    if check_device:
+        dev = resolve_device(device)
+    else:
+        try:
+            dev = torch.device("cpu" if device is None else str(device))
+        except (RuntimeError, ValueError):
+            raise InputError(f"unknown device {device!r}; expected cpu, cuda or cuda:N", None, "--device") from None
+    out_dir = Path(out_dir).absolute()
+    template, mask, tomogram = Path(template).absolute(), Path(mask).absolute(), Path(tomogram).absolute()
+    name = name or tomogram.stem
+    if method not in ("fast", "resample", "exact"):
+        raise InputError(f"method {method!r}; expected fast, resample or exact", None, "--method")
+    if hand_mode not in ("full", "pytom"):
+        raise InputError(f"hand mode {hand_mode!r}; expected full or pytom", None, "--hand-mode")
+    if max_memory_gb is None or not max_memory_gb > 0:
+        raise InputError(f"max memory {max_memory_gb!r} GB; expected > 0", None, "--max-memory")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch size {batch_size}; expected >= 1", None, "--batch-size")
+
+    # ---------------------------------------------------------------- inputs
+    vol_np, voxel = read_volume(tomogram, voxel_size_angstrom, what="tomogram")
+    t_vs = read_voxel_size(template)
+    tmpl_np, _ = read_volume(template, t_vs if t_vs > 0 else voxel, what="template")
+    if t_vs > 0 and abs(t_vs - voxel) > 0.01 * voxel:
+        raise InputError(f"template voxel size {t_vs:g} A differs from the tomogram's {voxel:g} A by more"
+                         " than 1 %; resample the template", template, "voxel size")
+    mask_np, _ = read_volume(mask, voxel, what="mask")
+    vol_shape = tuple(int(s) for s in vol_np.shape)
+    del vol_np
+    n = tmpl_np.shape[0]
+    if tmpl_np.shape != (n, n, n):
+        raise InputError(f"template shape {tmpl_np.shape}; expected a cubic box", template)
+    if mask_np.shape != tmpl_np.shape:
+        raise InputError(f"mask shape {mask_np.shape} differs from the template's {tmpl_np.shape}", mask)
+    if any(n > s for s in vol_shape):
+        raise InputError(f"template box {n} is larger than the tomogram {vol_shape}", template)
+    if not mask_np.sum() > 0:
+        raise InputError("mask is empty (sum <= 0)", mask)
+
+    ts = tilt_series
+    hand = defocus_handedness
+    if hand is None:
+        hand = ts.hand if (ts is not None and ts.hand is not None) else 0
+    try:
+        hand = check_hand(hand)
+    except ValueError as exc:
+        raise InputError(str(exc), None, "--defocus-handedness") from None
+    if wedge is None:
+        wedge = "per_tilt" if ts is not None else "none"
+    wedge = wedge.replace("-", "_")
+    if wedge not in ("none", "binary", "per_tilt"):
+        raise InputError(f"wedge {wedge!r}; expected none, binary or per-tilt", None, "--wedge")
+    if wedge != "none" and ts is None:
+        raise InputError(f"--wedge {wedge} needs tilt metadata (e.g. --tilt-angles)", None, "--wedge")
+    if ctf not in ("signed", "abs", None, "none"):
+        raise InputError(f"ctf {ctf!r}; expected signed, abs or none", None, "--ctf")
+    ctf = None if ctf == "none" else ctf
+    ctf_used = ctf if (ts is not None and ts.has_defocus and wedge != "none") else None
+    # rotations
+    if rotations is None:
+        if angular_step_deg is None:
+            if particle_diameter_angstrom is None:
+                raise InputError("give --angular-step or --particle-diameter", None, "--angular-step")
+            angular_step_deg = crowther_step_deg(particle_diameter_angstrom, voxel, low_pass_angstrom)
+        rots = uniform_rotations(angular_step_deg, symmetry)
+    else:
+        rots = np.asarray(rotations, float).reshape(-1, 3, 3)
+    if len(rots) == 0:
+        raise InputError("no rotations to search", None, "rotations")
+    n_sym = parse_symmetry(symmetry)
+    # tiles
+    tilts_all = None if ts is None else ts.tilt_angles_deg
+    if isinstance(tiles, str):
+        if tiles != "auto":
+            raise InputError(f"--tiles {tiles!r}; expected three counts or 'auto'", None, "--tiles")
+        if ctf_used is None or hand == 0:
+            counts = (1, 1, 1)
+        else:
+            inc = ts.tilt_angles_deg[~ts.excluded]
+            res = max(2 * voxel, low_pass_angstrom or 0.0)
+            counts = auto_tile_counts(vol_shape, voxel, n, inc, res, ts.voltage_kv, hand)
+    else:
+        counts = tuple(int(c) for c in tiles)
+        if len(counts) != 3:
+            raise InputError(f"--tiles needs three counts NX NY NZ, got {len(counts)}", None, "--tiles")
+    tile_plan = plan_tiles(vol_shape, n, counts, voxel, tilts_all, hand, hand_mode)
+    for t in tile_plan:
+        if any(n > s for s in t.data_shape_zyx):
+            raise InputError(f"template box {n} is larger than tile {t.grid_index_xyz} "
+                             f"{t.data_shape_zyx}; use fewer tiles", None, "--tiles")
+    spherical = is_spherical_mask(mask_np)
+    n_templates = 2 if random_phase else 1
+    batch_sizes = [int(batch_size) if batch_size else
+                   _estimate_batch_size(t.data_shape_zyx, n, method, spherical, n_templates, dev.type,
+                                        max_memory_gb) for t in tile_plan]
+    units = _make_units(len(tile_plan), len(rots), batch_sizes, rotations_per_unit, min_units)
+
+    # ---------------------------------------------------------------- checkpoint key
+    params = {
+        "format": JOB_FORMAT, "version": __version__, "method": method, "voxel": voxel,
+        "rotations_sha": hashlib.sha256(np.ascontiguousarray(rots, np.float64).tobytes()).hexdigest(),
+        "low_pass": low_pass_angstrom, "high_pass": high_pass_angstrom, "whiten": whiten, "wedge": wedge,
+        "ctf": ctf_used, "dose": dose, "cos": cos_weighting, "hand": hand, "hand_mode": hand_mode,
+        "tiles": list(counts), "random_phase": random_phase, "tilt_series": _ts_json(ts),
+        "batch_sizes": batch_sizes, "device_type": dev.type, "units_format": 2,
+    }
+    key_src = json.dumps(params, sort_keys=True) + "".join(_file_digest(p) for p in (tomogram, template, mask))
+    key = hashlib.sha256(key_src.encode()).hexdigest()
+    return MatchPlan(
+        name=name, out_dir=out_dir, tomogram=tomogram, template=template, mask=mask,
+        voxel_size_angstrom=float(voxel), shape_zyx=vol_shape, template_shape_zyx=tuple(tmpl_np.shape),
+        mask_is_spherical=bool(spherical), rotations=rots,
+        angular_step_deg=None if angular_step_deg is None else float(angular_step_deg),
+        particle_diameter_angstrom=None if particle_diameter_angstrom is None else float(particle_diameter_angstrom),
+        symmetry=f"C{n_sym}", method=method, low_pass_angstrom=low_pass_angstrom,
+        high_pass_angstrom=high_pass_angstrom, whiten=bool(whiten), wedge=wedge, ctf=ctf_used, dose=bool(dose),
+        cos_weighting=bool(cos_weighting), hand=hand, hand_mode=hand_mode, tile_counts=tuple(counts),
+        random_phase=bool(random_phase), tilt_series=ts, device=str(dev), max_memory_gb=float(max_memory_gb),
+        tiles=list(tile_plan), batch_sizes=batch_sizes, units=units, key=key,
+        checkpoint_interval_s=float(checkpoint_interval_s))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def prepare_checkpoints(plan: MatchPlan) -> Path:
+    """Create ``<name>_checkpoints/`` with the plan's key; a folder with another key is discarded."""
+    ck_dir = plan.checkpoint_dir
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    if ck_dir.exists():
+        try:
+            old = (ck_dir / "key.txt").read_text().strip()
+        except OSError:
+            old = ""
+        if old != plan.key:
+            shutil.rmtree(ck_dir)
+    ck_dir.mkdir(exist_ok=True)
+    if not (ck_dir / "key.txt").exists():
+        with atomic_path(ck_dir / "key.txt") as tmp:
+            tmp.write_text(plan.key + "\n")
+    return ck_dir
+
+
+def remove_checkpoints(plan: MatchPlan) -> None:
+    """Remove the plan's checkpoint folder (after the outputs are written)."""
+    shutil.rmtree(plan.checkpoint_dir, ignore_errors=True)
+
+
+def _save_unit(plan: MatchPlan, unit: WorkUnit, state: TileState) -> None:
+    path = plan.unit_path(unit)
+    d = state.to_numpy()
+    d.update(key=np.array(plan.key), tile=np.int64(unit.tile), start=np.int64(unit.start),
+             stop=np.int64(unit.stop))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **d)
+
+
+def load_unit(plan: MatchPlan, unit: WorkUnit, device="cpu") -> TileState | None:
+    """The unit's saved state (finished or not), or None if absent, unreadable or of another key."""
+    path = plan.unit_path(unit)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as d:
+            d = dict(d)
+        ok = (str(d.get("key", "")) == plan.key and int(d["tile"]) == unit.tile
+              and int(d["start"]) == unit.start and int(d["stop"]) == unit.stop
+              and unit.start <= int(d["done"]) <= unit.stop
+              and len(d.get("rotation_sums", ())) == int(d["done"]) - unit.start)
+        if not ok:
+            return None
+        return TileState.from_numpy(d, device)
+    except Exception:  # a damaged file is recomputed
+        return None
+
+
+def unit_finished(plan: MatchPlan, unit: WorkUnit) -> bool:
+    """Whether ``unit`` has a finished checkpoint with the plan's key."""
+    st = load_unit(plan, unit)
+    return st is not None and st.done == unit.stop
+
+
+# --------------------------------------------------------------------------- execute
+
+
+@dataclass
+class UnitResult:
+    """Search result of one work unit over its tile's unique region (numpy, picklable).
+
+    ``best`` float32 maximum, ``index`` int32 global index of the first rotation reaching it,
+    ``noise_best`` the phase-randomised template's maximum (or None), ``rotation_sums`` and
+    ``rotation_sumsqs`` float64 sums of the scores per rotation, ``count`` values summed,
+    ``resumed`` rotations restored from a checkpoint instead of computed.
+    """
+
+    unit: WorkUnit
+    best: np.ndarray
+    index: np.ndarray
+    noise_best: np.ndarray | None
+    rotation_sums: np.ndarray
+    rotation_sumsqs: np.ndarray
+    count: int
+    resumed: int = 0
+
+    @classmethod
+    def from_state(cls, unit: WorkUnit, st: TileState, resumed: int = 0) -> "UnitResult":
+        return cls(unit=unit, best=st.best.cpu().numpy(), index=st.index.cpu().numpy().astype(np.int32),
+                   noise_best=None if st.noise_best is None else st.noise_best.cpu().numpy(),
+                   rotation_sums=np.asarray(st.rotation_sums, np.float64),
+                   rotation_sumsqs=np.asarray(st.rotation_sumsqs, np.float64), count=int(st.count),
+                   resumed=int(resumed))
+
+
+@dataclass
+class _Context:
+    volume: torch.Tensor
+    template: np.ndarray
+    mask: np.ndarray
+    random_phase_template: np.ndarray | None
+    whitening: dict = field(default_factory=dict)
+
+
+# per-process caches (a worker running several units of one tomogram/tile reads and filters once)
+_CONTEXTS: dict = {}
+_CORRELATORS: dict = {}
+
+
+def clear_caches() -> None:
+    """Drop the per-process volume and tile caches of :func:`run_unit`."""
+    _CONTEXTS.clear()
+    _CORRELATORS.clear()
+
+
+def _build_context(plan: MatchPlan, dev: torch.device) -> _Context:
+    from .weighting import bandpass
+    vol_np, _ = read_volume(plan.tomogram, plan.voxel_size_angstrom, what="tomogram")
+    tmpl_np, _ = read_volume(plan.template, plan.voxel_size_angstrom, what="template")
+    mask_np, _ = read_volume(plan.mask, plan.voxel_size_angstrom, what="mask")
+    vol_t = torch.as_tensor(np.array(vol_np, np.float32), device=dev)
+    del vol_np
+    vol_t = (vol_t - vol_t.mean()) / vol_t.std().clamp_min(1e-30)
+    voxel, ts, n = plan.voxel_size_angstrom, plan.tilt_series, plan.template_shape_zyx[0]
+    white: dict = {}
+    if plan.whiten:  # estimated once from the unfiltered tomogram, for both grids used
+        from .weighting import whitening_filter
+        inc = None if ts is None else ts.tilt_angles_deg[~ts.excluded]
+        for shape in {tuple(fast_fft_shape(vol_t.shape)), (n, n, n)}:
+            white[shape] = whitening_filter(vol_t, voxel, shape, tilt_angles_deg=inc)
+    if plan.low_pass_angstrom is not None or plan.high_pass_angstrom is not None or plan.whiten:
+        def tomogram_weight(shape):
+            w = bandpass(shape, voxel, plan.low_pass_angstrom, plan.high_pass_angstrom, device=dev)
+            wh = white.get(tuple(shape))
+            return w if wh is None else w * wh.to(dev)
+        vol_t = filter_volume(vol_t, tomogram_weight)
+    rp = phase_randomised_template(tmpl_np, mask_np) if plan.random_phase else None
+    return _Context(vol_t, tmpl_np, mask_np, rp, white)
+
+
+def _context(plan: MatchPlan, dev: torch.device) -> _Context:
+    k = (plan.key, str(dev))
+    if k not in _CONTEXTS:
+        clear_caches()  # one tomogram at a time per process
+        _CONTEXTS[k] = _build_context(plan, dev)
+    return _CONTEXTS[k]
+
+
+def _template_weight(plan: MatchPlan, ctx: _Context, tile: Tile, dev: torch.device):
+    lp, hp, ts = plan.low_pass_angstrom, plan.high_pass_angstrom, plan.tilt_series
+    if plan.wedge == "none" and lp is None and hp is None and not plan.whiten:
+        return None
+    offs = None
+    if ts is not None and plan.hand != 0 and tile.defocus_offsets_um:
+        offs = np.asarray(tile.defocus_offsets_um, float)
+
+    def weight(shape):
+        from .weighting import bandpass, tilt_series_weight
+        wh = ctx.whitening.get(tuple(shape)) if plan.whiten else None
+        if plan.whiten and wh is None:
+            raise RuntimeError(f"no whitening filter for grid {tuple(shape)}")
+        if plan.wedge == "none":
+            w = bandpass(shape, plan.voxel_size_angstrom, lp, hp, device=dev)
+            return w if wh is None else w * wh.to(dev)
+        return tilt_series_weight(ts, shape, plan.voxel_size_angstrom, defocus_offset_um=offs,
+                                  per_tilt=(plan.wedge == "per_tilt"), ctf_mode=plan.ctf,
+                                  dose_weighting=plan.dose, cos_weighting=plan.cos_weighting,
+                                  low_pass_angstrom=lp, high_pass_angstrom=hp, whitening=wh, device=dev)
+    return weight
+
+
+def _correlator(plan: MatchPlan, ti: int, dev: torch.device) -> TileCorrelator:
+    k = (plan.key, str(dev), ti)
+    if k not in _CORRELATORS:
+        ctx = _context(plan, dev)
+        _CORRELATORS.clear()
+        tile = plan.tiles[ti]
+        _CORRELATORS[k] = TileCorrelator(
+            ctx.volume[tile.data_slices], ctx.template, ctx.mask, tile.unique_in_data,
+            weight=_template_weight(plan, ctx, tile, dev), method=plan.method,
+            spherical=plan.mask_is_spherical, random_phase_template=ctx.random_phase_template, device=dev)
+    return _CORRELATORS[k]
+
+
+def run_unit(plan: MatchPlan, unit: WorkUnit, *, device: str | None = None,
+             on_progress: Callable[[int], None] | None = None) -> UnitResult:
+    """Search one work unit, saving its checkpoint (atomically); returns its :class:`UnitResult`.
+
+    A finished checkpoint with the plan's key is returned without computing; an unfinished one
+    is continued. ``device`` overrides the plan's (e.g. the GPU of a worker);
+    ``on_progress(n)`` is called with the number of rotations each batch added. The checkpoint
+    folder must exist (:func:`prepare_checkpoints`).
+    """
+    dev = resolve_device(device or plan.device)
+    state = load_unit(plan, unit, dev)
+    resumed = 0 if state is None else state.done - unit.start
+    if state is None or state.done < unit.stop:
+        tc = _correlator(plan, unit.tile, dev)
+        if state is None:
+            tile = plan.tiles[unit.tile]
+            ushape = tuple(b - a for a, b in zip(tile.unique_start_zyx, tile.unique_stop_zyx))
+            state = TileState.empty(ushape, dev, random_phase=plan.random_phase)
+            state.done = unit.start
+        last = [time.time(), state.done]
+
+        def on_batch(st):
+            if on_progress is not None:
+                on_progress(st.done - last[1])
+            last[1] = st.done
+            now = time.time()
+            if st.done >= unit.stop or now - last[0] >= plan.checkpoint_interval_s:
+                _save_unit(plan, unit, st)
+                last[0] = now
+
+        state = tc.run(plan.rotations, state, batch_size=plan.batch_sizes[unit.tile], on_batch=on_batch,
+                       stop=unit.stop)
+    return UnitResult.from_state(unit, state, resumed)
+
+
+def load_unit_results(plan: MatchPlan) -> list[UnitResult]:
+    """Finished results of all the plan's units from their checkpoints (ValueError if one is missing)."""
+    out = []
+    for u in plan.units:
+        st = load_unit(plan, u)
+        if st is None or st.done != u.stop:
+            raise ValueError(f"unit {u} of {plan.name} has no finished checkpoint in {plan.checkpoint_dir}")
+        out.append(UnitResult.from_state(u, st, resumed=u.stop - u.start))
+    return out
+
+
+# --------------------------------------------------------------------------- merge
+
+
+@dataclass
+class MergedMatch:
+    """Merged maps and statistics of a match job (see :func:`merge_units`)."""
+
+    scores: np.ndarray
+    angles: np.ndarray
+    n_search: int
+    mean: float
+    std: float
+    noise_mean: float | None
+    resumed_rotations: int
+
+
+def merge_units(plan: MatchPlan, results: Sequence[UnitResult]) -> MergedMatch:
+    """Merge unit results into the score/angle maps and search statistics, exactly.
+
+    Per tile the chunks are taken in rotation order; a later chunk wins a voxel only with a
+    strictly larger score, so ties keep the lower rotation index, and the maps equal those of
+    one uninterrupted pass over all rotations whatever the chunking or completion order. The
+    mean and standard deviation come from exactly rounded sums (``math.fsum``) of the
+    per-rotation float64 sums, so they do not depend on the order either.
+    """
+    by_tile: dict[int, list[UnitResult]] = {}
+    for r in results:
+        by_tile.setdefault(r.unit.tile, []).append(r)
+    n_rot = plan.n_rotations
+    scores = np.zeros(plan.shape_zyx, np.float32)
+    angles = np.full(plan.shape_zyx, -1.0, np.float32)
+    noise = np.zeros(plan.shape_zyx, np.float32) if plan.random_phase else None
+    sums: list[np.ndarray] = []
+    sumsqs: list[np.ndarray] = []
+    count = resumed = 0
+    for ti, tile in enumerate(plan.tiles):
+        parts = sorted(by_tile.get(ti, []), key=lambda r: r.unit.start)
+        pos = 0
+        for p in parts:
+            if p.unit.start != pos or len(p.rotation_sums) != p.unit.stop - p.unit.start:
+                break
+            pos = p.unit.stop
+        if pos != n_rot or not parts:
+            raise ValueError(f"tile {ti} of {plan.name}: unit results do not cover rotations 0..{n_rot} once")
+        best = torch.from_numpy(np.array(parts[0].best, np.float32))
+        index = torch.from_numpy(np.array(parts[0].index, np.int32))
+        nb = None if noise is None else torch.from_numpy(np.array(parts[0].noise_best, np.float32))
+        for p in parts[1:]:
+            pb = torch.from_numpy(np.asarray(p.best, np.float32))
+            gt = torch.gt(pb, best)
+            best = torch.maximum(best, pb)
+            index[gt] = torch.from_numpy(np.asarray(p.index, np.int32))[gt]
+            if nb is not None:
+                nb = torch.maximum(nb, torch.from_numpy(np.asarray(p.noise_best, np.float32)))
+        us = tile.unique_slices
+        scores[us] = best.numpy()
+        angles[us] = index.numpy().astype(np.float32)
+        if noise is not None:
+            noise[us] = nb.numpy()
+        for p in parts:
+            sums.append(p.rotation_sums)
+            sumsqs.append(p.rotation_sumsqs)
+            count += int(p.count)
+            resumed += int(p.resumed)
+    noise_mean = None
+    if noise is not None:
+        noise_mean = float(noise.astype(np.float64).mean())
+        scores = (scores.astype(np.float64) - noise + noise_mean).astype(np.float32)
+    total = math.fsum(np.concatenate(sums).tolist())
+    total_sq = math.fsum(np.concatenate(sumsqs).tolist())
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    return MergedMatch(scores=scores, angles=angles, n_search=int(count), mean=mean, std=std,
+                       noise_mean=noise_mean, resumed_rotations=int(resumed))
+
+
+# --------------------------------------------------------------------------- persist
+
+
+def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.0, command: str | None = None,
+                  device: str | None = None) -> dict:
+    """Write the maps, the rotation list and (last) the job file, atomically; returns the job dict."""
+    paths = plan.output_paths()
+    voxel, ts, out_dir = plan.voxel_size_angstrom, plan.tilt_series, plan.out_dir
+    write_volume(paths["scores"], merged.scores, voxel)
+    write_volume(paths["angles"], merged.angles, voxel)
+    write_rotations(paths["rotations"], plan.rotations)
+    relion = None
+    if ts is not None and "size_xyz_unbinned" in ts.extra:
+        relion = {"unbinned_size_xyz": list(ts.extra["size_xyz_unbinned"]),
+                  "tilt_series_pixel_angstrom": ts.pixel_size_angstrom, "tomo_name": ts.name}
+    n_rot, wedge = plan.n_rotations, plan.wedge
+    job: dict[str, Any] = {
+        "tomomatch_version": __version__, "job_format": JOB_FORMAT, "name": plan.name,
+        "tomogram": _rel(plan.tomogram, out_dir), "tomogram_shape_zyx": list(plan.shape_zyx),
+        "voxel_size_angstrom": voxel, "template": _rel(plan.template, out_dir), "mask": _rel(plan.mask, out_dir),
+        "template_shape_zyx": list(plan.template_shape_zyx), "mask_is_spherical": bool(plan.mask_is_spherical),
+        "scores": paths["scores"].name, "angles": paths["angles"].name, "rotations": paths["rotations"].name,
+        "angular_step_deg": plan.angular_step_deg, "symmetry": plan.symmetry, "n_rotations": int(n_rot),
+        "particle_diameter_angstrom": plan.particle_diameter_angstrom,
+        "defocus_handedness": plan.hand, "hand_mode": plan.hand_mode, "tiles": list(plan.tile_counts),
+        "tile_regions": [{"unique_start_zyx": list(t.unique_start_zyx), "unique_stop_zyx": list(t.unique_stop_zyx),
+                          "centre_angstrom_xyz": list(t.centre_angstrom_xyz),
+                          "defocus_offsets_um": list(t.defocus_offsets_um)} for t in plan.tiles],
+        "weighting": {"wedge": wedge, "ctf": plan.ctf, "dose": bool(plan.dose and wedge == "per_tilt"),
+                      "cos": bool(plan.cos_weighting and wedge == "per_tilt"),
+                      "low_pass_angstrom": plan.low_pass_angstrom, "high_pass_angstrom": plan.high_pass_angstrom,
+                      "whitening": bool(plan.whiten), "random_phase": bool(plan.random_phase)},
+        "tilt_series": _ts_json(ts), "relion": relion,
+        "search_statistics": {"n_voxels": int(merged.n_search // max(n_rot, 1)), "n_rotations": int(n_rot),
+                              "n_search": int(merged.n_search), "mean": merged.mean, "std": merged.std},
+        "random_phase_noise_mean": merged.noise_mean, "method": plan.method,
+        "resumed_rotations": int(merged.resumed_rotations),
+        "device": device or plan.device, "elapsed_s": round(float(elapsed_s), 3), "command": command or "",
+    }
+    write_job(paths["job"], job)
+    return job
+
+
+# --------------------------------------------------------------------------- local execution
+
+
+def _pool_init() -> None:  # worker processes of the local pool: one thread each
+    torch.set_num_threads(1)
+
+
+def _pool_unit(plan: MatchPlan, unit: WorkUnit) -> UnitResult:
+    return run_unit(plan, unit)
+
+
+def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> list[UnitResult]:
+    """Run all the plan's units here (``processes == 1``) or in a pool of single-threaded processes.
+
+    Finished units (checkpoints with the plan's key) are loaded, not recomputed. Returns the
+    results in unit order. The checkpoint folder must exist (:func:`prepare_checkpoints`).
+    """
+    if processes < 1:
+        raise InputError(f"{processes} processes; expected >= 1", None, "--processes")
+    results: dict[int, UnitResult] = {}
+    todo = []
+    for u in plan.units:
+        st = load_unit(plan, u)
+        if st is not None and st.done == u.stop:
+            results[u.index] = UnitResult.from_state(u, st, resumed=u.stop - u.start)
+        else:
+            todo.append(u)
+    n_rot_total = sum(u.stop - u.start for u in plan.units)
+    done_rot = sum(u.stop - u.start for u in plan.units if u.index in results)
+    progress = _Progress(len(plan.units), n_rot_total, quiet, len(results), done_rot)
+    try:
+        if processes == 1 or len(todo) <= 1:
+            for u in todo:
+                results[u.index] = run_unit(plan, u, on_progress=lambda k: progress.advance(0, k))
+                progress.advance(1, 0)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            with ProcessPoolExecutor(max_workers=min(processes, len(todo)), mp_context=mp.get_context("spawn"),
+                                     initializer=_pool_init) as pool:
+                futs = {pool.submit(_pool_unit, plan, u): u for u in todo}
+                for f in as_completed(futs):
+                    u = futs[f]
+                    results[u.index] = f.result()
+                    progress.advance(1, u.stop - u.start - results[u.index].resumed)
+    finally:
+        progress.close()
+    return [results[u.index] for u in plan.units]
 
 
 # --------------------------------------------------------------------------- the job
@@ -156,8 +833,12 @@ def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
               tiles: Sequence[int] | str = (1, 1, 1), device: str = "cpu",
               max_memory_gb: float = DEFAULT_MAX_MEMORY_GB, random_phase: bool = False,
               method: str = "fast", quiet: bool = True, checkpoint_interval_s: float = 60.0,
-              batch_size: int | None = None, command: str | None = None) -> dict:
+              batch_size: int | None = None, command: str | None = None, processes: int = 1,
+              rotations_per_unit: int | None = None) -> dict:
     """Template-match a tomogram file and write the outputs; returns the job dict.
+
+    :func:`plan_match` + :func:`execute_local` (skipping finished units) + :func:`merge_units`
+    + :func:`write_outputs`; the checkpoint folder is removed after success.
 
     Parameters
     ----------
@@ -201,254 +882,36 @@ def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
     quiet
         No progress bar.
     checkpoint_interval_s
-        Minimum seconds between rotation-chunk checkpoints (0: after every batch).
+        Minimum seconds between checkpoints inside a work unit (0: after every batch).
     batch_size
         Rotations per batch (default from ``max_memory_gb``).
     command
         The command line, recorded in the job file.
+    processes
+        Work units run in this many single-threaded processes (1: here, in this process).
+        The outputs are identical for any number.
+    rotations_per_unit
+        Rotations per work unit (default: a whole tile, or chunks giving about four units per
+        process).
     """
     t_start = time.time()
-    dev = resolve_device(device)
-    out_dir = Path(out_dir)
-    template, mask, tomogram = Path(template), Path(mask), Path(tomogram)
-    name = name or tomogram.stem
-    if method not in ("fast", "resample", "exact"):
-        raise InputError(f"method {method!r}; expected fast, resample or exact", None, "--method")
-    if hand_mode not in ("full", "pytom"):
-        raise InputError(f"hand mode {hand_mode!r}; expected full or pytom", None, "--hand-mode")
-    if max_memory_gb is None or not max_memory_gb > 0:
-        raise InputError(f"max memory {max_memory_gb!r} GB; expected > 0", None, "--max-memory")
-
-    # ---------------------------------------------------------------- inputs
-    vol_np, voxel = read_volume(tomogram, voxel_size_angstrom, what="tomogram")
-    t_vs = read_voxel_size(template)
-    tmpl_np, _ = read_volume(template, t_vs if t_vs > 0 else voxel, what="template")
-    if t_vs > 0 and abs(t_vs - voxel) > 0.01 * voxel:
-        raise InputError(f"template voxel size {t_vs:g} A differs from the tomogram's {voxel:g} A by more"
-                         " than 1 %; resample the template", template, "voxel size")
-    mask_np, _ = read_volume(mask, voxel, what="mask")
-    n = tmpl_np.shape[0]
-    if tmpl_np.shape != (n, n, n):
-        raise InputError(f"template shape {tmpl_np.shape}; expected a cubic box", template)
-    if mask_np.shape != tmpl_np.shape:
-        raise InputError(f"mask shape {mask_np.shape} differs from the template's {tmpl_np.shape}", mask)
-    if any(n > s for s in vol_np.shape):
-        raise InputError(f"template box {n} is larger than the tomogram {vol_np.shape}", template)
-    if not mask_np.sum() > 0:
-        raise InputError("mask is empty (sum <= 0)", mask)
-
-    ts = tilt_series
-    hand = defocus_handedness
-    if hand is None:
-        hand = ts.hand if (ts is not None and ts.hand is not None) else 0
+    if not isinstance(processes, int) or processes < 1:
+        raise InputError(f"{processes!r} processes; expected an integer >= 1", None, "--processes")
+    plan = plan_match(template, mask, tomogram, out_dir, name=name, voxel_size_angstrom=voxel_size_angstrom,
+                      angular_step_deg=angular_step_deg, particle_diameter_angstrom=particle_diameter_angstrom,
+                      symmetry=symmetry, rotations=rotations, low_pass_angstrom=low_pass_angstrom,
+                      high_pass_angstrom=high_pass_angstrom, whiten=whiten, wedge=wedge, ctf=ctf, dose=dose,
+                      cos_weighting=cos_weighting, tilt_series=tilt_series,
+                      defocus_handedness=defocus_handedness, hand_mode=hand_mode, tiles=tiles, device=device,
+                      max_memory_gb=max_memory_gb, random_phase=random_phase, method=method,
+                      checkpoint_interval_s=checkpoint_interval_s, batch_size=batch_size,
+                      rotations_per_unit=rotations_per_unit, min_units=4 * processes if processes > 1 else 1)
+    prepare_checkpoints(plan)
     try:
-        hand = check_hand(hand)
-    except ValueError as exc:
-        raise InputError(str(exc), None, "--defocus-handedness") from None
-    if wedge is None:
-        wedge = "per_tilt" if ts is not None else "none"
-    wedge = wedge.replace("-", "_")
-    if wedge not in ("none", "binary", "per_tilt"):
-        raise InputError(f"wedge {wedge!r}; expected none, binary or per-tilt", None, "--wedge")
-    if wedge != "none" and ts is None:
-        raise InputError(f"--wedge {wedge} needs tilt metadata (e.g. --tilt-angles)", None, "--wedge")
-    if ctf not in ("signed", "abs", None, "none"):
-        raise InputError(f"ctf {ctf!r}; expected signed, abs or none", None, "--ctf")
-    ctf = None if ctf == "none" else ctf
-    ctf_used = ctf if (ts is not None and ts.has_defocus and wedge != "none") else None
-    # rotations
-    if rotations is None:
-        if angular_step_deg is None:
-            if particle_diameter_angstrom is None:
-                raise InputError("give --angular-step or --particle-diameter", None, "--angular-step")
-            angular_step_deg = crowther_step_deg(particle_diameter_angstrom, voxel, low_pass_angstrom)
-        rots = uniform_rotations(angular_step_deg, symmetry)
-    else:
-        rots = np.asarray(rotations, float).reshape(-1, 3, 3)
-    n_sym = parse_symmetry(symmetry)
-    # tiles
-    tilts_all = None if ts is None else ts.tilt_angles_deg
-    if isinstance(tiles, str):
-        if tiles != "auto":
-            raise InputError(f"--tiles {tiles!r}; expected three counts or 'auto'", None, "--tiles")
-        if ctf_used is None or hand == 0:
-            counts = (1, 1, 1)
-        else:
-            inc = ts.tilt_angles_deg[~ts.excluded]
-            res = max(2 * voxel, low_pass_angstrom or 0.0)
-            counts = auto_tile_counts(vol_np.shape, voxel, n, inc, res, ts.voltage_kv, hand)
-    else:
-        counts = tuple(int(c) for c in tiles)
-        if len(counts) != 3:
-            raise InputError(f"--tiles needs three counts NX NY NZ, got {len(counts)}", None, "--tiles")
-    plan = plan_tiles(vol_np.shape, n, counts, voxel, tilts_all, hand, hand_mode)
-    for t in plan:
-        if any(n > s for s in t.data_shape_zyx):
-            raise InputError(f"template box {n} is larger than tile {t.grid_index_xyz} "
-                             f"{t.data_shape_zyx}; use fewer tiles", None, "--tiles")
-    spherical = is_spherical_mask(mask_np)
-
-    # ---------------------------------------------------------------- weights
-    whitening_cache: dict = {}
-    vol_t = torch.as_tensor(np.array(vol_np, np.float32), device=dev)
-    vol_t = (vol_t - vol_t.mean()) / vol_t.std().clamp_min(1e-30)
-
-    def whitening(shape):
-        if not whiten:
-            return None
-        key = tuple(shape)
-        if key not in whitening_cache:
-            from .weighting import whitening_filter
-            whitening_cache[key] = whitening_filter(vol_t, voxel, key, tilt_angles_deg=(
-                None if ts is None else ts.tilt_angles_deg[~ts.excluded]))
-        return whitening_cache[key]
-
-    def tomogram_weight(shape):
-        from .weighting import bandpass
-        w = bandpass(shape, voxel, low_pass_angstrom, high_pass_angstrom, device=dev)
-        wh = whitening(shape)
-        return w if wh is None else w * wh.to(dev)
-
-    def template_weight_for(tile: Tile):
-        if wedge == "none" and low_pass_angstrom is None and high_pass_angstrom is None and not whiten:
-            return None
-        offs = None
-        if ts is not None and hand != 0 and tile.defocus_offsets_um:
-            offs = np.asarray(tile.defocus_offsets_um, float)
-
-        def weight(shape):
-            from .weighting import bandpass, tilt_series_weight
-            if wedge == "none":
-                w = bandpass(shape, voxel, low_pass_angstrom, high_pass_angstrom, device=dev)
-                wh = whitening(shape)
-                return w if wh is None else w * wh.to(dev)
-            return tilt_series_weight(ts, shape, voxel, defocus_offset_um=offs, per_tilt=(wedge == "per_tilt"),
-                                      ctf_mode=ctf_used, dose_weighting=dose, cos_weighting=cos_weighting,
-                                      low_pass_angstrom=low_pass_angstrom, high_pass_angstrom=high_pass_angstrom,
-                                      whitening=whitening(shape), device=dev)
-        return weight
-
-    # ---------------------------------------------------------------- checkpoint key
-    params = {
-        "format": JOB_FORMAT, "version": __version__, "method": method, "voxel": voxel,
-        "rotations_sha": hashlib.sha256(np.ascontiguousarray(rots, np.float64).tobytes()).hexdigest(),
-        "low_pass": low_pass_angstrom, "high_pass": high_pass_angstrom, "whiten": whiten, "wedge": wedge,
-        "ctf": ctf_used, "dose": dose, "cos": cos_weighting, "hand": hand, "hand_mode": hand_mode,
-        "tiles": list(counts), "random_phase": random_phase, "tilt_series": _ts_json(ts),
-        "batch_size": batch_size, "max_memory_gb": max_memory_gb, "device_type": dev.type,
-    }
-    key_src = json.dumps(params, sort_keys=True) + "".join(_file_digest(p) for p in (tomogram, template, mask))
-    key = hashlib.sha256(key_src.encode()).hexdigest()
-    ck_dir = out_dir / f"{name}_checkpoints"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if ck_dir.exists():
-        try:
-            old = (ck_dir / "key.txt").read_text().strip()
-        except OSError:
-            old = ""
-        if old != key:
-            shutil.rmtree(ck_dir)
-    ck_dir.mkdir(exist_ok=True)
-    (ck_dir / "key.txt").write_text(key + "\n")
-
-    # ---------------------------------------------------------------- search
-    vol_t = filter_volume(vol_t, None if (low_pass_angstrom is None and high_pass_angstrom is None
-                                          and not whiten) else tomogram_weight)
-    rp = phase_randomised_template(tmpl_np, mask_np) if random_phase else None
-    n_rot = len(rots)
-    progress = _Progress(len(plan), n_rot, quiet)
-    scores = np.zeros(vol_np.shape, np.float32)
-    angles = np.full(vol_np.shape, -1.0, np.float32)
-    noise = np.zeros(vol_np.shape, np.float32) if random_phase else None
-    total_sum = total_sumsq = 0.0
-    total_count = 0
-    rot_done_all = 0
-    resumed = 0
-    try:
-        for ti, tile in enumerate(plan):
-            ck = ck_dir / f"tile_{ti:04d}.npz"
-            state = None
-            if ck.exists():
-                with np.load(ck) as d:
-                    state = TileState.from_numpy(dict(d), dev)
-                resumed += state.done
-            if state is None or state.done < n_rot:
-                tc = TileCorrelator(vol_t[tile.data_slices], tmpl_np, mask_np, tile.unique_in_data,
-                                    weight=template_weight_for(tile), method=method, spherical=spherical,
-                                    random_phase_template=rp, device=dev)
-                bs = batch_size or _batch_size(tc, max_memory_gb)
-                last = [time.time()]
-
-                def on_batch(st, ck=ck, ti=ti, last=last):
-                    progress.update(ti, rot_done_all + st.done)
-                    now = time.time()
-                    if st.done >= n_rot or now - last[0] >= checkpoint_interval_s:
-                        _save_state(ck, st)
-                        last[0] = now
-
-                state = tc.run(rots, state, batch_size=bs, on_batch=on_batch)
-                del tc
-            rot_done_all += n_rot
-            progress.update(ti + 1, rot_done_all)
-            us = tile.unique_slices
-            scores[us] = state.best.cpu().numpy()
-            angles[us] = state.index.cpu().numpy().astype(np.float32)
-            if noise is not None:
-                noise[us] = state.noise_best.cpu().numpy()
-            total_sum += state.sum
-            total_sumsq += state.sumsq
-            total_count += state.count
+        results = execute_local(plan, processes, quiet)
     finally:
-        progress.close()
-
-    noise_mean = None
-    if noise is not None:
-        noise_mean = float(noise.astype(np.float64).mean())
-        scores = (scores.astype(np.float64) - noise + noise_mean).astype(np.float32)
-    mean = total_sum / total_count
-    std = math.sqrt(max(total_sumsq / total_count - mean * mean, 0.0))
-
-    # ---------------------------------------------------------------- outputs
-    f_scores = out_dir / f"{name}_scores.mrc"
-    f_angles = out_dir / f"{name}_angles.mrc"
-    f_rot = out_dir / f"{name}_rotations.txt"
-    f_job = out_dir / f"{name}_job.json"
-    write_volume(f_scores, scores, voxel)
-    write_volume(f_angles, angles, voxel)
-    write_rotations(f_rot, rots)
-    relion = None
-    if ts is not None and "size_xyz_unbinned" in ts.extra:
-        relion = {"unbinned_size_xyz": list(ts.extra["size_xyz_unbinned"]),
-                  "tilt_series_pixel_angstrom": ts.pixel_size_angstrom, "tomo_name": ts.name}
-    job: dict[str, Any] = {
-        "tomomatch_version": __version__, "job_format": JOB_FORMAT, "name": name,
-        "tomogram": _rel(tomogram, out_dir), "tomogram_shape_zyx": list(vol_np.shape),
-        "voxel_size_angstrom": voxel, "template": _rel(template, out_dir), "mask": _rel(mask, out_dir),
-        "template_shape_zyx": list(tmpl_np.shape), "mask_is_spherical": bool(spherical),
-        "scores": f_scores.name, "angles": f_angles.name, "rotations": f_rot.name,
-        "angular_step_deg": None if angular_step_deg is None else float(angular_step_deg),
-        "symmetry": f"C{n_sym}", "n_rotations": int(n_rot),
-        "particle_diameter_angstrom": None if particle_diameter_angstrom is None else float(particle_diameter_angstrom),
-        "defocus_handedness": hand, "hand_mode": hand_mode, "tiles": list(counts),
-        "tile_regions": [{"unique_start_zyx": list(t.unique_start_zyx), "unique_stop_zyx": list(t.unique_stop_zyx),
-                          "centre_angstrom_xyz": list(t.centre_angstrom_xyz),
-                          "defocus_offsets_um": list(t.defocus_offsets_um)} for t in plan],
-        "weighting": {"wedge": wedge, "ctf": ctf_used, "dose": bool(dose and wedge == "per_tilt"),
-                      "cos": bool(cos_weighting and wedge == "per_tilt"),
-                      "low_pass_angstrom": low_pass_angstrom, "high_pass_angstrom": high_pass_angstrom,
-                      "whitening": bool(whiten), "random_phase": bool(random_phase)},
-        "tilt_series": _ts_json(ts), "relion": relion,
-        "search_statistics": {"n_voxels": int(total_count // max(n_rot, 1)), "n_rotations": int(n_rot),
-                              "n_search": int(total_count), "mean": mean, "std": std},
-        "random_phase_noise_mean": noise_mean, "method": method, "resumed_rotations": int(resumed),
-        "device": str(dev), "elapsed_s": round(time.time() - t_start, 3), "command": command or "",
-    }
-    write_job(f_job, job)
-    shutil.rmtree(ck_dir, ignore_errors=True)
+        clear_caches()
+    merged = merge_units(plan, results)
+    job = write_outputs(plan, merged, elapsed_s=time.time() - t_start, command=command)
+    remove_checkpoints(plan)
     return job
-
-
-def _save_state(path: Path, state: TileState) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **state.to_numpy())

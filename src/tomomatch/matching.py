@@ -551,7 +551,9 @@ class TileState:
     """Running state of one tile's search (what a checkpoint stores).
 
     ``best``/``index`` cover the tile's unique region; ``sum``/``sumsq`` are float64 sums of
-    every score value searched there; ``done`` is the number of rotations processed (in order).
+    every score value searched there; ``done`` is the number of rotations processed (in order,
+    the index of the next rotation). ``rotation_sums``/``rotation_sumsqs`` hold the same sums
+    per rotation processed (so that partial states merge exactly in any grouping).
     """
 
     best: torch.Tensor
@@ -561,6 +563,8 @@ class TileState:
     sumsq: float = 0.0
     count: int = 0
     done: int = 0
+    rotation_sums: list = field(default_factory=list)
+    rotation_sumsqs: list = field(default_factory=list)
 
     @classmethod
     def empty(cls, shape, device, random_phase: bool = False) -> "TileState":
@@ -572,7 +576,9 @@ class TileState:
     def to_numpy(self) -> dict:
         d = {"best": self.best.cpu().numpy(), "index": self.index.cpu().numpy(),
              "sum": np.float64(self.sum), "sumsq": np.float64(self.sumsq),
-             "count": np.int64(self.count), "done": np.int64(self.done)}
+             "count": np.int64(self.count), "done": np.int64(self.done),
+             "rotation_sums": np.asarray(self.rotation_sums, np.float64),
+             "rotation_sumsqs": np.asarray(self.rotation_sumsqs, np.float64)}
         if self.noise_best is not None:
             d["noise_best"] = self.noise_best.cpu().numpy()
         return d
@@ -584,7 +590,9 @@ class TileState:
                    index=torch.as_tensor(np.asarray(d["index"], np.int32), device=device),
                    noise_best=None if nb is None else torch.as_tensor(np.asarray(nb), device=device),
                    sum=float(d["sum"]), sumsq=float(d["sumsq"]), count=int(d["count"]),
-                   done=int(d["done"]))
+                   done=int(d["done"]),
+                   rotation_sums=[float(v) for v in d["rotation_sums"]] if "rotation_sums" in d else [],
+                   rotation_sumsqs=[float(v) for v in d["rotation_sumsqs"]] if "rotation_sumsqs" in d else [])
 
 
 class TileCorrelator:
@@ -782,8 +790,11 @@ class TileCorrelator:
 
     # ------------------------------------------------------------------ running max
     def run(self, rotations: np.ndarray, state: TileState | None = None, batch_size: int = 4,
-            on_batch: Callable[[TileState], None] | None = None) -> TileState:
+            on_batch: Callable[[TileState], None] | None = None, stop: int | None = None) -> TileState:
         """Process rotations ``state.done`` onward in batches, updating the running state.
+
+        ``stop`` (default: all) ends the run before that rotation index (a rotation chunk
+        ``[state.done, stop)``; rotation indices stay global).
 
         ``on_batch(state)`` is called after each batch (progress, checkpoints). Rotation order
         and batch boundaries (multiples of ``batch_size`` from 0) are fixed, so a resumed run
@@ -794,17 +805,17 @@ class TileCorrelator:
         if small and threads > 1:  # small tiles: one thread is faster (no barriers per op)
             torch.set_num_threads(1)
         try:
-            return self._run(rotations, state, batch_size, on_batch)
+            return self._run(rotations, state, batch_size, on_batch, stop)
         finally:
             if small and threads > 1:
                 torch.set_num_threads(threads)
 
-    def _run(self, rotations, state, batch_size, on_batch) -> TileState:
+    def _run(self, rotations, state, batch_size, on_batch, stop=None) -> TileState:
         rotations = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
         ushape = tuple(s.stop - s.start for s in self.unique)
         if state is None:
             state = TileState.empty(ushape, self.device, random_phase=len(self.templates) > 1)
-        n = len(rotations)
+        n = len(rotations) if stop is None else min(int(stop), len(rotations))
         start = state.done
         gt = torch.empty(ushape, dtype=torch.bool, device=self.device)
         while start < n:
@@ -813,8 +824,11 @@ class TileCorrelator:
             for b in range(sc[0].shape[0]):
                 s = sc[0][b]
                 # per-rotation float32 sums (cascade summation), accumulated in float64
-                state.sum += float(s.sum())
-                state.sumsq += _sum_of_squares(s)
+                rs, rq = float(s.sum()), _sum_of_squares(s)
+                state.sum += rs
+                state.sumsq += rq
+                state.rotation_sums.append(rs)
+                state.rotation_sumsqs.append(rq)
                 state.count += int(s.numel())
                 torch.gt(s, state.best, out=gt)
                 torch.maximum(state.best, s, out=state.best)

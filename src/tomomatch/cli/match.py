@@ -66,6 +66,11 @@ def register(subparsers) -> None:
                         "resample: cheaper, ~1%% approximate; exact: real-space reference path")
     p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="S",
                    help="seconds between rotation-chunk checkpoints")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="run the work units (tile x rotation chunk) in N single-threaded processes; "
+                        "outputs are identical for any N")
+    p.add_argument("--rotations-per-unit", type=int, default=None, metavar="K",
+                   help="rotations per work unit (default: a whole tile, or about 4 units per process)")
     p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tilt_metadata_arguments(p)
@@ -84,6 +89,7 @@ def run(args) -> int:
         tiles=_tiles(args.tiles), device=args.device, max_memory_gb=args.max_memory,
         random_phase=args.random_phase, method=args.method, quiet=args.quiet,
         checkpoint_interval_s=args.checkpoint_interval, batch_size=args.batch_size,
+        processes=args.processes, rotations_per_unit=args.rotations_per_unit,
         command=" ".join(shlex.quote(a) for a in ["tomomatch"] + sys.argv[1:]))
     st = job["search_statistics"]
     if not args.quiet:
