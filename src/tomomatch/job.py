@@ -535,7 +535,29 @@ def clear_caches() -> None:
     _CORRELATORS.clear()
 
 
+class _one_torch_thread:
+    """Set-up work (normalisation, filters, weights) on one torch thread: vectorised and scalar
+    code paths of some elementwise functions round differently, and how a tensor is split among
+    threads decides which path each element takes; one thread makes the set-up, and so the
+    scores, independent of the thread count of the process running a unit."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        if self.n > 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.n > 1:
+            torch.set_num_threads(self.n)
+        return False
+
+
 def _build_context(plan: MatchPlan, dev: torch.device) -> _Context:
+    with _one_torch_thread():
+        return _build_context_1(plan, dev)
+
+
+def _build_context_1(plan: MatchPlan, dev: torch.device) -> _Context:
     from .weighting import bandpass
     vol_np, _ = read_volume(plan.tomogram, plan.voxel_size_angstrom, what="tomogram")
     tmpl_np, _ = read_volume(plan.template, plan.voxel_size_angstrom, what="template")
@@ -597,10 +619,11 @@ def _correlator(plan: MatchPlan, ti: int, dev: torch.device) -> TileCorrelator:
         ctx = _context(plan, dev)
         _CORRELATORS.clear()
         tile = plan.tiles[ti]
-        _CORRELATORS[k] = TileCorrelator(
-            ctx.volume[tile.data_slices], ctx.template, ctx.mask, tile.unique_in_data,
-            weight=_template_weight(plan, ctx, tile, dev), method=plan.method,
-            spherical=plan.mask_is_spherical, random_phase_template=ctx.random_phase_template, device=dev)
+        with _one_torch_thread():
+            _CORRELATORS[k] = TileCorrelator(
+                ctx.volume[tile.data_slices], ctx.template, ctx.mask, tile.unique_in_data,
+                weight=_template_weight(plan, ctx, tile, dev), method=plan.method,
+                spherical=plan.mask_is_spherical, random_phase_template=ctx.random_phase_template, device=dev)
     return _CORRELATORS[k]
 
 
@@ -762,7 +785,7 @@ def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.
         "search_statistics": {"n_voxels": int(merged.n_search // max(n_rot, 1)), "n_rotations": int(n_rot),
                               "n_search": int(merged.n_search), "mean": merged.mean, "std": merged.std},
         "random_phase_noise_mean": merged.noise_mean, "method": plan.method,
-        "resumed_rotations": int(merged.resumed_rotations),
+        "resumed_rotations": int(merged.resumed_rotations), "plan_key": plan.key,
         "device": device or plan.device, "elapsed_s": round(float(elapsed_s), 3), "command": command or "",
     }
     write_job(paths["job"], job)

@@ -19,7 +19,7 @@ from ..errors import InputError
 COMMANDS: list[str] = [
     "template", "mask",
     "metadata",
-    "match",
+    "match", "batch",
     "extract", "merge-stars",
     "simulate",
     "hand", "compare-hands",

@@ -1,0 +1,101 @@
+"""``tomomatch batch``: match and extract many tomograms on a Dask cluster (:func:`tomomatch.distributed.run_batch`)."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from ..job import DEFAULT_MAX_MEMORY_GB
+from .match import _tiles
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "batch", help="match + extract (+ hand) a list of tomograms on a Dask cluster",
+        description=(
+            "Template-match every tomogram of a list (RELION 5 tomograms.star, or a TSV/CSV table with a "
+            "'tomogram' column and metadata columns; see docs/batch.md), then extract particles (and "
+            "optionally check the defocus hand). Work units (tile x rotation chunk) run as Dask futures on "
+            "a local cluster (default), an existing scheduler (--scheduler) or SLURM (--slurm-config); "
+            "results equal 'tomomatch match' run on one process. Started again, finished units and "
+            "tomograms are not computed again. OUTDIR must be shared by all workers."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-l", "--list", required=True, metavar="FILE",
+                   help="tomograms.star (RELION 5) or a .tsv/.csv table of tomograms")
+    p.add_argument("-t", "--template", required=True, metavar="MRC", help="template (cubic box, tomogram contrast)")
+    p.add_argument("-m", "--mask", required=True, metavar="MRC", help="mask, same box as the template")
+    p.add_argument("-d", "--out-dir", required=True, metavar="OUTDIR", help="output folder (shared file system)")
+    g = p.add_argument_group("matching (as tomomatch match)")
+    ang = g.add_mutually_exclusive_group(required=True)
+    ang.add_argument("--angular-step", type=float, metavar="DEG", help="angular step in degrees")
+    ang.add_argument("--particle-diameter", type=float, metavar="A",
+                     help="particle diameter (Angstrom): Crowther step; also the extraction's exclusion diameter")
+    g.add_argument("--symmetry", default="C1", help="cyclic symmetry Cn about the template z axis")
+    g.add_argument("--low-pass", type=float, metavar="A", help="low-pass resolution (Angstrom)")
+    g.add_argument("--high-pass", type=float, metavar="A", help="high-pass resolution (Angstrom)")
+    g.add_argument("--whiten", action="store_true", help="spectral whitening estimated from each tomogram")
+    g.add_argument("--wedge", choices=["none", "binary", "per-tilt"], default=None,
+                   help="template weighting (default: per-tilt with tilt metadata, else none)")
+    g.add_argument("--ctf", choices=["signed", "abs", "none"], default="signed", help="CTF in the wedge")
+    g.add_argument("--no-dose", action="store_true", help="no exposure (dose) filter")
+    g.add_argument("--defocus-handedness", type=int, choices=[1, -1, 0], default=None,
+                   help="defocus hand h (default: from the metadata, else 0)")
+    g.add_argument("--hand-mode", choices=["full", "pytom"], default="full", help="defocus offset formula")
+    g.add_argument("--tiles", nargs="+", default=["1", "1", "1"], metavar="N", help="tile counts NX NY NZ or 'auto'")
+    g.add_argument("--max-memory", type=float, default=DEFAULT_MAX_MEMORY_GB, metavar="GB",
+                   help="memory budget per worker for rotation batches")
+    g.add_argument("--random-phase", action="store_true", help="subtract a phase-randomised template's maximum")
+    g.add_argument("--method", choices=["fast", "resample", "exact"], default="fast", help="matching path")
+    g.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="S",
+                   help="seconds between checkpoints inside a work unit")
+    e = p.add_argument_group("extraction (as tomomatch extract)")
+    e.add_argument("--no-extract", action="store_true", help="match only")
+    e.add_argument("-n", "--max-particles", type=int, default=1000, help="largest number of particles per tomogram")
+    e.add_argument("--cutoff-method", choices=("tail", "gaussian", "fixed"), default=None,
+                   help="cut-off: tail fit (default), gaussian, or fixed (--cutoff)")
+    e.add_argument("--cutoff", type=float, help="fixed score cut-off")
+    e.add_argument("--false-alarms", type=float, default=1.0, help="expected false peaks per tomogram")
+    e.add_argument("--format", choices=("relion5", "relion4", "warp"), default="relion5", help="STAR flavour")
+    p.add_argument("--hand", action="store_true", help="also run the defocus-hand check (tomomatch hand) per tomogram")
+    c = p.add_argument_group("cluster")
+    c.add_argument("--scheduler", metavar="ADDRESS", help="existing Dask scheduler, e.g. tcp://host:8786")
+    c.add_argument("--slurm-config", metavar="YAML", help="SLURM via dask-jobqueue (see docs/slurm-example.yaml)")
+    c.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local workers (default: one per GPU with CUDA, else one per CPU core)")
+    c.add_argument("--threads-per-worker", type=int, default=1, metavar="N", help="threads per local worker")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda (each worker's GPU) or cuda:N")
+    c.add_argument("--rotations-per-unit", type=int, default=None, metavar="K",
+                   help="rotations per work unit (default: about 4 units per worker and tomogram)")
+    c.add_argument("--dashboard-address", default=":8787", metavar="ADDR",
+                   help="dashboard of a local/SLURM scheduler ('none': no dashboard)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..distributed import run_batch
+    from ..errors import InputError
+
+    if args.cutoff is not None and args.cutoff_method not in (None, "fixed"):
+        raise InputError(f"--cutoff given with --cutoff-method {args.cutoff_method}", None, "--cutoff")
+    match = dict(angular_step_deg=args.angular_step, particle_diameter_angstrom=args.particle_diameter,
+                 symmetry=args.symmetry, low_pass_angstrom=args.low_pass, high_pass_angstrom=args.high_pass,
+                 whiten=args.whiten, wedge=args.wedge, ctf=None if args.ctf == "none" else args.ctf,
+                 dose=not args.no_dose, defocus_handedness=args.defocus_handedness, hand_mode=args.hand_mode,
+                 tiles=_tiles(args.tiles), max_memory_gb=args.max_memory, random_phase=args.random_phase,
+                 method=args.method, checkpoint_interval_s=args.checkpoint_interval)
+    extract = None
+    if not args.no_extract:
+        extract = dict(max_particles=args.max_particles, particle_diameter_angstrom=args.particle_diameter,
+                       cutoff=args.cutoff, cutoff_method=args.cutoff_method, false_alarms=args.false_alarms,
+                       format=args.format)
+    dash = None if str(args.dashboard_address).lower() == "none" else args.dashboard_address
+    result = run_batch(args.list, args.template, args.mask, args.out_dir, match=match, extract=extract,
+                       hand={} if args.hand else None, scheduler=args.scheduler, slurm_config=args.slurm_config,
+                       n_workers=args.workers, threads_per_worker=args.threads_per_worker, device=args.device,
+                       rotations_per_unit=args.rotations_per_unit, quiet=args.quiet, dashboard_address=dash,
+                       command=" ".join(shlex.quote(a) for a in ["tomomatch"] + sys.argv[1:]))
+    failed = [r for r in result if "error" in r]
+    for r in failed:
+        print(f"tomomatch batch: {r['name']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,548 @@
+"""Many tomograms on a Dask cluster: match (tile x rotation-chunk work units), merge, extract, hand.
+
+:func:`run_batch` plans every tomogram of a list with :func:`tomomatch.job.plan_match`, submits
+its work units (:class:`tomomatch.job.WorkUnit`: one tile, one rotation chunk) to a
+``dask.distributed`` cluster as futures, and per tomogram, once all its units are done, a
+finishing task that merges them exactly (:func:`tomomatch.job.merge_units`), writes the match
+outputs and runs extraction (and optionally the hand check). Results are identical to
+``tomomatch match`` on one process: units are deterministic and the merge does not depend on
+the order in which units finish.
+
+Faults and restarts
+    Each unit writes its checkpoint file (atomically) into ``<out>/<name>_checkpoints/`` on
+    the shared file system. A worker that dies mid-task has its task run again elsewhere by
+    the scheduler (same result). Started again, a batch skips units whose checkpoint is
+    finished and tomograms whose ``<name>_job.json`` carries the same plan key, so finished
+    work is not computed again.
+
+Clusters
+    A :class:`distributed.LocalCluster` by default (one single-threaded worker per GPU when
+    matching on CUDA, else one per CPU core), an existing scheduler (``scheduler="tcp://..."``)
+    or SLURM through ``dask_jobqueue.SLURMCluster`` configured by a YAML file
+    (:func:`read_slurm_config`, example in ``docs/slurm-example.yaml``).
+
+Input lists (:func:`read_tomogram_list`)
+    A RELION 5 ``tomograms.star`` (tomogram = ``rlnTomoReconstructedTomogram``, metadata from
+    the star file) or a TSV/CSV table with a ``tomogram`` column and optional metadata columns.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import InputError
+from .job import (MatchPlan, WorkUnit, load_unit, load_unit_results, merge_units, plan_match,
+                  prepare_checkpoints, remove_checkpoints, run_unit, write_outputs)
+from .mrcio import atomic_path
+
+__all__ = ["BatchEntry", "TABLE_COLUMNS", "read_tomogram_list", "read_slurm_config", "make_cluster",
+           "run_batch"]
+
+# Table columns -> tomomatch.metadata.load_tilt_series keyword (None: handled here)
+TABLE_COLUMNS: dict[str, str | None] = {
+    "tomogram": None, "name": None,
+    "tilt_angles": "tilt_angles", "dose": "dose", "dose_per_tilt": "dose_per_tilt", "defocus": "defocus",
+    "relion5": "relion5", "tomo_name": "tomo_name", "warp_xml": "warp_xml", "mdoc": "mdoc", "aln": "aln",
+    "voltage_kv": "voltage_kv", "cs_mm": "cs_mm", "amplitude_contrast": "amplitude_contrast",
+    "phase_shift_deg": "phase_shift_deg", "hand": "hand",
+}
+_PATH_COLUMNS = ("tomogram", "tilt_angles", "dose", "relion5", "warp_xml", "mdoc", "aln")
+_NUMBER_COLUMNS = ("voltage_kv", "cs_mm", "amplitude_contrast", "phase_shift_deg")
+
+
+@dataclass
+class BatchEntry:
+    """One tomogram of a batch: output base ``name``, ``tomogram`` path and its tilt series (or None)."""
+
+    name: str
+    tomogram: Path
+    tilt_series: Any = None
+
+
+# --------------------------------------------------------------------------- input lists
+
+
+def _resolve(value: str, base: Path) -> Path:
+    """A path from a list: absolute as is, else relative to the list's folder, then the current one
+    and then the list folder's parents (a RELION project directory lies above its job folders)."""
+    v = Path(value)
+    if v.is_absolute():
+        return v
+    cands = [base / v, Path.cwd() / v] + [p / v for p in base.parents]
+    for c in cands:
+        if c.exists():
+            return c
+    return base / v
+
+
+def _read_relion_list(path: Path) -> list[BatchEntry]:
+    from .metadata import list_relion5_tomograms, load_tilt_series
+    out = []
+    for name in list_relion5_tomograms(path):
+        ts = load_tilt_series(relion5=path, tomo_name=name)
+        rec = ts.extra.get("reconstructed_tomogram")
+        if rec in (None, "", "None"):
+            raise InputError(f"tomogram {name!r} has no rlnTomoReconstructedTomogram", path,
+                             "rlnTomoReconstructedTomogram")
+        out.append(BatchEntry(str(name), _resolve(str(rec), path.resolve().parent), ts))
+    return out
+
+
+def _read_table(path: Path) -> list[BatchEntry]:
+    import pandas as pd
+    from .metadata import load_tilt_series
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    try:
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment="#")
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read the tomogram table ({exc})", path) from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if "tomogram" not in df.columns:
+        raise InputError(f"no 'tomogram' column (columns: {', '.join(df.columns) or 'none'}; "
+                         f"{'comma' if sep == ',' else 'tab'}-separated expected)", path, "tomogram")
+    unknown = [c for c in df.columns if c not in TABLE_COLUMNS]
+    if unknown:
+        raise InputError(f"unknown column(s) {', '.join(unknown)}; expected {', '.join(TABLE_COLUMNS)}", path)
+    if len(df) == 0:
+        raise InputError("the table lists no tomograms", path)
+    base = path.resolve().parent
+    out = []
+    for i, row in df.iterrows():
+        line = f"row {i + 1}"
+        cells = {c: str(row[c]).strip() for c in df.columns if str(row[c]).strip() != ""}
+        if "tomogram" not in cells:
+            raise InputError("empty tomogram cell", path, line)
+        kw: dict[str, Any] = {}
+        for col, val in cells.items():
+            dest = TABLE_COLUMNS[col]
+            if dest is None:
+                continue
+            if col in _PATH_COLUMNS:
+                kw[dest] = _resolve(val, base)
+            elif col in _NUMBER_COLUMNS:
+                try:
+                    kw[dest] = float(val)
+                except ValueError:
+                    raise InputError(f"{col} {val!r} is not a number", path, line) from None
+            elif col == "hand":
+                try:
+                    kw[dest] = int(val)
+                except ValueError:
+                    raise InputError(f"hand {val!r}; expected 1, -1 or 0", path, line) from None
+            elif col == "dose_per_tilt":
+                kw[dest] = val.lower() in ("1", "true", "yes")
+            elif col == "defocus":  # a file or one number in micrometres
+                try:
+                    float(val)
+                    kw[dest] = val
+                except ValueError:
+                    kw[dest] = _resolve(val, base)
+            else:
+                kw[dest] = val
+        sources = ("tilt_angles", "relion5", "warp_xml", "mdoc", "aln")
+        ts = load_tilt_series(**kw) if any(s in kw for s in sources) else None
+        if ts is None and len(kw) > 0 and not set(kw) <= {"hand"}:
+            raise InputError("metadata columns without a tilt-angle source (tilt_angles, relion5, "
+                             "warp_xml, mdoc or aln)", path, line)
+        tomo = _resolve(cells["tomogram"], base)
+        name = cells.get("name") or (cells.get("tomo_name") or tomo.stem)
+        out.append(BatchEntry(name, tomo, ts))
+    return out
+
+
+def read_tomogram_list(path) -> list[BatchEntry]:
+    """Read a list of tomograms to match.
+
+    Parameters
+    ----------
+    path
+        A RELION 5 ``tomograms.star`` (``.star``): every ``rlnTomoName``, its tomogram
+        ``rlnTomoReconstructedTomogram`` and its metadata (tilt angles, dose, defocus, hand).
+        Or a table, tab-separated (``.tsv``, ``.txt``) or comma-separated (``.csv``), one row per
+        tomogram with a header row. Columns: ``tomogram`` (required, MRC path), ``name``
+        (output base name; default ``tomo_name`` or the file stem) and optional metadata, as in
+        ``tomomatch match``: ``tilt_angles``, ``dose``, ``dose_per_tilt``, ``defocus`` (file or
+        micrometres), ``relion5`` + ``tomo_name``, ``warp_xml``, ``mdoc``, ``aln``,
+        ``voltage_kv``, ``cs_mm``, ``amplitude_contrast``, ``phase_shift_deg``, ``hand``. Empty
+        cells are absent values; relative paths are relative to the list's folder.
+
+    Returns
+    -------
+    list of BatchEntry
+
+    Raises
+    ------
+    InputError
+        Unreadable list, missing/unknown column, a missing tomogram file, repeated names.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("tomogram list not found", p)
+    entries = _read_relion_list(p) if p.suffix.lower() == ".star" else _read_table(p)
+    seen: dict[str, Path] = {}
+    for e in entries:
+        if not e.tomogram.is_file():
+            raise InputError(f"tomogram {e.name!r} not found: {e.tomogram}", p, "tomogram")
+        if e.name in seen:
+            raise InputError(f"name {e.name!r} appears twice ({seen[e.name]} and {e.tomogram}); "
+                             "give a name column", p, "name")
+        seen[e.name] = e.tomogram
+    return entries
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def read_slurm_config(path) -> dict[str, Any]:
+    """Read a YAML SLURM configuration for :class:`dask_jobqueue.SLURMCluster`.
+
+    The file holds a mapping with ``cluster`` (keyword arguments of ``SLURMCluster``: queue,
+    account, cores, processes, memory, walltime, job_extra_directives, job_script_prologue,
+    ...) and either ``scale`` (``{jobs: N}`` or ``{workers: N}``) or ``adapt``
+    (``{minimum_jobs: A, maximum_jobs: B}``). Returns ``{"cluster": {...}, "scale": {...}}``
+    or ``{"cluster": {...}, "adapt": {...}}``. Raises :class:`InputError` for anything else.
+    """
+    import yaml
+    p = Path(path)
+    try:
+        cfg = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read SLURM config ({exc.strerror or exc})", p) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", p) from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("cluster"), dict):
+        raise InputError("expected a mapping with a 'cluster' mapping (SLURMCluster arguments)", p, "cluster")
+    extra = set(cfg) - {"cluster", "scale", "adapt"}
+    if extra:
+        raise InputError(f"unknown key(s) {', '.join(sorted(extra))}; expected cluster, scale, adapt", p)
+    if ("scale" in cfg) == ("adapt" in cfg):
+        raise InputError("give exactly one of 'scale' (jobs: N) and 'adapt' (minimum_jobs, maximum_jobs)", p)
+    out: dict[str, Any] = {"cluster": dict(cfg["cluster"])}
+    if "scale" in cfg:
+        s = cfg["scale"]
+        if not isinstance(s, dict) or set(s) - {"jobs", "workers"} or len(s) != 1 or \
+                not isinstance(next(iter(s.values())), int) or next(iter(s.values())) < 1:
+            raise InputError("'scale' must be {jobs: N} or {workers: N} with N >= 1", p, "scale")
+        out["scale"] = dict(s)
+    else:
+        a = cfg["adapt"]
+        allowed = {"minimum_jobs", "maximum_jobs", "minimum", "maximum"}
+        if not isinstance(a, dict) or not a or set(a) - allowed or \
+                not all(isinstance(v, int) and v >= 0 for v in a.values()):
+            raise InputError("'adapt' must map minimum_jobs/maximum_jobs to integers", p, "adapt")
+        out["adapt"] = dict(a)
+    return out
+
+
+def make_cluster(*, scheduler: str | None = None, slurm_config=None, n_workers: int | None = None,
+                 threads_per_worker: int = 1, use_gpus: bool = False, dashboard_address: str | None = ":8787"):
+    """A Dask cluster (or None with an existing ``scheduler`` address) for :func:`run_batch`.
+
+    Returns ``(cluster, address)``: ``cluster`` is None for an existing scheduler. SLURM:
+    ``dask_jobqueue.SLURMCluster(**config["cluster"])`` then ``scale(**config["scale"])`` or
+    ``adapt(**config["adapt"])``. Local: ``LocalCluster`` of single-threaded worker processes,
+    one per GPU (``use_gpus``) or per CPU core, unless ``n_workers`` is given.
+    """
+    if sum(x is not None for x in (scheduler, slurm_config)) > 1:
+        raise InputError("give at most one of --scheduler and --slurm-config", None, "--scheduler")
+    if scheduler is not None:
+        return None, scheduler
+    if slurm_config is not None:
+        cfg = read_slurm_config(slurm_config)
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError:
+            raise InputError("SLURM needs dask-jobqueue (pip install 'tomomatch[slurm]')", slurm_config) from None
+        kw = dict(cfg["cluster"])
+        if dashboard_address is not None:
+            kw.setdefault("scheduler_options", {}).setdefault("dashboard_address", dashboard_address)
+        try:
+            cluster = SLURMCluster(**kw)
+        except TypeError as exc:
+            raise InputError(f"SLURMCluster rejected the configuration ({exc})", slurm_config, "cluster") from None
+        if "scale" in cfg:
+            cluster.scale(**cfg["scale"])
+        else:
+            cluster.adapt(**cfg["adapt"])
+        return cluster, cluster.scheduler_address
+    from distributed import LocalCluster
+    if n_workers is None:
+        if use_gpus:
+            import torch
+            n_workers = max(1, torch.cuda.device_count())
+        else:
+            n_workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                            else (os.cpu_count() or 1)) // max(1, threads_per_worker)
+            n_workers = max(1, n_workers)
+    if n_workers < 1 or threads_per_worker < 1:
+        raise InputError(f"{n_workers} workers x {threads_per_worker} threads; expected >= 1", None, "--workers")
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                           dashboard_address=dashboard_address)
+    return cluster, cluster.scheduler_address
+
+
+# --------------------------------------------------------------------------- tasks (run on workers)
+
+
+def _worker_device(device: str) -> str:
+    """``cuda`` without an index: the GPU of this worker (LocalCluster names workers 0, 1, ...)."""
+    if device != "cuda":
+        return device
+    import torch
+    try:
+        from distributed import get_worker
+        name = get_worker().name
+        idx = int(name) if not isinstance(name, str) else int(name.rsplit("-", 1)[-1])
+        return f"cuda:{idx % max(1, torch.cuda.device_count())}"
+    except Exception:
+        return "cuda"
+
+
+def _plan_task(plan: MatchPlan) -> MatchPlan:
+    return plan
+
+
+def _unit_task(plan: MatchPlan, unit: WorkUnit, before_unit: Callable | None = None) -> int:
+    """Run one unit into its checkpoint file; returns the number of rotations computed.
+
+    A unit whose checkpoint is finished (e.g. a task run again because the worker holding its
+    result died) is not computed again, and ``before_unit`` is not called for it.
+    """
+    st = load_unit(plan, unit)
+    if st is not None and st.done == unit.stop:
+        return 0
+    if before_unit is not None:
+        before_unit(plan, unit)
+    res = run_unit(plan, unit, device=_worker_device(plan.device))
+    return unit.stop - unit.start - res.resumed
+
+
+def _finish_task(plan: MatchPlan, *unit_results, match_done: bool = False, extract: dict | None = None,
+                 hand: dict | None = None, started: float = 0.0, command: str = "") -> dict:
+    """Merge a tomogram's units, write its outputs, then extract (and hand); returns a summary."""
+    paths = plan.output_paths()
+    if not match_done:
+        merged = merge_units(plan, load_unit_results(plan))
+        write_outputs(plan, merged, elapsed_s=time.time() - started, command=command,
+                      device=_worker_device(plan.device))
+        remove_checkpoints(plan)
+    summary: dict[str, Any] = {"name": plan.name, "tomogram": str(plan.tomogram), "job": str(paths["job"]),
+                               "matched": not match_done, "units": len(plan.units)}
+    if extract is not None:
+        from .extract import extract_candidates
+        from .particles import write_particles
+        kw = dict(extract)
+        fmt = kw.pop("format", "relion5")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            df = extract_candidates(paths["job"], **kw)
+        out = plan.out_dir / f"{plan.name}_particles.star"
+        write_particles(df, out, fmt, str(paths["job"]))
+        summary.update(particles=str(out), n_particles=int(len(df)), cutoff=float(df.attrs.get("cutoff", math.nan)))
+    if hand is not None:
+        from .hand import run_hand
+        kw = dict(hand)
+        kw.setdefault("figure", False)
+        particles = None
+        if extract is not None:
+            from .particles import read_particles
+            particles = read_particles(summary["particles"], str(paths["job"]))
+        rep = run_hand(plan.out_dir / f"{plan.name}_hand", job=str(paths["job"]), particles=particles, **kw)
+        summary.update(hand_report=str(plan.out_dir / f"{plan.name}_hand.json"), hand_verdict=rep.get("verdict"))
+    return summary
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def _job_key(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("plan_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class _BatchProgress:
+    def __init__(self, n_units: int, n_tomos: int, quiet: bool):
+        import sys
+        self.bar = None
+        if quiet or not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+        self.bar.start()
+        self.units = self.bar.add_task("work units", total=n_units)
+        self.tomos = self.bar.add_task("tomograms", total=n_tomos)
+
+    def advance(self, units: int = 0, tomos: int = 0):
+        if self.bar is not None:
+            self.bar.advance(self.units, units)
+            self.bar.advance(self.tomos, tomos)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, extract: dict | None = None,
+              hand: dict | None = None, scheduler: str | None = None, slurm_config=None,
+              n_workers: int | None = None, threads_per_worker: int = 1, device: str = "auto",
+              rotations_per_unit: int | None = None, units_per_worker: int = 4, quiet: bool = True,
+              dashboard_address: str | None = ":8787", before_unit: Callable | None = None,
+              command: str | None = None, log: Callable[[str], None] | None = None) -> list[dict]:
+    """Match (then extract, optionally hand) a list of tomograms on a Dask cluster.
+
+    Parameters
+    ----------
+    tomograms
+        A list file (:func:`read_tomogram_list`) or a sequence of :class:`BatchEntry`.
+    template, mask
+        MRC paths, shared by all tomograms.
+    out_dir
+        Output folder: ``<name>_scores.mrc``, ``_angles.mrc``, ``_rotations.txt``,
+        ``_job.json``, ``_particles.star`` (and ``_hand.json``) per tomogram, and
+        ``batch_summary.json``. Must be on a file system all workers share.
+    match
+        Keyword arguments of :func:`tomomatch.job.plan_match` (``angular_step_deg``,
+        ``low_pass_angstrom``, ``tiles``, ...), the same for every tomogram.
+    extract
+        Keyword arguments of :func:`tomomatch.extract.extract_candidates` plus ``format``
+        (STAR flavour of :func:`tomomatch.particles.write_particles`, default ``relion5``);
+        None: no extraction.
+    hand
+        Keyword arguments of :func:`tomomatch.hand.run_hand` (None: no hand check).
+    scheduler, slurm_config, n_workers, threads_per_worker, dashboard_address
+        The cluster (:func:`make_cluster`); default a local one.
+    device
+        ``"auto"`` (CUDA if this machine has it, one worker per GPU), ``"cpu"``, ``"cuda"``
+        (each worker's GPU) or ``"cuda:N"``.
+    rotations_per_unit, units_per_worker
+        Work-unit size: given rotations per unit, or chunks so that each tomogram has about
+        ``units_per_worker`` units per worker (a large tomogram spreads over the cluster).
+    quiet
+        No progress bar and no messages.
+    before_unit
+        Optional picklable ``f(plan, unit)`` run on the worker before each unit is computed
+        (not when a finished checkpoint is reused): instrumentation; the tests use it to count
+        computations and to kill a worker mid-task.
+    command, log
+        Command line recorded in the job files; ``log(message)`` for messages (default print).
+
+    Returns
+    -------
+    list of dict
+        Per tomogram: ``name``, ``job``, ``matched`` (False: outputs of an earlier run kept),
+        ``units``, ``particles``/``n_particles``, or ``error`` when it failed.
+    """
+    import torch
+    from distributed import Client, as_completed
+
+    t0 = time.time()
+    if scheduler is not None and slurm_config is not None:
+        raise InputError("give at most one of --scheduler and --slurm-config", None, "--scheduler")
+    if slurm_config is not None:
+        read_slurm_config(slurm_config)  # fail before any planning
+    say = (lambda m: None) if quiet else (log or print)
+    entries = read_tomogram_list(tomograms) if isinstance(tomograms, (str, os.PathLike)) else list(tomograms)
+    if not entries:
+        raise InputError("no tomograms to process", None if not isinstance(tomograms, (str, os.PathLike))
+                         else tomograms)
+    out_dir = Path(out_dir).absolute()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    use_gpus = str(device).startswith("cuda")
+    match = dict(match or {})
+    for k in ("tilt_series", "name", "device", "rotations_per_unit", "min_units", "check_device"):
+        if k in match:
+            raise InputError(f"match option {k!r} is set per batch, not in match", None, k)
+    if scheduler is None and slurm_config is None:
+        workers_hint = n_workers or (max(1, torch.cuda.device_count()) if use_gpus else (os.cpu_count() or 1))
+    else:
+        workers_hint = n_workers or 4
+    # plan every tomogram first (validates all inputs before any cluster starts)
+    plans: list[MatchPlan] = []
+    for e in entries:
+        plans.append(plan_match(template, mask, e.tomogram, out_dir, name=e.name, tilt_series=e.tilt_series,
+                                device=device, check_device=(scheduler is None and slurm_config is None),
+                                rotations_per_unit=rotations_per_unit,
+                                min_units=max(1, units_per_worker * workers_hint), **match))
+    # what is left to do
+    todo: list[tuple[MatchPlan, list[WorkUnit], bool]] = []
+    n_skipped_units = 0
+    for plan in plans:
+        if _job_key(plan.output_paths()["job"]) == plan.key and plan.output_paths()["scores"].exists():
+            todo.append((plan, [], True))
+            continue
+        prepare_checkpoints(plan)
+        units = []
+        for u in plan.units:
+            st = load_unit(plan, u)
+            if st is not None and st.done == u.stop:
+                n_skipped_units += 1
+            else:
+                units.append(u)
+        todo.append((plan, units, False))
+    n_units = sum(len(u) for _, u, _ in todo)
+    say(f"{len(plans)} tomogram(s), {sum(len(p.units) for p in plans)} work units "
+        f"({n_units} to run, {n_skipped_units} finished earlier; "
+        f"{sum(1 for *_, d in todo if d)} tomogram(s) matched earlier)")
+
+    cluster, address = make_cluster(scheduler=scheduler, slurm_config=slurm_config, n_workers=n_workers,
+                                    threads_per_worker=threads_per_worker, use_gpus=use_gpus,
+                                    dashboard_address=dashboard_address)
+    summaries: dict[str, dict] = {}
+    progress = None
+    try:
+        with Client(address) as client:
+            if client.dashboard_link and dashboard_address is not None:
+                say(f"dask dashboard: {client.dashboard_link}")
+            progress = _BatchProgress(n_units, len(plans), quiet)
+            kind: dict = {}
+            all_futs = []
+            for plan, units, done in todo:
+                tag = f"{plan.name}-{plan.key[:12]}"
+                pf = client.submit(_plan_task, plan, key=f"tomomatch-plan-{tag}", pure=False)
+                ufs = [client.submit(_unit_task, pf, u, before_unit, key=f"tomomatch-unit-{tag}-{u.index:05d}",
+                                     pure=False) for u in units]
+                ff = client.submit(_finish_task, pf, *ufs, match_done=done, extract=extract, hand=hand,
+                                   started=t0, command=command or "", key=f"tomomatch-finish-{tag}", pure=False)
+                kind.update({f.key: ("unit", plan.name) for f in ufs})
+                kind[ff.key] = ("finish", plan.name)
+                all_futs += ufs + [ff]
+            del pf, ufs, ff
+            for f in as_completed(all_futs):
+                what, name = kind[f.key]
+                if f.status != "finished":
+                    exc = f.exception() if f.status == "error" else RuntimeError(f.status)
+                    if name not in summaries:
+                        summaries[name] = {"name": name, "error": f"{type(exc).__name__}: {exc}"}
+                        say(f"{name}: failed: {type(exc).__name__}: {exc}")
+                    progress.advance(0, int(what == "finish"))
+                    continue
+                if what == "unit":
+                    progress.advance(1, 0)
+                else:
+                    summaries.setdefault(name, f.result())
+                    progress.advance(0, 1)
+            del all_futs
+    finally:
+        if progress is not None:
+            progress.close()
+        if cluster is not None:
+            cluster.close()
+    result = [summaries.get(p.name, {"name": p.name, "error": "not finished"}) for p in plans]
+    with atomic_path(out_dir / "batch_summary.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    n_err = sum("error" in r for r in result)
+    say(f"{len(result) - n_err} of {len(result)} tomogram(s) done in {time.time() - t0:.1f} s; "
+        f"summary {out_dir / 'batch_summary.json'}")
+    return result
