@@ -334,6 +334,7 @@ def _finish_task(plan: MatchPlan, *unit_results, match_done: bool = False, extra
         remove_checkpoints(plan)
     summary: dict[str, Any] = {"name": plan.name, "tomogram": str(plan.tomogram), "job": str(paths["job"]),
                                "matched": not match_done, "units": len(plan.units)}
+    particles = None
     if extract is not None:
         from .extract import extract_candidates
         from .particles import write_particles
@@ -344,17 +345,18 @@ def _finish_task(plan: MatchPlan, *unit_results, match_done: bool = False, extra
             df = extract_candidates(paths["job"], **kw)
         out = plan.out_dir / f"{plan.name}_particles.star"
         write_particles(df, out, fmt, str(paths["job"]))
+        particles = df
         summary.update(particles=str(out), n_particles=int(len(df)), cutoff=float(df.attrs.get("cutoff", math.nan)))
     if hand is not None:
         from .hand import run_hand
         kw = dict(hand)
         kw.setdefault("figure", False)
-        particles = None
-        if extract is not None:
-            from .particles import read_particles
-            particles = read_particles(summary["particles"], str(paths["job"]))
-        rep = run_hand(plan.out_dir / f"{plan.name}_hand", job=str(paths["job"]), particles=particles, **kw)
-        summary.update(hand_report=str(plan.out_dir / f"{plan.name}_hand.json"), hand_verdict=rep.get("verdict"))
+        try:
+            rep = run_hand(plan.out_dir / f"{plan.name}_hand", job=str(paths["job"]), particles=particles, **kw)
+        except InputError as exc:  # e.g. no defocus: the match and the particles stand
+            summary["hand_error"] = str(exc)
+        else:
+            summary.update(hand_report=str(plan.out_dir / f"{plan.name}_hand.json"), hand_verdict=rep.get("verdict"))
     return summary
 
 
@@ -426,8 +428,9 @@ def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, 
         ``"auto"`` (CUDA if this machine has it, one worker per GPU), ``"cpu"``, ``"cuda"``
         (each worker's GPU) or ``"cuda:N"``.
     rotations_per_unit, units_per_worker
-        Work-unit size: given rotations per unit, or chunks so that each tomogram has about
-        ``units_per_worker`` units per worker (a large tomogram spreads over the cluster).
+        Work-unit size: given rotations per unit, or chunks giving about ``units_per_worker``
+        units per worker over the batch (at least one per tile; a single large tomogram spreads
+        over the cluster, many small ones are not cut up).
     quiet
         No progress bar and no messages.
     before_unit
@@ -468,13 +471,16 @@ def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, 
         workers_hint = n_workers or (max(1, torch.cuda.device_count()) if use_gpus else (os.cpu_count() or 1))
     else:
         workers_hint = n_workers or 4
+    # units per tomogram: about units_per_worker per worker over the whole batch, so that a
+    # single large tomogram spreads over the cluster and many tomograms are not cut up needlessly
+    min_units = max(1, math.ceil(units_per_worker * workers_hint / len(entries)))
     # plan every tomogram first (validates all inputs before any cluster starts)
     plans: list[MatchPlan] = []
     for e in entries:
         plans.append(plan_match(template, mask, e.tomogram, out_dir, name=e.name, tilt_series=e.tilt_series,
                                 device=device, check_device=(scheduler is None and slurm_config is None),
                                 rotations_per_unit=rotations_per_unit,
-                                min_units=max(1, units_per_worker * workers_hint), **match))
+                                min_units=min_units, **match))
     # what is left to do
     todo: list[tuple[MatchPlan, list[WorkUnit], bool]] = []
     n_skipped_units = 0

@@ -26,10 +26,11 @@ def register(subparsers) -> None:
     p.add_argument("-m", "--mask", required=True, metavar="MRC", help="mask, same box as the template")
     p.add_argument("-d", "--out-dir", required=True, metavar="OUTDIR", help="output folder (shared file system)")
     g = p.add_argument_group("matching (as tomomatch match)")
-    ang = g.add_mutually_exclusive_group(required=True)
-    ang.add_argument("--angular-step", type=float, metavar="DEG", help="angular step in degrees")
-    ang.add_argument("--particle-diameter", type=float, metavar="A",
-                     help="particle diameter (Angstrom): Crowther step; also the extraction's exclusion diameter")
+    g.add_argument("--angular-step", type=float, metavar="DEG",
+                   help="angular step in degrees (default: Crowther step from --particle-diameter)")
+    g.add_argument("--particle-diameter", type=float, metavar="A",
+                   help="particle diameter (Angstrom): the extraction's exclusion diameter and, without "
+                        "--angular-step, the Crowther step")
     g.add_argument("--symmetry", default="C1", help="cyclic symmetry Cn about the template z axis")
     g.add_argument("--low-pass", type=float, metavar="A", help="low-pass resolution (Angstrom)")
     g.add_argument("--high-pass", type=float, metavar="A", help="high-pass resolution (Angstrom)")
@@ -76,6 +77,8 @@ def run(args) -> int:
     from ..distributed import run_batch
     from ..errors import InputError
 
+    if args.angular_step is None and args.particle_diameter is None:
+        raise InputError("give --angular-step or --particle-diameter (or both)", None, "--angular-step")
     if args.cutoff is not None and args.cutoff_method not in (None, "fixed"):
         raise InputError(f"--cutoff given with --cutoff-method {args.cutoff_method}", None, "--cutoff")
     match = dict(angular_step_deg=args.angular_step, particle_diameter_angstrom=args.particle_diameter,
