@@ -150,6 +150,26 @@ def test_finished_units_are_skipped_locally(data, tmp_path):
     assert all(np.array_equal(a.best, b.best) and np.array_equal(a.index, b.index) for a, b in zip(first, again))
 
 
+def test_finish_and_unit_tasks_are_idempotent(data, tmp_path):
+    """A task run again after its tomogram was finished (its result lost with a worker) changes
+    nothing: the unit is not recomputed, the finish keeps the outputs."""
+    from tomomatch.distributed import _finish_task, _unit_task
+    d = data["dir"]
+    plan = plan_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo1.mrc", tmp_path, rotations=data["rots"][:8],
+                      rotations_per_unit=4, name="i")
+    prepare_checkpoints(plan)
+    calls = []
+    assert [_unit_task(plan, u, lambda p, u: calls.append(u)) for u in plan.units] == [4, 4]
+    assert _unit_task(plan, plan.units[0], lambda p, u: calls.append(u)) == 0 and len(calls) == 2
+    s1 = _finish_task(plan, 4, 4, extract=dict(max_particles=3, particle_diameter_angstrom=100.0))
+    before = [p.read_bytes() for p in _files(tmp_path, "i")] + [(tmp_path / "i_job.json").read_bytes()]
+    assert not plan.checkpoint_dir.exists() and s1["n_particles"] >= 1
+    assert _unit_task(plan, plan.units[1], lambda p, u: calls.append(u)) == 0 and len(calls) == 2
+    s2 = _finish_task(plan, 0, 0, extract=dict(max_particles=3, particle_diameter_angstrom=100.0))
+    assert [p.read_bytes() for p in _files(tmp_path, "i")] + [(tmp_path / "i_job.json").read_bytes()] == before
+    assert s2["n_particles"] == s1["n_particles"] and not plan.checkpoint_dir.exists()
+
+
 # --------------------------------------------------------------------------- dask batch
 
 

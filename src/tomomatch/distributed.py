@@ -314,6 +314,8 @@ def _unit_task(plan: MatchPlan, unit: WorkUnit, before_unit: Callable | None = N
     A unit whose checkpoint is finished (e.g. a task run again because the worker holding its
     result died) is not computed again, and ``before_unit`` is not called for it.
     """
+    if _outputs_current(plan):  # run again after its tomogram was finished (a lost result)
+        return 0
     st = load_unit(plan, unit)
     if st is not None and st.done == unit.stop:
         return 0
@@ -327,11 +329,13 @@ def _finish_task(plan: MatchPlan, *unit_results, match_done: bool = False, extra
                  hand: dict | None = None, started: float = 0.0, command: str = "") -> dict:
     """Merge a tomogram's units, write its outputs, then extract (and hand); returns a summary."""
     paths = plan.output_paths()
-    if not match_done:
+    # idempotent: if this task runs again (its result was lost with a worker after it had
+    # written the outputs and removed the checkpoints), the outputs stand
+    if not match_done and not _outputs_current(plan):
         merged = merge_units(plan, load_unit_results(plan))
         write_outputs(plan, merged, elapsed_s=time.time() - started, command=command,
                       device=_worker_device(plan.device))
-        remove_checkpoints(plan)
+    remove_checkpoints(plan)
     summary: dict[str, Any] = {"name": plan.name, "tomogram": str(plan.tomogram), "job": str(paths["job"]),
                                "matched": not match_done, "units": len(plan.units)}
     particles = None
@@ -368,6 +372,12 @@ def _job_key(path: Path) -> str | None:
         return json.loads(path.read_text()).get("plan_key")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _outputs_current(plan: MatchPlan) -> bool:
+    """Whether the plan's outputs exist, written from this very plan (same ``plan_key``)."""
+    paths = plan.output_paths()
+    return _job_key(paths["job"]) == plan.key and paths["scores"].exists() and paths["angles"].exists()
 
 
 class _BatchProgress:
@@ -485,7 +495,7 @@ def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, 
     todo: list[tuple[MatchPlan, list[WorkUnit], bool]] = []
     n_skipped_units = 0
     for plan in plans:
-        if _job_key(plan.output_paths()["job"]) == plan.key and plan.output_paths()["scores"].exists():
+        if _outputs_current(plan):
             todo.append((plan, [], True))
             continue
         prepare_checkpoints(plan)
@@ -537,7 +547,10 @@ def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, 
                 if what == "unit":
                     progress.advance(1, 0)
                 else:
-                    summaries.setdefault(name, f.result())
+                    try:
+                        summaries.setdefault(name, f.result())
+                    except Exception as exc:  # e.g. the result was lost and its rerun failed
+                        summaries.setdefault(name, {"name": name, "error": f"{type(exc).__name__}: {exc}"})
                     progress.advance(0, 1)
             del all_futs
     finally:

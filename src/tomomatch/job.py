@@ -570,8 +570,10 @@ def _build_context_1(plan: MatchPlan, dev: torch.device) -> _Context:
     if plan.whiten:  # estimated once from the unfiltered tomogram, for both grids used
         from .weighting import whitening_filter
         inc = None if ts is None else ts.tilt_angles_deg[~ts.excluded]
+        vol_cpu = vol_t.cpu()  # on the CPU: CUDA's index_add_ (atomics) is not deterministic
         for shape in {tuple(fast_fft_shape(vol_t.shape)), (n, n, n)}:
-            white[shape] = whitening_filter(vol_t, voxel, shape, tilt_angles_deg=inc)
+            white[shape] = whitening_filter(vol_cpu, voxel, shape, tilt_angles_deg=inc)
+        del vol_cpu
     if plan.low_pass_angstrom is not None or plan.high_pass_angstrom is not None or plan.whiten:
         def tomogram_weight(shape):
             w = bandpass(shape, voxel, plan.low_pass_angstrom, plan.high_pass_angstrom, device=dev)
@@ -606,10 +608,13 @@ def _template_weight(plan: MatchPlan, ctx: _Context, tile: Tile, dev: torch.devi
         if plan.wedge == "none":
             w = bandpass(shape, plan.voxel_size_angstrom, lp, hp, device=dev)
             return w if wh is None else w * wh.to(dev)
+        # built on the CPU (a box-sized grid): the per-tilt insertion uses index_add_, whose
+        # CUDA atomics would make the weight, and so the scores, vary from run to run
         return tilt_series_weight(ts, shape, plan.voxel_size_angstrom, defocus_offset_um=offs,
                                   per_tilt=(plan.wedge == "per_tilt"), ctf_mode=plan.ctf,
                                   dose_weighting=plan.dose, cos_weighting=plan.cos_weighting,
-                                  low_pass_angstrom=lp, high_pass_angstrom=hp, whitening=wh, device=dev)
+                                  low_pass_angstrom=lp, high_pass_angstrom=hp,
+                                  whitening=None if wh is None else wh.cpu(), device="cpu").to(dev)
     return weight
 
 
