@@ -294,6 +294,9 @@ def test_ci_preset_outputs_and_ground_truth(ci_run):
     msk = mrcfile.read(out / "mask.mrc")
     assert tpl.shape == msk.shape and tpl.min() < 0 and tpl.max() <= 1e-6
     assert msk.max() == pytest.approx(1.0) and msk.min() >= 0
+    # the soft edge fits inside the box, so the matcher's spherical-mask fast path applies
+    from tomomatch.mask import is_spherical
+    assert is_spherical(msk)
 
 
 def test_same_seed_gives_byte_identical_outputs(ci_run, tmp_path):

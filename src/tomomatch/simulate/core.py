@@ -570,7 +570,10 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
 
     # template (dark, like the tomogram) and mask at the tomogram voxel size
     radius_vox = part.radius_angstrom / v
-    box = cfg.template_box_size or int(2 * math.ceil(1.2 * radius_vox + 2))
+    mask_radius, mask_sigma = radius_vox * 1.05 + 1.0, 1.0
+    # the soft edge (cut at 3 sigma) must stay inside the box's inscribed sphere, so the mask is
+    # rotation-invariant and the matcher can take its spherical-mask fast path
+    box = cfg.template_box_size or int(2 * math.ceil(max(1.2 * radius_vox + 2, mask_radius + 3 * mask_sigma + 1)))
     spec = cfg.structure
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -585,11 +588,11 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
             t = tpl.pad_or_crop(t, box)
     template = -np.asarray(t, dtype=np.float32)
     paths["template"] = _write_mrc(out / "template.mrc", template, v)
-    mask = spherical_mask(box, radius_vox * 1.05 + 1.0, 1.0)
+    mask = spherical_mask(box, mask_radius, mask_sigma)
     paths["mask"] = _write_mrc(out / "mask.mrc", mask, v)
     paths["summary"] = out / "summary.json"
-    res.summary["template"] = {"box_size": box, "mask_radius_voxels": radius_vox * 1.05 + 1.0,
-                               "mask_sigma_voxels": 1.0, "contrast": "dark (inverted density)"}
+    res.summary["template"] = {"box_size": box, "mask_radius_voxels": mask_radius,
+                               "mask_sigma_voxels": mask_sigma, "contrast": "dark (inverted density)"}
     res.summary["files"] = {k: os.path.relpath(p, out) for k, p in paths.items()}
 
 
