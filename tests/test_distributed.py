@@ -289,10 +289,10 @@ def test_slurm_config_becomes_slurmcluster_arguments(tmp_path, monkeypatch):
 def test_bad_batch_inputs_exit_2(data, tmp_path, capsys):
     d = data["dir"]
 
-    def run(lst, *extra):
+    def run(lst, *extra, diameter=("--particle-diameter", "100")):
         return main(["batch", "-l", str(lst), "-t", str(d / "tmpl.mrc"), "-m", str(d / "mask.mrc"),
                      "-d", str(tmp_path / "o"), "--angular-step", "50", "--quiet", "--dashboard-address", "none",
-                     *extra])
+                     *diameter, *extra])
 
     (tmp_path / "missing.tsv").write_text(f"tomogram\n{d / 'tomo0.mrc'}\n{d / 'nothere.mrc'}\n")
     assert run(tmp_path / "missing.tsv") == 2
@@ -305,8 +305,9 @@ def test_bad_batch_inputs_exit_2(data, tmp_path, capsys):
     assert run(tmp_path / "absent.tsv") == 2
     (tmp_path / "bad.yaml").write_text("cluster: {queue: q}\n")
     assert run(d / "list.tsv", "--slurm-config", str(tmp_path / "bad.yaml")) == 2
+    assert run(d / "list.tsv", diameter=()) == 2  # extraction without --particle-diameter
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 6 and all(line.startswith("tomomatch batch: error:") for line in err), err
+    assert len(err) == 7 and all(line.startswith("tomomatch batch: error:") for line in err), err
     assert "nothere.mrc" in err[0] and "tomogram" in err[1] and "tilt_angle" in err[2]
     assert not (tmp_path / "o").exists()
 
@@ -329,3 +330,32 @@ def test_relion5_star_list(data, tmp_path):
     write_relion5(tmp_path / "Tomograms", ts, "TS_03", (96, 96, 48), 2.0, tomogram_path=str(d / "gone.mrc"))
     with pytest.raises(InputError, match="TS_03"):
         read_tomogram_list(star)
+
+
+def test_batch_on_cuda_workers_equals_one_process():
+    """One worker per GPU: identical to run_match on the same GPU (runs only where CUDA exists)."""
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    import tempfile
+
+    from tomomatch.distributed import BatchEntry, run_batch
+    from tomomatch.tiltseries import TiltSeries
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        rng = np.random.default_rng(5)
+        from scipy.spatial.transform import Rotation
+        rots = Rotation.random(40, random_state=0).as_matrix()
+        write_volume(d / "t.mrc", rng.normal(0, 0.2, SHAPE), VOXEL)
+        write_volume(d / "tmpl.mrc", _template(), VOXEL)
+        write_volume(d / "mask.mrc", _mask(), VOXEL)
+        ts = TiltSeries(tilt_angles_deg=TILTS, defocus_u_um=np.full(TILTS.size, 3.0),
+                        accumulated_dose=np.arange(TILTS.size) * 3.0)
+        match = dict(rotations=rots, tiles=(2, 1, 1), low_pass_angstrom=30.0, whiten=True, defocus_handedness=1)
+        run_match(d / "tmpl.mrc", d / "mask.mrc", d / "t.mrc", d / "ref", name="t", tilt_series=ts,
+                  device="cuda", **match)
+        res = run_batch([BatchEntry("t", d / "t.mrc", ts)], d / "tmpl.mrc", d / "mask.mrc", d / "out", match=match,
+                        device="cuda", rotations_per_unit=8, dashboard_address=None)
+        assert "error" not in res[0]
+        for fa, fb in zip(_files(d / "ref", "t"), _files(d / "out", "t")):
+            assert fa.read_bytes() == fb.read_bytes(), fb

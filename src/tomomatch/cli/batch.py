@@ -79,6 +79,9 @@ def run(args) -> int:
 
     if args.angular_step is None and args.particle_diameter is None:
         raise InputError("give --angular-step or --particle-diameter (or both)", None, "--angular-step")
+    if not args.no_extract and args.particle_diameter is None:
+        raise InputError("extraction needs --particle-diameter (its exclusion diameter); or give --no-extract",
+                         None, "--particle-diameter")
     if args.cutoff is not None and args.cutoff_method not in (None, "fixed"):
         raise InputError(f"--cutoff given with --cutoff-method {args.cutoff_method}", None, "--cutoff")
     match = dict(angular_step_deg=args.angular_step, particle_diameter_angstrom=args.particle_diameter,
