@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -321,8 +322,22 @@ def _unit_task(plan: MatchPlan, unit: WorkUnit, before_unit: Callable | None = N
         return 0
     if before_unit is not None:
         before_unit(plan, unit)
-    res = run_unit(plan, unit, device=_worker_device(plan.device))
+    with _UNIT_LOCK:  # one unit at a time per worker process; it uses the worker's threads
+        import torch
+        torch.set_num_threads(_worker_threads())
+        res = run_unit(plan, unit, device=_worker_device(plan.device))
     return unit.stop - unit.start - res.resumed
+
+
+_UNIT_LOCK = threading.Lock()
+
+
+def _worker_threads() -> int:
+    try:
+        from distributed import get_worker
+        return max(1, int(get_worker().state.nthreads))
+    except Exception:
+        return 1
 
 
 def _finish_task(plan: MatchPlan, *unit_results, match_done: bool = False, extract: dict | None = None,
