@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .errors import InputError
 from .job import (MatchPlan, WorkUnit, load_unit, load_unit_results, merge_units, plan_match,
