@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One prepared device run (see README "Benchmarks"): CUDA correctness vs CPU, tomomatch rates on
+# CUDA, pytom-match-pick rates on the same card. Wheels carried in .wheels/ (no network there).
+set -u
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-deps --no-index .wheels/*.whl > "$OUT/pip.log" 2>&1
+export PYTHONPATH=$PWD/src:$PWD/benchmarks
+nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
+timeout 60 python3 benchmarks/cuda_check.py > "$OUT/cuda_check.txt" 2>&1
+timeout 200 python3 benchmarks/bench_match.py --devices cuda --cases a b --tiles 1 3 > "$OUT/bench_tomomatch_cuda.txt" 2>&1
+cd benchmarks && timeout 150 python3 bench_pytom_gpu.py --cases a b --tiles 1 3 --n 600 3000 > "$OUT/bench_pytom_gpu.txt" 2>&1
+cat "$OUT"/*.txt
