@@ -23,6 +23,7 @@ COMMANDS: list[str] = [
     "extract", "merge-stars",
     "simulate",
     "hand", "compare-hands",
+    "demo",
 ]
 
 
