@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tomomatch.shared_data import shared_data_dir
+
 from tomomatch.cli import main
 from tomomatch.errors import InputError
 from tomomatch.metadata import (load_tilt_series, read_aln, read_defocus_text, read_dose, read_imod_defocus,
@@ -19,11 +21,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tilt_metadata"
 
 
 def _shared_tilt_metadata() -> Path | None:
-    for root in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")):
-        d = root / "tilt_metadata"
-        if (d / "pytom_test_angles.rawtlt").is_file():
-            return d
-    return None
+    root = shared_data_dir()
+    d = None if root is None else root / "tilt_metadata"
+    return d if d is not None and (d / "pytom_test_angles.rawtlt").is_file() else None
 
 
 REAL = _shared_tilt_metadata()

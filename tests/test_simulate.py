@@ -8,6 +8,8 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+
+from tomomatch.shared_data import shared_data_dir
 import starfile
 import torch
 from scipy import ndimage
@@ -370,7 +372,7 @@ def test_density_map_structure_through_cli(tmp_path):
     assert _cc(tpl, ref) > 0.95
 
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
+DATA = (shared_data_dir() or Path("missing-shared-data")) / "structures"
 
 
 @pytest.mark.skipif(not (DATA / "6z6u.pdb.gz").exists(), reason="shared data not available")

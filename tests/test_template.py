@@ -8,6 +8,8 @@ import gemmi
 import mrcfile
 import numpy as np
 import pytest
+
+from tomomatch.shared_data import shared_data_dir
 from scipy import ndimage
 
 from tomomatch.cli import main
@@ -17,7 +19,7 @@ from tomomatch.template import (
     MOTT_BETHE_VOLT_ANGSTROM2, create_template, density_from_model,
     fourier_shift, low_pass, mirror_x, pad_or_crop, resample_fourier)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data_dir() or Path("missing-shared-data")
 RIBOSOME = DATA / "structures" / "4v5d.cif.gz"
 
 

@@ -1,5 +1,6 @@
 """Tests for tomomatch.weighting against hand-computed values and independent computations."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from scipy import ndimage
 from tomomatch import weighting
 from tomomatch.conventions import electron_wavelength_angstrom, tilt_rotation
 from tomomatch.errors import InputError
+from tomomatch.shared_data import shared_data_dir
 from tomomatch.tiltseries import TiltSeries
 
 
@@ -457,7 +459,7 @@ def test_tilt_series_weight_binary_and_whitening():
 
 # --------------------------------------------------------------------------- real metadata
 
-REAL = "/work/shared/data/tilt_metadata"
+REAL = str((shared_data_dir() or Path("missing-shared-data")) / "tilt_metadata")
 
 
 def test_real_relion5_series_weights():

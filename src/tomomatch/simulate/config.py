@@ -180,11 +180,9 @@ class SimulationConfig:
 
 
 def default_data_dir() -> Path:
-    """Shared data folder: ``$TOMOMATCH_DATA`` or ``<repo>/../shared/data``."""
-    env = os.environ.get("TOMOMATCH_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    """Shared data folder (see :func:`tomomatch.shared_data.shared_data_dir`)."""
+    from ..shared_data import shared_data_dir
+    return shared_data_dir() or Path("shared-data-not-found")
 
 
 def _ribosome_structure() -> tuple[Any, list[str]]:
