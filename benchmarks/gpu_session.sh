@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # One prepared device run (see README "Benchmarks"): CUDA correctness vs CPU, tomomatch rates on
-# CUDA, pytom-match-pick rates on the same card. Wheels carried in .wheels/ (no network there).
+# CUDA, pytom-match-pick rates on the same card. Wheels carried in .wheels/ (no network there),
+# made here with:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     --platform any -d .wheels pytom-match-pick==0.14.0 voltools healpix==2025.1 mrcfile \
+#     starfile==0.5.13 importlib_resources
+# and passed to the device tool with carry [".wheels"].
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-deps --no-index .wheels/*.whl > "$OUT/pip.log" 2>&1
