@@ -77,7 +77,8 @@ def tilt_series():
     return TiltSeries(tilt_angles_deg=tilts, accumulated_dose=dose, defocus_u_um=np.full(tilts.size, 3.0))
 
 
-def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: int, batch: int):
+def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: int, batch: int,
+                    method: str = "fast"):
     t_all = time.perf_counter()
     dev = M.resolve_device(device)
     tmpl, mask, vol = make_data(case)
@@ -96,7 +97,7 @@ def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: i
             def weight(shape, offs=offs):
                 return tilt_series_weight(ts, shape, case["voxel"], defocus_offset_um=offs, device=dev)
         t0 = time.perf_counter()
-        tc = M.TileCorrelator(vol_t[tile.data_slices], tmpl, mask, tile.unique_in_data, weight=weight,
+        tc = M.TileCorrelator(vol_t[tile.data_slices], tmpl, mask, tile.unique_in_data, weight=weight, method=method,
                               device=dev)
         tc.run(rots[:batch], batch_size=batch)  # warm-up (plans, caches)
         if dev.type == "cuda":
@@ -110,7 +111,7 @@ def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: i
         search += t2 - t1
         del tc
     peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else float("nan")
-    return dict(tool="tomomatch", case=name, device=str(dev), tiles=n_tiles_x, rotations=n_rot, batch=batch,
+    return dict(tool=f"tomomatch ({method})", case=name, device=str(dev), tiles=n_tiles_x, rotations=n_rot, batch=batch,
                 rot_per_s=n_rot / search, setup_s=setup, total_s=time.perf_counter() - t_all, peak_gb=peak)
 
 
@@ -153,6 +154,7 @@ def main(argv=None):
     ap.add_argument("--rotations", type=int, default=None, help="override the rotation count")
     ap.add_argument("--batch", type=int, default=None, help="rotations per batch (default 2 cpu, 16 cuda)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--method", default="fast", choices=["fast", "resample", "exact"])
     ap.add_argument("--peer", action="store_true", help="also time pyTME (benchmarks/.venv-peer)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -166,7 +168,7 @@ def main(argv=None):
             n_rot = args.rotations or (case["n_cpu"] if device == "cpu" else case["n_gpu"])
             batch = args.batch or (2 if device == "cpu" else 16)
             for nt in args.tiles:
-                r = bench_tomomatch(name, case, device, nt, n_rot, batch)
+                r = bench_tomomatch(name, case, device, nt, n_rot, batch, args.method)
                 rows.append(r)
                 print(_fmt(r), flush=True)
         if args.peer:
