@@ -375,6 +375,8 @@ def test_cli_compare_hands_on_jobs(tmp_path, capsys):
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["pairing"]["n_pairs"] == len(pos)
     assert doc["verdict"] == -1 and doc["p"] < 0.01
+    # the report says how each run's candidates were cut (a fixed --cutoff here)
+    assert [r["cutoff_method"] for r in doc["method"]["runs"]] == ["fixed", "fixed"]
     # every pair carries the right particle's scores: delta as constructed
     x = np.asarray(doc["particles"]["x_angstrom"])
     d = np.asarray(doc["particles"]["delta"])

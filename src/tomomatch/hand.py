@@ -971,7 +971,7 @@ def load_run(path, *, max_particles: int = 1000, score: str = "score", hand: int
         voxel = float(job["voxel_size_angstrom"])
         run_hand_ = _job_hand(job) if hand is None else hand
         info = {"path": str(p), "kind": "job", "n_candidates": int(len(table)),
-                "cutoff": table.attrs.get("cutoff"), "cutoff_method": table.attrs.get("method")}
+                "cutoff": table.attrs.get("cutoff"), "cutoff_method": table.attrs.get("cutoff_method")}
     else:
         from .particles import read_particles
 
