@@ -532,17 +532,21 @@ class BoxToTile:
         return f
 
 
-def _sum_of_squares(x: torch.Tensor, chunk: int = 8192) -> float:
-    """``sum x^2`` in one pass: float32 dot products of ``chunk`` elements summed in float64."""
+def _sum_of_squares(x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """``sum x^2`` in one pass: float32 dot products of ``chunk`` elements summed in float64.
+
+    Returns a float64 0-d tensor on ``x``'s device, so a caller can collect a batch of them and
+    synchronise with the host once (a per-rotation ``float()`` stalls a GPU every rotation).
+    """
     f = x.reshape(-1)
     k = f.numel() // chunk * chunk
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
     if k:
         h = f[:k].view(-1, 1, chunk)
-        total += float(torch.bmm(h, h.transpose(1, 2)).double().sum())
+        total = total + torch.bmm(h, h.transpose(1, 2)).double().sum()
     if k < f.numel():
         r = f[k:]
-        total += float(torch.dot(r, r))
+        total = total + torch.dot(r, r).double()
     return total
 
 
@@ -821,15 +825,18 @@ class TileCorrelator:
         while start < n:
             stop = min(n, (start // batch_size + 1) * batch_size)
             sc = self.scores(rotations[start:stop])
-            for b in range(sc[0].shape[0]):
-                s = sc[0][b]
-                # per-rotation float32 sums (cascade summation), accumulated in float64
-                rs, rq = float(s.sum()), _sum_of_squares(s)
+            # per-rotation float32 sums (cascade summation) and float64 sums of squares, kept on
+            # the device and fetched once per batch; accumulated in float64 in rotation order
+            sums = torch.stack([s.sum() for s in sc[0]]).double().tolist()
+            sumsqs = torch.stack([_sum_of_squares(s) for s in sc[0]]).tolist()
+            for rs, rq in zip(sums, sumsqs):
                 state.sum += rs
                 state.sumsq += rq
                 state.rotation_sums.append(rs)
                 state.rotation_sumsqs.append(rq)
-                state.count += int(s.numel())
+                state.count += int(sc[0][0].numel())
+            for b in range(sc[0].shape[0]):
+                s = sc[0][b]
                 torch.gt(s, state.best, out=gt)
                 torch.maximum(state.best, s, out=state.best)
                 state.index.masked_fill_(gt, start + b)
