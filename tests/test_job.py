@@ -274,3 +274,13 @@ def test_options_whiten_binary_wedge_auto_tiles_and_metadata_hand(data, tmp_path
                                    -(x * np.sin(np.radians(TILTS)) + z * np.cos(np.radians(TILTS))) / 1e4)
     scores = _read(tmp_path / "tomo_scores.mrc")
     assert np.all(np.isfinite(scores))
+
+
+def test_progress_bars_silent_without_terminal(capsys):
+    from tomomatch.progress import ProgressBars
+
+    bars = ProgressBars({"work units": (4, 1), "rotations": 10}, quiet=False)  # pytest: no TTY
+    bars.advance(1, 5)
+    bars.close()
+    assert bars.bar is None
+    assert capsys.readouterr().err == ""

@@ -41,6 +41,7 @@ from .errors import InputError
 from .job import (MatchPlan, WorkUnit, load_unit, load_unit_results, merge_units, plan_match,
                   prepare_checkpoints, remove_checkpoints, run_unit, write_outputs)
 from .mrcio import atomic_path
+from .progress import ProgressBars
 
 __all__ = ["BatchEntry", "TABLE_COLUMNS", "read_tomogram_list", "read_slurm_config", "make_cluster",
            "run_batch"]
@@ -395,31 +396,6 @@ def _outputs_current(plan: MatchPlan) -> bool:
     return _job_key(paths["job"]) == plan.key and paths["scores"].exists() and paths["angles"].exists()
 
 
-class _BatchProgress:
-    def __init__(self, n_units: int, n_tomos: int, quiet: bool):
-        import sys
-        self.bar = None
-        if quiet or not sys.stderr.isatty():
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
-        self.bar.start()
-        self.units = self.bar.add_task("work units", total=n_units)
-        self.tomos = self.bar.add_task("tomograms", total=n_tomos)
-
-    def advance(self, units: int = 0, tomos: int = 0):
-        if self.bar is not None:
-            self.bar.advance(self.units, units)
-            self.bar.advance(self.tomos, tomos)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, extract: dict | None = None,
               hand: dict | None = None, scheduler: str | None = None, slurm_config=None,
               n_workers: int | None = None, threads_per_worker: int = 1, device: str = "auto",
@@ -536,7 +512,7 @@ def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, 
         with Client(address) as client:
             if client.dashboard_link and dashboard_address is not None:
                 say(f"dask dashboard: {client.dashboard_link}")
-            progress = _BatchProgress(n_units, len(plans), quiet)
+            progress = ProgressBars({"work units": n_units, "tomograms": len(plans)}, quiet)
             kind: dict = {}
             all_futs = []
             for plan, units, done in todo:

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ from .errors import InputError
 from .matching import (TileCorrelator, TileState, fast_fft_shape, filter_volume, is_spherical_mask,
                        phase_randomised_template, resolve_device)
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
+from .progress import ProgressBars
 from .tiles import Tile, auto_tile_counts, plan_tiles
 
 __all__ = ["run_match", "read_job", "write_job", "JOB_FORMAT", "DEFAULT_MAX_MEMORY_GB",
@@ -132,33 +132,6 @@ def _rel(path: Path, base: Path) -> str:
         return os.path.relpath(Path(path).resolve(), base.resolve())
     except ValueError:  # different drives
         return str(Path(path).resolve())
-
-
-class _Progress:
-    """rich progress bar (work units, rotations, ETA) on a TTY unless quiet; silent otherwise."""
-
-    def __init__(self, n_units: int, n_rot_total: int, quiet: bool, done_units: int = 0, done_rot: int = 0):
-        self.bar = None
-        if quiet or not sys.stderr.isatty():
-            return
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=False)
-        self.bar.start()
-        self.t_units = self.bar.add_task("work units", total=n_units, completed=done_units)
-        self.t_rot = self.bar.add_task("rotations (all tiles)", total=n_rot_total, completed=done_rot)
-
-    def advance(self, units: int = 0, rotations: int = 0):
-        if self.bar is not None:
-            self.bar.advance(self.t_units, units)
-            self.bar.advance(self.t_rot, rotations)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.stop()
 
 
 # --------------------------------------------------------------------------- plan
@@ -826,7 +799,8 @@ def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> li
             todo.append(u)
     n_rot_total = sum(u.stop - u.start for u in plan.units)
     done_rot = sum(u.stop - u.start for u in plan.units if u.index in results)
-    progress = _Progress(len(plan.units), n_rot_total, quiet, len(results), done_rot)
+    progress = ProgressBars({"work units": (len(plan.units), len(results)),
+                             "rotations (all tiles)": (n_rot_total, done_rot)}, quiet)
     try:
         if processes == 1 or len(todo) <= 1:
             for u in todo:
