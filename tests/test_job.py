@@ -20,6 +20,8 @@ from tomomatch.cli import main
 from tomomatch.job import read_job, run_match
 from tomomatch.mrcio import write_volume
 
+from _synthetic import asymmetric_template, sphere_mask
+
 N = 12
 VOXEL = 10.0
 SHAPE = (30, 34, 44)
@@ -27,16 +29,11 @@ TILTS = np.arange(-60, 61, 15.0)
 
 
 def _template():
-    z, y, x = np.indices((N, N, N)) - N // 2
-    t = (np.exp(-((x - 2) ** 2 + y ** 2 + (z + 1) ** 2) / 3.0)
-         + 0.7 * np.exp(-((x + 2) ** 2 + (y - 2) ** 2 + z ** 2) / 2.0)
-         + 0.5 * np.exp(-(x ** 2 + (y + 2) ** 2 + (z - 2) ** 2) / 2.0))
-    return t.astype(np.float32)
+    return asymmetric_template(N)
 
 
 def _mask():
-    z, y, x = np.indices((N, N, N)) - N // 2
-    return (np.sqrt(x ** 2 + y ** 2 + z ** 2) <= 5).astype(np.float32)
+    return sphere_mask(N)
 
 
 @pytest.fixture(scope="module")
