@@ -833,6 +833,17 @@ def _particle_arrays(table, shape_zyx) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return pos, mats, score
 
 
+def _finish_report(out_prefix: Path, report: dict[str, Any], scores: HandScores, figure: bool) -> dict[str, Any]:
+    """Write ``<out_prefix>.png`` (if ``figure``) and ``<out_prefix>.json``; return the report."""
+    files = {"report": str(out_prefix.with_suffix(".json"))}
+    if figure:
+        from .hand_plots import plot_hand
+        files["figure"] = str(plot_hand(out_prefix.with_suffix(".png"), scores, report))
+    report["files"] = files
+    write_report(out_prefix.with_suffix(".json"), report, scores)
+    return report
+
+
 def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, tilt_series=None,
              particles=None, voxel_size_angstrom: float | None = None, max_particles: int = 200,
              hand_mode: str | None = None, max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
@@ -936,13 +947,7 @@ def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, t
         "voxel_size_angstrom": float(voxel), "tomogram": str(tomogram), "template": str(template),
         "mask": str(mask), "score": "normalised cross-correlation (max over local rotations and shifts)",
     }
-    files = {"report": str(out_prefix.with_suffix(".json"))}
-    if figure:
-        from .hand_plots import plot_hand
-        files["figure"] = str(plot_hand(out_prefix.with_suffix(".png"), scores, report))
-    report["files"] = files
-    write_report(out_prefix.with_suffix(".json"), report, scores)
-    return report
+    return _finish_report(out_prefix, report, scores, figure)
 
 
 def load_run(path, *, max_particles: int = 1000, score: str = "score", hand: int | None = None,
@@ -1030,10 +1035,4 @@ def run_compare_hands(run_a, run_b, out_prefix, *, hands: Sequence[int] | None =
     paired, report = compare_hands(ca, sa, ha, cb, sb, hb, max_distance_angstrom=max_distance_angstrom,
                                    alpha=alpha, min_particles=min_particles, n_bootstrap=n_bootstrap, seed=seed)
     report["method"] = {"command": "compare-hands", "runs": [info_a, info_b], "score": score}
-    files = {"report": str(out_prefix.with_suffix(".json"))}
-    if figure:
-        from .hand_plots import plot_hand
-        files["figure"] = str(plot_hand(out_prefix.with_suffix(".png"), paired, report))
-    report["files"] = files
-    write_report(out_prefix.with_suffix(".json"), report, paired)
-    return report
+    return _finish_report(out_prefix, report, paired, figure)
