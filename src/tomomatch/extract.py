@@ -174,14 +174,19 @@ def load_job_maps(job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- cut-offs
 
 
-def _check_false_alarms(n_false_alarms) -> float:
+def _positive_number(value, field: str, what: str) -> float:
+    """``value`` as a finite float > 0, else InputError naming ``field``."""
     try:
-        n = float(n_false_alarms)
+        n = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"expected a number, got {n_false_alarms!r}", field="false alarms") from None
+        raise InputError(f"expected a number, got {value!r}", field=field) from None
     if not (math.isfinite(n) and n > 0):
-        raise InputError(f"number of false alarms must be > 0, got {n_false_alarms}", field="false alarms")
+        raise InputError(f"{what} must be > 0, got {value}", field=field)
     return n
+
+
+def _check_false_alarms(n_false_alarms) -> float:
+    return _positive_number(n_false_alarms, "false alarms", "number of false alarms")
 
 
 def gaussian_cutoff_sigma(n_false_alarms: float, n_search: float) -> float:
@@ -192,12 +197,7 @@ def gaussian_cutoff_sigma(n_false_alarms: float, n_search: float) -> float:
     ``gaussian_cutoff_sigma(1, 6_749_723_520_000)`` is 7.296 (the seed's 7.30 sigma).
     """
     nfp = _check_false_alarms(n_false_alarms)
-    try:
-        ns = float(n_search)
-    except (TypeError, ValueError):
-        raise InputError(f"expected a number, got {n_search!r}", field="n_search") from None
-    if not (math.isfinite(ns) and ns > 0):
-        raise InputError(f"search size must be > 0, got {n_search}", field="n_search")
+    ns = _positive_number(n_search, "n_search", "search size")
     if 2 * nfp >= 2 * ns:
         raise InputError(f"{nfp:g} false alarms is not fewer than the {ns:g} samples searched",
                          field="false alarms")
