@@ -51,6 +51,8 @@ CASES = {
     "b": dict(shape=(74, 720, 510), box=60, radius=14, voxel=8.56, weighting=True, n_cpu=20, n_gpu=2000),
 }
 PEER_SAMPLINGS = {"a": (45.0, 30.0), "b": (60.0, 45.0)}
+PACKED = {"auto": None, "on": True, "off": False}
+SEED_ROTATIONS = 248_400  # pytom's count for the seed (250 A particle, 8.56 A voxels)
 
 
 def make_data(case: dict, seed: int = 0):
@@ -78,7 +80,7 @@ def tilt_series():
 
 
 def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: int, batch: int,
-                    method: str = "fast"):
+                    method: str = "fast", packed: str = "auto"):
     t_all = time.perf_counter()
     dev = M.resolve_device(device)
     tmpl, mask, vol = make_data(case)
@@ -98,7 +100,7 @@ def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: i
                 return tilt_series_weight(ts, shape, case["voxel"], defocus_offset_um=offs, device=dev)
         t0 = time.perf_counter()
         tc = M.TileCorrelator(vol_t[tile.data_slices], tmpl, mask, tile.unique_in_data, weight=weight, method=method,
-                              device=dev)
+                              device=dev, packed=PACKED[packed])
         tc.run(rots[:batch], batch_size=batch)  # warm-up (plans, caches)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -109,9 +111,11 @@ def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: i
         t2 = time.perf_counter()
         setup += t1 - t0
         search += t2 - t1
+        tc_packed = tc.packed
         del tc
     peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else float("nan")
-    return dict(tool=f"tomomatch ({method})", case=name, device=str(dev), tiles=n_tiles_x, rotations=n_rot, batch=batch,
+    label = method + (", packed pairs" if tc_packed else "")
+    return dict(tool=f"tomomatch ({label})", case=name, device=str(dev), tiles=n_tiles_x, rotations=n_rot, batch=batch,
                 rot_per_s=n_rot / search, setup_s=setup, total_s=time.perf_counter() - t_all, peak_gb=peak)
 
 
@@ -155,6 +159,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=None, help="rotations per batch (default 2 cpu, 16 cuda)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--method", default="fast", choices=["fast", "resample", "exact"])
+    ap.add_argument("--packed", nargs="+", default=["auto"], choices=list(PACKED),
+                    help="rotation pairs in one complex FFT (auto: on CUDA only); several values run each")
     ap.add_argument("--peer", action="store_true", help="also time pyTME (benchmarks/.venv-peer)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -167,10 +173,11 @@ def main(argv=None):
         for device in devices:
             n_rot = args.rotations or (case["n_cpu"] if device == "cpu" else case["n_gpu"])
             batch = args.batch or (2 if device == "cpu" else 16)
-            for nt in args.tiles:
-                r = bench_tomomatch(name, case, device, nt, n_rot, batch, args.method)
-                rows.append(r)
-                print(_fmt(r), flush=True)
+            for packed in args.packed:
+                for nt in args.tiles:
+                    r = bench_tomomatch(name, case, device, nt, n_rot, batch, args.method, packed)
+                    rows.append(r)
+                    print(_fmt(r), flush=True)
         if args.peer:
             with tempfile.TemporaryDirectory() as td:
                 r = bench_pytme(name, case, Path(td))
@@ -184,9 +191,12 @@ def main(argv=None):
 
 
 def _fmt(r):
-    return (f"{r['tool']:<44} case {r['case']}  {r['device']:<7} tiles {r['tiles']}  rotations {r['rotations']:<8} "
+    line = (f"{r['tool']:<44} case {r['case']}  {r['device']:<7} tiles {r['tiles']}  rotations {r['rotations']:<8} "
             f"batch {r['batch']:<3} {r['rot_per_s']:9.2f} rot/s  set-up {r['setup_s']:6.1f} s  "
             f"total {r['total_s']:6.1f} s  peak GPU {r['peak_gb']:.2f} GB")
+    if r["case"] == "b":  # what the seed's full search would take at this rate
+        line += f"  seed search {(r['setup_s'] + SEED_ROTATIONS / r['rot_per_s']) / 60:.1f} min"
+    return line
 
 
 if __name__ == "__main__":

@@ -230,6 +230,66 @@ def test_pruned_transform_equals_full_fft():
     assert torch.allclose(got, want, atol=1e-4)
 
 
+@pytest.mark.parametrize("n", [8, 9])
+def test_pair_packer_equals_two_direct_correlations(n):
+    """One complex transform gives both boxes' circular correlations (numpy reference)."""
+    rng = np.random.default_rng(n)
+    shape = (11, 14, 13)
+    vol = rng.normal(size=shape)
+    boxes = rng.normal(size=(3, n, n, n))  # odd count: the last pair has an empty partner
+    pk = M.PairPacker(n, shape)
+    v = torch.fft.fftn(torch.as_tensor(vol, dtype=torch.complex64)) * pk.phase()
+    got = list(pk.correlations(torch.as_tensor(boxes, dtype=torch.float32), v))
+    assert len(got) == 2
+    c = n // 2
+    for k in range(3):
+        # corr(r) = sum_j box[j] vol[r + j - c], circular
+        want = np.zeros(shape)
+        for j in np.ndindex(n, n, n):
+            want += boxes[k][j] * np.roll(vol, tuple(c - a for a in j), axis=(0, 1, 2))
+        part = got[k // 2].real if k % 2 == 0 else got[k // 2].imag
+        assert np.abs(part.numpy() - want).max() < 1e-3 * np.abs(want).max()
+    assert float(got[1].imag.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_packed_pairs_equal_unpacked_fast_path(weighted):
+    """The GPU default (rotation pairs in one complex FFT) gives the CPU path's numbers."""
+    vol = _tomogram(noise=0.2, shape=(24, 27, 29), truth=[((12, 13, 14), 4)])
+    unique = (slice(2, 21), slice(1, 27), slice(3, 25))
+    w = _bandpass_weight(0.2) if weighted else None
+    rp = M.phase_randomised_template(_template(), _sphere())
+    kw = dict(weight=w, random_phase_template=rp)
+    a = M.TileCorrelator(vol, _template(), _sphere(), unique, packed=False, **kw)
+    b = M.TileCorrelator(vol, _template(), _sphere(), unique, packed=True, **kw)
+    assert b.packed and not a.packed
+    for got, want in zip(b.scores(ROTS[:5]), a.scores(ROTS[:5])):  # odd batch
+        assert torch.allclose(got, want, atol=2e-6)
+    sa, sb = a.run(ROTS, batch_size=5), b.run(ROTS, batch_size=5)
+    assert torch.allclose(sa.best, sb.best, atol=2e-6)
+    assert torch.allclose(sa.noise_best, sb.noise_best, atol=2e-6)
+    # rotation indices agree wherever the best two rotations are not within round-off
+    all_a = a.scores(ROTS)[0]
+    top2 = torch.topk(all_a, 2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-5
+    assert clear.float().mean() > 0.95
+    assert torch.equal(sa.index[clear], sb.index[clear])
+    assert sb.sum == pytest.approx(sa.sum, rel=1e-5, abs=1e-3)
+    assert sb.sumsq == pytest.approx(sa.sumsq, rel=1e-5)
+
+
+def test_packed_is_the_default_for_spherical_masks(monkeypatch):
+    vol = _tomogram(noise=0.2, shape=(24, 26, 28), truth=[((12, 13, 14), 4)])
+    unique = tuple(slice(0, s) for s in vol.shape)
+    monkeypatch.delenv("TOMOMATCH_PACKED", raising=False)
+    assert M.TileCorrelator(vol, _template(), _sphere(), unique).packed
+    assert not M.TileCorrelator(vol, _template(), _sphere(), unique, method="resample").packed
+    monkeypatch.setenv("TOMOMATCH_PACKED", "0")
+    assert not M.TileCorrelator(vol, _template(), _sphere(), unique).packed
+    # never for a non-spherical mask (its per-rotation sigma needs the real-to-complex path)
+    assert not M.TileCorrelator(vol, _template(), _ellipsoid(), unique).packed
+
+
 def test_fast_matches_exact_non_spherical_mask():
     vol = _tomogram(noise=0.2)
     mask = _ellipsoid()
@@ -243,7 +303,8 @@ def test_fast_matches_exact_non_spherical_mask():
 def test_statistics_are_over_every_score():
     vol = _tomogram(noise=0.2, shape=(24, 26, 28), truth=[((12, 13, 14), 4)])
     tc = M.TileCorrelator(vol, _template(), _sphere(), (slice(2, 20), slice(0, 26), slice(3, 28)))
-    all_scores = torch.cat([tc.scores(ROTS[i:i + 4])[0] for i in range(0, 12, 4)]).double()
+    # same batch boundaries as run(): the packed path pairs rotations within a batch
+    all_scores = torch.cat([tc.scores(ROTS[i:i + 5])[0] for i in range(0, 12, 5)]).double()
     st = tc.run(ROTS, batch_size=5)
     assert st.count == all_scores.numel() == 18 * 26 * 25 * 12
     assert st.sum == pytest.approx(float(all_scores.sum()), rel=1e-5, abs=1e-3)

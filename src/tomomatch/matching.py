@@ -84,6 +84,7 @@ __all__ = [
     "FourierTemplate",
     "BoxToTilePruned",
     "BoxToTile",
+    "PairPacker",
     "TileState",
     "TileCorrelator",
     "match_volume",
@@ -550,6 +551,95 @@ def _sum_of_squares(x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     return total
 
 
+def _use_packed(device: torch.device, packed: bool | None) -> bool:
+    """Whether the fast path packs rotation pairs (:class:`PairPacker`); default yes.
+
+    Measured faster on CUDA and on the CPU (torch's FFT, case b of benchmarks/bench_match.py:
+    1.9x). ``TOMOMATCH_PACKED=0|1`` overrides the default (benchmarks); an explicit
+    ``packed`` wins.
+    """
+    if packed is not None:
+        return bool(packed)
+    return os.environ.get("TOMOMATCH_PACKED", "1") != "0"
+
+
+class PairPacker:
+    """Correlations of *two* real boxes with a real tile from one complex FFT pair.
+
+    Why: on a GPU the per-rotation cost is memory traffic, not arithmetic. The real-to-complex
+    path needs, per rotation, a pruned forward pass, a product and an inverse c2r transform
+    (whose input cuFFT destroys, so torch copies it first). Packing two rotated boxes ``a``
+    and ``b`` into ``q = a + i b`` gives both correlations from one complex transform of the
+    same size, with no copy: because the tile ``v`` is real, the inverse transform of
+    ``Q(-k) V(k)`` is ``corr_a + i corr_b`` (the template/tile products of the two parts do
+    not mix). ``Q(-k)`` is the forward transform of the flipped box ``q(-x)``; the box sits in
+    the grid's corner, and the flip and the centring (rotation centre ``c = n // 2``) become
+    the phase ramp ``exp(2 pi i k (n - 1 - c) / L)`` per axis (:meth:`phase`), folded into the
+    tile's transform once.
+
+    The forward transform is pruned: z pass over the box's ``n^2`` columns, y pass over ``n``
+    columns of each z plane, and one full pass along x (the contiguous axis) from a persistent
+    zero-padded buffer (only its first ``n`` x entries are ever written).
+    """
+
+    def __init__(self, n: int, shape: Sequence[int], device="cpu"):
+        self.box, self.shape, self.device = int(n), tuple(int(s) for s in shape), torch.device(device)
+        self._buf: torch.Tensor | None = None
+
+    def phase(self) -> torch.Tensor:
+        """``exp(2 pi i sum_axes f_axis (n - 1 - c))`` on the full FFT grid (``f`` = fftfreq)."""
+        shift = self.box - 1 - self.box // 2
+        ph = [torch.exp(2j * math.pi * shift * torch.fft.fftfreq(m, device=self.device, dtype=torch.float64))
+              for m in self.shape]
+        return (ph[0][:, None, None] * ph[1][None, :, None] * ph[2][None, None, :]).to(torch.complex64)
+
+    def correlations(self, boxes: torch.Tensor, v_packed: torch.Tensor):
+        """Yield, per pair of boxes ``(2p, 2p + 1)``, the complex correlation map on the grid.
+
+        ``boxes`` ``(B, n, n, n)`` real; ``v_packed`` the tile's full transform times
+        :meth:`phase`. The real part is box ``2p``'s correlation, the imaginary part box
+        ``2p + 1``'s (zero when ``B`` is odd and ``2p + 1 == B``).
+        """
+        nz, ny, nx = self.shape
+        n = self.box
+        if boxes.shape[0] % 2:
+            boxes = torch.cat([boxes, boxes.new_zeros((1,) + tuple(boxes.shape[1:]))])
+        f = torch.flip(boxes, dims=(-3, -2, -1))
+        q = torch.complex(f[0::2].contiguous(), f[1::2].contiguous())
+        q = torch.fft.fft(q, n=nz, dim=-3)
+        q = torch.fft.fft(q, n=ny, dim=-2)  # (P, nz, ny, n)
+        if self._buf is None:
+            self._buf = torch.zeros(self.shape, dtype=torch.complex64, device=self.device)
+        buf = self._buf
+        for p in range(q.shape[0]):
+            buf[..., :n] = q[p]
+            spec = torch.fft.fft(buf, dim=-1)
+            spec.mul_(v_packed)
+            yield torch.fft.ifftn(spec, dim=(-3, -2, -1))
+            del spec
+
+
+def _update_running_max(state: "TileState", scores: list[torch.Tensor], start: int) -> None:
+    """Fold a batch of scores ``(B, ...)`` (rotations ``start ...``) into the running maximum.
+
+    One update per batch: the batch's maximum and its first index (``torch.max`` returns the
+    first maximal index), then a strict ``>`` against the state. Equal to updating rotation
+    by rotation with a strict ``>``: ties keep the lower rotation index.
+    """
+    s = scores[0]
+    if s.shape[0] == 1:
+        vals = s[0]
+        idx = torch.full_like(state.index, start)
+    else:
+        vals, arg = torch.max(s, dim=0)
+        idx = arg.to(state.index.dtype).add_(start)
+    gt = vals > state.best
+    torch.maximum(state.best, vals, out=state.best)
+    torch.where(gt, idx, state.index, out=state.index)
+    if len(scores) > 1:
+        torch.maximum(state.noise_best, torch.amax(scores[1], dim=0), out=state.noise_best)
+
+
 @dataclass
 class TileState:
     """Running state of one tile's search (what a checkpoint stores).
@@ -627,7 +717,8 @@ class TileCorrelator:
 
     def __init__(self, tile, template, mask, unique: tuple[slice, slice, slice], *,
                  weight: WeightFn | None = None, method: str = "fast", spherical: bool | None = None,
-                 random_phase_template=None, device="cpu", oversample: int = 2):
+                 random_phase_template=None, device="cpu", oversample: int = 2,
+                 packed: bool | None = None):
         if method not in ("fast", "resample", "exact"):
             raise ValueError(f"method must be 'fast', 'resample' or 'exact', got {method!r}")
         dev = torch.device(device)
@@ -666,8 +757,10 @@ class TileCorrelator:
                                             torch.as_tensor(msk, dtype=torch.float64)).float().numpy()
                        for t in self.templates]
         self._box_weight = None if weight is None else weight((n, n, n)).to(dev)
+        self.packed = method == "fast" and self.spherical and _use_packed(dev, packed)
         if method != "exact":
-            self._setup_fast(oversample)
+            self._setup_fast(oversample, padded if self.packed else None)
+        del padded
 
     @staticmethod
     def _inv(sigma: torch.Tensor, mask_sum) -> torch.Tensor:
@@ -680,7 +773,7 @@ class TileCorrelator:
         return inv
 
     # ------------------------------------------------------------------ fast path set-up
-    def _setup_fast(self, oversample: int):
+    def _setup_fast(self, oversample: int, padded_tile: torch.Tensor | None = None):
         dev, n = self.device, self.box
         self.ftemplates = [FourierTemplate(t, oversample, dev) for t in self.normed]
         qb = _rfft_grid((n, n, n), dev)
@@ -694,6 +787,10 @@ class TileCorrelator:
             self.resampler = BoxToTilePruned(n, self.shape, dev)
             ph = self.resampler.phase()
             self.v_fast, self.v2_fast = self.v_hat * ph, self.v2_hat * ph
+        if padded_tile is not None:
+            self.packer = PairPacker(n, self.shape, dev)
+            self.v_packed = torch.fft.fftn(padded_tile.to(torch.complex64)).mul_(self.packer.phase())
+            self.v2_fast = None  # a spherical mask needs no per-rotation sigma
         self.mask_t = _as_tensor(self.mask_np, dev)
         if not self.spherical:
             c = torch.arange(n, device=dev, dtype=torch.float32) - n // 2
@@ -715,6 +812,8 @@ class TileCorrelator:
         rot = torch.as_tensor(np.asarray(rotations, np.float32), device=self.device)
         if rot.ndim == 2:
             rot = rot[None]
+        if self.packed:
+            return self._scores_packed(rot)
         if self.method != "exact":
             return self._scores_fast(rot)
         return self._scores_exact(np.asarray(rotations, np.float64).reshape(-1, 3, 3))
@@ -772,6 +871,23 @@ class TileCorrelator:
             out.append(corr[(slice(None),) + self.unique] * inv)
         return out
 
+    def _scores_packed(self, rot: torch.Tensor) -> list[torch.Tensor]:
+        """Fast path, two rotations per complex transform (:class:`PairPacker`); spherical mask."""
+        b = rot.shape[0]
+        ushape = tuple(s.stop - s.start for s in self.unique)
+        out = []
+        for ft in self.ftemplates:
+            box = self._box_templates(ft, rot, self.mask_t)
+            scores = torch.empty((b,) + ushape, device=self.device)
+            for p, corr in enumerate(self.packer.correlations(box, self.v_packed)):
+                pair = torch.view_as_real(corr)[self.unique]  # (..., 2): rotations 2p, 2p + 1
+                torch.mul(pair[..., 0], self.inv_norm, out=scores[2 * p])
+                if 2 * p + 1 < b:
+                    torch.mul(pair[..., 1], self.inv_norm, out=scores[2 * p + 1])
+                del corr, pair
+            out.append(scores)
+        return out
+
     def _scores_exact(self, rots: np.ndarray) -> list[torch.Tensor]:
         dev = self.device
         outs = [[] for _ in self.templates]
@@ -821,7 +937,6 @@ class TileCorrelator:
             state = TileState.empty(ushape, self.device, random_phase=len(self.templates) > 1)
         n = len(rotations) if stop is None else min(int(stop), len(rotations))
         start = state.done
-        gt = torch.empty(ushape, dtype=torch.bool, device=self.device)
         while start < n:
             stop = min(n, (start // batch_size + 1) * batch_size)
             sc = self.scores(rotations[start:stop])
@@ -835,13 +950,7 @@ class TileCorrelator:
                 state.rotation_sums.append(rs)
                 state.rotation_sumsqs.append(rq)
                 state.count += int(sc[0][0].numel())
-            for b in range(sc[0].shape[0]):
-                s = sc[0][b]
-                torch.gt(s, state.best, out=gt)
-                torch.maximum(state.best, s, out=state.best)
-                state.index.masked_fill_(gt, start + b)
-                if len(sc) > 1:
-                    torch.maximum(state.noise_best, sc[1][b], out=state.noise_best)
+            _update_running_max(state, sc, start)
             del sc
             state.done = stop
             start = stop
