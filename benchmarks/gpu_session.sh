@@ -12,6 +12,9 @@ python3 -m pip install -q --no-deps --no-index .wheels/*.whl > "$OUT/pip.log" 2>
 export PYTHONPATH=$PWD/src:$PWD/benchmarks
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 timeout 60 python3 benchmarks/cuda_check.py > "$OUT/cuda_check.txt" 2>&1
-timeout 200 python3 benchmarks/bench_match.py --devices cuda --cases a b --tiles 1 3 > "$OUT/bench_tomomatch_cuda.txt" 2>&1
-cd benchmarks && timeout 150 python3 bench_pytom_gpu.py --cases a b --tiles 1 3 --n 600 3000 > "$OUT/bench_pytom_gpu.txt" 2>&1
-cat "$OUT"/*.txt
+timeout 130 python3 benchmarks/bench_match.py --devices cuda --cases a b --tiles 1 3 --packed on > "$OUT/bench_tomomatch_cuda.txt" 2>&1
+timeout 40 python3 benchmarks/bench_match.py --devices cuda --cases b --tiles 1 --packed off >> "$OUT/bench_tomomatch_cuda.txt" 2>&1
+timeout 110 python3 benchmarks/seed_job.py --device cuda --n 2484 24840 > "$OUT/seed_job.txt" 2>&1
+timeout 50 python3 benchmarks/profile_cuda.py > "$OUT/profile_cuda.txt" 2>&1
+(cd benchmarks && timeout 140 python3 bench_pytom_gpu.py --cases b --tiles 1 3 --n 600 3000 > "$OUT/bench_pytom_gpu.txt" 2>&1)
+tail -n 40 "$OUT"/cuda_check.txt "$OUT"/bench_tomomatch_cuda.txt "$OUT"/seed_job.txt "$OUT"/bench_pytom_gpu.txt

@@ -1,0 +1,58 @@
+"""Wall time of a whole ``match`` job at the seed's sizes, extrapolated to the seed's search.
+
+Runs :func:`tomomatch.job.run_match` end to end (files in, maps and job file out, checkpoints,
+per-tile per-tilt CTF + dose weighting, defocus hand +1, ``--tiles 3 1 1``) on case (b) of
+``bench_match.py`` (tomogram 510 x 720 x 74, template 60^3, spherical mask) with N1 and N2
+random rotations. With ``T(N) = a + b N`` fitted through both runs, the seed's 248,400
+rotations take ``a + b * 248400`` seconds (``a``: reading, planning, weights, transforms,
+writing; ``b``: the search).
+
+Usage (GPU machine, from the repository root, ``PYTHONPATH=src:benchmarks``)::
+
+    python benchmarks/seed_job.py --device cuda --n 2484 24840
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from scipy.spatial.transform import Rotation
+
+from bench_match import CASES, SEED_ROTATIONS, make_data, tilt_series
+from tomomatch.job import run_match
+from tomomatch.mrcio import write_volume
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--n", nargs=2, type=int, default=[2484, 24840], help="two rotation counts")
+    ap.add_argument("--tiles", nargs=3, type=int, default=[3, 1, 1])
+    ap.add_argument("--processes", type=int, default=1)
+    args = ap.parse_args(argv)
+    case = CASES["b"]
+    tmpl, mask, vol = make_data(case)
+    times = []
+    with tempfile.TemporaryDirectory() as td:
+        work = Path(td)
+        for name, arr in (("tomo", vol), ("tmpl", tmpl), ("mask", mask)):
+            write_volume(work / f"{name}.mrc", arr, case["voxel"])
+        for n in args.n:
+            rots = Rotation.random(n, random_state=1).as_matrix()
+            t0 = time.perf_counter()
+            job = run_match(work / "tmpl.mrc", work / "mask.mrc", work / "tomo.mrc", work / f"out_{n}",
+                            rotations=rots, tilt_series=tilt_series(), defocus_handedness=1,
+                            tiles=tuple(args.tiles), device=args.device, processes=args.processes)
+            times.append(time.perf_counter() - t0)
+            print(f"N = {n:7d} rotations: {times[-1]:7.1f} s wall, tiles {job.get('tiles', args.tiles)}",
+                  flush=True)
+    b = (times[1] - times[0]) / (args.n[1] - args.n[0])
+    a = times[0] - b * args.n[0]
+    print(f"fixed {a:.1f} s + {1 / b:.0f} rot/s -> seed search ({SEED_ROTATIONS} rotations, tiles "
+          f"{' '.join(map(str, args.tiles))}, device {args.device}): {(a + b * SEED_ROTATIONS) / 60:.2f} min")
+
+
+if __name__ == "__main__":
+    main()
