@@ -83,13 +83,68 @@ def test_gaussian_cutoff_rejects_bad_numbers():
 def test_tail_cutoff_holds_on_a_gaussian_background():
     """On a smooth Gaussian field with no particles the tail cut-off lets through ~N_fp peaks."""
     counts = []
-    for seed in range(3):
+    for seed in range(8):
         m = _smooth_field((48, 48, 48), seed)
         _, v = pick_peaks(m, 3.0)
         c, info = tail_cutoff(v, 1.0)
         counts.append(int((v > c).sum()))
-        assert info["xi"] >= 0
-    assert sum(counts) <= 6  # expected about 3 (one per map); xi >= 0 makes it a little conservative
+        assert -0.2 <= info["xi"] <= 1.5
+    # measured [9, 1, 1, 2, 1, 2, 1, 1]: seed 0 has a cluster of 8 background peaks above a gap,
+    # which the mixture fit takes for particles
+    assert np.median(counts) <= 2 and np.mean(counts) <= 3.0, counts
+
+
+def _max_of_normals(rng, n, k):
+    """``n`` samples of the maximum of ``k`` iid standard normals (a light, Gumbel-domain tail, as the
+    peaks of a score map that is a maximum over rotations), and the exact survival function."""
+    x = stats.norm.ppf(rng.uniform(size=n) ** (1.0 / k))
+    return x, (lambda c: -np.expm1(k * stats.norm.logcdf(c)))
+
+
+def test_tail_cutoff_is_calibrated_on_a_known_background_with_planted_peaks():
+    """Background peaks with a known distribution (exact expected false alarms above any cut-off)
+    plus 15 strong planted peaks: the expected number of background peaks above the tail cut-off,
+    averaged over seeds, is near the requested 1 (the Gaussian formula is not involved), and the
+    planted peaks are kept."""
+    expected, kept = [], []
+    for seed in range(8):
+        rng = np.random.default_rng(500 + seed)
+        bg, sf = _max_of_normals(rng, 1500, 30_000)
+        planted = rng.normal(stats.norm.ppf((1 - 1 / 1500) ** (1 / 30_000)) + 2.5, 0.4, 15)
+        c, info = tail_cutoff(np.concatenate([bg, planted]), 1.0)
+        expected.append(1500 * sf(c))
+        kept.append(int((planted > c).sum()))
+        assert info["model"] in ("gpd", "gpd+particles")
+    assert 0.3 <= np.mean(expected) <= 3.0, expected  # measured 1.4
+    assert min(kept) >= 14 and np.mean(kept) >= 14.8, kept
+    # 10 requested false alarms: about 10 expected (not 1, not 100)
+    rng = np.random.default_rng(1)
+    bg, sf = _max_of_normals(rng, 3000, 30_000)
+    c10, _ = tail_cutoff(bg, 10.0)
+    assert 4 <= 3000 * sf(c10) <= 25
+
+
+def test_particles_interleaved_with_the_top_background_peaks_are_kept():
+    """The failure of the former tail cut-off (issue 6): on a noisy map the particles' scores reach
+    into the top of the background, and a single tail fit takes them for a heavy background tail
+    (1 of 24 particles kept on a shot-noise simulation where the Gaussian cut-off kept 16). The
+    mixture fit separates the cluster: most particles above the ideal cut-off (exact 1-false-alarm
+    quantile of the known background) are kept, with a few false alarms at most."""
+    n_bg, k = 1400, 30_000
+    ideal = stats.norm.ppf((1 - 1 / n_bg) ** (1 / k))
+    got, best, expected = [], [], []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        bg, sf = _max_of_normals(rng, n_bg, k)
+        particles = rng.normal(ideal + 0.3, 0.5, 24)
+        c, info = tail_cutoff(np.concatenate([bg, particles]), 1.0)
+        got.append(int((particles > c).sum()))
+        best.append(int((particles > ideal).sum()))
+        expected.append(n_bg * sf(c))
+    assert np.mean(got) >= 0.8 * np.mean(best), (got, best)  # measured 17.2 of 17.5 (former: 7.3)
+    # measured 2.9 (0 to 7 per seed): the price of separating the cluster is a somewhat liberal
+    # background estimate; the former fit gave 0.1 here and kept 7.3 particles
+    assert np.mean(expected) <= 4.5, expected
 
 
 def test_heavy_tailed_background_does_not_fool_the_tail_cutoff(tmp_path):

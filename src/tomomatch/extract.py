@@ -18,14 +18,14 @@ Pipeline (:func:`extract_candidates`)
      ``N_search`` = voxels x rotations searched is taken as Gaussian with the job's mean and
      standard deviation; ``cutoff = mean + sigma * sqrt(2) * erfcinv(2 N_fp / N_search)``.
      With ``N_search = 6,749,723,520,000`` and ``N_fp = 1`` that is 7.30 sigma.
-   * ``tail`` (default): a generalized Pareto distribution is fitted to the upper tail of the
-     *peak* scores (the whole peak list of step 3, i.e. the background as the picker sees
-     it), truncated at a trial cut-off so that the strong cluster of real particles above it
-     does not enter the fit. The trial cut-off is raised from the 75th percentile of the
-     peak scores until it is self-consistent (the fit predicts a cut-off at or below it).
-     The cut-off is where the fitted background tail predicts ``N_fp`` peaks above it. This
-     holds when the background's tail is heavier than Gaussian, where the Gaussian formula
-     lets many background peaks through.
+   * ``tail`` (default): the strongest 20 % of the peaks (100-1000) of step 3 (the background as
+     the picker sees it, plus the particles at the top) are fitted twice by maximum
+     likelihood: a generalized Pareto distribution (GPD) alone, and a GPD background plus a
+     Gaussian cluster of particles. The mixture is used when it raises twice the
+     log-likelihood by more than 6. The cut-off is where the background GPD predicts
+     ``N_fp`` peaks above it. This holds when the background's tail is heavier than Gaussian
+     (where the Gaussian formula lets many background peaks through), and particles whose
+     scores reach into the top of the background no longer pass for a heavy background tail.
 
 5. Sub-voxel position (:func:`refine_subvoxel`): a 3-point parabola per axis through the
    peak voxel and its two neighbours (offset clipped to +-0.5 voxel). A refined pick closer
@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage, optimize
+from scipy import ndimage, optimize, special
 from scipy.special import erfcinv
 
 from .conventions import matrix_to_relion
@@ -75,11 +75,11 @@ CUTOFF_METHODS = ("tail", "gaussian", "fixed")
 PARTICLE_COLUMNS = ("x", "y", "z", "score", "score_sigma", "rotation_index", "rot", "tilt", "psi",
                     "x_voxel", "y_voxel", "z_voxel")
 
-#: shape parameter range of the tail fits: exponential (xi = 0) or heavier (Pareto-like), so
-#: that a fit truncated at a trial point cannot put a finite end point just above it. Allowing
-#: xi >= -0.1 calibrated Gaussian backgrounds better but let a truncated fit inside a Student-t
-#: tail stop early (11 background peaks instead of 0 in the heavy-tail test).
-_XI_BOUNDS = [0.0, 1.5]
+#: shape parameter range of the tail fits. Maxima of a Gaussian-like background have a tail
+#: lighter than exponential: fitted to background peaks alone, xi was -0.13 to -0.2 on a
+#: shot-noise simulation; a bound of -0.3 let 2-4 background peaks through on plain
+#: simulations at 1 requested false alarm, -0.2 kept 0-2.
+_XI_BOUNDS = [-0.2, 1.5]
 _JOB_REQUIRED = ("scores", "angles", "rotations", "voxel_size_angstrom")
 _JOB_PATH_KEYS = ("scores", "angles", "rotations", "tomogram", "template", "mask")
 
@@ -225,44 +225,75 @@ def _gpd_logsf(y, xi, beta):
     return out
 
 
-def _fit_gpd_truncated(y: np.ndarray, t: float) -> tuple[float, float]:
-    """Maximum-likelihood GPD ``(xi, beta)`` of exceedances ``0 <= y < t`` truncated at ``t``.
+def _gpd_logpdf(y: np.ndarray, xi: float, beta: float) -> np.ndarray:
+    """log density of the generalized Pareto distribution (loc 0); ``-inf`` beyond its end point."""
+    if abs(xi) < 1e-9:
+        return -math.log(beta) - y / beta
+    z = 1.0 + xi * y / beta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(z > 0, -math.log(beta) - (1.0 + 1.0 / xi) * np.log(np.where(z > 0, z, 1.0)), -np.inf)
 
-    The likelihood of each point is ``f(y) / F(t)``, so the points above ``t`` (the strong
-    cluster) neither enter the fit nor bias it. ``xi`` is kept in ``_XI_BOUNDS``.
-    """
-    scale0 = max(float(np.mean(y)), 1e-12)
-    y = np.asarray(y, float) / scale0  # fit on a unit scale
-    t = t / scale0
-    n = y.size
-    finite_t = math.isfinite(t)
 
+#: the particle component holds at least this many peaks, and its standard deviation is at least
+#: this fraction of the mean exceedance: a narrower "cluster" on two or three top peaks is the
+#: classic degenerate mixture fit, which fires on pure backgrounds.
+_MIX_MIN_PARTICLES = 3.0
+_MIX_MIN_SD = 0.3
+_NM = {"xatol": 1e-6, "fatol": 1e-8, "maxiter": 4000}
+
+
+def _fit_gpd(y: np.ndarray) -> tuple[float, float, float]:
+    """Maximum-likelihood GPD ``(xi, log beta, nll)`` of exceedances ``y > 0`` (unit scale), ``xi`` in
+    ``_XI_BOUNDS``."""
     def nll(p):
         xi, lb = float(p[0]), float(p[1])
         if not (_XI_BOUNDS[0] <= xi <= _XI_BOUNDS[1]) or not (-20.0 < lb < 20.0):
             return 1e300
-        b = math.exp(lb)
-        if abs(xi) < 1e-8:
-            logf = -lb - y / b
-        else:
-            z = xi * y / b
-            if np.any(z <= -1.0):
-                return 1e300
-            logf = -lb - (1.0 + 1.0 / xi) * np.log1p(z)
-        ll = float(logf.sum())
-        if finite_t:
-            s_t = math.exp(max(float(_gpd_logsf(t, xi, b)), -700.0))
-            ll -= n * math.log1p(-min(s_t, 1.0 - 1e-15))
+        ll = float(_gpd_logpdf(y, xi, math.exp(lb)).sum())
+        return -ll if math.isfinite(ll) else 1e300
+
+    best = min((optimize.minimize(nll, [xi0, 0.0], method="Nelder-Mead", options=_NM)
+                for xi0 in (-0.1, 0.2, 0.7)), key=lambda r: r.fun)
+    return float(best.x[0]), float(best.x[1]), float(best.fun)
+
+
+def _fit_gpd_mixture(y: np.ndarray, xi0: float, lb0: float, max_fraction: float
+                     ) -> tuple[np.ndarray, float] | None:
+    """Maximum-likelihood mixture of a GPD background and a Gaussian particle cluster.
+
+    ``y`` (exceedances, unit scale, sorted strongest first) has density
+    ``(1 - w) GPD(y; xi, beta) + w N(y; mu, sd) / Phi(mu / sd)`` (the Gaussian truncated to
+    ``y > 0``), with ``w <= max_fraction`` and ``mu`` at or above the median of ``y`` (the particles
+    are the strong end). Returns ``([xi, log beta, log w, mu, log sd], nll)`` or ``None``.
+    """
+    m = y.size
+    med = float(np.median(y))
+    lw_min = math.log(_MIX_MIN_PARTICLES / m)
+    lsd_min = math.log(_MIX_MIN_SD)
+
+    def nll(p):
+        xi, lb, lw, mu, lsd = (float(t) for t in p)
+        if not (_XI_BOUNDS[0] <= xi <= _XI_BOUNDS[1]) or not (-20.0 < lb < 20.0) \
+                or not (lw_min <= lw <= math.log(max_fraction)) or not (lsd_min <= lsd < 3.0) or mu < med:
+            return 1e300
+        sd = math.exp(lsd)
+        a = math.log1p(-math.exp(lw)) + _gpd_logpdf(y, xi, math.exp(lb))
+        b = (lw - 0.5 * ((y - mu) / sd) ** 2 - lsd - 0.5 * math.log(2.0 * math.pi)
+             - float(special.log_ndtr(mu / sd)))
+        ll = float(np.logaddexp(a, b).sum())
         return -ll if math.isfinite(ll) else 1e300
 
     best = None
-    for xi0 in (max(0.15, _XI_BOUNDS[0]), 0.7):
-        res = optimize.minimize(nll, x0=[xi0, 0.0], method="Nelder-Mead",
-                                options={"xatol": 1e-5, "fatol": 1e-7, "maxiter": 1000,
-                                         "initial_simplex": [[xi0, 0.0], [xi0 + 0.1, 0.0], [xi0, 0.3]]})
-        if best is None or res.fun < best.fun:
+    for k in (3, 5, 10, 20, 40, 80, 160, 320):  # starts: the k strongest peaks are the cluster
+        if k > max_fraction * m:
+            break
+        top = y[:k]
+        p0 = [xi0, lb0, math.log(k / m), max(float(top.mean()), med),
+              math.log(max(float(top.std()), 1.5 * _MIX_MIN_SD))]
+        res = optimize.minimize(nll, p0, method="Nelder-Mead", options=_NM)
+        if res.fun < 1e299 and (best is None or res.fun < best.fun):
             best = res
-    return float(best.x[0]), float(math.exp(best.x[1]) * scale0)
+    return None if best is None else (np.asarray(best.x, float), float(best.fun))
 
 
 def _gpd_cutoff(u: float, xi: float, beta: float, n_above_u: float, n_false_alarms: float) -> float:
@@ -275,34 +306,9 @@ def _gpd_cutoff(u: float, xi: float, beta: float, n_above_u: float, n_false_alar
     return u + beta / xi * (ratio ** xi - 1.0)
 
 
-def _gpd_fit_window(s_desc: np.ndarray, k: int, n_tail: int) -> dict[str, float]:
-    """GPD fit of the ``n_tail`` peaks ranked just below rank ``k`` (0 = none above).
-
-    ``s_desc`` is sorted strongest first. The window is ranks ``k .. k + n_tail - 1``
-    (0-based); the threshold ``u`` is the next score below the window and the likelihood is
-    truncated at ``c = s_desc[k - 1]`` (the weakest peak left out above the window), so the
-    ``k`` strongest peaks neither enter nor bias the fit.
-    """
-    c = float(s_desc[k - 1]) if k > 0 else math.inf
-    u = float(s_desc[k + n_tail])
-    y = s_desc[k:k + n_tail] - u
-    y = y[y > 0]
-    if y.size < 10:
-        raise ValueError(f"only {y.size} distinct peak scores above the tail threshold")
-    xi, beta = _fit_gpd_truncated(y, c - u)
-    if math.isfinite(c):
-        log_s_c = float(_gpd_logsf(c - u, xi, beta))
-        s_c = math.exp(log_s_c) if log_s_c > -700 else 0.0
-    else:
-        s_c = 0.0
-    n_u = y.size / max(1.0 - s_c, 1e-300)
-    return dict(xi=xi, beta=beta, threshold=u, truncation=c, n_background_above_threshold=n_u,
-                expected_above_truncation=n_u * s_c, n_fit=int(y.size))
-
-
-def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: float = 0.1,
-                min_tail: int = 60, max_tail: int = 400, max_strong_fraction: float = 0.1,
-                n_trials: int = 40) -> tuple[float, dict[str, Any]]:
+def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: float = 0.2,
+                min_tail: int = 100, max_tail: int = 1000, max_strong_fraction: float = 0.5,
+                min_likelihood_ratio: float = 6.0) -> tuple[float, dict[str, Any]]:
     """Data-driven cut-off from the tail of the background peak-score distribution.
 
     Parameters
@@ -312,79 +318,68 @@ def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: floa
     n_false_alarms
         Expected number of background peaks above the returned cut-off.
     tail_fraction, min_tail, max_tail
-        Each tail fit uses ``clip(tail_fraction * n_peaks, min_tail, max_tail)`` peaks.
+        The fit uses the ``m = clip(tail_fraction * n_peaks, min_tail, max_tail)`` strongest
+        peaks (at most half of the peaks; at least 40, else ``ValueError``).
     max_strong_fraction
-        Real particles are assumed to be at most this fraction of all peaks: the search
-        starts at this rank.
-    n_trials
-        Number of trial truncation ranks between that start and the top.
+        Largest fraction of those ``m`` peaks the particle component may take.
+    min_likelihood_ratio
+        The particle component is kept when it raises twice the log-likelihood by more than
+        this (default 6: Akaike's criterion for its 3 extra parameters).
 
     Returns
     -------
     cutoff, info
-        ``info`` holds the fitted ``xi``, ``beta``, threshold ``u``, truncation point, the
-        number of peaks above it (``n_strong``) and the estimated background counts.
+        ``info`` holds the background fit (``xi``, ``beta``, threshold ``u``,
+        ``n_background_above_threshold``), ``model`` (``"gpd"`` or ``"gpd+particles"``), the
+        ``likelihood_ratio`` of the two, and for the mixture the particle component
+        (``particle_fraction``, ``particle_mean``, ``particle_sd`` in score units,
+        ``n_strong`` = its expected number of peaks).
 
     Notes
     -----
-    A generalized Pareto distribution (GPD, ``xi >= 0``) is fitted by maximum likelihood to a window of
-    peak scores just below a trial truncation point ``c``, with the likelihood truncated at
-    ``c``: the peaks above ``c`` neither enter nor bias the fit. The fit predicts
-    ``lambda(c)``, the number of background peaks above ``c``. The trial point rises
-    (geometric ranks, from ``max_strong_fraction`` of the peaks to the top) until
-    ``lambda(c) <= N_fp``: then the peaks above ``c`` are the strong cluster (real
-    particles, plus at most about ``N_fp`` background). The cut-off solves
-    ``N_u S(cutoff - u) = N_fp`` with that fit. A window of the highest background peaks
-    keeps the extrapolation short, so the tail's shape (Gaussian-like or heavier) is taken
-    from the data; the Gaussian formula assumes it.
+    The ``m`` strongest peak scores, as exceedances of the next score ``u``, are fitted by
+    maximum likelihood twice: (1) a generalized Pareto distribution (GPD, shape ``xi`` in
+    ``[-0.2, 1.5]``: from Gaussian-like maxima to heavy tails), and (2) a mixture of a GPD
+    background and a Gaussian cluster of particles (fraction ``w``, mean at or above the
+    window's median). (2) is used when its likelihood gain exceeds ``min_likelihood_ratio``:
+    the strong end of the peak list is then a cluster, not the continuation of the
+    background's tail. The cut-off solves ``N_u S(cutoff - u) = N_fp`` with the background
+    GPD, ``N_u = m (1 - w)``. Real particles interleaved with the top background peaks no
+    longer inflate the background's tail (a single GPD takes them as a heavy tail), and a
+    heavy background tail without a cluster is fitted as such.
     """
     nfp = _check_false_alarms(n_false_alarms)
-    s_desc = np.sort(np.asarray(peak_scores, float)[np.isfinite(peak_scores)])[::-1]
+    vals = np.asarray(peak_scores, float)
+    s_desc = np.sort(vals[np.isfinite(vals)])[::-1]
     n = s_desc.size
-    n_tail = int(min(max(tail_fraction * n, min_tail), max_tail))
-    k_start = int(max_strong_fraction * n)
-    if n < n_tail + k_start + 2 or n_tail < 10:
-        raise ValueError(f"only {n} peaks; the tail fit needs at least {n_tail + k_start + 2}")
-    fits: dict[int, dict[str, float]] = {}
-
-    def lam(k: int) -> float:
-        """Predicted background count above the k-th strongest peak (inf: degenerate fit)."""
-        if k not in fits:
-            f = _gpd_fit_window(s_desc, k, n_tail)
-            f["n_strong"] = int(k)
-            # a window piling up against its truncation point can be "fitted" by a tail that
-            # puts most of its mass above it; such a fit says nothing about the background
-            if f["xi"] >= 0.98 * _XI_BOUNDS[1] or f["expected_above_truncation"] > n:
-                f["expected_above_truncation"] = math.inf
-            fits[k] = f
-        return fits[k]["expected_above_truncation"]
-
-    grid = np.unique(np.round(np.geomspace(max(k_start, 1), 1, n_trials)).astype(int))[::-1].tolist()
-    chosen = None
-    for i, k in enumerate(grid):  # rising truncation point
-        if lam(k) <= nfp:
-            # refine: the first rank between the previous grid point and this one that crosses
-            lo = grid[i - 1] - 1 if i > 0 else k
-            for kk in range(lo, k, -1):
-                if lam(kk) <= nfp:
-                    k = kk
-                    break
-            chosen = k
-            break
-    if chosen is None:
-        # no rank is self-consistent. A near miss (the best rank predicts at most 2 N_fp + 1
-        # background peaks above it) still marks the strong cluster; otherwise there is none
-        # and the whole tail is background (no truncation).
-        i = int(np.argmin([lam(k) for k in grid]))
-        hi = grid[i - 1] if i > 0 else grid[i]
-        lo = grid[i + 1] if i + 1 < len(grid) else grid[i]
-        best = min(range(lo, hi + 1), key=lam)
-        chosen = best if lam(best) <= 2 * nfp + 1 else 0
-        lam(chosen)
-    fit = fits[chosen]
-    cutoff = _gpd_cutoff(fit["threshold"], fit["xi"], fit["beta"], fit["n_background_above_threshold"], nfp)
-    fit["n_peaks"] = int(n)
-    return float(cutoff), fit
+    m = int(min(max(tail_fraction * n, min_tail), max_tail, n // 2))
+    if m < 40:
+        raise ValueError(f"only {n} peaks; the tail fit needs at least 80")
+    u = float(s_desc[m])
+    y = s_desc[:m] - u
+    y = y[y > 0]
+    if y.size < 40 or not np.ptp(y) > 0:
+        raise ValueError(f"only {y.size} distinct peak scores above the tail threshold")
+    scale = float(y.mean())
+    y = y / scale
+    xi1, lb1, nll1 = _fit_gpd(y)
+    mix = _fit_gpd_mixture(y, xi1, lb1, max_strong_fraction)
+    lr = 2.0 * (nll1 - mix[1]) if mix is not None else -math.inf
+    info: dict[str, Any] = {"threshold": u, "n_fit": int(y.size), "n_peaks": int(n),
+                            "likelihood_ratio": float(lr)}
+    if mix is not None and lr > min_likelihood_ratio:
+        xi, lb, lw, mu, lsd = mix[0]
+        w = math.exp(lw)
+        info.update(model="gpd+particles", particle_fraction=w, particle_mean=u + mu * scale,
+                    particle_sd=math.exp(lsd) * scale, n_strong=w * y.size)
+    else:
+        xi, lb, w = xi1, lb1, 0.0
+        info.update(model="gpd", n_strong=0.0)
+    beta = math.exp(lb) * scale
+    n_u = y.size * (1.0 - w)
+    info.update(xi=float(xi), beta=beta, n_background_above_threshold=n_u)
+    cutoff = _gpd_cutoff(u, float(xi), beta, n_u, nfp)
+    return float(cutoff), info
 
 
 # --------------------------------------------------------------------------- peaks
