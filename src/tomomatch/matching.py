@@ -103,6 +103,32 @@ def fast_fft_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(scipy.fft.next_fast_len(int(n), real=True)) for n in shape)
 
 
+def _cufft_friendly_len(m: int) -> int:
+    """Smallest ``n >= m`` of the form ``2^a 3^b 5^c`` with ``b <= 2``, ``c <= 1``.
+
+    Why: cuFFT runs such lengths in one kernel per axis where some 5-smooth lengths (75 =
+    3 x 5^2) take two passes over the whole grid (measured on an H200: the z pass of
+    75 x 720 x 512 took 0.25 ms in two kernels). Used on CUDA only with
+    ``TOMOMATCH_FFT_SIZES=cuda`` (benchmarks/fft_sizes_cuda.py).
+    """
+    n = max(int(m), 1)
+    while True:
+        k = n
+        while k % 2 == 0:
+            k //= 2
+        if k in (1, 3, 5, 9, 15, 45):
+            return n
+        n += 1
+
+
+def grid_shape(data_shape: Sequence[int], device="cpu") -> tuple[int, ...]:
+    """FFT grid of a tile: :func:`fast_fft_shape`, or on CUDA with ``TOMOMATCH_FFT_SIZES=cuda``
+    :func:`_cufft_friendly_len` per axis."""
+    if torch.device(device).type == "cuda" and os.environ.get("TOMOMATCH_FFT_SIZES") == "cuda":
+        return tuple(_cufft_friendly_len(int(n)) for n in data_shape)
+    return fast_fft_shape(data_shape)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> torch device; InputError if CUDA is absent."""
     name = "cpu" if device is None else str(device)
@@ -619,6 +645,51 @@ class PairPacker:
             del spec
 
 
+def fold_pair(pair: torch.Tensor, inv_norm: torch.Tensor, best: torch.Tensor, index: torch.Tensor,
+              first_index: torch.Tensor) -> torch.Tensor:
+    """Fold one packed pair of correlation maps into the running maximum, in one pass.
+
+    ``pair`` ``(..., 2)``: the unique region of :class:`PairPacker`'s output as real and
+    imaginary parts (rotations ``first_index`` and ``first_index + 1``); ``inv_norm`` the
+    per-voxel ``1 / (W sigma)``. Updates ``best``/``index`` in place exactly as two
+    rotation-by-rotation strict ``>`` updates would (ties keep the lower index) and returns
+    ``[sum_a, sum_b, sum_a^2, sum_b^2]`` (float64) of the two score maps.
+
+    Written as plain tensor code so that ``torch.compile`` fuses it into one or two kernels on
+    CUDA (:func:`_pair_folder`); the same function runs eagerly in the CPU tests.
+    """
+    a = pair[..., 0] * inv_norm
+    b = pair[..., 1] * inv_norm
+    a64, b64 = a.double(), b.double()
+    stats = torch.stack([a64.sum(), b64.sum(), (a64 * a64).sum(), (b64 * b64).sum()])
+    m = torch.maximum(a, b)
+    take_b = b > a
+    gt = m > best
+    best.copy_(torch.where(gt, m, best))
+    index.copy_(torch.where(gt, first_index + take_b.to(index.dtype), index))
+    return stats
+
+
+_FOLDERS: dict = {}
+
+
+def _pair_folder(device: torch.device):
+    """The compiled :func:`fold_pair` for CUDA, or None (CPU, ``TOMOMATCH_FUSED=0``, no compiler).
+
+    Why: on a GPU the score, statistics and running-maximum passes cost as much as the FFTs
+    when run as separate kernels (each re-reads the 27 M-voxel maps); fused, the pair is read
+    once or twice. Compilation failures fall back to the per-batch path (see ``_run``).
+    """
+    if device.type != "cuda" or os.environ.get("TOMOMATCH_FUSED", "1") == "0":
+        return None
+    if "cuda" not in _FOLDERS:
+        try:
+            _FOLDERS["cuda"] = torch.compile(fold_pair, dynamic=False)
+        except Exception:  # pragma: no cover - depends on the installation
+            _FOLDERS["cuda"] = None
+    return _FOLDERS["cuda"]
+
+
 def _update_running_max(state: "TileState", scores: list[torch.Tensor], start: int) -> None:
     """Fold a batch of scores ``(B, ...)`` (rotations ``start ...``) into the running maximum.
 
@@ -733,7 +804,7 @@ class TileCorrelator:
             raise InputError(f"template box {n} larger than the tile {tuple(tile_t.shape)}", None, "template")
         self.box = n
         self.data_shape = tuple(tile_t.shape)
-        self.shape = fast_fft_shape(self.data_shape)
+        self.shape = grid_shape(self.data_shape, dev)
         self.unique = unique
         self.weight = weight
         self.spherical = is_spherical_mask(msk) if spherical is None else bool(spherical)
@@ -873,20 +944,57 @@ class TileCorrelator:
 
     def _scores_packed(self, rot: torch.Tensor) -> list[torch.Tensor]:
         """Fast path, two rotations per complex transform (:class:`PairPacker`); spherical mask."""
+        return [self._scores_packed_one(ft, rot) for ft in self.ftemplates]
+
+    def _scores_packed_one(self, ft: "FourierTemplate", rot: torch.Tensor) -> torch.Tensor:
         b = rot.shape[0]
         ushape = tuple(s.stop - s.start for s in self.unique)
-        out = []
-        for ft in self.ftemplates:
-            box = self._box_templates(ft, rot, self.mask_t)
-            scores = torch.empty((b,) + ushape, device=self.device)
-            for p, corr in enumerate(self.packer.correlations(box, self.v_packed)):
-                pair = torch.view_as_real(corr)[self.unique]  # (..., 2): rotations 2p, 2p + 1
-                torch.mul(pair[..., 0], self.inv_norm, out=scores[2 * p])
-                if 2 * p + 1 < b:
-                    torch.mul(pair[..., 1], self.inv_norm, out=scores[2 * p + 1])
-                del corr, pair
-            out.append(scores)
-        return out
+        box = self._box_templates(ft, rot, self.mask_t)
+        scores = torch.empty((b,) + ushape, device=self.device)
+        for p, corr in enumerate(self.packer.correlations(box, self.v_packed)):
+            pair = torch.view_as_real(corr)[self.unique]  # (..., 2): rotations 2p, 2p + 1
+            torch.mul(pair[..., 0], self.inv_norm, out=scores[2 * p])
+            if 2 * p + 1 < b:
+                torch.mul(pair[..., 1], self.inv_norm, out=scores[2 * p + 1])
+            del corr, pair
+        return scores
+
+    def _fold_batch(self, folder, rotations: np.ndarray, start: int, state: "TileState",
+                    ids: torch.Tensor) -> None:
+        """Packed pairs folded into ``state`` by ``folder`` (:func:`fold_pair`), one batch.
+
+        The statistics enter the state only at the end, and folding a pair twice leaves the
+        maximum and index unchanged, so after a failure part-way the caller can redo the whole
+        batch with the per-batch path.
+        """
+        rot = torch.as_tensor(np.asarray(rotations, np.float32), device=self.device).reshape(-1, 3, 3)
+        b = rot.shape[0]
+        stats = []
+        box = self._box_templates(self.ftemplates[0], rot, self.mask_t)
+        for p, corr in enumerate(self.packer.correlations(box, self.v_packed)):
+            pair = torch.view_as_real(corr)[self.unique]
+            if 2 * p + 1 < b:
+                stats.append(folder(pair, self.inv_norm, state.best, state.index, ids[start + 2 * p]))
+            else:  # odd batch: the last rotation alone
+                a = pair[..., 0] * self.inv_norm
+                a64 = a.double()
+                stats.append(torch.stack([a64.sum(), a64.new_zeros(()), (a64 * a64).sum(), a64.new_zeros(())]))
+                gt = a > state.best
+                torch.maximum(state.best, a, out=state.best)
+                state.index.masked_fill_(gt, start + 2 * p)
+            del corr, pair
+        if len(self.ftemplates) > 1:
+            noise = self._scores_packed_one(self.ftemplates[1], rot)
+            torch.maximum(state.noise_best, torch.amax(noise, dim=0), out=state.noise_best)
+        vals = torch.stack(stats).tolist()
+        for k in range(b):
+            v = vals[k // 2]
+            rs, rq = (v[0], v[2]) if k % 2 == 0 else (v[1], v[3])
+            state.sum += rs
+            state.sumsq += rq
+            state.rotation_sums.append(rs)
+            state.rotation_sumsqs.append(rq)
+            state.count += int(self.inv_norm.numel())
 
     def _scores_exact(self, rots: np.ndarray) -> list[torch.Tensor]:
         dev = self.device
@@ -937,8 +1045,27 @@ class TileCorrelator:
             state = TileState.empty(ushape, self.device, random_phase=len(self.templates) > 1)
         n = len(rotations) if stop is None else min(int(stop), len(rotations))
         start = state.done
+        folder = _pair_folder(self.device) if self.packed else None
+        ids = torch.arange(n + 1, device=self.device, dtype=state.index.dtype) if folder is not None else None
         while start < n:
             stop = min(n, (start // batch_size + 1) * batch_size)
+            if folder is not None:
+                try:
+                    self._fold_batch(folder, rotations[start:stop], start, state, ids)
+                except Exception as exc:  # pragma: no cover - compiler missing/failing on this machine
+                    if not isinstance(exc, (torch.cuda.OutOfMemoryError,)) and _FOLDERS.get("cuda") is not None:
+                        import warnings
+                        warnings.warn(f"fused CUDA kernel unavailable ({type(exc).__name__}: {exc}); "
+                                      "using separate kernels", RuntimeWarning, stacklevel=2)
+                        _FOLDERS["cuda"] = None
+                        folder = None
+                        continue
+                    raise
+                state.done = stop
+                start = stop
+                if on_batch is not None:
+                    on_batch(state)
+                continue
             sc = self.scores(rotations[start:stop])
             # per-rotation float32 sums (cascade summation) and float64 sums of squares, kept on
             # the device and fetched once per batch; accumulated in float64 in rotation order
