@@ -100,8 +100,9 @@ def evaluate(job_path: Path, sim_dir: Path, out: Path, args) -> dict:
     for method in METHODS:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            df = extract_candidates(job_path, max_particles=10**6, particle_diameter_angstrom=diameter,
-                                    cutoff_method=method, false_alarms=args.false_alarms)
+            df, details = extract_candidates(job_path, max_particles=10**6, particle_diameter_angstrom=diameter,
+                                             cutoff_method=method, false_alarms=args.false_alarms,
+                                             return_details=True)
         write_particles(df, out / f"picks_{method}.star", "relion5", job_path)
         ia, ib, _ = pair_particles(df[["x", "y", "z"]].to_numpy(), true_xyz, match_r)
         tp = int((~is_decoy[ib]).sum())
@@ -114,6 +115,11 @@ def evaluate(job_path: Path, sim_dir: Path, out: Path, args) -> dict:
             "precision": round(tp / n, 4) if n else None, "recall": round(tp / len(particles_xyz), 4),
             "warnings": [str(w.message) for w in caught],
         }
+        fit = details.get("tail_fit")
+        if fit:  # the tail fit's model: "gpd" or "gpd+particles", and the likelihood ratio that chose it
+            result[method]["tail_model"] = fit.get("model")
+            result[method]["tail_likelihood_ratio"] = round(float(fit.get("likelihood_ratio", float("nan"))), 2)
+            result[method]["tail_xi"] = round(float(fit["xi"]), 3)
     return result
 
 
@@ -155,7 +161,9 @@ def main() -> None:
             r = res[m]
             print(f"  {m:8s} cut-off {r['cutoff']:.4g} ({r['cutoff_sigma']:.2f} sigma, {r['method_used']}): "
                   f"{r['n_picks']} picks, TP {r['tp']}, FP {r['fp']} ({r['fp_decoy']} on decoys, "
-                  f"{r['fp_background']} background), precision {r['precision']}, recall {r['recall']}")
+                  f"{r['fp_background']} background), precision {r['precision']}, recall {r['recall']}"
+                  + (f" [{r['tail_model']}, LR {r['tail_likelihood_ratio']}, xi {r['tail_xi']}]"
+                     if r.get("tail_model") else ""))
     for m in METHODS:
         tp = sum(r[m]["tp"] for r in rows)
         fp = sum(r[m]["fp"] for r in rows)

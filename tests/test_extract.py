@@ -400,3 +400,26 @@ def test_too_few_peaks_for_a_tail_fit_falls_back_to_gaussian(tmp_path):
     assert df.attrs["cutoff"] == pytest.approx(0.1 * gaussian_cutoff_sigma(1, 1000))
     assert len(df) == 1
     assert math.isclose(df.attrs["cutoff_sigma"], gaussian_cutoff_sigma(1, 1000), rel_tol=1e-9)
+
+
+def test_an_independent_reference_cutoff_corroborates_a_weak_particle_cluster():
+    """When the mixture's likelihood gain is weak (2 < LR <= 6), a reference cut-off (the Gaussian
+    one in extract_candidates) that the mixture's background agrees with admits the mixture, with
+    the cut-off never below the reference; a reference the background contradicts (far too low,
+    as the Gaussian formula on a heavy tail) changes nothing."""
+    n_bg, k = 1400, 30_000
+    q = stats.norm.ppf((1 - 1 / n_bg) ** (1 / k))  # exact 1-false-alarm score of the background
+    for seed in (4, 5):
+        rng = np.random.default_rng(seed)
+        bg, sf = _max_of_normals(rng, n_bg, k)
+        particles = rng.normal(q + 0.2, 0.5, 16)
+        v = np.concatenate([bg, particles])
+        c0, i0 = tail_cutoff(v, 1.0)
+        assert i0["model"] == "gpd" and 2.0 < i0["likelihood_ratio"] <= 6.0
+        assert (particles > c0).sum() <= 1  # without a reference: a heavy tail, particles lost
+        c1, i1 = tail_cutoff(v, 1.0, reference_cutoff=q)
+        assert i1["corroborated_by_reference"] and i1["model"] == "gpd+particles"
+        assert c1 >= q and n_bg * sf(c1) <= 1.0 + 1e-9
+        assert (particles > c1).sum() == (particles > q).sum() == 9
+        c2, i2 = tail_cutoff(v, 1.0, reference_cutoff=q - 1.0)
+        assert not i2["corroborated_by_reference"] and c2 == c0

@@ -22,7 +22,9 @@ Pipeline (:func:`extract_candidates`)
      the picker sees it, plus the particles at the top) are fitted twice by maximum
      likelihood: a generalized Pareto distribution (GPD) alone, and a GPD background plus a
      Gaussian cluster of particles. The mixture is used when it raises twice the
-     log-likelihood by more than 6. The cut-off is where the background GPD predicts
+     log-likelihood by more than 6, or by more than 2 when the Gaussian cut-off corroborates
+     it (the mixture's background predicts at most ``3 N_fp`` peaks above the Gaussian
+     cut-off; the cut-off is then not below the Gaussian one). The cut-off is where the background GPD predicts
      ``N_fp`` peaks above it. This holds when the background's tail is heavier than Gaussian
      (where the Gaussian formula lets many background peaks through), and particles whose
      scores reach into the top of the background no longer pass for a heavy background tail.
@@ -308,7 +310,8 @@ def _gpd_cutoff(u: float, xi: float, beta: float, n_above_u: float, n_false_alar
 
 def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: float = 0.2,
                 min_tail: int = 100, max_tail: int = 1000, max_strong_fraction: float = 0.5,
-                min_likelihood_ratio: float = 6.0) -> tuple[float, dict[str, Any]]:
+                min_likelihood_ratio: float = 6.0, reference_cutoff: float | None = None,
+                min_likelihood_ratio_with_reference: float = 2.0) -> tuple[float, dict[str, Any]]:
     """Data-driven cut-off from the tail of the background peak-score distribution.
 
     Parameters
@@ -325,6 +328,12 @@ def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: floa
     min_likelihood_ratio
         The particle component is kept when it raises twice the log-likelihood by more than
         this (default 6: Akaike's criterion for its 3 extra parameters).
+    reference_cutoff, min_likelihood_ratio_with_reference
+        Optional independent cut-off (:func:`extract_candidates` passes the Gaussian cut-off of
+        the search statistics). When the likelihood gain is weaker (above
+        ``min_likelihood_ratio_with_reference``) but the mixture's background predicts at most
+        ``3 N_fp`` peaks above the reference, the reference corroborates it: the mixture is
+        used and the cut-off is ``max(mixture cut-off, reference)``.
 
     Returns
     -------
@@ -367,7 +376,16 @@ def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: floa
     lr = 2.0 * (nll1 - mix[1]) if mix is not None else -math.inf
     info: dict[str, Any] = {"threshold": u, "n_fit": int(y.size), "n_peaks": int(n),
                             "likelihood_ratio": float(lr)}
-    if mix is not None and lr > min_likelihood_ratio:
+    corroborated = False
+    if mix is not None and reference_cutoff is not None and math.isfinite(float(reference_cutoff)) \
+            and min_likelihood_ratio_with_reference < lr <= min_likelihood_ratio:
+        xi2, lb2, lw2 = (float(t) for t in mix[0][:3])
+        y_ref = (float(reference_cutoff) - u) / scale
+        lam_ref = y.size * (1.0 - math.exp(lw2)) * (
+            math.exp(float(_gpd_logsf(y_ref, xi2, math.exp(lb2)))) if y_ref > 0 else 1.0)
+        info["mixture_background_above_reference"] = float(lam_ref)
+        corroborated = lam_ref <= 3.0 * nfp
+    if mix is not None and (lr > min_likelihood_ratio or corroborated):
         xi, lb, lw, mu, lsd = mix[0]
         w = math.exp(lw)
         info.update(model="gpd+particles", particle_fraction=w, particle_mean=u + mu * scale,
@@ -375,10 +393,13 @@ def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: floa
     else:
         xi, lb, w = xi1, lb1, 0.0
         info.update(model="gpd", n_strong=0.0)
+    info["corroborated_by_reference"] = corroborated
     beta = math.exp(lb) * scale
     n_u = y.size * (1.0 - w)
     info.update(xi=float(xi), beta=beta, n_background_above_threshold=n_u)
     cutoff = _gpd_cutoff(u, float(xi), beta, n_u, nfp)
+    if corroborated:
+        cutoff = max(cutoff, float(reference_cutoff))
     return float(cutoff), info
 
 
@@ -734,7 +755,7 @@ def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angs
         c = gaussian_cutoff(nfp, n_search, mean, std)
     else:
         try:
-            c, tail_info = tail_cutoff(all_vals, nfp)
+            c, tail_info = tail_cutoff(all_vals, nfp, reference_cutoff=gauss)
         except ValueError as exc:
             if gauss is None:
                 raise InputError(f"tail fit impossible ({exc}) and no search statistics for the gaussian"
