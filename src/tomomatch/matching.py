@@ -559,21 +559,22 @@ class BoxToTile:
         return f
 
 
-def _sum_of_squares(x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """``sum x^2`` in one pass: float32 dot products of ``chunk`` elements summed in float64.
+def _sums_of_squares(x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """``sum x[b]^2`` per leading index ``b``: float32 dot products of ``chunk`` elements summed
+    in float64, for the whole batch in one matrix product (one kernel, not one per rotation).
 
-    Returns a float64 0-d tensor on ``x``'s device, so a caller can collect a batch of them and
-    synchronise with the host once (a per-rotation ``float()`` stalls a GPU every rotation).
+    Returns float64 ``(B,)`` on ``x``'s device, so the caller synchronises with the host once
+    per batch (a per-rotation ``float()`` stalls a GPU every rotation).
     """
-    f = x.reshape(-1)
-    k = f.numel() // chunk * chunk
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    f = x.reshape(x.shape[0], -1)
+    k = f.shape[1] // chunk * chunk
+    total = torch.zeros(f.shape[0], dtype=torch.float64, device=x.device)
     if k:
-        h = f[:k].view(-1, 1, chunk)
-        total = total + torch.bmm(h, h.transpose(1, 2)).double().sum()
-    if k < f.numel():
-        r = f[k:]
-        total = total + torch.dot(r, r).double()
+        h = f[:, :k].reshape(-1, 1, chunk)
+        total = total + torch.bmm(h, h.transpose(1, 2)).reshape(f.shape[0], -1).double().sum(1)
+    if k < f.shape[1]:
+        r = f[:, k:]
+        total = total + (r * r).double().sum(1)
     return total
 
 
@@ -619,12 +620,14 @@ class PairPacker:
               for m in self.shape]
         return (ph[0][:, None, None] * ph[1][None, :, None] * ph[2][None, None, :]).to(torch.complex64)
 
-    def correlations(self, boxes: torch.Tensor, v_packed: torch.Tensor):
-        """Yield, per pair of boxes ``(2p, 2p + 1)``, the complex correlation map on the grid.
+    def correlations(self, boxes: torch.Tensor, v_packed: torch.Tensor) -> torch.Tensor:
+        """Complex correlation maps of pairs of boxes on the grid, ``(P, nz, ny, nx)``.
 
-        ``boxes`` ``(B, n, n, n)`` real; ``v_packed`` the tile's full transform times
-        :meth:`phase`. The real part is box ``2p``'s correlation, the imaginary part box
-        ``2p + 1``'s (zero when ``B`` is odd and ``2p + 1 == B``).
+        ``boxes`` ``(B, n, n, n)`` real, ``P = ceil(B / 2)``; ``v_packed`` the tile's full
+        transform times :meth:`phase`. Map ``p``'s real part is box ``2p``'s correlation, its
+        imaginary part box ``2p + 1``'s (zero up to round-off when ``B`` is odd and
+        ``2p + 1 == B``). All pairs go through each transform together: on a GPU a 3-tile
+        search was bound by kernel launches when pairs were transformed one at a time.
         """
         nz, ny, nx = self.shape
         n = self.box
@@ -634,15 +637,15 @@ class PairPacker:
         q = torch.complex(f[0::2].contiguous(), f[1::2].contiguous())
         q = torch.fft.fft(q, n=nz, dim=-3)
         q = torch.fft.fft(q, n=ny, dim=-2)  # (P, nz, ny, n)
-        if self._buf is None:
-            self._buf = torch.zeros(self.shape, dtype=torch.complex64, device=self.device)
-        buf = self._buf
-        for p in range(q.shape[0]):
-            buf[..., :n] = q[p]
-            spec = torch.fft.fft(buf, dim=-1)
-            spec.mul_(v_packed)
-            yield torch.fft.ifftn(spec, dim=(-3, -2, -1))
-            del spec
+        pairs = q.shape[0]
+        if self._buf is None or self._buf.shape[0] < pairs:
+            self._buf = torch.zeros((pairs,) + self.shape, dtype=torch.complex64, device=self.device)
+        buf = self._buf[:pairs]
+        buf[..., :n] = q  # the rest of the buffer stays zero: the transforms are out of place
+        del q
+        spec = torch.fft.fft(buf, dim=-1)
+        spec.mul_(v_packed)
+        return torch.fft.ifftn(spec, dim=(-3, -2, -1))
 
 
 def fold_pair(pair: torch.Tensor, inv_norm: torch.Tensor, best: torch.Tensor, index: torch.Tensor,
@@ -674,13 +677,14 @@ _FOLDERS: dict = {}
 
 
 def _pair_folder(device: torch.device):
-    """The compiled :func:`fold_pair` for CUDA, or None (CPU, ``TOMOMATCH_FUSED=0``, no compiler).
+    """The compiled :func:`fold_pair` for CUDA when ``TOMOMATCH_FUSED=1``, else None.
 
-    Why: on a GPU the score, statistics and running-maximum passes cost as much as the FFTs
-    when run as separate kernels (each re-reads the 27 M-voxel maps); fused, the pair is read
-    once or twice. Compilation failures fall back to the per-batch path (see ``_run``).
+    Why opt-in: on an H200 at the seed's sizes the fused fold gained ~3 % unsplit (1,237 vs
+    1,200 rotations/s) but cost ~11 s of compilation per process and ~0.4 ms of host time
+    per call, which made small tiles launch-bound (benchmarks/RESULTS.md). Compilation
+    failures fall back to the per-batch path (see ``_run``).
     """
-    if device.type != "cuda" or os.environ.get("TOMOMATCH_FUSED", "1") == "0":
+    if device.type != "cuda" or os.environ.get("TOMOMATCH_FUSED", "0") != "1":
         return None
     if "cuda" not in _FOLDERS:
         try:
@@ -950,14 +954,12 @@ class TileCorrelator:
         b = rot.shape[0]
         ushape = tuple(s.stop - s.start for s in self.unique)
         box = self._box_templates(ft, rot, self.mask_t)
-        scores = torch.empty((b,) + ushape, device=self.device)
-        for p, corr in enumerate(self.packer.correlations(box, self.v_packed)):
-            pair = torch.view_as_real(corr)[self.unique]  # (..., 2): rotations 2p, 2p + 1
-            torch.mul(pair[..., 0], self.inv_norm, out=scores[2 * p])
-            if 2 * p + 1 < b:
-                torch.mul(pair[..., 1], self.inv_norm, out=scores[2 * p + 1])
-            del corr, pair
-        return scores
+        corr = self.packer.correlations(box, self.v_packed)
+        pairs = torch.view_as_real(corr)[(slice(None),) + self.unique]  # (P, ..., 2)
+        scores = torch.empty((2 * corr.shape[0],) + ushape, device=self.device)
+        # one kernel for the batch: (P, ..., 2) -> (P, 2, ...) scaled by 1 / (W sigma)
+        torch.mul(pairs.movedim(-1, 1), self.inv_norm, out=scores.view((corr.shape[0], 2) + ushape))
+        return scores[:b]
 
     def _fold_batch(self, folder, rotations: np.ndarray, start: int, state: "TileState",
                     ids: torch.Tensor) -> None:
@@ -971,8 +973,9 @@ class TileCorrelator:
         b = rot.shape[0]
         stats = []
         box = self._box_templates(self.ftemplates[0], rot, self.mask_t)
-        for p, corr in enumerate(self.packer.correlations(box, self.v_packed)):
-            pair = torch.view_as_real(corr)[self.unique]
+        corr_all = self.packer.correlations(box, self.v_packed)
+        for p in range(corr_all.shape[0]):
+            pair = torch.view_as_real(corr_all[p])[self.unique]
             if 2 * p + 1 < b:
                 stats.append(folder(pair, self.inv_norm, state.best, state.index, ids[start + 2 * p]))
             else:  # odd batch: the last rotation alone
@@ -982,7 +985,7 @@ class TileCorrelator:
                 gt = a > state.best
                 torch.maximum(state.best, a, out=state.best)
                 state.index.masked_fill_(gt, start + 2 * p)
-            del corr, pair
+            del pair
         if len(self.ftemplates) > 1:
             noise = self._scores_packed_one(self.ftemplates[1], rot)
             torch.maximum(state.noise_best, torch.amax(noise, dim=0), out=state.noise_best)
@@ -1069,8 +1072,8 @@ class TileCorrelator:
             sc = self.scores(rotations[start:stop])
             # per-rotation float32 sums (cascade summation) and float64 sums of squares, kept on
             # the device and fetched once per batch; accumulated in float64 in rotation order
-            sums = torch.stack([s.sum() for s in sc[0]]).double().tolist()
-            sumsqs = torch.stack([_sum_of_squares(s) for s in sc[0]]).tolist()
+            sums = sc[0].sum(dim=tuple(range(1, sc[0].ndim))).double().tolist()
+            sumsqs = _sums_of_squares(sc[0]).tolist()
             for rs, rq in zip(sums, sumsqs):
                 state.sum += rs
                 state.sumsq += rq
