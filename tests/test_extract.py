@@ -423,3 +423,33 @@ def test_an_independent_reference_cutoff_corroborates_a_weak_particle_cluster():
         assert (particles > c1).sum() == (particles > q).sum() == 9
         c2, i2 = tail_cutoff(v, 1.0, reference_cutoff=q - 1.0)
         assert not i2["corroborated_by_reference"] and c2 == c0
+
+
+def test_score_histogram_draws_a_bounded_gpd_tail(tmp_path, monkeypatch):
+    """xi < 0 (a tail with an end point) is drawn from the same survival function as the fit."""
+    from tomomatch import plots
+    from tomomatch.extract import _gpd_logsf
+
+    drawn = {}
+    real_plot = plots.plt.Axes.plot
+
+    def spy(self, x, y, *args, **kw):
+        if str(kw.get("label", "")).startswith("GPD tail"):
+            drawn["x"], drawn["y"] = np.asarray(x), np.asarray(y)
+        return real_plot(self, x, y, *args, **kw)
+
+    monkeypatch.setattr(plots.plt.Axes, "plot", spy)
+    rng = np.random.default_rng(0)
+    peaks = 0.1 + 0.02 * rng.random(400)
+    fit = {"threshold": 0.1, "xi": -0.2, "beta": 0.004, "n_background_above_threshold": 400.0}
+    details = {"scores": rng.normal(0.0, 0.02, (8, 8, 8)), "peak_scores": peaks, "search_mean": 0.0,
+               "search_std": 0.02, "cutoff": 0.125, "cutoff_method": "tail", "tail_fit": fit}
+    out = plots.plot_score_histogram(details, tmp_path / "h.png")
+    assert out.exists() and "y" in drawn
+    # expected counts per bin: differences of N_u * S(x - u); S = 0 beyond u + beta / |xi| = 0.12
+    assert np.all(np.isfinite(drawn["y"])) and np.all(drawn["y"] >= 0)
+    centres = drawn["x"]
+    assert np.all(drawn["y"][centres > 0.121] == 0)
+    # nearly all of the 400 expected peaks fall in bins below the end point
+    assert drawn["y"].sum() == pytest.approx(400.0 * (1 - np.exp(_gpd_logsf(centres.max() - 0.1, -0.2, 0.004))),
+                                             rel=0.2)

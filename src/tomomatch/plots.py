@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
+from .extract import _gpd_logsf  # noqa: E402
 from .mrcio import atomic_path  # noqa: E402
 
 __all__ = ["plot_score_histogram", "plot_pick_slab"]
@@ -76,7 +77,7 @@ def plot_score_histogram(details: dict[str, Any], path, *, title: str | None = N
             x = pe[pe >= u]
             if x.size > 1:
                 y = np.maximum(x - u, 0.0)
-                surv = (np.exp(-y / beta) if xi < 1e-9 else (1 + xi * y / beta) ** (-1 / xi)) * nu
+                surv = np.exp(_gpd_logsf(y, xi, beta)) * nu  # xi < 0 has a finite end point
                 a2.plot(0.5 * (x[1:] + x[:-1]), surv[:-1] - surv[1:], "g-", lw=1.2,
                         label=f"GPD tail (xi {xi:.2f})")
         a2.set_yscale("log")
