@@ -310,6 +310,19 @@ def test_fused_pair_fold_equals_batch_update():
     assert torch.allclose(stats.float(), torch.stack([a.sum(), b.sum(), (a * a).sum(), (b * b).sum()]), rtol=1e-5)
 
 
+def test_fused_fold_policy(monkeypatch):
+    monkeypatch.delenv("TOMOMATCH_FUSED", raising=False)
+    monkeypatch.setattr(M, "_FOLDERS", {"cpu": "compiled-cpu", "cuda": "compiled-cuda"})
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert M._pair_folder(cpu, 1000) is None               # small tiles: not worth compiling
+    assert M._pair_folder(cpu, 1 << 23) == "compiled-cpu"   # big CPU tiles: fused by default
+    assert M._pair_folder(cuda, 1 << 23) is None            # CUDA: separate kernels by default
+    monkeypatch.setenv("TOMOMATCH_FUSED", "1")
+    assert M._pair_folder(cpu, 1000) == "compiled-cpu" and M._pair_folder(cuda, 10) == "compiled-cuda"
+    monkeypatch.setenv("TOMOMATCH_FUSED", "0")
+    assert M._pair_folder(cpu, 1 << 23) is None
+
+
 def test_cufft_friendly_lengths():
     # 2^a 3^b 5^c with b <= 2, c <= 1: 75 = 3 x 5^2 -> 80; 720 = 2^4 3^2 5 stays; 721 -> 768
     assert [M._cufft_friendly_len(m) for m in (74, 75, 80, 229, 510, 720, 721)] == [80, 80, 80, 240, 512, 720, 768]

@@ -676,22 +676,29 @@ def fold_pair(pair: torch.Tensor, inv_norm: torch.Tensor, best: torch.Tensor, in
 _FOLDERS: dict = {}
 
 
-def _pair_folder(device: torch.device):
-    """The compiled :func:`fold_pair` for CUDA when ``TOMOMATCH_FUSED=1``, else None.
+_FUSED_MIN_VOXELS = 1 << 22
 
-    Why opt-in: on an H200 at the seed's sizes the fused fold gained ~3 % unsplit (1,237 vs
-    1,200 rotations/s) but cost ~11 s of compilation per process and ~0.4 ms of host time
-    per call, which made small tiles launch-bound (benchmarks/RESULTS.md). Compilation
-    failures fall back to the per-batch path (see ``_run``).
+
+def _pair_folder(device: torch.device, n_voxels: int = 0):
+    """The compiled :func:`fold_pair` for ``device``, or None (then separate kernels per batch).
+
+    ``TOMOMATCH_FUSED=1`` always, ``0`` never; by default only on the CPU for unique regions of
+    at least ~4 M voxels. Why: on the CPU the score, statistics and running-maximum passes
+    cost more than the transforms (case b, one core: 0.45 of 0.78 s per rotation as separate
+    kernels, 0.12 s fused); compiling costs ~25 s once per process, worth it only for big
+    tiles. On an H200 the fused fold gained ~3 % unsplit but cost ~11 s of compilation and
+    ~0.4 ms of host time per call (benchmarks/RESULTS.md), so CUDA uses separate kernels.
+    Compilation failures (no C++ compiler, no Triton) fall back with a warning (``_run``).
     """
-    if device.type != "cuda" or os.environ.get("TOMOMATCH_FUSED", "0") != "1":
+    mode = os.environ.get("TOMOMATCH_FUSED", "auto")
+    if mode == "0" or (mode != "1" and (device.type != "cpu" or n_voxels < _FUSED_MIN_VOXELS)):
         return None
-    if "cuda" not in _FOLDERS:
+    if device.type not in _FOLDERS:
         try:
-            _FOLDERS["cuda"] = torch.compile(fold_pair, dynamic=False)
+            _FOLDERS[device.type] = torch.compile(fold_pair, dynamic=False)
         except Exception:  # pragma: no cover - depends on the installation
-            _FOLDERS["cuda"] = None
-    return _FOLDERS["cuda"]
+            _FOLDERS[device.type] = None
+    return _FOLDERS[device.type]
 
 
 def _update_running_max(state: "TileState", scores: list[torch.Tensor], start: int) -> None:
@@ -702,15 +709,19 @@ def _update_running_max(state: "TileState", scores: list[torch.Tensor], start: i
     by rotation with a strict ``>``: ties keep the lower rotation index.
     """
     s = scores[0]
-    if s.shape[0] == 1:
-        vals = s[0]
-        idx = torch.full_like(state.index, start)
+    if s.device.type == "cpu" or s.shape[0] == 1:
+        # rotation by rotation: torch.max over the batch axis is ~10x slower on the CPU
+        gt = torch.empty_like(state.best, dtype=torch.bool)
+        for b in range(s.shape[0]):
+            torch.gt(s[b], state.best, out=gt)
+            torch.maximum(state.best, s[b], out=state.best)
+            state.index.masked_fill_(gt, start + b)
     else:
         vals, arg = torch.max(s, dim=0)
         idx = arg.to(state.index.dtype).add_(start)
-    gt = vals > state.best
-    torch.maximum(state.best, vals, out=state.best)
-    torch.where(gt, idx, state.index, out=state.index)
+        gt = vals > state.best
+        torch.maximum(state.best, vals, out=state.best)
+        torch.where(gt, idx, state.index, out=state.index)
     if len(scores) > 1:
         torch.maximum(state.noise_best, torch.amax(scores[1], dim=0), out=state.noise_best)
 
@@ -1048,7 +1059,7 @@ class TileCorrelator:
             state = TileState.empty(ushape, self.device, random_phase=len(self.templates) > 1)
         n = len(rotations) if stop is None else min(int(stop), len(rotations))
         start = state.done
-        folder = _pair_folder(self.device) if self.packed else None
+        folder = _pair_folder(self.device, int(np.prod(ushape))) if self.packed else None
         ids = torch.arange(n + 1, device=self.device, dtype=state.index.dtype) if folder is not None else None
         while start < n:
             stop = min(n, (start // batch_size + 1) * batch_size)
@@ -1056,11 +1067,11 @@ class TileCorrelator:
                 try:
                     self._fold_batch(folder, rotations[start:stop], start, state, ids)
                 except Exception as exc:  # pragma: no cover - compiler missing/failing on this machine
-                    if not isinstance(exc, (torch.cuda.OutOfMemoryError,)) and _FOLDERS.get("cuda") is not None:
+                    if not isinstance(exc, (torch.cuda.OutOfMemoryError,)) and _FOLDERS.get(self.device.type):
                         import warnings
-                        warnings.warn(f"fused CUDA kernel unavailable ({type(exc).__name__}: {exc}); "
+                        warnings.warn(f"fused kernel unavailable ({type(exc).__name__}: {exc}); "
                                       "using separate kernels", RuntimeWarning, stacklevel=2)
-                        _FOLDERS["cuda"] = None
+                        _FOLDERS[self.device.type] = None
                         folder = None
                         continue
                     raise
