@@ -643,7 +643,7 @@ class PairPacker:
         buf = self._buf[:pairs]
         buf[..., :n] = q  # the rest of the buffer stays zero: the transforms are out of place
         del q
-        spec = torch.fft.fft(buf, dim=-1)
+        spec = torch.fft.fft(buf, dim=-1)  # (torch's out= variants copy: no gain)
         spec.mul_(v_packed)
         return torch.fft.ifftn(spec, dim=(-3, -2, -1))
 
@@ -957,17 +957,26 @@ class TileCorrelator:
             out.append(corr[(slice(None),) + self.unique] * inv)
         return out
 
-    def _scores_packed(self, rot: torch.Tensor) -> list[torch.Tensor]:
+    def _scores_packed(self, rot: torch.Tensor, reuse: bool = False) -> list[torch.Tensor]:
         """Fast path, two rotations per complex transform (:class:`PairPacker`); spherical mask."""
-        return [self._scores_packed_one(ft, rot) for ft in self.ftemplates]
+        return [self._scores_packed_one(ft, rot, k if reuse else None) for k, ft in enumerate(self.ftemplates)]
 
-    def _scores_packed_one(self, ft: "FourierTemplate", rot: torch.Tensor) -> torch.Tensor:
+    def _scores_packed_one(self, ft: "FourierTemplate", rot: torch.Tensor, reuse: int | None = None) -> torch.Tensor:
+        """Scores ``(B, ...)``; ``reuse=k``: into buffer ``k``, which the next such call overwrites
+        (the hot loop; fresh multi-100-MB tensors per batch cost page faults on the CPU)."""
         b = rot.shape[0]
         ushape = tuple(s.stop - s.start for s in self.unique)
         box = self._box_templates(ft, rot, self.mask_t)
         corr = self.packer.correlations(box, self.v_packed)
         pairs = torch.view_as_real(corr)[(slice(None),) + self.unique]  # (P, ..., 2)
-        scores = torch.empty((2 * corr.shape[0],) + ushape, device=self.device)
+        shape = (2 * corr.shape[0],) + ushape
+        if reuse is not None:
+            bufs = self.__dict__.setdefault("_score_bufs", {})
+            if reuse not in bufs or bufs[reuse].shape[0] < shape[0]:
+                bufs[reuse] = torch.empty(shape, device=self.device)
+            scores = bufs[reuse][: shape[0]]
+        else:
+            scores = torch.empty(shape, device=self.device)
         # one kernel for the batch: (P, ..., 2) -> (P, 2, ...) scaled by 1 / (W sigma)
         torch.mul(pairs.movedim(-1, 1), self.inv_norm, out=scores.view((corr.shape[0], 2) + ushape))
         return scores[:b]
@@ -998,7 +1007,7 @@ class TileCorrelator:
                 state.index.masked_fill_(gt, start + 2 * p)
             del pair
         if len(self.ftemplates) > 1:
-            noise = self._scores_packed_one(self.ftemplates[1], rot)
+            noise = self._scores_packed_one(self.ftemplates[1], rot, reuse=1)
             torch.maximum(state.noise_best, torch.amax(noise, dim=0), out=state.noise_best)
         vals = torch.stack(stats).tolist()
         for k in range(b):
@@ -1080,7 +1089,11 @@ class TileCorrelator:
                 if on_batch is not None:
                     on_batch(state)
                 continue
-            sc = self.scores(rotations[start:stop])
+            if self.packed:  # into reused buffers: consumed before the next batch
+                rot = torch.as_tensor(np.asarray(rotations[start:stop], np.float32), device=self.device)
+                sc = self._scores_packed(rot, reuse=True)
+            else:
+                sc = self.scores(rotations[start:stop])
             # per-rotation float32 sums (cascade summation) and float64 sums of squares, kept on
             # the device and fetched once per batch; accumulated in float64 in rotation order
             sums = sc[0].sum(dim=tuple(range(1, sc[0].ndim))).double().tolist()
