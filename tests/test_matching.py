@@ -312,15 +312,90 @@ def test_fused_pair_fold_equals_batch_update():
 
 def test_fused_fold_policy(monkeypatch):
     monkeypatch.delenv("TOMOMATCH_FUSED", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(M, "_FOLDERS", {"cpu": "compiled-cpu", "cuda": "compiled-cuda"})
+    monkeypatch.setattr(M, "_FUSED_DISABLED", set())
+    monkeypatch.setattr(M, "_triton_fold_pairs", lambda: "triton-kernel")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert M._pair_folder(cpu, 1000) is None               # small tiles: not worth compiling
-    assert M._pair_folder(cpu, 1 << 23) == "compiled-cpu"   # big CPU tiles: fused by default
-    assert M._pair_folder(cuda, 1 << 23) is None            # CUDA: separate kernels by default
+    assert M._pair_folder(cpu, 1 << 23) == "compiled-cpu"   # big CPU tiles: compiled fold
+    assert M._pair_folder(cuda, 1000) == "triton-kernel"    # CUDA: the Triton kernel
+    monkeypatch.setattr(M, "_triton_fold_pairs", lambda: None)
+    assert M._pair_folder(cuda, 1 << 23) is None            # CUDA without Triton: separate kernels
     monkeypatch.setenv("TOMOMATCH_FUSED", "1")
     assert M._pair_folder(cpu, 1000) == "compiled-cpu" and M._pair_folder(cuda, 10) == "compiled-cuda"
     monkeypatch.setenv("TOMOMATCH_FUSED", "0")
     assert M._pair_folder(cpu, 1 << 23) is None
+    monkeypatch.setenv("TOMOMATCH_FUSED", "1")
+    M._FUSED_DISABLED.add("cpu")  # a fused kernel that failed once is not tried again
+    assert M._pair_folder(cpu, 1 << 23) is None
+
+
+_TRITON_SCRIPT = r"""
+import sys, numpy as np, torch
+sys.path.insert(0, {tests!r})
+from test_matching import _tomogram, _template, _sphere, ROTS
+from tomomatch import matching as M
+from tomomatch._triton_fold import fold_pairs
+
+# 1. the kernel against fold_pair applied pair after pair (odd and even batches)
+g = torch.Generator().manual_seed(0)
+corr = torch.complex(torch.randn(3, 6, 7, 9, generator=g), torch.randn(3, 6, 7, 9, generator=g))
+unique = (slice(1, 5), slice(0, 7), slice(2, 8))
+inv = torch.rand(4, 7, 6, generator=g)
+best0, idx0 = torch.randn(4, 7, 6, generator=g), torch.full((4, 7, 6), 7, dtype=torch.int32)
+best0[0, 0, 0] = -9.0
+corr[0, 1, 0, 2] = complex(0.5, 0.5)  # a tie inside a pair keeps the lower index
+for n_valid in (6, 5):
+    best, index = best0.clone(), idx0.clone()
+    stats = fold_pairs(corr, unique, inv, best, index, 10, n_valid)
+    rb, ri, ref = best0.clone(), idx0.clone(), []
+    for p in range(3):
+        pair = torch.view_as_real(corr[p])[unique]
+        if 2 * p + 1 < n_valid:
+            v = M.fold_pair(pair, inv, rb, ri, torch.tensor(10 + 2 * p, dtype=torch.int32))
+            ref += [(v[0], v[2]), (v[1], v[3])]
+        else:
+            a = pair[..., 0] * inv
+            gt = a > rb
+            rb = torch.maximum(rb, a)
+            ri.masked_fill_(gt, 10 + 2 * p)
+            ref.append((a.double().sum(), (a.double() ** 2).sum()))
+    assert torch.equal(best, rb) and torch.equal(index, ri), n_valid
+    assert int(index[0, 0, 0]) == 10
+    assert torch.allclose(stats, torch.tensor([[float(x), float(y)] for x, y in ref], dtype=torch.float64),
+                          rtol=1e-5, atol=1e-4)
+
+# 2. a whole tile search through the kernel equals the per-batch path
+vol = _tomogram(noise=0.2, shape=(24, 27, 29), truth=[((12, 13, 14), 4)])
+uq = (slice(2, 21), slice(1, 27), slice(3, 25))
+tc = M.TileCorrelator(vol, _template(), _sphere(), uq)
+assert M._pair_folder(torch.device("cpu"), 10) is fold_pairs
+fused = tc.run(ROTS[:11], batch_size=4)
+import os
+os.environ["TOMOMATCH_FUSED"] = "0"
+plain = tc.run(ROTS[:11], batch_size=4)
+assert torch.equal(fused.best, plain.best) and torch.equal(fused.index, plain.index)
+assert np.allclose(fused.rotation_sums, plain.rotation_sums, rtol=1e-5, atol=1e-4)
+assert np.allclose(fused.rotation_sumsqs, plain.rotation_sumsqs, rtol=1e-5)
+assert fused.count == plain.count
+print("TRITON-OK")
+"""
+
+
+def test_triton_fold_kernel_in_interpreter(tmp_path):
+    """The CUDA kernel's numbers, run by Triton's CPU interpreter (a fresh process: the
+    interpreter is chosen when the kernel module is imported)."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "t.py"
+    script.write_text(_TRITON_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = dict(os.environ, TRITON_INTERPRET="1", TOMOMATCH_FUSED="triton")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "TRITON-OK" in res.stdout, res.stderr[-3000:]
 
 
 def test_cufft_friendly_lengths():

@@ -677,21 +677,44 @@ _FOLDERS: dict = {}
 
 
 _FUSED_MIN_VOXELS = 1 << 22
+_FUSED_DISABLED: set = set()  # device types whose fused kernel failed once in this process
+
+
+def _triton_fold_pairs():
+    """:func:`tomomatch._triton_fold.fold_pairs`, or None where Triton is not installed."""
+    try:
+        from ._triton_fold import fold_pairs
+    except Exception:  # ImportError, or a Triton that cannot initialise here
+        return None
+    return fold_pairs
 
 
 def _pair_folder(device: torch.device, n_voxels: int = 0):
-    """The compiled :func:`fold_pair` for ``device``, or None (then separate kernels per batch).
+    """How packed pairs are folded into the running maximum: a fused kernel, or None.
 
-    ``TOMOMATCH_FUSED=1`` always, ``0`` never; by default only on the CPU for unique regions of
-    at least ~4 M voxels. Why: on the CPU the score, statistics and running-maximum passes
-    cost more than the transforms (case b, one core: 0.45 of 0.78 s per rotation as separate
-    kernels, 0.12 s fused); compiling costs ~25 s once per process, worth it only for big
-    tiles. On an H200 the fused fold gained ~3 % unsplit but cost ~11 s of compilation and
-    ~0.4 ms of host time per call (benchmarks/RESULTS.md), so CUDA uses separate kernels.
-    Compilation failures (no C++ compiler, no Triton) fall back with a warning (``_run``).
+    Returns :func:`tomomatch._triton_fold.fold_pairs` (one Triton kernel per batch), the
+    ``torch.compile``d :func:`fold_pair` (one kernel per pair), or None (separate torch
+    kernels per batch, :func:`_update_running_max`).
+
+    ``TOMOMATCH_FUSED``: ``0`` none; ``triton``; ``1`` the compiled fold; ``auto`` (default):
+    Triton on CUDA when installed (torch's CUDA wheels ship it), the compiled fold on the CPU
+    for unique regions of at least ~4 M voxels, else none. Why: the score, statistics and
+    running-maximum passes cost as much as the transforms as separate kernels (CPU case b, one
+    core: 0.45 of 0.78 s per rotation; 0.12 s compiled); ``torch.compile`` costs ~25 s once per
+    process and, on an H200, ~0.4 ms of host time per call (small tiles became launch-bound),
+    which the hand-written Triton kernel (one launch per batch) avoids. Triton runs on the CPU
+    only in its interpreter (``TRITON_INTERPRET=1``, the tests). A fused kernel that fails to
+    compile falls back to separate kernels with a warning (``_run``).
     """
     mode = os.environ.get("TOMOMATCH_FUSED", "auto")
-    if mode == "0" or (mode != "1" and (device.type != "cpu" or n_voxels < _FUSED_MIN_VOXELS)):
+    if mode == "0" or device.type in _FUSED_DISABLED:
+        return None
+    if mode == "triton" or (mode == "auto" and device.type == "cuda"):
+        fold = _triton_fold_pairs()
+        if fold is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+            return fold
+        return None
+    if mode != "1" and (device.type != "cpu" or n_voxels < _FUSED_MIN_VOXELS):
         return None
     if device.type not in _FOLDERS:
         try:
@@ -994,7 +1017,12 @@ class TileCorrelator:
         stats = []
         box = self._box_templates(self.ftemplates[0], rot, self.mask_t)
         corr_all = self.packer.correlations(box, self.v_packed)
-        for p in range(corr_all.shape[0]):
+        if folder is _triton_fold_pairs():  # one kernel for the whole batch
+            stats = [folder(corr_all, self.unique, self.inv_norm, state.best, state.index, start, b)]
+            pairs_done = corr_all.shape[0]
+        else:
+            pairs_done = 0
+        for p in range(pairs_done, corr_all.shape[0]):
             pair = torch.view_as_real(corr_all[p])[self.unique]
             if 2 * p + 1 < b:
                 stats.append(folder(pair, self.inv_norm, state.best, state.index, ids[start + 2 * p]))
@@ -1009,10 +1037,13 @@ class TileCorrelator:
         if len(self.ftemplates) > 1:
             noise = self._scores_packed_one(self.ftemplates[1], rot, reuse=1)
             torch.maximum(state.noise_best, torch.amax(noise, dim=0), out=state.noise_best)
-        vals = torch.stack(stats).tolist()
+        if pairs_done:  # (B, 2): sum and sum of squares per rotation
+            per_rotation = stats[0].tolist()
+        else:  # (P, 4) per pair: sum a, sum b, sum a^2, sum b^2
+            vals = torch.stack(stats).tolist()
+            per_rotation = [(vals[k // 2][k % 2], vals[k // 2][2 + k % 2]) for k in range(b)]
         for k in range(b):
-            v = vals[k // 2]
-            rs, rq = (v[0], v[2]) if k % 2 == 0 else (v[1], v[3])
+            rs, rq = per_rotation[k]
             state.sum += rs
             state.sumsq += rq
             state.rotation_sums.append(rs)
@@ -1076,14 +1107,14 @@ class TileCorrelator:
                 try:
                     self._fold_batch(folder, rotations[start:stop], start, state, ids)
                 except Exception as exc:  # pragma: no cover - compiler missing/failing on this machine
-                    if not isinstance(exc, (torch.cuda.OutOfMemoryError,)) and _FOLDERS.get(self.device.type):
-                        import warnings
-                        warnings.warn(f"fused kernel unavailable ({type(exc).__name__}: {exc}); "
-                                      "using separate kernels", RuntimeWarning, stacklevel=2)
-                        _FOLDERS[self.device.type] = None
-                        folder = None
-                        continue
-                    raise
+                    if isinstance(exc, (torch.cuda.OutOfMemoryError, InputError, KeyboardInterrupt)):
+                        raise
+                    import warnings
+                    warnings.warn(f"fused kernel unavailable ({type(exc).__name__}: {str(exc)[:300]}); "
+                                  "using separate kernels", RuntimeWarning, stacklevel=2)
+                    _FUSED_DISABLED.add(self.device.type)
+                    folder = None
+                    continue
                 state.done = stop
                 start = stop
                 if on_batch is not None:
