@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared device run (see README "Benchmarks"): CUDA correctness vs CPU, cuFFT grid sizes,
-# tomomatch rates on CUDA (fused/unfused, FFT size rule), whole-job seed timing, and
-# pytom-match-pick's rate on the same card. Wheels carried in .wheels/ (no network there),
+# tomomatch rates on CUDA (Triton fold = default vs separate kernels, FFT size rule), whole-job
+# seed timing, a per-tile profile, and pytom-match-pick's rate on the same card (after a warm-up
+# run). About 8 minutes on an H200. Wheels carried in .wheels/ (no network there),
 # made here with:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
 #     --platform any -d .wheels pytom-match-pick==0.14.0 voltools healpix==2025.1 mrcfile \
@@ -17,7 +18,8 @@ timeout 60 python3 benchmarks/cuda_check.py > "$OUT/cuda_check.txt" 2>&1
 timeout 30 python3 benchmarks/fft_sizes_cuda.py > "$OUT/fft_sizes.txt" 2>&1
 timeout 80 python3 benchmarks/bench_match.py --devices cuda --cases a b --tiles 1 3 > "$B" 2>&1
 TOMOMATCH_FFT_SIZES=cuda timeout 60 python3 benchmarks/bench_match.py --devices cuda --cases b --tiles 1 3 >> "$B" 2>&1
-TOMOMATCH_FUSED=0 timeout 30 python3 benchmarks/bench_match.py --devices cuda --cases b --tiles 1 >> "$B" 2>&1
-TOMOMATCH_FFT_SIZES=cuda timeout 90 python3 benchmarks/seed_job.py --device cuda --n 2484 24840 > "$OUT/seed_job.txt" 2>&1
-(cd benchmarks && timeout 90 python3 bench_pytom_gpu.py --cases b --tiles 1 --n 600 6000 > "$OUT/bench_pytom_gpu.txt" 2>&1)
+TOMOMATCH_FUSED=0 timeout 40 python3 benchmarks/bench_match.py --devices cuda --cases b --tiles 1 3 >> "$B" 2>&1
+timeout 90 python3 benchmarks/seed_job.py --device cuda --n 2484 24840 > "$OUT/seed_job.txt" 2>&1
+timeout 40 python3 benchmarks/profile_cuda.py 3 > "$OUT/profile_3.txt" 2>&1
+(cd benchmarks && timeout 150 python3 bench_pytom_gpu.py --cases b --tiles 1 3 --n 600 3000 > "$OUT/bench_pytom_gpu.txt" 2>&1)
 tail -n 40 "$OUT"/cuda_check.txt "$OUT"/fft_sizes.txt "$B" "$OUT"/seed_job.txt "$OUT"/bench_pytom_gpu.txt
