@@ -115,6 +115,8 @@ def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: i
         del tc
     peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else float("nan")
     label = method + (", packed pairs" if tc_packed else "")
+    fold = M._pair_folder(dev, int(np.prod(vol.shape))) if tc_packed else None
+    label += "" if fold is None else (", Triton fold" if fold is M._triton_fold_pairs() else ", compiled fold")
     return dict(tool=f"tomomatch ({label})", case=name, device=str(dev), tiles=n_tiles_x, rotations=n_rot, batch=batch,
                 rot_per_s=n_rot / search, setup_s=setup, total_s=time.perf_counter() - t_all, peak_gb=peak)
 
@@ -191,7 +193,7 @@ def main(argv=None):
 
 
 def _fmt(r):
-    line = (f"{r['tool']:<44} case {r['case']}  {r['device']:<7} tiles {r['tiles']}  rotations {r['rotations']:<8} "
+    line = (f"{r['tool']:<58} case {r['case']}  {r['device']:<7} tiles {r['tiles']}  rotations {r['rotations']:<8} "
             f"batch {r['batch']:<3} {r['rot_per_s']:9.2f} rot/s  set-up {r['setup_s']:6.1f} s  "
             f"total {r['total_s']:6.1f} s  peak GPU {r['peak_gb']:.2f} GB")
     if r["case"] == "b":  # what the seed's full search would take at this rate
