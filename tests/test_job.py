@@ -74,6 +74,9 @@ def test_cli_outputs_and_job_file(data, tmp_path):
                 "weighting", "tilt_series", "relion", "search_statistics", "device", "elapsed_s", "command"):
         assert key in job, key
     assert job["tomogram_shape_zyx"] == list(SHAPE) and job["mask_is_spherical"] is True
+    # the engine that produced the maps: packed pairs, separate kernels on a small CPU tile
+    assert {k: job["engine"][k] for k in ("packed_pairs", "fold", "fft_sizes")} == \
+        {"packed_pairs": True, "fold": "separate", "fft_sizes": "5-smooth"}
     assert (out / job["tomogram"]).resolve() == (data["dir"] / "tomo.mrc").resolve()
     scores, angles = _read(out / "j_scores.mrc"), _read(out / "j_angles.mrc")
     assert scores.dtype == np.float32 and angles.dtype == np.float32 and scores.shape == SHAPE

@@ -55,8 +55,8 @@ from . import __version__
 from .angles import crowther_step_deg, parse_symmetry, uniform_rotations, write_rotations
 from .conventions import check_hand
 from .errors import InputError
-from .matching import (TileCorrelator, TileState, fast_fft_shape, filter_volume, is_spherical_mask,
-                       phase_randomised_template, resolve_device)
+from .matching import (TileCorrelator, TileState, engine_description, fast_fft_shape, filter_volume,
+                       is_spherical_mask, phase_randomised_template, resolve_device)
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .progress import ProgressBars
 from .tiles import Tile, auto_tile_counts, plan_tiles
@@ -763,6 +763,9 @@ def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.
         "search_statistics": {"n_voxels": int(merged.n_search // max(n_rot, 1)), "n_rotations": int(n_rot),
                               "n_search": int(merged.n_search), "mean": merged.mean, "std": merged.std},
         "random_phase_noise_mean": merged.noise_mean, "method": plan.method,
+        "engine": engine_description(device or plan.device, plan.method, plan.mask_is_spherical,
+                                     max(int(np.prod([b - a for a, b in zip(t.unique_start_zyx, t.unique_stop_zyx)]))
+                                         for t in plan.tiles)),
         "resumed_rotations": int(merged.resumed_rotations), "plan_key": plan.key,
         "device": device or plan.device, "elapsed_s": round(float(elapsed_s), 3), "command": command or "",
     }

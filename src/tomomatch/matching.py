@@ -85,6 +85,7 @@ __all__ = [
     "BoxToTilePruned",
     "BoxToTile",
     "PairPacker",
+    "engine_description",
     "TileState",
     "TileCorrelator",
     "match_volume",
@@ -722,6 +723,23 @@ def _pair_folder(device: torch.device, n_voxels: int = 0):
         except Exception:  # pragma: no cover - depends on the installation
             _FOLDERS[device.type] = None
     return _FOLDERS[device.type]
+
+
+def engine_description(device, method: str, spherical: bool, n_voxels: int) -> dict:
+    """What the search engine does for these settings (recorded in the job file).
+
+    ``packed``: rotation pairs in one complex FFT; ``fold``: how scores, statistics and the
+    running maximum are computed (``triton``, ``compiled`` or ``separate`` kernels);
+    ``fft_sizes``: the grid-size rule; plus the torch version.
+    """
+    dev = torch.device(device)
+    packed = method == "fast" and bool(spherical) and _use_packed(dev, None)
+    fold = "separate"
+    if packed:
+        f = _pair_folder(dev, int(n_voxels))
+        fold = "separate" if f is None else ("triton" if f is _triton_fold_pairs() else "compiled")
+    sizes = "cuda" if dev.type == "cuda" and os.environ.get("TOMOMATCH_FFT_SIZES") == "cuda" else "5-smooth"
+    return {"packed_pairs": packed, "fold": fold, "fft_sizes": sizes, "torch": torch.__version__}
 
 
 def _update_running_max(state: "TileState", scores: list[torch.Tensor], start: int) -> None:
