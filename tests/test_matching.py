@@ -316,6 +316,7 @@ def test_fused_fold_policy(monkeypatch):
     monkeypatch.setattr(M, "_FOLDERS", {"cpu": "compiled-cpu", "cuda": "compiled-cuda"})
     monkeypatch.setattr(M, "_FUSED_DISABLED", set())
     monkeypatch.setattr(M, "_triton_fold_pairs", lambda: "triton-kernel")
+    monkeypatch.setattr(M, "_triton_self_check", lambda fold, device: True)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert M._pair_folder(cpu, 1000) is None               # small tiles: not worth compiling
     assert M._pair_folder(cpu, 1 << 23) == "compiled-cpu"   # big CPU tiles: compiled fold
@@ -366,7 +367,21 @@ for n_valid in (6, 5):
     assert torch.allclose(stats, torch.tensor([[float(x), float(y)] for x, y in ref], dtype=torch.float64),
                           rtol=1e-5, atol=1e-4)
 
-# 2. a whole tile search through the kernel equals the per-batch path
+# 2. the start-up self-check passes, and rejects a kernel that gets the index wrong
+assert M._triton_self_check(fold_pairs, torch.device("cpu"))
+def wrong(corr, unique, inv, best, index, start, n_valid):
+    out = fold_pairs(corr, unique, inv, best, index, start, n_valid)
+    index += 1
+    return out
+import warnings
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    M._TRITON_CHECKED.clear()
+    assert not M._triton_self_check(wrong, torch.device("cpu"))
+    assert any("numbers differ" in str(x.message) for x in w)
+M._TRITON_CHECKED.clear()
+
+# 3. a whole tile search through the kernel equals the per-batch path
 vol = _tomogram(noise=0.2, shape=(24, 27, 29), truth=[((12, 13, 14), 4)])
 uq = (slice(2, 21), slice(1, 27), slice(3, 25))
 tc = M.TileCorrelator(vol, _template(), _sphere(), uq)

@@ -690,6 +690,44 @@ def _triton_fold_pairs():
     return fold_pairs
 
 
+_TRITON_CHECKED: dict = {}
+
+
+def _triton_self_check(fold, device: torch.device) -> bool:
+    """Run the Triton fold once on a tiny random problem against :func:`fold_pair`.
+
+    Why: the kernel is compiled on the user's GPU by the user's Triton; a version that fails to
+    compile is caught by the caller, one that compiles to wrong numbers is caught here (once per
+    process and device; a mismatch disables the kernel with a warning).
+    """
+    key = str(device)
+    if key not in _TRITON_CHECKED:
+        ok = False
+        try:
+            g = torch.Generator().manual_seed(1)
+            corr = torch.complex(torch.randn(2, 5, 6, 7, generator=g), torch.randn(2, 5, 6, 7, generator=g))
+            unique = (slice(1, 4), slice(0, 6), slice(2, 7))
+            inv = torch.rand(3, 6, 5, generator=g)
+            best, index = torch.randn(3, 6, 5, generator=g), torch.zeros((3, 6, 5), dtype=torch.int32)
+            rb, ri, ref = best.clone(), index.clone(), []
+            for p in range(2):
+                v = fold_pair(torch.view_as_real(corr[p])[unique], inv, rb, ri, torch.tensor(5 + 2 * p, dtype=torch.int32))
+                ref += [[float(v[0]), float(v[2])], [float(v[1]), float(v[3])]]
+            b, i = best.to(device), index.to(device)
+            stats = fold(corr.to(device), unique, inv.to(device), b, i, 5, 4).cpu()
+            ok = (torch.equal(b.cpu(), rb) and torch.equal(i.cpu(), ri)
+                  and torch.allclose(stats, torch.tensor(ref, dtype=torch.float64), rtol=1e-4, atol=1e-4))
+            msg = "numbers differ from the reference"
+        except Exception as exc:  # compile or launch failure
+            msg = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if not ok:
+            import warnings
+            warnings.warn(f"Triton fold kernel disabled on {device} ({msg}); using separate kernels",
+                          RuntimeWarning, stacklevel=3)
+        _TRITON_CHECKED[key] = ok
+    return _TRITON_CHECKED[key]
+
+
 def _pair_folder(device: torch.device, n_voxels: int = 0):
     """How packed pairs are folded into the running maximum: a fused kernel, or None.
 
@@ -712,7 +750,8 @@ def _pair_folder(device: torch.device, n_voxels: int = 0):
         return None
     if mode == "triton" or (mode == "auto" and device.type == "cuda"):
         fold = _triton_fold_pairs()
-        if fold is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        if (fold is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+                and _triton_self_check(fold, device)):
             return fold
         return None
     if mode != "1" and (device.type != "cpu" or n_voxels < _FUSED_MIN_VOXELS):
