@@ -45,6 +45,11 @@ Three paths (``method=``), one order of operations
     up to the rotation interpolation (peak scores within ~0.5 %, tests), and it is independent
     of the tile's grid, so split and unsplit runs agree to float round-off.
 
+    With a spherical mask the fast path packs two rotations into one complex transform
+    (:class:`PairPacker`) and folds each batch into the running maximum with one fused kernel
+    where available (:func:`_pair_folder`: Triton on CUDA, ``torch.compile`` on big CPU tiles;
+    :func:`fold_pair` is the reference), with the same numbers as the unpacked path.
+
     ``"resample"``: like ``"fast"``, but the box reaches the tile grid by separable linear
     interpolation of its 2x-oversampled, gridding-corrected transform (:class:`BoxToTile`)
     instead of the pruned FFT: cheaper (three light passes instead of about half a full FFT)
