@@ -367,6 +367,20 @@ for n_valid in (6, 5):
     assert torch.allclose(stats, torch.tensor([[float(x), float(y)] for x, y in ref], dtype=torch.float64),
                           rtol=1e-5, atol=1e-4)
 
+# 1b. several blocks (the unique region spans more than one block of 1024 voxels)
+from tomomatch import _triton_fold
+corr = torch.complex(torch.randn(2, 14, 12, 13, generator=g), torch.randn(2, 14, 12, 13, generator=g))
+unique = (slice(1, 13), slice(1, 11), slice(0, 11))  # 12 x 10 x 11 = 1320 voxels
+assert 12 * 10 * 11 > _triton_fold.BLOCK
+inv = torch.rand(12, 10, 11, generator=g)
+best, index = torch.full((12, 10, 11), -float("inf")), torch.full((12, 10, 11), -1, dtype=torch.int32)
+stats = fold_pairs(corr, unique, inv, best, index, 0, 4)
+scores = torch.stack([torch.view_as_real(corr[p])[unique][..., c] * inv for p in range(2) for c in range(2)])
+vals, arg = torch.max(scores, dim=0)
+assert torch.equal(best, vals) and torch.equal(index, arg.int())
+want = torch.stack([scores.double().sum((1, 2, 3)), (scores.double() ** 2).sum((1, 2, 3))], 1)
+assert torch.allclose(stats, want, rtol=1e-5, atol=1e-4)
+
 # 2. the start-up self-check passes, and rejects a kernel that gets the index wrong
 assert M._triton_self_check(fold_pairs, torch.device("cpu"))
 def wrong(corr, unique, inv, best, index, start, n_valid):
