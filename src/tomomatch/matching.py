@@ -574,14 +574,15 @@ def _sums_of_squares(x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """
     f = x.reshape(x.shape[0], -1)
     k = f.shape[1] // chunk * chunk
-    total = torch.zeros(f.shape[0], dtype=torch.float64, device=x.device)
-    if k:
-        h = f[:, :k].reshape(-1, 1, chunk)
-        total = total + torch.bmm(h, h.transpose(1, 2)).reshape(f.shape[0], -1).double().sum(1)
-    if k < f.shape[1]:
-        r = f[:, k:]
-        total = total + (r * r).double().sum(1)
-    return total
+    if k == f.shape[1]:  # whole rows: one matrix product for the batch, no copy
+        h = f.reshape(-1, 1, chunk)
+        return torch.bmm(h, h.transpose(1, 2)).reshape(f.shape[0], -1).double().sum(1)
+    parts = []
+    for row in f:  # row by row: f[:, :k] is not a view that reshapes without a copy
+        h = row[:k].view(-1, 1, chunk)
+        r = row[k:]
+        parts.append(torch.bmm(h, h.transpose(1, 2)).double().sum() + torch.dot(r, r).double())
+    return torch.stack(parts)
 
 
 def _use_packed(device: torch.device, packed: bool | None) -> bool:
