@@ -832,6 +832,15 @@ class TileState:
     rotation_sums: list = field(default_factory=list)
     rotation_sumsqs: list = field(default_factory=list)
 
+    def add_rotation_statistics(self, sums, sumsqs, n_voxels: int) -> None:
+        """Accumulate per-rotation sums and sums of squares (in rotation order, float64)."""
+        for rs, rq in zip(sums, sumsqs):
+            self.sum += rs
+            self.sumsq += rq
+            self.rotation_sums.append(rs)
+            self.rotation_sumsqs.append(rq)
+            self.count += int(n_voxels)
+
     @classmethod
     def empty(cls, shape, device, random_phase: bool = False) -> "TileState":
         return cls(best=torch.full(tuple(shape), -torch.inf, device=device),
@@ -1093,9 +1102,7 @@ class TileCorrelator:
                 a = pair[..., 0] * self.inv_norm
                 a64 = a.double()
                 stats.append(torch.stack([a64.sum(), a64.new_zeros(()), (a64 * a64).sum(), a64.new_zeros(())]))
-                gt = a > state.best
-                torch.maximum(state.best, a, out=state.best)
-                state.index.masked_fill_(gt, start + 2 * p)
+                _update_running_max(state, [a.unsqueeze(0)], start + 2 * p)
             del pair
         if len(self.ftemplates) > 1:
             noise = self._scores_packed_one(self.ftemplates[1], rot, reuse=1)
@@ -1105,13 +1112,8 @@ class TileCorrelator:
         else:  # (P, 4) per pair: sum a, sum b, sum a^2, sum b^2
             vals = torch.stack(stats).tolist()
             per_rotation = [(vals[k // 2][k % 2], vals[k // 2][2 + k % 2]) for k in range(b)]
-        for k in range(b):
-            rs, rq = per_rotation[k]
-            state.sum += rs
-            state.sumsq += rq
-            state.rotation_sums.append(rs)
-            state.rotation_sumsqs.append(rq)
-            state.count += int(self.inv_norm.numel())
+        state.add_rotation_statistics([v[0] for v in per_rotation], [v[1] for v in per_rotation],
+                                      self.inv_norm.numel())
 
     def _scores_exact(self, rots: np.ndarray) -> list[torch.Tensor]:
         dev = self.device
@@ -1191,13 +1193,7 @@ class TileCorrelator:
             # per-rotation float32 sums (cascade summation) and float64 sums of squares, kept on
             # the device and fetched once per batch; accumulated in float64 in rotation order
             sums = sc[0].sum(dim=tuple(range(1, sc[0].ndim))).double().tolist()
-            sumsqs = _sums_of_squares(sc[0]).tolist()
-            for rs, rq in zip(sums, sumsqs):
-                state.sum += rs
-                state.sumsq += rq
-                state.rotation_sums.append(rs)
-                state.rotation_sumsqs.append(rq)
-                state.count += int(sc[0][0].numel())
+            state.add_rotation_statistics(sums, _sums_of_squares(sc[0]).tolist(), sc[0][0].numel())
             _update_running_max(state, sc, start)
             del sc
             state.done = stop
