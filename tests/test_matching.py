@@ -252,6 +252,28 @@ def test_pair_packer_equals_two_direct_correlations(n):
     assert float(got[1].imag.abs().max()) < 1e-4
 
 
+@pytest.mark.parametrize("pairs", [1, 3])
+def test_pair_packer_fftw_x_pass_equals_torch(pairs, monkeypatch):
+    """The CPU's measured FFTW x pass gives torch's transform (also for a shorter later batch)."""
+    pytest.importorskip("pyfftw")
+    monkeypatch.setenv("TOMOMATCH_FFTW", "1")
+    rng = np.random.default_rng(pairs)
+    shape, n = (11, 14, 13), 6
+    v = torch.fft.fftn(torch.as_tensor(rng.normal(size=shape), dtype=torch.complex64))
+    boxes = torch.as_tensor(rng.normal(size=(2 * pairs, n, n, n)), dtype=torch.float32)
+    ref = M.PairPacker(n, shape)
+    assert not ref._use_fftw()  # small grid: torch
+    want = ref.correlations(boxes, v * ref.phase())
+    pk = M.PairPacker(n, shape)
+    monkeypatch.setattr(pk, "fftw_min_voxels", 0)
+    assert pk._use_fftw()
+    got = pk.correlations(boxes, v * pk.phase())
+    assert torch.allclose(got, want, atol=1e-4)
+    short = pk.correlations(boxes[:1], v * pk.phase())  # one rotation, stale pairs in the buffer
+    assert torch.allclose(short[0], ref.correlations(boxes[:1], v * ref.phase())[0], atol=1e-4)
+    assert pk._fftw is not None
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_packed_pairs_equal_unpacked_fast_path(weighted):
     """The GPU default (rotation pairs in one complex FFT) gives the CPU path's numbers."""
