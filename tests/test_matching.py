@@ -1,6 +1,8 @@
 """Tests of the correlation engine (tomomatch.matching) on small simulated volumes."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -272,6 +274,35 @@ def test_pair_packer_fftw_x_pass_equals_torch(pairs, monkeypatch):
     short = pk.correlations(boxes[:1], v * pk.phase())  # one rotation, stale pairs in the buffer
     assert torch.allclose(short[0], ref.correlations(boxes[:1], v * ref.phase())[0], atol=1e-4)
     assert pk._fftw is not None
+
+
+def test_measured_fftw_plan_is_shared_through_the_wisdom_file(tmp_path, monkeypatch):
+    """The first planner saves its wisdom; a later process (here: after forgetting) plans from it."""
+    pyfftw = pytest.importorskip("pyfftw")
+    monkeypatch.setenv("TOMOMATCH_FFTW", "1")
+    monkeypatch.setattr(M.PairPacker, "fftw_min_voxels", 0)
+    rng = np.random.default_rng(5)
+    shape, n = (12, 10, 16), 5
+    v = torch.fft.fftn(torch.as_tensor(rng.normal(size=shape), dtype=torch.complex64))
+    boxes = torch.as_tensor(rng.normal(size=(2, n, n, n)), dtype=torch.float32)
+    wisdom = tmp_path / "fftw_wisdom.json"
+    with M.fftw_wisdom_file(wisdom):
+        first = M.PairPacker(n, shape)
+        a = first.correlations(boxes, v * first.phase()).clone()
+    saved = json.loads(wisdom.read_text())
+    assert len(saved) == 3 and "fftw" in saved[1]  # double, single (ours), long double
+    assert M._FFTW_WISDOM_FILE is None  # the block restores the setting
+    pyfftw.forget_wisdom()
+    with M.fftw_wisdom_file(wisdom):
+        second = M.PairPacker(n, shape)
+        b = second.correlations(boxes, v * second.phase())
+    assert torch.equal(a, b)
+    assert json.loads(wisdom.read_text()) == saved  # the first planner's file is kept
+    wisdom.write_text("not wisdom")  # a damaged file: plan afresh, leave the file alone
+    with M.fftw_wisdom_file(wisdom):
+        third = M.PairPacker(n, shape)
+        assert torch.allclose(third.correlations(boxes, v * third.phase()), a, atol=1e-4)
+    assert wisdom.read_text() == "not wisdom"
 
 
 @pytest.mark.parametrize("weighted", [False, True])

@@ -55,7 +55,7 @@ from . import __version__
 from .angles import crowther_step_deg, parse_symmetry, uniform_rotations, write_rotations
 from .conventions import check_hand
 from .errors import InputError
-from .matching import (TileCorrelator, TileState, engine_description, fast_fft_shape, filter_volume,
+from .matching import (TileCorrelator, TileState, engine_description, fast_fft_shape, fftw_wisdom_file, filter_volume,
                        is_spherical_mask, phase_randomised_template, resolve_device)
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .progress import ProgressBars
@@ -225,7 +225,9 @@ def _estimate_batch_size(data_shape, box: int, method: str, spherical: bool, n_t
         per += 3 * 8 * n
     per = max(int(per * n_templates), 1)
     free = max_memory_gb * 1e9 - 6 * 4 * n
-    cap = _MAX_BATCH if device_type == "cuda" else 4  # the CPU gains nothing from big batches
+    # the CPU gains nothing from big batches; at the seed's size one pair per batch ran 3-8 %
+    # faster than two (smaller working set)
+    cap = _MAX_BATCH if device_type == "cuda" else (2 if n >= (1 << 22) else 4)
     return int(max(1, min(cap, free // per)))
 
 
@@ -635,8 +637,9 @@ def run_unit(plan: MatchPlan, unit: WorkUnit, *, device: str | None = None,
                 _save_unit(plan, unit, st)
                 last[0] = now
 
-        state = tc.run(plan.rotations, state, batch_size=plan.batch_sizes[unit.tile], on_batch=on_batch,
-                       stop=unit.stop)
+        with fftw_wisdom_file(plan.checkpoint_dir / "fftw_wisdom.json"):  # one FFT plan for the whole job
+            state = tc.run(plan.rotations, state, batch_size=plan.batch_sizes[unit.tile], on_batch=on_batch,
+                           stop=unit.stop)
     return UnitResult.from_state(unit, state, resumed)
 
 

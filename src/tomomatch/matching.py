@@ -63,9 +63,12 @@ Borders
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -167,6 +170,62 @@ except ImportError:  # pragma: no cover - depends on the environment
     _pyfftw = None
 
 _FFTW_PLANS: dict = {}
+_FFTW_WISDOM_FILE: Path | None = None
+
+
+@contextlib.contextmanager
+def fftw_wisdom_file(path):
+    """Measured FFTW plans made inside this block come from, or are saved to, ``path``.
+
+    Why: an FFTW_MEASURE plan is picked by timing candidates, so two processes can pick
+    different algorithms and round differently (~1e-7), and a resumed job would then not end
+    with the maps of an uninterrupted one. The first process to plan saves its wisdom here;
+    every other process (workers, a resumed run) plans from that file and gets the same plan.
+    :func:`tomomatch.job.run_unit` points this at the job's checkpoint folder.
+    """
+    global _FFTW_WISDOM_FILE
+    previous, _FFTW_WISDOM_FILE = _FFTW_WISDOM_FILE, (None if path is None else Path(path))
+    try:
+        yield
+    finally:
+        _FFTW_WISDOM_FILE = previous
+
+
+def _load_wisdom(path: Path) -> None:
+    _pyfftw.forget_wisdom()  # the file's plans, not ones this process measured itself
+    _pyfftw.import_wisdom(tuple(w.encode("ascii") for w in json.loads(path.read_text())))
+
+
+def _measured_fftw_plan(src: np.ndarray, dst: np.ndarray, axes, threads: int):
+    """Forward c2c FFTW_MEASURE plan ``src -> dst``, shared through :func:`fftw_wisdom_file`.
+
+    Measuring scribbles on both arrays.
+    """
+    path = _FFTW_WISDOM_FILE
+
+    def make():
+        return _pyfftw.FFTW(src, dst, axes=axes, direction="FFTW_FORWARD", threads=threads,
+                            flags=("FFTW_MEASURE",))
+
+    if path is not None and path.exists():
+        try:
+            _load_wisdom(path)
+        except (OSError, ValueError):  # unreadable: measure afresh (and do not overwrite it)
+            return make()
+    plan = make()
+    if path is not None and not path.exists():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([w.decode("ascii") for w in _pyfftw.export_wisdom()]))
+        try:
+            os.link(tmp, path)  # the first process to finish planning wins
+        except FileExistsError:  # another process won: use its plan
+            _load_wisdom(path)
+            plan = make()
+        except OSError:  # no hard links on this file system: share nothing
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return plan
 
 
 _MIN_THREADED_FFT = 1 << 22
@@ -616,8 +675,9 @@ class PairPacker:
     zero-padded buffer (only its first ``n`` x entries are ever written).
     """
 
-    #: Grids at least this large (voxels) use an FFTW_MEASURE plan for the x pass on the CPU.
-    fftw_min_voxels = _MIN_THREADED_FFT
+    #: Grids at least this large (voxels) use an FFTW_MEASURE plan for the x pass on the CPU
+    #: (``TOMOMATCH_FFTW_MIN_VOXELS`` overrides; the resume test sets 0).
+    fftw_min_voxels = int(os.environ.get("TOMOMATCH_FFTW_MIN_VOXELS", _MIN_THREADED_FFT))
 
     def __init__(self, n: int, shape: Sequence[int], device="cpu"):
         self.box, self.shape, self.device = int(n), tuple(int(s) for s in shape), torch.device(device)
@@ -635,15 +695,15 @@ class PairPacker:
         single-axis transform is slow: 75 x 720 x 512 on 2 cores took 85-107 ms with torch,
         36-42 ms with an FFTW_MEASURE plan (1.7 s of planning, once per process and shape;
         an FFTW_ESTIMATE plan took 78 ms). The 3-D inverse stays with torch, which was the
-        fastest there (190 ms; FFTW 247 ms).
+        fastest there (190 ms; FFTW 247 ms). The plan is shared between the processes of a job
+        (:func:`fftw_wisdom_file`), so resumed and split runs give identical maps.
         Returns the buffers as tensors (shared memory) for the caller to fill and to read.
         """
         if self._fftw is None or self._fftw[1].shape[0] < pairs:
             full = (pairs,) + self.shape
             src = _pyfftw.empty_aligned(full, dtype="complex64")
             dst = _pyfftw.empty_aligned(full, dtype="complex64")
-            plan = _pyfftw.FFTW(src, dst, axes=(-1,), direction="FFTW_FORWARD", threads=_fft_threads(src.size),
-                                flags=("FFTW_MEASURE",))
+            plan = _measured_fftw_plan(src, dst, (-1,), _fft_threads(src.size))
             src[...] = 0  # measuring scribbled on it; only the box's x columns are written later
             self._fftw = (plan, src, dst)
         return torch.from_numpy(self._fftw[1]), torch.from_numpy(self._fftw[2])
