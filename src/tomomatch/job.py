@@ -55,8 +55,8 @@ from . import __version__
 from .angles import crowther_step_deg, parse_symmetry, uniform_rotations, write_rotations
 from .conventions import check_hand
 from .errors import InputError
-from .matching import (TileCorrelator, TileState, engine_description, fast_fft_shape, fftw_wisdom_file, filter_volume,
-                       is_spherical_mask, phase_randomised_template, resolve_device)
+from .matching import (TileCorrelator, TileState, engine_description, fast_fft_shape, fftw_wisdom_file,
+                       filter_volume, is_spherical_mask, phase_randomised_template, resolve_device)
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .progress import ProgressBars
 from .tiles import Tile, auto_tile_counts, plan_tiles
