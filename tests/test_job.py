@@ -75,8 +75,8 @@ def test_cli_outputs_and_job_file(data, tmp_path):
         assert key in job, key
     assert job["tomogram_shape_zyx"] == list(SHAPE) and job["mask_is_spherical"] is True
     # the engine that produced the maps: packed pairs, separate kernels on a small CPU tile
-    assert {k: job["engine"][k] for k in ("packed_pairs", "fold", "fft_sizes")} == \
-        {"packed_pairs": True, "fold": "separate", "fft_sizes": "5-smooth"}
+    assert {k: job["engine"][k] for k in ("packed_pairs", "fold", "fft_sizes", "fft_library")} == \
+        {"packed_pairs": True, "fold": "separate", "fft_sizes": "5-smooth", "fft_library": "torch"}
     assert (out / job["tomogram"]).resolve() == (data["dir"] / "tomo.mrc").resolve()
     scores, angles = _read(out / "j_scores.mrc"), _read(out / "j_angles.mrc")
     assert scores.dtype == np.float32 and angles.dtype == np.float32 and scores.shape == SHAPE
@@ -153,8 +153,8 @@ def _job_without_run_fields(path):
 
 @pytest.mark.parametrize("fftw_x_pass", [False, True])
 def test_resume_after_sigkill_gives_identical_outputs(data, tmp_path, monkeypatch, fftw_x_pass):
-    """Also with the CPU's measured FFTW plan (big grids; forced here): the resumed process plans
-    from the killed one's wisdom, so both end with the uninterrupted run's maps, bit for bit."""
+    """Also with the CPU's FFTW x pass (big grids; forced here): its plan is deterministic, so the
+    resumed run ends with the uninterrupted run's maps, bit for bit."""
     if fftw_x_pass:
         pytest.importorskip("pyfftw")
         monkeypatch.setenv("TOMOMATCH_FFTW_MIN_VOXELS", "0")
@@ -175,11 +175,11 @@ def test_resume_after_sigkill_gives_identical_outputs(data, tmp_path, monkeypatc
     assert not (out / "r_job.json").exists() and not (out / "r_scores.mrc").exists()
     with np.load(ck) as st:
         assert 0 < int(st["done"])
-    assert (out / "r_checkpoints" / "fftw_wisdom.json").exists() == fftw_x_pass
     again = _run_cli_subprocess(_args(data, out, *common))
     assert again.wait(timeout=300) == 0, again.stderr.read().decode()
     job = json.loads((out / "r_job.json").read_text())
     assert job["resumed_rotations"] > 0
+    assert job["engine"]["fft_library"] == ("torch+fftw" if fftw_x_pass else "torch")
     for f in ("r_scores.mrc", "r_angles.mrc"):  # identical data and header (but the label's time stamp)
         with mrcfile.open(out / f) as a, mrcfile.open(tmp_path / "ref" / f) as b:
             assert np.array_equal(a.data, b.data), f

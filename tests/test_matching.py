@@ -1,8 +1,6 @@
 """Tests of the correlation engine (tomomatch.matching) on small simulated volumes."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -256,7 +254,7 @@ def test_pair_packer_equals_two_direct_correlations(n):
 
 @pytest.mark.parametrize("pairs", [1, 3])
 def test_pair_packer_fftw_x_pass_equals_torch(pairs, monkeypatch):
-    """The CPU's measured FFTW x pass gives torch's transform (also for a shorter later batch)."""
+    """The CPU's FFTW x pass gives torch's transform (also for a shorter later batch)."""
     pytest.importorskip("pyfftw")
     monkeypatch.setenv("TOMOMATCH_FFTW", "1")
     rng = np.random.default_rng(pairs)
@@ -276,33 +274,16 @@ def test_pair_packer_fftw_x_pass_equals_torch(pairs, monkeypatch):
     assert pk._fftw is not None
 
 
-def test_measured_fftw_plan_is_shared_through_the_wisdom_file(tmp_path, monkeypatch):
-    """The first planner saves its wisdom; a later process (here: after forgetting) plans from it."""
-    pyfftw = pytest.importorskip("pyfftw")
+def test_engine_description_names_the_cpu_fft_library(monkeypatch):
+    pytest.importorskip("pyfftw")
     monkeypatch.setenv("TOMOMATCH_FFTW", "1")
-    monkeypatch.setattr(M.PairPacker, "fftw_min_voxels", 0)
-    rng = np.random.default_rng(5)
-    shape, n = (12, 10, 16), 5
-    v = torch.fft.fftn(torch.as_tensor(rng.normal(size=shape), dtype=torch.complex64))
-    boxes = torch.as_tensor(rng.normal(size=(2, n, n, n)), dtype=torch.float32)
-    wisdom = tmp_path / "fftw_wisdom.json"
-    with M.fftw_wisdom_file(wisdom):
-        first = M.PairPacker(n, shape)
-        a = first.correlations(boxes, v * first.phase()).clone()
-    saved = json.loads(wisdom.read_text())
-    assert len(saved) == 3 and "fftw" in saved[1]  # double, single (ours), long double
-    assert M._FFTW_WISDOM_FILE is None  # the block restores the setting
-    pyfftw.forget_wisdom()
-    with M.fftw_wisdom_file(wisdom):
-        second = M.PairPacker(n, shape)
-        b = second.correlations(boxes, v * second.phase())
-    assert torch.equal(a, b)
-    assert json.loads(wisdom.read_text()) == saved  # the first planner's file is kept
-    wisdom.write_text("not wisdom")  # a damaged file: plan afresh, leave the file alone
-    with M.fftw_wisdom_file(wisdom):
-        third = M.PairPacker(n, shape)
-        assert torch.allclose(third.correlations(boxes, v * third.phase()), a, atol=1e-4)
-    assert wisdom.read_text() == "not wisdom"
+    big, small = M.PairPacker.fftw_min_voxels, M.PairPacker.fftw_min_voxels - 1
+    assert M.engine_description("cpu", "fast", True, big)["fft_library"] == "torch+fftw"
+    assert M.engine_description("cpu", "fast", True, small)["fft_library"] == "torch"
+    assert M.engine_description("cpu", "fast", False, big)["fft_library"] == "pyfftw"  # unpacked path
+    monkeypatch.setenv("TOMOMATCH_FFTW", "0")
+    assert M.engine_description("cpu", "fast", True, big)["fft_library"] == "torch"
+    assert M.engine_description("cpu", "fast", False, big)["fft_library"] == "scipy"
 
 
 @pytest.mark.parametrize("weighted", [False, True])

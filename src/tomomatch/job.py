@@ -55,8 +55,8 @@ from . import __version__
 from .angles import crowther_step_deg, parse_symmetry, uniform_rotations, write_rotations
 from .conventions import check_hand
 from .errors import InputError
-from .matching import (TileCorrelator, TileState, engine_description, fast_fft_shape, fftw_wisdom_file,
-                       filter_volume, is_spherical_mask, phase_randomised_template, resolve_device)
+from .matching import (TileCorrelator, TileState, engine_description, fast_fft_shape, filter_volume,
+                       is_spherical_mask, phase_randomised_template, resolve_device)
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .progress import ProgressBars
 from .tiles import Tile, auto_tile_counts, plan_tiles
@@ -637,9 +637,8 @@ def run_unit(plan: MatchPlan, unit: WorkUnit, *, device: str | None = None,
                 _save_unit(plan, unit, st)
                 last[0] = now
 
-        with fftw_wisdom_file(plan.checkpoint_dir / "fftw_wisdom.json"):  # one FFT plan for the whole job
-            state = tc.run(plan.rotations, state, batch_size=plan.batch_sizes[unit.tile], on_batch=on_batch,
-                           stop=unit.stop)
+        state = tc.run(plan.rotations, state, batch_size=plan.batch_sizes[unit.tile], on_batch=on_batch,
+                       stop=unit.stop)
     return UnitResult.from_state(unit, state, resumed)
 
 

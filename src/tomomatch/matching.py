@@ -63,12 +63,9 @@ Borders
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -170,62 +167,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     _pyfftw = None
 
 _FFTW_PLANS: dict = {}
-_FFTW_WISDOM_FILE: Path | None = None
-
-
-@contextlib.contextmanager
-def fftw_wisdom_file(path):
-    """Measured FFTW plans made inside this block come from, or are saved to, ``path``.
-
-    Why: an FFTW_MEASURE plan is picked by timing candidates, so two processes can pick
-    different algorithms and round differently (~1e-7), and a resumed job would then not end
-    with the maps of an uninterrupted one. The first process to plan saves its wisdom here;
-    every other process (workers, a resumed run) plans from that file and gets the same plan.
-    :func:`tomomatch.job.run_unit` points this at the job's checkpoint folder.
-    """
-    global _FFTW_WISDOM_FILE
-    previous, _FFTW_WISDOM_FILE = _FFTW_WISDOM_FILE, (None if path is None else Path(path))
-    try:
-        yield
-    finally:
-        _FFTW_WISDOM_FILE = previous
-
-
-def _load_wisdom(path: Path) -> None:
-    _pyfftw.forget_wisdom()  # the file's plans, not ones this process measured itself
-    _pyfftw.import_wisdom(tuple(w.encode("ascii") for w in json.loads(path.read_text())))
-
-
-def _measured_fftw_plan(src: np.ndarray, dst: np.ndarray, axes, threads: int):
-    """Forward c2c FFTW_MEASURE plan ``src -> dst``, shared through :func:`fftw_wisdom_file`.
-
-    Measuring scribbles on both arrays.
-    """
-    path = _FFTW_WISDOM_FILE
-
-    def make():
-        return _pyfftw.FFTW(src, dst, axes=axes, direction="FFTW_FORWARD", threads=threads,
-                            flags=("FFTW_MEASURE",))
-
-    if path is not None and path.exists():
-        try:
-            _load_wisdom(path)
-        except (OSError, ValueError):  # unreadable: measure afresh (and do not overwrite it)
-            return make()
-    plan = make()
-    if path is not None and not path.exists():
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([w.decode("ascii") for w in _pyfftw.export_wisdom()]))
-        try:
-            os.link(tmp, path)  # the first process to finish planning wins
-        except FileExistsError:  # another process won: use its plan
-            _load_wisdom(path)
-            plan = make()
-        except OSError:  # no hard links on this file system: share nothing
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    return plan
 
 
 _MIN_THREADED_FFT = 1 << 22
@@ -675,7 +616,7 @@ class PairPacker:
     zero-padded buffer (only its first ``n`` x entries are ever written).
     """
 
-    #: Grids at least this large (voxels) use an FFTW_MEASURE plan for the x pass on the CPU
+    #: Grids at least this large (voxels) use an FFTW plan for the x pass on the CPU
     #: (``TOMOMATCH_FFTW_MIN_VOXELS`` overrides; the resume test sets 0).
     fftw_min_voxels = int(os.environ.get("TOMOMATCH_FFTW_MIN_VOXELS", _MIN_THREADED_FFT))
 
@@ -689,22 +630,22 @@ class PairPacker:
                 and int(np.prod(self.shape)) >= self.fftw_min_voxels)
 
     def _x_pass_fftw(self, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero-padded input buffer and its x transform, by a measured FFTW plan.
+        """Zero-padded input buffer and its x transform, by an FFTW plan over both.
 
         Why: the full-grid x pass is a third of the CPU time per rotation, and torch's (MKL)
         single-axis transform is slow: 75 x 720 x 512 on 2 cores took 85-107 ms with torch,
-        36-42 ms with an FFTW_MEASURE plan (1.7 s of planning, once per process and shape;
-        an FFTW_ESTIMATE plan took 78 ms). The 3-D inverse stays with torch, which was the
-        fastest there (190 ms; FFTW 247 ms). The plan is shared between the processes of a job
-        (:func:`fftw_wisdom_file`), so resumed and split runs give identical maps.
+        35-38 ms with an out-of-place FFTW plan (FFTW_ESTIMATE and FFTW_MEASURE alike, so the
+        deterministic ESTIMATE plan: a measured plan may differ between processes and runs,
+        and so would the last bits of the maps). The 3-D inverse stays with torch, which was
+        the fastest there (190 ms; FFTW 247 ms).
         Returns the buffers as tensors (shared memory) for the caller to fill and to read.
         """
         if self._fftw is None or self._fftw[1].shape[0] < pairs:
             full = (pairs,) + self.shape
-            src = _pyfftw.empty_aligned(full, dtype="complex64")
+            src = _pyfftw.zeros_aligned(full, dtype="complex64")  # only the box's x columns are written
             dst = _pyfftw.empty_aligned(full, dtype="complex64")
-            plan = _measured_fftw_plan(src, dst, (-1,), _fft_threads(src.size))
-            src[...] = 0  # measuring scribbled on it; only the box's x columns are written later
+            plan = _pyfftw.FFTW(src, dst, axes=(-1,), direction="FFTW_FORWARD", threads=_fft_threads(src.size),
+                                flags=("FFTW_ESTIMATE",))
             self._fftw = (plan, src, dst)
         return torch.from_numpy(self._fftw[1]), torch.from_numpy(self._fftw[2])
 
@@ -871,7 +812,9 @@ def engine_description(device, method: str, spherical: bool, n_voxels: int) -> d
 
     ``packed``: rotation pairs in one complex FFT; ``fold``: how scores, statistics and the
     running maximum are computed (``triton``, ``compiled`` or ``separate`` kernels);
-    ``fft_sizes``: the grid-size rule; plus the torch version.
+    ``fft_sizes``: the grid-size rule; ``fft_library``: who does the CPU transforms (``torch``,
+    ``torch+fftw`` when FFTW does the packed path's x pass, or the unpacked path's
+    ``pyfftw``/``scipy``); plus the torch version.
     """
     dev = torch.device(device)
     packed = method == "fast" and bool(spherical) and _use_packed(dev, None)
@@ -880,7 +823,11 @@ def engine_description(device, method: str, spherical: bool, n_voxels: int) -> d
         f = _pair_folder(dev, int(n_voxels))
         fold = "separate" if f is None else ("triton" if f is _triton_fold_pairs() else "compiled")
     sizes = "cuda" if dev.type == "cuda" and os.environ.get("TOMOMATCH_FFT_SIZES") == "cuda" else "5-smooth"
-    return {"packed_pairs": packed, "fold": fold, "fft_sizes": sizes, "torch": torch.__version__}
+    library = fft_backend(dev)
+    if packed and dev.type == "cpu":
+        library = "torch+fftw" if PairPacker(1, (int(n_voxels), 1, 1), dev)._use_fftw() else "torch"
+    return {"packed_pairs": packed, "fold": fold, "fft_sizes": sizes, "fft_library": library,
+            "torch": torch.__version__}
 
 
 def _update_running_max(state: "TileState", scores: list[torch.Tensor], start: int) -> None:
