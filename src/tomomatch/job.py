@@ -55,8 +55,8 @@ from . import __version__
 from .angles import crowther_step_deg, parse_symmetry, uniform_rotations, write_rotations
 from .conventions import check_hand
 from .errors import InputError
-from .matching import (TileCorrelator, TileState, engine_description, fast_fft_shape, filter_volume,
-                       is_spherical_mask, phase_randomised_template, resolve_device)
+from .matching import (_MIN_THREADED_FFT, TileCorrelator, TileState, engine_description, fast_fft_shape,
+                       filter_volume, is_spherical_mask, phase_randomised_template, resolve_device)
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .progress import ProgressBars
 from .tiles import Tile, auto_tile_counts, plan_tiles
@@ -227,7 +227,7 @@ def _estimate_batch_size(data_shape, box: int, method: str, spherical: bool, n_t
     free = max_memory_gb * 1e9 - 6 * 4 * n
     # the CPU gains nothing from big batches; at the seed's size one pair per batch ran 3-8 %
     # faster than two (smaller working set)
-    cap = _MAX_BATCH if device_type == "cuda" else (2 if n >= (1 << 22) else 4)
+    cap = _MAX_BATCH if device_type == "cuda" else (2 if n >= _MIN_THREADED_FFT else 4)
     return int(max(1, min(cap, free // per)))
 
 

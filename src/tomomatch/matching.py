@@ -597,6 +597,11 @@ def _use_packed(device: torch.device, packed: bool | None) -> bool:
     return os.environ.get("TOMOMATCH_PACKED", "1") != "0"
 
 
+def _fftw_x_pass(device: torch.device, n_voxels: int, min_voxels: int) -> bool:
+    """Whether FFTW does :class:`PairPacker`'s x pass: on the CPU, with pyFFTW, for big grids."""
+    return device.type == "cpu" and fft_backend("cpu") == "pyfftw" and n_voxels >= min_voxels
+
+
 class PairPacker:
     """Correlations of *two* real boxes with a real tile from one complex FFT pair.
 
@@ -627,8 +632,7 @@ class PairPacker:
         self._fftw = None  # (plan, input buffer, output buffer) when FFTW does the x pass
 
     def _use_fftw(self) -> bool:
-        return (self.device.type == "cpu" and fft_backend("cpu") == "pyfftw"
-                and int(np.prod(self.shape)) >= self.fftw_min_voxels)
+        return _fftw_x_pass(self.device, int(np.prod(self.shape)), self.fftw_min_voxels)
 
     def _x_pass_fftw(self, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero-padded input buffer and its x transform, by an FFTW plan over both.
@@ -826,7 +830,7 @@ def engine_description(device, method: str, spherical: bool, n_voxels: int) -> d
     sizes = "cuda" if dev.type == "cuda" and os.environ.get("TOMOMATCH_FFT_SIZES") == "cuda" else "5-smooth"
     library = fft_backend(dev)
     if packed and dev.type == "cpu":
-        library = "torch+fftw" if PairPacker(1, (int(n_voxels), 1, 1), dev)._use_fftw() else "torch"
+        library = "torch+fftw" if _fftw_x_pass(dev, int(n_voxels), PairPacker.fftw_min_voxels) else "torch"
     return {"packed_pairs": packed, "fold": fold, "fft_sizes": sizes, "fft_library": library,
             "torch": torch.__version__}
 
