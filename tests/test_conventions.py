@@ -35,28 +35,51 @@ def test_wavelength():
 
 
 def test_tilt_geometry_hand_computed():
-    # 30 degrees: beam b = (1/2, 0, sqrt(3)/2), image axis u = (sqrt(3)/2, 0, -1/2)
-    r = cv.tilt_rotation(30.0)
-    assert np.allclose(r @ [0, 0, 1], [0.5, 0, np.sqrt(3) / 2])
-    assert np.allclose(r @ [1, 0, 0], [np.sqrt(3) / 2, 0, -0.5])
-    assert np.allclose(r, Rotation.from_euler("y", 30, degrees=True).as_matrix())
-    # a point at +x, tilted +90: projects onto the axis, sits 100 A deep
+    # IMOD/RELION 5: at +30 degrees the image axis is u = (sqrt(3)/2, 0, 1/2) and the beam
+    # b = (-1/2, 0, sqrt(3)/2) (rows of Ry(30), right-handed)
+    f = cv.tilt_frame(30.0)
+    assert np.allclose(f[0], [np.sqrt(3) / 2, 0, 0.5])
+    assert np.allclose(f[1], [0, 1, 0])
+    assert np.allclose(f[2], [-0.5, 0, np.sqrt(3) / 2])
+    assert np.allclose(cv.beam_direction(30.0), [-0.5, 0, np.sqrt(3) / 2])
+    assert np.allclose(f, Rotation.from_euler("y", 30, degrees=True).as_matrix())
+    # x' = x cos t + z sin t; depth = -x sin t + z cos t
     assert cv.projected_x(100.0, 0.0, 90.0) == pytest.approx(0, abs=1e-9)
-    assert cv.depth_along_beam(100.0, 0.0, 90.0) == pytest.approx(100.0)
-    assert cv.projected_x(0.0, 100.0, 90.0) == pytest.approx(-100.0)
+    assert cv.depth_along_beam(100.0, 0.0, 90.0) == pytest.approx(-100.0)
+    assert cv.projected_x(0.0, 100.0, 90.0) == pytest.approx(100.0)
     assert cv.projected_x(100.0, 0.0, 60.0) == pytest.approx(50.0)
+    assert cv.projected_x(0.0, 100.0, 30.0) == pytest.approx(50.0)
+    assert cv.depth_along_beam(100.0, 0.0, 30.0) == pytest.approx(-50.0)
+    assert np.allclose(cv.project_points([100.0, 7.0, 0.0], 30.0), [100 * np.sqrt(3) / 2, 7.0, -50.0])
+    # x-tilt 10 then y-tilt 0: depth = y sin 10 + z cos 10 (row 2 of Rx(10))
+    s10, c10 = np.sin(np.radians(10)), np.cos(np.radians(10))
+    assert cv.depth_along_beam(0.0, 50.0, 0.0, y=20.0, x_tilt_deg=10.0) == pytest.approx(20 * s10 + 50 * c10)
+    assert np.allclose(cv.tilt_frame(0.0, 10.0)[1], [0, c10, -s10])
+    # broadcasting: (points, tilts)
+    pts = np.array([[100.0, 0, 0], [0, 0, 100.0]])
+    got = cv.project_points(pts[:, None, :], np.array([-30.0, 30.0]))
+    assert got.shape == (2, 2, 3)
+    assert np.allclose(got[0, :, 2], [50.0, -50.0]) and np.allclose(got[1, :, 0], [-50.0, 50.0])
+
+
+def test_tilt_of_slice_containing_hand_computed():
+    # (cos 30, 0, sin 30) is the +30 image axis, so it lies in the +30 slice
+    assert cv.tilt_of_slice_containing(np.cos(np.radians(30)), np.sin(np.radians(30))) == pytest.approx(30.0)
+    assert cv.tilt_of_slice_containing(1.0, -1.0) == pytest.approx(-45.0)
+    assert cv.tilt_of_slice_containing(-1.0, 1.0) == pytest.approx(-45.0)  # -k, same slice
 
 
 @pytest.mark.parametrize("hand, mode, x, z, tilt, expected", [
-    # point at +x = 1000 A in the +30 degree tilt: sin 30 = 1/2
-    (+1, "full", 1000, 0, 30, +500),
-    (-1, "full", 1000, 0, 30, -500),
+    # point at +x = 1000 A in the +30 degree tilt: depth -x sin 30 = -500 A
+    (+1, "full", 1000, 0, 30, -500),
+    (-1, "full", 1000, 0, 30, +500),
     (0, "full", 1000, 0, 30, 0),
+    # pytom's z cos(h t) + x sin(h t) on the same angle
     (+1, "pytom", 1000, 0, 30, +500),
     (-1, "pytom", 1000, 0, 30, -500),
     # the same point in the -30 degree tilt
-    (+1, "full", 1000, 0, -30, -500),
-    (-1, "full", 1000, 0, -30, +500),
+    (+1, "full", 1000, 0, -30, +500),
+    (-1, "full", 1000, 0, -30, -500),
     # point at z = +1000 A in the 60 degree tilt: cos 60 = 1/2. Full flips it, pytom does not.
     (+1, "full", 0, 1000, 60, +500),
     (-1, "full", 0, 1000, 60, -500),
@@ -68,10 +91,16 @@ def test_defocus_offset_signs(hand, mode, x, z, tilt, expected):
     assert cv.defocus_offset_angstrom(x, z, tilt, hand, mode) == pytest.approx(expected)
 
 
+def test_pytom_minus_one_is_full_plus_one():
+    x, z, t = np.meshgrid([-800.0, 0, 1200], [-300.0, 0, 250], [-60.0, -3, 0, 27, 51], indexing="ij")
+    assert np.allclose(cv.defocus_offset_angstrom(x, z, t, -1, "pytom"), cv.defocus_offset_angstrom(x, z, t, +1))
+    assert cv.hand_to_pytom(+1) == -1 and cv.hand_to_pytom(-1) == +1 and cv.hand_from_pytom(-1) == +1
+
+
 def test_defocus_at_point_units():
-    # 3 um + 500 A = 3.05 um (positive = more underfocus)
-    assert cv.defocus_at_point_um(3.0, 1000, 0, 30, +1) == pytest.approx(3.05)
-    assert cv.defocus_at_point_um(3.0, 1000, 0, 30, -1) == pytest.approx(2.95)
+    # 3 um - 500 A = 2.95 um for h = +1 (positive = more underfocus)
+    assert cv.defocus_at_point_um(3.0, 1000, 0, 30, +1) == pytest.approx(2.95)
+    assert cv.defocus_at_point_um(3.0, 1000, 0, 30, -1) == pytest.approx(3.05)
     with pytest.raises(ValueError):
         cv.defocus_offset_angstrom(1, 1, 1, 2)
 
@@ -79,9 +108,28 @@ def test_defocus_at_point_units():
 def test_hand_mappings():
     assert cv.hand_from_relion(-1.0) == -1
     assert cv.hand_from_relion(1) == 1
+    # Warp's RelionParticleSeriesExport.GetRelionHand: AreAnglesInverted ? 1 : -1
     assert cv.hand_from_warp(False) == -1
     assert cv.hand_from_warp(True) == 1
+    assert cv.hand_to_warp(1) is True and cv.hand_to_warp(-1) is False
     assert np.allclose(cv.warp_tilt_angles_to_internal([-60, 3]), [60, -3])
+    rep = cv.hand_report(-1)
+    assert rep["relion5"] == "rlnTomoHand -1" and rep["warp"] == 'AreAnglesInverted="False"'
+    assert rep["pytom"] == "--defocus-handedness +1" and rep["imod"] == "ctfphaseflip as is"
+    assert cv.hand_report(1)["imod"] == "ctfphaseflip -InvertTiltAngles"
+
+
+def test_imod_ctfphaseflip_sentence():
+    # "At positive tilt angles, the right side of the images should be more underfocused than the
+    # left side": right of the axis = +x' = +x at z = 0; t = +40 degrees, 3 um nominal.
+    h = cv.imod_ctfphaseflip_hand()
+    right = cv.defocus_at_point_um(3.0, +2000.0, 0.0, 40.0, h)
+    left = cv.defocus_at_point_um(3.0, -2000.0, 0.0, 40.0, h)
+    assert cv.projected_x(2000.0, 0.0, 40.0) > 0 > cv.projected_x(-2000.0, 0.0, 40.0)
+    # hand-computed: 3 um -+ h * 2000 sin 40 A = 3 +- 0.12856 um
+    assert right == pytest.approx(3.0 + 0.2 * np.sin(np.radians(40)), abs=1e-9)
+    assert left == pytest.approx(3.0 - 0.2 * np.sin(np.radians(40)), abs=1e-9)
+    assert right > left
 
 
 def test_relion_euler_hand_computed():

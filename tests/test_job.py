@@ -135,7 +135,8 @@ def test_split_equals_unsplit_without_gradient(data, tmp_path):
     assert np.abs(sc[left] - sa[left]).max() > 1e-4
     # hand-computed offset of the left tile: x centre index 7 of 44 -> (7 - 22) * 10 = -150 A
     assert regs[0]["centre_angstrom_xyz"][0] == -150.0
-    np.testing.assert_allclose(regs[0]["defocus_offsets_um"], -150.0 * np.sin(np.radians(TILTS)) / 1e4)
+    # h = +1: depth -x sin t = +150 sin t A
+    np.testing.assert_allclose(regs[0]["defocus_offsets_um"], 150.0 * np.sin(np.radians(TILTS)) / 1e4)
 
 
 def _run_cli_subprocess(args, **kw):
@@ -275,10 +276,10 @@ def test_options_whiten_binary_wedge_auto_tiles_and_metadata_hand(data, tmp_path
     assert job["tiles"] == list(want) and want[0] > 1  # fine voxels: the gradient needs tiles
     w = job["weighting"]
     assert w["wedge"] == "binary" and w["whitening"] is True and w["ctf"] == "signed"
-    for reg in job["tile_regions"]:  # h = -1 offsets: -(x sin t + z cos t)
+    for reg in job["tile_regions"]:  # h = -1 offsets: -(-x sin t + z cos t) (RELION's depth)
         x, _, z = reg["centre_angstrom_xyz"]
         np.testing.assert_allclose(reg["defocus_offsets_um"],
-                                   -(x * np.sin(np.radians(TILTS)) + z * np.cos(np.radians(TILTS))) / 1e4)
+                                   -(-x * np.sin(np.radians(TILTS)) + z * np.cos(np.radians(TILTS))) / 1e4)
     scores = _read(tmp_path / "tomo_scores.mrc")
     assert np.all(np.isfinite(scores))
 

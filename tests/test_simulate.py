@@ -16,7 +16,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from tomomatch.cli import main
-from tomomatch.conventions import electron_wavelength_angstrom, relion_to_matrix, tilt_rotation
+from tomomatch.conventions import electron_wavelength_angstrom, relion_to_matrix
 from tomomatch.phantom import phantom_components, phantom_density
 from tomomatch.simulate import (FourierProjector, Structure, fourier_bin_2d, poisson_counts, preset_config,
                                 simulate, tilt_scheme)
@@ -49,7 +49,8 @@ def test_fourier_slice_projection_equals_real_space_rotation_and_projection():
     n = dens.shape[0]
     c = n // 2
     R = Rotation.from_euler("ZYZ", [35.0, 70.0, -120.0], degrees=True).as_matrix()
-    Rt = tilt_rotation(40.0)
+    c40, s40 = math.cos(math.radians(40)), math.sin(math.radians(40))
+    Rt = np.array([[c40, 0, -s40], [0, 1, 0], [s40, 0, c40]])  # columns: image x, y, beam (IMOD)
     proj = FourierProjector(dens)
     P = proj.pad_size
     S = proj.slices((R.T @ Rt)[None])
@@ -124,10 +125,11 @@ def test_defocus_applied_to_particle_at_plus_x_has_documented_sign(hand):
     ang = res.tilt_series.tilt_angles_deg
     assert ang.tolist() == [-30, 0, 30]
     off_a = (res.defocus_um[0] - res.tilt_series.defocus_um) * 1e4
-    # hand-computed: h * (x sin t + z cos t): at +30: h*(500 + 173.2), at -30: h*(-500 + 173.2), at 0: h*200
-    expect = hand * np.array([-500 + 200 * math.cos(math.pi / 6), 200, 500 + 200 * math.cos(math.pi / 6)])
+    # hand-computed, RELION's getCtf: h * depth, depth = -x sin t + z cos t:
+    # at -30: h*(500 + 173.2), at 0: h*200, at +30: h*(-500 + 173.2)
+    expect = hand * np.array([500 + 200 * math.cos(math.pi / 6), 200, -500 + 200 * math.cos(math.pi / 6)])
     assert off_a == pytest.approx(expect, abs=1e-3)
-    # pytom mode flips only the x term for h = -1
+    # pytom mode (pytom's z cos(h t) + x sin(h t)) flips only the x term for h = -1
     res_p = simulate("custom", write=False, hand=hand, hand_mode="pytom", **_quiet(
         n_particles=1, particle_positions_angstrom=[[x, 0.0, z]], particle_angles_relion_deg=[[0, 0, 0]],
         tomogram_size_xyz=(256, 32, 64), voxel_size_angstrom=10.0, tilt_min_deg=-30, tilt_max_deg=30,
@@ -163,7 +165,8 @@ def _fit_defocus(patch, pixel, kv, cs_mm, amp, grid_um, kmin, kmax, envelope_sig
 @pytest.mark.parametrize("hand", [1, -1])
 def test_ctf_read_back_from_noise_free_tilt_image_moves_with_true_hand(hand):
     """A point-like particle at x = +1000 A: the defocus fitted to its Thon rings in the +60 and
-    -60 degree images is df +- x sin 60 in the direction the true hand says."""
+    -60 degree images is df -+ x sin 60 in the direction the true hand says (RELION 5: the depth
+    -x sin t times rlnTomoHand)."""
     v, sig = 3.0, 2.5
     n = 16
     g = (np.arange(n) - n // 2) * 1.5
@@ -183,7 +186,7 @@ def test_ctf_read_back_from_noise_free_tilt_image_moves_with_true_hand(hand):
         c0 = int(round(xp)) - 48
         patch = imgs[i, :, c0:c0 + 96]
         df = _fit_defocus(patch, v, 300, 2.7, 0.07, grid, 0.03, 0.16, sig)
-        expect = 1.5 + hand * x * math.sin(math.radians(t)) / 1e4
+        expect = 1.5 - hand * x * math.sin(math.radians(t)) / 1e4
         assert df == pytest.approx(expect, abs=0.005), (t, df, expect)
 
 

@@ -56,14 +56,16 @@ def test_x_tile_offsets_hand_computed(hand):
     xs = [t.centre_angstrom_xyz[0] for t in tiles]
     assert xs == [-100.0, 0.0, 100.0]
     assert all(t.centre_angstrom_xyz[2] == 0.0 for t in tiles)
-    # offset = h * x * sin(theta): x = +100 A, theta = -60, 0, 30 -> -86.6025, 0, +50 A
+    # offset = h * depth = h * (-x sin t + z cos t) (RELION getCtf): x = +100 A, z = 0,
+    # t = -60, 0, 30 -> +86.6025, 0, -50 A
     s60 = math.sqrt(3) / 2
-    expect_right = hand * np.array([-100 * s60, 0.0, 50.0]) / 1e4
+    expect_right = hand * np.array([100 * s60, 0.0, -50.0]) / 1e4
     np.testing.assert_allclose(tiles[2].defocus_offsets_um, expect_right, atol=1e-12)
     np.testing.assert_allclose(tiles[0].defocus_offsets_um, -expect_right, atol=1e-12)
     np.testing.assert_allclose(tiles[1].defocus_offsets_um, 0.0, atol=1e-12)
-    # a point at +x is more underfocused at +30 deg for h = +1, less for h = -1
-    assert np.sign(tiles[2].defocus_offsets_um[2]) == hand
+    # a point at +x is less underfocused at +30 deg for h = +1, more for h = -1 (IMOD's
+    # ctfphaseflip: "the right side ... more underfocused" at positive tilts is h = -1)
+    assert np.sign(tiles[2].defocus_offsets_um[2]) == -hand
 
 
 @pytest.mark.parametrize("hand", [1, -1])
@@ -74,7 +76,7 @@ def test_z_tile_offsets_hand_computed(hand):
     # full mode: h * z cos(theta) -> for z = +20: h * (10, 20, 17.3205) A
     np.testing.assert_allclose(tiles[1].defocus_offsets_um,
                                hand * np.array([10.0, 20.0, 20 * math.sqrt(3) / 2]) / 1e4, atol=1e-12)
-    # pytom mode: z cos(theta) + h x sin(theta); x = 0 here, so the z term keeps its sign for both hands
+    # pytom mode: z cos(h theta) + x sin(h theta); x = 0 here, so the z term keeps its sign for both hands
     tp = plan_tiles((10, 20, 30), 4, (1, 1, 2), 10.0, TILTS, hand, "pytom")
     np.testing.assert_allclose(tp[1].defocus_offsets_um,
                                np.array([10.0, 20.0, 20 * math.sqrt(3) / 2]) / 1e4, atol=1e-12)
@@ -93,8 +95,9 @@ def test_tile_defocus_every_tilt_its_own_value():
     tiles = plan_tiles((10, 20, 30), 4, (3, 1, 1), 10.0, ts.tilt_angles_deg, 1)
     du, dv = tile_defocus_um(ts, tiles[2], 1)
     s60 = math.sqrt(3) / 2
-    np.testing.assert_allclose(du, 3.0 + np.array([-100 * s60, 0, 50]) / 1e4, atol=1e-12)
-    np.testing.assert_allclose(dv, 3.2 + np.array([-100 * s60, 0, 50]) / 1e4, atol=1e-12)
+    # x = +100 A, z = 0, h = +1: depth -x sin t at t = -60, 0, 30
+    np.testing.assert_allclose(du, 3.0 + np.array([100 * s60, 0, -50]) / 1e4, atol=1e-12)
+    np.testing.assert_allclose(dv, 3.2 + np.array([100 * s60, 0, -50]) / 1e4, atol=1e-12)
     # the tilt series is not modified (pytom mutates/aliases its CTF objects)
     np.testing.assert_array_equal(ts.defocus_u_um, [3.0, 3.0, 3.0])
     assert tile_defocus_um(TiltSeries(tilt_angles_deg=TILTS), tiles[0], 1) == (None, None)

@@ -8,13 +8,25 @@ import torch
 from scipy import ndimage
 
 from tomomatch import weighting
-from tomomatch.conventions import electron_wavelength_angstrom, tilt_rotation
+from tomomatch.conventions import electron_wavelength_angstrom
 from tomomatch.errors import InputError
 from tomomatch.shared_data import shared_data_dir
 from tomomatch.tiltseries import TiltSeries
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def imod_axes(t_deg):
+    """Columns: image x axis, y, beam of the tilt-t image, written from IMOD's/RELION 5's formula
+    (``x' = x cos t + z sin t``, depth ``-x sin t + z cos t``), independently of tomomatch."""
+    c, s = math.cos(math.radians(t_deg)), math.sin(math.radians(t_deg))
+    return np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
+
+
+def imod_beam(t_deg):
+    t = np.deg2rad(np.asarray(t_deg, float))
+    return np.stack([-np.sin(t), np.zeros_like(t), np.cos(t)], -1)
 
 
 def np_template_ctf(ku, ky, du_um, dv_um, astig_deg, voltage_kv=300.0, cs_mm=2.7, amp=0.07,
@@ -68,14 +80,14 @@ def reference_backprojection(vol, voxel, tilts, du, dv, astig, dose, ramp_step_d
     """Real-space model of a tomogram: project each tilt, apply its 2D CTF/dose/cos, back-project.
 
     The tilt-t projection samples the volume at ``x' u + y' y + w b`` (columns of
-    ``tilt_rotation``) and sums over the depth ``w``; back-projection smears the filtered
+    ``imod_axes``) and sums over the depth ``w``; back-projection smears the filtered
     image along ``w`` and rotates it back. Optionally ramp-filtered (WBP).
     """
     n = vol.shape[0]
     ky, ku = np.meshgrid(np.fft.fftfreq(n, voxel), np.fft.fftfreq(n, voxel), indexing="ij")
     out = np.zeros_like(vol)
     for i, t in enumerate(tilts):
-        rot = tilt_rotation(t)
+        rot = imod_axes(t)
         proj = _rotate(vol, rot).sum(axis=0)  # image [y, x'], the depth w is axis 0
         filt = np_template_ctf(ku, ky, du[i], dv[i], astig[i])
         filt = filt * np_dose(np.hypot(ku, ky), dose[i]) * np.cos(np.deg2rad(t))
@@ -154,21 +166,22 @@ def test_bandpass_errors():
 
 def test_tilt_of_frequency_hand_cases():
     c60, s60 = math.cos(math.radians(60)), math.sin(math.radians(60))
-    # (cos 60, 0, -sin 60) lies in the +60 slice: b(60) = (sin 60, 0, cos 60) is perpendicular
-    assert weighting.tilt_of_frequency_deg(c60, -s60) == pytest.approx(60.0)
-    assert weighting.tilt_of_frequency_deg(c60, s60) == pytest.approx(-60.0)
-    assert weighting.tilt_of_frequency_deg(-c60, s60) == pytest.approx(60.0)  # -k, same slice
+    # (cos 60, 0, sin 60) lies in the +60 slice (IMOD: x' = x cos t + z sin t, so the image axis
+    # is u(60) = (cos 60, 0, sin 60) and the beam b(60) = (-sin 60, 0, cos 60) is perpendicular)
+    assert weighting.tilt_of_frequency_deg(c60, s60) == pytest.approx(60.0)
+    assert weighting.tilt_of_frequency_deg(c60, -s60) == pytest.approx(-60.0)
+    assert weighting.tilt_of_frequency_deg(-c60, -s60) == pytest.approx(60.0)  # -k, same slice
     c70, s70 = math.cos(math.radians(70)), math.sin(math.radians(70))
-    assert weighting.tilt_of_frequency_deg(c70, -s70) == pytest.approx(70.0)
+    assert weighting.tilt_of_frequency_deg(c70, s70) == pytest.approx(70.0)
     assert weighting.tilt_of_frequency_deg(1.0, 0.0) == pytest.approx(0.0)
     assert abs(weighting.tilt_of_frequency_deg(0.0, 1.0)) == pytest.approx(90.0)
     # the torch path agrees
-    got = weighting.tilt_of_frequency_deg(torch.tensor([c60, -c60, c70]), torch.tensor([-s60, s60, -s70]))
+    got = weighting.tilt_of_frequency_deg(torch.tensor([c60, -c60, c70]), torch.tensor([s60, -s60, s70]))
     assert np.allclose(got.numpy(), [60, 60, 70], atol=1e-4)
-    # direct check with the conventions' beam: k . b(t) = 0
+    # direct check with IMOD's beam: k . b(t) = 0
     for kx, kz in [(0.3, -0.7), (0.9, 0.2), (-0.4, -0.5)]:
         t = weighting.tilt_of_frequency_deg(kx, kz)
-        b = tilt_rotation(t)[:, 2]
+        b = imod_beam(t)
         assert abs(kx * b[0] + kz * b[2]) < 1e-12
 
 
@@ -179,13 +192,13 @@ def test_binary_wedge_hand_cases():
     assert np.all(w[0, :, :] == 1)  # kz = 0: the kx axis and the whole ky-kx plane (tilt 0)
     assert w[1, 0, 0] == 0 and w[3, 0, 0] == 0 and w[7, 0, 0] == 0  # the kz axis: missing
     assert np.all(w[:, :, 0][1:] == 0)  # the kz-ky plane needs a 90-degree tilt
-    assert w[1, 0, 1] == 1  # (kx, kz) = (1, 1): tilt -45
-    assert w[2, 0, 1] == 0  # (1, 2): tilt -63.4
-    assert w[6, 0, 1] == 0  # (1, -2): tilt +63.4
+    assert w[1, 0, 1] == 1  # (kx, kz) = (1, 1): tilt +45
+    assert w[2, 0, 1] == 0  # (1, 2): tilt +63.4
+    assert w[6, 0, 1] == 0  # (1, -2): tilt -63.4
     assert w[2, 3, 2] == 1  # ky does not matter
-    # asymmetric range [-40, 55]: (1, -1) -> +45 inside, (1, 1) -> -45 outside
+    # asymmetric range [-40, 55]: (kx, kz) = (1, 1) -> +45 inside, (1, -1) -> -45 outside
     a = weighting.binary_wedge((8, 8, 8), [-40.0, 10.0, 55.0]).numpy()
-    assert a[7, 0, 1] == 1 and a[1, 0, 1] == 0
+    assert a[1, 0, 1] == 1 and a[7, 0, 1] == 0
     # a 90-degree tilt covers the kz axis
     full = weighting.binary_wedge((8, 8, 8), (-90, 90)).numpy()
     assert np.all(full == 1)
@@ -199,7 +212,7 @@ def test_binary_wedge_against_sign_change_search(tmin, tmax):
     kz = np.fft.fftfreq(n)[:, None]
     kx = np.fft.rfftfreq(n)[None, :]
     t = np.deg2rad(np.linspace(tmin, tmax, 2001))
-    b = tilt_rotation(np.rad2deg(t))[:, :, 2]  # (T, 3) beams
+    b = imod_beam(np.rad2deg(t))  # (T, 3) beams
     f = kx[None] * b[:, 0, None, None] + kz[None] * b[:, 2, None, None]  # (T, nz, nxh)
     change = (np.sign(f[:-1]) * np.sign(f[1:]) <= 0).any(axis=0)
     axis = (kx == 0) & (kz == 0)
@@ -282,8 +295,8 @@ def test_single_tilt_slice_values_and_modes():
     fy = np.fft.fftfreq(n, v)[None, :, None]
     fx = np.fft.rfftfreq(n, v)[None, None, :]
     s, c = np.sin(np.deg2rad(t)), np.cos(np.deg2rad(t))
-    ku = fx * c - fz * s  # k . u with u = (cos t, 0, -sin t)
-    kwd = fx * s + fz * c  # k . b with b = (sin t, 0, cos t)
+    ku = fx * c + fz * s  # k . u with u = (cos t, 0, sin t)
+    kwd = -fx * s + fz * c  # k . b with b = (-sin t, 0, cos t)
     tent = np.maximum(0, 1 - np.abs(kwd) * n * v)
     tent = np.broadcast_to(tent, w.shape)
     ctf_v = np_template_ctf(ku, fy, 2.0, 3.0, 40.0)
@@ -308,7 +321,7 @@ def test_per_tilt_defocus_changes_only_its_slice():
     w2 = weighting.per_tilt_wedge((n, n, n), v, tilts, defocus_u_um=[3.0, 5.0]).numpy()
     fz = np.fft.fftfreq(n, v)[:, None, None]
     fx = np.fft.rfftfreq(n, v)[None, None, :]
-    s40 = np.broadcast_to(np.maximum(0, 1 - np.abs(fx * np.sin(np.deg2rad(40)) + fz * np.cos(np.deg2rad(40)))
+    s40 = np.broadcast_to(np.maximum(0, 1 - np.abs(-fx * np.sin(np.deg2rad(40)) + fz * np.cos(np.deg2rad(40)))
                                      * n * v), w1.shape)
     s40 = np_hermitian(s40, n, combine=np.maximum)
     changed = np.abs(w1 - w2) > 1e-6
@@ -316,10 +329,10 @@ def test_per_tilt_defocus_changes_only_its_slice():
     assert np.all(s40[changed] > 0)  # only voxels on the 40-degree slice change
     # the 40-degree slice away from the overlap follows the 5 um CTF
     ix = 10
-    iz = int(round(-ix * np.tan(np.deg2rad(40)))) % n  # k_w ~ 0 on the 40-degree slice
+    iz = int(round(ix * np.tan(np.deg2rad(40)))) % n  # k_w ~ 0 on the 40-degree slice
     kx, kz = ix / (n * v), np.fft.fftfreq(n, v)[iz]
-    ku = kx * np.cos(np.deg2rad(40)) - kz * np.sin(np.deg2rad(40))
-    tent = max(0.0, 1 - abs(kx * np.sin(np.deg2rad(40)) + kz * np.cos(np.deg2rad(40))) * n * v)
+    ku = kx * np.cos(np.deg2rad(40)) + kz * np.sin(np.deg2rad(40))
+    tent = max(0.0, 1 - abs(-kx * np.sin(np.deg2rad(40)) + kz * np.cos(np.deg2rad(40))) * n * v)
     ky = np.fft.fftfreq(n, v)
     assert np.allclose(w2[iz, :, ix], tent * np_template_ctf(ku, ky, 5.0, 5.0, 0.0) * np.cos(np.deg2rad(40)),
                        atol=1e-5)

@@ -581,7 +581,7 @@ def _hand_weights(tilt_series, box_zyx, voxel_size_angstrom: float, centred_xyz,
                   weight_options: dict[str, Any]):
     """rfft-grid template weights ``(n_particles, n_hands, z, y, x//2+1)``.
 
-    The per-tilt defocus is shifted to each particle's own centred ``(x, z)`` under each hand
+    The per-tilt defocus is shifted to each particle's own centred ``(x, y, z)`` under each hand
     (:func:`tomomatch.conventions.defocus_offset_angstrom`) and all ``particles x hands``
     positions go to one :func:`tomomatch.weighting.tilt_series_weight` call.
     """
@@ -590,7 +590,9 @@ def _hand_weights(tilt_series, box_zyx, voxel_size_angstrom: float, centred_xyz,
 
     c = np.asarray(centred_xyz, dtype=float).reshape(-1, 3)
     tilts = np.asarray(tilt_series.tilt_angles_deg, dtype=float)
-    offsets = np.stack([defocus_offset_angstrom(c[:, 0, None], c[:, 2, None], tilts[None], h, hand_mode)
+    x_tilts = np.asarray(tilt_series.x_tilt_deg, dtype=float)
+    offsets = np.stack([defocus_offset_angstrom(c[:, 0, None], c[:, 2, None], tilts[None], h, hand_mode,
+                                                y_angstrom=c[:, 1, None], x_tilt_deg=x_tilts[None])
                         for h in hands], axis=1) / ANGSTROM_PER_MICROMETRE  # (P, H, n_tilts), all tilts
     w = tilt_series_weight(tilt_series, tuple(int(v) for v in box_zyx), voxel_size_angstrom,
                            defocus_offset_um=offsets.reshape(-1, tilts.size), **weight_options)
@@ -801,7 +803,8 @@ def tilt_series_from_job(job: dict[str, Any]):
     if not d:
         return None
     keys = ("tilt_angles_deg", "accumulated_dose", "defocus_u_um", "defocus_v_um", "astigmatism_angle_deg",
-            "phase_shift_deg", "excluded", "voltage_kv", "cs_mm", "amplitude_contrast", "pixel_size_angstrom")
+            "phase_shift_deg", "excluded", "x_tilt_deg", "voltage_kv", "cs_mm", "amplitude_contrast",
+            "pixel_size_angstrom")
     return TiltSeries(**{k: d[k] for k in keys if d.get(k) is not None}, source=job.get("_job_path"))
 
 

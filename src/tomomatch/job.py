@@ -122,7 +122,8 @@ def _ts_json(ts) -> dict | None:
     return {"tilt_angles_deg": arr(ts.tilt_angles_deg), "accumulated_dose": arr(ts.accumulated_dose),
             "defocus_u_um": arr(ts.defocus_u_um), "defocus_v_um": arr(ts.defocus_v_um),
             "astigmatism_angle_deg": arr(ts.astigmatism_angle_deg), "phase_shift_deg": arr(ts.phase_shift_deg),
-            "excluded": [bool(v) for v in np.asarray(ts.excluded, bool)], "voltage_kv": float(ts.voltage_kv),
+            "excluded": [bool(v) for v in np.asarray(ts.excluded, bool)], "x_tilt_deg": arr(ts.x_tilt_deg),
+            "voltage_kv": float(ts.voltage_kv),
             "cs_mm": float(ts.cs_mm), "amplitude_contrast": float(ts.amplitude_contrast),
             "pixel_size_angstrom": None if ts.pixel_size_angstrom is None else float(ts.pixel_size_angstrom)}
 
@@ -361,7 +362,8 @@ def plan_match(template, mask, tomogram, out_dir, *, name: str | None = None,
         counts = tuple(int(c) for c in tiles)
         if len(counts) != 3:
             raise InputError(f"--tiles needs three counts NX NY NZ, got {len(counts)}", None, "--tiles")
-    tile_plan = plan_tiles(vol_shape, n, counts, voxel, tilts_all, hand, hand_mode)
+    tile_plan = plan_tiles(vol_shape, n, counts, voxel, tilts_all, hand, hand_mode,
+                           x_tilt_deg=0.0 if ts is None else ts.x_tilt_deg)
     for t in tile_plan:
         if any(n > s for s in t.data_shape_zyx):
             raise InputError(f"template box {n} is larger than tile {t.grid_index_xyz} "

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .conventions import (defocus_at_point_um, defocus_offset_angstrom,
+from .conventions import (defocus_at_point_um, defocus_offset_angstrom, depth_along_beam,
                           electron_wavelength_angstrom, index_to_centered_angstrom)
 from .errors import InputError
 
@@ -92,11 +92,11 @@ def split_axis(n: int, count: int, box: int) -> list[tuple[int, int, int, int]]:
 
 def plan_tiles(shape_zyx: Sequence[int], box: int, counts_xyz: Sequence[int],
                voxel_size_angstrom: float, tilt_angles_deg=None, hand: int = 0,
-               hand_mode: str = "full") -> list[Tile]:
+               hand_mode: str = "full", x_tilt_deg=0.0) -> list[Tile]:
     """Tiles for a tomogram of ``shape_zyx`` split ``counts_xyz`` times along (x, y, z).
 
-    ``defocus_offsets_um`` holds, per tilt, ``offset(x_c, z_c, theta, hand, mode)`` in
-    micrometres (``conventions.defocus_offset_angstrom``) at the centre of the unique region;
+    ``defocus_offsets_um`` holds, per tilt, ``offset(x_c, y_c, z_c, tilt, x_tilt, hand, mode)``
+    in micrometres (``conventions.defocus_offset_angstrom``) at the centre of the unique region;
     empty when no tilt angles are given.
     """
     nz, ny, nx = (int(s) for s in shape_zyx)
@@ -114,7 +114,8 @@ def plan_tiles(shape_zyx: Sequence[int], box: int, counts_xyz: Sequence[int],
                 offs: tuple[float, ...] = ()
                 if tilt_angles_deg is not None:
                     o = defocus_offset_angstrom(c_a[0], c_a[2], np.asarray(tilt_angles_deg, float),
-                                                hand, hand_mode) / 1e4
+                                                hand, hand_mode, y_angstrom=c_a[1],
+                                                x_tilt_deg=np.asarray(x_tilt_deg, float)) / 1e4
                     offs = tuple(float(v) for v in np.atleast_1d(o))
                 tiles.append(Tile((ix, iy, iz), (zu0, yu0, xu0), (zu1, yu1, xu1), (zd0, yd0, xd0),
                                   (zd1, yd1, xd1), tuple(float(v) for v in c_a), offs))
@@ -129,10 +130,11 @@ def tile_defocus_um(tilt_series, tile: Tile, hand: int, hand_mode: str = "full")
     """
     if tilt_series is None or not tilt_series.has_defocus:
         return None, None
-    x, _, z = tile.centre_angstrom_xyz
+    x, y, z = tile.centre_angstrom_xyz
     t = tilt_series.tilt_angles_deg
-    du = defocus_at_point_um(tilt_series.defocus_u_um, x, z, t, hand, hand_mode)
-    dv = defocus_at_point_um(tilt_series.defocus_v_um, x, z, t, hand, hand_mode)
+    geom = dict(y_angstrom=y, x_tilt_deg=tilt_series.x_tilt_deg)
+    du = defocus_at_point_um(tilt_series.defocus_u_um, x, z, t, hand, hand_mode, **geom)
+    dv = defocus_at_point_um(tilt_series.defocus_v_um, x, z, t, hand, hand_mode, **geom)
     return np.array(du, float), np.array(dv, float)
 
 
@@ -142,9 +144,12 @@ def defocus_tolerance_angstrom(resolution_angstrom: float, voltage_kv: float = 3
 
 
 def _max_residual_angstrom(wx: float, wz: float, tilt_angles_deg) -> float:
-    """Largest ``|dx sin t + dz cos t|`` over ``|dx| <= wx/2, |dz| <= wz/2`` and the tilts."""
-    t = np.deg2rad(np.asarray(tilt_angles_deg, float))
-    return float(np.max(0.5 * wx * np.abs(np.sin(t)) + 0.5 * wz * np.abs(np.cos(t))))
+    """Largest depth ``|-dx sin t + dz cos t|`` over ``|dx| <= wx/2, |dz| <= wz/2`` and the tilts
+    (the corners of the tile, :func:`tomomatch.conventions.depth_along_beam`)."""
+    t = np.asarray(tilt_angles_deg, float)[:, None]
+    dx = 0.5 * wx * np.array([1.0, 1.0, -1.0, -1.0])
+    dz = 0.5 * wz * np.array([1.0, -1.0, 1.0, -1.0])
+    return float(np.max(np.abs(depth_along_beam(dx, dz, t))))
 
 
 def auto_tile_counts(shape_zyx: Sequence[int], voxel_size_angstrom: float, box: int,

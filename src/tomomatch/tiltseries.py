@@ -38,6 +38,9 @@ class TiltSeries:
     """Per-tilt and per-series metadata of one tilt series.
 
     Per-tilt arrays all have length ``n_tilts`` and are in acquisition-stack order.
+    ``tilt_angles_deg`` is the tilt about y (RELION ``rlnTomoYTilt``, IMOD ``.tlt`` sign) and
+    ``x_tilt_deg`` the tilt about x applied before it (``rlnTomoXTilt``; 0 for IMOD and
+    AreTomo), as in :func:`tomomatch.conventions.tilt_frame`.
     ``hand`` is the defocus handedness if the metadata state it (RELION rlnTomoHand, Warp
     AreAnglesInverted), else ``None``. ``extra`` keeps source fields that have no slot here.
     """
@@ -49,6 +52,7 @@ class TiltSeries:
     astigmatism_angle_deg: np.ndarray | None = None
     phase_shift_deg: np.ndarray | None = None
     excluded: np.ndarray | None = None
+    x_tilt_deg: np.ndarray | None = None
     voltage_kv: float = 300.0
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
@@ -88,6 +92,10 @@ class TiltSeries:
         set_(self, "astigmatism_angle_deg", _as_array(self.astigmatism_angle_deg, n, "astigmatism angle", src, fill=0.0))
         set_(self, "phase_shift_deg", _as_array(self.phase_shift_deg, n, "phase shift", src, fill=0.0))
         set_(self, "excluded", _as_array(self.excluded, n, "excluded", src, fill=False, dtype=bool))
+        set_(self, "x_tilt_deg", _as_array(self.x_tilt_deg, n, "x tilt", src, fill=0.0))
+        if np.any(np.abs(self.x_tilt_deg) > 45):
+            raise InputError(f"x tilt {np.max(np.abs(self.x_tilt_deg)):g} degrees; expected a small"
+                             " correction (|x tilt| <= 45)", src, "x tilt")
         if self.hand is not None:
             try:
                 set_(self, "hand", check_hand(self.hand))
@@ -117,11 +125,17 @@ class TiltSeries:
             raise InputError("tilt metadata hold no defocus; give --defocus", self.source, "defocus")
         return 0.5 * (self.defocus_u_um + self.defocus_v_um)
 
+    @property
+    def has_x_tilt(self) -> bool:
+        """True if any tilt has a non-zero x-tilt (the slices then depend on ky)."""
+        return bool(np.any(self.x_tilt_deg != 0))
+
     def included(self) -> "TiltSeries":
         """A copy without the excluded tilts."""
         keep = ~self.excluded
         per_tilt = {k: getattr(self, k)[keep] for k in (
-            "tilt_angles_deg", "accumulated_dose", "astigmatism_angle_deg", "phase_shift_deg", "excluded")}
+            "tilt_angles_deg", "accumulated_dose", "astigmatism_angle_deg", "phase_shift_deg", "excluded",
+            "x_tilt_deg")}
         if self.defocus_u_um is not None:
             per_tilt["defocus_u_um"] = self.defocus_u_um[keep]
             per_tilt["defocus_v_um"] = self.defocus_v_um[keep]

@@ -6,14 +6,16 @@ shape ``(nz, ny, nx // 2 + 1)`` and multiply ``torch.fft.rfftn(box)``. Frequenci
 axes are ``[z, y, x]`` like every array in tomomatch. Everything is built with torch on the
 requested device, vectorised (no Python loop over voxels or over tilts), in float32.
 
-Geometry (from :func:`tomomatch.conventions.tilt_rotation`)
-    The tilt-theta image has horizontal axis ``u = (cos t, 0, -sin t)``, vertical axis ``y``
-    and beam ``b = (sin t, 0, cos t)``. By the projection-slice theorem its 2D transform at
-    image frequency ``(k_u, k_y)`` is the 3D transform at ``k_u u + k_y y``: the central slice
-    perpendicular to ``b``. A 3D frequency ``k = (kx, ky, kz)`` therefore has in-slice
-    coordinates ``k_u = kx cos t - kz sin t``, ``k_y = ky`` and distance to the slice
-    ``k_w = kx sin t + kz cos t``. ``k`` lies in the slice of the tilt ``t* = atan(-kz / kx)``;
-    a tilt range ``[t_min, t_max]`` samples exactly the ``k`` with ``t*`` in that range.
+Geometry (from :func:`tomomatch.conventions.tilt_frame`, IMOD/AreTomo/RELION 5)
+    The tilt-``t`` image has horizontal axis ``u = (cos t, 0, sin t)``, vertical axis ``y``
+    and beam ``b = (-sin t, 0, cos t)`` (with an x-tilt, the rows of RELION's
+    ``Ry(t) Rx(a)``). By the projection-slice theorem its 2D transform at image frequency
+    ``(k_u, k_v)`` is the 3D transform at ``k_u u + k_v v``: the central slice perpendicular
+    to ``b``. A 3D frequency ``k`` therefore has in-slice coordinates ``k_u = u . k``,
+    ``k_v = v . k`` (``kx cos t + kz sin t`` and ``ky`` without x-tilt) and distance to the
+    slice ``k_w = b . k`` (``-kx sin t + kz cos t``). ``k`` lies in the slice of the tilt
+    ``t* = atan(kz / kx)`` (:func:`tomomatch.conventions.tilt_of_slice_containing`); a tilt
+    range ``[t_min, t_max]`` samples exactly the ``k`` with ``t*`` in that range.
 
 Sign of the CTF
     The weight applied to the template is ``-ctf.ctf(...) = sqrt(1 - A^2) sin(chi) + A cos(chi)``,
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from . import ctf as _ctf
+from .conventions import tilt_frame, tilt_of_slice_containing
 from .errors import InputError
 
 __all__ = [
@@ -179,19 +182,9 @@ def bandpass(shape_zyx: Sequence[int], voxel_size_angstrom: float,
 def tilt_of_frequency_deg(kx, kz):
     """Tilt angle (degrees, in ``[-90, 90]``) whose central slice contains frequency ``(kx, ., kz)``.
 
-    Solves ``kx sin t + kz cos t = 0``: ``t = atan(-kz / kx)``. Works for torch tensors and
-    numpy arrays. For ``kx = 0, kz != 0`` the answer is the 90-degree slice (returned as +-90);
-    for ``kx = kz = 0`` (the tilt axis) every slice contains ``k`` and 0 is returned.
+    :func:`tomomatch.conventions.tilt_of_slice_containing`: ``t = atan(kz / kx)`` (numpy or torch).
     """
-    if isinstance(kx, torch.Tensor) or isinstance(kz, torch.Tensor):
-        kx = torch.as_tensor(kx)
-        kz = torch.as_tensor(kz, dtype=kx.dtype, device=kx.device)
-        sgn = torch.where(kx < 0, -1.0, 1.0).to(kx.dtype)  # fold k -> -k (same slice)
-        return torch.rad2deg(torch.atan2(-kz * sgn, kx * sgn))
-    kx = np.asarray(kx, float)
-    kz = np.asarray(kz, float)
-    sgn = np.where(kx < 0, -1.0, 1.0)
-    return np.degrees(np.arctan2(-kz * sgn, kx * sgn))
+    return tilt_of_slice_containing(kx, kz)
 
 
 def _tilt_range(tilt_angles_deg) -> tuple[float, float]:
@@ -218,8 +211,9 @@ def binary_wedge(shape_zyx: Sequence[int], tilt_angles_deg, device=None,
     -------
     torch.Tensor
         float32 ``(nz, ny, nx // 2 + 1)``; a frequency ``k`` is 1 iff the tilt
-        ``t* = atan(-kz / kx)`` whose slice contains it lies in ``[min, max]`` (see module
-        docstring). The tilt axis ``ky`` (``kx = kz = 0``) is always 1.
+        ``t* = atan(kz / kx)`` whose slice contains it lies in ``[min, max]`` (see module
+        docstring). The tilt axis ``ky`` (``kx = kz = 0``) is always 1. An x-tilt is not
+        modelled here (it is a correction of a few degrees; :func:`per_tilt_wedge` has it).
     """
     tmin, tmax = _tilt_range(tilt_angles_deg)
     fz, fy, fx = _axes_1d(shape_zyx, 1.0, device, _geom_dtype(device or "cpu"))
@@ -268,20 +262,24 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
                    cs_mm: float = 2.7, amplitude_contrast: float = 0.07,
                    ctf_mode: CtfMode = "signed", dose_weighting: bool = True,
                    cos_weighting: bool = True, slice_thickness_voxels: float = 1.0,
-                   normalization: Normalization = "coverage", device=None) -> torch.Tensor:
+                   normalization: Normalization = "coverage", x_tilt_deg=None,
+                   device=None) -> torch.Tensor:
     """Per-tilt ("fanned") 3D weights: a sum of central slices, each with its tilt's CTF.
 
     For tilt ``i`` the slice weight at frequency ``k`` is the linear-interpolation (tent) profile
-    ``s_i(k) = max(0, 1 - |k_w| / delta_i)`` of the distance ``k_w = kx sin t + kz cos t`` to the
-    slice, with ``delta_i = slice_thickness_voxels * sqrt((sin t / (nx a))^2 + (cos t / (nz a))^2)``
+    ``s_i(k) = max(0, 1 - |k_w| / delta_i)`` of the distance ``k_w = b_i . k`` to the slice
+    (``-kx sin t + kz cos t`` without x-tilt; ``b_i`` is the beam of
+    :func:`tomomatch.conventions.tilt_frame`), with
+    ``delta_i = slice_thickness_voxels * |(b_x / (nx a), b_y / (ny a), b_z / (nz a))|``
     (one Fourier voxel for ``slice_thickness_voxels = 1`` in a cubic box). Its value is
 
-    ``c_i(k) = CTF_i(k_u, k_y) * dose_i(|k_2D|) * cos(t_i)``
+    ``c_i(k) = CTF_i(k_u, k_v) * dose_i(|k_2D|) * b_z``
 
-    with ``CTF_i = -ctf.ctf(k_u, k_y, defocus_u[i], defocus_v[i], astigmatism[i], ...)`` (``abs``
+    with ``CTF_i = -ctf.ctf(k_u, k_v, defocus_u[i], defocus_v[i], astigmatism[i], ...)`` (``abs``
     for ``ctf_mode="abs"``, 1 for ``None`` or no defocus), the Grant-Grigorieff exposure filter
-    at the tilt's accumulated dose (``dose_weighting``) and ``cos(t_i)`` (``cos_weighting``),
-    all evaluated at the in-slice frequency ``(k_u, k_y) = (kx cos t - kz sin t, ky)``; the
+    at the tilt's accumulated dose (``dose_weighting``) and the beam's z component ``b_z``
+    (``cos t`` without x-tilt; ``cos_weighting``), all evaluated at the in-slice frequency
+    ``(k_u, k_v) = (u . k, v . k)`` (``(kx cos t + kz sin t, ky)`` without x-tilt); the
     astigmatism angle is measured in the image from the ``u`` axis.
 
     Normalisation (``normalization``):
@@ -321,6 +319,9 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
         Half-width of the tent profile across each slice in Fourier voxels (> 0).
     normalization
         ``"coverage"`` or ``"sum"`` (above).
+    x_tilt_deg
+        ``(n_tilts,)`` x-tilts (RELION ``rlnTomoXTilt``) or None for 0; a non-zero x-tilt turns
+        the beam out of the x-z plane, so the slices then depend on ``ky``.
     device
         torch device for the computation and the result.
 
@@ -350,35 +351,58 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
     n_t = tilts.numel()
     f32 = torch.float32
 
-    # ---- slice geometry in the (kz, kx) plane (it does not depend on ky)
+    # ---- slice geometry from the per-tilt frames (conventions.tilt_frame): rows u, v, beam
+    if x_tilt_deg is None:
+        x_tilts = np.zeros(n_t)
+    else:
+        x_tilts = np.broadcast_to(np.asarray(x_tilt_deg.detach().cpu().numpy() if isinstance(x_tilt_deg, torch.Tensor)
+                                             else x_tilt_deg, float), (n_t,))
+        if not np.all(np.isfinite(x_tilts)):
+            raise InputError("x tilt contains NaN or Inf", None, "x tilt")
+    frame = torch.as_tensor(tilt_frame(tilts.cpu().numpy(), x_tilts), dtype=_geom_dtype(dev)).to(dev)
+    u_ax, v_ax, beam = frame[:, 0, :], frame[:, 1, :], frame[:, 2, :]  # (n_t, 3) as (x, y, z)
     fz, fy, fx = _axes_1d(shape_zyx, a, dev, _geom_dtype(dev))
-    t_rad = torch.deg2rad(tilts)
-    sin_t, cos_t = torch.sin(t_rad), torch.cos(t_rad)
-    delta = thick * torch.sqrt((sin_t / (nx * a)) ** 2 + (cos_t / (nz * a)) ** 2)  # (n_t,)
-    kw = sin_t[:, None, None] * fx[None, None, :] + cos_t[:, None, None] * fz[None, :, None]
-    s = torch.clamp(1.0 - kw.abs() / delta[:, None, None], min=0.0)  # (n_t, nz, nxh)
-    coverage = s.sum(0)  # (nz, nxh)
-    it, iz, ix = torch.nonzero(s > 0, as_tuple=True)  # the L slice entries
-    s_l = s[it, iz, ix].to(f32)
-    ku = (fx[ix] * cos_t[it] - fz[iz] * sin_t[it]).to(f32)  # (L,)
-    flat = iz * nxh + ix  # index into the (nz * nxh) plane
-    ky = fy.to(f32)
+    # half-width of the tent: slice_thickness_voxels Fourier voxels along the beam
+    delta = thick * torch.sqrt((beam[:, 0] / (nx * a)) ** 2 + (beam[:, 1] / (ny * a)) ** 2
+                               + (beam[:, 2] / (nz * a)) ** 2)  # (n_t,)
+    if not np.any(x_tilts):
+        # beams in the x-z plane: a slice's extent does not depend on ky, so find the entries
+        # in the (kz, kx) plane and repeat them along ky
+        kw = beam[:, 0, None, None] * fx[None, None, :] + beam[:, 2, None, None] * fz[None, :, None]
+        s = torch.clamp(1.0 - kw.abs() / delta[:, None, None], min=0.0)  # (n_t, nz, nxh)
+        it, iz, ix = torch.nonzero(s > 0, as_tuple=True)
+        s_l = s[it, iz, ix][:, None].expand(-1, ny)
+        ku = (u_ax[it, 0] * fx[ix] + u_ax[it, 2] * fz[iz])[:, None].expand(-1, ny)
+        kv = fy[None, :].expand(it.numel(), -1)
+        iy = torch.arange(ny, device=dev)[None, :].expand(it.numel(), -1)
+        it, iz, ix = (i[:, None].expand(-1, ny) for i in (it, iz, ix))
+        it, iz, iy, ix, s_l, ku, kv = (x.reshape(-1) for x in (it, iz, iy, ix, s_l, ku, kv))
+    else:
+        kw = (beam[:, 0, None, None, None] * fx[None, None, None, :] + beam[:, 1, None, None, None] * fy[None, None, :, None]
+              + beam[:, 2, None, None, None] * fz[None, :, None, None])
+        s = torch.clamp(1.0 - kw.abs() / delta[:, None, None, None], min=0.0)  # (n_t, nz, ny, nxh)
+        it, iz, iy, ix = torch.nonzero(s > 0, as_tuple=True)
+        s_l = s[it, iz, iy, ix]
+        ku = u_ax[it, 0] * fx[ix] + u_ax[it, 1] * fy[iy] + u_ax[it, 2] * fz[iz]
+        kv = v_ax[it, 0] * fx[ix] + v_ax[it, 1] * fy[iy] + v_ax[it, 2] * fz[iz]
+    del kw, s
+    flat = (iz * ny + iy) * nxh + ix  # index into the (nz * ny * nxh) grid
+    coverage = torch.zeros(nz * ny * nxh, dtype=s_l.dtype, device=dev).index_add_(0, flat, s_l)
+    ku, kv = ku.to(f32), kv.to(f32)
 
     # ---- per-entry factors that do not depend on the position: slice weight, dose, cos
-    ku2 = ku[:, None]  # (L, 1)
-    ky2 = ky[None, :]  # (1, ny)
-    base = s_l[:, None].expand(-1, ny)
-    if cos_weighting:
-        base = base * cos_t[it].to(f32)[:, None]
+    base = s_l.to(f32)
+    if cos_weighting:  # the beam's z component: cos(t) without x-tilt
+        base = base * beam[it, 2].to(f32)
     if dose_weighting and accumulated_dose is not None:
         dose = _as_per_tilt(accumulated_dose, n_t, "accumulated dose", dev)
         if dose.ndim != 1:
             raise InputError("accumulated dose must have one value per tilt", None, "accumulated dose")
         if torch.any(dose < 0):
             raise InputError("accumulated dose must be >= 0", None, "accumulated dose")
-        k2d = torch.sqrt(ku2 * ku2 + ky2 * ky2)
-        base = base * _ctf.dose_filter(k2d, dose.to(f32)[it][:, None], voltage_kv)
-    base = base.contiguous()  # (L, ny)
+        k2d = torch.sqrt(ku * ku + kv * kv)
+        base = base * _ctf.dose_filter(k2d, dose.to(f32)[it], voltage_kv)
+    base = base.contiguous()  # (M,)
 
     # ---- CTF, possibly per position
     use_ctf = ctf_mode is not None and defocus_u_um is not None
@@ -395,29 +419,29 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
         except RuntimeError:
             raise InputError("per-position CTF arrays have different numbers of positions", None,
                              "defocus") from None
-        du, dv, ang, ps = (p[:, it].to(f32)[:, :, None] for p in params)  # (P, L, 1)
+        du, dv, ang, ps = (p[:, it].to(f32) for p in params)  # (P, M)
         n_pos = du.shape[0]
     else:
         n_pos = 1
 
-    L = base.shape[0]
-    out = torch.zeros((n_pos, ny, nz * nxh), dtype=f32, device=dev)
-    chunk = max(1, _MAX_BLOCK // max(1, L * ny))
+    M = base.shape[0]
+    out = torch.zeros((n_pos, nz * ny * nxh), dtype=f32, device=dev)
+    chunk = max(1, _MAX_BLOCK // max(1, M))
     for p0 in range(0, n_pos, chunk):
         p1 = min(n_pos, p0 + chunk)
         if use_ctf:
-            c = -_ctf.ctf(ku2, ky2, du[p0:p1], dv[p0:p1], ang[p0:p1], voltage_kv, cs_mm,
-                          amplitude_contrast, ps[p0:p1])  # (p, L, ny)
+            c = -_ctf.ctf(ku[None], kv[None], du[p0:p1], dv[p0:p1], ang[p0:p1], voltage_kv, cs_mm,
+                          amplitude_contrast, ps[p0:p1])  # (p, M)
             if ctf_mode == "abs":
                 c = c.abs()
             vals = c * base[None]
         else:
             vals = base[None]
-        out[p0:p1].index_add_(2, flat, vals.transpose(1, 2).to(f32))
-    w = out.view(n_pos, ny, nz, nxh).permute(0, 2, 1, 3)  # (P, nz, ny, nxh)
+        out[p0:p1].index_add_(1, flat, vals.to(f32))
+    w = out.view(n_pos, nz, ny, nxh)
     w = _hermitian_planes(w, nx)
     if normalization == "coverage":
-        w = w / torch.clamp(coverage, min=1.0).to(f32)[None, :, None, :]
+        w = w / torch.clamp(coverage, min=1.0).to(f32).view(1, nz, ny, nxh)
     else:
         peak = w.abs().amax(dim=(1, 2, 3), keepdim=True)
         w = w / torch.clamp(peak, min=torch.finfo(f32).tiny)
@@ -600,7 +624,8 @@ def tilt_series_weight(tilt_series, shape_zyx: Sequence[int], voxel_size_angstro
             accumulated_dose=ts.accumulated_dose[keep], voltage_kv=ts.voltage_kv, cs_mm=ts.cs_mm,
             amplitude_contrast=ts.amplitude_contrast, ctf_mode=ctf_mode if du is not None else None,
             dose_weighting=dose_weighting, cos_weighting=cos_weighting,
-            slice_thickness_voxels=slice_thickness_voxels, normalization=normalization, device=dev)
+            slice_thickness_voxels=slice_thickness_voxels, normalization=normalization,
+            x_tilt_deg=ts.x_tilt_deg[keep] if ts.has_x_tilt else None, device=dev)
     else:
         w = binary_wedge(shape_zyx, tilts, device=dev)
         if du is not None:

@@ -21,7 +21,8 @@ from scipy.spatial.transform import Rotation
 from .. import ctf as ctfmod
 from ..conventions import (ANGSTROM_PER_MICROMETRE, centre_index, defocus_at_point_um,
                            electron_wavelength_angstrom, matrix_to_relion, projected_x,
-                           relion5_centered_angstrom, relion_to_matrix, tilt_rotation)
+                           relion5_centered_angstrom, relion_to_matrix, tilt_frame,
+                           GEOMETRY_VERSION)
 from ..errors import InputError
 from ..mrcio import atomic_path, write_volume
 from ..tiltseries import TiltSeries
@@ -250,7 +251,8 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     jitter = cfg.jitter_angstrom * rng_jitter.standard_normal((nt, 2))    # (dx, dy) A per tilt
     lam = electron_wavelength_angstrom(cfg.voltage_kv)
     sigma_e = interaction_constant(cfg.voltage_kv)
-    rot_t = tilt_rotation(angles)
+    # columns: image x axis, image y axis, beam (in the tomogram frame), per tilt
+    rot_t = np.swapaxes(tilt_frame(angles), -1, -2)
 
     # ---------------------------------------------------------------- structures
     part = load_structure(cfg.structure, ps, cfg.phantom_diameter_angstrom)
@@ -414,8 +416,9 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         "seed": cfg.seed,
         "true_hand": cfg.hand,
         "hand_mode": cfg.hand_mode,
-        "defocus_rule": ("df_particle = df_tilt + h*(x sin t + z cos t)" if cfg.hand_mode == "full"
-                         else "df_particle = df_tilt + z cos t + h*x sin t (pytom)") + " ; h=0: no gradient",
+        "geometry_version": GEOMETRY_VERSION,
+        "defocus_rule": ("df_particle = df_tilt + h*(-x sin t + z cos t) (h = rlnTomoHand)" if cfg.hand_mode == "full"
+                         else "df_particle = df_tilt + z cos(s t) + x sin(s t), s = h (pytom)") + " ; h=0: no gradient",
         "rlnTomoHand_written": cfg.hand if cfg.hand != 0 else 1,
         "parameters": cfg.to_dict(),
         "warnings": list(cfg.warnings),

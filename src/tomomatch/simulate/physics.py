@@ -3,7 +3,7 @@ interaction constant, shot noise, Fourier binning and weighted back-projection.
 
 Geometry is :mod:`tomomatch.conventions`: tilt axis y, ``Rt = R_y(theta)``, image axes
 ``u = Rt x = (cos t, 0, -sin t)`` and ``v = y``; a point projects to
-``x' = x cos t - z sin t``. A particle with pose ``R`` at ``p`` has density
+``x' = x cos t + z sin t``. A particle with pose ``R`` at ``p`` has density
 ``template(R^T (r - p))``, so the 2D transform of its projection at image frequency
 ``(ku, kv)`` is the template's 3D transform at ``R^T Rt (ku, kv, 0)`` (times the phase of
 the projected centre). The order matters: ``Rt R^T`` would tilt about the particle's own axis.
@@ -132,7 +132,9 @@ class FourierProjector:
         """Complex 2D transforms ``(m, Q, Q//2+1)`` of the projections for sampling matrices.
 
         ``matrices`` (m, 3, 3) map image frequency ``(ku, kv, 0)`` to template frequency;
-        for a particle of pose ``R`` at tilt ``t`` that is ``R^T @ Rt(t)``. The transforms have
+        for a particle of pose ``R`` at tilt ``t`` that is ``R^T @ F(t)^T`` with ``F`` the
+        tilt's frame (:func:`tomomatch.conventions.tilt_frame`; its transpose has the image axes
+        and the beam as columns). The transforms have
         their origin at the template centre (index ``Q // 2`` of the image after fftshift).
 
         ``out_size`` ``Q`` (default ``P``; ``P`` must be a multiple of it): only the central
@@ -207,7 +209,7 @@ def weighted_back_projection(projections: np.ndarray, tilt_angles_deg, shape_zyx
     Each projection ``(ny, nx)`` (same pixel as the tomogram voxel, centre ``n // 2``) is
     ramp-filtered along x (:func:`ramp_filter_1d`) and smeared back along the beam: voxel
     ``(x, y, z)`` (centred voxel units) takes the linear interpolation of row ``y`` at
-    ``x' = x cos t - z sin t`` (:func:`tomomatch.conventions.projected_x`). The sum is
+    ``x' = x cos t + z sin t`` (:func:`tomomatch.conventions.projected_x`). The sum is
     scaled by ``pi / n_tilts`` (so a uniform 180-degree sampling reproduces the object).
 
     Returns
