@@ -36,7 +36,7 @@ def make_job(tmp_path, scores, angles=None, rotations=("0 0 0",), *, name="tomo"
     (tmp_path / f"{name}_rotations.txt").write_text("# RELION ZYZ degrees\n" + "\n".join(rotations) + "\n")
     n_rot = len(rotations) if n_rotations is None else int(n_rotations)
     job = {
-        "tomomatch_version": "test", "job_format": 1, "name": name,
+        "tomomatch_version": "test", "job_format": 1, "geometry_version": 2, "name": name,
         "tomogram": f"{name}.mrc", "tomogram_shape_zyx": list(scores.shape), "voxel_size_angstrom": voxel,
         "scores": f"{name}_scores.mrc", "angles": f"{name}_angles.mrc", "rotations": f"{name}_rotations.txt",
         "n_rotations": n_rot, "particle_diameter_angstrom": None, "defocus_handedness": 0,

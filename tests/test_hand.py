@@ -179,6 +179,18 @@ def test_quadratic_band_matches_statsmodels_style_formula():
     np.testing.assert_allclose(fit - lo, t * se, rtol=1e-6)
 
 
+def test_verdict_settings_in_full_and_pytom_mode():
+    from tomomatch.hand import verdict_settings
+
+    assert verdict_settings("undetermined") is None and verdict_settings(0) is None
+    full = verdict_settings(1)
+    assert full["relion5"] == "rlnTomoHand +1" and full["warp"] == 'AreAnglesInverted="True"'
+    assert full["pytom"] == "--defocus-handedness -1" and full["imod"] == "ctfphaseflip -InvertTiltAngles"
+    # scores made with pytom's formula: pytom +1 has the x gradient of RELION -1
+    py = verdict_settings(1, "pytom")
+    assert py["relion5"] == "rlnTomoHand -1" and py["pytom"] == "--defocus-handedness +1" and "note" in py
+
+
 def test_figure_and_report_written(tmp_path):
     sc = _synthetic(1, n=50)
     r = hand_statistics(sc)
@@ -338,7 +350,7 @@ def _fake_job(directory, name, hand, positions_xyz, peak_scores, shape_zyx=(24, 
     write_volume(directory / f"{name}_scores.mrc", scores, voxel)
     write_volume(directory / f"{name}_angles.mrc", np.zeros(shape_zyx, np.float32), voxel)
     write_rotations(directory / f"{name}_rotations.txt", np.eye(3)[None])
-    job = {"tomomatch_version": "test", "job_format": 1, "name": name, "tomogram": "none.mrc",
+    job = {"tomomatch_version": "test", "job_format": 1, "geometry_version": 2, "name": name, "tomogram": "none.mrc",
            "tomogram_shape_zyx": list(shape_zyx), "voxel_size_angstrom": voxel,
            "scores": f"{name}_scores.mrc", "angles": f"{name}_angles.mrc",
            "rotations": f"{name}_rotations.txt", "particle_diameter_angstrom": 40.0,
@@ -375,6 +387,13 @@ def test_cli_compare_hands_on_jobs(tmp_path, capsys):
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["pairing"]["n_pairs"] == len(pos)
     assert doc["verdict"] == -1 and doc["p"] < 0.01
+    # the verdict as the value to set in each program (h = rlnTomoHand; Warp's GetRelionHand;
+    # pytom's -h; ctfphaseflip's default hand -1)
+    st = doc["settings"]
+    assert st["relion5"] == "rlnTomoHand -1" and st["warp"] == 'AreAnglesInverted="False"'
+    assert st["pytom"] == "--defocus-handedness +1" and st["imod"] == "ctfphaseflip as is"
+    printed = capsys.readouterr().out
+    assert "rlnTomoHand -1" in printed
     # the report says how each run's candidates were cut (a fixed --cutoff here)
     assert [r["cutoff_method"] for r in doc["method"]["runs"]] == ["fixed", "fixed"]
     # every pair carries the right particle's scores: delta as constructed
@@ -385,7 +404,7 @@ def test_cli_compare_hands_on_jobs(tmp_path, capsys):
     np.testing.assert_allclose(x[order], ref_x[ref_order])
     np.testing.assert_allclose(d[order], (s_plus - s_minus)[ref_order], atol=1e-6)
     assert out.with_suffix(".png").exists()
-    assert "h = -1" in capsys.readouterr().out
+    assert "h = -1" in printed
 
 
 def test_cli_compare_hands_bad_inputs(tmp_path, capsys):

@@ -17,6 +17,7 @@ from scipy.spatial.transform import Rotation
 from tomomatch import matching as M
 from tomomatch.angles import read_rotations, uniform_rotations
 from tomomatch.cli import main
+from tomomatch.errors import InputError
 from tomomatch.job import read_job, run_match
 from tomomatch.mrcio import write_volume
 
@@ -200,6 +201,7 @@ def test_checkpoint_of_another_command_is_not_reused(data, tmp_path):
     ck = tmp_path / "o" / "x_checkpoints"
     ck.mkdir(parents=True)
     (ck / "key.txt").write_text("someotherkey\n")
+    (ck / "geometry.txt").write_text("2\n")
     st = M.TileState.empty(SHAPE, "cpu")
     st.best[:] = 5.0
     st.index[:] = 0
@@ -208,6 +210,32 @@ def test_checkpoint_of_another_command_is_not_reused(data, tmp_path):
     job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "o", **kw)
     assert job["resumed_rotations"] == 0
     assert np.array_equal(_read(tmp_path / "o" / "x_scores.mrc"), _read(tmp_path / "ref" / "x_scores.mrc"))
+
+
+def test_old_geometry_checkpoints_and_job_files_stop_with_one_line(data, tmp_path, capsys):
+    """Results of tilt-geometry version 1 (the mirror image, no geometry record) are refused."""
+    d = data["dir"]
+    kw = dict(rotations=data["rots"][:6], quiet=True, name="x")
+    job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "new", **kw)
+    assert job["geometry_version"] == 2
+    # a job file written before the geometry was recorded: extract and hand stop with one line
+    old = json.loads((tmp_path / "new" / "x_job.json").read_text())
+    del old["geometry_version"]
+    (tmp_path / "new" / "x_job.json").write_text(json.dumps(old))
+    with pytest.raises(InputError, match="tilt geometry version 1"):
+        read_job(tmp_path / "new" / "x_job.json")
+    assert main(["extract", "-j", str(tmp_path / "new" / "x_job.json"), "-n", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "geometry_version" in err and "version 1" in err
+    assert not list((tmp_path / "new").glob("*.star"))
+    # a checkpoint folder of the old geometry (finished units, no geometry.txt): resume stops
+    ck = tmp_path / "old" / "x_checkpoints"
+    ck.mkdir(parents=True)
+    (ck / "key.txt").write_text("oldkey\n")
+    np.savez(ck / "tile_0000.npz", done=np.int64(6))
+    with pytest.raises(InputError, match="geometry version 1"):
+        run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "old", **kw)
+    assert (ck / "tile_0000.npz").exists() and not (tmp_path / "old" / "x_scores.mrc").exists()
 
 
 def test_random_phase_and_exact_method_run(data, tmp_path):

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_MIN_PARTICLES",
     "HandScores",
     "hand_statistics",
+    "verdict_settings",
     "pair_particles",
     "compare_hands",
     "write_report",
@@ -836,8 +837,33 @@ def _particle_arrays(table, shape_zyx) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return pos, mats, score
 
 
+def verdict_settings(verdict, hand_mode: str = "full") -> dict[str, str] | None:
+    """The verdict as the value to set in RELION 5, Warp, pytom-match-pick and IMOD.
+
+    ``verdict`` is the winning ``h`` in the hand mode the scores were computed with; in
+    ``"pytom"`` mode that is pytom's own value ``s``, whose x gradient is tomomatch's ``-s``
+    (:func:`tomomatch.conventions.hand_from_pytom`). None for an undetermined verdict.
+    """
+    from .conventions import hand_from_pytom, hand_report
+
+    if not isinstance(verdict, (int, np.integer)) or int(verdict) == 0:
+        return None
+    h = hand_from_pytom(int(verdict)) if hand_mode == "pytom" else int(verdict)
+    out = {"tomomatch": f"--defocus-handedness {h:+d}", **hand_report(h)}
+    if hand_mode == "pytom":
+        out["note"] = (f"scores used pytom's formula; pytom {int(verdict):+d} has the x gradient of "
+                       f"tomomatch/RELION {h:+d}")
+    return out
+
+
 def _finish_report(out_prefix: Path, report: dict[str, Any], scores: HandScores, figure: bool) -> dict[str, Any]:
     """Write ``<out_prefix>.png`` (if ``figure``) and ``<out_prefix>.json``; return the report."""
+    method = report.get("method") or {}
+    modes = {r.get("hand_mode", "full") for r in method.get("runs", [])} | (
+        {method["hand_mode"]} if method.get("hand_mode") else set())
+    if len(modes) > 1:
+        report.setdefault("warnings", []).append(f"the runs used different hand modes ({sorted(modes)})")
+    report["settings"] = verdict_settings(report.get("verdict"), "pytom" if modes == {"pytom"} else "full")
     files = {"report": str(out_prefix.with_suffix(".json"))}
     if figure:
         from .hand_plots import plot_hand
@@ -979,7 +1005,8 @@ def load_run(path, *, max_particles: int = 1000, score: str = "score", hand: int
         voxel = float(job["voxel_size_angstrom"])
         run_hand_ = _job_hand(job) if hand is None else hand
         info = {"path": str(p), "kind": "job", "n_candidates": int(len(table)),
-                "cutoff": table.attrs.get("cutoff"), "cutoff_method": table.attrs.get("cutoff_method")}
+                "cutoff": table.attrs.get("cutoff"), "cutoff_method": table.attrs.get("cutoff_method"),
+                "hand_mode": job.get("hand_mode") or "full"}
     else:
         from .particles import read_particles
 

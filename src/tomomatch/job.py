@@ -53,7 +53,7 @@ import torch
 
 from . import __version__
 from .angles import crowther_step_deg, parse_symmetry, uniform_rotations, write_rotations
-from .conventions import check_hand
+from .conventions import GEOMETRY_VERSION, check_hand
 from .errors import InputError
 from .matching import (_MIN_THREADED_FFT, TileCorrelator, TileState, engine_description, fast_fft_shape,
                        filter_volume, is_spherical_mask, phase_randomised_template, resolve_device)
@@ -61,7 +61,7 @@ from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .progress import ProgressBars
 from .tiles import Tile, auto_tile_counts, plan_tiles
 
-__all__ = ["run_match", "read_job", "write_job", "JOB_FORMAT", "DEFAULT_MAX_MEMORY_GB",
+__all__ = ["run_match", "read_job", "write_job", "check_geometry_version", "JOB_FORMAT", "DEFAULT_MAX_MEMORY_GB",
            "MatchPlan", "WorkUnit", "UnitResult", "MergedMatch", "plan_match", "prepare_checkpoints",
            "load_unit", "run_unit", "merge_units", "load_unit_results", "write_outputs",
            "remove_checkpoints"]
@@ -97,8 +97,27 @@ def read_job(path) -> dict:
         raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", p) from None
     if not isinstance(job, dict) or job.get("job_format") != JOB_FORMAT:
         raise InputError(f"not a tomomatch job file (job_format != {JOB_FORMAT})", p, "job_format")
+    check_geometry_version(job.get("geometry_version", 1), p)
     job["job_dir"] = str(p.resolve().parent)
     return job
+
+
+def check_geometry_version(version, source, field: str = "geometry_version") -> None:
+    """Refuse results made with another tilt geometry (``conventions.GEOMETRY_VERSION``).
+
+    Version 1 (job files without the field, tomomatch before December 2026) used the mirror
+    image of IMOD/RELION 5's tilt geometry: its tile offsets, weights and scores must not be
+    read as if they were made with the current one.
+    """
+    try:
+        v = int(version)
+    except (TypeError, ValueError):
+        raise InputError(f"{version!r}; expected an integer tilt-geometry version", source, field) from None
+    if v != GEOMETRY_VERSION:
+        old = " (the mirror image of IMOD/RELION 5's geometry, tomomatch before 2026-12)" if v == 1 else ""
+        raise InputError(f"made with tilt geometry version {v}{old}; this tomomatch uses version "
+                         f"{GEOMETRY_VERSION}: re-run `tomomatch match` (results are not reinterpreted)",
+                         source, field)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -377,7 +396,8 @@ def plan_match(template, mask, tomogram, out_dir, *, name: str | None = None,
 
     # ---------------------------------------------------------------- checkpoint key
     params = {
-        "format": JOB_FORMAT, "version": __version__, "method": method, "voxel": voxel,
+        "format": JOB_FORMAT, "geometry_version": GEOMETRY_VERSION, "version": __version__, "method": method,
+        "voxel": voxel,
         "rotations_sha": hashlib.sha256(np.ascontiguousarray(rots, np.float64).tobytes()).hexdigest(),
         "low_pass": low_pass_angstrom, "high_pass": high_pass_angstrom, "whiten": whiten, "wedge": wedge,
         "ctf": ctf_used, "dose": dose, "cos": cos_weighting, "hand": hand, "hand_mode": hand_mode,
@@ -412,10 +432,19 @@ def prepare_checkpoints(plan: MatchPlan) -> Path:
             old = (ck_dir / "key.txt").read_text().strip()
         except OSError:
             old = ""
+        if old and any(ck_dir.glob("*.npz")):
+            # finished work of another tilt geometry is never resumed nor silently thrown away
+            try:
+                version = (ck_dir / "geometry.txt").read_text().strip()
+            except OSError:
+                version = "1"  # checkpoints written before the geometry was recorded
+            check_geometry_version(version, ck_dir, "checkpoints")
         if old != plan.key:
             shutil.rmtree(ck_dir)
     ck_dir.mkdir(exist_ok=True)
     if not (ck_dir / "key.txt").exists():
+        with atomic_path(ck_dir / "geometry.txt") as tmp:
+            tmp.write_text(f"{GEOMETRY_VERSION}\n")
         with atomic_path(ck_dir / "key.txt") as tmp:
             tmp.write_text(plan.key + "\n")
     return ck_dir
@@ -748,7 +777,8 @@ def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.
                   "tilt_series_pixel_angstrom": ts.pixel_size_angstrom, "tomo_name": ts.name}
     n_rot, wedge = plan.n_rotations, plan.wedge
     job: dict[str, Any] = {
-        "tomomatch_version": __version__, "job_format": JOB_FORMAT, "name": plan.name,
+        "tomomatch_version": __version__, "job_format": JOB_FORMAT, "geometry_version": GEOMETRY_VERSION,
+        "name": plan.name,
         "tomogram": _rel(plan.tomogram, out_dir), "tomogram_shape_zyx": list(plan.shape_zyx),
         "voxel_size_angstrom": voxel, "template": _rel(plan.template, out_dir), "mask": _rel(plan.mask, out_dir),
         "template_shape_zyx": list(plan.template_shape_zyx), "mask_is_spherical": bool(plan.mask_is_spherical),

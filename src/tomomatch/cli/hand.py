@@ -44,6 +44,12 @@ def _print_report(report: dict, stream=None) -> None:
     verdict = f"h = {v:+d}" if isinstance(v, int) else v
     print(f"defocus handedness: {verdict}", file=stream)
     print(f"  {report['reason']}", file=stream)
+    settings = report.get("settings")
+    if settings:
+        print(f"  set: RELION 5 {settings['relion5']}; Warp {settings['warp']}; "
+              f"pytom-match-pick {settings['pytom']}; IMOD {settings['imod']}", file=stream)
+        if settings.get("note"):
+            print(f"  note: {settings['note']}", file=stream)
     if report.get("gain_over_no_gradient"):
         g = report["gain_over_no_gradient"]
         print(f"  mean s(+1) - s(0) = {g['mean_plus_minus_zero']:.3g}, "
