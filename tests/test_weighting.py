@@ -504,3 +504,62 @@ def test_real_relion5_series_weights():
     assert np.allclose(w_pos[0][0, 0, 0], w[0, 0, 0])  # DC does not depend on defocus
     w_hand = weighting.tilt_series_weight(ts, shape, v, defocus_offset_um=offs[ts.hand]).numpy()
     assert np.allclose(w_hand, w_pos[0 if ts.hand == -1 else 1], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- x-tilt
+
+
+def test_x_tilt_single_slice_against_relion_rows():
+    """One tilt at y-tilt 30, x-tilt 12 (RELION rlnTomoXTilt): the slice is perpendicular to the
+    third row of Ry(30) Rx(12), (-sin 30, cos 30 sin 12, cos 30 cos 12), written out by hand; the
+    CTF is evaluated at (k . row0, k . row1)."""
+    n, v, t, a = 24, 6.0, 30.0, 12.0
+    st, ct, sa, ca = (f(math.radians(x)) for x, f in ((t, math.sin), (t, math.cos), (a, math.sin), (a, math.cos)))
+    row0 = np.array([ct, st * sa, st * ca])
+    row1 = np.array([0.0, ca, -sa])
+    row2 = np.array([-st, ct * sa, ct * ca])
+    kw = dict(defocus_u_um=[2.0], defocus_v_um=[3.0], astigmatism_angle_deg=[40.0], accumulated_dose=[20.0])
+    w = weighting.per_tilt_wedge((n, n, n), v, [t], x_tilt_deg=[a], **kw).numpy()
+    fz = np.fft.fftfreq(n, v)[:, None, None]
+    fy = np.fft.fftfreq(n, v)[None, :, None]
+    fx = np.fft.rfftfreq(n, v)[None, None, :]
+    kdot = lambda r: fx * r[0] + fy * r[1] + fz * r[2]  # noqa: E731
+    ku, kv, kwd = kdot(row0), kdot(row1), kdot(row2)
+    tent = np.maximum(0, 1 - np.abs(kwd) / (1.0 / (n * v)))  # cubic box: delta = one Fourier voxel
+    expect = tent * np_template_ctf(ku, kv, 2.0, 3.0, 40.0) * np_dose(np.hypot(ku, kv), 20.0) * row2[2]
+    assert np.allclose(w[..., 1:-1], expect[..., 1:-1], atol=1e-5)
+    # the x-tilt matters: the same tilt without it differs on the slice
+    w0 = weighting.per_tilt_wedge((n, n, n), v, [t], **kw).numpy()
+    assert np.abs(w - w0).max() > 0.1
+
+
+def test_x_tilt_path_equals_factored_path_at_zero():
+    """The general (ky-dependent) path with a negligible x-tilt equals the factored one."""
+    n, v = 20, 8.0
+    tilts = np.array([-42.0, -9.0, 0.0, 24.0, 57.0])
+    kw = dict(defocus_u_um=np.linspace(2, 4, 5), accumulated_dose=np.arange(5) * 3.0)
+    w_fact = weighting.per_tilt_wedge((n, n, n), v, tilts, **kw).numpy()
+    w_gen = weighting.per_tilt_wedge((n, n, n), v, tilts, x_tilt_deg=np.full(5, 1e-9), **kw).numpy()
+    assert np.allclose(w_fact, w_gen, atol=1e-6)
+
+
+def test_tilt_series_x_tilt_reaches_the_weights_and_the_offsets():
+    from tomomatch.conventions import defocus_offset_angstrom
+    from tomomatch.tiles import plan_tiles, tile_defocus_um
+
+    tilts = np.array([-30.0, 0.0, 30.0])
+    ts = TiltSeries(tilt_angles_deg=tilts, defocus_u_um=[3.0] * 3, x_tilt_deg=[5.0] * 3)
+    assert ts.has_x_tilt and not TiltSeries(tilt_angles_deg=tilts).has_x_tilt
+    w = weighting.tilt_series_weight(ts, (16, 16, 16), 8.0).numpy()
+    w0 = weighting.tilt_series_weight(ts.with_(x_tilt_deg=None), (16, 16, 16), 8.0).numpy()
+    assert np.abs(w - w0).max() > 0.05
+    # a tile off the tilt axis in y: depth gets y cos t sin a (hand-computed for t = 0: y sin 5)
+    tiles = plan_tiles((10, 30, 10), 4, (1, 3, 1), 10.0, tilts, 1, x_tilt_deg=ts.x_tilt_deg)
+    y = tiles[2].centre_angstrom_xyz[1]
+    assert y == 100.0
+    assert tiles[2].defocus_offsets_um[1] == pytest.approx(100.0 * math.sin(math.radians(5)) / 1e4)
+    du, _ = tile_defocus_um(ts, tiles[2], 1)
+    np.testing.assert_allclose(du, 3.0 + defocus_offset_angstrom(0.0, 0.0, tilts, 1, y_angstrom=y,
+                                                                  x_tilt_deg=5.0) / 1e4)
+    with pytest.raises(InputError):
+        TiltSeries(tilt_angles_deg=tilts, x_tilt_deg=[60.0] * 3)
