@@ -1,9 +1,9 @@
 """Decide the defocus handedness ``h`` of a tilt series from data.
 
 The defocus of a particle at centred ``(x, z)`` in the tilt-``theta`` image is
-``df(theta) + h (x sin t + z cos t)`` (:mod:`tomomatch.conventions`). A template weighted with
-the right ``h`` matches a particle better than one weighted with the wrong ``h``, and the
-advantage grows with ``|x|`` (the ``x sin t`` term). This module turns that into a decision:
+``df(theta) + h (-x sin t + z cos t)`` (:mod:`tomomatch.conventions`; ``h`` is RELION 5's
+``rlnTomoHand``). A template weighted with the right ``h`` matches a particle better than one
+weighted with the wrong ``h``, and the advantage grows with ``|x|`` (the ``x sin t`` term). This module turns that into a decision:
 
 * :func:`hand_statistics` -- the paired statistics on per-particle scores ``s(+1)``,
   ``s(-1)`` (and optionally ``s(0)``): ``delta = s(+1) - s(-1)``, Wilcoxon signed-rank test,

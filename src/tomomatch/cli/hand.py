@@ -94,7 +94,8 @@ def register(subparsers) -> None:
     p.add_argument("--oversampling", type=int, default=2, choices=[1, 2, 3],
                    help="template oversampling before trilinear rotation")
     p.add_argument("--hand-mode", choices=["full", "pytom"], default=None,
-                   help="full: h*(x sin t + z cos t); pytom: z cos t + h x sin t (default: job's or full)")
+                   help="full: h*(-x sin t + z cos t), h = RELION rlnTomoHand; pytom: pytom-match-pick's "
+                        "z cos(h t) + x sin(h t) (default: job's or full)")
     p.add_argument("--ctf", choices=["signed", "abs"], default=None,
                    help="CTF sign handling (default: job's or signed)")
     p.add_argument("--low-pass", type=float, metavar="A", help="low pass (default: job's)")

@@ -53,7 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--defocus-handedness", type=int, choices=[1, -1, 0], default=None,
                    help="defocus hand h (default: from RELION/Warp metadata, else 0 = no gradient)")
     p.add_argument("--hand-mode", choices=["full", "pytom"], default="full",
-                   help="full: h*(x sin t + z cos t); pytom: z cos t + h x sin t")
+                   help="full: h*(-x sin t + z cos t), h = RELION rlnTomoHand; "
+                        "pytom: pytom-match-pick's z cos(h t) + x sin(h t)")
     p.add_argument("--tiles", nargs="+", default=["1", "1", "1"], metavar="N",
                    help="tile counts NX NY NZ, or 'auto' (residual defocus below d^2/(4 lambda))")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

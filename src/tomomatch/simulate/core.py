@@ -442,7 +442,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         "n_particles": cfg.n_particles, "n_decoys": cfg.n_decoys, "n_blobs": cfg.n_blobs,
         "conventions": {
             "pose": "particle(r) = template(R^T (r - p)); RELION rot/tilt/psi = conventions.matrix_to_relion(R)",
-            "image": "tilt axis y; x' = x cos t - z sin t; centre voxel n//2; tilt series sorted by angle",
+            "image": "tilt axis y; x' = x cos t + z sin t (IMOD/RELION 5); centre voxel n//2; tilt series sorted by angle",
             "contrast": "tilt series = detected electrons per pixel (protein dark); tomogram = WBP of "
                         "counts/mean - 1 (protein dark); template = -density (dark)",
             "dose": "accumulated dose before each tilt; the damage filter uses pre-exposure + half the tilt dose",

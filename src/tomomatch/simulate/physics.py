@@ -1,9 +1,10 @@
 """Numerical building blocks of the simulator: Fourier-slice projection, tilt schemes,
 interaction constant, shot noise, Fourier binning and weighted back-projection.
 
-Geometry is :mod:`tomomatch.conventions`: tilt axis y, ``Rt = R_y(theta)``, image axes
-``u = Rt x = (cos t, 0, -sin t)`` and ``v = y``; a point projects to
-``x' = x cos t + z sin t``. A particle with pose ``R`` at ``p`` has density
+Geometry is :mod:`tomomatch.conventions` (IMOD/AreTomo/RELION 5): tilt axis y, the tilt's
+frame ``F = conventions.tilt_frame(t)`` with rows ``u = (cos t, 0, sin t)``, ``v = y`` and the
+beam ``(-sin t, 0, cos t)``; a point projects to ``x' = x cos t + z sin t``. With
+``Rt = F^T`` (image axes and beam as columns), a particle with pose ``R`` at ``p`` has density
 ``template(R^T (r - p))``, so the 2D transform of its projection at image frequency
 ``(ku, kv)`` is the template's 3D transform at ``R^T Rt (ku, kv, 0)`` (times the phase of
 the projected centre). The order matters: ``Rt R^T`` would tilt about the particle's own axis.
