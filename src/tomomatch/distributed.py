@@ -33,7 +33,7 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +41,7 @@ from .errors import InputError
 from .job import (MatchPlan, WorkUnit, load_unit, load_unit_results, merge_units, plan_match,
                   prepare_checkpoints, remove_checkpoints, run_unit, write_outputs)
 from .mrcio import atomic_path
+from .options import MatchOptions
 from .progress import ProgressBars
 
 __all__ = ["BatchEntry", "TABLE_COLUMNS", "read_tomogram_list", "read_slurm_config", "make_cluster",
@@ -326,7 +327,7 @@ def _unit_task(plan: MatchPlan, unit: WorkUnit, before_unit: Callable | None = N
     with _UNIT_LOCK:  # one unit at a time per worker process; it uses the worker's threads
         import torch
         torch.set_num_threads(_worker_threads())
-        res = run_unit(plan, unit, device=_worker_device(plan.device))
+        res = run_unit(plan, unit, device=_worker_device(plan.options.device))
     return unit.stop - unit.start - res.resumed
 
 
@@ -350,7 +351,7 @@ def _finish_task(plan: MatchPlan, *unit_results, match_done: bool = False, extra
     if not match_done and not _outputs_current(plan):
         merged = merge_units(plan, load_unit_results(plan))
         write_outputs(plan, merged, elapsed_s=time.time() - started, command=command,
-                      device=_worker_device(plan.device))
+                      device=_worker_device(plan.options.device))
     remove_checkpoints(plan)
     summary: dict[str, Any] = {"name": plan.name, "tomogram": str(plan.tomogram), "job": str(paths["job"]),
                                "matched": not match_done, "units": len(plan.units)}
@@ -396,7 +397,8 @@ def _outputs_current(plan: MatchPlan) -> bool:
     return _job_key(paths["job"]) == plan.key and paths["scores"].exists() and paths["angles"].exists()
 
 
-def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, extract: dict | None = None,
+def run_batch(tomograms, template, mask, out_dir, *, match: MatchOptions | dict | None = None,
+              rotations=None, extract: dict | None = None,
               hand: dict | None = None, scheduler: str | None = None, slurm_config=None,
               n_workers: int | None = None, threads_per_worker: int = 1, device: str = "auto",
               rotations_per_unit: int | None = None, units_per_worker: int = 4, quiet: bool = True,
@@ -415,8 +417,12 @@ def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, 
         ``_job.json``, ``_particles.star`` (and ``_hand.json``) per tomogram, and
         ``batch_summary.json``. Must be on a file system all workers share.
     match
-        Keyword arguments of :func:`tomomatch.job.plan_match` (``angular_step_deg``,
-        ``low_pass_angstrom``, ``tiles``, ...), the same for every tomogram.
+        :class:`tomomatch.options.MatchOptions` (or a dict of its fields, weighting fields flat:
+        ``angular_step_deg``, ``low_pass_angstrom``, ``tiles``, ...), the same for every
+        tomogram; ``name`` and ``device`` are set per tomogram and worker.
+    rotations
+        Explicit ``(N, 3, 3)`` pose matrices instead of the options' angular sampling (also
+        accepted as ``match["rotations"]``).
     extract
         Keyword arguments of :func:`tomomatch.extract.extract_candidates` plus ``format``
         (STAR flavour of :func:`tomomatch.particles.write_particles`, default ``relion5``);
@@ -464,10 +470,16 @@ def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     use_gpus = str(device).startswith("cuda")
-    match = dict(match or {})
-    for k in ("tilt_series", "name", "device", "rotations_per_unit", "min_units", "check_device"):
-        if k in match:
-            raise InputError(f"match option {k!r} is set per batch, not in match", None, k)
+    if match is None or isinstance(match, dict):
+        flat = dict(match or {})
+        for k in ("tilt_series", "name", "device", "rotations_per_unit", "min_units", "check_device"):
+            if k in flat:
+                raise InputError(f"match option {k!r} is set per batch, not in match", None, k)
+        if "rotations" in flat:
+            rotations = flat.pop("rotations")
+        match = MatchOptions.from_flat(**flat)
+    elif not isinstance(match, MatchOptions):
+        raise TypeError(f"match must be MatchOptions or a dict, got {type(match).__name__}")
     if scheduler is None and slurm_config is None:
         workers_hint = n_workers or (max(1, torch.cuda.device_count()) if use_gpus else (os.cpu_count() or 1))
     else:
@@ -478,10 +490,10 @@ def run_batch(tomograms, template, mask, out_dir, *, match: dict | None = None, 
     # plan every tomogram first (validates all inputs before any cluster starts)
     plans: list[MatchPlan] = []
     for e in entries:
-        plans.append(plan_match(template, mask, e.tomogram, out_dir, name=e.name, tilt_series=e.tilt_series,
-                                device=device, check_device=(scheduler is None and slurm_config is None),
-                                rotations_per_unit=rotations_per_unit,
-                                min_units=min_units, **match))
+        plans.append(plan_match(template, mask, e.tomogram, out_dir, replace(match, name=e.name, device=device),
+                                tilt_series=e.tilt_series, rotations=rotations,
+                                check_device=(scheduler is None and slurm_config is None),
+                                rotations_per_unit=rotations_per_unit, min_units=min_units))
     # what is left to do
     todo: list[tuple[MatchPlan, list[WorkUnit], bool]] = []
     n_skipped_units = 0

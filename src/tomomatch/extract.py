@@ -54,6 +54,8 @@ from scipy.special import erfcinv
 
 from .conventions import matrix_to_relion
 from .errors import InputError
+from .jobfile import as_job as _as_job
+from .jobfile import load_job_maps, read_job
 from .mrcio import read_volume
 
 __all__ = [
@@ -82,95 +84,6 @@ PARTICLE_COLUMNS = ("x", "y", "z", "score", "score_sigma", "rotation_index", "ro
 #: shot-noise simulation; a bound of -0.3 let 2-4 background peaks through on plain
 #: simulations at 1 requested false alarm, -0.2 kept 0-2.
 _XI_BOUNDS = [-0.2, 1.5]
-_JOB_REQUIRED = ("scores", "angles", "rotations", "voxel_size_angstrom")
-_JOB_PATH_KEYS = ("scores", "angles", "rotations", "tomogram", "template", "mask")
-
-
-# --------------------------------------------------------------------------- job file
-
-
-def read_job(path) -> dict[str, Any]:
-    """Read and check a match job file for extraction (``<name>_job.json``).
-
-    The file is read with the engine's :func:`tomomatch.job.read_job` (which checks
-    ``job_format``); this adds the checks extraction needs and resolves the relative paths
-    (scores, angles, rotations, tomogram, template, mask) against the job file's directory.
-    The returned dict also holds ``"_job_path"`` (absolute path of the job file).
-
-    Raises
-    ------
-    InputError
-        Missing or unreadable file, invalid JSON, not a tomomatch job file, a required key
-        (``scores``, ``angles``, ``rotations``, ``voxel_size_angstrom``) absent, or a
-        non-positive voxel size.
-    """
-    from .job import read_job as _engine_read_job
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("job file not found", p)
-    try:
-        doc = _engine_read_job(p)
-    except UnicodeDecodeError:
-        raise InputError("not a text (JSON) job file", p) from None
-    for key in _JOB_REQUIRED:
-        if doc.get(key) in (None, ""):
-            raise InputError("required key missing from the job file", p, key)
-    try:
-        vs = float(doc["voxel_size_angstrom"])
-    except (TypeError, ValueError):
-        raise InputError(f"expected a number, got {doc['voxel_size_angstrom']!r}", p,
-                         "voxel_size_angstrom") from None
-    if not (math.isfinite(vs) and vs > 0):
-        raise InputError(f"voxel size must be > 0, got {vs}", p, "voxel_size_angstrom")
-    doc["voxel_size_angstrom"] = vs
-    base = p.resolve().parent
-    for key in _JOB_PATH_KEYS:
-        val = doc.get(key)
-        if isinstance(val, str) and val:
-            q = Path(val)
-            doc[key] = str(q if q.is_absolute() else base / q)
-    doc["_job_path"] = str(p.resolve())
-    return doc
-
-
-def _as_job(job) -> dict[str, Any]:
-    if isinstance(job, dict):
-        if "_job_path" not in job:
-            # a dict built in memory: check the same keys as a file would need
-            for key in _JOB_REQUIRED:
-                if job.get(key) in (None, ""):
-                    raise InputError("required key missing from the job", field=key)
-        return job
-    return read_job(job)
-
-
-def load_job_maps(job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Score map, angle-index map (int64, ``-1`` = not searched) and pose matrices of a job.
-
-    Raises :class:`InputError` if the two maps differ in shape, disagree with the job's
-    ``tomogram_shape_zyx``, or the angle map holds an index outside the rotation list.
-    """
-    job = _as_job(job)
-    jp = job.get("_job_path")
-    vs = float(job["voxel_size_angstrom"])
-    scores, _ = read_volume(job["scores"], vs, what="score map")
-    angles_f, _ = read_volume(job["angles"], vs, what="angle map")
-    if scores.shape != angles_f.shape:
-        raise InputError(f"score map shape {scores.shape} and angle map shape {angles_f.shape} differ;"
-                         " expected the same [z, y, x] shape", jp, "angles")
-    shape = job.get("tomogram_shape_zyx")
-    if shape is not None and tuple(int(s) for s in shape) != scores.shape:
-        raise InputError(f"score map shape {scores.shape} differs from tomogram_shape_zyx {tuple(shape)}",
-                         jp, "tomogram_shape_zyx")
-    angles = np.rint(angles_f).astype(np.int64)
-    angles[angles < 0] = -1
-    from .angles import read_rotations
-    rotations = read_rotations(job["rotations"])
-    if angles.size and angles.max() >= len(rotations):
-        raise InputError(f"angle map holds rotation index {int(angles.max())} but the rotation list has"
-                         f" {len(rotations)} entries", jp, "rotations")
-    return scores, angles, rotations
 
 
 # --------------------------------------------------------------------------- cut-offs

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import InputError
+from .jobfile import job_hand, job_options, tilt_series_from_job
 from .mrcio import atomic_path
 
 __all__ = [
@@ -796,31 +797,6 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
 # --------------------------------------------------------------------------- pipelines (CLI layer calls these)
 
 
-def tilt_series_from_job(job: dict[str, Any]):
-    """The :class:`~tomomatch.tiltseries.TiltSeries` recorded in a match job (or None)."""
-    from .tiltseries import TiltSeries
-
-    d = job.get("tilt_series")
-    if not d:
-        return None
-    keys = ("tilt_angles_deg", "accumulated_dose", "defocus_u_um", "defocus_v_um", "astigmatism_angle_deg",
-            "phase_shift_deg", "excluded", "x_tilt_deg", "voltage_kv", "cs_mm", "amplitude_contrast",
-            "pixel_size_angstrom")
-    return TiltSeries(**{k: d[k] for k in keys if d.get(k) is not None}, source=job.get("_job_path"))
-
-
-def _job_hand(job: dict[str, Any]) -> int | None:
-    from .conventions import check_hand
-
-    h = job.get("defocus_handedness")
-    if h is None:
-        return None
-    try:
-        return check_hand(h)
-    except ValueError as exc:
-        raise InputError(str(exc), job.get("_job_path"), "defocus_handedness") from None
-
-
 def _particle_arrays(table, shape_zyx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(positions_xyz voxel, pose matrices, score)`` from a particle table (extract's columns)."""
     from .conventions import relion_to_matrix
@@ -894,29 +870,40 @@ def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, t
     Writes ``<out_prefix>.json`` (report with the per-particle table) and, with ``figure``,
     ``<out_prefix>.png``. Returns the report (with ``"files"``).
     """
+    from dataclasses import replace
+
     from .extract import extract_candidates, read_job
+    from .jobfile import as_job
     from .mrcio import read_volume
+    from .options import MatchOptions, WeightingOptions
 
     out_prefix = Path(out_prefix)
     jobd = None
     weight_extra: dict[str, Any] = {}
     if job is not None:
-        jobd = read_job(job) if not isinstance(job, dict) else job
+        jobd = as_job(job)
+        opts = job_options(jobd)
+        w = opts.weighting
         tomogram = tomogram or jobd.get("tomogram")
         template = template or jobd.get("template")
         mask = mask or jobd.get("mask")
+        job_ts = tilt_series_from_job(jobd)
         if tilt_series is None:
-            tilt_series = tilt_series_from_job(jobd)
+            tilt_series = job_ts
         voxel_size_angstrom = voxel_size_angstrom or jobd.get("voxel_size_angstrom")
-        wt = jobd.get("weighting") or {}
-        low_pass_angstrom = low_pass_angstrom if low_pass_angstrom is not None else wt.get("low_pass_angstrom")
-        high_pass_angstrom = high_pass_angstrom if high_pass_angstrom is not None else wt.get("high_pass_angstrom")
-        whiten = bool(wt.get("whitening")) if whiten is None else whiten
-        ctf_mode = ctf_mode or wt.get("ctf")
-        hand_mode = hand_mode or jobd.get("hand_mode")
-        if wt.get("wedge") == "per_tilt":  # else keep the per-tilt defaults (dose and cos on)
-            weight_extra = {"dose_weighting": bool(wt.get("dose", True)),
-                            "cos_weighting": bool(wt.get("cos", True))}
+        low_pass_angstrom = low_pass_angstrom if low_pass_angstrom is not None else w.low_pass_angstrom
+        high_pass_angstrom = high_pass_angstrom if high_pass_angstrom is not None else w.high_pass_angstrom
+        whiten = w.whiten if whiten is None else whiten
+        if ctf_mode is None:
+            # no CTF although the job had defocus and a wedge: the user chose --ctf none
+            if w.ctf is None and job_ts is not None and job_ts.has_defocus and w.wedge != "none":
+                raise InputError("the job was matched without a CTF (--ctf none): the hand test compares"
+                                 " per-tilt CTFs; give --ctf signed or abs",
+                                 jobd.get("_job_path"), "weighting.ctf")
+            ctf_mode = w.ctf
+        hand_mode = hand_mode or opts.hand_mode
+        if w.wedge == "per_tilt":  # else keep the per-tilt defaults (dose and cos on)
+            weight_extra = {"dose_weighting": w.dose, "cos_weighting": w.cos_weighting}
     hand_mode = hand_mode or "full"
     ctf_mode = ctf_mode or "signed"
     for what, val in (("tomogram", tomogram), ("template", template), ("mask", mask)):
@@ -938,11 +925,14 @@ def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, t
             if diameter is None:  # sphere of the mask's volume
                 diameter = 2.0 * (3.0 * float((msk > 0.5).sum()) / (4.0 * math.pi)) ** (1 / 3) * voxel
             coarse_dir = out_prefix.parent / f"{out_prefix.name}_coarse"
-            run_match(template, mask, tomogram, coarse_dir, name="coarse", voxel_size_angstrom=voxel,
-                      angular_step_deg=coarse_step_deg, particle_diameter_angstrom=diameter,
-                      low_pass_angstrom=low_pass_angstrom, high_pass_angstrom=high_pass_angstrom,
-                      whiten=bool(whiten), ctf=ctf_mode, tilt_series=tilt_series, defocus_handedness=0,
-                      hand_mode=hand_mode)
+            # the search the hand test refines: the candidates' band pass and CTF, no gradient
+            search = MatchOptions(weighting=WeightingOptions(low_pass_angstrom=low_pass_angstrom,
+                                                             high_pass_angstrom=high_pass_angstrom,
+                                                             whiten=bool(whiten), ctf=ctf_mode),
+                                  hand_mode=hand_mode)
+            coarse = replace(search, name="coarse", voxel_size_angstrom=voxel, angular_step_deg=coarse_step_deg,
+                             particle_diameter_angstrom=diameter, defocus_handedness=0)
+            run_match(template, mask, tomogram, coarse_dir, coarse, tilt_series=tilt_series)
             jobd = read_job(coarse_dir / "coarse_job.json")
             source = f"coarse match ({coarse_step_deg:g} deg) and extraction in {coarse_dir}"
         else:
@@ -1003,7 +993,7 @@ def load_run(path, *, max_particles: int = 1000, score: str = "score", hand: int
         if shape is None:
             raise InputError("job file lacks tomogram_shape_zyx", p, "tomogram_shape_zyx")
         voxel = float(job["voxel_size_angstrom"])
-        run_hand_ = _job_hand(job) if hand is None else hand
+        run_hand_ = job_hand(job) if hand is None else hand
         info = {"path": str(p), "kind": "job", "n_candidates": int(len(table)),
                 "cutoff": table.attrs.get("cutoff"), "cutoff_method": table.attrs.get("cutoff_method"),
                 "hand_mode": job.get("hand_mode") or "full"}
@@ -1017,7 +1007,7 @@ def load_run(path, *, max_particles: int = 1000, score: str = "score", hand: int
         run_hand_ = hand
         if run_hand_ is None and attrs.get("job"):
             from .extract import read_job
-            run_hand_ = _job_hand(read_job(attrs["job"]))
+            run_hand_ = job_hand(read_job(attrs["job"]))
         info = {"path": str(p), "kind": "star", "n_candidates": int(len(table))}
     if len(table) == 0:
         raise InputError("no candidates (none above the cut-off)", p)

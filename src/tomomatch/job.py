@@ -43,7 +43,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -58,6 +58,8 @@ from .errors import InputError
 from .matching import (_MIN_THREADED_FFT, TileCorrelator, TileState, engine_description, fast_fft_shape,
                        filter_volume, is_spherical_mask, phase_randomised_template, resolve_device)
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
+from .jobfile import JOB_FORMAT, check_geometry_version, read_job, write_job
+from .options import DEFAULT_MAX_MEMORY_GB, MatchOptions
 from .progress import ProgressBars
 from .tiles import Tile, auto_tile_counts, plan_tiles
 
@@ -66,58 +68,10 @@ __all__ = ["run_match", "read_job", "write_job", "check_geometry_version", "JOB_
            "load_unit", "run_unit", "merge_units", "load_unit_results", "write_outputs",
            "remove_checkpoints"]
 
-JOB_FORMAT = 1
-DEFAULT_MAX_MEMORY_GB = 4.0
 _MAX_BATCH = 16
 
 
 # --------------------------------------------------------------------------- job file
-
-
-def write_job(path, job: dict) -> Path:
-    """Write a job dict as JSON atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(job, indent=2, sort_keys=False) + "\n")
-    return path
-
-
-def read_job(path) -> dict:
-    """Read ``<name>_job.json``; relative paths in it are resolved against its directory.
-
-    Adds ``"job_dir"`` (absolute directory of the file). Raises InputError if it is missing,
-    unreadable or not a tomomatch job file.
-    """
-    p = Path(path)
-    try:
-        job = json.loads(p.read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read job file ({exc.strerror or exc})", p) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", p) from None
-    if not isinstance(job, dict) or job.get("job_format") != JOB_FORMAT:
-        raise InputError(f"not a tomomatch job file (job_format != {JOB_FORMAT})", p, "job_format")
-    check_geometry_version(job.get("geometry_version", 1), p)
-    job["job_dir"] = str(p.resolve().parent)
-    return job
-
-
-def check_geometry_version(version, source, field: str = "geometry_version") -> None:
-    """Refuse results made with another tilt geometry (``conventions.GEOMETRY_VERSION``).
-
-    Version 1 (job files without the field, tomomatch before December 2026) used the mirror
-    image of IMOD/RELION 5's tilt geometry: its tile offsets, weights and scores must not be
-    read as if they were made with the current one.
-    """
-    try:
-        v = int(version)
-    except (TypeError, ValueError):
-        raise InputError(f"{version!r}; expected an integer tilt-geometry version", source, field) from None
-    if v != GEOMETRY_VERSION:
-        old = " (the mirror image of IMOD/RELION 5's geometry, tomomatch before 2026-12)" if v == 1 else ""
-        raise InputError(f"made with tilt geometry version {v}{old}; this tomomatch uses version "
-                         f"{GEOMETRY_VERSION}: re-run `tomomatch match` (results are not reinterpreted)",
-                         source, field)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -132,19 +86,7 @@ def _file_digest(path: Path) -> str:
 
 
 def _ts_json(ts) -> dict | None:
-    if ts is None:
-        return None
-
-    def arr(a):
-        return None if a is None else [float(v) for v in np.asarray(a, float)]
-
-    return {"tilt_angles_deg": arr(ts.tilt_angles_deg), "accumulated_dose": arr(ts.accumulated_dose),
-            "defocus_u_um": arr(ts.defocus_u_um), "defocus_v_um": arr(ts.defocus_v_um),
-            "astigmatism_angle_deg": arr(ts.astigmatism_angle_deg), "phase_shift_deg": arr(ts.phase_shift_deg),
-            "excluded": [bool(v) for v in np.asarray(ts.excluded, bool)], "x_tilt_deg": arr(ts.x_tilt_deg),
-            "voltage_kv": float(ts.voltage_kv),
-            "cs_mm": float(ts.cs_mm), "amplitude_contrast": float(ts.amplitude_contrast),
-            "pixel_size_angstrom": None if ts.pixel_size_angstrom is None else float(ts.pixel_size_angstrom)}
+    return None if ts is None else ts.to_json()
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -171,7 +113,10 @@ class WorkUnit:
 class MatchPlan:
     """Everything a match job needs, validated: inputs, parameters, tiles, rotations, units.
 
-    Plain, picklable data (no volumes): it travels to worker processes. ``key`` is the
+    Plain, picklable data (no volumes): it travels to worker processes. ``options`` are the
+    job's :class:`~tomomatch.options.MatchOptions` *resolved* against the inputs: the
+    handedness (metadata or 0), wedge (per-tilt with metadata, else none), CTF actually used
+    (None without defocus), angular step, canonical symmetry, tile counts and device. ``key`` is the
     checkpoint key (SHA-256 of the input files and of every parameter that changes the
     result); ``batch_sizes[i]`` is tile ``i``'s rotation batch (batches start at multiples of
     it, and so do the unit boundaries).
@@ -187,29 +132,12 @@ class MatchPlan:
     template_shape_zyx: tuple[int, int, int]
     mask_is_spherical: bool
     rotations: np.ndarray
-    angular_step_deg: float | None
-    particle_diameter_angstrom: float | None
-    symmetry: str
-    method: str
-    low_pass_angstrom: float | None
-    high_pass_angstrom: float | None
-    whiten: bool
-    wedge: str
-    ctf: str | None
-    dose: bool
-    cos_weighting: bool
-    hand: int
-    hand_mode: str
-    tile_counts: tuple[int, int, int]
-    random_phase: bool
+    options: MatchOptions
     tilt_series: Any
-    device: str
-    max_memory_gb: float
     tiles: list[Tile]
     batch_sizes: list[int]
     units: list[WorkUnit]
     key: str
-    checkpoint_interval_s: float = 60.0
 
     @property
     def n_rotations(self) -> int:
@@ -267,22 +195,14 @@ def _make_units(n_tiles: int, n_rot: int, batch_sizes: Sequence[int], rotations_
     return units
 
 
-def plan_match(template, mask, tomogram, out_dir, *, name: str | None = None,
-               voxel_size_angstrom: float | None = None, angular_step_deg: float | None = None,
-               particle_diameter_angstrom: float | None = None, symmetry: str = "C1",
-               rotations: np.ndarray | None = None,
-               low_pass_angstrom: float | None = None, high_pass_angstrom: float | None = None,
-               whiten: bool = False, wedge: str | None = None, ctf: str | None = "signed",
-               dose: bool = True, cos_weighting: bool = True, tilt_series=None,
-               defocus_handedness: int | None = None, hand_mode: str = "full",
-               tiles: Sequence[int] | str = (1, 1, 1), device: str = "cpu",
-               max_memory_gb: float = DEFAULT_MAX_MEMORY_GB, random_phase: bool = False,
-               method: str = "fast", checkpoint_interval_s: float = 60.0,
-               batch_size: int | None = None, rotations_per_unit: int | None = None,
-               min_units: int = 1, check_device: bool = True) -> MatchPlan:
+def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None = None, *,
+               tilt_series=None, rotations: np.ndarray | None = None,
+               rotations_per_unit: int | None = None, min_units: int = 1, check_device: bool = True,
+               **option_fields) -> MatchPlan:
     """Validate a match job and plan it (tiles, rotations, work units, checkpoint key).
 
-    Parameters are those of :func:`run_match`, plus:
+    Parameters are those of :func:`run_match` (``options``, or its fields as keywords on top of
+    ``options``), plus:
 
     rotations_per_unit
         Rotations per work unit (rounded up to a multiple of the tile's batch size). Default:
@@ -296,27 +216,25 @@ def plan_match(template, mask, tomogram, out_dir, *, name: str | None = None,
     Reads the three volumes once to validate them; the plan itself holds no volume data.
     Raises :class:`InputError` for bad input.
     """
+    opts = MatchOptions.from_flat(options, **option_fields) if option_fields else (options or MatchOptions())
+    if not isinstance(opts, MatchOptions):
+        raise TypeError(f"options must be MatchOptions, got {type(opts).__name__}")
+    wopts = opts.weighting
     if check_device:
-        dev = resolve_device(device)
+        dev = resolve_device(opts.device)
     else:
         try:
-            dev = torch.device("cpu" if device is None else str(device))
+            dev = torch.device("cpu" if opts.device is None else str(opts.device))
         except (RuntimeError, ValueError):
-            raise InputError(f"unknown device {device!r}; expected cpu, cuda or cuda:N", None, "--device") from None
+            raise InputError(f"unknown device {opts.device!r}; expected cpu, cuda or cuda:N", None,
+                             "--device") from None
     out_dir = Path(out_dir).absolute()
     template, mask, tomogram = Path(template).absolute(), Path(mask).absolute(), Path(tomogram).absolute()
-    name = name or tomogram.stem
-    if method not in ("fast", "resample", "exact"):
-        raise InputError(f"method {method!r}; expected fast, resample or exact", None, "--method")
-    if hand_mode not in ("full", "pytom"):
-        raise InputError(f"hand mode {hand_mode!r}; expected full or pytom", None, "--hand-mode")
-    if max_memory_gb is None or not max_memory_gb > 0:
-        raise InputError(f"max memory {max_memory_gb!r} GB; expected > 0", None, "--max-memory")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch size {batch_size}; expected >= 1", None, "--batch-size")
+    name = opts.name or tomogram.stem
+    low_pass_angstrom = wopts.low_pass_angstrom
 
     # ---------------------------------------------------------------- inputs
-    vol_np, voxel = read_volume(tomogram, voxel_size_angstrom, what="tomogram")
+    vol_np, voxel = read_volume(tomogram, opts.voxel_size_angstrom, what="tomogram")
     t_vs = read_voxel_size(template)
     tmpl_np, _ = read_volume(template, t_vs if t_vs > 0 else voxel, what="template")
     if t_vs > 0 and abs(t_vs - voxel) > 0.01 * voxel:
@@ -336,30 +254,21 @@ def plan_match(template, mask, tomogram, out_dir, *, name: str | None = None,
         raise InputError("mask is empty (sum <= 0)", mask)
 
     ts = tilt_series
-    hand = defocus_handedness
+    hand = opts.defocus_handedness
     if hand is None:
         hand = ts.hand if (ts is not None and ts.hand is not None) else 0
-    try:
-        hand = check_hand(hand)
-    except ValueError as exc:
-        raise InputError(str(exc), None, "--defocus-handedness") from None
-    if wedge is None:
-        wedge = "per_tilt" if ts is not None else "none"
-    wedge = wedge.replace("-", "_")
-    if wedge not in ("none", "binary", "per_tilt"):
-        raise InputError(f"wedge {wedge!r}; expected none, binary or per-tilt", None, "--wedge")
+    wedge = wopts.wedge if wopts.wedge is not None else ("per_tilt" if ts is not None else "none")
     if wedge != "none" and ts is None:
-        raise InputError(f"--wedge {wedge} needs tilt metadata (e.g. --tilt-angles)", None, "--wedge")
-    if ctf not in ("signed", "abs", None, "none"):
-        raise InputError(f"ctf {ctf!r}; expected signed, abs or none", None, "--ctf")
-    ctf = None if ctf == "none" else ctf
-    ctf_used = ctf if (ts is not None and ts.has_defocus and wedge != "none") else None
+        raise InputError(f"--wedge {wedge.replace('_', '-')} needs tilt metadata (e.g. --tilt-angles)", None,
+                         "--wedge")
+    ctf_used = wopts.ctf if (ts is not None and ts.has_defocus and wedge != "none") else None
+    angular_step_deg, symmetry = opts.angular_step_deg, opts.symmetry
     # rotations
     if rotations is None:
         if angular_step_deg is None:
-            if particle_diameter_angstrom is None:
+            if opts.particle_diameter_angstrom is None:
                 raise InputError("give --angular-step or --particle-diameter", None, "--angular-step")
-            angular_step_deg = crowther_step_deg(particle_diameter_angstrom, voxel, low_pass_angstrom)
+            angular_step_deg = crowther_step_deg(opts.particle_diameter_angstrom, voxel, low_pass_angstrom)
         rots = uniform_rotations(angular_step_deg, symmetry)
     else:
         rots = np.asarray(rotations, float).reshape(-1, 3, 3)
@@ -368,9 +277,7 @@ def plan_match(template, mask, tomogram, out_dir, *, name: str | None = None,
     n_sym = parse_symmetry(symmetry)
     # tiles
     tilts_all = None if ts is None else ts.tilt_angles_deg
-    if isinstance(tiles, str):
-        if tiles != "auto":
-            raise InputError(f"--tiles {tiles!r}; expected three counts or 'auto'", None, "--tiles")
+    if opts.tiles == "auto":
         if ctf_used is None or hand == 0:
             counts = (1, 1, 1)
         else:
@@ -378,46 +285,41 @@ def plan_match(template, mask, tomogram, out_dir, *, name: str | None = None,
             res = max(2 * voxel, low_pass_angstrom or 0.0)
             counts = auto_tile_counts(vol_shape, voxel, n, inc, res, ts.voltage_kv, hand)
     else:
-        counts = tuple(int(c) for c in tiles)
-        if len(counts) != 3:
-            raise InputError(f"--tiles needs three counts NX NY NZ, got {len(counts)}", None, "--tiles")
-    tile_plan = plan_tiles(vol_shape, n, counts, voxel, tilts_all, hand, hand_mode,
+        counts = tuple(int(c) for c in opts.tiles)
+    tile_plan = plan_tiles(vol_shape, n, counts, voxel, tilts_all, hand, opts.hand_mode,
                            x_tilt_deg=0.0 if ts is None else ts.x_tilt_deg)
     for t in tile_plan:
         if any(n > s for s in t.data_shape_zyx):
             raise InputError(f"template box {n} is larger than tile {t.grid_index_xyz} "
                              f"{t.data_shape_zyx}; use fewer tiles", None, "--tiles")
     spherical = is_spherical_mask(mask_np)
-    n_templates = 2 if random_phase else 1
-    batch_sizes = [int(batch_size) if batch_size else
-                   _estimate_batch_size(t.data_shape_zyx, n, method, spherical, n_templates, dev.type,
-                                        max_memory_gb) for t in tile_plan]
+    n_templates = 2 if opts.random_phase else 1
+    batch_sizes = [opts.batch_size if opts.batch_size else
+                   _estimate_batch_size(t.data_shape_zyx, n, opts.method, spherical, n_templates, dev.type,
+                                        opts.max_memory_gb) for t in tile_plan]
     units = _make_units(len(tile_plan), len(rots), batch_sizes, rotations_per_unit, min_units)
 
     # ---------------------------------------------------------------- checkpoint key
+    resolved = replace(
+        opts, name=name, angular_step_deg=None if angular_step_deg is None else float(angular_step_deg),
+        symmetry=f"C{n_sym}", defocus_handedness=hand, tiles=tuple(counts), device=str(dev),
+        weighting=replace(wopts, wedge=wedge, ctf=ctf_used))
     params = {
-        "format": JOB_FORMAT, "geometry_version": GEOMETRY_VERSION, "version": __version__, "method": method,
-        "voxel": voxel,
+        "format": JOB_FORMAT, "geometry_version": GEOMETRY_VERSION, "version": __version__,
+        "method": resolved.method, "voxel": voxel,
         "rotations_sha": hashlib.sha256(np.ascontiguousarray(rots, np.float64).tobytes()).hexdigest(),
-        "low_pass": low_pass_angstrom, "high_pass": high_pass_angstrom, "whiten": whiten, "wedge": wedge,
-        "ctf": ctf_used, "dose": dose, "cos": cos_weighting, "hand": hand, "hand_mode": hand_mode,
-        "tiles": list(counts), "random_phase": random_phase, "tilt_series": _ts_json(ts),
-        "batch_sizes": batch_sizes, "device_type": dev.type, "units_format": 2,
+        "low_pass": wopts.low_pass_angstrom, "high_pass": wopts.high_pass_angstrom, "whiten": wopts.whiten,
+        "wedge": wedge, "ctf": ctf_used, "dose": wopts.dose, "cos": wopts.cos_weighting, "hand": hand,
+        "hand_mode": resolved.hand_mode, "tiles": list(counts), "random_phase": resolved.random_phase,
+        "tilt_series": _ts_json(ts), "batch_sizes": batch_sizes, "device_type": dev.type, "units_format": 2,
     }
     key_src = json.dumps(params, sort_keys=True) + "".join(_file_digest(p) for p in (tomogram, template, mask))
     key = hashlib.sha256(key_src.encode()).hexdigest()
     return MatchPlan(
         name=name, out_dir=out_dir, tomogram=tomogram, template=template, mask=mask,
         voxel_size_angstrom=float(voxel), shape_zyx=vol_shape, template_shape_zyx=tuple(tmpl_np.shape),
-        mask_is_spherical=bool(spherical), rotations=rots,
-        angular_step_deg=None if angular_step_deg is None else float(angular_step_deg),
-        particle_diameter_angstrom=None if particle_diameter_angstrom is None else float(particle_diameter_angstrom),
-        symmetry=f"C{n_sym}", method=method, low_pass_angstrom=low_pass_angstrom,
-        high_pass_angstrom=high_pass_angstrom, whiten=bool(whiten), wedge=wedge, ctf=ctf_used, dose=bool(dose),
-        cos_weighting=bool(cos_weighting), hand=hand, hand_mode=hand_mode, tile_counts=tuple(counts),
-        random_phase=bool(random_phase), tilt_series=ts, device=str(dev), max_memory_gb=float(max_memory_gb),
-        tiles=list(tile_plan), batch_sizes=batch_sizes, units=units, key=key,
-        checkpoint_interval_s=float(checkpoint_interval_s))
+        mask_is_spherical=bool(spherical), rotations=rots, options=resolved, tilt_series=ts,
+        tiles=list(tile_plan), batch_sizes=batch_sizes, units=units, key=key)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -573,20 +475,20 @@ def _build_context_1(plan: MatchPlan, dev: torch.device) -> _Context:
     vol_t = (vol_t - vol_t.mean()) / vol_t.std().clamp_min(1e-30)
     voxel, ts, n = plan.voxel_size_angstrom, plan.tilt_series, plan.template_shape_zyx[0]
     white: dict = {}
-    if plan.whiten:  # estimated once from the unfiltered tomogram, for both grids used
+    if plan.options.weighting.whiten:  # estimated once from the unfiltered tomogram, for both grids used
         from .weighting import whitening_filter
         inc = None if ts is None else ts.tilt_angles_deg[~ts.excluded]
         vol_cpu = vol_t.cpu()  # on the CPU: CUDA's index_add_ (atomics) is not deterministic
         for shape in {tuple(fast_fft_shape(vol_t.shape)), (n, n, n)}:
             white[shape] = whitening_filter(vol_cpu, voxel, shape, tilt_angles_deg=inc)
         del vol_cpu
-    if plan.low_pass_angstrom is not None or plan.high_pass_angstrom is not None or plan.whiten:
+    if plan.options.weighting.low_pass_angstrom is not None or plan.options.weighting.high_pass_angstrom is not None or plan.options.weighting.whiten:
         def tomogram_weight(shape):
-            w = bandpass(shape, voxel, plan.low_pass_angstrom, plan.high_pass_angstrom, device=dev)
+            w = bandpass(shape, voxel, plan.options.weighting.low_pass_angstrom, plan.options.weighting.high_pass_angstrom, device=dev)
             wh = white.get(tuple(shape))
             return w if wh is None else w * wh.to(dev)
         vol_t = filter_volume(vol_t, tomogram_weight)
-    rp = phase_randomised_template(tmpl_np, mask_np) if plan.random_phase else None
+    rp = phase_randomised_template(tmpl_np, mask_np) if plan.options.random_phase else None
     return _Context(vol_t, tmpl_np, mask_np, rp, white)
 
 
@@ -599,26 +501,26 @@ def _context(plan: MatchPlan, dev: torch.device) -> _Context:
 
 
 def _template_weight(plan: MatchPlan, ctx: _Context, tile: Tile, dev: torch.device):
-    lp, hp, ts = plan.low_pass_angstrom, plan.high_pass_angstrom, plan.tilt_series
-    if plan.wedge == "none" and lp is None and hp is None and not plan.whiten:
+    lp, hp, ts = plan.options.weighting.low_pass_angstrom, plan.options.weighting.high_pass_angstrom, plan.tilt_series
+    if plan.options.weighting.wedge == "none" and lp is None and hp is None and not plan.options.weighting.whiten:
         return None
     offs = None
-    if ts is not None and plan.hand != 0 and tile.defocus_offsets_um:
+    if ts is not None and plan.options.defocus_handedness != 0 and tile.defocus_offsets_um:
         offs = np.asarray(tile.defocus_offsets_um, float)
 
     def weight(shape):
         from .weighting import bandpass, tilt_series_weight
-        wh = ctx.whitening.get(tuple(shape)) if plan.whiten else None
-        if plan.whiten and wh is None:
+        wh = ctx.whitening.get(tuple(shape)) if plan.options.weighting.whiten else None
+        if plan.options.weighting.whiten and wh is None:
             raise RuntimeError(f"no whitening filter for grid {tuple(shape)}")
-        if plan.wedge == "none":
+        if plan.options.weighting.wedge == "none":
             w = bandpass(shape, plan.voxel_size_angstrom, lp, hp, device=dev)
             return w if wh is None else w * wh.to(dev)
         # built on the CPU (a box-sized grid): the per-tilt insertion uses index_add_, whose
         # CUDA atomics would make the weight, and so the scores, vary from run to run
         return tilt_series_weight(ts, shape, plan.voxel_size_angstrom, defocus_offset_um=offs,
-                                  per_tilt=(plan.wedge == "per_tilt"), ctf_mode=plan.ctf,
-                                  dose_weighting=plan.dose, cos_weighting=plan.cos_weighting,
+                                  per_tilt=(plan.options.weighting.wedge == "per_tilt"), ctf_mode=plan.options.weighting.ctf,
+                                  dose_weighting=plan.options.weighting.dose, cos_weighting=plan.options.weighting.cos_weighting,
                                   low_pass_angstrom=lp, high_pass_angstrom=hp,
                                   whitening=None if wh is None else wh.cpu(), device="cpu").to(dev)
     return weight
@@ -633,7 +535,7 @@ def _correlator(plan: MatchPlan, ti: int, dev: torch.device) -> TileCorrelator:
         with _one_torch_thread():
             _CORRELATORS[k] = TileCorrelator(
                 ctx.volume[tile.data_slices], ctx.template, ctx.mask, tile.unique_in_data,
-                weight=_template_weight(plan, ctx, tile, dev), method=plan.method,
+                weight=_template_weight(plan, ctx, tile, dev), method=plan.options.method,
                 spherical=plan.mask_is_spherical, random_phase_template=ctx.random_phase_template, device=dev)
     return _CORRELATORS[k]
 
@@ -647,7 +549,7 @@ def run_unit(plan: MatchPlan, unit: WorkUnit, *, device: str | None = None,
     ``on_progress(n)`` is called with the number of rotations each batch added. The checkpoint
     folder must exist (:func:`prepare_checkpoints`).
     """
-    dev = resolve_device(device or plan.device)
+    dev = resolve_device(device or plan.options.device)
     state = load_unit(plan, unit, dev)
     resumed = 0 if state is None else state.done - unit.start
     if state is None or state.done < unit.stop:
@@ -655,7 +557,7 @@ def run_unit(plan: MatchPlan, unit: WorkUnit, *, device: str | None = None,
         if state is None:
             tile = plan.tiles[unit.tile]
             ushape = tuple(b - a for a, b in zip(tile.unique_start_zyx, tile.unique_stop_zyx))
-            state = TileState.empty(ushape, dev, random_phase=plan.random_phase)
+            state = TileState.empty(ushape, dev, random_phase=plan.options.random_phase)
             state.done = unit.start
         last = [time.time(), state.done]
 
@@ -664,7 +566,7 @@ def run_unit(plan: MatchPlan, unit: WorkUnit, *, device: str | None = None,
                 on_progress(st.done - last[1])
             last[1] = st.done
             now = time.time()
-            if st.done >= unit.stop or now - last[0] >= plan.checkpoint_interval_s:
+            if st.done >= unit.stop or now - last[0] >= plan.options.checkpoint_interval_s:
                 _save_unit(plan, unit, st)
                 last[0] = now
 
@@ -715,7 +617,7 @@ def merge_units(plan: MatchPlan, results: Sequence[UnitResult]) -> MergedMatch:
     n_rot = plan.n_rotations
     scores = np.zeros(plan.shape_zyx, np.float32)
     angles = np.full(plan.shape_zyx, -1.0, np.float32)
-    noise = np.zeros(plan.shape_zyx, np.float32) if plan.random_phase else None
+    noise = np.zeros(plan.shape_zyx, np.float32) if plan.options.random_phase else None
     sums: list[np.ndarray] = []
     sumsqs: list[np.ndarray] = []
     count = resumed = 0
@@ -775,7 +677,8 @@ def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.
     if ts is not None and "size_xyz_unbinned" in ts.extra:
         relion = {"unbinned_size_xyz": list(ts.extra["size_xyz_unbinned"]),
                   "tilt_series_pixel_angstrom": ts.pixel_size_angstrom, "tomo_name": ts.name}
-    n_rot, wedge = plan.n_rotations, plan.wedge
+    n_rot, opts = plan.n_rotations, plan.options
+    wo, wedge = opts.weighting, opts.weighting.wedge
     job: dict[str, Any] = {
         "tomomatch_version": __version__, "job_format": JOB_FORMAT, "geometry_version": GEOMETRY_VERSION,
         "name": plan.name,
@@ -783,25 +686,26 @@ def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.
         "voxel_size_angstrom": voxel, "template": _rel(plan.template, out_dir), "mask": _rel(plan.mask, out_dir),
         "template_shape_zyx": list(plan.template_shape_zyx), "mask_is_spherical": bool(plan.mask_is_spherical),
         "scores": paths["scores"].name, "angles": paths["angles"].name, "rotations": paths["rotations"].name,
-        "angular_step_deg": plan.angular_step_deg, "symmetry": plan.symmetry, "n_rotations": int(n_rot),
-        "particle_diameter_angstrom": plan.particle_diameter_angstrom,
-        "defocus_handedness": plan.hand, "hand_mode": plan.hand_mode, "tiles": list(plan.tile_counts),
+        "angular_step_deg": opts.angular_step_deg, "symmetry": opts.symmetry, "n_rotations": int(n_rot),
+        "particle_diameter_angstrom": opts.particle_diameter_angstrom,
+        "defocus_handedness": opts.defocus_handedness, "hand_mode": opts.hand_mode, "tiles": list(opts.tiles),
         "tile_regions": [{"unique_start_zyx": list(t.unique_start_zyx), "unique_stop_zyx": list(t.unique_stop_zyx),
                           "centre_angstrom_xyz": list(t.centre_angstrom_xyz),
                           "defocus_offsets_um": list(t.defocus_offsets_um)} for t in plan.tiles],
-        "weighting": {"wedge": wedge, "ctf": plan.ctf, "dose": bool(plan.dose and wedge == "per_tilt"),
-                      "cos": bool(plan.cos_weighting and wedge == "per_tilt"),
-                      "low_pass_angstrom": plan.low_pass_angstrom, "high_pass_angstrom": plan.high_pass_angstrom,
-                      "whitening": bool(plan.whiten), "random_phase": bool(plan.random_phase)},
+        "weighting": {"wedge": wedge, "ctf": wo.ctf, "dose": bool(wo.dose and wedge == "per_tilt"),
+                      "cos": bool(wo.cos_weighting and wedge == "per_tilt"),
+                      "low_pass_angstrom": wo.low_pass_angstrom, "high_pass_angstrom": wo.high_pass_angstrom,
+                      "whitening": bool(wo.whiten), "random_phase": bool(opts.random_phase)},
         "tilt_series": _ts_json(ts), "relion": relion,
         "search_statistics": {"n_voxels": int(merged.n_search // max(n_rot, 1)), "n_rotations": int(n_rot),
                               "n_search": int(merged.n_search), "mean": merged.mean, "std": merged.std},
-        "random_phase_noise_mean": merged.noise_mean, "method": plan.method,
-        "engine": engine_description(device or plan.device, plan.method, plan.mask_is_spherical,
+        "random_phase_noise_mean": merged.noise_mean, "method": plan.options.method,
+        "engine": engine_description(device or plan.options.device, plan.options.method, plan.mask_is_spherical,
                                      max(int(np.prod([b - a for a, b in zip(t.unique_start_zyx, t.unique_stop_zyx)]))
                                          for t in plan.tiles)),
         "resumed_rotations": int(merged.resumed_rotations), "plan_key": plan.key,
-        "device": device or plan.device, "elapsed_s": round(float(elapsed_s), 3), "command": command or "",
+        "device": device or plan.options.device, "elapsed_s": round(float(elapsed_s), 3), "command": command or "",
+        "options": opts.to_json(),
     }
     write_job(paths["job"], job)
     return job
@@ -861,23 +765,18 @@ def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> li
 # --------------------------------------------------------------------------- the job
 
 
-def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
-              voxel_size_angstrom: float | None = None, angular_step_deg: float | None = None,
-              particle_diameter_angstrom: float | None = None, symmetry: str = "C1",
-              rotations: np.ndarray | None = None,
-              low_pass_angstrom: float | None = None, high_pass_angstrom: float | None = None,
-              whiten: bool = False, wedge: str | None = None, ctf: str | None = "signed",
-              dose: bool = True, cos_weighting: bool = True, tilt_series=None,
-              defocus_handedness: int | None = None, hand_mode: str = "full",
-              tiles: Sequence[int] | str = (1, 1, 1), device: str = "cpu",
-              max_memory_gb: float = DEFAULT_MAX_MEMORY_GB, random_phase: bool = False,
-              method: str = "fast", quiet: bool = True, checkpoint_interval_s: float = 60.0,
-              batch_size: int | None = None, command: str | None = None, processes: int = 1,
-              rotations_per_unit: int | None = None) -> dict:
+def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = None, *,
+              tilt_series=None, rotations: np.ndarray | None = None, quiet: bool = True,
+              command: str | None = None, processes: int = 1, rotations_per_unit: int | None = None,
+              **option_fields) -> dict:
     """Template-match a tomogram file and write the outputs; returns the job dict.
 
     :func:`plan_match` + :func:`execute_local` (skipping finished units) + :func:`merge_units`
     + :func:`write_outputs`; the checkpoint folder is removed after success.
+
+    The options are a :class:`~tomomatch.options.MatchOptions` (``options``) and/or its fields
+    as keywords (weighting fields flat: ``low_pass_angstrom=30``), applied on top of
+    ``options``. Their meanings:
 
     Parameters
     ----------
@@ -936,21 +835,16 @@ def run_match(template, mask, tomogram, out_dir, *, name: str | None = None,
     t_start = time.time()
     if not isinstance(processes, int) or processes < 1:
         raise InputError(f"{processes!r} processes; expected an integer >= 1", None, "--processes")
-    plan = plan_match(template, mask, tomogram, out_dir, name=name, voxel_size_angstrom=voxel_size_angstrom,
-                      angular_step_deg=angular_step_deg, particle_diameter_angstrom=particle_diameter_angstrom,
-                      symmetry=symmetry, rotations=rotations, low_pass_angstrom=low_pass_angstrom,
-                      high_pass_angstrom=high_pass_angstrom, whiten=whiten, wedge=wedge, ctf=ctf, dose=dose,
-                      cos_weighting=cos_weighting, tilt_series=tilt_series,
-                      defocus_handedness=defocus_handedness, hand_mode=hand_mode, tiles=tiles, device=device,
-                      max_memory_gb=max_memory_gb, random_phase=random_phase, method=method,
-                      checkpoint_interval_s=checkpoint_interval_s, batch_size=batch_size,
-                      rotations_per_unit=rotations_per_unit, min_units=4 * processes if processes > 1 else 1)
+    plan = plan_match(template, mask, tomogram, out_dir, options, tilt_series=tilt_series, rotations=rotations,
+                      rotations_per_unit=rotations_per_unit, min_units=4 * processes if processes > 1 else 1,
+                      **option_fields)
     prepare_checkpoints(plan)
     try:
         results = execute_local(plan, processes, quiet)
     finally:
         clear_caches()
     merged = merge_units(plan, results)
-    job = write_outputs(plan, merged, elapsed_s=time.time() - t_start, command=command)
+    write_outputs(plan, merged, elapsed_s=time.time() - t_start, command=command)
     remove_checkpoints(plan)
-    return job
+    # the record as any reader sees it: paths resolved against the job file's folder
+    return read_job(plan.output_paths()["job"])

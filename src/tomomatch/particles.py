@@ -148,7 +148,7 @@ def job_geometry(job) -> JobGeometry:
     """
     if isinstance(job, JobGeometry):
         return job
-    from .extract import _as_job
+    from .jobfile import as_job as _as_job
 
     job = _as_job(job)
     jp = job.get("_job_path")

@@ -141,6 +141,41 @@ class TiltSeries:
             per_tilt["defocus_v_um"] = self.defocus_v_um[keep]
         return replace(self, **per_tilt)
 
+    # ------------------------------------------------------------------ JSON
+    _JSON_ARRAYS = ("tilt_angles_deg", "accumulated_dose", "defocus_u_um", "defocus_v_um",
+                    "astigmatism_angle_deg", "phase_shift_deg")
+
+    def to_json(self) -> dict[str, Any]:
+        """The per-tilt values and optics as a JSON-ready dict (:meth:`from_json` inverts it;
+        ``hand``, ``name``, ``source`` and ``extra`` are not part of it)."""
+        def arr(a):
+            return None if a is None else [float(v) for v in np.asarray(a, float)]
+
+        d: dict[str, Any] = {k: arr(getattr(self, k)) for k in self._JSON_ARRAYS}
+        d["excluded"] = [bool(v) for v in np.asarray(self.excluded, bool)]
+        d["x_tilt_deg"] = arr(self.x_tilt_deg)
+        d.update(voltage_kv=float(self.voltage_kv), cs_mm=float(self.cs_mm),
+                 amplitude_contrast=float(self.amplitude_contrast),
+                 pixel_size_angstrom=None if self.pixel_size_angstrom is None else float(self.pixel_size_angstrom))
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source=None) -> "TiltSeries":
+        """A tilt series from :meth:`to_json`'s dict (e.g. a job file's ``"tilt_series"``)."""
+        if not isinstance(data, dict):
+            raise InputError(f"{data!r}; expected an object", source, "tilt_series")
+        keys = cls._JSON_ARRAYS + ("excluded", "x_tilt_deg", "voltage_kv", "cs_mm", "amplitude_contrast",
+                                   "pixel_size_angstrom")
+        unknown = sorted(set(data) - set(keys))
+        if unknown:
+            raise InputError(f"unknown field(s) {', '.join(unknown)}", source, "tilt_series")
+        try:
+            return cls(**{k: data[k] for k in keys if data.get(k) is not None}, source=source)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"malformed tilt series ({exc})", source, "tilt_series") from None
+
     def with_(self, **changes) -> "TiltSeries":
         """``dataclasses.replace`` with validation (e.g. ``ts.with_(hand=-1)``)."""
         return replace(self, **changes)

@@ -5,8 +5,7 @@ import argparse
 import shlex
 import sys
 
-from ..job import DEFAULT_MAX_MEMORY_GB
-from .match import _tiles
+from ..options import add_match_arguments, match_options_from_args
 
 
 def register(subparsers) -> None:
@@ -25,30 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("-t", "--template", required=True, metavar="MRC", help="template (cubic box, tomogram contrast)")
     p.add_argument("-m", "--mask", required=True, metavar="MRC", help="mask, same box as the template")
     p.add_argument("-d", "--out-dir", required=True, metavar="OUTDIR", help="output folder (shared file system)")
-    g = p.add_argument_group("matching (as tomomatch match)")
-    g.add_argument("--angular-step", type=float, metavar="DEG",
-                   help="angular step in degrees (default: Crowther step from --particle-diameter)")
-    g.add_argument("--particle-diameter", type=float, metavar="A",
-                   help="particle diameter (Angstrom): the extraction's exclusion diameter and, without "
-                        "--angular-step, the Crowther step")
-    g.add_argument("--symmetry", default="C1", help="cyclic symmetry Cn about the template z axis")
-    g.add_argument("--low-pass", type=float, metavar="A", help="low-pass resolution (Angstrom)")
-    g.add_argument("--high-pass", type=float, metavar="A", help="high-pass resolution (Angstrom)")
-    g.add_argument("--whiten", action="store_true", help="spectral whitening estimated from each tomogram")
-    g.add_argument("--wedge", choices=["none", "binary", "per-tilt"], default=None,
-                   help="template weighting (default: per-tilt with tilt metadata, else none)")
-    g.add_argument("--ctf", choices=["signed", "abs", "none"], default="signed", help="CTF in the wedge")
-    g.add_argument("--no-dose", action="store_true", help="no exposure (dose) filter")
-    g.add_argument("--defocus-handedness", type=int, choices=[1, -1, 0], default=None,
-                   help="defocus hand h (default: from the metadata, else 0)")
-    g.add_argument("--hand-mode", choices=["full", "pytom"], default="full", help="defocus offset formula")
-    g.add_argument("--tiles", nargs="+", default=["1", "1", "1"], metavar="N", help="tile counts NX NY NZ or 'auto'")
-    g.add_argument("--max-memory", type=float, default=DEFAULT_MAX_MEMORY_GB, metavar="GB",
-                   help="memory budget per worker for rotation batches")
-    g.add_argument("--random-phase", action="store_true", help="subtract a phase-randomised template's maximum")
-    g.add_argument("--method", choices=["fast", "resample", "exact"], default="fast", help="matching path")
-    g.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="S",
-                   help="seconds between checkpoints inside a work unit")
+    add_match_arguments(p.add_argument_group("matching (as tomomatch match)"), batch=True)
     e = p.add_argument_group("extraction (as tomomatch extract)")
     e.add_argument("--no-extract", action="store_true", help="match only")
     e.add_argument("-n", "--max-particles", type=int, default=1000, help="largest number of particles per tomogram")
@@ -84,12 +60,7 @@ def run(args) -> int:
                          None, "--particle-diameter")
     if args.cutoff is not None and args.cutoff_method not in (None, "fixed"):
         raise InputError(f"--cutoff given with --cutoff-method {args.cutoff_method}", None, "--cutoff")
-    match = dict(angular_step_deg=args.angular_step, particle_diameter_angstrom=args.particle_diameter,
-                 symmetry=args.symmetry, low_pass_angstrom=args.low_pass, high_pass_angstrom=args.high_pass,
-                 whiten=args.whiten, wedge=args.wedge, ctf=None if args.ctf == "none" else args.ctf,
-                 dose=not args.no_dose, defocus_handedness=args.defocus_handedness, hand_mode=args.hand_mode,
-                 tiles=_tiles(args.tiles), max_memory_gb=args.max_memory, random_phase=args.random_phase,
-                 method=args.method, checkpoint_interval_s=args.checkpoint_interval)
+    match = match_options_from_args(args)
     extract = None
     if not args.no_extract:
         extract = dict(max_particles=args.max_particles, particle_diameter_angstrom=args.particle_diameter,
