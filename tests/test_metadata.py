@@ -15,6 +15,8 @@ from tomomatch.errors import InputError
 from tomomatch.metadata import (load_tilt_series, read_aln, read_defocus_text, read_dose, read_imod_defocus,
                                 read_mdoc, read_relion5, read_tilt_angles, read_warp_xml, write_dose,
                                 write_imod_defocus, write_relion5, write_tilt_angles)
+from tomomatch.conventions import tilt_frame
+from tomomatch.metadata.relion import angles_from_projection_matrices, relion5_projection_matrices
 from tomomatch.tiltseries import TiltSeries
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tilt_metadata"
@@ -107,6 +109,9 @@ def test_real_relion5(tmp_path):
     assert ts.extra["size_xyz_unbinned"] == (4000, 4000, 2000)
     assert ts.extra["binning"] == pytest.approx(8.12065)
     assert ts.extra["reconstructed_tomogram"].endswith("rec_tomo200528_107.mrc")
+    # no rlnTomoProj* columns: angles from rlnTomoYTilt / rlnTomoXTilt (all 0 here)
+    assert ts.extra["tilt_angle_source"] == "rlnTomoYTilt" and ts.extra["x_tilt_source"] == "rlnTomoXTilt"
+    assert not ts.has_x_tilt and "projection_matrices" not in ts.extra
 
 
 @needs_real
@@ -221,6 +226,135 @@ def test_relion5_writer_drops_excluded_tilts_and_needs_hand(tmp_path):
     np.testing.assert_allclose(back.tilt_angles_deg, ts.tilt_angles_deg[[0, 2, 3]])
     with pytest.raises(ValueError, match="hand"):
         write_relion5(tmp_path, ts.with_(hand=None), "t", (10, 10, 10), 1.0)
+
+
+# --------------------------------------------------------------------------- RELION projection matrices
+
+PROJ_FIXTURE = FIXTURES / "relion4_matrices_tomograms.star"
+
+
+def test_relion_projection_matrix_fixture():
+    # row 2 has RELION's test values: rlnTomoYTilt 9.02, rlnTomoZRot 85.267,
+    # rlnTomoProjZ [-0.156779,0,0.987634,...]; row 3 has x tilt 1.5
+    ts = read_relion5(PROJ_FIXTURE)
+    assert ts.extra["tilt_angle_source"] == ts.extra["x_tilt_source"] == "rlnTomoProjX/Y/Z/W"
+    assert ts.tilt_angles_deg[1] == pytest.approx(9.02, abs=1e-3)
+    np.testing.assert_allclose(ts.tilt_angles_deg, [-2.98, 9.02, 12.03], atol=1e-3)
+    np.testing.assert_allclose(ts.x_tilt_deg, [0, 0, 1.5], atol=1e-3)
+    assert ts.has_x_tilt
+    np.testing.assert_allclose(ts.extra["matrix_angles_deg"][:, 2], [85.267, 85.267, 85.31], atol=1e-3)
+    assert ts.tilt_axis_angle_deg == pytest.approx(np.mean([85.267, 85.267, 85.31]), abs=1e-3)
+    assert ts.extra["angles_disagree_with_matrices"] is False
+    assert max(ts.extra["angles_vs_matrices_max_diff_deg"].values()) < 1e-3
+    # RELION setProjectionMatrix: the tomogram centre int(N/2) = (2000, 2000, 1000) lands on the
+    # image centre int(w/2), int(h/2) = (2046, 2880) plus the shift / pixel size (12.5, -3.25) / 1.35
+    p = ts.extra["projection_matrices"][0]
+    np.testing.assert_allclose(p @ [2000, 2000, 1000, 1], [2046 + 12.5 / 1.35, 2880 - 3.25 / 1.35, 0, 1], atol=0.01)
+    np.testing.assert_allclose(p[:3, :3], tilt_frame(-2.98, 0, 85.267), atol=2e-6)
+
+
+def _proj_fixture_edit(tmp_path, row, cells):
+    """Copy the projection-matrix fixture into tmp with cells ``{column: text}`` of one row replaced."""
+    lines = (FIXTURES / "relion4_matrices_tiltseries.star").read_text().splitlines()
+    header = [ln.split()[0][1:] for ln in lines if ln.startswith("_rln")]
+    data = [i for i, ln in enumerate(lines) if ln.startswith("TS_proj_")]
+    toks = lines[data[row]].split()
+    for column, new in cells.items():
+        toks[header.index(column)] = new
+    lines[data[row]] = " ".join(toks)
+    (tmp_path / "relion4_matrices_tiltseries.star").write_text("\n".join(lines) + "\n")
+    shutil.copy(PROJ_FIXTURE, tmp_path / PROJ_FIXTURE.name)
+    return tmp_path / PROJ_FIXTURE.name
+
+
+def test_relion_matrices_win_over_disagreeing_angles(tmp_path):
+    star = _proj_fixture_edit(tmp_path, 1, {"rlnTomoYTilt": "9.520000"})
+    with pytest.warns(UserWarning, match=r"rlnTomoYTilt 0\.5.*using the matrices"):
+        ts = read_relion5(star)
+    assert ts.tilt_angles_deg[1] == pytest.approx(9.02, abs=1e-3)
+    assert ts.extra["angles_disagree_with_matrices"] is True
+    assert ts.extra["angles_vs_matrices_max_diff_deg"]["rlnTomoYTilt"] == pytest.approx(0.5, abs=1e-3)
+    assert ts.extra["y_tilt_deg"][1] == 9.52                   # the column as written
+
+
+@pytest.mark.parametrize("column, new, fragment", [
+    # row norm 1.01: not orthonormal
+    ("rlnTomoProjZ", "[-0.156779,0,0.997634,-674.0752]", r"rlnTomoProjX/Y/Z: row 2: .*not a rotation"),
+    # mirrored depth axis: orthonormal but det -1
+    ("rlnTomoProjZ", "[0.156779,0,-0.987634,-674.0752]", r"rlnTomoProjX/Y/Z: row 2: .*det -1"),
+    ("rlnTomoProjW", "[0,0,1]", r"rlnTomoProjW: row 2: '\[0,0,1\]' has 3 numbers"),
+    ("rlnTomoProjW", "[0,0,0.5,1]", r"rlnTomoProjW: row 2: .*expected \[0,0,0,1\]"),
+    ("rlnTomoProjX", "0.08,-0.99,0.01,3863", r"rlnTomoProjX: row 2: .*expected 4 numbers"),
+    ("rlnTomoProjY", "[0.98,x,0.15,590]", r"rlnTomoProjY: row 2: .*is not numeric"),
+])
+def test_relion_bad_projection_matrices(tmp_path, column, new, fragment):
+    star = _proj_fixture_edit(tmp_path, 1, {column: new})
+    with pytest.raises(InputError, match=fragment) as exc:
+        read_relion5(star)
+    assert "relion4_matrices_tiltseries.star" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_relion_projection_matrix_refusals_x_tilt_and_missing_row(tmp_path):
+    # Rx(-90): a rotation, but the tomogram's depth axis would be y (RELION 4 import without flipYZ)
+    star = _proj_fixture_edit(tmp_path, 1, {"rlnTomoProjX": "[1,0,0,0]", "rlnTomoProjY": "[0,0,1,0]",
+                                            "rlnTomoProjZ": "[0,-1,0,0]"})
+    with pytest.raises(InputError, match=r"rlnTomoProjZ: row 2: x tilt -90 .*depth axis not z"):
+        read_relion5(star)
+    text = (FIXTURES / "relion4_matrices_tiltseries.star").read_text()
+    (tmp_path / "relion4_matrices_tiltseries.star").write_text(text.replace("_rlnTomoProjW #15", "_rlnTomoProjQ #15"))
+    with pytest.raises(InputError, match=r"rlnTomoProjW: .*present but rlnTomoProjW missing"):
+        read_relion5(star)
+
+
+def test_angles_from_projection_matrices_inverts_tilt_frame():
+    rng = np.random.default_rng(0)
+    y, x, z = rng.uniform(-80, 80, 50), rng.uniform(-40, 40, 50), rng.uniform(-179, 179, 50)
+    np.testing.assert_allclose(angles_from_projection_matrices(tilt_frame(y, x, z)), np.stack([y, x, z], -1),
+                               atol=1e-9)
+    # |ytilt| = 90: only zrot - xtilt is defined; xtilt 0 and the same rotation
+    a = angles_from_projection_matrices(tilt_frame(90.0, 10.0, 30.0)[None])[0]
+    assert a[0] == pytest.approx(90) and a[1] == 0
+    np.testing.assert_allclose(tilt_frame(*a), tilt_frame(90.0, 10.0, 30.0), atol=1e-12)
+
+
+def test_relion5_write_read_x_tilt_and_projection_matrices(tmp_path):
+    ts = _astig_series(hand=-1).with_(x_tilt_deg=[0.0, 0.5, -1.0, 2.0, 0.0], tilt_axis_angle_deg=85.3)
+    # without the image size: angles only (RELION 5 builds the matrices from them)
+    star = write_relion5(tmp_path / "a", ts, "TS", (4000, 3000, 1000), 8.0)
+    text = (tmp_path / "a" / "tilt_series" / "TS.star").read_text()
+    assert "rlnTomoProj" not in text and "_rlnTomoXTilt" in text
+    back = read_relion5(star)
+    assert back.extra["x_tilt_source"] == "rlnTomoXTilt"
+    np.testing.assert_allclose(back.x_tilt_deg, ts.x_tilt_deg, atol=1e-6)
+    # with the image size: also rlnTomoProjX/Y/Z/W, RELION 5's setProjectionMatrix with zero shifts
+    star = write_relion5(tmp_path / "b", ts, "TS", (4000, 3000, 1000), 8.0, tilt_image_size_xy=(4092, 5760))
+    back = read_relion5(star)
+    assert back.extra["tilt_angle_source"] == "rlnTomoProjX/Y/Z/W"
+    assert back.extra["angles_disagree_with_matrices"] is False
+    np.testing.assert_allclose(back.tilt_angles_deg, ts.tilt_angles_deg, atol=1e-6)
+    np.testing.assert_allclose(back.x_tilt_deg, ts.x_tilt_deg, atol=1e-6)
+    assert back.tilt_axis_angle_deg == pytest.approx(85.3, abs=1e-6)
+    expected = relion5_projection_matrices(ts.tilt_angles_deg, ts.x_tilt_deg, 85.3, (4000, 3000, 1000), (4092, 5760))
+    np.testing.assert_allclose(back.extra["projection_matrices"], expected, atol=1e-6)
+    # the tomogram centre (2000, 1500, 500) projects onto the image centre (2046, 2880) at depth 0
+    np.testing.assert_allclose(expected @ np.array([2000, 1500, 500, 1.0]), [[2046, 2880, 0, 1]] * 5, atol=1e-9)
+    # by hand for tilt 0, no x tilt, no z rotation: x' = x - 2000 + 2046, y' = y - 1500 + 2880, depth z - 500
+    flat = TiltSeries([0.0], pixel_size_angstrom=2.0, hand=1)
+    write_relion5(tmp_path / "c", flat, "TS", (4000, 3000, 1000), 8.0, tilt_image_size_xy=(4092, 5760))
+    row = [ln.split() for ln in (tmp_path / "c" / "tilt_series" / "TS.star").read_text().splitlines()
+           if ln.startswith("TS_")][0]
+    assert row[-4:] == ["[1,0,0,46]", "[0,1,0,1380]", "[0,0,1,-500]", "[0,0,0,1]"]
+
+
+def test_angle_signs_follow_the_file_except_warp(tmp_path):
+    # IMOD .tlt, mdoc and AreTomo .aln TILT keep their sign (IMOD's); Warp <Angles> are negated
+    write_tilt_angles(tmp_path / "a.tlt", [-30, 30])
+    np.testing.assert_allclose(read_tilt_angles(tmp_path / "a.tlt"), [-30, 30])
+    assert read_mdoc(FIXTURES / "small_ts.mrc.mdoc").tilt_angles_deg[0] == pytest.approx(-6.01)
+    assert read_aln(FIXTURES / "dark_frames.aln").tilt_angles_deg[3] == -6.0        # SEC 3 TILT -6
+    ts = read_warp_xml(FIXTURES / "warp_small.xml")
+    np.testing.assert_allclose(ts.tilt_angles_deg, -ts.extra["warp_angles_deg"])
+    assert ts.extra["warp_angles_deg"][0] == -30 and ts.tilt_angles_deg[0] == 30
 
 
 # --------------------------------------------------------------------------- bad input

@@ -1,20 +1,28 @@
 """RELION 5 tomography metadata: ``tomograms.star`` (``data_global``) and per-tilt-series STAR files."""
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import starfile
 
-from ..conventions import ANGSTROM_PER_MICROMETRE, check_hand, hand_from_relion
+from ..conventions import ANGSTROM_PER_MICROMETRE, centre_index, check_hand, hand_from_relion, tilt_frame
 from ..errors import InputError
 from ..mrcio import atomic_path
 from ..tiltseries import TiltSeries
 from ._common import require_file
 
-__all__ = ["read_relion5", "write_relion5", "list_relion5_tomograms"]
+__all__ = ["read_relion5", "write_relion5", "list_relion5_tomograms", "relion5_projection_matrices",
+           "angles_from_projection_matrices"]
+
+PROJ_COLUMNS = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
+PROJ_SOURCE = "rlnTomoProjX/Y/Z/W"
+ROTATION_TOLERANCE = 1e-3      # max |R R^T - I| and |det R - 1| of a projection matrix's 3x3 part
+ANGLE_AGREEMENT_DEG = 0.05     # angle columns vs matrices: larger differences are recorded
 
 
 def _read_star(path: Path, what: str) -> dict:
@@ -78,6 +86,126 @@ def _col(df: pd.DataFrame, name: str, path: Path, required: bool = True):
     return None
 
 
+# --------------------------------------------------------------------------- projection matrices
+
+
+def relion5_projection_matrices(tilt_deg, x_tilt_deg, z_rot_deg, tomogram_size_xyz_unbinned,
+                                tilt_image_size_xy, shifts_angstrom=None,
+                                pixel_size_angstrom: float = 1.0) -> np.ndarray:
+    """RELION 5's per-tilt projection matrices ``(n, 4, 4)`` (tomogram pixels -> image pixels).
+
+    3dem/relion ``src/jaz/tomography/tomogram.cpp`` ``Tomogram::setProjectionMatrix``:
+    ``P = S(image centre + shift) Rz(zrot) Ry(ytilt) Rx(xtilt) S(-tomogram centre)`` with
+    ``S`` a translation, tomogram centre ``int(N/2)`` of ``rlnTomoSizeX/Y/Z`` (unbinned tilt-series
+    pixels), image centre ``(int(w/2), int(h/2), 0)`` of the tilt images and the shift
+    ``rlnTomoX/YShiftAngst / rlnTomoTiltSeriesPixelSize`` (z shift 0). The rotation is
+    :func:`tomomatch.conventions.tilt_frame`. Rows 0..3 are RELION's ``rlnTomoProjX/Y/Z/W``.
+    """
+    rot = tilt_frame(tilt_deg, x_tilt_deg, z_rot_deg)
+    if rot.ndim == 2:
+        rot = rot[None]
+    n = rot.shape[0]
+    size = [int(v) for v in tomogram_size_xyz_unbinned]
+    img = [int(v) for v in tilt_image_size_xy]
+    if len(size) != 3 or len(img) != 2 or min(size + img) <= 0:
+        raise ValueError("tomogram_size_xyz_unbinned must be 3 and tilt_image_size_xy 2 positive ints")
+    c_tomo = np.array([centre_index(v) for v in size], dtype=float)
+    shifts = np.zeros((n, 2)) if shifts_angstrom is None else np.broadcast_to(
+        np.asarray(shifts_angstrom, dtype=float), (n, 2)) / float(pixel_size_angstrom)
+    out = np.zeros((n, 4, 4))
+    out[:, :3, :3] = rot
+    out[:, :3, 3] = -rot @ c_tomo
+    out[:, 0, 3] += centre_index(img[0]) + shifts[:, 0]
+    out[:, 1, 3] += centre_index(img[1]) + shifts[:, 1]
+    out[:, 3, 3] = 1.0
+    return out
+
+
+def angles_from_projection_matrices(matrices) -> np.ndarray:
+    """``(n, 3)`` angles ``(ytilt, xtilt, zrot)`` in degrees of projection matrices ``(n, >=3, >=3)``.
+
+    The rotation part is ``Rz(zrot) Ry(ytilt) Rx(xtilt)``; its third row is
+    ``(-sin y, cos y sin x, cos y cos x)``, so ``ytilt = asin(-P[2,0])``,
+    ``xtilt = atan2(P[2,1], P[2,2])`` and ``zrot = atan2(P[1,0], P[0,0])`` (RELION's
+    ``Tomogram::getProjectionAnglesFromMatrix``). At ``|ytilt| = 90`` (``cos y = 0``) only
+    ``zrot - xtilt`` is defined: ``xtilt = 0``, ``zrot = atan2(-P[0,1], P[1,1])``.
+    """
+    m = np.asarray(matrices, dtype=float)[..., :3, :3]
+    y = np.arcsin(np.clip(-m[..., 2, 0], -1.0, 1.0))
+    x = np.arctan2(m[..., 2, 1], m[..., 2, 2])
+    z = np.arctan2(m[..., 1, 0], m[..., 0, 0])
+    lock = np.hypot(m[..., 2, 1], m[..., 2, 2]) < 1e-9
+    x = np.where(lock, 0.0, x)
+    z = np.where(lock, np.arctan2(-m[..., 0, 1], m[..., 1, 1]), z)
+    return np.degrees(np.stack([y, x, z], axis=-1))
+
+
+def _format_row(values) -> str:
+    """One matrix row as RELION writes a double vector: ``[a,b,c,d]``, 12 significant digits."""
+    return "[" + ",".join(f"{(0.0 if abs(float(v)) < 1e-12 else float(v)):.12g}" for v in values) + "]"
+
+
+def _parse_row(value, path: Path, column: str, row: int) -> list[float]:
+    text = str(value).strip()
+    expected = "expected 4 numbers written [a,b,c,d]"
+    if not (text.startswith("[") and text.endswith("]")):
+        raise InputError(f"row {row}: {text!r}; {expected}", path, column)
+    parts = text[1:-1].split(",")
+    if len(parts) != 4:
+        raise InputError(f"row {row}: {text!r} has {len(parts)} numbers; {expected}", path, column)
+    try:
+        nums = [float(t) for t in parts]
+    except ValueError:
+        raise InputError(f"row {row}: {text!r} is not numeric; {expected}", path, column) from None
+    if not all(math.isfinite(v) for v in nums):
+        raise InputError(f"row {row}: {text!r} is not finite; {expected}", path, column)
+    return nums
+
+
+def _projection_matrices(df: pd.DataFrame, path: Path) -> np.ndarray | None:
+    """The ``rlnTomoProjX/Y/Z/W`` rows as ``(n, 4, 4)``, checked; None if the columns are absent."""
+    present = [c for c in PROJ_COLUMNS if c in df.columns]
+    if not present:
+        return None
+    if len(present) != 4:
+        missing = [c for c in PROJ_COLUMNS if c not in df.columns]
+        raise InputError(f"{', '.join(present)} present but {', '.join(missing)} missing; expected all four "
+                         "projection-matrix rows or none", path, missing[0])
+    out = np.zeros((len(df), 4, 4))
+    for r, col in enumerate(PROJ_COLUMNS):
+        for i, value in enumerate(df[col].tolist()):
+            out[i, r] = _parse_row(value, path, col, i + 1)
+    w_err = np.abs(out[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=1)
+    bad = np.flatnonzero(w_err > ROTATION_TOLERANCE)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"row {i + 1}: {_format_row(out[i, 3])}; expected [0,0,0,1] (an affine projection)",
+                         path, "rlnTomoProjW")
+    rot = out[:, :3, :3]
+    ortho_err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max(axis=(1, 2))
+    det = np.linalg.det(rot)
+    bad = np.flatnonzero((ortho_err > ROTATION_TOLERANCE) | (np.abs(det - 1.0) > ROTATION_TOLERANCE))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(
+            f"row {i + 1}: the 3x3 part of the projection matrix is not a rotation (det {det[i]:.6g}, "
+            f"max |R R^T - I| {ortho_err[i]:.3g}); expected orthonormal rows with det +1 within "
+            f"{ROTATION_TOLERANCE:g} (a matrix with magnification or a mirrored axis has no tilt angles)",
+            path, "rlnTomoProjX/Y/Z")
+    return out
+
+
+def _mean_angle(values) -> float:
+    """Mean of angles (degrees) near the first one: ``[179, -179] -> 180``, ``[-90.5, -90.6] -> -90.55``."""
+    v = np.asarray(values, dtype=float)
+    d = (v - v[0] + 180.0) % 360.0 - 180.0
+    return float(v[0] + d.mean())
+
+
+def _wrapped_diff(a, b) -> np.ndarray:
+    return np.abs((np.asarray(a, float) - np.asarray(b, float) + 180.0) % 360.0 - 180.0)
+
+
 def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_star=None) -> TiltSeries:
     """Read one tilt series from a RELION 5 ``tomograms.star``.
 
@@ -90,17 +218,40 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
     tilt_series_star
         Explicit path of the per-tilt STAR file, overriding ``rlnTomoTiltSeriesStarFile``.
 
-    Per-tilt fields: tilt angle from ``rlnTomoYTilt`` (the aligned tilt RELION reconstructs
-    the tomogram with), falling back to ``rlnTomoNominalStageTiltAngle`` if there is no
-    alignment; pytom-match-pick uses the nominal stage angle (both are kept in ``extra``).
-    ``rlnMicrographPreExposure`` -> accumulated dose, ``rlnDefocusU/V`` Angstrom -> um,
-    ``rlnDefocusAngle`` deg, ``rlnPhaseShift`` deg if present. Global fields: voltage, Cs,
-    amplitude contrast, ``rlnTomoHand`` -> ``hand``, ``rlnTomoTiltSeriesPixelSize`` ->
-    ``pixel_size_angstrom``. Tilt axis: mean ``rlnTomoZRot`` else
-    ``rlnTomoNominalTiltAxisAngle``. ``extra`` keeps ``size_xyz_unbinned``, ``binning``,
-    ``tomogram_voxel_angstrom`` (pixel size x binning), ``reconstructed_tomogram``,
-    ``tilt_series_star``, ``tomograms_star``, ``nominal_stage_tilt_deg``, ``y_tilt_deg``,
-    ``x_tilt_deg``, ``original_pixel_size_angstrom``.
+    Tilt geometry (:func:`tomomatch.conventions.tilt_frame`, RELION 5's ``Rz(zrot) Ry(ytilt)
+    Rx(xtilt)``, ``tomogram.cpp`` ``setProjectionMatrix``), in this order of precedence:
+
+    1. ``rlnTomoProjX/Y/Z/W`` (the rows of the projection matrix, each ``[a,b,c,d]``; RELION 4
+       wrote them, RELION 5 still reads them and then uses them *instead of* the angle
+       columns): ``ytilt = asin(-P[2,0])``, ``xtilt = atan2(P[2,1], P[2,2])``,
+       ``zrot = atan2(P[1,0], P[0,0])`` (:func:`angles_from_projection_matrices`). A 3x3 part
+       that is not a rotation (det != 1 or rows not orthonormal within 1e-3, e.g. an IMOD
+       magnification or a mirrored axis), a fourth row other than ``[0,0,0,1]``, only some of
+       the four columns, or ``|xtilt| > 45`` (a tomogram whose depth axis is not z) is refused
+       with :class:`InputError`. If the file also has ``rlnTomoYTilt`` / ``rlnTomoXTilt`` /
+       ``rlnTomoZRot`` they are compared with the matrices: the matrices are used either way
+       (as RELION 5 does); a difference over 0.05 degrees is recorded in ``extra``
+       (``angles_disagree_with_matrices`` True) and warned about.
+    2. Else ``rlnTomoYTilt`` (the aligned tilt RELION reconstructs the tomogram with),
+       ``rlnTomoXTilt`` (0 if absent) and ``rlnTomoZRot``.
+    3. Else ``rlnTomoNominalStageTiltAngle`` (no alignment; pytom-match-pick always uses it),
+       x tilt from ``rlnTomoXTilt`` if present.
+
+    Other per-tilt fields: ``rlnMicrographPreExposure`` -> accumulated dose,
+    ``rlnDefocusU/V`` Angstrom -> um, ``rlnDefocusAngle`` deg, ``rlnPhaseShift`` deg if
+    present. Global fields: voltage, Cs, amplitude contrast, ``rlnTomoHand`` -> ``hand``,
+    ``rlnTomoTiltSeriesPixelSize`` -> ``pixel_size_angstrom``. Tilt axis: mean z rotation
+    (matrices or ``rlnTomoZRot``) else ``rlnTomoNominalTiltAxisAngle``.
+
+    ``extra`` keeps ``size_xyz_unbinned``, ``binning``, ``tomogram_voxel_angstrom`` (pixel
+    size x binning), ``reconstructed_tomogram``, ``tilt_series_star``, ``tomograms_star``,
+    ``original_pixel_size_angstrom``, the angle columns as written (``nominal_stage_tilt_deg``,
+    ``y_tilt_deg``, ``x_tilt_deg``, ``z_rot_deg``; None where absent), ``tilt_angle_source``
+    and ``x_tilt_source`` (the column(s) the tilt and x-tilt came from: ``"rlnTomoProjX/Y/Z/W"``,
+    ``"rlnTomoYTilt"``, ``"rlnTomoNominalStageTiltAngle"``, ``"rlnTomoXTilt"`` or ``"none"``),
+    and with matrices ``projection_matrices`` ``(n, 4, 4)``, ``matrix_angles_deg`` ``(n, 3)``
+    (ytilt, xtilt, zrot), ``angles_vs_matrices_max_diff_deg`` (per compared column) and
+    ``angles_disagree_with_matrices``.
     """
     star = require_file(tomograms_star, "RELION 5 tomograms.star")
     glob = _global_table(star)
@@ -139,10 +290,42 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
 
     nominal = _col(df, "rlnTomoNominalStageTiltAngle", ts_path, required=False)
     y_tilt = _col(df, "rlnTomoYTilt", ts_path, required=False)
-    if y_tilt is None and nominal is None:
-        raise InputError("no tilt angles (rlnTomoYTilt or rlnTomoNominalStageTiltAngle)", ts_path,
-                         "rlnTomoNominalStageTiltAngle")
-    angles = y_tilt if y_tilt is not None else nominal
+    x_tilt_col = _col(df, "rlnTomoXTilt", ts_path, required=False)
+    z_rot = _col(df, "rlnTomoZRot", ts_path, required=False)
+    matrices = _projection_matrices(df, ts_path)
+    geometry_extra: dict = {}
+    if matrices is not None:
+        matrix_angles = angles_from_projection_matrices(matrices)
+        angles, x_tilt, z_rot_used = matrix_angles[:, 0], matrix_angles[:, 1].copy(), matrix_angles[:, 2]
+        x_tilt[np.abs(x_tilt) < 1e-6] = 0.0   # rounding noise, not an x tilt (keeps has_x_tilt False)
+        big = np.flatnonzero(np.abs(x_tilt) > 45)
+        if big.size:
+            i = int(big[0])
+            raise InputError(f"row {i + 1}: x tilt {x_tilt[i]:.4g} degrees from the projection matrix; expected"
+                             " |x tilt| <= 45 (is the tomogram's depth axis not z?)", ts_path, "rlnTomoProjZ")
+        diffs = {}
+        for col, values, k in (("rlnTomoYTilt", y_tilt, 0), ("rlnTomoXTilt", x_tilt_col, 1),
+                               ("rlnTomoZRot", z_rot, 2)):
+            if values is not None:
+                diffs[col] = float(_wrapped_diff(values, matrix_angles[:, k]).max())
+        disagree = {c: d for c, d in diffs.items() if d > ANGLE_AGREEMENT_DEG}
+        geometry_extra = {"projection_matrices": matrices, "matrix_angles_deg": matrix_angles,
+                          "angles_vs_matrices_max_diff_deg": diffs,
+                          "angles_disagree_with_matrices": bool(disagree)}
+        if disagree:
+            warnings.warn(f"{ts_path}: angle columns differ from rlnTomoProjX/Y/Z/W by up to "
+                          + ", ".join(f"{c} {d:.3g} deg" for c, d in disagree.items())
+                          + "; using the matrices (as RELION 5 does)", stacklevel=2)
+        tilt_source = x_source = PROJ_SOURCE
+    elif y_tilt is not None or nominal is not None:
+        angles = y_tilt if y_tilt is not None else nominal
+        tilt_source = "rlnTomoYTilt" if y_tilt is not None else "rlnTomoNominalStageTiltAngle"
+        x_tilt = x_tilt_col
+        x_source = "rlnTomoXTilt" if x_tilt_col is not None else "none"
+        z_rot_used = z_rot
+    else:
+        raise InputError("no tilt angles (rlnTomoYTilt, rlnTomoNominalStageTiltAngle or rlnTomoProjX/Y/Z/W)",
+                         ts_path, "rlnTomoNominalStageTiltAngle")
     dose = _col(df, "rlnMicrographPreExposure", ts_path, required=False)
     du = _col(df, "rlnDefocusU", ts_path, required=False)
     dv = _col(df, "rlnDefocusV", ts_path, required=False)
@@ -151,9 +334,8 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
         dv = du if dv is None else dv / ANGSTROM_PER_MICROMETRE
     astig_angle = _col(df, "rlnDefocusAngle", ts_path, required=False)
     phase = _col(df, "rlnPhaseShift", ts_path, required=False)
-    z_rot = _col(df, "rlnTomoZRot", ts_path, required=False)
     axis_nominal = _col(df, "rlnTomoNominalTiltAxisAngle", ts_path, required=False)
-    axis = float(np.mean(z_rot)) if z_rot is not None else (
+    axis = _mean_angle(z_rot_used) if z_rot_used is not None else (
         float(np.mean(axis_nominal)) if axis_nominal is not None else 0.0)
 
     try:
@@ -169,8 +351,11 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
         "tomogram_voxel_angstrom": pixel * binning,
         "nominal_stage_tilt_deg": nominal,
         "y_tilt_deg": y_tilt,
-        "x_tilt_deg": _col(df, "rlnTomoXTilt", ts_path, required=False),
-        "tilt_angle_source": "rlnTomoYTilt" if y_tilt is not None else "rlnTomoNominalStageTiltAngle",
+        "x_tilt_deg": x_tilt_col,
+        "z_rot_deg": z_rot,
+        "tilt_angle_source": tilt_source,
+        "x_tilt_source": x_source,
+        **geometry_extra,
     }
     if all(c in glob.columns for c in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")):
         extra["size_xyz_unbinned"] = tuple(int(round(float(row[c]))) for c in
@@ -184,6 +369,7 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
 
     return TiltSeries(
         tilt_angles_deg=angles,
+        x_tilt_deg=x_tilt,
         accumulated_dose=dose,
         defocus_u_um=du,
         defocus_v_um=dv if du is not None else None,
@@ -207,7 +393,8 @@ def _write_star_atomic(blocks: dict, path: Path) -> None:
 
 
 def write_relion5(out_dir, tilt_series: TiltSeries, tomo_name: str, tomogram_size_xyz_unbinned,
-                  binning: float, tomogram_path=None, hand: int | None = None) -> Path:
+                  binning: float, tomogram_path=None, hand: int | None = None, *,
+                  tilt_image_size_xy=None) -> Path:
     """Write RELION 5 ``tomograms.star`` and ``tilt_series/<tomo_name>.star`` into ``out_dir``.
 
     Parameters
@@ -218,9 +405,9 @@ def write_relion5(out_dir, tilt_series: TiltSeries, tomo_name: str, tomogram_siz
     tilt_series
         Per-tilt data. Excluded tilts are *not* written (RELION drops excluded tilts from the
         tilt-series table). Tilt angles go to ``rlnTomoNominalStageTiltAngle`` and
-        ``rlnTomoYTilt`` (``rlnTomoXTilt`` = 0, shifts 0), the tilt-axis angle to
-        ``rlnTomoNominalTiltAxisAngle`` and ``rlnTomoZRot``, ``rlnCtfScalefactor`` = cos(tilt).
-        Defocus and ``rlnPhaseShift`` only if the series has defocus.
+        ``rlnTomoYTilt``, ``x_tilt_deg`` to ``rlnTomoXTilt``, the tilt-axis angle to
+        ``rlnTomoNominalTiltAxisAngle`` and ``rlnTomoZRot``, shifts 0, ``rlnCtfScalefactor`` =
+        cos(tilt). Defocus and ``rlnPhaseShift`` only if the series has defocus.
     tomo_name
         ``rlnTomoName`` and the tilt-series data block name.
     tomogram_size_xyz_unbinned
@@ -231,6 +418,15 @@ def write_relion5(out_dir, tilt_series: TiltSeries, tomo_name: str, tomogram_siz
         ``rlnTomoReconstructedTomogram`` (written as given); omitted if None.
     hand
         ``rlnTomoHand`` (+1 or -1); defaults to ``tilt_series.hand``. Required one way or the other.
+    tilt_image_size_xy
+        Width and height of the tilt images in pixels. Only if given, the projection-matrix rows
+        ``rlnTomoProjX/Y/Z/W`` are written too (:func:`relion5_projection_matrices`, RELION 5's
+        ``setProjectionMatrix`` with zero shifts): they need the image centre
+        ``int(w/2), int(h/2)``, which RELION takes from the images and the STAR files do not
+        hold. Without it (the default) they are not written, and RELION 5 builds the same
+        matrices from the angle columns and the images. Note that RELION 5 treats these
+        columns as the RELION 4 definition: it uses them *instead of* the angles (printing a
+        conversion warning) and drops them when it writes the file again.
 
     Returns
     -------
@@ -247,6 +443,10 @@ def write_relion5(out_dir, tilt_series: TiltSeries, tomo_name: str, tomogram_siz
     size = [int(v) for v in tomogram_size_xyz_unbinned]
     if len(size) != 3 or min(size) <= 0:
         raise ValueError(f"tomogram_size_xyz_unbinned must be 3 positive ints, got {tomogram_size_xyz_unbinned}")
+    if tilt_image_size_xy is not None:
+        img = [int(v) for v in tilt_image_size_xy]
+        if len(img) != 2 or min(img) <= 0:
+            raise ValueError(f"tilt_image_size_xy must be 2 positive ints, got {tilt_image_size_xy}")
     out_dir = Path(out_dir)
     tomo_name = str(tomo_name)
     inc = ts.included()
@@ -269,13 +469,18 @@ def write_relion5(out_dir, tilt_series: TiltSeries, tomo_name: str, tomogram_siz
             "rlnPhaseShift": inc.phase_shift_deg,
         })
     per_tilt.update({
-        "rlnTomoXTilt": np.zeros(n),
+        "rlnTomoXTilt": inc.x_tilt_deg,
         "rlnTomoYTilt": inc.tilt_angles_deg,
         "rlnTomoZRot": np.full(n, ts.tilt_axis_angle_deg),
         "rlnTomoXShiftAngst": np.zeros(n),
         "rlnTomoYShiftAngst": np.zeros(n),
         "rlnCtfScalefactor": np.cos(np.deg2rad(inc.tilt_angles_deg)),
     })
+    if tilt_image_size_xy is not None:
+        proj = relion5_projection_matrices(inc.tilt_angles_deg, inc.x_tilt_deg, ts.tilt_axis_angle_deg,
+                                           size, tilt_image_size_xy)
+        for r, col in enumerate(PROJ_COLUMNS):
+            per_tilt[col] = [_format_row(m[r]) for m in proj]
     ts_rel = Path("tilt_series") / f"{tomo_name}.star"
     _write_star_atomic({tomo_name: pd.DataFrame(per_tilt)}, out_dir / ts_rel)
 
