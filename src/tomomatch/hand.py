@@ -702,24 +702,18 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
         ts = tilt_series
     opts = dict(weight_options or {})
     if low_pass_angstrom is not None or high_pass_angstrom is not None or whiten:
-        from .matching import filter_volume
-        from .weighting import bandpass, whitening_filter
+        from . import preparation
 
-        vol_t = torch.as_tensor(np.array(tomo))
-        vol_t = (vol_t - vol_t.mean()) / vol_t.std().clamp_min(1e-30)
-        tilts_inc = None if tilt_series is None else tilt_series.tilt_angles_deg[~tilt_series.excluded]
-
-        def _tomogram_weight(shape):
-            w = bandpass(shape, voxel_size_angstrom, low_pass_angstrom, high_pass_angstrom)
-            if whiten:
-                w = w * whitening_filter(vol_t, voxel_size_angstrom, shape, tilt_angles_deg=tilts_inc)
-            return w
-
+        prep = preparation.prepare_tomogram(tomo, voxel_size_angstrom, low_pass_angstrom=low_pass_angstrom,
+                                high_pass_angstrom=high_pass_angstrom, whiten=whiten,
+                                tilt_angles_deg=(None if tilt_series is None
+                                                 else tilt_series.tilt_angles_deg[~tilt_series.excluded]),
+                                template_shape_zyx=box)
         if whiten:
-            opts["whitening"] = whitening_filter(vol_t, voxel_size_angstrom, box, tilt_angles_deg=tilts_inc)
+            opts["whitening"] = prep.whitening[tuple(box)]
         opts["low_pass_angstrom"] = low_pass_angstrom
         opts["high_pass_angstrom"] = high_pass_angstrom
-        tomo = filter_volume(vol_t, _tomogram_weight).numpy()
+        tomo = prep.volume.numpy()
 
     n, nh = len(pos), len(hands)
     shifts = np.stack(np.meshgrid(*(np.arange(-shift_voxels, shift_voxels + 1),) * 3, indexing="ij"),

@@ -60,6 +60,7 @@ from .matching import (_MIN_THREADED_FFT, TileCorrelator, TileState, engine_desc
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .jobfile import JOB_FORMAT, check_geometry_version, read_job, write_job
 from .options import DEFAULT_MAX_MEMORY_GB, MatchOptions
+from . import preparation
 from .progress import ProgressBars
 from .tiles import Tile, auto_tile_counts, plan_tiles
 
@@ -466,28 +467,17 @@ def _build_context(plan: MatchPlan, dev: torch.device) -> _Context:
 
 
 def _build_context_1(plan: MatchPlan, dev: torch.device) -> _Context:
-    from .weighting import bandpass
     vol_np, _ = read_volume(plan.tomogram, plan.voxel_size_angstrom, what="tomogram")
     tmpl_np, _ = read_volume(plan.template, plan.voxel_size_angstrom, what="template")
     mask_np, _ = read_volume(plan.mask, plan.voxel_size_angstrom, what="mask")
-    vol_t = torch.as_tensor(np.array(vol_np, np.float32), device=dev)
+    ts, n, wo = plan.tilt_series, plan.template_shape_zyx[0], plan.options.weighting
+    prep = preparation.prepare_tomogram(
+        vol_np, plan.voxel_size_angstrom, low_pass_angstrom=wo.low_pass_angstrom,
+        high_pass_angstrom=wo.high_pass_angstrom, whiten=wo.whiten,
+        tilt_angles_deg=None if ts is None else ts.tilt_angles_deg[~ts.excluded],
+        template_shape_zyx=(n, n, n), device=dev)
     del vol_np
-    vol_t = (vol_t - vol_t.mean()) / vol_t.std().clamp_min(1e-30)
-    voxel, ts, n = plan.voxel_size_angstrom, plan.tilt_series, plan.template_shape_zyx[0]
-    white: dict = {}
-    if plan.options.weighting.whiten:  # estimated once from the unfiltered tomogram, for both grids used
-        from .weighting import whitening_filter
-        inc = None if ts is None else ts.tilt_angles_deg[~ts.excluded]
-        vol_cpu = vol_t.cpu()  # on the CPU: CUDA's index_add_ (atomics) is not deterministic
-        for shape in {tuple(fast_fft_shape(vol_t.shape)), (n, n, n)}:
-            white[shape] = whitening_filter(vol_cpu, voxel, shape, tilt_angles_deg=inc)
-        del vol_cpu
-    if plan.options.weighting.low_pass_angstrom is not None or plan.options.weighting.high_pass_angstrom is not None or plan.options.weighting.whiten:
-        def tomogram_weight(shape):
-            w = bandpass(shape, voxel, plan.options.weighting.low_pass_angstrom, plan.options.weighting.high_pass_angstrom, device=dev)
-            wh = white.get(tuple(shape))
-            return w if wh is None else w * wh.to(dev)
-        vol_t = filter_volume(vol_t, tomogram_weight)
+    vol_t, white = prep.volume, prep.whitening
     rp = phase_randomised_template(tmpl_np, mask_np) if plan.options.random_phase else None
     return _Context(vol_t, tmpl_np, mask_np, rp, white)
 
@@ -501,8 +491,9 @@ def _context(plan: MatchPlan, dev: torch.device) -> _Context:
 
 
 def _template_weight(plan: MatchPlan, ctx: _Context, tile: Tile, dev: torch.device):
-    lp, hp, ts = plan.options.weighting.low_pass_angstrom, plan.options.weighting.high_pass_angstrom, plan.tilt_series
-    if plan.options.weighting.wedge == "none" and lp is None and hp is None and not plan.options.weighting.whiten:
+    wo, ts, voxel = plan.options.weighting, plan.tilt_series, plan.voxel_size_angstrom
+    lp, hp = wo.low_pass_angstrom, wo.high_pass_angstrom
+    if wo.wedge == "none" and lp is None and hp is None and not wo.whiten:
         return None
     offs = None
     if ts is not None and plan.options.defocus_handedness != 0 and tile.defocus_offsets_um:
@@ -510,17 +501,16 @@ def _template_weight(plan: MatchPlan, ctx: _Context, tile: Tile, dev: torch.devi
 
     def weight(shape):
         from .weighting import bandpass, tilt_series_weight
-        wh = ctx.whitening.get(tuple(shape)) if plan.options.weighting.whiten else None
-        if plan.options.weighting.whiten and wh is None:
+        wh = ctx.whitening.get(tuple(shape)) if wo.whiten else None
+        if wo.whiten and wh is None:
             raise RuntimeError(f"no whitening filter for grid {tuple(shape)}")
-        if plan.options.weighting.wedge == "none":
-            w = bandpass(shape, plan.voxel_size_angstrom, lp, hp, device=dev)
+        if wo.wedge == "none":
+            w = bandpass(shape, voxel, lp, hp, device=dev)
             return w if wh is None else w * wh.to(dev)
         # built on the CPU (a box-sized grid): the per-tilt insertion uses index_add_, whose
         # CUDA atomics would make the weight, and so the scores, vary from run to run
-        return tilt_series_weight(ts, shape, plan.voxel_size_angstrom, defocus_offset_um=offs,
-                                  per_tilt=(plan.options.weighting.wedge == "per_tilt"), ctf_mode=plan.options.weighting.ctf,
-                                  dose_weighting=plan.options.weighting.dose, cos_weighting=plan.options.weighting.cos_weighting,
+        return tilt_series_weight(ts, shape, voxel, defocus_offset_um=offs, per_tilt=(wo.wedge == "per_tilt"),
+                                  ctf_mode=wo.ctf, dose_weighting=wo.dose, cos_weighting=wo.cos_weighting,
                                   low_pass_angstrom=lp, high_pass_angstrom=hp,
                                   whitening=None if wh is None else wh.cpu(), device="cpu").to(dev)
     return weight
