@@ -263,7 +263,7 @@ def _tiny_gradient_case(true_hand, n=24, seed=0, B=32, voxel=4.0, noise=1.0, nx=
     from scipy.spatial.transform import Rotation
 
     from tomomatch.conventions import index_to_centered_angstrom
-    from tomomatch.hand import _hand_weights, rotate_volumes
+    from tomomatch.rescore import _hand_weights, rotate_volumes
     from tomomatch.tiltseries import TiltSeries
 
     rng = np.random.default_rng(seed)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .hand import HandScores
+from .hand_stats import HandScores
 from .mrcio import atomic_path
 
 __all__ = ["quadratic_fit_band", "plot_hand"]
@@ -82,7 +82,7 @@ def plot_hand(path, scores: HandScores, report: dict[str, Any] | None = None, *,
     """
     from matplotlib.figure import Figure
 
-    from .hand import hand_statistics
+    from .hand_stats import hand_statistics
 
     if report is None:
         report = hand_statistics(scores)
