@@ -163,6 +163,30 @@ def test_finish_and_unit_tasks_are_idempotent(data, tmp_path):
     s2 = _finish_task(plan, 0, 0, extract=dict(max_particles=3, particle_diameter_angstrom=100.0))
     assert [p.read_bytes() for p in _files(tmp_path, "i")] + [(tmp_path / "i_job.json").read_bytes()] == before
     assert s2["n_particles"] == s1["n_particles"] and not plan.checkpoint_dir.exists()
+    # the cut-off method actually used, and extract's warnings, are in the summary (not silenced)
+    assert s1["cutoff_method"] in ("tail", "gaussian") and isinstance(s1["extract_warnings"], list)
+    if s1["cutoff_method"] == "gaussian":
+        assert any("tail" in w for w in s1["extract_warnings"])
+
+
+def test_worker_device_never_falls_back_to_gpu_zero(monkeypatch):
+    import distributed
+
+    from tomomatch.distributed import _worker_device
+
+    assert _worker_device("cpu") == "cpu" and _worker_device("cuda:1") == "cuda:1"
+    assert _worker_device("cuda") == "cuda"  # outside a worker: the default GPU
+
+    class W:
+        name = "slurm-job"
+
+    monkeypatch.setattr(distributed, "get_worker", lambda: W())
+    with pytest.raises(RuntimeError, match="which GPU"):
+        _worker_device("cuda")
+    W.name = "tcp-worker-3"
+    import torch
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _worker_device("cuda") == "cuda:1"
 
 
 # --------------------------------------------------------------------------- dask batch

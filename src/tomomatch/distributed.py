@@ -298,13 +298,20 @@ def _worker_device(device: str) -> str:
     if device != "cuda":
         return device
     import torch
+    from distributed import get_worker
+
     try:
-        from distributed import get_worker
-        name = get_worker().name
-        idx = int(name) if not isinstance(name, str) else int(name.rsplit("-", 1)[-1])
-        return f"cuda:{idx % max(1, torch.cuda.device_count())}"
-    except Exception:
+        worker = get_worker()
+    except ValueError:  # not inside a Dask worker (e.g. the finishing step run here): the default GPU
         return "cuda"
+    name = worker.name
+    try:
+        idx = int(name) if not isinstance(name, str) else int(name.rsplit("-", 1)[-1])
+    except ValueError:
+        # a worker name without an index (e.g. a SLURM job name) would put every worker on GPU 0
+        raise RuntimeError(f"cannot tell which GPU Dask worker {name!r} owns; give --device cuda:N or "
+                           "name the workers ...-0, ...-1 (one per GPU)") from None
+    return f"cuda:{idx % max(1, torch.cuda.device_count())}"
 
 
 def _plan_task(plan: MatchPlan) -> MatchPlan:
@@ -361,13 +368,17 @@ def _finish_task(plan: MatchPlan, *unit_results, match_done: bool = False, extra
         from .particles import write_particles
         kw = dict(extract)
         fmt = kw.pop("format", "relion5")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             df = extract_candidates(paths["job"], **kw)
         out = plan.out_dir / f"{plan.name}_particles.star"
         write_particles(df, out, fmt, str(paths["job"]))
         particles = df
-        summary.update(particles=str(out), n_particles=int(len(df)), cutoff=float(df.attrs.get("cutoff", math.nan)))
+        # the cut-off actually used (e.g. the gaussian one when the tail fit was impossible) and
+        # why, in the batch summary instead of a warning lost on a worker
+        summary.update(particles=str(out), n_particles=int(len(df)), cutoff=float(df.attrs.get("cutoff", math.nan)),
+                       cutoff_method=df.attrs.get("cutoff_method"),
+                       extract_warnings=[str(w.message) for w in caught])
     if hand is not None:
         from .hand import run_hand
         kw = dict(hand)
