@@ -600,6 +600,12 @@ def merge_units(plan: MatchPlan, results: Sequence[UnitResult]) -> MergedMatch:
     one uninterrupted pass over all rotations whatever the chunking or completion order. The
     mean and standard deviation come from exactly rounded sums (``math.fsum``) of the
     per-rotation float64 sums, so they do not depend on the order either.
+
+    With ``random_phase`` the scores become ``max - noise max + mean(noise max)``: the
+    per-voxel bias of the maximum is replaced by its mean, so the corrected map stays on the
+    scale of the raw maxima, and the raw per-rotation mean and standard deviation remain the
+    statistics of the Gaussian cut-off and ``score_sigma`` (tested on pure noise:
+    ``test_random_phase_scores_keep_the_scale_of_the_search_statistics``).
     """
     by_tile: dict[int, list[UnitResult]] = {}
     for r in results:
