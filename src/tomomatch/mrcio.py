@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import mrcfile
@@ -13,39 +14,61 @@ from .errors import InputError
 __all__ = ["read_volume", "write_volume", "read_voxel_size", "atomic_path"]
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def read_volume(path, voxel_size_angstrom: float | None = None, *, ndim: int = 3,
-                what: str = "volume") -> tuple[np.ndarray, float]:
+                what: str = "volume", nonconstant: bool | None = None) -> tuple[np.ndarray, float]:
     """Read an MRC file as float32 ``[z, y, x]`` and its voxel size in Angstrom.
 
-    ``voxel_size_angstrom`` overrides the header. Raises :class:`InputError` for a missing
-    or unreadable file, a header without voxel size and no override, wrong dimensionality,
-    or non-finite values.
+    ``voxel_size_angstrom`` overrides the header. Raises :class:`InputError` (one line) for a
+    missing or unreadable file, a header whose mode and size do not match the data (mrcfile's
+    warnings become the error, not lines printed before it), complex data, a header without
+    voxel size and no override, wrong dimensionality, non-finite values, and, with
+    ``nonconstant`` (default for a tomogram or a template), a volume without any variation.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what} file not found", p)
-    try:
-        with mrcfile.open(p, permissive=True, mode="r") as m:
-            if m.data is None:
-                raise InputError("not an MRC file (no readable header/data)", p)
-            data = np.asarray(m.data, dtype=np.float32)
-            header_vs = float(m.voxel_size.x)
-    except InputError:
-        raise
-    except Exception as exc:  # mrcfile raises ValueError/OSError variants
-        raise InputError(f"not a readable MRC file ({exc.__class__.__name__}: {exc})", p) from None
+    if p.is_dir():
+        raise InputError(f"is a folder; expected a {what} MRC file", p)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with mrcfile.open(p, permissive=True, mode="r") as m:
+                if m.data is None:
+                    raise InputError("not an MRC file (no readable header/data)", p)
+                if np.iscomplexobj(m.data):
+                    raise InputError(f"holds complex numbers (MRC mode {int(m.header.mode)}); expected a real"
+                                     f" {what}", p, "mode")
+                data = np.asarray(m.data, dtype=np.float32)
+                header_vs = float(m.voxel_size.x)
+        except InputError:
+            raise
+        except Exception as exc:  # mrcfile raises ValueError/OSError variants
+            raise InputError(f"not a readable MRC file ({exc.__class__.__name__}: {_one_line(exc)})", p) from None
+    problems = [_one_line(w.message) for w in caught
+                if issubclass(w.category, RuntimeWarning) and "NaN" not in str(w.message)]
+    if problems:
+        raise InputError(f"damaged MRC file: {'; '.join(problems)}", p, "header")
     if ndim == 3 and data.ndim == 2:
         data = data[None]
     if data.ndim != ndim:
         raise InputError(f"has {data.ndim} dimensions; expected a {ndim}D {what}", p)
     if voxel_size_angstrom is None:
         if not header_vs > 0:
-            raise InputError("voxel size absent from header (0); give it with --voxel-size", p, "voxel size")
+            raise InputError(f"voxel size in the header is {header_vs:g}; expected > 0 A, or give it with"
+                             " --voxel-size", p, "voxel size")
         voxel_size_angstrom = header_vs
-    elif voxel_size_angstrom <= 0:
-        raise InputError(f"voxel size {voxel_size_angstrom} must be > 0", p, "voxel size")
+    elif not float(voxel_size_angstrom) > 0:
+        raise InputError(f"voxel size {float(voxel_size_angstrom):g} must be > 0", p, "voxel size")
     if not np.all(np.isfinite(data)):
         raise InputError("contains NaN or Inf values; expected finite densities", p)
+    if nonconstant is None:
+        nonconstant = what in ("tomogram", "template")
+    if nonconstant and data.size and float(data.max()) == float(data.min()):
+        raise InputError(f"every voxel is {float(data.flat[0]):g}; expected a {what} with some contrast", p)
     return np.ascontiguousarray(data), float(voxel_size_angstrom)
 
 
@@ -68,21 +91,37 @@ class _AtomicPath:
         self.final = final
 
     def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=".part", dir=self.final.parent)
+        if self.final.is_dir():
+            raise InputError("is a folder; expected a file name to write", self.final, "output")
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=".part", dir=self.final.parent)
+        except FileExistsError:
+            raise InputError("a file stands where the output folder should be", self.final.parent,
+                             "output") from None
+        except OSError as exc:
+            raise InputError(f"cannot write here ({exc.strerror or exc})", self.final.parent, "output") from None
         os.close(fd)
         self.tmp = Path(tmp)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            # mkstemp creates 0600; give the finished file the usual umask-based mode
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)
-            os.replace(self.tmp, self.final)
-        else:
-            self.tmp.unlink(missing_ok=True)
+            try:
+                # mkstemp creates 0600; give the finished file the usual umask-based mode
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self.tmp, 0o666 & ~umask)
+                os.replace(self.tmp, self.final)
+            except OSError as err:
+                self.tmp.unlink(missing_ok=True)
+                raise InputError(f"cannot write ({err.strerror or err})", self.final, "output") from None
+            return False
+        self.tmp.unlink(missing_ok=True)
+        if issubclass(exc_type, OSError) and not issubclass(exc_type, InputError):
+            # a full disk or a vanished folder: one line, and no .part file left behind
+            raise InputError(f"cannot write ({getattr(exc, 'strerror', None) or exc})", self.final,
+                             "output") from None
         return False
 
 
