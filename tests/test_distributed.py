@@ -378,3 +378,18 @@ def test_batch_on_cuda_workers_equals_one_process():
         assert "error" not in res[0]
         for fa, fb in zip(_files(d / "ref", "t"), _files(d / "out", "t")):
             assert fa.read_bytes() == fb.read_bytes(), fb
+
+
+def test_batch_refuses_a_folder_another_run_owns(data, tmp_path):
+    from tomomatch.distributed import read_tomogram_list, run_batch
+    from tomomatch.errors import InputError
+    from tomomatch.locking import JobLock
+
+    d = data["dir"]
+    entries = read_tomogram_list(d / "list.tsv")
+    with JobLock(tmp_path / "out", entries[1].name, "match"):  # a match run writing tomogram b
+        with pytest.raises(InputError, match="owns this job"):
+            run_batch(entries, d / "tmpl.mrc", d / "mask.mrc", tmp_path / "out", match=dict(rotations=data["rots"]),
+                      device="cpu", n_workers=1, dashboard_address=None)
+    assert not (tmp_path / "out" / "batch.lock").exists()  # released on the way out
+    assert not list((tmp_path / "out").glob("*_scores.mrc"))

@@ -27,6 +27,7 @@ Input lists (:func:`read_tomogram_list`)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from typing import Any, Callable
 from .errors import InputError
 from .job import (MatchPlan, WorkUnit, load_unit, load_unit_results, merge_units, plan_match,
                   prepare_checkpoints, remove_checkpoints, run_unit, write_outputs)
+from .locking import JobLock
 from .mrcio import atomic_path
 from .options import MatchOptions
 from .progress import ProgressBars
@@ -505,77 +507,82 @@ def run_batch(tomograms, template, mask, out_dir, *, match: MatchOptions | dict 
                                 tilt_series=e.tilt_series, rotations=rotations,
                                 check_device=(scheduler is None and slurm_config is None),
                                 rotations_per_unit=rotations_per_unit, min_units=min_units))
-    # what is left to do
-    todo: list[tuple[MatchPlan, list[WorkUnit], bool]] = []
-    n_skipped_units = 0
-    for plan in plans:
-        if _outputs_current(plan):
-            todo.append((plan, [], True))
-            continue
-        prepare_checkpoints(plan)
-        units = []
-        for u in plan.units:
-            st = load_unit(plan, u)
-            if st is not None and st.done == u.stop:
-                n_skipped_units += 1
-            else:
-                units.append(u)
-        todo.append((plan, units, False))
-    n_units = sum(len(u) for _, u, _ in todo)
-    say(f"{len(plans)} tomogram(s), {sum(len(p.units) for p in plans)} work units "
-        f"({n_units} to run, {n_skipped_units} finished earlier; "
-        f"{sum(1 for *_, d in todo if d)} tomogram(s) matched earlier)")
-
-    cluster, address = make_cluster(scheduler=scheduler, slurm_config=slurm_config, n_workers=n_workers,
-                                    threads_per_worker=threads_per_worker, use_gpus=use_gpus,
-                                    dashboard_address=dashboard_address)
-    summaries: dict[str, dict] = {}
-    progress = None
-    try:
-        with Client(address) as client:
-            if client.dashboard_link and dashboard_address is not None:
-                say(f"dask dashboard: {client.dashboard_link}")
-            progress = ProgressBars({"work units": n_units, "tomograms": len(plans)}, quiet)
-            kind: dict = {}
-            all_futs = []
-            for plan, units, done in todo:
-                tag = f"{plan.name}-{plan.key[:12]}"
-                pf = client.submit(_plan_task, plan, key=f"tomomatch-plan-{tag}", pure=False)
-                ufs = [client.submit(_unit_task, pf, u, before_unit, key=f"tomomatch-unit-{tag}-{u.index:05d}",
-                                     pure=False) for u in units]
-                ff = client.submit(_finish_task, pf, *ufs, match_done=done, extract=extract, hand=hand,
-                                   started=t0, command=command or "", key=f"tomomatch-finish-{tag}", pure=False)
-                kind.update({f.key: ("unit", plan.name) for f in ufs})
-                kind[ff.key] = ("finish", plan.name)
-                all_futs += ufs + [ff]
-            del pf, ufs, ff
-            for f in as_completed(all_futs):
-                what, name = kind[f.key]
-                if f.status != "finished":
-                    exc = f.exception() if f.status == "error" else RuntimeError(f.status)
-                    if name not in summaries:
-                        summaries[name] = {"name": name, "error": f"{type(exc).__name__}: {exc}"}
-                        say(f"{name}: failed: {type(exc).__name__}: {exc}")
-                    progress.advance(0, int(what == "finish"))
-                    continue
-                if what == "unit":
-                    progress.advance(1, 0)
+    # the folder's batch and every tomogram's job are owned by this run until it ends
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(JobLock(out_dir, "batch", "batch"))
+        for plan in plans:
+            locks.enter_context(JobLock(out_dir, plan.name, "batch"))
+        # what is left to do
+        todo: list[tuple[MatchPlan, list[WorkUnit], bool]] = []
+        n_skipped_units = 0
+        for plan in plans:
+            if _outputs_current(plan):
+                todo.append((plan, [], True))
+                continue
+            prepare_checkpoints(plan)
+            units = []
+            for u in plan.units:
+                st = load_unit(plan, u)
+                if st is not None and st.done == u.stop:
+                    n_skipped_units += 1
                 else:
-                    try:
-                        summaries.setdefault(name, f.result())
-                    except Exception as exc:  # e.g. the result was lost and its rerun failed
-                        summaries.setdefault(name, {"name": name, "error": f"{type(exc).__name__}: {exc}"})
-                    progress.advance(0, 1)
-            del all_futs
-    finally:
-        if progress is not None:
-            progress.close()
-        if cluster is not None:
-            cluster.close()
-    result = [summaries.get(p.name, {"name": p.name, "error": "not finished"}) for p in plans]
-    with atomic_path(out_dir / "batch_summary.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    n_err = sum("error" in r for r in result)
-    say(f"{len(result) - n_err} of {len(result)} tomogram(s) done in {time.time() - t0:.1f} s; "
-        f"summary {out_dir / 'batch_summary.json'}")
-    return result
+                    units.append(u)
+            todo.append((plan, units, False))
+        n_units = sum(len(u) for _, u, _ in todo)
+        say(f"{len(plans)} tomogram(s), {sum(len(p.units) for p in plans)} work units "
+            f"({n_units} to run, {n_skipped_units} finished earlier; "
+            f"{sum(1 for *_, d in todo if d)} tomogram(s) matched earlier)")
+
+        cluster, address = make_cluster(scheduler=scheduler, slurm_config=slurm_config, n_workers=n_workers,
+                                        threads_per_worker=threads_per_worker, use_gpus=use_gpus,
+                                        dashboard_address=dashboard_address)
+        summaries: dict[str, dict] = {}
+        progress = None
+        try:
+            with Client(address) as client:
+                if client.dashboard_link and dashboard_address is not None:
+                    say(f"dask dashboard: {client.dashboard_link}")
+                progress = ProgressBars({"work units": n_units, "tomograms": len(plans)}, quiet)
+                kind: dict = {}
+                all_futs = []
+                for plan, units, done in todo:
+                    tag = f"{plan.name}-{plan.key[:12]}"
+                    pf = client.submit(_plan_task, plan, key=f"tomomatch-plan-{tag}", pure=False)
+                    ufs = [client.submit(_unit_task, pf, u, before_unit, key=f"tomomatch-unit-{tag}-{u.index:05d}",
+                                         pure=False) for u in units]
+                    ff = client.submit(_finish_task, pf, *ufs, match_done=done, extract=extract, hand=hand,
+                                       started=t0, command=command or "", key=f"tomomatch-finish-{tag}", pure=False)
+                    kind.update({f.key: ("unit", plan.name) for f in ufs})
+                    kind[ff.key] = ("finish", plan.name)
+                    all_futs += ufs + [ff]
+                del pf, ufs, ff
+                for f in as_completed(all_futs):
+                    what, name = kind[f.key]
+                    if f.status != "finished":
+                        exc = f.exception() if f.status == "error" else RuntimeError(f.status)
+                        if name not in summaries:
+                            summaries[name] = {"name": name, "error": f"{type(exc).__name__}: {exc}"}
+                            say(f"{name}: failed: {type(exc).__name__}: {exc}")
+                        progress.advance(0, int(what == "finish"))
+                        continue
+                    if what == "unit":
+                        progress.advance(1, 0)
+                    else:
+                        try:
+                            summaries.setdefault(name, f.result())
+                        except Exception as exc:  # e.g. the result was lost and its rerun failed
+                            summaries.setdefault(name, {"name": name, "error": f"{type(exc).__name__}: {exc}"})
+                        progress.advance(0, 1)
+                del all_futs
+        finally:
+            if progress is not None:
+                progress.close()
+            if cluster is not None:
+                cluster.close()
+        result = [summaries.get(p.name, {"name": p.name, "error": "not finished"}) for p in plans]
+        with atomic_path(out_dir / "batch_summary.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        n_err = sum("error" in r for r in result)
+        say(f"{len(result) - n_err} of {len(result)} tomogram(s) done in {time.time() - t0:.1f} s; "
+            f"summary {out_dir / 'batch_summary.json'}")
+        return result
