@@ -453,3 +453,13 @@ def test_score_histogram_draws_a_bounded_gpd_tail(tmp_path, monkeypatch):
     # nearly all of the 400 expected peaks fall in bins below the end point
     assert drawn["y"].sum() == pytest.approx(400.0 * (1 - np.exp(_gpd_logsf(centres.max() - 0.1, -0.2, 0.004))),
                                              rel=0.2)
+
+
+def test_fractional_angle_indices_are_an_error(tmp_path):
+    from tomomatch.extract import load_job_maps
+
+    scores = _smooth_field((8, 8, 8), 1)
+    job = make_job(tmp_path, scores, angles=np.full((8, 8, 8), 0.5, np.float32), rotations=("0 0 0", "10 0 0"))
+    with pytest.raises(InputError, match="fractional rotation index") as exc:
+        load_job_maps(job)
+    assert "\n" not in str(exc.value)

@@ -584,3 +584,11 @@ def test_cli_hand_runs_coarse_match_without_candidates(tmp_path):
     # the two planted particles are among the candidates (centred x = (14 - 28) * 10, (40 - 28) * 10)
     xs = np.asarray(doc["particles"]["x_angstrom"])
     assert np.min(np.abs(xs + 140)) <= 20 and np.min(np.abs(xs - 120)) <= 20
+
+
+def test_compare_hands_without_pairs_is_an_error():
+    from tomomatch.errors import InputError
+
+    a = np.array([[0.0, 0, 0], [100.0, 0, 0]])
+    with pytest.raises(InputError, match="same tomogram"):
+        compare_hands(a, [0.5, 0.4], 1, a + 5000.0, [0.5, 0.4], -1, max_distance_angstrom=20.0)

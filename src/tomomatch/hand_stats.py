@@ -354,6 +354,10 @@ def compare_hands(coords_a_angstrom, scores_a, hand_a: int, coords_b_angstrom, s
     sa = np.asarray(scores_a, dtype=float).reshape(-1)
     sb = np.asarray(scores_b, dtype=float).reshape(-1)
     ia, ib, dist = pair_particles(ca, cb, max_distance_angstrom)
+    if ia.size == 0:
+        raise InputError(f"no candidate of one run lies within {float(max_distance_angstrom):g} A of one of the"
+                         f" other ({len(ca)} and {len(cb)} candidates): are they from the same tomogram?"
+                         " (else widen --radius)", field="pairing")
     if ha == -1:
         ca, cb, sa, sb, ia, ib = cb, ca, sb, sa, ib, ia
     pos = 0.5 * (ca[ia] + cb[ib])

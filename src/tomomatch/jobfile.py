@@ -136,6 +136,11 @@ def load_job_maps(job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise InputError(f"score map shape {scores.shape} differs from tomogram_shape_zyx {tuple(shape)}",
                          jp, "tomogram_shape_zyx")
     angles = np.rint(angles_f).astype(np.int64)
+    frac = np.abs(angles_f - angles) > 1e-3
+    if np.any(frac):
+        v = float(angles_f[frac].flat[0])
+        raise InputError(f"angle map holds {int(frac.sum())} fractional rotation index(es) (first {v:g});"
+                         " expected the integer indices match writes (is it a score map?)", job["angles"])
     angles[angles < 0] = -1
     rotations = read_rotations(job["rotations"])
     if angles.size and angles.max() >= len(rotations):
