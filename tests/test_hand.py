@@ -592,3 +592,30 @@ def test_compare_hands_without_pairs_is_an_error():
     a = np.array([[0.0, 0, 0], [100.0, 0, 0]])
     with pytest.raises(InputError, match="same tomogram"):
         compare_hands(a, [0.5, 0.4], 1, a + 5000.0, [0.5, 0.4], -1, max_distance_angstrom=20.0)
+
+
+def test_hand_refuses_a_tomogram_or_particles_of_another_job(tmp_path):
+    import pandas as pd
+
+    from _synthetic import asymmetric_template, sphere_mask
+    from tomomatch.errors import InputError
+    from tomomatch.hand import run_hand
+    from tomomatch.job import run_match
+    from tomomatch.mrcio import write_volume
+    from tomomatch.tiltseries import TiltSeries
+
+    rng = np.random.default_rng(0)
+    write_volume(tmp_path / "t.mrc", asymmetric_template(12), 10.0)
+    write_volume(tmp_path / "m.mrc", sphere_mask(12, 5), 10.0)
+    write_volume(tmp_path / "v.mrc", rng.normal(size=(16, 20, 24)).astype(np.float32), 10.0)
+    write_volume(tmp_path / "w.mrc", rng.normal(size=(16, 20, 26)).astype(np.float32), 10.0)
+    ts = TiltSeries(tilt_angles_deg=[-30.0, 0.0, 30.0], defocus_u_um=[3.0] * 3, hand=1)
+    job = run_match(tmp_path / "t.mrc", tmp_path / "m.mrc", tmp_path / "v.mrc", tmp_path / "o",
+                    angular_step_deg=90.0, tilt_series=ts)
+    with pytest.raises(InputError, match="not the tomogram this job matched"):
+        run_hand(tmp_path / "h", job=job, tomogram=tmp_path / "w.mrc")
+    parts = pd.DataFrame({"x": [12.0], "y": [10.0], "z": [8.0], "rot": 0.0, "tilt": 0.0, "psi": 0.0,
+                          "score": [0.5], "tomo_name": ["TS_99"]})
+    with pytest.raises(InputError, match="TS_99") as exc:
+        run_hand(tmp_path / "h", job=job, particles=parts)
+    assert exc.value.field == "rlnTomoName"

@@ -70,6 +70,25 @@ def _finish_report(out_prefix: Path, report: dict[str, Any], scores: HandScores,
     return report
 
 
+def _check_belongs_to_job(job: dict[str, Any], tomogram, shape_zyx, particles) -> None:
+    """Particles, job and tomogram must describe one tomogram: its shape, and the particles'
+    ``rlnTomoName`` (when they carry one) against the job's."""
+    from .particles import _tomo_name
+
+    jp = job.get("_job_path")
+    want = job.get("tomogram_shape_zyx")
+    if want is not None and tuple(int(v) for v in want) != tuple(shape_zyx):
+        raise InputError(f"tomogram shape (z, y, x) {tuple(shape_zyx)} differs from the job's "
+                         f"{tuple(int(v) for v in want)}: not the tomogram this job matched", tomogram,
+                         "tomogram_shape_zyx")
+    if particles is not None and "tomo_name" in getattr(particles, "columns", ()):
+        names = {str(n) for n in particles["tomo_name"].dropna().unique()}
+        job_name = _tomo_name(job)
+        if names and names != {job_name}:
+            raise InputError(f"particles of {', '.join(sorted(names)[:3])} given with the job of {job_name!r};"
+                             " expected the particles of the job's tomogram", jp, "rlnTomoName")
+
+
 def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, tilt_series=None,
              particles=None, voxel_size_angstrom: float | None = None, max_particles: int = 200,
              hand_mode: str | None = None, max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
@@ -136,6 +155,8 @@ def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, t
     tomo, voxel = read_volume(tomogram, voxel_size_angstrom, what="tomogram")
     tmpl, _ = read_volume(template, voxel, what="template")
     msk, _ = read_volume(mask, voxel, what="mask")
+    if jobd is not None:
+        _check_belongs_to_job(jobd, tomogram, tomo.shape, particles)
 
     source = "particles"
     if particles is None:
