@@ -25,3 +25,15 @@ def test_demo_command_is_registered_with_defaults():
     half_width = nx / 2 * DEMO_SIMULATION["voxel_size_angstrom"]
     d = 2 * DEMO_SIMULATION["voxel_size_angstrom"]
     assert half_width * np.sin(np.deg2rad(60)) > d ** 2 / (4 * electron_wavelength_angstrom(300))
+
+
+@pytest.mark.parametrize("argv, flag", [(["--angular-step", "0"], "--angular-step"),
+                                        (["--processes", "0"], "--processes"),
+                                        (["--device", "tpu"], "--device")])
+def test_demo_checks_options_before_simulating(tmp_path, capsys, argv, flag):
+    from tomomatch.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "d"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0]
+    assert not (tmp_path / "d").exists()  # nothing simulated, nothing written

@@ -64,6 +64,17 @@ def run_demo(out_dir="demo_out", *, true_hand: int = 1, seed: int = 11, angular_
     from .particles import write_particles
     from .simulate import simulate
 
+    from dataclasses import replace
+
+    from .errors import InputError
+    from .matching import resolve_device
+    from .options import MatchOptions
+
+    # every option is checked before the simulation runs (minutes)
+    options = MatchOptions(name="sim", angular_step_deg=angular_step_deg, tiles=tiles, device=device)
+    resolve_device(device)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise InputError(f"{processes!r} processes; expected an integer >= 1", None, "--processes")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -85,8 +96,7 @@ def run_demo(out_dir="demo_out", *, true_hand: int = 1, seed: int = 11, angular_
         t0 = time.perf_counter()
         run_dir = out / f"match_hand{h:+d}"
         job = run_match(sim_dir / "template.mrc", sim_dir / "mask.mrc", sim_dir / "sim.mrc", run_dir,
-                        name="sim", angular_step_deg=angular_step_deg, tilt_series=ts,
-                        defocus_handedness=h, tiles=tiles, device=device, quiet=quiet,
+                        replace(options, defocus_handedness=h), tilt_series=ts, quiet=quiet,
                         processes=processes if device == "cpu" else 1)
         job_path = run_dir / "sim_job.json"
         picks = extract_candidates(job_path, max_particles=100,
