@@ -19,12 +19,11 @@ Formats
     ``rlnTomoTiltSeriesPixelSize`` as a column, ``rlnTomoVisibleFrames`` (``[1,1,0,...]``,
     0 for excluded tilts) when the job knows the tilts, and the score columns.
 ``relion4``
-    ``data_optics`` (``rlnOpticsGroup``, ``rlnOpticsGroupName``,
-    ``rlnTomoTiltSeriesPixelSize`` = the pixel size of the coordinates, and voltage/Cs/
-    amplitude contrast when known) then ``data_particles`` with ``rlnTomoName``,
-    ``rlnTomoParticleId``, ``rlnCoordinateX/Y/Z`` in pixels from the corner (voxel 0 = 0):
-    unbinned tilt-series pixels (index x voxel / pixel) when the job knows the tilt-series
-    pixel size, tomogram voxels otherwise; ``rlnOriginX/Y/ZAngst`` = 0, angles, scores.
+    One block ``data_particles``, what ``relion_tomo_import_particles --i`` reads (the first
+    block of the file; the importer makes the optics groups from the tomogram set): ``rlnTomoName``,
+    ``rlnCoordinateX/Y/Z`` in pixels from the corner (voxel 0 = 0): unbinned tilt-series pixels
+    (index x voxel / pixel) when the job knows the tilt-series pixel size, tomogram voxels
+    otherwise (the header comment names the pixel size), angles, scores.
 ``warp``
     One unnamed block ``data_`` as WarpTools' ``ts_template_match`` writes it:
     ``rlnCoordinateX/Y/Z`` normalised to [0, 1] as *position / volume size*:
@@ -229,20 +228,15 @@ def particle_table_to_blocks(df: pd.DataFrame, fmt: str, job) -> dict[str, pd.Da
         cols.update(_score_columns(df, relion=True))
         return {"particles": pd.DataFrame(cols, index=range(n))}
     if fmt == "relion4":
+        # relion_tomo_import_particles reads the first data block of its --i file and needs
+        # rlnTomoName and rlnCoordinateX/Y/Z (RELION 4.0 docs, "relion_tomo_import_particles");
+        # it builds the optics groups itself from the tomogram set, so only the particles go here
         pix = idx * geo.voxel_size_angstrom / geo.relion4_pixel_angstrom
-        optics: dict[str, Any] = {"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
-                                  "rlnTomoTiltSeriesPixelSize": [geo.relion4_pixel_angstrom]}
-        for key, val in (("rlnVoltage", geo.voltage_kv), ("rlnSphericalAberration", geo.cs_mm),
-                         ("rlnAmplitudeContrast", geo.amplitude_contrast)):
-            if val is not None:
-                optics[key] = [float(val)]
-        cols = {"rlnTomoName": [geo.tomo_name] * n, "rlnTomoParticleId": np.arange(1, n + 1)}
+        cols = {"rlnTomoName": [geo.tomo_name] * n}
         cols.update({c: pix[:, i] for i, c in enumerate(PIXEL_COLUMNS)})
-        cols.update({c: np.zeros(n) for c in ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")})
         cols.update(angles)
-        cols["rlnOpticsGroup"] = np.ones(n, dtype=int)
         cols.update(_score_columns(df, relion=True))
-        return {"optics": pd.DataFrame(optics), "particles": pd.DataFrame(cols, index=range(n))}
+        return {"particles": pd.DataFrame(cols, index=range(n))}
     # warp
     frac = idx * geo.voxel_size_angstrom / geo.warp_extent_angstrom()
     cols = {c: frac[:, i] for i, c in enumerate(PIXEL_COLUMNS)}
@@ -436,7 +430,8 @@ def read_particles(path, job=None, fmt: str | None = None) -> pd.DataFrame:
             else:
                 px = float(np.asarray(ps)[0])
         if geo is not None:
-            idx = pix * (px if px is not None else geo.voxel_size_angstrom) / geo.voxel_size_angstrom
+            # no optics block (tomomatch's own RELION 4 files): the pixel of the job's geometry
+            idx = pix * (px if px is not None else geo.relion4_pixel_angstrom) / geo.voxel_size_angstrom
         else:
             idx = pix if px is None else nan3
         names = tab["rlnTomoName"].astype(str).to_numpy() if "rlnTomoName" in tab else \
