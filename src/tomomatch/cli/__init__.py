@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "log_interval", None) is not None:
+            from ..progress import configure
+            configure(args.log_interval)
         return int(args.func(args) or 0)
     except InputError as exc:
         if args.debug:

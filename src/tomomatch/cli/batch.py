@@ -46,6 +46,8 @@ def register(subparsers) -> None:
     c.add_argument("--dashboard-address", default=":8787", metavar="ADDR",
                    help="dashboard of a local/SLURM scheduler ('none': no dashboard)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--log-interval", type=float, default=60.0, metavar="S",
+                   help="seconds between progress lines when stderr is not a terminal (0: none)")
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from ..errors import InputError
+from ..progress import ProgressBars
 from ._metadata_args import add_tilt_metadata_arguments, tilt_series_from_args
 
 _VERDICT_HELP = (
@@ -107,6 +108,8 @@ def register(subparsers) -> None:
                    help="particle diameter for extraction (default: job's, or from the mask)")
     add_tilt_metadata_arguments(p)
     _add_statistics_arguments(p)
+    p.add_argument("--log-interval", type=float, default=60.0, metavar="S",
+                   help="seconds between progress lines when stderr is not a terminal (0: none)")
     p.set_defaults(func=run)
 
 
@@ -127,9 +130,14 @@ def run(args) -> int:
     ts = tilt_series_from_args(args)
     particles = _read_candidate_star(args.particles, args.job) if args.particles else None
 
+    bars: list = []
+
     def progress(i, n):
-        if sys.stderr.isatty():
-            print(f"\rrescored {i}/{n}", end="" if i < n else "\n", file=sys.stderr)
+        if not bars:
+            bars.append(ProgressBars({"particles rescored": n}, label="tomomatch hand"))
+        bars[0].advance(1)
+        if i >= n:
+            bars[0].close()
 
     report = run_hand(args.output, job=args.job, tomogram=args.tomogram, template=args.template,
                       mask=args.mask, tilt_series=ts, particles=particles, voxel_size_angstrom=args.voxel_size,

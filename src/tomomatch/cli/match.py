@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--rotations-per-unit", type=int, default=None, metavar="K",
                    help="rotations per work unit (default: a whole tile, or about 4 units per process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--log-interval", type=float, default=60.0, metavar="S",
+                   help="seconds between progress lines when stderr is not a terminal (0: none)")
     add_tilt_metadata_arguments(p)
     p.set_defaults(func=run)
 
