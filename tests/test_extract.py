@@ -463,3 +463,16 @@ def test_fractional_angle_indices_are_an_error(tmp_path):
     with pytest.raises(InputError, match="fractional rotation index") as exc:
         load_job_maps(job)
     assert "\n" not in str(exc.value)
+
+
+def test_null_max_density_matches_monte_carlo():
+    from tomomatch.plots import null_max_density
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(0.1, 0.02, size=(20000, 50)).max(axis=1)  # per-voxel max over 50 rotations
+    hist, edges = np.histogram(m, bins=40, density=True)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    model = null_max_density(centres, 0.1, 0.02, 50)
+    assert np.abs(hist - model).max() < 0.1 * model.max()
+    # the per-rotation Gaussian is not this distribution: its mode is 2 sigma lower
+    assert abs(centres[np.argmax(model)] - 0.1) > 1.5 * 0.02

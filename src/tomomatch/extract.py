@@ -653,7 +653,8 @@ def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angs
     # the whole peak list: the background as the picker sees it (cheap: local maxima only)
     all_zyx, all_vals = pick_peaks(scores, radius, eligible=eligible)
     details: dict[str, Any] = {"peak_scores": all_vals, "search_mean": mean, "search_std": std,
-                               "n_search": n_search, "radius_voxels": radius, "tophat_threshold": th_thr}
+                               "n_search": n_search, "n_rotations": int(len(rotations)),
+                               "radius_voxels": radius, "tophat_threshold": th_thr}
     gauss = None
     if n_search is not None:
         try:

@@ -15,7 +15,7 @@ from matplotlib.patches import Circle  # noqa: E402
 from .extract import _gpd_logsf  # noqa: E402
 from .mrcio import atomic_path  # noqa: E402
 
-__all__ = ["plot_score_histogram", "plot_pick_slab"]
+__all__ = ["plot_score_histogram", "plot_pick_slab", "null_max_density"]
 
 
 def _save(fig, path) -> Path:
@@ -24,6 +24,15 @@ def _save(fig, path) -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def null_max_density(x, mean: float, std: float, n: float) -> np.ndarray:
+    """Density of the maximum of ``n`` independent ``N(mean, std)`` scores at ``x``:
+    ``n Phi(z)^(n-1) phi(z) / std`` (computed in log space, so ``n`` may be large)."""
+    from scipy import stats
+
+    z = (np.asarray(x, float) - mean) / std
+    return np.exp(math.log(n) + (n - 1) * stats.norm.logcdf(z) + stats.norm.logpdf(z) - math.log(std))
 
 
 def plot_score_histogram(details: dict[str, Any], path, *, title: str | None = None) -> Path:
@@ -36,13 +45,17 @@ def plot_score_histogram(details: dict[str, Any], path, *, title: str | None = N
     path
         Output PNG.
 
-    Left: histogram (log counts) of the scores of all searched voxels, with the Gaussian
-    ``N(mean, std)`` of the search statistics fitted to its area (the null the Gaussian
-    cut-off assumes; the score map is a maximum over rotations, so its body sits to the right
-    of that Gaussian) and the cut-offs. Right: histogram of the peak scores (the greedy peak
-    list without cut-off) with the fitted generalized Pareto tail (expected counts per bin)
-    and the cut-offs.
+    Left: histogram (log counts) of the scores of all searched voxels, which are **maxima over
+    the rotations**, with the distribution of such a maximum under the Gaussian null: the
+    maximum of ``n_rot`` independent ``N(mean, std)`` scores (density ``n Phi^(n-1) phi``;
+    rotations are correlated, so the real null maximum lies a little to the left). The
+    per-rotation Gaussian ``N(mean, std)`` itself (one sample per voxel and rotation, the null
+    the Gaussian cut-off counts) is drawn dashed and labelled as such: it is not the
+    distribution of this histogram. Right: histogram of the peak scores (the greedy peak list
+    without cut-off) with the fitted generalized Pareto tail (expected counts per bin) and the
+    cut-offs.
     """
+
     scores = details["scores"][details["eligible"]] if "eligible" in details else details["scores"].ravel()
     peaks = np.asarray(details["peak_scores"], float)
     mean, std = float(details["search_mean"]), float(details["search_std"])
@@ -57,10 +70,14 @@ def plot_score_histogram(details: dict[str, Any], path, *, title: str | None = N
     centres = 0.5 * (edges[1:] + edges[:-1])
     width = edges[1] - edges[0]
     g = scores.size * width / (std * math.sqrt(2 * math.pi)) * np.exp(-0.5 * ((centres - mean) / std) ** 2)
-    a1.plot(centres, g, "b-", lw=1, label=f"Gaussian null ({mean:.3g} +- {std:.3g})")
+    a1.plot(centres, g, "b--", lw=0.8, label=f"per-rotation null N({mean:.3g}, {std:.3g}) (not this histogram)")
+    n_rot = details.get("n_rotations")
+    if n_rot is not None and n_rot >= 1:
+        a1.plot(centres, scores.size * width * null_max_density(centres, mean, std, n_rot), "b-", lw=1.2,
+                label=f"null max over {n_rot:.0f} rotations")
     a1.set_yscale("log")
     a1.set_ylim(0.5, None)
-    a1.set_xlabel("score (LCC)")
+    a1.set_xlabel("voxel score = max over rotations (LCC)")
     a1.set_ylabel("voxels")
     for ax in (a1, a2):
         ax.axvline(cutoff, color="r", lw=1.2, label=f"cut-off {cutoff:.3g} ({method})")
