@@ -229,3 +229,34 @@ def test_bad_star_and_bad_format(tmp_path):
     starfile.write({"particles": pd.DataFrame({"rlnTomoName": ["a"]})}, no_coords)
     with pytest.raises(InputError, match="coordinates"):
         read_particles(no_coords)
+
+
+def test_warp_micrograph_name_is_the_tilt_series_root_name():
+    from tomomatch.particles import warp_root_name
+
+    assert warp_root_name("TS_01_10.00Apx") == ("TS_01", True)
+    assert warp_root_name("TS_01_7Apx") == ("TS_01", True)
+    assert warp_root_name("TS_01") == ("TS_01", False)
+    assert warp_root_name("lamella_3_Apx") == ("lamella_3_Apx", False)
+
+
+def test_warp_output_strips_pixel_suffix_and_warns_when_guessing(tmp_path):
+    import warnings as w
+
+    from tomomatch.particles import particle_table_to_blocks
+
+    df = pd.DataFrame({"x": [1.0], "y": [2.0], "z": [3.0], "rot": 0.0, "tilt": 0.0, "psi": 0.0})
+    base = {"tomomatch_version": "t", "job_format": 1, "geometry_version": 2, "tomogram_shape_zyx": [8, 8, 8],
+            "voxel_size_angstrom": 10.0, "scores": "s.mrc", "angles": "a.mrc", "rotations": "r.txt"}
+    with w.catch_warnings():
+        w.simplefilter("error")
+        b = particle_table_to_blocks(df, "warp", {**base, "tomogram": "TS_01_10.00Apx.mrc", "name": "TS_01_10.00Apx"})
+    assert b[""]["rlnMicrographName"].iloc[0] == "TS_01.tomostar"
+    with pytest.warns(UserWarning, match="file name"):
+        b = particle_table_to_blocks(df, "warp", {**base, "tomogram": "rec_lamella.mrc", "name": "rec_lamella"})
+    assert b[""]["rlnMicrographName"].iloc[0] == "rec_lamella.tomostar"
+    with w.catch_warnings():
+        w.simplefilter("error")
+        b = particle_table_to_blocks(df, "warp", {**base, "tomogram": "rec.mrc", "name": "rec",
+                                                  "tilt_series_name": "TS_07"})
+    assert b[""]["rlnMicrographName"].iloc[0] == "TS_07.tomostar"

@@ -42,6 +42,8 @@ Score columns (all formats)
 from __future__ import annotations
 
 import json
+import re
+import warnings
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -106,6 +108,8 @@ class JobGeometry:
             self.unbinned_size_xyz = self.shape_zyx[::-1]
             self.tilt_series_pixel_angstrom = self.voxel_size_angstrom
         self.tomo_name = str(tomo_name)
+        #: whether ``tomo_name`` came from tilt metadata (not from a file name)
+        self.name_from_metadata = False
         self.visible_frames = None if visible_frames is None else [int(v) for v in visible_frames]
         self.voltage_kv, self.cs_mm, self.amplitude_contrast = voltage_kv, cs_mm, amplitude_contrast
 
@@ -133,11 +137,28 @@ def _tomo_name(job: dict[str, Any]) -> str:
     rel = job.get("relion") or {}
     if rel.get("tomo_name"):
         return str(rel["tomo_name"])
+    if job.get("tilt_series_name"):
+        return str(job["tilt_series_name"])
     if job.get("name"):
         return str(job["name"])
     if job.get("tomogram"):
         return Path(str(job["tomogram"])).stem
     return "tomo"
+
+
+_WARP_PIXEL_SUFFIX = re.compile(r"_\d+(?:\.\d+)?Apx$")
+
+
+def warp_root_name(name: str) -> tuple[str, bool]:
+    """Warp's tilt-series ``RootName`` for a tomogram or tilt-series name, and whether it is sure.
+
+    WarpTools reconstructs ``<RootName>_<pixel>Apx.mrc`` (e.g. ``TS_01_10.00Apx.mrc``) and
+    ``ts_export_particles`` matches particles by ``rlnMicrographName`` = ``<RootName>.tomostar``,
+    so the ``_<pixel>Apx`` suffix is stripped. A name from tilt metadata (a Warp XML, a
+    ``--tomo-name``, RELION's ``rlnTomoName``) is sure; one taken from a file name is not.
+    """
+    stripped = _WARP_PIXEL_SUFFIX.sub("", str(name))
+    return stripped, stripped != str(name)
 
 
 def job_geometry(job) -> JobGeometry:
@@ -181,8 +202,10 @@ def job_geometry(job) -> JobGeometry:
                                  "tilt_series.excluded")
             visible = [0 if bool(e) else 1 for e in excluded]
         voltage, cs, ac = ts.get("voltage_kv"), ts.get("cs_mm"), ts.get("amplitude_contrast")
-    return JobGeometry(shape, job["voxel_size_angstrom"], ub, tsp, _tomo_name(job), visible,
-                       voltage, cs, ac)
+    geo = JobGeometry(shape, job["voxel_size_angstrom"], ub, tsp, _tomo_name(job), visible,
+                      voltage, cs, ac)
+    geo.name_from_metadata = bool((job.get("relion") or {}).get("tomo_name") or job.get("tilt_series_name"))
+    return geo
 
 
 # --------------------------------------------------------------------------- writing
@@ -241,7 +264,11 @@ def particle_table_to_blocks(df: pd.DataFrame, fmt: str, job) -> dict[str, pd.Da
     frac = idx * geo.voxel_size_angstrom / geo.warp_extent_angstrom()
     cols = {c: frac[:, i] for i, c in enumerate(PIXEL_COLUMNS)}
     cols.update(angles)
-    cols["rlnMicrographName"] = [f"{geo.tomo_name}.tomostar"] * n
+    root, stripped = warp_root_name(geo.tomo_name)
+    if not geo.name_from_metadata and not stripped:
+        warnings.warn(f"Warp rlnMicrographName {root}.tomostar is the tomogram's file name; WarpTools matches"
+                      " its tilt-series name (give --tomo-name if they differ)", UserWarning, stacklevel=3)
+    cols["rlnMicrographName"] = [f"{root}.tomostar"] * n
     sc = _score_columns(df, relion=False)
     if SIGMA_COLUMN in sc:
         cols[SIGMA_COLUMN] = sc.pop(SIGMA_COLUMN)
