@@ -449,3 +449,97 @@ def test_slab_offset_and_noise_free_tomogram(tmp_path):
     assert np.all(sm[ix[:, 0], ix[:, 1], ix[:, 2]] < nf.mean() - 2 * sm.std())
     with pytest.raises(Exception):
         simulate("custom", write=False, slab_offset_nm=100.0)
+
+
+# --------------------------------------------------------------------------- lamella preset, angle files, RELION hand
+
+
+def test_lamella_preset_is_asymmetric_thick_and_dose_symmetric():
+    cfg = preset_config("lamella")
+    assert (cfg.tilt_min_deg, cfg.tilt_max_deg, cfg.tilt_step_deg) == (-40.0, 60.0, 2.0)
+    assert 150.0 <= cfg.thickness_nm <= 200.0
+    assert cfg.tomogram_size_xyz[2] * cfg.voxel_size_angstrom / 10.0 >= cfg.thickness_nm   # slab fits in z
+    angles, acq = tilt_scheme(cfg.tilt_min_deg, cfg.tilt_max_deg, cfg.tilt_step_deg, cfg.tilt_order,
+                              cfg.dose_symmetric_group)
+    assert angles[0] == -40 and angles[-1] == 60 and len(angles) == 51
+    taken = angles[np.argsort(acq)]
+    # Hagen from 0 in groups of 2 until -40 is reached, then the rest of the positive side outward
+    assert taken[:7].tolist() == [0, 2, 4, -2, -4, 6, 8]
+    assert taken[-10:].tolist() == list(range(42, 61, 2))
+    assert cfg.tilt_order == "dose-symmetric" and cfg.n_particles >= 20
+
+
+def _star_loops(path):
+    """Plain-text STAR reader: {block name: (column names, rows of string fields)} (no starfile)."""
+    blocks, name, cols, rows = {}, None, None, None
+    for line in Path(path).read_text().splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith("data_"):
+            name, cols, rows = s[5:], [], []
+            blocks[name] = (cols, rows)
+        elif s == "loop_":
+            continue
+        elif s.startswith("_"):
+            cols.append(s.split()[0][1:])
+        else:
+            rows.append(s.split())
+    return blocks
+
+
+@pytest.mark.parametrize("hand", [1, -1, 0])
+def test_written_angle_files_have_imod_sign_and_star_has_true_hand(tmp_path, hand):
+    """The lamella's asymmetric range makes a negation visible: .rawtlt/.tlt hold -40..+60 as
+    simulated (not +40..-60), the RELION 5 STAR files the same angles, the dose on the right
+    tilt and rlnTomoHand = the true hand (+1 for h = 0); and the written images agree with the
+    angle files: a particle at z = +300 A, x = 0 projects to x' = +z sin t (IMOD, RELION 5)."""
+    from tomomatch.metadata import read_relion5, read_tilt_angles
+    z = 300.0
+    res = simulate("lamella", out_dir=tmp_path, hand=hand, **_quiet(
+        n_particles=1, particle_positions_angstrom=[[0.0, 0.0, z]], particle_angles_relion_deg=[[0, 0, 0]],
+        tomogram_size_xyz=(64, 32, 80), thickness_nm=70.0, phantom_diameter_angstrom=120.0,
+        apply_ctf=False))
+    angles = np.asarray(res.summary["per_tilt"]["tilt_angle_deg"])
+    assert angles[0] == -40 and angles[-1] == 60 and len(angles) == 51
+    assert np.array_equal(angles, res.tilt_series.tilt_angles_deg)
+    pre = np.asarray(res.summary["per_tilt"]["pre_exposure_e_per_A2"])
+    assert np.argmax(pre) == len(angles) - 1               # +60 is taken last (dose-symmetric from 0)
+    h_written = hand if hand != 0 else 1
+    assert res.summary["true_hand"] == hand and res.summary["rlnTomoHand_written"] == h_written
+
+    # angle files: tomomatch's reader and plain text agree with the simulated angles, no negation
+    for suffix in ("rawtlt", "tlt"):
+        f = tmp_path / f"sim.{suffix}"
+        assert res.paths[suffix] == f
+        assert np.array_equal(read_tilt_angles(f), angles)
+        assert [float(s) for s in f.read_text().split()] == angles.tolist()
+
+    # RELION 5 STAR through the package reader
+    ts = read_relion5(tmp_path / "tomograms.star")
+    assert ts.hand == h_written
+    assert np.array_equal(ts.tilt_angles_deg, angles)
+    assert np.allclose(ts.accumulated_dose, pre, atol=1e-5)
+    assert np.allclose(ts.defocus_um, res.tilt_series.defocus_um, atol=1e-5)
+    # ... and as plain text
+    glob_cols, glob_rows = _star_loops(tmp_path / "tomograms.star")["global"]
+    assert len(glob_rows) == 1 and float(glob_rows[0][glob_cols.index("rlnTomoHand")]) == h_written
+    assert glob_rows[0][glob_cols.index("rlnTomoTiltSeriesStarFile")] == "tilt_series/sim.star"
+    first = (tmp_path / "tomograms.star").read_text().splitlines()[0]
+    assert f"rlnTomoHand = true hand {hand}" in first and (("written as +1" in first) == (hand == 0))
+    ts_cols, ts_rows = _star_loops(tmp_path / "tilt_series" / "sim.star")["sim"]
+    col = {c: np.array([float(r[ts_cols.index(c)]) for r in ts_rows]) for c in
+           ("rlnTomoYTilt", "rlnTomoNominalStageTiltAngle", "rlnMicrographPreExposure", "rlnTomoXTilt")}
+    assert np.array_equal(col["rlnTomoYTilt"], angles) and np.array_equal(col["rlnTomoNominalStageTiltAngle"], angles)
+    assert np.allclose(col["rlnMicrographPreExposure"], pre, atol=1e-5) and np.all(col["rlnTomoXTilt"] == 0)
+
+    # the images agree with the angle files (not with their negation)
+    with mrcfile.open(tmp_path / "sim_ts.mrc") as m:
+        stack = np.asarray(m.data, dtype=np.float64)
+    file_angles = read_tilt_angles(tmp_path / "sim.rawtlt")
+    v, cx = 10.0, 64 // 2
+    for i in (0, len(file_angles) - 1, int(np.argmin(np.abs(file_angles - 30)))):
+        prof = ndimage.gaussian_filter1d(stack[i].mean() - stack[i].mean(axis=0), 2.0)   # dark -> positive
+        expect = cx + z * math.sin(math.radians(file_angles[i])) / v
+        assert abs(np.argmax(prof) - expect) <= 1.5, (file_angles[i], np.argmax(prof), expect)
+        assert abs(np.argmax(prof) - (cx - z * math.sin(math.radians(file_angles[i])) / v)) > 10

@@ -9,10 +9,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "simulate", help="simulate a tilt series + tomogram with ground-truth particles and defocus hand",
         description="Weak-phase simulation with a CTF per particle and tilt whose defocus follows the TRUE "
-                    "hand h (df + h*(x sin t + z cos t)), dose filter, shot noise, and weighted back-projection. "
-                    "Writes tilt series, tomogram, .rawtlt, dose, IMOD .defocus, RELION 5 STAR files, "
+                    "hand h (df + h*(-x sin t + z cos t), RELION 5 rlnTomoHand), dose filter, shot noise, and "
+                    "weighted back-projection. Writes tilt series, tomogram, .rawtlt/.tlt (IMOD sign), dose, "
+                    "IMOD .defocus, RELION 5 STAR files, "
                     "ground-truth particles.star, template.mrc + mask.mrc and summary.json.")
-    p.add_argument("--preset", default="ci", help="ci (seconds), seed (70S, 0.44x0.62 um at 8.56 A), "
+    p.add_argument("--preset", default="ci", help="ci (seconds), lamella (ci-sized, 180 nm thick, tilts "
+                                                  "-40..+60 step 2), seed (70S, 0.44x0.62 um at 8.56 A), "
                                                   "wide (0.88 um at 4.28 A) or custom (default ci)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")

@@ -125,7 +125,7 @@ class SimulationResult:
     ----------
     out_dir, paths
         Output folder and a dict of output files (``tilt_series``, ``tomogram``, ``rawtlt``,
-        ``dose``, ``defocus``, ``tomograms_star``, ``particles_star``, ``template``, ``mask``,
+        ``tlt``, ``dose``, ``defocus``, ``tomograms_star``, ``particles_star``, ``template``, ``mask``,
         ``summary``).
     particles
         Ground truth table (the particles STAR's rows).
@@ -552,7 +552,10 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
     paths["tomogram"] = _write_mrc(out / f"{name}.mrc", tomo, v)
     if getattr(res, "tomogram_noise_free", None) is not None:
         paths["tomogram_noise_free"] = _write_mrc(out / f"{name}_noisefree.mrc", res.tomogram_noise_free, v)
+    # IMOD sign, the angles the images were made with (geometry 2: x' = x cos t + z sin t), never
+    # negated; .tlt (the aligned angles IMOD's tilt/RELION's IMOD import read) = .rawtlt: no misalignment
     paths["rawtlt"] = write_tilt_angles(out / f"{name}.rawtlt", res.tilt_series.tilt_angles_deg)
+    paths["tlt"] = write_tilt_angles(out / f"{name}.tlt", res.tilt_series.tilt_angles_deg)
     paths["dose"] = write_dose(out / f"{name}_dose.txt", res.tilt_series.accumulated_dose)
     paths["defocus"] = write_imod_defocus(out / f"{name}.defocus", res.tilt_series)
     paths["tomograms_star"] = write_relion5(out, res.tilt_series, name, (nx, ny, nz), 1.0,
@@ -606,7 +609,8 @@ def simulate(preset: str = "ci", out_dir=None, seed: int | None = None, hand: in
     Parameters
     ----------
     preset
-        ``"ci"`` (small, seconds), ``"seed"`` (70S ribosomes like pytom's handedness benchmark,
+        ``"ci"`` (small, seconds), ``"lamella"`` (ci-sized, 180 nm thick, asymmetric tilts
+        -40..+60 at 2 degrees), ``"seed"`` (70S ribosomes like pytom's handedness benchmark,
         0.44 x 0.62 um at 8.56 A), ``"wide"`` (0.88 um field at 4.28 A) or ``"custom"``.
     out_dir
         Output folder (created). Required when ``write``.
