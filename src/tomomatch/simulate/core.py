@@ -22,7 +22,7 @@ from .. import ctf as ctfmod
 from ..conventions import (ANGSTROM_PER_MICROMETRE, centre_index, defocus_at_point_um,
                            electron_wavelength_angstrom, matrix_to_relion, projected_x,
                            relion5_centered_angstrom, relion_to_matrix, tilt_frame,
-                           GEOMETRY_VERSION)
+                           GEOMETRY_VERSION, beam_direction)
 from ..errors import InputError
 from ..mrcio import atomic_path, write_volume
 from ..tiltseries import TiltSeries
@@ -315,7 +315,9 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     clock.lap("fourier_prep")
 
     counts = np.zeros((nt, ny, nx), dtype=np.float32)
-    atten = np.exp(-cfg.thickness_nm / (np.cos(np.deg2rad(angles)) * cfg.inelastic_mean_free_path_nm))
+    # path length through the slab: thickness / (beam's z component) (conventions.beam_direction)
+    beam_z = beam_direction(angles)[:, 2]
+    atten = np.exp(-cfg.thickness_nm / (beam_z * cfg.inelastic_mean_free_path_nm))
     e_per_px = dose_tilt * v * v * atten
     proj_pos_x = projected_x(pos[:, 0:1], pos[:, 2:3], angles[None, :]) if n_tot else np.zeros((0, nt))
     contrast = np.zeros((nt, ny, nx), dtype=np.float32)
@@ -365,7 +367,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
                     signal[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * filt, s=(ny, nx)).numpy()
             if cfg.ice_noise_rad > 0:
                 bg += rng_ice.standard_normal((ny, nx)).astype(np.float32) * np.float32(
-                    cfg.ice_noise_rad / math.sqrt(math.cos(math.radians(angles[t]))))
+                    cfg.ice_noise_rad / math.sqrt(beam_z[t]))
             contrast[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * filt, s=(ny, nx)).numpy()
     # detection: expected electrons per pixel, Poisson
     for t in range(nt):
