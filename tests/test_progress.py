@@ -21,8 +21,12 @@ def test_log_lines_when_not_a_terminal():
     line = out.getvalue().strip().splitlines()[-1]
     assert line.startswith("[t] rotations 40/100, work units 2/4 (") and "rotations/s" in line
     assert "elapsed 0:00:00" in line and "ETA 0:00:0" in line
+    bars.advance(60, 2)
     bars.close()
-    assert len(out.getvalue().strip().splitlines()) == 2  # a final line
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) == 2 and "rotations 100/100, work units 4/4" in lines[-1]  # a final line
+    bars.close()  # not twice at the same state
+    assert len(out.getvalue().strip().splitlines()) == 2
 
 
 def test_quiet_and_zero_interval_print_nothing():

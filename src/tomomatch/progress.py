@@ -74,11 +74,12 @@ class ProgressBars:
         parts = [f"{n} {d}/{t}" for n, d, t in zip(self.names, self.done, self.totals)]
         msg = f"[{self.label}] " + ", ".join(parts)
         if self.names:
-            new = self.done[0] - self.start_done[0]
+            k = int(max(range(len(self.totals)), key=lambda i: self.totals[i]))  # the finest count
+            new = self.done[k] - self.start_done[k]
             rate = new / elapsed if elapsed > 0 else 0.0
-            left = self.totals[0] - self.done[0]
+            left = self.totals[k] - self.done[k]
             eta = _clock(left / rate) if rate > 0 else "?"
-            msg += f" ({rate:.3g} {self.names[0]}/s), elapsed {_clock(elapsed)}, ETA {eta}"
+            msg += f" ({rate:.3g} {self.names[k].split(' (')[0]}/s), elapsed {_clock(elapsed)}, ETA {eta}"
         return msg
 
     def advance(self, *counts: int) -> None:
@@ -89,12 +90,17 @@ class ProgressBars:
                 if k:
                     self.bar.advance(task, k)
         elif self.logging and time.monotonic() - self.last_log >= self.interval:
-            self.last_log = time.monotonic()
-            print(self.line(), file=self.stream, flush=True)
+            self._log()
+
+    def _log(self) -> None:
+        self.last_log = time.monotonic()
+        self.logged_done = list(self.done)
+        print(self.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
         elif self.logging:
-            print(self.line(), file=self.stream, flush=True)
+            if getattr(self, "logged_done", None) != self.done:  # not printed at this state yet
+                self._log()
             self.logging = False
