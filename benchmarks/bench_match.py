@@ -38,6 +38,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from tomomatch import matching as M
+from tomomatch.matching.fold import _pair_folder, _triton_fold_pairs
 from tomomatch.mrcio import write_volume
 from tomomatch.tiles import plan_tiles
 from tomomatch.tiltseries import TiltSeries
@@ -115,8 +116,8 @@ def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: i
         del tc
     peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else float("nan")
     label = method + (", packed pairs" if tc_packed else "")
-    fold = M._pair_folder(dev, int(np.prod(vol.shape))) if tc_packed else None
-    label += "" if fold is None else (", Triton fold" if fold is M._triton_fold_pairs() else ", compiled fold")
+    fold = _pair_folder(dev, int(np.prod(vol.shape)), M.EngineConfig.from_environment()) if tc_packed else None
+    label += "" if fold is None else (", Triton fold" if fold is _triton_fold_pairs() else ", compiled fold")
     return dict(tool=f"tomomatch ({label})", case=name, device=str(dev), tiles=n_tiles_x, rotations=n_rot, batch=batch,
                 rot_per_s=n_rot / search, setup_s=setup, total_s=time.perf_counter() - t_all, peak_gb=peak)
 

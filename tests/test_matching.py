@@ -8,6 +8,9 @@ from scipy.spatial.transform import Rotation
 
 from tomomatch import matching as M
 from tomomatch.errors import InputError
+from tomomatch.matching import EngineConfig
+from tomomatch.matching import fft as FFT
+from tomomatch.matching import fold as F
 
 N = 16
 
@@ -209,14 +212,14 @@ def test_fast_matches_exact(weighted, method, tol):
 
 
 @pytest.mark.parametrize("backend", ["1", "0"])
-def test_inverse_fft_backends_agree(backend, monkeypatch):
-    monkeypatch.setenv("TOMOMATCH_FFTW", backend)
+def test_inverse_fft_backends_agree(backend):
+    engine = EngineConfig(fftw=backend == "1")
     x = torch.fft.rfftn(torch.randn(3, 10, 12, 15), dim=(1, 2, 3))
     want = torch.fft.irfftn(x, s=(10, 12, 15), dim=(1, 2, 3))
-    got = M._irfftn_scratch(x.clone(), (10, 12, 15))
+    got = FFT._irfftn_scratch(x.clone(), (10, 12, 15), engine)
     assert torch.allclose(got, want, atol=1e-5)
     box = torch.randn(2, 6, 6, 6)
-    pr = M.BoxToTilePruned(6, (10, 12, 15))
+    pr = M.BoxToTilePruned(6, (10, 12, 15), engine=engine)
     full = torch.fft.rfftn(torch.nn.functional.pad(box, (0, 9, 0, 6, 0, 4)), dim=(1, 2, 3))
     assert torch.allclose(pr(box), full, atol=1e-4)
 
@@ -224,7 +227,7 @@ def test_inverse_fft_backends_agree(backend, monkeypatch):
 def test_pruned_transform_equals_full_fft():
     box = torch.as_tensor(np.random.default_rng(2).normal(size=(2, 8, 8, 8)), dtype=torch.float32)
     shape = (10, 12, 15)
-    pr = M.BoxToTilePruned(8, shape)
+    pr = M.BoxToTilePruned(8, shape, engine=EngineConfig())
     got = pr(box) * torch.conj(pr.phase())  # centred convention
     want = torch.fft.rfftn(M.place_centered(box, shape), dim=(1, 2, 3))
     assert torch.allclose(got, want, atol=1e-4)
@@ -237,7 +240,7 @@ def test_pair_packer_equals_two_direct_correlations(n):
     shape = (11, 14, 13)
     vol = rng.normal(size=shape)
     boxes = rng.normal(size=(3, n, n, n))  # odd count: the last pair has an empty partner
-    pk = M.PairPacker(n, shape)
+    pk = M.PairPacker(n, shape, engine=EngineConfig())
     v = torch.fft.fftn(torch.as_tensor(vol, dtype=torch.complex64)) * pk.phase()
     got = list(pk.correlations(torch.as_tensor(boxes, dtype=torch.float32), v))
     assert len(got) == 2
@@ -253,19 +256,17 @@ def test_pair_packer_equals_two_direct_correlations(n):
 
 
 @pytest.mark.parametrize("pairs", [1, 3])
-def test_pair_packer_fftw_x_pass_equals_torch(pairs, monkeypatch):
+def test_pair_packer_fftw_x_pass_equals_torch(pairs):
     """The CPU's FFTW x pass gives torch's transform (also for a shorter later batch)."""
     pytest.importorskip("pyfftw")
-    monkeypatch.setenv("TOMOMATCH_FFTW", "1")
     rng = np.random.default_rng(pairs)
     shape, n = (11, 14, 13), 6
     v = torch.fft.fftn(torch.as_tensor(rng.normal(size=shape), dtype=torch.complex64))
     boxes = torch.as_tensor(rng.normal(size=(2 * pairs, n, n, n)), dtype=torch.float32)
-    ref = M.PairPacker(n, shape)
+    ref = M.PairPacker(n, shape, engine=EngineConfig(fftw=True))
     assert not ref._use_fftw()  # small grid: torch
     want = ref.correlations(boxes, v * ref.phase())
-    pk = M.PairPacker(n, shape)
-    monkeypatch.setattr(pk, "fftw_min_voxels", 0)
+    pk = M.PairPacker(n, shape, engine=EngineConfig(fftw=True, fftw_min_voxels=0))
     assert pk._use_fftw()
     got = pk.correlations(boxes, v * pk.phase())
     assert torch.allclose(got, want, atol=1e-4)
@@ -277,7 +278,7 @@ def test_pair_packer_fftw_x_pass_equals_torch(pairs, monkeypatch):
 def test_engine_description_names_the_cpu_fft_library(monkeypatch):
     pytest.importorskip("pyfftw")
     monkeypatch.setenv("TOMOMATCH_FFTW", "1")
-    big, small = M.PairPacker.fftw_min_voxels, M.PairPacker.fftw_min_voxels - 1
+    big, small = EngineConfig().fftw_min_voxels, EngineConfig().fftw_min_voxels - 1
     assert M.engine_description("cpu", "fast", True, big)["fft_library"] == "torch+fftw"
     assert M.engine_description("cpu", "fast", True, small)["fft_library"] == "torch"
     assert M.engine_description("cpu", "fast", False, big)["fft_library"] == "pyfftw"  # unpacked path
@@ -345,25 +346,21 @@ def test_fused_pair_fold_equals_batch_update():
 
 
 def test_fused_fold_policy(monkeypatch):
-    monkeypatch.delenv("TOMOMATCH_FUSED", raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(M, "_FOLDERS", {"cpu": "compiled-cpu", "cuda": "compiled-cuda"})
-    monkeypatch.setattr(M, "_FUSED_DISABLED", set())
-    monkeypatch.setattr(M, "_triton_fold_pairs", lambda: "triton-kernel")
-    monkeypatch.setattr(M, "_triton_self_check", lambda fold, device: True)
+    monkeypatch.setattr(F, "_FOLDERS", {"cpu": "compiled-cpu", "cuda": "compiled-cuda"})
+    monkeypatch.setattr(F, "_FUSED_DISABLED", set())
+    monkeypatch.setattr(F, "_triton_fold_pairs", lambda: "triton-kernel")
+    monkeypatch.setattr(F, "_triton_self_check", lambda fold, device: True)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert M._pair_folder(cpu, 1000) is None               # small tiles: not worth compiling
-    assert M._pair_folder(cpu, 1 << 23) == "compiled-cpu"   # big CPU tiles: compiled fold
-    assert M._pair_folder(cuda, 1000) == "triton-kernel"    # CUDA: the Triton kernel
-    monkeypatch.setattr(M, "_triton_fold_pairs", lambda: None)
-    assert M._pair_folder(cuda, 1 << 23) is None            # CUDA without Triton: separate kernels
-    monkeypatch.setenv("TOMOMATCH_FUSED", "1")
-    assert M._pair_folder(cpu, 1000) == "compiled-cpu" and M._pair_folder(cuda, 10) == "compiled-cuda"
-    monkeypatch.setenv("TOMOMATCH_FUSED", "0")
-    assert M._pair_folder(cpu, 1 << 23) is None
-    monkeypatch.setenv("TOMOMATCH_FUSED", "1")
-    M._FUSED_DISABLED.add("cpu")  # a fused kernel that failed once is not tried again
-    assert M._pair_folder(cpu, 1 << 23) is None
+    auto, on, off = EngineConfig(), EngineConfig(fused="1"), EngineConfig(fused="0")
+    assert F._pair_folder(cpu, 1000, auto) is None               # small tiles: not worth compiling
+    assert F._pair_folder(cpu, 1 << 23, auto) == "compiled-cpu"   # big CPU tiles: compiled fold
+    assert F._pair_folder(cuda, 1000, auto) == "triton-kernel"    # CUDA: the Triton kernel
+    monkeypatch.setattr(F, "_triton_fold_pairs", lambda: None)
+    assert F._pair_folder(cuda, 1 << 23, auto) is None            # CUDA without Triton: separate kernels
+    assert F._pair_folder(cpu, 1000, on) == "compiled-cpu" and F._pair_folder(cuda, 10, on) == "compiled-cuda"
+    assert F._pair_folder(cpu, 1 << 23, off) is None
+    F._FUSED_DISABLED.add("cpu")  # a fused kernel that failed once is not tried again
+    assert F._pair_folder(cpu, 1 << 23, on) is None
 
 
 _TRITON_SCRIPT = r"""
@@ -371,7 +368,8 @@ import sys, numpy as np, torch
 sys.path.insert(0, {tests!r})
 from test_matching import _tomogram, _template, _sphere, ROTS
 from tomomatch import matching as M
-from tomomatch._triton_fold import fold_pairs
+from tomomatch.matching import fold as F
+from tomomatch.matching._triton_fold import fold_pairs
 
 # 1. the kernel against fold_pair applied pair after pair (odd and even batches)
 g = torch.Generator().manual_seed(0)
@@ -402,7 +400,7 @@ for n_valid in (6, 5):
                           rtol=1e-5, atol=1e-4)
 
 # 1b. several blocks (the unique region spans more than one block of 1024 voxels)
-from tomomatch import _triton_fold
+from tomomatch.matching import _triton_fold
 corr = torch.complex(torch.randn(2, 14, 12, 13, generator=g), torch.randn(2, 14, 12, 13, generator=g))
 unique = (slice(1, 13), slice(1, 11), slice(0, 11))  # 12 x 10 x 11 = 1320 voxels
 assert 12 * 10 * 11 > _triton_fold.BLOCK
@@ -416,7 +414,7 @@ want = torch.stack([scores.double().sum((1, 2, 3)), (scores.double() ** 2).sum((
 assert torch.allclose(stats, want, rtol=1e-5, atol=1e-4)
 
 # 2. the start-up self-check passes, and rejects a kernel that gets the index wrong
-assert M._triton_self_check(fold_pairs, torch.device("cpu"))
+assert F._triton_self_check(fold_pairs, torch.device("cpu"))
 def wrong(corr, unique, inv, best, index, start, n_valid):
     out = fold_pairs(corr, unique, inv, best, index, start, n_valid)
     index += 1
@@ -424,20 +422,21 @@ def wrong(corr, unique, inv, best, index, start, n_valid):
 import warnings
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
-    M._TRITON_CHECKED.clear()
-    assert not M._triton_self_check(wrong, torch.device("cpu"))
+    F._TRITON_CHECKED.clear()
+    assert not F._triton_self_check(wrong, torch.device("cpu"))
     assert any("numbers differ" in str(x.message) for x in w)
-M._TRITON_CHECKED.clear()
+F._TRITON_CHECKED.clear()
 
 # 3. a whole tile search through the kernel equals the per-batch path
 vol = _tomogram(noise=0.2, shape=(24, 27, 29), truth=[((12, 13, 14), 4)])
 uq = (slice(2, 21), slice(1, 27), slice(3, 25))
-tc = M.TileCorrelator(vol, _template(), _sphere(), uq)
-assert M._pair_folder(torch.device("cpu"), 10) is fold_pairs
+tc = M.TileCorrelator(vol, _template(), _sphere(), uq)  # the environment's engine: fused="triton"
+assert tc.engine.fused == "triton" and tc.engine.triton_interpret
+assert F._pair_folder(torch.device("cpu"), 10, tc.engine) is fold_pairs
 fused = tc.run(ROTS[:11], batch_size=4)
-import os
-os.environ["TOMOMATCH_FUSED"] = "0"
-plain = tc.run(ROTS[:11], batch_size=4)
+import dataclasses
+plain = M.TileCorrelator(vol, _template(), _sphere(), uq,
+                         engine=dataclasses.replace(tc.engine, fused="0")).run(ROTS[:11], batch_size=4)
 assert torch.equal(fused.best, plain.best) and torch.equal(fused.index, plain.index)
 assert np.allclose(fused.rotation_sums, plain.rotation_sums, rtol=1e-5, atol=1e-4)
 assert np.allclose(fused.rotation_sumsqs, plain.rotation_sumsqs, rtol=1e-5)
@@ -463,8 +462,9 @@ def test_triton_fold_kernel_in_interpreter(tmp_path):
 
 def test_cufft_friendly_lengths():
     # 2^a 3^b 5^c with b <= 2, c <= 1: 75 = 3 x 5^2 -> 80; 720 = 2^4 3^2 5 stays; 721 -> 768
-    assert [M._cufft_friendly_len(m) for m in (74, 75, 80, 229, 510, 720, 721)] == [80, 80, 80, 240, 512, 720, 768]
-    assert M.grid_shape((74, 720, 510), "cpu") == M.fast_fft_shape((74, 720, 510))
+    assert [FFT._cufft_friendly_len(m) for m in (74, 75, 80, 229, 510, 720, 721)] == [80, 80, 80, 240, 512, 720, 768]
+    # the cuFFT rule is for CUDA only: the CPU keeps 5-smooth sizes
+    assert M.grid_shape((74, 720, 510), "cpu", EngineConfig(fft_sizes="cuda")) == M.fast_fft_shape((74, 720, 510))
 
 
 def test_packed_is_the_default_for_spherical_masks(monkeypatch):
@@ -547,3 +547,154 @@ def test_template_larger_than_tile_is_input_error():
         M.TileCorrelator(np.zeros((10, 30, 30)), _template(), _sphere(), (slice(0, 10),) * 3)
     with pytest.raises(InputError):
         M.TileCorrelator(np.zeros((30, 30, 30)), _template(), _sphere(8 * 2 + 1, 3), (slice(0, 10),) * 3)
+
+
+# --------------------------------------------------------------------------- engine configuration
+
+
+_ENGINE_VARS = ("TOMOMATCH_FFT_SIZES", "TOMOMATCH_FFTW", "TOMOMATCH_FFTW_MIN_VOXELS", "TOMOMATCH_PACKED",
+                "TOMOMATCH_FUSED", "TRITON_INTERPRET")
+
+
+def test_engine_config_from_environment(monkeypatch):
+    import dataclasses
+    import json
+    for k in _ENGINE_VARS:
+        monkeypatch.delenv(k, raising=False)
+    assert EngineConfig.from_environment() == EngineConfig()
+    for k, v in zip(_ENGINE_VARS, ("cuda", "0", "5", "0", "triton", "1")):
+        monkeypatch.setenv(k, v)
+    cfg = EngineConfig.from_environment()
+    assert cfg == EngineConfig(fft_sizes="cuda", fftw=False, fftw_min_voxels=5, packed=False, fused="triton",
+                               triton_interpret=True)
+    assert EngineConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.packed = True
+    # a value the engine does not know is an error naming the variable, not a silent default
+    for var, bad in [("TOMOMATCH_FUSED", "2"), ("TOMOMATCH_PACKED", "yes"), ("TOMOMATCH_FFTW", "on"),
+                     ("TOMOMATCH_FFTW_MIN_VOXELS", "-1"), ("TOMOMATCH_FFTW_MIN_VOXELS", "2e6"),
+                     ("TOMOMATCH_FFT_SIZES", "fast")]:
+        with pytest.raises(InputError, match=var):
+            EngineConfig.from_environment({var: bad})
+    for bad in (dict(fused="2"), dict(fft_sizes="x"), dict(packed=1), dict(fftw_min_voxels=-1)):
+        with pytest.raises(ValueError):
+            EngineConfig(**bad)
+
+
+def test_correlator_keeps_the_engine_it_was_built_with(monkeypatch):
+    """The environment is read once, when the correlator is built; later changes do not reach it."""
+    vol = _tomogram(noise=0.2, shape=(24, 26, 28), truth=[((12, 13, 14), 4)])
+    unique = tuple(slice(0, s) for s in vol.shape)
+    monkeypatch.setenv("TOMOMATCH_PACKED", "1")
+    tc = M.TileCorrelator(vol, _template(), _sphere(), unique)
+    monkeypatch.setenv("TOMOMATCH_PACKED", "0")
+    monkeypatch.setenv("TOMOMATCH_FUSED", "2")  # would be an error if read again
+    assert tc.packed and tc.engine == EngineConfig()
+    st = tc.run(ROTS[:4], batch_size=4)
+    explicit = M.TileCorrelator(vol, _template(), _sphere(), unique, engine=EngineConfig()).run(ROTS[:4], batch_size=4)
+    assert torch.equal(st.best, explicit.best) and torch.equal(st.index, explicit.index)
+    with pytest.raises(TypeError):
+        M.TileCorrelator(vol, _template(), _sphere(), unique, engine={"packed": False})
+
+
+# --------------------------------------------------------------------------- no silent fallbacks
+
+
+def test_slightly_non_spherical_mask_does_not_take_the_spherical_path():
+    """The spherical shortcut (one local sigma per tile, packed pairs) is for masks invariant
+    under rotation within 1e-5 of their maximum: a mask off by a few voxels, or by 2 % on a
+    few voxels, takes the rotated-mask path (the old fallback accepted 5 %)."""
+    hard = _sphere()
+    z, y, x = np.indices((N, N, N)) - N // 2
+    soft = np.clip(6.8 - np.sqrt(x ** 2 + y ** 2 + z ** 2), 0, 1).astype(np.float32)
+    for m in (hard, soft):
+        assert M.is_spherical_mask(m) and M.is_spherical_mask(torch.as_tensor(m))
+    c = N // 2
+    bumped = hard.copy()
+    bumped[c, c, c + 7] = bumped[c, c + 7, c] = bumped[c - 7, c, c] = 1.0  # 3 voxels out of the sphere
+    dented = soft.copy()
+    dented[c, c, c + 2] *= 0.98  # 2 % off on a few interior voxels
+    dented[c + 1, c - 3, c] *= 0.98
+    dented[c - 2, c, c + 1] *= 0.98
+    vol = _tomogram(noise=0.2, shape=(24, 26, 28), truth=[((12, 13, 14), 4)])
+    unique = tuple(slice(0, s) for s in vol.shape)
+    for m in (bumped, dented):
+        assert not M.is_spherical_mask(m) and not M.is_spherical_mask(torch.as_tensor(m))
+        tc = M.TileCorrelator(vol, _template(), m, unique)
+        assert not tc.spherical and not tc.packed
+    assert not M.is_spherical_mask(np.ones((N, N, N)))  # the box's corners leave the box when rotated
+
+
+def _failing_folder(exc, after: int = 0):
+    """A fused fold that works (as fold_pair) ``after`` times, then raises ``exc``."""
+    calls = [0]
+
+    def folder(*args):
+        calls[0] += 1
+        if calls[0] > after:
+            raise exc
+        return M.fold_pair(*args)
+    return folder
+
+
+@pytest.mark.parametrize("after", [0, 3])
+def test_fused_kernel_compile_failure_falls_back_with_a_warning(monkeypatch, after):
+    """Only a kernel that cannot be compiled here turns the fused path off; the batch it failed
+    in is redone with separate kernels, giving the separate kernels' maps."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    vol = _tomogram(noise=0.2, shape=(24, 27, 29), truth=[((12, 13, 14), 4)])
+    unique = (slice(2, 21), slice(1, 27), slice(3, 25))
+    ref = M.TileCorrelator(vol, _template(), _sphere(), unique, engine=EngineConfig(fused="0")).run(ROTS, batch_size=4)
+    tc = M.TileCorrelator(vol, _template(), _sphere(), unique, engine=EngineConfig(fused="1"))
+    monkeypatch.setattr(F, "_FUSED_DISABLED", set())
+    exc = BackendCompilerFailed("inductor", RuntimeError("InvalidCxxCompiler: No working C++ compiler found"), None)
+    monkeypatch.setattr(F, "_pair_folder", lambda device, n, engine: _failing_folder(exc, after))
+    with pytest.warns(RuntimeWarning, match="fused kernel unavailable"):
+        st = tc.run(ROTS, batch_size=4)
+    assert F._FUSED_DISABLED == {"cpu"}
+    assert torch.equal(st.best, ref.best) and torch.equal(st.index, ref.index)
+    assert st.count == ref.count and len(st.rotation_sums) == len(ROTS)
+    assert np.allclose(st.rotation_sums, ref.rotation_sums, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("The size of tensor a (5) must match the size of tensor b (6)"),
+                                 ValueError("fold_pairs needs contiguous float32 best/inv_norm and int32 index"),
+                                 MemoryError()])
+def test_fused_kernel_shape_errors_raise(monkeypatch, exc):
+    """A shape/dtype bug (or an out-of-memory) in the fused path raises: it does not turn the
+    path off for the process behind a warning."""
+    import warnings
+    vol = _tomogram(noise=0.2, shape=(24, 27, 29), truth=[((12, 13, 14), 4)])
+    tc = M.TileCorrelator(vol, _template(), _sphere(), (slice(2, 21), slice(1, 27), slice(3, 25)))
+    monkeypatch.setattr(F, "_FUSED_DISABLED", set())
+    monkeypatch.setattr(F, "_pair_folder", lambda device, n, engine: _failing_folder(exc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(type(exc)):
+            tc.run(ROTS, batch_size=4)
+    assert not F._FUSED_DISABLED
+    # what the dispatch treats as a compile failure, and what not
+    from torch._dynamo.exc import BackendCompilerFailed, TorchRuntimeError
+    assert F.is_compile_failure(BackendCompilerFailed("inductor", RuntimeError("x"), None))
+    assert not F.is_compile_failure(TorchRuntimeError("RuntimeError when making fake tensor call"))
+    assert not F.is_compile_failure(exc)
+
+
+def test_run_restores_the_thread_count_also_on_error():
+    """Small tiles run on one torch thread; the caller's count comes back, also after an error."""
+    vol = _tomogram(noise=0.2, shape=(24, 26, 28), truth=[((12, 13, 14), 4)])
+    tc = M.TileCorrelator(vol, _template(), _sphere(), tuple(slice(0, s) for s in vol.shape))
+    before = torch.get_num_threads()
+    seen = []
+
+    def on_batch(st):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt
+
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(KeyboardInterrupt):
+            tc.run(ROTS, batch_size=4, on_batch=on_batch)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -41,8 +41,10 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,11 +54,12 @@ import scipy.fft
 import torch
 
 from . import __version__
-from .angles import crowther_step_deg, parse_symmetry, uniform_rotations, write_rotations
+from .angles import crowther_step_deg, parse_symmetry, read_angle_list, uniform_rotations, write_rotations
 from .conventions import GEOMETRY_VERSION, check_hand
 from .errors import InputError
-from .matching import (_MIN_THREADED_FFT, TileCorrelator, TileState, engine_description, fast_fft_shape,
-                       filter_volume, is_spherical_mask, phase_randomised_template, resolve_device)
+from .matching import (EngineConfig, TileCorrelator, TileState, configure_allocator, engine_description,
+                       fast_fft_shape, is_spherical_mask, phase_randomised_template, resolve_device)
+from .matching.fft import _MIN_THREADED_FFT
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .jobfile import JOB_FORMAT, check_geometry_version, read_job, write_job
 from .options import DEFAULT_MAX_MEMORY_GB, MatchOptions
@@ -120,7 +123,9 @@ class MatchPlan:
     (None without defocus), angular step, canonical symmetry, tile counts and device. ``key`` is the
     checkpoint key (SHA-256 of the input files and of every parameter that changes the
     result); ``batch_sizes[i]`` is tile ``i``'s rotation batch (batches start at multiples of
-    it, and so do the unit boundaries).
+    it, and so do the unit boundaries). ``engine`` is the engine configuration (FFT sizes and
+    libraries, packed path, fold kernel; :class:`~tomomatch.matching.EngineConfig`) every unit
+    is computed with, whatever process or machine runs it; it is part of the key.
     """
 
     name: str
@@ -139,6 +144,7 @@ class MatchPlan:
     batch_sizes: list[int]
     units: list[WorkUnit]
     key: str
+    engine: EngineConfig
 
     @property
     def n_rotations(self) -> int:
@@ -199,7 +205,7 @@ def _make_units(n_tiles: int, n_rot: int, batch_sizes: Sequence[int], rotations_
 def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None = None, *,
                tilt_series=None, rotations: np.ndarray | None = None,
                rotations_per_unit: int | None = None, min_units: int = 1, check_device: bool = True,
-               **option_fields) -> MatchPlan:
+               engine: EngineConfig | None = None, **option_fields) -> MatchPlan:
     """Validate a match job and plan it (tiles, rotations, work units, checkpoint key).
 
     Parameters are those of :func:`run_match` (``options``, or its fields as keywords on top of
@@ -213,13 +219,22 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
         is not given.
     check_device
         Check that ``device`` exists here (off when the workers, not this machine, hold the GPUs).
+    engine
+        The engine configuration of the whole job (:class:`~tomomatch.matching.EngineConfig`);
+        default: read from the environment (``TOMOMATCH_*``) here, once. It enters the
+        checkpoint key and the job file, and the workers use it, not their own environment.
 
     Reads the three volumes once to validate them; the plan itself holds no volume data.
     Raises :class:`InputError` for bad input.
     """
+    configure_allocator()
     opts = MatchOptions.from_flat(options, **option_fields) if option_fields else (options or MatchOptions())
     if not isinstance(opts, MatchOptions):
         raise TypeError(f"options must be MatchOptions, got {type(opts).__name__}")
+    if engine is None:
+        engine = EngineConfig.from_environment()
+    elif not isinstance(engine, EngineConfig):
+        raise TypeError(f"engine must be an EngineConfig, got {type(engine).__name__}")
     wopts = opts.weighting
     if check_device:
         dev = resolve_device(opts.device)
@@ -263,9 +278,15 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
         raise InputError(f"--wedge {wedge.replace('_', '-')} needs tilt metadata (e.g. --tilt-angles)", None,
                          "--wedge")
     ctf_used = wopts.ctf if (ts is not None and ts.has_defocus and wedge != "none") else None
-    angular_step_deg, symmetry = opts.angular_step_deg, opts.symmetry
+    angular_step_deg, symmetry = opts.angular_step_deg, parse_symmetry(opts.symmetry)
+    angle_list, angle_list_sha = opts.angle_list, None
     # rotations
-    if rotations is None:
+    if rotations is not None and angle_list is not None:
+        raise InputError("rotations given and --angle-list too; expected one of them", None, "--angle-list")
+    if angle_list is not None:  # searched as given; the file's SHA-256 enters the key
+        alist = read_angle_list(angle_list)
+        rots, angle_list, angle_list_sha = alist.rotations, alist.spec, alist.sha256
+    elif rotations is None:
         if angular_step_deg is None:
             if opts.particle_diameter_angstrom is None:
                 raise InputError("give --angular-step or --particle-diameter", None, "--angular-step")
@@ -275,7 +296,6 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
         rots = np.asarray(rotations, float).reshape(-1, 3, 3)
     if len(rots) == 0:
         raise InputError("no rotations to search", None, "rotations")
-    n_sym = parse_symmetry(symmetry)
     # tiles
     tilts_all = None if ts is None else ts.tilt_angles_deg
     if opts.tiles == "auto":
@@ -303,7 +323,7 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
     # ---------------------------------------------------------------- checkpoint key
     resolved = replace(
         opts, name=name, angular_step_deg=None if angular_step_deg is None else float(angular_step_deg),
-        symmetry=f"C{n_sym}", defocus_handedness=hand, tiles=tuple(counts), device=str(dev),
+        symmetry=symmetry, angle_list=angle_list, defocus_handedness=hand, tiles=tuple(counts), device=str(dev),
         weighting=replace(wopts, wedge=wedge, ctf=ctf_used))
     params = {
         "format": JOB_FORMAT, "geometry_version": GEOMETRY_VERSION, "version": __version__,
@@ -313,14 +333,17 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
         "wedge": wedge, "ctf": ctf_used, "dose": wopts.dose, "cos": wopts.cos_weighting, "hand": hand,
         "hand_mode": resolved.hand_mode, "tiles": list(counts), "random_phase": resolved.random_phase,
         "tilt_series": _ts_json(ts), "batch_sizes": batch_sizes, "device_type": dev.type, "units_format": 2,
+        "engine": engine.to_json(),
     }
+    if angle_list_sha is not None:
+        params["angle_list_sha256"] = angle_list_sha
     key_src = json.dumps(params, sort_keys=True) + "".join(_file_digest(p) for p in (tomogram, template, mask))
     key = hashlib.sha256(key_src.encode()).hexdigest()
     return MatchPlan(
         name=name, out_dir=out_dir, tomogram=tomogram, template=template, mask=mask,
         voxel_size_angstrom=float(voxel), shape_zyx=vol_shape, template_shape_zyx=tuple(tmpl_np.shape),
         mask_is_spherical=bool(spherical), rotations=rots, options=resolved, tilt_series=ts,
-        tiles=list(tile_plan), batch_sizes=batch_sizes, units=units, key=key)
+        tiles=list(tile_plan), batch_sizes=batch_sizes, units=units, key=key, engine=engine)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -368,8 +391,14 @@ def _save_unit(plan: MatchPlan, unit: WorkUnit, state: TileState) -> None:
             np.savez(fh, **d)
 
 
+#: What reading a damaged, truncated or foreign checkpoint file raises (it is then recomputed).
+#: Anything else (MemoryError, a CUDA error moving the state to the device, a bug) propagates.
+_DAMAGED_CHECKPOINT = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
+
+
 def load_unit(plan: MatchPlan, unit: WorkUnit, device="cpu") -> TileState | None:
-    """The unit's saved state (finished or not), or None if absent, unreadable or of another key."""
+    """The unit's saved state (finished or not), or None if absent, damaged (unreadable, truncated,
+    fields missing or malformed: :data:`_DAMAGED_CHECKPOINT`) or of another key."""
     path = plan.unit_path(unit)
     if not path.exists():
         return None
@@ -383,7 +412,7 @@ def load_unit(plan: MatchPlan, unit: WorkUnit, device="cpu") -> TileState | None
         if not ok:
             return None
         return TileState.from_numpy(d, device)
-    except Exception:  # a damaged file is recomputed
+    except _DAMAGED_CHECKPOINT:  # a damaged file is recomputed
         return None
 
 
@@ -526,7 +555,8 @@ def _correlator(plan: MatchPlan, ti: int, dev: torch.device) -> TileCorrelator:
             _CORRELATORS[k] = TileCorrelator(
                 ctx.volume[tile.data_slices], ctx.template, ctx.mask, tile.unique_in_data,
                 weight=_template_weight(plan, ctx, tile, dev), method=plan.options.method,
-                spherical=plan.mask_is_spherical, random_phase_template=ctx.random_phase_template, device=dev)
+                spherical=plan.mask_is_spherical, random_phase_template=ctx.random_phase_template, device=dev,
+                engine=plan.engine)
     return _CORRELATORS[k]
 
 
@@ -539,6 +569,7 @@ def run_unit(plan: MatchPlan, unit: WorkUnit, *, device: str | None = None,
     ``on_progress(n)`` is called with the number of rotations each batch added. The checkpoint
     folder must exist (:func:`prepare_checkpoints`).
     """
+    configure_allocator()
     dev = resolve_device(device or plan.options.device)
     state = load_unit(plan, unit, dev)
     resumed = 0 if state is None else state.done - unit.start
@@ -696,9 +727,10 @@ def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.
         "search_statistics": {"n_voxels": int(merged.n_search // max(n_rot, 1)), "n_rotations": int(n_rot),
                               "n_search": int(merged.n_search), "mean": merged.mean, "std": merged.std},
         "random_phase_noise_mean": merged.noise_mean, "method": plan.options.method,
-        "engine": engine_description(device or plan.options.device, plan.options.method, plan.mask_is_spherical,
-                                     max(int(np.prod([b - a for a, b in zip(t.unique_start_zyx, t.unique_stop_zyx)]))
-                                         for t in plan.tiles)),
+        "engine": {**engine_description(device or plan.options.device, plan.options.method, plan.mask_is_spherical,
+                                        max(int(np.prod([b - a for a, b in zip(t.unique_start_zyx, t.unique_stop_zyx)]))
+                                            for t in plan.tiles), engine=plan.engine),
+                   "config": plan.engine.to_json()},
         "resumed_rotations": int(merged.resumed_rotations), "plan_key": plan.key,
         "device": device or plan.options.device, "elapsed_s": round(float(elapsed_s), 3), "command": command or "",
         "options": opts.to_json(),
@@ -764,7 +796,7 @@ def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> li
 def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = None, *,
               tilt_series=None, rotations: np.ndarray | None = None, quiet: bool = True,
               command: str | None = None, processes: int = 1, rotations_per_unit: int | None = None,
-              **option_fields) -> dict:
+              engine: EngineConfig | None = None, **option_fields) -> dict:
     """Template-match a tomogram file and write the outputs; returns the job dict.
 
     :func:`plan_match` + :func:`execute_local` (skipping finished units) + :func:`merge_units`
@@ -827,13 +859,17 @@ def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = 
     rotations_per_unit
         Rotations per work unit (default: a whole tile, or chunks giving about four units per
         process).
+    engine
+        :class:`~tomomatch.matching.EngineConfig` (default: from the ``TOMOMATCH_*`` environment
+        variables, read once; see :func:`plan_match`).
     """
     t_start = time.time()
+    configure_allocator()
     if not isinstance(processes, int) or processes < 1:
         raise InputError(f"{processes!r} processes; expected an integer >= 1", None, "--processes")
     plan = plan_match(template, mask, tomogram, out_dir, options, tilt_series=tilt_series, rotations=rotations,
                       rotations_per_unit=rotations_per_unit, min_units=4 * processes if processes > 1 else 1,
-                      **option_fields)
+                      engine=engine, **option_fields)
     prepare_checkpoints(plan)
     try:
         results = execute_local(plan, processes, quiet)

@@ -7,7 +7,7 @@ reads each pair's correlation map once, the per-voxel ``1 / (W sigma)``, the run
 its index once per *batch*, and writes per-block partial sums for the statistics (summed in
 float64 afterwards, in a fixed order, so the result is deterministic).
 
-The numbers are those of :func:`tomomatch.matching.fold_pair` applied pair after pair: the
+The numbers are those of :func:`tomomatch.matching.fold.fold_pair` applied pair after pair: the
 same float32 products, the same strict ``>`` (ties keep the lower rotation index). Runs on CUDA
 with Triton (shipped with torch's CUDA wheels); ``TRITON_INTERPRET=1`` runs it on the CPU, which
 is how the tests check it.
