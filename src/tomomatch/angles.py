@@ -15,20 +15,53 @@ Global grid (:func:`uniform_rotations`)
     ``12 nside^2 >= 4 pi / step^2`` and ``n_psi = ceil(360 / step)``, so the rotation count
     equals pytom-match-pick's for the same step (248,400 at 3.92 degrees).
 
-Symmetry ``Cn``
-    A template with an n-fold axis along its z axis satisfies ``template(Rz(2 pi k/n)^T r) =
-    template(r)``, so the poses ``R`` and ``R @ Rz(2 pi k / n)`` place identical particles. With
-    ``R = Rz(phi) Ry(theta) Rz(psi)`` the right factor only shifts ``psi`` by ``2 pi k / n``;
-    keeping ``psi in [0, 360/n)`` therefore covers SO(3)/Cn. The ``psi`` grid is made
+Symmetry (``--symmetry``: ``Cn``, ``Dn``, ``T``, ``O``, ``I``/``I1``-``I4``)
+    The symmetry is the template's own point group ``G``, in RELION's orientation (3dem/relion
+    ``src/symmetries.cpp``, ``SymList::fill_symmetry_class``; the axes are the template box's
+    x, y, z, the same as RELION's map axes): ``Cn`` an n-fold axis along z; ``Dn`` that and a
+    2-fold along x; ``T`` a 3-fold along z and a 2-fold along ``(0, 0.816496, 0.577350)``;
+    ``O`` a 3-fold along ``(1, 1, 1)/sqrt 3`` and a 4-fold along z (4-folds along x, y, z);
+    ``I`` = ``I2`` (RELION's default ``I``: 2-fold along z, 5-fold along
+    ``(0.525731, 0, 0.850651)``, 3-fold along ``(0, 0.356822, 0.934172)``, i.e. 2-folds along
+    x, y, z with a 5-fold in the xz plane), and ``I1`` (2-folds along x, y, z, 5-fold along
+    ``(0.850651, 0, -0.525731)``), ``I3`` and ``I4`` (a 5-fold along z) as RELION defines them
+    (:data:`RELION_GENERATORS`). Groups with mirrors (``Cnv``, ``Dnh``, ``Oh``, ...) are not
+    rotations and are refused. A template with ``template(g^T r) = template(r)`` for every
+    ``g`` in ``G`` makes the poses ``R`` and ``R @ g`` identical, so one asymmetric unit of
+    SO(3)/G is searched: ``|G|`` times fewer rotations (:func:`symmetry_matrices` gives ``G``).
+
+    ``Cn``: with ``R = Rz(phi) Ry(theta) Rz(psi)`` the right factor ``Rz(2 pi k / n)`` only
+    shifts ``psi``; keeping ``psi in [0, 360/n)`` covers SO(3)/Cn. The ``psi`` grid is made
     commensurate with the symmetry (``n_psi = n * ceil(360 / (n * step))``), so every rotation of
     the full grid is *exactly* a kept rotation times a symmetry operation.
+
+    ``Dn`` (and any group with a 2-fold ``Rz(beta) Rx(pi)`` perpendicular to its z axis, when
+    ``beta`` is a multiple of the ``psi`` spacing): ``R Rz(beta) Rx(pi) = Rz(phi + pi)
+    Ry(pi - theta) Rz(-psi - beta)``, and the HEALPix centres are symmetric under
+    ``(theta, phi) -> (pi - theta, phi + pi)``; keeping the ``Cn`` grid's directions with
+    ``z > 0`` (and half of the equator, ``phi < pi``) is again exact: the ``Dn`` set is half of
+    the ``Cn`` set, ``2n`` times smaller than C1's up to the ``psi`` rounding above.
+
+    ``T``, ``O``, ``I``: no Euler-angle structure holds the whole group. The part ``H`` that
+    the C1 grid itself respects is reduced exactly as above: rotations about z by multiples of
+    ``360/m`` with ``m = gcd(order about z, C1's n_psi)``, and the 2-folds perpendicular to z
+    when ``beta`` qualifies (e.g. ``D4`` for ``O`` at 15 degrees, ``D2`` for ``I``/``I1``/``I2``,
+    ``C3`` for ``T`` at 10 degrees). Of that grid the rotations ``R`` are kept whose orbit
+    point nearest to a fixed generic rotation ``C`` (largest ``trace(C^T R g)``, ``g`` in
+    ``G``) has ``g`` in ``H``: a Dirichlet fundamental domain of the cosets ``G / H``. The kept
+    rotations are rotations of the C1 grid; their orbit covers SO(3) at about the step (every
+    C1 grid rotation lies within the step of it; tested with nearest-neighbour distances) and
+    the count is C1's ``/ |G|`` within a few per cent at steps of 15 degrees and finer (within
+    20 % at 20-30 degrees, where a unit holds only some tens of rotations).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -40,6 +73,9 @@ from .mrcio import atomic_path
 __all__ = [
     "crowther_step_deg",
     "parse_symmetry",
+    "symmetry_matrices",
+    "symmetry_order",
+    "RELION_GENERATORS",
     "healpix_nside",
     "uniform_rotations",
     "uniform_rotation_count",
@@ -48,6 +84,10 @@ __all__ = [
     "rotations_to_relion",
     "write_rotations",
     "read_rotations",
+    "parse_angle_list",
+    "format_angle_list",
+    "read_angle_list",
+    "AngleList",
     "ROTATION_FILE_HEADER",
 ]
 
@@ -96,20 +136,174 @@ def crowther_step_deg(particle_diameter_angstrom: float, voxel_size_angstrom: fl
 
 # --------------------------------------------------------------------------- symmetry
 
+#: RELION's point groups as the generator axes of ``SymList::fill_symmetry_class`` in
+#: 3dem/relion ``src/symmetries.cpp`` (``rot_axis FOLD X Y Z``); the group is their closure.
+#: ``Cn``: ``rot_axis n 0 0 1``; ``Dn``: that and ``rot_axis 2 1 0 0``.
+RELION_GENERATORS: dict[str, tuple[tuple[int, tuple[float, float, float]], ...]] = {
+    "T": ((3, (0.0, 0.0, 1.0)), (2, (0.0, 0.816496, 0.577350))),
+    "O": ((3, (0.5773502, 0.5773502, 0.5773502)), (4, (0.0, 0.0, 1.0))),
+    "I1": ((2, (1.0, 0.0, 0.0)), (5, (0.85065080702670, 0.0, -0.5257311142635)),
+           (3, (0.9341723640, 0.3568220765, 0.0))),
+    "I2": ((2, (0.0, 0.0, 1.0)), (5, (0.525731114, 0.0, 0.850650807)), (3, (0.0, 0.356822076, 0.934172364))),
+    "I3": ((2, (-0.5257311143, 0.0, 0.8506508070)), (5, (0.0, 0.0, 1.0)),
+           (3, (-0.4911234778630044, 0.3568220764705179, 0.7946544753759428))),
+    "I4": ((2, (0.5257311143, 0.0, 0.8506508070)), (5, (0.8944271932547096, 0.0, 0.4472135909903704)),
+           (3, (0.4911234778630044, 0.3568220764705179, 0.7946544753759428))),
+}
 
-def parse_symmetry(symmetry: str | int) -> int:
-    """Order ``n`` of a cyclic symmetry ``"Cn"`` (case-insensitive; an int is taken as ``n``)."""
+_PHI = (1.0 + 5.0 ** 0.5) / 2.0  # golden ratio: 5-fold axes of I along (0, 1, phi) and permutations
+_SYMMETRY_HELP = ("expected Cn or Dn (n >= 1), T, O, I (= I2) or I1-I4, RELION's point groups in RELION's "
+                  "orientation (groups with mirrors, e.g. D7h, are not rotations)")
+
+
+def parse_symmetry(symmetry: str | int) -> str:
+    """Canonical name of a ``--symmetry`` value: ``"C1"``, ``"C7"``, ``"D7"``, ``"T"``, ``"O"``,
+    ``"I"`` or ``"I1"``-``"I4"`` (case-insensitive; an int ``n`` is ``"Cn"``).
+
+    ``"I"`` is RELION's default icosahedral orientation, the same group as ``"I2"`` (the name is
+    kept as given). Raises :class:`~tomomatch.errors.InputError` (field ``symmetry``) otherwise.
+
+    Examples
+    --------
+    >>> parse_symmetry("d7"), parse_symmetry(3), parse_symmetry(" o ")
+    ('D7', 'C3', 'O')
+    """
+    if isinstance(symmetry, (bool, np.bool_)):
+        raise InputError(f"--symmetry {symmetry!r}; {_SYMMETRY_HELP}", None, "symmetry")
     if isinstance(symmetry, (int, np.integer)):
-        n = int(symmetry)
+        kind, digits = "C", str(int(symmetry)) if int(symmetry) >= 0 else "-"
     else:
-        m = re.fullmatch(r"\s*[cC]\s*(\d+)\s*", str(symmetry))
+        m = re.fullmatch(r"\s*([A-Za-z])\s*(\d*)\s*", str(symmetry))
         if m is None:
-            raise InputError(f"symmetry {symmetry!r} not supported; expected Cn, e.g. C1, C2, C6",
+            raise InputError(f"--symmetry {symmetry!r} not supported; {_SYMMETRY_HELP}", None, "symmetry")
+        kind, digits = m.group(1).upper(), m.group(2)
+    if kind in ("C", "D"):
+        if not digits.isdigit() or int(digits) < 1:
+            raise InputError(f"--symmetry {symmetry!r}: {kind}n needs an order n >= 1 (C1 = no symmetry)",
                              None, "symmetry")
-        n = int(m.group(1))
-    if n < 1:
-        raise InputError(f"symmetry order {n}; expected n >= 1 (C1 = no symmetry)", None, "symmetry")
-    return n
+        return f"{kind}{int(digits)}"
+    if (kind in ("T", "O") and not digits) or (kind == "I" and digits in ("", "1", "2", "3", "4")):
+        return kind + digits
+    raise InputError(f"--symmetry {symmetry!r} not supported; {_SYMMETRY_HELP}", None, "symmetry")
+
+
+def symmetry_order(symmetry: str | int) -> int:
+    """``|G|``, the number of rotations of the point group (C1 -> 1, D7 -> 14, O -> 24, I -> 60)."""
+    name = parse_symmetry(symmetry)
+    if name[0] in "CD":
+        return int(name[1:]) * (2 if name[0] == "D" else 1)
+    return {"T": 12, "O": 24}.get(name, 60)
+
+
+def _align(a1, a2, b1, b2) -> np.ndarray:
+    """The rotation carrying direction ``a1`` onto ``b1`` and ``a2`` onto ``b2`` (equal angles)."""
+    def frame(u, v):
+        u = np.asarray(u, float) / np.linalg.norm(u)
+        v = np.asarray(v, float)
+        w = v - np.dot(v, u) * u
+        w /= np.linalg.norm(w)
+        return np.stack([u, w, np.cross(u, w)], axis=1)
+    return frame(b1, b2) @ frame(a1, a2).T
+
+
+def _scipy_to_relion(name: str) -> np.ndarray:
+    """``M`` with ``G_relion = M G_scipy M^T`` (scipy ``Rotation.create_group`` orientation).
+
+    scipy: ``Cn`` about z; ``Dn`` with a 2-fold along x; ``O`` with 4-folds along x, y, z;
+    ``T`` with 2-folds along x, y, z and 3-folds along ``(+-1, +-1, +-1)``; ``I`` with 2-folds
+    along x, y, z and 5-folds along ``(0, 1, phi)`` and its cyclic permutations, which is
+    RELION's ``I1``. The others: ``I2`` is ``I1`` turned by 90 degrees about z; ``T`` carries
+    scipy's 3-fold ``(1, 1, 1)`` onto z and its 2-fold x onto ``(0, sqrt(2/3), sqrt(1/3))``;
+    ``I3``/``I4`` carry scipy's 5-fold ``(0, 1, phi)`` onto z / ``(2, 0, 1)`` and its 2-fold z
+    onto ``(-1, 0, phi)`` / ``(1, 0, phi)``. ``tests/test_angles.py`` checks every group
+    against the closure of RELION's generator axes.
+    """
+    if name[0] in "CD" or name in ("O", "I1"):
+        return np.eye(3)
+    if name in ("I", "I2"):
+        return np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    if name == "T":
+        return _align((1, 1, 1), (1, 0, 0), (0, 0, 1), (0, math.sqrt(2 / 3), math.sqrt(1 / 3)))
+    five, two = (0.0, 1.0, _PHI), (0.0, 0.0, 1.0)
+    if name == "I3":
+        return _align(five, two, (0, 0, 1), (-1.0, 0.0, _PHI))
+    return _align(five, two, (2, 0, 1), (1.0, 0.0, _PHI))  # I4
+
+
+_GROUP_CACHE: dict[str, np.ndarray] = {}
+
+
+def symmetry_matrices(symmetry: str | int) -> np.ndarray:
+    """The rotations ``(|G|, 3, 3)`` of the point group in RELION's orientation, identity first.
+
+    Built from scipy's ``Rotation.create_group`` and turned into RELION's orientation
+    (:func:`_scipy_to_relion`); see the module docstring for the axes of each group.
+    """
+    name = parse_symmetry(symmetry)
+    if name not in _GROUP_CACHE:
+        scipy_name = "I" if name[0] == "I" else name
+        m = _scipy_to_relion(name)
+        g = m @ Rotation.create_group(scipy_name).as_matrix() @ m.T
+        g[np.abs(g) < 1e-12] = 0.0
+        keys = np.round(g.reshape(len(g), 9), 9) + 0.0  # + 0.0: no -0.0 in the sort keys
+        ident = np.all(np.abs(g - np.eye(3)) < 1e-9, axis=(1, 2))
+        order = np.lexsort(np.vstack([keys.T[::-1], ~ident]))  # identity first, then lexicographic
+        g = g[order]
+        g[0] = np.eye(3)
+        g.setflags(write=False)
+        _GROUP_CACHE[name] = g
+    return _GROUP_CACHE[name].copy()
+
+
+def _exact_subgroup(name: str, step: float) -> tuple[int, float | None, np.ndarray]:
+    """The part ``H`` of the group that the grid's Euler structure reduces exactly.
+
+    Returns ``(n, beta, in_h)``: ``H`` holds the rotations ``Rz(2 pi k / n)`` and, when ``beta``
+    is not None, the 2-folds ``Rz(beta + 2 pi k / n) Rx(pi)``; ``in_h`` marks them in
+    :func:`symmetry_matrices`. For ``Cn`` and ``Dn``, ``H`` is the whole group and ``n`` its
+    order about z (today's ``Cn`` grid). Otherwise ``n`` divides both the group's order about z
+    and C1's in-plane count, so the grid is a subset of C1's (no in-plane rounding). ``beta`` is
+    kept only when it is a multiple of the in-plane spacing (``psi -> -psi - beta`` maps the grid
+    onto itself).
+    """
+    g = symmetry_matrices(name)
+    about_z = np.abs(g[:, 2, 2] - 1.0) < 1e-9
+    flips = np.abs(g[:, 2, 2] + 1.0) < 1e-9
+    n_z = int(about_z.sum())
+    whole = n_z * (2 if flips.any() else 1) == len(g)
+    n = n_z if whole else math.gcd(n_z, _n_psi(step, 1))
+    dpsi = 2.0 * math.pi / (n * _n_psi(step, n))
+    angle = np.arctan2(g[:, 1, 0], g[:, 0, 0])  # Rz(angle) or Rz(angle) Rx(pi)
+    beta = None
+    for a in angle[flips]:
+        r = a / dpsi
+        if abs(r - round(r)) < 1e-6:
+            beta = round(r) * dpsi
+            break
+
+    def multiple(x):  # of 2 pi / n
+        r = x * n / (2.0 * math.pi)
+        return np.abs(r - np.round(r)) < 1e-6
+
+    in_h = (about_z & multiple(angle)) | (flips & (beta is not None) & multiple(angle - (beta or 0.0)))
+    return n, beta, in_h
+
+
+#: Centre of the Dirichlet domain that picks one rotation per orbit for ``T``, ``O``, ``I``: a
+#: generic rotation, so that no grid rotation is equidistant from two orbit points.
+_DOMAIN_CENTRE = Rotation.from_rotvec([0.3, -0.2, 0.45]).as_matrix()
+
+
+def _asymmetric_unit_mask(rots: np.ndarray, group: np.ndarray, in_h: np.ndarray) -> np.ndarray:
+    """True where the orbit point ``R g`` nearest to :data:`_DOMAIN_CENTRE` has ``g`` in ``H``."""
+    gflat = np.transpose(group, (0, 2, 1)).reshape(len(group), 9)  # trace(A g) = A.ravel() @ g.T.ravel()
+    keep = np.empty(len(rots), bool)
+    chunk = 1 << 16
+    for i in range(0, len(rots), chunk):
+        a = (_DOMAIN_CENTRE.T @ rots[i:i + chunk]).reshape(-1, 9)
+        keep[i:i + chunk] = in_h[np.argmax(a @ gflat.T, axis=1)]
+    return keep
+
 
 
 def _check_step(step_deg: float) -> float:
@@ -139,10 +333,14 @@ def _n_psi(step_deg: float, n_sym: int) -> int:
 
 
 def uniform_rotation_count(step_deg: float, symmetry: str | int = "C1") -> int:
-    """Number of rotations :func:`uniform_rotations` returns, without building them."""
-    n = parse_symmetry(symmetry)
+    """Number of rotations :func:`uniform_rotations` returns (without building them for
+    ``Cn`` and ``Dn``; ``T``, ``O`` and ``I`` build the set, a fraction of a second)."""
+    name = parse_symmetry(symmetry)
     step = _check_step(step_deg)
-    return 12 * healpix_nside(step) ** 2 * _n_psi(step, n)
+    n, beta, in_h = _exact_subgroup(name, step)
+    if in_h.all():
+        return (6 if beta is not None else 12) * healpix_nside(step) ** 2 * _n_psi(step, n)
+    return len(uniform_rotations(step, name))
 
 
 def _healpix_directions(nside: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +352,7 @@ def _healpix_directions(nside: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def uniform_rotations(step_deg: float, symmetry: str | int = "C1") -> np.ndarray:
-    """Near-uniform rotations of SO(3) (or SO(3)/Cn) at angular spacing ``step_deg``.
+    """Near-uniform rotations of SO(3) (or of one asymmetric unit SO(3)/G) at spacing ``step_deg``.
 
     Parameters
     ----------
@@ -162,22 +360,32 @@ def uniform_rotations(step_deg: float, symmetry: str | int = "C1") -> np.ndarray
         Target angular spacing in degrees (e.g. from :func:`crowther_step_deg`). Both the
         direction spacing ``sqrt(4 pi / N_pix)`` and the in-plane spacing are ``<= step_deg``.
     symmetry
-        ``"C1"`` (default) or ``"Cn"``: cyclic symmetry of the template about its own z axis.
-        Only in-plane angles ``psi in [0, 360/n)`` are kept (see module docstring).
+        The template's point group (:func:`parse_symmetry`): ``"C1"`` (default), ``"Cn"``,
+        ``"Dn"``, ``"T"``, ``"O"``, ``"I"``/``"I1"``-``"I4"`` in RELION's orientation. Only one
+        asymmetric unit is returned (see the module docstring).
 
     Returns
     -------
     numpy.ndarray
         ``(N, 3, 3)`` float64 pose matrices ``Rz(phi) Ry(theta) Rz(psi)``, ordered by
-        direction (HEALPix RING index) then ``psi``. ``N = 12 nside^2 * n_psi``.
+        direction (HEALPix RING index) then ``psi``. ``N = 12 nside^2 * n_psi`` for ``Cn``,
+        half of that for ``Dn``, about ``N(C1) / |G|`` for ``T``, ``O``, ``I``.
     """
     step = _check_step(step_deg)
-    n_sym = parse_symmetry(symmetry)
+    name = parse_symmetry(symmetry)
+    n_sym, beta, in_h = _exact_subgroup(name, step)
     nside = healpix_nside(step)
     theta, phi = _healpix_directions(nside)
+    if beta is not None:  # a 2-fold perpendicular to z: the upper hemisphere and half the equator
+        z = np.cos(theta)
+        keep = (z > 1e-9) | ((np.abs(z) <= 1e-9) & (phi < np.pi - 1e-9))
+        theta, phi = theta[keep], phi[keep]
     n_psi = _n_psi(step, n_sym)
     psi = np.arange(n_psi) * (2.0 * np.pi / (n_sym * n_psi))
-    return _zyz_matrices(np.repeat(phi, n_psi), np.repeat(theta, n_psi), np.tile(psi, theta.size))
+    rots = _zyz_matrices(np.repeat(phi, n_psi), np.repeat(theta, n_psi), np.tile(psi, theta.size))
+    if in_h.all():
+        return rots
+    return rots[_asymmetric_unit_mask(rots, symmetry_matrices(name), in_h)]
 
 
 def _zyz_matrices(phi: np.ndarray, theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
@@ -276,6 +484,31 @@ def write_rotations(path, mats) -> Path:
     return path
 
 
+def _parse_rotations(text: str, path, convention: str, expected: str = "",
+                     field_prefix: str = "") -> np.ndarray:
+    """Rows of three angles (``#`` comments, blank lines, commas allowed) -> pose matrices."""
+    rows = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"{field_prefix}line {lineno}"
+        parts = line.replace(",", " ").split()
+        if len(parts) != 3:
+            raise InputError(f"{len(parts)} values; expected 3 angles per line{expected}", path, where)
+        try:
+            vals = [float(x) for x in parts]
+        except ValueError:
+            raise InputError(f"not a number in {line!r}; expected 3 angles{expected}", path, where) from None
+        if not all(math.isfinite(x) for x in vals):
+            raise InputError(f"NaN or Inf angle; expected 3 finite angles{expected}", path, where)
+        rows.append(vals)
+    if not rows:
+        raise InputError(f"no rotations in file; expected 3 angles per line{expected}", path, field_prefix.strip() or None)
+    a = np.asarray(rows, float)
+    return relion_to_matrix(a) if convention == "relion" else pytom_to_matrix(a)
+
+
 def read_rotations(path, convention: str = "relion") -> np.ndarray:
     """Read a rotation file into ``(N, 3, 3)`` pose matrices.
 
@@ -288,7 +521,7 @@ def read_rotations(path, convention: str = "relion") -> np.ndarray:
         ``"pytom"``: pytom-match-pick angle list, anticlockwise ZXZ ``phi theta psi`` radians.
     """
     conv = str(convention).lower()
-    if conv not in ("relion", "pytom"):
+    if conv not in ANGLE_LIST_CONVENTIONS:
         raise InputError(f"unknown rotation convention {convention!r}; expected relion or pytom",
                          path, "convention")
     p = Path(path)
@@ -296,22 +529,77 @@ def read_rotations(path, convention: str = "relion") -> np.ndarray:
         text = p.read_text()
     except OSError as exc:
         raise InputError(f"cannot read rotation file ({exc.strerror or exc})", path) from None
-    rows = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.replace(",", " ").split()
-        if len(parts) != 3:
-            raise InputError(f"{len(parts)} values; expected 3 angles per line", path, f"line {lineno}")
-        try:
-            vals = [float(x) for x in parts]
-        except ValueError:
-            raise InputError(f"not a number in {line!r}; expected 3 angles", path, f"line {lineno}") from None
-        if not all(math.isfinite(x) for x in vals):
-            raise InputError("NaN or Inf angle", path, f"line {lineno}")
-        rows.append(vals)
-    if not rows:
-        raise InputError("no rotations in file", path)
-    a = np.asarray(rows, float)
-    return relion_to_matrix(a) if conv == "relion" else pytom_to_matrix(a)
+    return _parse_rotations(text, path, conv)
+
+
+# --------------------------------------------------------------------------- --angle-list
+
+#: what each ``--angle-list`` convention holds, per line
+ANGLE_LIST_CONVENTIONS = {
+    "relion": "RELION ZYZ rot tilt psi in degrees",
+    "pytom": "pytom-match-pick anticlockwise ZXZ phi theta psi in radians",
+}
+
+
+class AngleList(NamedTuple):
+    """A ``--angle-list`` file as read: pose matrices, the file's SHA-256 and its resolved name."""
+
+    rotations: np.ndarray
+    sha256: str
+    spec: str  #: ``"/abs/path"`` (RELION degrees) or ``"pytom:/abs/path"``
+    path: Path
+    convention: str
+
+
+def parse_angle_list(spec) -> tuple[str, Path]:
+    """``(convention, path)`` of a ``--angle-list`` value, without reading the file.
+
+    ``FILE`` or ``relion:FILE``: RELION ``rot tilt psi`` in degrees (ZYZ; tomomatch's own
+    ``<name>_rotations.txt`` is such a file). ``pytom:FILE``: a pytom-match-pick angle list
+    (``--angular-search FILE.txt``; its ``angle_lists/info.txt``: "Each row ... contains a
+    anti-clockwise ZXZ rotation in radians"), read with
+    :func:`tomomatch.conventions.pytom_to_matrix`. Raises :class:`InputError` naming
+    ``--angle-list``.
+    """
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise InputError(f"{spec!r}; expected a file name (FILE or pytom:FILE)", None, "--angle-list")
+    s = spec.strip()
+    conv = "relion"
+    head, sep, tail = s.partition(":")
+    if sep and head.lower() in ANGLE_LIST_CONVENTIONS:
+        conv, s = head.lower(), tail.strip()
+    if not s:
+        raise InputError(f"{spec!r}; expected a file name (FILE or pytom:FILE)", None, "--angle-list")
+    return conv, Path(s)
+
+
+def format_angle_list(convention: str, path) -> str:
+    """The ``--angle-list`` value that :func:`parse_angle_list` reads back as ``(convention, path)``."""
+    plain = str(path)
+    return plain if convention == "relion" and parse_angle_list(plain)[0] == "relion" else f"{convention}:{plain}"
+
+
+def read_angle_list(spec) -> AngleList:
+    """Read a ``--angle-list`` file (:func:`parse_angle_list`) into pose matrices.
+
+    One rotation per line, three angles separated by blanks or commas; blank lines and ``#``
+    comments are ignored. The rotations are searched as given, in file order (no symmetry
+    reduction: a list for a symmetric template should already cover one asymmetric unit).
+    A malformed file raises :class:`InputError` with the file, the line and what was expected.
+    """
+    conv, path = parse_angle_list(spec)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the angle list ({exc.strerror or exc}); expected a text file of "
+                         f"{ANGLE_LIST_CONVENTIONS[conv]}", path, "--angle-list") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"not a text file; expected {ANGLE_LIST_CONVENTIONS[conv]}, 3 per line", path,
+                         "--angle-list") from None
+    rots = _parse_rotations(text, path, conv, f" ({ANGLE_LIST_CONVENTIONS[conv]})", "--angle-list ")
+    resolved = path.absolute()
+    return AngleList(rots, hashlib.sha256(data).hexdigest(), format_angle_list(conv, resolved), resolved, conv)

@@ -124,6 +124,7 @@ class MatchOptions:
     angular_step_deg: float | None = None
     particle_diameter_angstrom: float | None = None
     symmetry: str = "C1"
+    angle_list: str | None = None
     weighting: WeightingOptions = field(default_factory=WeightingOptions)
     defocus_handedness: int | None = None
     hand_mode: str = "full"
@@ -136,7 +137,7 @@ class MatchOptions:
     batch_size: int | None = None
 
     def __post_init__(self):
-        from .angles import parse_symmetry
+        from .angles import format_angle_list, parse_angle_list, parse_symmetry
 
         set_ = object.__setattr__
         if isinstance(self.weighting, dict):
@@ -153,7 +154,13 @@ class MatchOptions:
         if self.angular_step_deg is not None and self.angular_step_deg > 180:
             raise InputError(f"{self.angular_step_deg:g} degrees; expected at most 180", None, "--angular-step")
         set_(self, "particle_diameter_angstrom", _positive(self.particle_diameter_angstrom, "--particle-diameter"))
-        parse_symmetry(self.symmetry)  # raises InputError naming --symmetry
+        set_(self, "symmetry", parse_symmetry(self.symmetry))  # canonical; InputError naming --symmetry
+        if self.angle_list is not None:
+            # the file is read by plan_match; here only what needs no reading
+            set_(self, "angle_list", format_angle_list(*parse_angle_list(self.angle_list)))
+            if self.angular_step_deg is not None:
+                raise InputError(f"{self.angle_list} and --angular-step {self.angular_step_deg:g} both "
+                                 "give the rotations; expected one of them", None, "--angle-list")
         if self.defocus_handedness is not None:
             try:
                 set_(self, "defocus_handedness", check_hand(self.defocus_handedness))
@@ -247,7 +254,17 @@ def add_match_arguments(p: argparse.ArgumentParser, *, batch: bool = False) -> N
         p.add_argument("--particle-diameter", type=float, metavar="A",
                        help="particle diameter (Angstrom): the extraction's exclusion diameter and, without "
                             "--angular-step, the Crowther step")
-    p.add_argument("--symmetry", default="C1", help="cyclic symmetry Cn about the template z axis")
+    if not batch:
+        ang.add_argument("--angle-list", metavar="FILE",
+                         help="search these rotations: RELION rot tilt psi in degrees per line (e.g. a "
+                              "_rotations.txt), or pytom:FILE for a pytom-match-pick angle list (ZXZ radians)")
+    else:
+        p.add_argument("--angle-list", metavar="FILE",
+                       help="search these rotations instead of a uniform grid: RELION rot tilt psi in degrees "
+                            "per line, or pytom:FILE (pytom-match-pick ZXZ radians)")
+    p.add_argument("--symmetry", default="C1",
+                   help="template point group in RELION's orientation: Cn (n-fold along z), Dn (2-fold along x), "
+                        "T, O, I (= I2) or I1-I4; one asymmetric unit is searched")
     p.add_argument("--low-pass", type=float, metavar="A", help="low-pass resolution (Angstrom)")
     p.add_argument("--high-pass", type=float, metavar="A", help="high-pass resolution (Angstrom)")
     p.add_argument("--whiten", action="store_true", help="spectral whitening estimated from the tomogram")
@@ -283,7 +300,7 @@ def match_options_from_args(args: argparse.Namespace) -> MatchOptions:
     return MatchOptions(
         name=getattr(args, "name", None), voxel_size_angstrom=getattr(args, "voxel_size", None),
         angular_step_deg=args.angular_step, particle_diameter_angstrom=args.particle_diameter,
-        symmetry=args.symmetry,
+        symmetry=args.symmetry, angle_list=getattr(args, "angle_list", None),
         weighting=WeightingOptions(wedge=args.wedge, ctf=args.ctf, dose=not args.no_dose,
                                    low_pass_angstrom=args.low_pass, high_pass_angstrom=args.high_pass,
                                    whiten=args.whiten),
