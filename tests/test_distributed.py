@@ -64,7 +64,7 @@ def _files(d, name):
 
 def _job(path):
     job = json.loads(Path(path).read_text())
-    for k in ("elapsed_s", "command", "resumed_rotations"):
+    for k in ("elapsed_s", "command", "resumed_rotations", "execution"):
         job.pop(k)
     return job
 

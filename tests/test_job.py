@@ -18,7 +18,7 @@ from tomomatch import matching as M
 from tomomatch.angles import read_rotations, uniform_rotations
 from tomomatch.cli import main
 from tomomatch.errors import InputError
-from tomomatch.job import read_job, run_match
+from tomomatch.job import plan_match, read_job, run_match
 from tomomatch.mrcio import write_volume
 
 from _synthetic import asymmetric_template, sphere_mask
@@ -148,7 +148,7 @@ def _run_cli_subprocess(args, **kw):
 
 def _job_without_run_fields(path):
     job = json.loads(Path(path).read_text())
-    for k in ("elapsed_s", "command", "resumed_rotations"):
+    for k in ("elapsed_s", "command", "resumed_rotations", "execution"):
         job.pop(k, None)
     return job
 
@@ -347,3 +347,77 @@ def test_random_phase_scores_keep_the_scale_of_the_search_statistics(tmp_path):
             # the corrected map's background sits where the raw maxima do: above the raw mean
             assert st["mean"] < float(np.median(scores)) < st["mean"] + 6 * st["std"]
     assert counts[False] <= 3 and counts[True] <= 3
+
+
+def test_tomogram_of_another_size_than_relion_says_is_refused(data, tmp_path):
+    from tomomatch.tiltseries import TiltSeries
+
+    d = data["dir"]
+    # SHAPE is (z, y, x); RELION's unbinned size at binning 2 would be twice each axis
+    x, y, z = SHAPE[2], SHAPE[1], SHAPE[0]
+    ok = TiltSeries(tilt_angles_deg=[-30.0, 0.0, 30.0], extra={"size_xyz_unbinned": (2 * x, 2 * y, 2 * z + 1),
+                                                                "binning": 2.0, "tomograms_star": "t.star"})
+    plan_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, tilt_series=ok, rotations=data["rots"][:2])
+    bad = ok.with_(extra={"size_xyz_unbinned": (2 * x + 16, 2 * y, 2 * z), "binning": 2.0,
+                          "tomograms_star": "t.star"})
+    with pytest.raises(InputError, match="rlnTomoSizeX/Y/Z") as exc:
+        plan_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, tilt_series=bad,
+                   rotations=data["rots"][:2])
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "tomo_checkpoints").exists()
+
+
+def test_mask_at_another_voxel_size_is_refused(data, tmp_path):
+    d = data["dir"]
+    write_volume(tmp_path / "m.mrc", sphere_mask(N, 5), 20.0)
+    with pytest.raises(InputError, match="mask voxel size"):
+        run_match(d / "tmpl.mrc", tmp_path / "m.mrc", d / "tomo.mrc", tmp_path / "o", rotations=data["rots"][:2])
+    assert not (tmp_path / "o").exists()
+
+
+def test_default_processes_recorded_and_small_searches_stay_in_process(data, tmp_path):
+    d = data["dir"]
+    job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, rotations=data["rots"][:4])
+    ex = job["execution"]
+    assert ex["processes_rule"] == "auto" and ex["processes"] == 1 and ex["available_cpus"] >= 1
+    job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "b", rotations=data["rots"][:4],
+                    processes=1)
+    assert job["execution"] == {**ex, "processes_rule": "given"}
+
+
+def test_pool_workers_die_with_a_killed_parent(data, tmp_path):
+    """SIGKILL the parent of a --processes 2 run: its workers must not stay behind."""
+    d = data["dir"]
+    script = (
+        "import sys; from tomomatch.job import run_match; from tomomatch.angles import uniform_rotations\n"
+        f"run_match({str(d / 'tmpl.mrc')!r}, {str(d / 'mask.mrc')!r}, {str(d / 'tomo.mrc')!r}, {str(tmp_path)!r},"
+        " rotations=uniform_rotations(12.0), processes=2, rotations_per_unit=40, checkpoint_interval_s=0)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+
+    def children(pid):
+        out = []
+        for st in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = st.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(st.parent.name))
+        return out
+
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list(tmp_path.glob("tomo_checkpoints/*.npz"))) == 0:
+            time.sleep(0.2)
+        kids = children(parent.pid)
+        assert len(kids) >= 2, "the pool did not start"
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.time() + 15
+    alive = kids
+    while time.time() < deadline and alive:
+        time.sleep(0.2)
+        alive = [k for k in kids if Path(f"/proc/{k}").exists()
+                 and Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive, f"workers {alive} outlived their parent"

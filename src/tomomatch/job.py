@@ -202,6 +202,23 @@ def _make_units(n_tiles: int, n_rot: int, batch_sizes: Sequence[int], rotations_
     return units
 
 
+def _check_relion_tomogram_size(ts, shape_zyx, tomogram) -> None:
+    """A tomogram must have RELION 5's ``rlnTomoSizeX/Y/Z / binning`` shape (one voxel of
+    rounding allowed): particle coordinates are centred on that size, so another tomogram
+    would put every particle off by the difference."""
+    if ts is None or "size_xyz_unbinned" not in ts.extra or not ts.extra.get("binning"):
+        return
+    binning = float(ts.extra["binning"])
+    want_xyz = np.asarray(ts.extra["size_xyz_unbinned"], float) / binning
+    have_xyz = np.asarray(shape_zyx[::-1], float)
+    if np.any(np.abs(have_xyz - want_xyz) > 1.0):
+        want = tuple(round(float(v), 1) for v in want_xyz)
+        raise InputError(f"tomogram size (x, y, z) {tuple(int(v) for v in have_xyz)} differs from RELION's "
+                         f"rlnTomoSizeX/Y/Z / binning {binning:g} = {want} (from {ts.extra.get('tomograms_star')});"
+                         " expected the tomogram RELION reconstructed for this tilt series", tomogram,
+                         "rlnTomoSizeX/Y/Z")
+
+
 def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None = None, *,
                tilt_series=None, rotations: np.ndarray | None = None,
                rotations_per_unit: int | None = None, min_units: int = 1, check_device: bool = True,
@@ -256,9 +273,14 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
     if t_vs > 0 and abs(t_vs - voxel) > 0.01 * voxel:
         raise InputError(f"template voxel size {t_vs:g} A differs from the tomogram's {voxel:g} A by more"
                          " than 1 %; resample the template", template, "voxel size")
+    m_vs = read_voxel_size(mask)
+    if m_vs > 0 and abs(m_vs - voxel) > 0.01 * voxel:
+        raise InputError(f"mask voxel size {m_vs:g} A differs from the tomogram's {voxel:g} A by more than"
+                         " 1 %; make the mask at the template's voxel size", mask, "voxel size")
     mask_np, _ = read_volume(mask, voxel, what="mask")
     vol_shape = tuple(int(s) for s in vol_np.shape)
     del vol_np
+    _check_relion_tomogram_size(tilt_series, vol_shape, tomogram)
     n = tmpl_np.shape[0]
     if tmpl_np.shape != (n, n, n):
         raise InputError(f"template shape {tmpl_np.shape}; expected a cubic box", template)
@@ -693,7 +715,7 @@ def merge_units(plan: MatchPlan, results: Sequence[UnitResult]) -> MergedMatch:
 
 
 def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.0, command: str | None = None,
-                  device: str | None = None) -> dict:
+                  device: str | None = None, execution: dict | None = None) -> dict:
     """Write the maps, the rotation list and (last) the job file, atomically; returns the job dict."""
     paths = plan.output_paths()
     voxel, ts, out_dir = plan.voxel_size_angstrom, plan.tilt_series, plan.out_dir
@@ -734,6 +756,8 @@ def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.
         "resumed_rotations": int(merged.resumed_rotations), "plan_key": plan.key,
         "device": device or plan.options.device, "elapsed_s": round(float(elapsed_s), 3), "command": command or "",
         "options": opts.to_json(),
+        "tilt_series_name": (ts.name or None) if ts is not None else None,
+        "execution": dict(execution or {}),
     }
     write_job(paths["job"], job)
     return job
@@ -742,11 +766,32 @@ def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.
 # --------------------------------------------------------------------------- local execution
 
 
-def _pool_init() -> None:  # worker processes of the local pool: one thread each
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker process die when its parent does (a SIGKILLed ``match`` must not leave
+    its workers running): Linux's ``PR_SET_PDEATHSIG``, and a check that the parent is still the
+    one that started us (it may have died before the call)."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except OSError:
+            pass  # no libc by that name: the per-unit check below still applies
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _pool_init(parent_pid: int | None = None) -> None:  # worker processes of the local pool
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     torch.set_num_threads(1)
 
 
-def _pool_unit(plan: MatchPlan, unit: WorkUnit) -> UnitResult:
+def _pool_unit(plan: MatchPlan, unit: WorkUnit, parent_pid: int | None = None) -> UnitResult:
+    if parent_pid is not None and os.getppid() != parent_pid:  # orphaned: stop, do not compute
+        os._exit(1)
     return run_unit(plan, unit)
 
 
@@ -778,9 +823,10 @@ def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> li
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
+            parent = os.getpid()
             with ProcessPoolExecutor(max_workers=min(processes, len(todo)), mp_context=mp.get_context("spawn"),
-                                     initializer=_pool_init) as pool:
-                futs = {pool.submit(_pool_unit, plan, u): u for u in todo}
+                                     initializer=_pool_init, initargs=(parent,)) as pool:
+                futs = {pool.submit(_pool_unit, plan, u, parent): u for u in todo}
                 for f in as_completed(futs):
                     u = futs[f]
                     results[u.index] = f.result()
@@ -793,9 +839,13 @@ def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> li
 # --------------------------------------------------------------------------- the job
 
 
+#: voxels x rotations below which ``processes=None`` runs in this process (about 20 s of CPU work)
+_AUTO_PROCESSES_MIN_WORK = 2e9
+
+
 def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = None, *,
               tilt_series=None, rotations: np.ndarray | None = None, quiet: bool = True,
-              command: str | None = None, processes: int = 1, rotations_per_unit: int | None = None,
+              command: str | None = None, processes: int | None = None, rotations_per_unit: int | None = None,
               engine: EngineConfig | None = None, **option_fields) -> dict:
     """Template-match a tomogram file and write the outputs; returns the job dict.
 
@@ -855,7 +905,10 @@ def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = 
         The command line, recorded in the job file.
     processes
         Work units run in this many single-threaded processes (1: here, in this process).
-        The outputs are identical for any number.
+        The outputs are identical for any number. Default (None): on the CPU, the cores this
+        job may use (:func:`tomomatch.resources.available_cpus`: affinity and cgroup quota)
+        when the search is big enough to pay for the workers' start-up, else 1; on a GPU, 1.
+        The job file records what was used (``execution``).
     rotations_per_unit
         Rotations per work unit (default: a whole tile, or chunks giving about four units per
         process).
@@ -863,20 +916,38 @@ def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = 
         :class:`~tomomatch.matching.EngineConfig` (default: from the ``TOMOMATCH_*`` environment
         variables, read once; see :func:`plan_match`).
     """
+    from .locking import JobLock
+    from .resources import available_cpus
+
     t_start = time.time()
     configure_allocator()
-    if not isinstance(processes, int) or processes < 1:
+    auto = processes is None
+    if not auto and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 1):
         raise InputError(f"{processes!r} processes; expected an integer >= 1", None, "--processes")
-    plan = plan_match(template, mask, tomogram, out_dir, options, tilt_series=tilt_series, rotations=rotations,
-                      rotations_per_unit=rotations_per_unit, min_units=4 * processes if processes > 1 else 1,
-                      engine=engine, **option_fields)
-    prepare_checkpoints(plan)
-    try:
-        results = execute_local(plan, processes, quiet)
-    finally:
-        clear_caches()
-    merged = merge_units(plan, results)
-    write_outputs(plan, merged, elapsed_s=time.time() - t_start, command=command)
-    remove_checkpoints(plan)
+    cpus = available_cpus()
+
+    def plan_for(n_proc: int) -> MatchPlan:
+        return plan_match(template, mask, tomogram, out_dir, options, tilt_series=tilt_series, rotations=rotations,
+                          rotations_per_unit=rotations_per_unit, min_units=4 * n_proc if n_proc > 1 else 1,
+                          engine=engine, **option_fields)
+
+    plan = plan_for(1 if auto else int(processes))
+    if auto:
+        work = float(np.prod(plan.shape_zyx)) * plan.n_rotations
+        # a worker costs a few seconds to start (spawn, import torch): not worth it for small searches
+        processes = cpus if (torch.device(plan.options.device).type == "cpu" and work >= _AUTO_PROCESSES_MIN_WORK) else 1
+        if processes > 1:
+            plan = plan_for(processes)  # units for the pool (the same outputs, finer chunks)
+    execution = {"processes": int(processes), "processes_rule": "auto" if auto else "given",
+                 "available_cpus": int(cpus)}
+    with JobLock(plan.out_dir, plan.name, "match"):
+        prepare_checkpoints(plan)
+        try:
+            results = execute_local(plan, processes, quiet)
+        finally:
+            clear_caches()
+        merged = merge_units(plan, results)
+        write_outputs(plan, merged, elapsed_s=time.time() - t_start, command=command, execution=execution)
+        remove_checkpoints(plan)
     # the record as any reader sees it: paths resolved against the job file's folder
     return read_job(plan.output_paths()["job"])

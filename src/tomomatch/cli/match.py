@@ -26,9 +26,10 @@ def register(subparsers) -> None:
     p.add_argument("-v", "--tomogram", required=True, metavar="MRC", help="tomogram")
     p.add_argument("-d", "--out-dir", required=True, metavar="OUTDIR", help="output folder")
     add_match_arguments(p)
-    p.add_argument("--processes", type=int, default=1, metavar="N",
+    p.add_argument("--processes", type=int, default=None, metavar="N",
                    help="run the work units (tile x rotation chunk) in N single-threaded processes; "
-                        "outputs are identical for any N")
+                        "outputs are identical for any N (default: the cores this job may use, on the CPU, "
+                        "when the search is big enough; recorded in the job file)")
     p.add_argument("--rotations-per-unit", type=int, default=None, metavar="K",
                    help="rotations per work unit (default: a whole tile, or about 4 units per process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
