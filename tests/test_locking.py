@@ -40,3 +40,12 @@ def test_lock_of_another_host_is_not_taken_over(tmp_path):
     with pytest.raises(InputError, match="elsewhere"):
         JobLock(tmp_path, "job").acquire()
     assert (tmp_path / "job.lock").exists()
+
+
+def test_simulate_refuses_a_folder_another_run_owns(tmp_path):
+    from tomomatch.simulate import simulate
+
+    with JobLock(tmp_path, "simulation", "simulate"):
+        with pytest.raises(InputError, match="owns this job"):
+            simulate("ci", tmp_path, n_particles=1)
+    assert not (tmp_path / "simulation.lock").exists()

@@ -640,4 +640,9 @@ def simulate(preset: str = "ci", out_dir=None, seed: int | None = None, hand: in
         raise InputError("an output folder is required", field="out_dir")
     for w in cfg.warnings:
         warnings.warn(w, stacklevel=2)
-    return run_simulation(cfg, out_dir if out_dir is not None else ".", write=write)
+    if not write:
+        return run_simulation(cfg, ".", write=False)
+    from ..locking import JobLock
+
+    with JobLock(out_dir, "simulation", "simulate"):  # one simulation per folder at a time
+        return run_simulation(cfg, out_dir, write=True)
