@@ -335,8 +335,12 @@ def _unit_task(plan: MatchPlan, unit: WorkUnit, before_unit: Callable | None = N
         before_unit(plan, unit)
     with _UNIT_LOCK:  # one unit at a time per worker process; it uses the worker's threads
         import torch
+        threads = torch.get_num_threads()
         torch.set_num_threads(_worker_threads())
-        res = run_unit(plan, unit, device=_worker_device(plan.options.device))
+        try:
+            res = run_unit(plan, unit, device=_worker_device(plan.options.device))
+        finally:
+            torch.set_num_threads(threads)
     return unit.stop - unit.start - res.resumed
 
 

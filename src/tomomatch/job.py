@@ -311,7 +311,7 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
     elif rotations is None:
         if angular_step_deg is None:
             if opts.particle_diameter_angstrom is None:
-                raise InputError("give --angular-step or --particle-diameter", None, "--angular-step")
+                raise InputError("give --angular-step, --particle-diameter or --angle-list", None, "--angular-step")
             angular_step_deg = crowther_step_deg(opts.particle_diameter_angstrom, voxel, low_pass_angstrom)
         rots = uniform_rotations(angular_step_deg, symmetry)
     else:
@@ -869,7 +869,9 @@ def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = 
         (``resolution / diameter``, resolution ``max(2 voxel, low pass)``). One is required
         unless ``rotations`` (``(N, 3, 3)`` pose matrices) are given.
     symmetry
-        ``"Cn"`` about the template's z axis.
+        The template's point group in RELION's convention: ``"Cn"``, ``"Dn"``, ``"T"``, ``"O"``,
+        ``"I"`` (I2; also I1, I3, I4); the rotations cover one asymmetric unit
+        (:func:`tomomatch.angles.uniform_rotations`).
     low_pass_angstrom, high_pass_angstrom, whiten
         Band pass and spectral whitening, applied to tomogram and template.
     wedge

@@ -55,8 +55,8 @@ def run(args) -> int:
     from ..distributed import run_batch
     from ..errors import InputError
 
-    if args.angular_step is None and args.particle_diameter is None:
-        raise InputError("give --angular-step or --particle-diameter (or both)", None, "--angular-step")
+    if args.angular_step is None and args.particle_diameter is None and getattr(args, "angle_list", None) is None:
+        raise InputError("give --angular-step, --particle-diameter or --angle-list", None, "--angular-step")
     if not args.no_extract and args.particle_diameter is None:
         raise InputError("extraction needs --particle-diameter (its exclusion diameter); or give --no-extract",
                          None, "--particle-diameter")
