@@ -20,7 +20,7 @@ COMMANDS: list[str] = [
     "template", "mask",
     "metadata",
     "match", "batch",
-    "extract", "merge-stars",
+    "extract", "roc", "merge-stars",
     "simulate",
     "hand", "compare-hands",
     "demo",
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # first of all: torch reads THP_MEM_ALLOC_ENABLE at its first CPU allocation (docs/matching.md)
+    from ..matching.config import configure_allocator
+    configure_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
