@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -648,3 +649,407 @@ def test_relion5_bad_input(tmp_path):
     (tmp_path / "x.star").write_text("data_particles\nloop_\n_rlnTomoName #1\na\n")
     with pytest.raises(InputError, match="no data_global loop"):
         read_relion5(tmp_path / "x.star")
+
+
+# --------------------------------------------------------------------------- plausibility (units both ways)
+
+SMALL_STAR = FIXTURES / "relion5_small_tomograms.star"
+SMALL_TS = FIXTURES / "relion5_small_tiltseries.star"
+
+
+def _small_relion(tmp_path, edit=None, columns=None) -> Path:
+    """Copy the small RELION 5 fixture into tmp; ``edit(column, value) -> value`` rewrites the
+    tilt-series cells, ``columns`` (names) are dropped."""
+    lines = SMALL_TS.read_text().splitlines()
+    header = [ln.split()[0][1:] for ln in lines if ln.startswith("_rln")]
+    out = []
+    for ln in lines:
+        toks = ln.split()
+        if ln.startswith("_rln") and columns and toks[0][1:] in columns:
+            continue
+        if len(toks) == len(header) and not ln.startswith("_"):
+            toks = [edit(c, t) if edit else t for c, t in zip(header, toks)]
+            toks = [t for c, t in zip(header, toks) if not (columns and c in columns)]
+            ln = " ".join(toks)
+        out.append(ln)
+    (tmp_path / SMALL_TS.name).write_text("\n".join(out) + "\n")
+    shutil.copy(SMALL_STAR, tmp_path / SMALL_STAR.name)
+    return tmp_path / SMALL_STAR.name
+
+
+def _scale(column, factor):
+    return lambda c, t: f"{float(t) * factor:.6f}" if c == column else t
+
+
+def test_new_fixtures_read():
+    ts = read_relion5(SMALL_STAR)
+    np.testing.assert_allclose(ts.tilt_angles_deg, [-5.99, -2.99, 0.01, 3.01, 6.01])
+    np.testing.assert_allclose(ts.accumulated_dose, [12, 6, 0, 3, 9])
+    np.testing.assert_allclose(ts.defocus_u_um, [3.12, 3.05, 3.0, 3.04, 3.1])
+    both = load_tilt_series(tilt_angles=FIXTURES / "ts5.rawtlt", dose=FIXTURES / "ts5_dose.txt",
+                            defocus=FIXTURES / "ts5_v2.defocus")
+    np.testing.assert_allclose(both.defocus_um, [3.12, 3.05, 3.0, 3.04, 3.1])
+    np.testing.assert_allclose(read_defocus_text(FIXTURES / "ts5_defocus.txt"), both.defocus_um)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    # ctfplotter writes nm: 3.1 is micrometres (0.0031 um as read)
+    ("1 1 -3 -3 3.1 2\n2 2 0 0 3.1\n",
+     r"line 1: defocus 3.1 nm = 0.0031 um is implausible; expected nanometres as in IMOD \.defocus, 0.5-20 um "
+     r"underfocus \(looks like micrometres: 3.1 um\?\)"),
+    # x10: 31 um
+    ("1 1 -3 -3 31000 2\n2 2 0 0 31000\n", r"line 1: defocus 31000 nm = 31 um is implausible"),
+    # a version-3 file with defocus2 in Angstrom
+    ("1 0 0 0 0 3\n1 1 -3 -3 3100 31000 10\n", r"line 2: defocus 31000 nm = 31 um is implausible"),
+])
+def test_imod_defocus_in_the_wrong_unit_is_refused(tmp_path, content, fragment):
+    p = tmp_path / "x.defocus"
+    p.write_text(content)
+    with pytest.raises(InputError, match=fragment) as exc:
+        read_imod_defocus(p)
+    assert "\n" not in str(exc.value) and "--allow-unusual-defocus" in str(exc.value)
+    read_imod_defocus(p, allow_unusual_defocus=True)
+
+
+def test_plain_defocus_and_option_in_the_wrong_unit_are_refused(tmp_path):
+    p = tmp_path / "d.txt"
+    p.write_text("0.003\n0.003\n0.003\n")
+    with pytest.raises(InputError, match=r"line 1: defocus 0.003 is implausible.*expected micrometres, 0.5-20 um "
+                                         r"underfocus \(looks like millimetres: 3 um\?\)"):
+        read_defocus_text(p)
+    np.testing.assert_allclose(read_defocus_text(p, allow_unusual_defocus=True), 0.003)
+    p.write_text("-3.0\n3.0\n")     # overfocus sign
+    with pytest.raises(InputError, match="overfocus sign"):
+        read_defocus_text(p)
+    p.write_text("0.3\n0.3\n")      # near focus: only with a phase plate
+    with pytest.raises(InputError, match="line 1: defocus 0.3 is implausible"):
+        read_defocus_text(p)
+    np.testing.assert_allclose(read_defocus_text(p, phase_plate=True), 0.3)
+    write_tilt_angles(tmp_path / "a.rawtlt", [-3, 3])
+    assert load_tilt_series(tilt_angles=tmp_path / "a.rawtlt", defocus=p, phase_shift_deg=90).defocus_um[0] == 0.3
+    for value in ("3e-6", "35000", "-3", "0.05", "25"):
+        with pytest.raises(InputError, match=r"^defocus: defocus .* is implausible"):
+            load_tilt_series(tilt_angles=tmp_path / "a.rawtlt", defocus=value)
+    ts = load_tilt_series(tilt_angles=tmp_path / "a.rawtlt", defocus="25", allow_unusual_defocus=True)
+    assert ts.defocus_um[0] == 25
+
+
+@pytest.mark.parametrize("factor, fragment", [
+    (0.1, r"rlnDefocusU: row 1 \(line 19\): defocus 3120 A = 0.312 um is implausible; expected Angstrom as in "
+          r"RELION STAR, 0.5-20 um underfocus \(looks like nanometres: 3.12 um\?\)"),
+    (10, r"rlnDefocusU: row 1 \(line 19\): defocus 312000 A = 31.2 um is implausible"),
+    (1e-4, r"rlnDefocusU: row 1 \(line 19\): defocus 3.12 A = 0.000312 um is implausible.*micrometres: 3.12 um\?"),
+])
+def test_relion_defocus_in_the_wrong_unit_is_refused(tmp_path, factor, fragment):
+    star = _small_relion(tmp_path, _scale("rlnDefocusU", factor))
+    with pytest.raises(InputError, match=fragment) as exc:
+        read_relion5(star)
+    assert "\n" not in str(exc.value)
+    assert read_relion5(star, allow_unusual_defocus=True).defocus_u_um[0] == pytest.approx(3.12 * factor)
+
+
+def test_relion_near_focus_defocus_needs_a_phase_plate(tmp_path):
+    near = _small_relion(tmp_path, lambda c, t: "3000" if c in ("rlnDefocusU", "rlnDefocusV") else t)
+    with pytest.raises(InputError, match="0.3 um is implausible"):
+        read_relion5(near)
+    text = (tmp_path / SMALL_TS.name).read_text().replace("_rlnTomoYShiftAngst #12", "_rlnTomoYShiftAngst #12\n"
+                                                          "_rlnPhaseShift #13")
+    text = "\n".join(ln + " 90.0" if ln.startswith("frames/") else ln for ln in text.splitlines()) + "\n"
+    (tmp_path / SMALL_TS.name).write_text(text)
+    ts = read_relion5(near)
+    assert ts.defocus_um[0] == pytest.approx(0.3) and ts.phase_shift_deg[0] == 90
+
+
+def test_warp_defocus_in_the_wrong_unit_is_refused(tmp_path):
+    p = _edit_xml(tmp_path, 'Value="3.05"', 'Value="3050"')
+    with pytest.raises(InputError, match=r"GridCTF: tilt 2: defocus 3050 is implausible"):
+        read_warp_xml(p)
+    # a tilt Warp does not use is not checked
+    p = _edit_xml(tmp_path, '<Node X="0" Y="0" Z="3" Value="3.2" />', '<Node X="0" Y="0" Z="3" Value="0.01" />', 1)
+    assert read_warp_xml(p).excluded[3]
+
+
+def test_implausible_dose_and_pixel_size(tmp_path):
+    # e/nm^2 written as e/A^2: x100
+    star = _small_relion(tmp_path, _scale("rlnMicrographPreExposure", 100))
+    with pytest.raises(InputError, match=r"rlnMicrographPreExposure: row 1 \(line 19\): accumulated dose 1200 e/A\^2 "
+                                         r"is implausible; expected e/A\^2 \(not e/nm\^2\)"):
+        read_relion5(star)
+    assert read_relion5(star, allow_unusual_dose=True).accumulated_dose[0] == 1200
+    star = _small_relion(tmp_path, lambda c, t: "-3" if c == "rlnMicrographPreExposure" else t)
+    with pytest.raises(InputError, match="accumulated dose -3 is negative"):
+        read_relion5(star, allow_unusual_dose=True)
+    p = tmp_path / "d.txt"
+    p.write_text("0\n600\n1200\n")
+    with pytest.raises(InputError, match=r"line 3: dose 1200 e/A\^2 is implausible"):
+        read_dose(p)
+    p.write_text("400\n400\n400\n")
+    with pytest.raises(InputError, match=r"line 3: the doses add up to 1200 e/A\^2"):
+        read_dose(p, per_tilt=True)
+    mdoc = (FIXTURES / "small_ts.mrc.mdoc").read_text()
+    (tmp_path / "m.mdoc").write_text(mdoc.replace("ExposureDose = 3.0", "ExposureDose = 500.0"))
+    # acquired Z 2, 3, 1, 0, 4: the sum passes 1000 at Z 1
+    with pytest.raises(InputError, match=r"ExposureDose: line 22 \[ZValue = 1\]: the doses add up to 1009.2 e/A\^2"):
+        read_mdoc(tmp_path / "m.mdoc")
+    (tmp_path / "m.mdoc").write_text(mdoc.replace("PixelSpacing = 2.125", "PixelSpacing = 0"))
+    with pytest.raises(InputError, match=r"PixelSpacing: pixel size 0; expected Angstrom > 0"):
+        read_mdoc(tmp_path / "m.mdoc")
+    star = _small_relion(tmp_path)
+    star.write_text(star.read_text().replace("1.350000 relion5", "0.000000 relion5"))
+    with pytest.raises(InputError, match=r"rlnTomoTiltSeriesPixelSize: pixel size 0; expected Angstrom > 0"):
+        read_relion5(star)
+    with pytest.raises(InputError, match="pixel size"):
+        TiltSeries([0.0, 3.0], pixel_size_angstrom=0.0)
+
+
+# --------------------------------------------------------------------------- missing columns are not zeros
+
+
+def test_relion_without_dose_column_is_an_error_unless_allowed(tmp_path):
+    star = _small_relion(tmp_path, columns={"rlnMicrographPreExposure"})
+    with pytest.raises(InputError, match=r"rlnMicrographPreExposure: column missing: no dose.*--allow-missing-dose"):
+        read_relion5(star)
+    with pytest.raises(InputError, match="rlnMicrographPreExposure: column missing"):
+        load_tilt_series(relion5=star)
+    assert np.all(read_relion5(star, allow_missing_dose=True).accumulated_dose == 0)
+    # a dose file supplies it
+    ts = load_tilt_series(relion5=star, dose=FIXTURES / "ts5_dose.txt")
+    np.testing.assert_allclose(ts.accumulated_dose, [12, 6, 0, 3, 9])
+    # 0 for every tilt is no dose information either
+    zero = _small_relion(tmp_path, lambda c, t: "0.0" if c == "rlnMicrographPreExposure" else t)
+    with pytest.raises(InputError, match="rlnMicrographPreExposure: dose is 0 for every tilt"):
+        read_relion5(zero)
+
+
+def test_relion_defocus_v_without_u_is_an_error(tmp_path):
+    star = _small_relion(tmp_path, columns={"rlnDefocusU"})
+    with pytest.raises(InputError, match="rlnDefocusU: column missing while rlnDefocusV is present"):
+        read_relion5(star)
+    # neither: no defocus (it is optional); U alone: no astigmatism
+    assert not read_relion5(_small_relion(tmp_path, columns={"rlnDefocusU", "rlnDefocusV"})).has_defocus
+    ts = read_relion5(_small_relion(tmp_path, columns={"rlnDefocusV"}))
+    np.testing.assert_allclose(ts.defocus_v_um, ts.defocus_u_um)
+
+
+def test_mdoc_and_warp_without_dose_are_errors_unless_allowed(tmp_path):
+    text = (FIXTURES / "small_ts.mrc.mdoc").read_text()
+    p = tmp_path / "nodose.mdoc"
+    p.write_text("\n".join(line for line in text.splitlines() if not line.startswith("ExposureDose")))
+    with pytest.raises(InputError, match=r"ExposureDose: no ExposureDose in the sections"):
+        read_mdoc(p)
+    assert np.all(read_mdoc(p, allow_missing_dose=True).accumulated_dose == 0)
+    # SerialEM writes ExposureDose = 0 without a dose calibration
+    p.write_text(re.sub(r"ExposureDose = [0-9.]+", "ExposureDose = 0", text))
+    with pytest.raises(InputError, match="ExposureDose: dose is 0 for every tilt"):
+        read_mdoc(p)
+    x = _edit_xml(tmp_path, "<Dose>", "<DoseX>").read_text().replace("</Dose>", "</DoseX>")
+    (tmp_path / "nodose.xml").write_text(x)
+    with pytest.raises(InputError, match=r"Dose: no <Dose> list"):
+        read_warp_xml(tmp_path / "nodose.xml")
+    assert np.all(read_warp_xml(tmp_path / "nodose.xml", allow_missing_dose=True).accumulated_dose == 0)
+
+
+def test_cli_missing_dose_needs_allow_missing_dose_or_no_dose(tmp_path, capsys):
+    import argparse
+
+    from tomomatch.cli._metadata_args import add_tilt_metadata_arguments, tilt_series_from_args
+
+    star = _small_relion(tmp_path, columns={"rlnMicrographPreExposure"})
+    assert main(["metadata", "--relion5-tomograms", str(star)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rlnMicrographPreExposure: column missing" in err
+    assert main(["metadata", "--relion5-tomograms", str(star), "--allow-missing-dose", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accumulated_dose"] == [0.0] * 5
+    # match's --no-dose passes allow_missing_dose to the readers
+    parser = argparse.ArgumentParser()
+    add_tilt_metadata_arguments(parser)
+    parser.add_argument("--no-dose", action="store_true")
+    with pytest.raises(InputError, match="column missing"):
+        tilt_series_from_args(parser.parse_args(["--relion5-tomograms", str(star)]))
+    ts = tilt_series_from_args(parser.parse_args(["--relion5-tomograms", str(star), "--no-dose"]))
+    assert np.all(ts.accumulated_dose == 0)
+
+
+# --------------------------------------------------------------------------- duplicate angles, non-finite axis
+
+
+def test_duplicate_tilt_angles_are_errors(tmp_path):
+    p = tmp_path / "a.rawtlt"
+    p.write_text("-3\n0\n3\n0.0\n")
+    with pytest.raises(InputError, match=r"a.rawtlt: line 4: tilt angle 0 repeats line 2; expected each tilt"):
+        read_tilt_angles(p)
+    star = _small_relion(tmp_path, lambda c, t: "3.01" if c == "rlnTomoYTilt" and t == "6.01000" else t)
+    with pytest.raises(InputError, match=r"rlnTomoYTilt: row 5 \(line 23\): tilt angle 3.01 repeats row 4 \(line 22\)"):
+        read_relion5(star)
+    mdoc = (FIXTURES / "small_ts.mrc.mdoc").read_text()
+    (tmp_path / "m.mdoc").write_text(mdoc.replace("TiltAngle = 6.0", "TiltAngle = 3.0"))
+    with pytest.raises(InputError, match=r"TiltAngle: line \d+ \[ZValue = 4\]: tilt angle 3 repeats line \d+ "
+                                         r"\[ZValue = 3\]"):
+        read_mdoc(tmp_path / "m.mdoc")
+    aln = (FIXTURES / "no_offsets.aln").read_text()
+    (tmp_path / "a.aln").write_text(aln.replace("0.00      2.00", "0.00      0.00"))
+    with pytest.raises(InputError, match=r"TILT: line 7: tilt angle 0 repeats line 6"):
+        read_aln(tmp_path / "a.aln")
+    with pytest.raises(InputError, match=r"tilt angle 3 at tilts 2 and 3"):
+        TiltSeries([0.0, 3.0, 3.0])
+
+
+def test_non_finite_tilt_axis_is_an_error(tmp_path, capsys):
+    mdoc = (FIXTURES / "small_ts.mrc.mdoc").read_text()
+    (tmp_path / "m.mdoc").write_text(mdoc.replace("Tilt axis angle = 85.3", "Tilt axis angle = 1e999"))
+    with pytest.raises(InputError, match=r"Tilt axis angle: '1e999' is not a finite number"):
+        read_mdoc(tmp_path / "m.mdoc")
+    assert main(["metadata", "--mdoc", str(tmp_path / "m.mdoc"), "--json"]) == 2
+    assert "Infinity" not in capsys.readouterr().out
+    aln = (FIXTURES / "no_offsets.aln").read_text()
+    (tmp_path / "a.aln").write_text(aln.replace("86.0000", "inf", 1))
+    with pytest.raises(InputError, match=r"line 5: .*ROT 'inf' is not a finite number"):
+        read_aln(tmp_path / "a.aln")
+    with pytest.raises(InputError, match="tilt_axis_angle_deg"):
+        TiltSeries([0.0, 3.0], tilt_axis_angle_deg=float("inf"))
+
+
+# --------------------------------------------------------------------------- RELION STAR values and structure
+
+
+def test_relion_non_numeric_and_nan_values(tmp_path):
+    star = _small_relion(tmp_path, lambda c, t: "nan" if c == "rlnTomoYTilt" and t == "3.01000" else t)
+    with pytest.raises(InputError, match=r"rlnTomoYTilt: row 4: NaN is not a finite number; expected a number "
+                                         r"\(line 22\)") as exc:
+        read_relion5(star)
+    assert "np.float64" not in str(exc.value)
+    # the global table: a text voltage, a NaN binning, a hand of 2524
+    for old, new, fragment in (("300.000000", "abc", r"rlnVoltage: 'abc' for 'TS_small' is not a finite number"),
+                               ("8.000000", "nan", r"rlnTomoTomogramBinning: NaN for 'TS_small' is not a finite"),
+                               ("-1.00000", "2524", r"rlnTomoHand: rlnTomoHand 2524; expected \+1 or -1"),
+                               ("-1.00000", "inf", r"rlnTomoHand: rlnTomoHand inf; expected \+1 or -1"),
+                               ("300.000000", "300000", r"rlnVoltage: voltage 300000 is implausible; expected kV, "
+                                                        r"20-1000 \(looks like volts: 300 kV\?\)")):
+        star = _small_relion(tmp_path)
+        star.write_text(SMALL_STAR.read_text().replace(old, new, 1))
+        with pytest.raises(InputError, match=fragment) as exc:
+            read_relion5(star)
+        assert "\n" not in str(exc.value) and "np.float64" not in str(exc.value)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda ln: ln + " 1.0", r"line 23: 13 values in a row of data_TS_small; expected 12, one per column"),
+    (lambda ln: ln.rsplit(" ", 2)[0], r"line 23: 10 values in a row of data_TS_small; expected 12"),
+    (lambda ln: ln.replace("frames/", '"frames/', 1), r"line 23: unbalanced quote"),
+])
+def test_relion_ragged_rows_are_one_line_with_the_line(tmp_path, change, fragment):
+    star = _small_relion(tmp_path)
+    lines = (tmp_path / SMALL_TS.name).read_text().splitlines()
+    lines[22] = change(lines[22].rstrip())
+    (tmp_path / SMALL_TS.name).write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=fragment) as exc:
+        read_relion5(star)
+    assert "\n" not in str(exc.value) and str(tmp_path / SMALL_TS.name) in str(exc.value)
+
+
+def test_relion_structure_errors(tmp_path):
+    star = _small_relion(tmp_path)
+    ts = tmp_path / SMALL_TS.name
+    text = ts.read_text()
+    ts.write_text(text.replace("_rlnTomoZRot #10", "_rlnTomoYTilt #10"))
+    with pytest.raises(InputError, match=r"line 16: column rlnTomoYTilt appears twice"):
+        read_relion5(star)
+    ts.write_bytes(text.encode().replace(b"frames/TS_small_0.0", b"frames/TS\xff_0.0"))
+    with pytest.raises(InputError, match=r"line 21: byte 0xff is not UTF-8 text"):
+        read_relion5(star)
+    ts.write_text("data_TS_small\n\n")
+    with pytest.raises(InputError, match=r"line 1: data_TS_small has no loop_"):
+        read_relion5(star)
+
+
+def test_cli_metadata_into_a_closed_pipe_is_quiet(tmp_path, monkeypatch):
+    """``tomomatch metadata ... | head -1``: the reader goes away; no BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    write_tilt_angles(tmp_path / "many.rawtlt", np.linspace(-89, 89, 2001))
+    # a child whose pipe is closed before it writes (head has exited): a deterministic EPIPE
+    proc = subprocess.Popen([sys.executable, "-m", "tomomatch", "metadata", "-a", str(tmp_path / "many.rawtlt")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""                                  # no traceback, no "Exception ignored"
+    # in process: a stdout that breaks on write
+    r, w = os.pipe()
+
+    class Broken:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return w
+
+    monkeypatch.setattr(sys, "stdout", Broken())
+    try:
+        assert main(["metadata", "-a", str(tmp_path / "many.rawtlt"), "--json"]) == 141
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# --------------------------------------------------------------------------- one-line messages from libraries
+
+
+def test_mdoc_library_errors_name_the_line_and_key(tmp_path):
+    text = (FIXTURES / "small_ts.mrc.mdoc").read_text()
+    p = tmp_path / "bad.mdoc"
+    p.write_text(text.replace("TiltAngle = -3.0", "TiltAngle = minus three"))
+    with pytest.raises(InputError, match=r"bad.mdoc: line 23: \[ZValue = 1\]: TiltAngle: Input should be a valid "
+                                         r"number.*\(got 'minus three'\)") as exc:
+        read_mdoc(p)
+    assert "validation error for" not in str(exc.value) and "\n" not in str(exc.value)
+    p.write_text(text.replace("ImageSize = 1024 1024", "ImageSize 1024 1024"))
+    with pytest.raises(InputError, match=r"line 4: 'ImageSize 1024 1024'; expected 'Key = value'"):
+        read_mdoc(p)
+    p.write_text(text.replace("StagePosition = 10.5 -20.25", "StagePosition = 10.5", 1))
+    with pytest.raises(InputError, match=r"line 13: \[ZValue = 0\]: StagePosition"):
+        read_mdoc(p)
+    p.write_bytes(text.encode().replace(b"Magnification = 64000", b"Magnification = \xff\xfe", 1))
+    with pytest.raises(InputError, match=r"line 14: .*Magnification"):
+        read_mdoc(p)
+
+
+@pytest.mark.parametrize("old, new, fragment", [
+    ("    1    86.0000    1.00000      0.500      0.500     1.00     1.00     1.00     0.00      0.00",
+     "    1    86.0000    1.00000", r"line 6: not a readable AreTomo .aln file: 3 fields; expected 10 "
+                                   r"\(SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT\)"),
+    ("# RawSize = 512 512 3", "# RawSize = 512 512", r"line 2: .*2 values; expected 3 \(width height sections\)"),
+    ("# NumPatches = 0", "# NumPatches = none", r"line 3: .*NumPatches 'none' is not an integer"),
+    ("    2    86", "  2.5    86", r"line 7: .*SEC '2.5' is not an integer"),
+])
+def test_aln_library_errors_name_the_line_and_column(tmp_path, old, new, fragment):
+    text = (FIXTURES / "no_offsets.aln").read_text()
+    assert old in text
+    p = tmp_path / "bad.aln"
+    p.write_text(text.replace(old, new))
+    with pytest.raises(InputError, match=fragment) as exc:
+        read_aln(p)
+    msg = str(exc.value)
+    assert "\n" not in msg and "list index out of range" not in msg and "validation error" not in msg
+
+
+def test_override_errors_blame_the_option(tmp_path, capsys):
+    write_tilt_angles(tmp_path / "a.rawtlt", [-3, 0, 3])
+    for args, fragment in ((["--voltage", "-300"], "--voltage: voltage -300 is implausible; expected kV"),
+                           (["--voltage", "300000"], "looks like volts: 300 kV?"),
+                           (["--cs", "2700"], "--cs: Cs 2700 is implausible; expected mm"),
+                           (["--amplitude-contrast", "7"], "--amplitude-contrast: amplitude contrast 7"),
+                           (["--phase-shift", "nan"], "--phase-shift: NaN is not a finite number"),
+                           (["--defocus", "3e-6"], "--defocus: defocus 3e-06 is implausible")):
+        assert main(["metadata", "-a", str(tmp_path / "a.rawtlt")] + args) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and "a.rawtlt" not in err and err.count("\n") == 1
+    with pytest.raises(InputError) as exc:
+        load_tilt_series(tilt_angles=tmp_path / "a.rawtlt", voltage_kv=-300)
+    assert str(exc.value).startswith("voltage_kv: ")
+    assert main(["metadata", "-a", str(tmp_path / "a.rawtlt"), "--defocus", "30", "--allow-unusual-defocus"]) == 0

@@ -72,6 +72,13 @@ class TiltSeries:
         if np.any(np.abs(angles) > 90):
             bad = angles[np.abs(angles) > 90][0]
             raise InputError(f"tilt angle {bad:g} outside -90..90 degrees", src, "tilt angle")
+        rounded = np.round(angles, 6) + 0.0          # + 0.0: -0.0 and 0.0 are the same angle
+        _, first, counts = np.unique(rounded, return_index=True, return_counts=True)
+        if np.any(counts > 1):
+            twice = rounded == rounded[first[np.argmax(counts > 1)]]
+            i, j = np.flatnonzero(twice)[:2]
+            raise InputError(f"tilt angle {angles[j]:g} at tilts {i + 1} and {j + 1}; expected each tilt angle "
+                             "once (one image per tilt)", src, "tilt angle")
         set_ = object.__setattr__
         set_(self, "tilt_angles_deg", angles)
         set_(self, "accumulated_dose", _as_array(self.accumulated_dose, n, "dose", src, fill=0.0))
@@ -99,13 +106,31 @@ class TiltSeries:
         if self.hand is not None:
             try:
                 set_(self, "hand", check_hand(self.hand))
-            except ValueError as exc:
-                raise InputError(str(exc), src, "hand") from None
-        for name in ("voltage_kv", "cs_mm", "amplitude_contrast"):
-            v = float(getattr(self, name))
-            if not np.isfinite(v) or v < 0:
-                raise InputError(f"{name} = {v!r}; expected a finite non-negative number", src, name)
+            except (TypeError, ValueError, OverflowError):
+                try:
+                    shown = f"{float(self.hand):g}"
+                except (TypeError, ValueError):
+                    shown = repr(self.hand)
+                raise InputError(f"{shown}; expected the defocus handedness +1, -1 or 0", src, "hand") from None
+        for name in ("voltage_kv", "cs_mm", "amplitude_contrast", "tilt_axis_angle_deg"):
+            try:
+                v = float(getattr(self, name))
+            except (TypeError, ValueError):
+                raise InputError(f"{getattr(self, name)!r}; expected a number", src, name) from None
+            if not np.isfinite(v) or (v < 0 and name != "tilt_axis_angle_deg"):
+                expected = "a finite number" if name == "tilt_axis_angle_deg" else "a finite non-negative number"
+                raise InputError(f"{name} = {v!r}; expected {expected}", src, name)
             set_(self, name, v)
+        if not self.voltage_kv > 0:
+            raise InputError(f"voltage_kv = {self.voltage_kv!r}; expected kV > 0", src, "voltage_kv")
+        if self.pixel_size_angstrom is not None:
+            try:
+                px = float(self.pixel_size_angstrom)
+            except (TypeError, ValueError):
+                raise InputError(f"{self.pixel_size_angstrom!r}; expected Angstrom > 0", src, "pixel size") from None
+            if not (np.isfinite(px) and px > 0):
+                raise InputError(f"pixel size {px!r}; expected a finite number of Angstrom > 0", src, "pixel size")
+            set_(self, "pixel_size_angstrom", px)
         if not 0 <= self.amplitude_contrast < 1:
             raise InputError(f"amplitude contrast {self.amplitude_contrast} outside [0, 1)", src, "amplitude_contrast")
 

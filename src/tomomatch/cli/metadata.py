@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-
 
 from ..errors import InputError
 from ..tiltseries import TiltSeries
@@ -63,14 +63,27 @@ def format_table(ts: TiltSeries) -> str:
     return "\n".join(lines)
 
 
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what a shell reports for a command whose reader went away
+
+
 def run(args) -> int:
     ts = tilt_series_from_args(args)
     if ts is None:
         raise InputError("no tilt-series metadata given; expected --tilt-angles, --relion5-tomograms, "
                          "--warp-xml, --mdoc or --aln")
-    if args.json:
-        json.dump(tilt_series_to_dict(ts), sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(ts))
+    text = (json.dumps(tilt_series_to_dict(ts), indent=1, allow_nan=False) if args.json
+            else format_table(ts)) + "\n"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader closed the pipe (`tomomatch metadata ... | head -1`): stop quietly. Point stdout
+        # at devnull so that the interpreter's final flush does not raise again (Python docs,
+        # "Note on SIGPIPE").
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_BROKEN_PIPE
     return 0

@@ -1,16 +1,21 @@
-"""Shared helpers of the metadata readers: file checks, numeric text parsing, atomic text writes."""
+"""Shared helpers of the metadata readers: file checks, numeric text parsing, the one wrapper
+that turns a parsing library's exception into a one-line :class:`InputError`, atomic text writes."""
 from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import InputError
 from ..mrcio import atomic_path
+from .plausibility import plain
 
 MAX_ABS_TILT_DEG = 90.0
+MAX_TILTS = 10000          # more views than this in one tilt series is a broken file
 
 
 def require_file(path, what: str) -> Path:
@@ -51,6 +56,54 @@ def read_text(path: Path, what: str) -> str:
         raise InputError(f"cannot read {what} file ({exc.strerror or exc})", path) from None
 
 
+def one_line(exc: BaseException) -> str:
+    """A library exception's message as one line.
+
+    pydantic ``ValidationError``: ``field: message (got 'value')`` of the first error, instead of
+    the multi-line text whose first line is only ``1 validation error for AlnData``. Others:
+    the class name and the message with all whitespace runs (newlines too) squashed.
+    """
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pragma: no cover - pydantic comes with mdocfile/alnfile
+        ValidationError = ()  # type: ignore[assignment]
+    if ValidationError and isinstance(exc, ValidationError):
+        errors = exc.errors()
+        if errors:
+            e = errors[0]
+            loc = ".".join(str(x) for x in e.get("loc", ()))
+            got = e.get("input")
+            got_txt = f" (got {plain(got)})" if isinstance(got, (str, int, float)) else ""
+            return " ".join(f"{loc}: {e.get('msg', '')}{got_txt}".split())
+    msg = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {msg}" if msg else exc.__class__.__name__
+
+
+@contextmanager
+def library_errors(path, what: str, locate: Callable[[BaseException], InputError | None] | None = None):
+    """Turn any exception of a parsing library (starfile/pandas, mdocfile, alnfile, lxml) raised in
+    the ``with`` body into one :class:`InputError` line naming the file.
+
+    ``locate(exc)`` may return a more precise InputError (the line and field of the problem);
+    otherwise the message is ``not a readable <what> (<the library's text as one line>)``.
+    InputError passes through unchanged; MemoryError too.
+    """
+    try:
+        yield
+    except (InputError, MemoryError):
+        raise
+    except Exception as exc:
+        precise = None
+        if locate is not None:
+            try:
+                precise = locate(exc)
+            except InputError as found:
+                precise = found
+        if precise is not None:
+            raise precise from None
+        raise InputError(f"not a readable {what} ({one_line(exc)})", path) from None
+
+
 def parse_float(token: str, path, lineno: int, expected: str) -> float:
     """One number from a text file; InputError naming the line for text or NaN/Inf."""
     try:
@@ -79,15 +132,46 @@ def numeric_rows(path: Path, what: str, expected: str) -> list[tuple[int, list[f
     return rows
 
 
-def check_tilt_angles(angles, path, lines=None, field: str = "tilt angle") -> np.ndarray:
-    """Reject angles outside -90..90 degrees, naming the line if known."""
-    a = np.asarray(angles, dtype=float)
+def check_tilt_angles(angles, path, lines=None, field: str = "tilt angle", *,
+                      labels: Sequence[str] | None = None, unique: bool = True) -> np.ndarray:
+    """Reject angles outside -90..90 degrees and (``unique``) an angle given twice.
+
+    The message names the place of the value: ``lines`` (1-based line numbers of a text file;
+    then no field is named) or ``labels`` (e.g. "row 3", after ``field``), else ``tilt i``.
+    """
+    a = np.asarray(angles, dtype=float).reshape(-1)
+    if lines is not None:
+        labels, field = [f"line {n}" for n in lines], None
+    places = labels if labels is not None else [f"tilt {i + 1}" for i in range(a.size)]
+
+    def place(i):   # text files: the line is the field; else "field: row 3: ..."
+        return (places[i], "") if field is None else (field, f"{places[i]}: ")
+
     bad = np.flatnonzero(~(np.abs(a) <= MAX_ABS_TILT_DEG))
     if bad.size:
         i = int(bad[0])
-        where = f"line {lines[i]}" if lines is not None else field
-        raise InputError(f"tilt angle {a[i]:g} outside -90..90 degrees; expected degrees", path, where)
+        f, prefix = place(i)
+        raise InputError(f"{prefix}tilt angle {plain(float(a[i]))} outside -90..90 degrees; expected degrees",
+                         path, f)
+    if unique:
+        dup = duplicate_pair(a)
+        if dup is not None:
+            i, j = dup
+            f, prefix = place(j)
+            raise InputError(f"{prefix}tilt angle {plain(float(a[j]))} repeats {places[i]}; expected each "
+                             "tilt angle once (one image per tilt)", path, f)
     return a
+
+
+def duplicate_pair(angles) -> tuple[int, int] | None:
+    """Indices ``(first, second)`` of the first tilt angle that occurs twice (within 1e-6 degrees)."""
+    a = np.round(np.asarray(angles, dtype=float).reshape(-1), 6) + 0.0   # + 0.0: -0.0 == 0.0
+    seen: dict[float, int] = {}
+    for j, x in enumerate(a.tolist()):
+        if x in seen:
+            return seen[x], j
+        seen[x] = j
+    return None
 
 
 def check_count(n_found: int, n_expected: int, path, what: str, other=None) -> None:

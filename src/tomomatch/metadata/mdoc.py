@@ -1,22 +1,29 @@
 """SerialEM ``.mdoc`` tilt-series reader (via teamtomo ``mdocfile``)."""
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 import re
 from datetime import datetime
 
-import mdocfile
 import numpy as np
 import pandas as pd
+from mdocfile.data_models import Mdoc, MdocGlobalData, MdocSectionData
+from mdocfile.utils import find_section_entries, find_title_entries
 
 from ..errors import InputError
 from ..tiltseries import TiltSeries
-from ._common import accumulate_in_order, check_tilt_angles, require_file
+from ._common import accumulate_in_order, check_tilt_angles, library_errors, one_line, read_text, require_file
+from .plausibility import (MISSING_DOSE_HINT, check_dose, check_pixel_size, check_total_dose, check_voltage,
+                           plain, require_dose_information)
 
 __all__ = ["read_mdoc"]
 
 _DATETIME_FORMATS = ("%d-%b-%y  %H:%M:%S", "%d-%b-%y %H:%M:%S", "%d-%b-%Y  %H:%M:%S", "%d-%b-%Y %H:%M:%S",
                      "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
-_AXIS_RE = re.compile(r"Tilt\s*axis\s*angle\s*=\s*([-+0-9.eE]+)")
+_AXIS_RE = re.compile(r"Tilt\s*axis\s*angle\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+_LINE = "_mdoc_line"      # 1-based line of each section's [ZValue = ...] header
 
 
 def _parse_datetime(text) -> datetime | None:
@@ -31,22 +38,93 @@ def _parse_datetime(text) -> datetime | None:
     return None
 
 
+def _key_line(lines: list[str], start: int, stop: int, key: str) -> int | None:
+    """1-based number of the first line in ``lines[start:stop]`` that sets ``key``."""
+    for i in range(start, stop):
+        k = lines[i].strip().strip("[]").split("=", 1)[0].strip()
+        if k == key:
+            return i + 1
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_mdocfile():
+    """mdocfile logs a warning for every key it does not know (SerialEM adds keys over time);
+    that is no problem of the user's, so it is not printed."""
+    log = logging.getLogger("mdocfile")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _parse(path, text: str) -> pd.DataFrame:
+    """``mdocfile``'s ``Mdoc.from_lines`` block by block, so that an error names its line and key."""
+    with _quiet_mdocfile():
+        return _parse_blocks(path, text)
+
+
+def _parse_blocks(path, text: str) -> pd.DataFrame:
+    lines = [line.strip() for line in text.split("\n")]
+    starts = find_section_entries(lines)
+    bounds = list(zip(starts, starts[1:] + [len(lines)]))
+    header = lines[:starts[0]] if starts else lines
+    for i, line in enumerate(header):
+        # mdocfile splits every header line that is not a title on "=" into exactly key and value
+        if line and not line.startswith("[T =") and line.count("=") != 1:
+            raise InputError(f"{line[:60]!r}; expected 'Key = value' or a [T = title] line", path, f"line {i + 1}")
+
+    def block(model, chunk_start, chunk_stop, what):
+        try:
+            return model.from_lines(lines[chunk_start:chunk_stop])
+        except Exception as exc:  # pydantic ValidationError (a value of the wrong type) and others
+            key = None
+            errors = getattr(exc, "errors", None)
+            if callable(errors):
+                try:
+                    loc = errors()[0].get("loc", ())
+                    key = str(loc[0]) if loc else None
+                except Exception:
+                    key = None
+            at = _key_line(lines, chunk_start, chunk_stop, key) if key else None
+            where = f"line {at}" if at else (f"line {chunk_start + 1}" if chunk_stop > chunk_start else None)
+            raise InputError(f"{what}: {one_line(exc)}", path, where) from None
+
+    glob = block(MdocGlobalData, 0, len(header), "header")
+    sections = [block(MdocSectionData, a, b, lines[a][:40]) for a, b in bounds]
+    titles = [header[i] for i in find_title_entries(header)]
+    with library_errors(path, "SerialEM mdoc file"):
+        df = Mdoc(titles=titles, global_data=glob, section_data=sections).to_dataframe()
+    if len(df):
+        df[_LINE] = [a + 1 for a, _ in bounds]
+    return df
+
+
 def _numeric(df: pd.DataFrame, col: str, path, required: bool):
+    """A numeric per-section column; None if absent (or, when not required, empty in every section)."""
     if col not in df.columns:
         if required:
             raise InputError(f"no {col} entries; expected one per section", path, col)
         return None
     vals = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
     bad = np.flatnonzero(~np.isfinite(vals))
-    if bad.size:
-        if required or bad.size < vals.size:
-            z = df["ZValue"].iloc[bad[0]] if "ZValue" in df.columns else bad[0]
-            raise InputError(f"section ZValue = {z}: {col} missing or not a number", path, col)
-        return None
-    return vals
+    if bad.size and (required or bad.size < vals.size):
+        i = int(bad[0])
+        raw = df[col].iloc[i]
+        missing = raw is None or (isinstance(raw, float) and math.isnan(raw))
+        what = "missing or NaN" if missing else f"{plain(raw)} is not a finite number"
+        raise InputError(f"{_section(df, i)}: {what}; expected a number in every section", path, col)
+    return None if bad.size else vals
 
 
-def read_mdoc(path) -> TiltSeries:
+def _section(df: pd.DataFrame, i: int) -> str:
+    z = df["ZValue"].iloc[i] if "ZValue" in df.columns else i
+    return f"line {df[_LINE].iloc[i]} [ZValue = {plain(z)}]"
+
+
+def read_mdoc(path, *, allow_missing_dose: bool = False, allow_unusual_dose: bool = False) -> TiltSeries:
     """Read a SerialEM tilt-series ``.mdoc``.
 
     Sections are put in ``ZValue`` order (the order of the images in the stack). Tilt angles
@@ -56,27 +134,37 @@ def read_mdoc(path) -> TiltSeries:
     the sum over the tilts acquired before it. Pixel size from ``PixelSpacing`` (Angstrom),
     voltage from ``Voltage``; the tilt-axis angle from the ``Tilt axis angle = ...`` title
     line if present. ``extra`` records ``dose_order_source`` ("DateTime" or "ZValue").
+
+    No ``ExposureDose`` (or 0 in every section, what SerialEM writes without a dose
+    calibration) is an error unless ``allow_missing_dose`` (then dose 0); a total dose of
+    1000 e/A^2 or more unless ``allow_unusual_dose``. Errors name the line (and key) of the
+    problem, also for values ``mdocfile`` cannot parse.
     """
     p = require_file(path, "SerialEM mdoc")
-    try:
-        df = mdocfile.read(p)
-    except Exception as exc:  # pydantic validation / parse errors from mdocfile
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise InputError(f"not a readable mdoc file ({msg})", p) from None
+    df = _parse(p, read_text(p, "SerialEM mdoc"))
     if len(df) == 0 or "TiltAngle" not in df.columns:
         raise InputError("no [ZValue = ...] sections with TiltAngle; expected a tilt-series mdoc", p, "TiltAngle")
     if "ZValue" in df.columns:
         z = pd.to_numeric(df["ZValue"], errors="coerce")
         if z.isna().any():
-            raise InputError("a section has a non-integer ZValue", p, "ZValue")
+            i = int(np.flatnonzero(z.isna().to_numpy())[0])
+            raise InputError(f"line {df[_LINE].iloc[i]}: a section without an integer ZValue; expected "
+                             "[ZValue = n] sections", p, "ZValue")
         if z.duplicated().any():
-            raise InputError(f"ZValue {int(z[z.duplicated()].iloc[0])} appears twice", p, "ZValue")
+            i = int(np.flatnonzero(z.duplicated().to_numpy())[0])
+            raise InputError(f"line {df[_LINE].iloc[i]}: ZValue {int(z.iloc[i])} appears twice; expected each "
+                             "image of the stack once", p, "ZValue")
         df = df.assign(ZValue=z).sort_values("ZValue", kind="stable").reset_index(drop=True)
-    angles = check_tilt_angles(_numeric(df, "TiltAngle", p, True), p, None, "TiltAngle")
+    angles = check_tilt_angles(_numeric(df, "TiltAngle", p, True), p, None, "TiltAngle",
+                               labels=[_section(df, i) for i in range(len(df))])
     per_exposure = _numeric(df, "ExposureDose", p, False)
     extra = {}
     dose = None
-    if per_exposure is not None:
+    if per_exposure is None:
+        if not allow_missing_dose:
+            raise InputError(f"no ExposureDose in the sections; expected the dose of each exposure (e/A^2); "
+                             f"{MISSING_DOSE_HINT}", p, "ExposureDose")
+    else:
         times = [_parse_datetime(t) for t in df["DateTime"]] if "DateTime" in df.columns else [None]
         if all(t is not None for t in times) and len(times) == len(df):
             rank = np.argsort(np.argsort(np.array([t.timestamp() for t in times]), kind="stable"), kind="stable")
@@ -84,15 +172,20 @@ def read_mdoc(path) -> TiltSeries:
         else:
             rank = np.arange(len(df))
             extra["dose_order_source"] = "ZValue"
-        if np.any(per_exposure < 0):
-            raise InputError("negative ExposureDose; expected e/A^2 >= 0", p, "ExposureDose")
+        labels = [_section(df, i) for i in range(len(df))]
+        check_dose(per_exposure, p, "ExposureDose", labels=labels, allow_unusual=allow_unusual_dose,
+                   what="ExposureDose")
+        check_total_dose(per_exposure[np.argsort(rank, kind="stable")], p, "ExposureDose",
+                         labels=[labels[i] for i in np.argsort(rank, kind="stable")],
+                         allow_unusual=allow_unusual_dose)
+        require_dose_information(per_exposure, p, "ExposureDose", allow_missing_dose)
         dose = accumulate_in_order(per_exposure, rank)
         extra["exposure_dose"] = per_exposure
         extra["acquisition_rank"] = rank
     pixel = None
     pix = _numeric(df, "PixelSpacing", p, False)
     if pix is not None:
-        pixel = float(pix[0])
+        pixel = check_pixel_size(pix[0], p, "PixelSpacing")
     voltage = _numeric(df, "Voltage", p, False)
     axis = 0.0
     if "titles" in df.columns:
@@ -101,10 +194,13 @@ def read_mdoc(path) -> TiltSeries:
                 m = _AXIS_RE.search(str(t))
                 if m:
                     axis = float(m.group(1))
+                    if not math.isfinite(axis):
+                        raise InputError(f"{m.group(1)!r} is not a finite number; expected degrees", p,
+                                         "Tilt axis angle")
     return TiltSeries(
         tilt_angles_deg=angles,
         accumulated_dose=dose,
-        voltage_kv=float(voltage[0]) if voltage is not None else 300.0,
+        voltage_kv=check_voltage(voltage[0], p, "Voltage") if voltage is not None else 300.0,
         pixel_size_angstrom=pixel,
         tilt_axis_angle_deg=axis,
         name=p.name.split(".")[0],

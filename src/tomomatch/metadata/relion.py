@@ -1,8 +1,11 @@
 """RELION 5 tomography metadata: ``tomograms.star`` (``data_global``) and per-tilt-series STAR files."""
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
+import shlex
 import warnings
 from pathlib import Path
 
@@ -14,7 +17,10 @@ from ..conventions import ANGSTROM_PER_MICROMETRE, centre_index, check_hand, han
 from ..errors import InputError
 from ..mrcio import atomic_path
 from ..tiltseries import TiltSeries
-from ._common import require_file
+from ._common import check_tilt_angles, library_errors, require_file
+from .plausibility import (MISSING_DOSE_HINT, RELION_ANGSTROM, check_amplitude_contrast, check_cs, check_defocus,
+                           check_dose, check_pixel_size, check_voltage, has_phase_plate, plain,
+                           require_dose_information)
 
 __all__ = ["read_relion5", "write_relion5", "list_relion5_tomograms", "relion5_projection_matrices",
            "angles_from_projection_matrices"]
@@ -25,18 +31,113 @@ ROTATION_TOLERANCE = 1e-3      # max |R R^T - I| and |det R - 1| of a projection
 ANGLE_AGREEMENT_DEG = 0.05     # angle columns vs matrices: larger differences are recorded
 
 
-def _read_star(path: Path, what: str) -> dict:
+def _star_lines(path: Path) -> list[str]:
+    """The lines of a STAR file as ``starfile`` sees them (it reads ``linecache`` lines 1..n, n the
+    number of newline-separated lines), stripped; non-UTF-8 text is refused."""
     try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the STAR file ({exc.strerror or exc})", path) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise InputError(f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; expected a RELION STAR text file",
+                         path, f"line {line}") from None
+    n = raw.count(b"\n") + (0 if not raw or raw.endswith(b"\n") else 1)
+    lines = [ln.strip() for ln in io.StringIO(text, newline=None).readlines()]
+    return (lines + [""] * n)[:n]
+
+
+_FIELD_SPLIT = re.compile(r"[ \t]+")
+
+
+def _fields(line: str, path: Path, lineno: int) -> list[str]:
+    """Fields of a loop row as pandas reads them (whitespace-separated, quotes group, # comments)."""
+    if '"' in line or "'" in line:
+        try:
+            lex = shlex.shlex(line.replace("'", '"'), posix=True)
+            lex.whitespace, lex.whitespace_split, lex.commenters = " \t", True, "#"
+            return list(lex)
+        except ValueError:
+            raise InputError("unbalanced quote; expected quoted values to be closed on the same line",
+                             path, f"line {lineno}") from None
+    line = line.split("#", 1)[0].strip(" \t")
+    return _FIELD_SPLIT.split(line) if line else []
+
+
+def _scan_star(path: Path) -> dict[str, list[int]]:
+    """Check the structure of a STAR file the way ``starfile`` 0.5 parses it, naming the line of a
+    problem: every loop row must have one value per column (pandas would pad a short row with NaN
+    and report a long one on two lines), a column must not repeat, a ``_name value`` line must
+    have two fields, a ``data_`` block must hold a loop or fields.
+
+    Returns the 1-based line numbers of the data rows of each loop block.
+    """
+    lines = _star_lines(path)
+    rows: dict[str, list[int]] = {}
+    i, n = 0, len(lines)
+    while i < n:
+        if not lines[i].startswith("data_"):
+            i += 1
+            continue
+        name, block_line = lines[i][5:], i + 1
+        i += 1
+        while i < n and not (lines[i].startswith("loop_") or lines[i].startswith("_")):
+            i += 1
+        if i >= n:
+            raise InputError(f"data_{name} has no loop_ and no _fields; expected a STAR data block", path,
+                             f"line {block_line}")
+        if lines[i].startswith("loop_"):
+            loop_line = i + 1
+            i += 1
+            columns: list[str] = []
+            while i < n and lines[i].startswith("_"):
+                col = lines[i].split()[0][1:]
+                if col in columns:
+                    raise InputError(f"column {col} appears twice in data_{name}; expected each column once",
+                                     path, f"line {i + 1}")
+                columns.append(col)
+                i += 1
+            block_rows = []
+            while i < n and not lines[i].startswith("data_"):
+                toks = _fields(lines[i], path, i + 1)
+                if toks:
+                    if not columns:
+                        raise InputError(f"loop_ of data_{name} has no _column lines; expected _rlnName lines "
+                                         "after loop_", path, f"line {loop_line}")
+                    if len(toks) != len(columns):
+                        raise InputError(f"{len(toks)} value{'s' if len(toks) != 1 else ''} in a row of data_{name}; "
+                                         f"expected {len(columns)}, one per column (a ragged row)", path,
+                                         f"line {i + 1}")
+                    block_rows.append(i + 1)
+                i += 1
+            rows[name] = block_rows
+        else:
+            while i < n and not lines[i].startswith("data"):
+                if lines[i].startswith("_"):
+                    try:
+                        ok = len(shlex.split(lines[i])) == 2
+                    except ValueError:
+                        ok = False
+                    if not ok:
+                        raise InputError(f"{lines[i][:60]!r}; expected '_name value'", path, f"line {i + 1}")
+                i += 1
+    return rows
+
+
+def _read_star(path: Path, what: str) -> tuple[dict, dict[str, list[int]]]:
+    """The blocks of a STAR file and the line numbers of each loop's rows (see :func:`_scan_star`)."""
+    rows = _scan_star(path)
+    with library_errors(path, "STAR file"):
         blocks = starfile.read(path, always_dict=True, parse_as_string=["rlnTomoName"])
-    except Exception as exc:  # starfile raises various parser errors
-        raise InputError(f"not a readable STAR file ({exc.__class__.__name__}: {exc})", path) from None
     if not blocks:
         raise InputError(f"no data blocks; expected a RELION 5 {what}", path)
-    return blocks
+    return blocks, rows
 
 
 def _global_table(path: Path) -> pd.DataFrame:
-    blocks = _read_star(path, "tomograms.star")
+    blocks, _ = _read_star(path, "tomograms.star")
     df = blocks.get("global")
     if not isinstance(df, pd.DataFrame):
         raise InputError("no data_global loop; expected a RELION 5 tomograms.star", path, "data_global")
@@ -73,12 +174,19 @@ def _resolve_tilt_series_star(value: str, star: Path) -> Path:
         "rlnTomoTiltSeriesStarFile")
 
 
-def _col(df: pd.DataFrame, name: str, path: Path, required: bool = True):
+def _row(i: int, lines: list[int] | None) -> str:
+    """'row 3' (data row, 1-based), with the file line if known: 'row 3 (line 35)'."""
+    return f"row {i + 1}" + (f" (line {lines[i]})" if lines is not None and i < len(lines) else "")
+
+
+def _col(df: pd.DataFrame, name: str, path: Path, required: bool = True, lines: list[int] | None = None):
     if name in df.columns:
         values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            raise InputError(f"row {bad[0] + 1}: {df[name].iloc[bad[0]]!r} is not a finite number",
+            i = int(bad[0])
+            at = f" (line {lines[i]})" if lines is not None and i < len(lines) else ""
+            raise InputError(f"row {i + 1}: {plain(df[name].iloc[i])} is not a finite number; expected a number{at}",
                              path, name)
         return values
     if required:
@@ -206,7 +314,9 @@ def _wrapped_diff(a, b) -> np.ndarray:
     return np.abs((np.asarray(a, float) - np.asarray(b, float) + 180.0) % 360.0 - 180.0)
 
 
-def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_star=None) -> TiltSeries:
+def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_star=None,
+                 allow_missing_dose: bool = False, allow_unusual_defocus: bool = False,
+                 allow_unusual_dose: bool = False) -> TiltSeries:
     """Read one tilt series from a RELION 5 ``tomograms.star``.
 
     Parameters
@@ -217,6 +327,13 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
         ``rlnTomoName`` to read; may be omitted if the file holds exactly one tomogram.
     tilt_series_star
         Explicit path of the per-tilt STAR file, overriding ``rlnTomoTiltSeriesStarFile``.
+    allow_missing_dose
+        Read a table without ``rlnMicrographPreExposure`` (or with 0 for every tilt) as dose 0;
+        otherwise that is an :class:`InputError` naming the column.
+    allow_unusual_defocus, allow_unusual_dose
+        Skip the plausibility ranges of :mod:`tomomatch.metadata.plausibility` (defocus
+        0.5-20 um underfocus, i.e. 5000-200000 A, 0.1 um with a non-zero ``rlnPhaseShift``;
+        accumulated dose below 1000 e/A^2).
 
     Tilt geometry (:func:`tomomatch.conventions.tilt_frame`, RELION 5's ``Rz(zrot) Ry(ytilt)
     Rx(xtilt)``, ``tomogram.cpp`` ``setProjectionMatrix``), in this order of precedence:
@@ -256,6 +373,9 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
     star = require_file(tomograms_star, "RELION 5 tomograms.star")
     glob = _global_table(star)
     names = [str(n) for n in glob["rlnTomoName"]]
+    if not names:
+        raise InputError("no tomograms (the data_global loop has no rows); expected one row per tomogram", star,
+                         "rlnTomoName")
     if tomo_name is None:
         if len(names) != 1:
             raise InputError(f"holds {len(names)} tomograms ({', '.join(names[:6])}"
@@ -274,24 +394,43 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
             raise InputError("column missing in data_global", star, name)
         return default
 
+    def num(name, default=None, check=None):
+        value = g(name, default)
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            x = math.nan
+        if not math.isfinite(x):
+            raise InputError(f"{plain(value)} for {tomo_name!r} is not a finite number; expected a number",
+                             star, name)
+        return check(x, star, name) if check is not None else x
+
     if tilt_series_star is not None:
         ts_path = require_file(tilt_series_star, "RELION 5 tilt-series STAR")
     else:
         ts_path = _resolve_tilt_series_star(str(g("rlnTomoTiltSeriesStarFile")), star)
-    blocks = _read_star(ts_path, "tilt-series STAR file")
+    blocks, block_rows = _read_star(ts_path, "tilt-series STAR file")
     df = blocks.get(tomo_name)
+    block = tomo_name
     if not isinstance(df, pd.DataFrame):
-        tables = [b for b in blocks.values() if isinstance(b, pd.DataFrame)]
+        tables = {k: b for k, b in blocks.items() if isinstance(b, pd.DataFrame)}
         if len(tables) != 1:
             raise InputError(f"no data_{tomo_name} loop", ts_path, f"data_{tomo_name}")
-        df = tables[0]
+        block, df = next(iter(tables.items()))
     if len(df) == 0:
         raise InputError("no tilts in the tilt-series table", ts_path)
+    lines = block_rows.get(block)
+    if lines is not None and len(lines) != len(df):
+        lines = None
+    rows = [_row(i, lines) for i in range(len(df))]
 
-    nominal = _col(df, "rlnTomoNominalStageTiltAngle", ts_path, required=False)
-    y_tilt = _col(df, "rlnTomoYTilt", ts_path, required=False)
-    x_tilt_col = _col(df, "rlnTomoXTilt", ts_path, required=False)
-    z_rot = _col(df, "rlnTomoZRot", ts_path, required=False)
+    def column(name):
+        return _col(df, name, ts_path, required=False, lines=lines)
+
+    nominal = column("rlnTomoNominalStageTiltAngle")
+    y_tilt = column("rlnTomoYTilt")
+    x_tilt_col = column("rlnTomoXTilt")
+    z_rot = column("rlnTomoZRot")
     matrices = _projection_matrices(df, ts_path)
     geometry_extra: dict = {}
     if matrices is not None:
@@ -326,24 +465,40 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
     else:
         raise InputError("no tilt angles (rlnTomoYTilt, rlnTomoNominalStageTiltAngle or rlnTomoProjX/Y/Z/W)",
                          ts_path, "rlnTomoNominalStageTiltAngle")
-    dose = _col(df, "rlnMicrographPreExposure", ts_path, required=False)
-    du = _col(df, "rlnDefocusU", ts_path, required=False)
-    dv = _col(df, "rlnDefocusV", ts_path, required=False)
+    check_tilt_angles(angles, ts_path, field=tilt_source, labels=rows)
+    dose = column("rlnMicrographPreExposure")
+    if dose is None:
+        if not allow_missing_dose:
+            raise InputError(f"column missing: no dose; expected the accumulated e/A^2 before each tilt; "
+                             f"{MISSING_DOSE_HINT}", ts_path, "rlnMicrographPreExposure")
+    else:
+        check_dose(dose, ts_path, "rlnMicrographPreExposure", labels=rows, allow_unusual=allow_unusual_dose)
+        require_dose_information(dose, ts_path, "rlnMicrographPreExposure", allow_missing_dose)
+    du = column("rlnDefocusU")
+    dv = column("rlnDefocusV")
+    phase = column("rlnPhaseShift")
+    if du is None and dv is not None:
+        raise InputError("column missing while rlnDefocusV is present; expected both rlnDefocusU and rlnDefocusV "
+                         "(Angstrom) or neither", ts_path, "rlnDefocusU")
     if du is not None:
         du = du / ANGSTROM_PER_MICROMETRE
         dv = du if dv is None else dv / ANGSTROM_PER_MICROMETRE
-    astig_angle = _col(df, "rlnDefocusAngle", ts_path, required=False)
-    phase = _col(df, "rlnPhaseShift", ts_path, required=False)
-    axis_nominal = _col(df, "rlnTomoNominalTiltAxisAngle", ts_path, required=False)
+        for values, name in ((du, "rlnDefocusU"), (dv, "rlnDefocusV")):
+            check_defocus(values, ts_path, name, RELION_ANGSTROM, labels=rows, phase_plate=has_phase_plate(phase),
+                          allow_unusual=allow_unusual_defocus)
+    astig_angle = column("rlnDefocusAngle")
+    axis_nominal = column("rlnTomoNominalTiltAxisAngle")
     axis = _mean_angle(z_rot_used) if z_rot_used is not None else (
         float(np.mean(axis_nominal)) if axis_nominal is not None else 0.0)
 
     try:
         hand = hand_from_relion(float(g("rlnTomoHand")))
-    except (TypeError, ValueError):
-        raise InputError(f"rlnTomoHand {g('rlnTomoHand')!r}; expected +1 or -1", star, "rlnTomoHand") from None
-    pixel = float(g("rlnTomoTiltSeriesPixelSize"))
-    binning = float(g("rlnTomoTomogramBinning", 1.0))
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"rlnTomoHand {plain(g('rlnTomoHand'))}; expected +1 or -1", star, "rlnTomoHand") from None
+    pixel = num("rlnTomoTiltSeriesPixelSize", check=check_pixel_size)
+    binning = num("rlnTomoTomogramBinning", 1.0)
+    if not binning > 0:
+        raise InputError(f"{plain(binning)}; expected a binning factor > 0", star, "rlnTomoTomogramBinning")
     extra = {
         "tomograms_star": str(star),
         "tilt_series_star": str(ts_path),
@@ -358,12 +513,15 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
         **geometry_extra,
     }
     if all(c in glob.columns for c in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")):
-        extra["size_xyz_unbinned"] = tuple(int(round(float(row[c]))) for c in
-                                           ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"))
+        size = tuple(num(c) for c in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"))
+        for c, v in zip(("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"), size):
+            if not v >= 1:
+                raise InputError(f"{plain(v)}; expected a tomogram size >= 1 pixel", star, c)
+        extra["size_xyz_unbinned"] = tuple(int(round(v)) for v in size)
     if "rlnTomoReconstructedTomogram" in glob.columns:
         extra["reconstructed_tomogram"] = str(row["rlnTomoReconstructedTomogram"])
     if "rlnMicrographOriginalPixelSize" in glob.columns:
-        extra["original_pixel_size_angstrom"] = float(row["rlnMicrographOriginalPixelSize"])
+        extra["original_pixel_size_angstrom"] = num("rlnMicrographOriginalPixelSize", check=check_pixel_size)
     if "rlnMicrographName" in df.columns:
         extra["micrograph_names"] = [str(x) for x in df["rlnMicrographName"]]
 
@@ -375,9 +533,9 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
         defocus_v_um=dv if du is not None else None,
         astigmatism_angle_deg=astig_angle,
         phase_shift_deg=phase,
-        voltage_kv=float(g("rlnVoltage")),
-        cs_mm=float(g("rlnSphericalAberration")),
-        amplitude_contrast=float(g("rlnAmplitudeContrast")),
+        voltage_kv=num("rlnVoltage", check=check_voltage),
+        cs_mm=num("rlnSphericalAberration", check=check_cs),
+        amplitude_contrast=num("rlnAmplitudeContrast", check=check_amplitude_contrast),
         pixel_size_angstrom=pixel,
         hand=hand,
         tilt_axis_angle_deg=axis,

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..tiltseries import MAX_PLAUSIBLE_DEFOCUS_UM, TiltSeries
-from ._common import (check_count, check_tilt_angles, finite_array, numeric_rows, parse_float, read_text,
-                      refuse_other_format, require_file, write_text_atomic)
+from ..tiltseries import TiltSeries
+from ._common import (MAX_TILTS, check_count, check_tilt_angles, finite_array, numeric_rows, parse_float,
+                      read_text, refuse_other_format, require_file, write_text_atomic)
+from .plausibility import IMOD_NM, TEXT_UM, check_defocus, check_dose, check_total_dose
 
 __all__ = [
     "read_tilt_angles", "read_dose", "read_defocus_text", "read_imod_defocus",
@@ -43,7 +44,7 @@ def read_tilt_angles(path) -> np.ndarray:
     ------
     InputError
         Missing or empty file, a non-numeric or NaN field (with its line number), an angle
-        outside -90..90 degrees.
+        outside -90..90 degrees, an angle given twice.
     """
     p = require_file(path, "tilt-angle")
     refuse_other_format(p, "tilt-angle")
@@ -52,7 +53,7 @@ def read_tilt_angles(path) -> np.ndarray:
     return check_tilt_angles(angles, p, [ln for ln, _ in rows])
 
 
-def read_dose(path, per_tilt: bool = False, tilt_angles_deg=None) -> np.ndarray:
+def read_dose(path, per_tilt: bool = False, tilt_angles_deg=None, *, allow_unusual_dose: bool = False) -> np.ndarray:
     """Accumulated dose (e/A^2 before each tilt) from a text file with one value per line.
 
     Parameters
@@ -68,15 +69,19 @@ def read_dose(path, per_tilt: bool = False, tilt_angles_deg=None) -> np.ndarray:
         or an ``.mdoc`` instead.
     tilt_angles_deg
         If given, the number of values must equal the number of tilts.
+    allow_unusual_dose
+        Accept a total dose of 1000 e/A^2 or more (:mod:`tomomatch.metadata.plausibility`;
+        such values are usually e/nm^2).
     """
     p = require_file(path, "dose")
     refuse_other_format(p, "dose")
     rows = numeric_rows(p, "dose", "a dose in e/A^2")
     values = np.array([r[0] for _, r in rows], dtype=float)
-    neg = np.flatnonzero(values < 0)
-    if neg.size:
-        i = int(neg[0])
-        raise InputError(f"dose {values[i]:g} is negative; expected e/A^2 >= 0", p, f"line {rows[i][0]}")
+    labels = [f"line {ln}" for ln, _ in rows]
+    check_dose(values, p, None, labels=labels, allow_unusual=allow_unusual_dose,
+               what="dose per tilt" if per_tilt else "dose")
+    if per_tilt:
+        check_total_dose(values, p, None, labels=labels, allow_unusual=allow_unusual_dose)
     if tilt_angles_deg is not None:
         check_count(values.size, np.asarray(tilt_angles_deg).size, p, "dose")
     if per_tilt:
@@ -84,28 +89,20 @@ def read_dose(path, per_tilt: bool = False, tilt_angles_deg=None) -> np.ndarray:
     return values
 
 
-def _defocus_unit_hint(value: float) -> str:
-    v = abs(value)
-    return f"looks like nanometres ({v / 1e3:g} um?) or Angstrom ({v / 1e4:g} um?)"
-
-
-def read_defocus_text(path) -> np.ndarray:
+def read_defocus_text(path, *, allow_unusual_defocus: bool = False, phase_plate: bool = False) -> np.ndarray:
     """Per-tilt defocus in micrometres (positive = underfocus) from a plain text file.
 
-    One value per line in stack order. The unit is never guessed: a value above 100 um
-    (e.g. nanometres or Angstrom) raises :class:`InputError` asking for micrometres.
+    One value per line in stack order. The unit is never guessed: a value outside 0.5-20 um
+    underfocus (0.1-20 um with ``phase_plate``), e.g. nanometres, Angstrom or metres, raises
+    :class:`InputError` asking for micrometres, unless ``allow_unusual_defocus``
+    (:func:`tomomatch.metadata.plausibility.check_defocus`).
     """
     p = require_file(path, "defocus")
     refuse_other_format(p, "plain-text defocus")
     rows = numeric_rows(p, "defocus", "a defocus in micrometres")
     values = np.array([r[0] for _, r in rows], dtype=float)
-    big = np.flatnonzero(np.abs(values) > MAX_PLAUSIBLE_DEFOCUS_UM)
-    if big.size:
-        i = int(big[0])
-        raise InputError(
-            f"defocus {values[i]:g} is implausible in micrometres ({_defocus_unit_hint(values[i])}); "
-            "expected micrometres, positive = underfocus", p, f"line {rows[i][0]}")
-    return values
+    return check_defocus(values, p, None, TEXT_UM, labels=[f"line {ln}" for ln, _ in rows],
+                         phase_plate=phase_plate, allow_unusual=allow_unusual_defocus)
 
 
 def _imod_lines(p) -> list[tuple[int, list[str]]]:
@@ -119,7 +116,7 @@ def _imod_lines(p) -> list[tuple[int, list[str]]]:
     return out
 
 
-def read_imod_defocus(path) -> dict[str, np.ndarray]:
+def read_imod_defocus(path, *, allow_unusual_defocus: bool = False, phase_plate: bool = False) -> dict[str, np.ndarray]:
     """Read an IMOD ctfplotter/ctfphaseflip ``.defocus`` file (version 2 or 3).
 
     Version is the 6th field of the first line. Version 2: every line is
@@ -133,7 +130,11 @@ def read_imod_defocus(path) -> dict[str, np.ndarray]:
 
     Views are 1-based inclusive ranges; a range gives its defocus to every view in it, with
     tilt angles interpolated linearly from startAngle to endAngle. All views from 1 to the
-    highest must be covered exactly once.
+    highest must be covered exactly once (at most 10000 views).
+
+    Defocus must be 0.5-20 um underfocus (0.1-20 um if the file has a non-zero phase shift or
+    ``phase_plate``), i.e. 500-20000 nm; a file in micrometres (3.1 read as 0.0031 um) or Angstrom is refused
+    unless ``allow_unusual_defocus`` (:func:`tomomatch.metadata.plausibility.check_defocus`).
 
     Returns
     -------
@@ -156,7 +157,11 @@ def read_imod_defocus(path) -> dict[str, np.ndarray]:
                          p, f"line {first_no}")
     flags = 0
     if version == 3:
-        flags = int(parse_float(first[0], p, first_no, "the flags value of the version-3 header"))
+        f = parse_float(first[0], p, first_no, "the flags value of the version-3 header")
+        if f != int(f) or not 0 <= f < 64:
+            raise InputError(f"flags {first[0]!r}; expected an integer 0-63 (sum of 1, 2, 4, 8, 16, 32)",
+                             p, f"line {first_no}")
+        flags = int(f)
         data = lines[1:]
         if not data:
             raise InputError("version-3 header but no data lines", p)
@@ -173,9 +178,9 @@ def read_imod_defocus(path) -> dict[str, np.ndarray]:
                              f" with flags {flags}", p, f"line {lineno}")
         vals = [parse_float(t, p, lineno, "a number") for t in toks[:n_cols]]
         start, end = vals[0], vals[1]
-        if start != int(start) or end != int(end) or start < 1 or end < start:
-            raise InputError(f"view range {toks[0]}-{toks[1]} invalid; expected 1-based start <= end",
-                             p, f"line {lineno}")
+        if start != int(start) or end != int(end) or start < 1 or end < start or end > MAX_TILTS:
+            raise InputError(f"view range {toks[0]}-{toks[1]} invalid; expected 1-based start <= end "
+                             f"<= {MAX_TILTS}", p, f"line {lineno}")
         df1 = vals[4] / NM_PER_UM
         df2 = vals[5] / NM_PER_UM if astig else df1
         ang = vals[6] if astig else 0.0
@@ -184,12 +189,13 @@ def read_imod_defocus(path) -> dict[str, np.ndarray]:
         ph = vals[5 + (2 if astig else 0)] if phase else 0.0
         if phase and flags & IMOD_FLAG_PHASE_RADIANS:
             ph = math.degrees(ph)
-        for d, label in ((df1, "defocus"), (df2, "defocus2")):
-            if abs(d) > MAX_PLAUSIBLE_DEFOCUS_UM:
-                raise InputError(f"{label} {d * NM_PER_UM:g} nm implausible; expected nanometres",
-                                 p, f"line {lineno}")
         records.append((lineno, int(start), int(end), vals[2], vals[3], df1, df2, ang, ph))
 
+    labels = [f"line {r[0]}" for r in records]
+    phase_plate = phase_plate or any(r[8] != 0 for r in records)
+    for k in (5, 6):   # defocus1, defocus2
+        check_defocus([r[k] for r in records], p, None, IMOD_NM, labels=labels, phase_plate=phase_plate,
+                      allow_unusual=allow_unusual_defocus)
     n = max(r[2] for r in records)
     out = {k: np.full(n, np.nan) for k in ("defocus_u_um", "defocus_v_um", "astigmatism_angle_deg",
                                            "phase_shift_deg", "tilt_angles_deg")}
@@ -211,7 +217,8 @@ def read_imod_defocus(path) -> dict[str, np.ndarray]:
         raise InputError(f"view {missing[0] + 1} has no line (views 1..{n} must all be covered)", p, "views")
     if flags & IMOD_FLAG_INVERT_ANGLES:
         out["tilt_angles_deg"] = -out["tilt_angles_deg"]
-    check_tilt_angles(out["tilt_angles_deg"], p, None, "tilt angle")
+    # the angles are informative only (a view range interpolates them): no uniqueness check
+    check_tilt_angles(out["tilt_angles_deg"], p, None, "tilt angle", unique=False)
     out["version"] = version
     out["flags"] = flags
     return out

@@ -7,7 +7,10 @@ from lxml import etree
 from ..conventions import hand_from_warp, warp_tilt_angles_to_internal
 from ..errors import InputError
 from ..tiltseries import TiltSeries
-from ._common import check_tilt_angles, require_file
+from ._common import check_tilt_angles, library_errors, require_file
+from .plausibility import (MISSING_DOSE_HINT, WARP_UM, check_amplitude_contrast, check_cs, check_defocus,
+                           check_dose, check_pixel_size, check_voltage, has_phase_plate, plain,
+                           require_dose_information)
 
 __all__ = ["read_warp_xml"]
 
@@ -52,6 +55,8 @@ def _grid_per_tilt(root, tag: str, path, n: int) -> np.ndarray | None:
         w, h, d = (int(el.get(k, "1")) for k in ("Width", "Height", "Depth"))
     except ValueError:
         raise InputError("Width/Height/Depth are not integers", path, tag) from None
+    if min(w, h, d) < 1:
+        raise InputError(f"Width/Height/Depth {w}/{h}/{d}; expected positive integers", path, tag)
     if d not in (n, 1):
         raise InputError(f"Depth {d} but {n} tilts; expected Depth = number of tilts (or 1)", path, tag)
     sums = np.zeros(d)
@@ -64,7 +69,7 @@ def _grid_per_tilt(root, tag: str, path, n: int) -> np.ndarray | None:
             raise InputError(f"node {etree.tostring(node).decode().strip()!r}; expected numeric Z and Value",
                              path, tag) from None
         if not 0 <= z < d or not np.isfinite(v):
-            raise InputError(f"node Z={z} Value={v}; expected 0 <= Z < {d} and a finite value", path, tag)
+            raise InputError(f"node Z={z} Value={plain(v)}; expected 0 <= Z < {d} and a finite value", path, tag)
         sums[z] += v
         counts[z] += 1
     if np.any(counts == 0):
@@ -94,7 +99,8 @@ def _param(params, name, path, default=None):
     return v
 
 
-def read_warp_xml(path) -> TiltSeries:
+def read_warp_xml(path, *, allow_missing_dose: bool = False, allow_unusual_defocus: bool = False,
+                  allow_unusual_dose: bool = False) -> TiltSeries:
     """Read a Warp/WarpTools tilt-series XML.
 
     * ``<Angles>`` are negated (Warp's sign is opposite to IMOD/RELION,
@@ -108,19 +114,32 @@ def read_warp_xml(path) -> TiltSeries:
     * ``<CTF>`` Params ``Voltage``, ``Cs``, ``Amplitude``, ``PixelSize``.
     * ``AreAnglesInverted`` -> ``hand`` (:func:`tomomatch.conventions.hand_from_warp`).
     * ``<AxisAngle>`` (mean) -> ``tilt_axis_angle_deg``; ``LevelAngleX/Y`` kept in ``extra``.
+
+    Values are checked by :mod:`tomomatch.metadata.plausibility`: no ``<Dose>`` (or 0 for every
+    tilt) is an error unless ``allow_missing_dose``; defocus of the used tilts must be 0.5-20 um
+    (0.1 um with a phase shift) unless ``allow_unusual_defocus``; dose below 1000 e/A^2 unless
+    ``allow_unusual_dose``.
     """
     p = require_file(path, "Warp XML")
-    try:
-        root = etree.parse(str(p), etree.XMLParser(resolve_entities=False, no_network=True,
-                                                   huge_tree=True)).getroot()
-    except (etree.XMLSyntaxError, OSError) as exc:
-        raise InputError(f"not a readable XML file ({exc})", p) from None
+    with library_errors(p, "XML file"):
+        try:
+            root = etree.parse(str(p), etree.XMLParser(resolve_entities=False, no_network=True,
+                                                       huge_tree=True)).getroot()
+        except (etree.XMLSyntaxError, OSError) as exc:
+            raise InputError(f"not a readable XML file ({' '.join(str(exc).split())})", p) from None
     if root.tag != "TiltSeries":
         raise InputError(f"root element <{root.tag}>; expected a Warp <TiltSeries> XML", p)
     warp_angles = _list(root, "Angles", p, None, required=True)
     n = warp_angles.size
     angles = check_tilt_angles(warp_tilt_angles_to_internal(warp_angles) + 0.0, p, None, "Angles")
     dose = _list(root, "Dose", p, n, required=False)
+    if dose is None:
+        if not allow_missing_dose:
+            raise InputError(f"no <Dose> list; expected the accumulated e/A^2 before each tilt; {MISSING_DOSE_HINT}",
+                             p, "Dose")
+    else:
+        check_dose(dose, p, "Dose", labels=[f"entry {i + 1}" for i in range(n)], allow_unusual=allow_unusual_dose)
+        require_dose_information(dose, p, "Dose", allow_missing_dose)
     use = _list(root, "UseTilt", p, n, required=False, kind=bool)
     axis = _list(root, "AxisAngle", p, n, required=False)
     params = _ctf_params(root)
@@ -141,6 +160,11 @@ def read_warp_xml(path) -> TiltSeries:
         delta = np.zeros(n) if delta is None else delta
         du = defocus + 0.5 * delta
         dv = defocus - 0.5 * delta
+        labels = [f"tilt {i + 1}" for i in range(n)]
+        src = "GridCTF" if root.find("GridCTF") is not None else "CTF/Defocus"
+        for values, field in ((defocus, src), (du, f"{src} + DefocusDelta/2"), (dv, f"{src} - DefocusDelta/2")):
+            check_defocus(values, p, field, WARP_UM, labels=labels, phase_plate=has_phase_plate(phase),
+                          allow_unusual=allow_unusual_defocus, skip=None if use is None else ~use)
     inverted_attr = root.get("AreAnglesInverted", "False").strip().lower()
     if inverted_attr not in ("true", "false"):
         raise InputError(f"AreAnglesInverted={inverted_attr!r}; expected True or False", p, "AreAnglesInverted")
@@ -151,6 +175,9 @@ def read_warp_xml(path) -> TiltSeries:
                 extra[attr] = float(root.get(attr))
             except ValueError:
                 raise InputError(f"{attr}={root.get(attr)!r} is not a number", p, attr) from None
+    pixel = _param(params, "PixelSize", p)
+    if pixel is not None:
+        pixel = check_pixel_size(pixel, p, "CTF/PixelSize")
     movies = root.find("MoviePath")
     if movies is not None and movies.text:
         extra["movie_paths"] = movies.text.split()
@@ -162,10 +189,10 @@ def read_warp_xml(path) -> TiltSeries:
         astigmatism_angle_deg=astig_angle,
         phase_shift_deg=None if phase is None else phase * 180.0,
         excluded=None if use is None else ~use,
-        voltage_kv=_param(params, "Voltage", p, 300.0),
-        cs_mm=_param(params, "Cs", p, 2.7),
-        amplitude_contrast=_param(params, "Amplitude", p, 0.07),
-        pixel_size_angstrom=_param(params, "PixelSize", p),
+        voltage_kv=check_voltage(_param(params, "Voltage", p, 300.0), p, "CTF/Voltage"),
+        cs_mm=check_cs(_param(params, "Cs", p, 2.7), p, "CTF/Cs"),
+        amplitude_contrast=check_amplitude_contrast(_param(params, "Amplitude", p, 0.07), p, "CTF/Amplitude"),
+        pixel_size_angstrom=pixel,
         hand=hand_from_warp(inverted_attr == "true"),
         tilt_axis_angle_deg=0.0 if axis is None else float(np.mean(axis)),
         name=p.stem,
