@@ -970,7 +970,8 @@ def test_cli_metadata_into_a_closed_pipe_is_quiet(tmp_path, monkeypatch):
 
     write_tilt_angles(tmp_path / "many.rawtlt", np.linspace(-89, 89, 2001))
     # a child whose pipe is closed before it writes (head has exited): a deterministic EPIPE
-    proc = subprocess.Popen([sys.executable, "-m", "tomomatch", "metadata", "-a", str(tmp_path / "many.rawtlt")],
+    proc = subprocess.Popen([sys.executable, "-m", "tomomatch", "metadata", "-a", str(tmp_path / "many.rawtlt"),
+                             "--allow-missing-dose"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()

@@ -39,7 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    """Warnings on the command line are one line, like errors (no source location)."""
+    return f"tomomatch: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     # first of all: torch reads THP_MEM_ALLOC_ENABLE at its first CPU allocation (docs/matching.md)
     from ..matching.config import configure_allocator
     configure_allocator()

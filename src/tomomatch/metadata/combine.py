@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,10 @@ def load_tilt_series(*, tilt_angles=None, dose=None, dose_per_tilt: bool = False
         values = read_dose(dose, per_tilt=dose_per_tilt, allow_unusual_dose=allow_unusual_dose)
         _check_n(values.size, ts, dose)
         ts = ts.with_(accumulated_dose=values)
+    elif not primaries.keys() - {"aln"} and not allow_missing_dose:
+        # a .rawtlt/.tlt or .aln says nothing about dose: dose 0 (no exposure filter), said aloud
+        warnings.warn(f"{aln if aln is not None else tilt_angles}: no dose given; the exposure filter is off "
+                      "(give --dose or --dose-per-tilt)", UserWarning, stacklevel=2)
 
     if defocus is not None:
         if number is not None:
