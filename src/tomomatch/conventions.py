@@ -50,7 +50,7 @@ Euler angles
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -99,6 +99,14 @@ HandMode = Literal["full", "pytom"]
 
 
 # --------------------------------------------------------------------------- centre
+
+
+@overload
+def centre_index(n: int) -> int: ...
+
+
+@overload
+def centre_index(n: np.ndarray) -> np.ndarray: ...
 
 
 def centre_index(n: int | np.ndarray) -> int | np.ndarray:

@@ -86,11 +86,11 @@ def _resolve(value: str, base: Path) -> Path:
     return base / v
 
 
-def _read_relion_list(path: Path) -> list[BatchEntry]:
+def _read_relion_list(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry]:
     from .metadata import list_relion5_tomograms, load_tilt_series
     out = []
     for name in list_relion5_tomograms(path):
-        ts = load_tilt_series(relion5=path, tomo_name=name)
+        ts = load_tilt_series(relion5=path, tomo_name=name, allow_missing_dose=allow_missing_dose)
         rec = ts.extra.get("reconstructed_tomogram")
         if rec in (None, "", "None"):
             raise InputError(f"tomogram {name!r} has no rlnTomoReconstructedTomogram", path,
@@ -99,7 +99,7 @@ def _read_relion_list(path: Path) -> list[BatchEntry]:
     return out
 
 
-def _read_table(path: Path) -> list[BatchEntry]:
+def _read_table(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry]:
     import pandas as pd
     from .metadata import load_tilt_series
     sep = "," if path.suffix.lower() == ".csv" else "\t"
@@ -151,7 +151,8 @@ def _read_table(path: Path) -> list[BatchEntry]:
             else:
                 kw[dest] = val
         sources = ("tilt_angles", "relion5", "warp_xml", "mdoc", "aln")
-        ts = load_tilt_series(**kw) if any(s in kw for s in sources) else None
+        ts = (load_tilt_series(**kw, allow_missing_dose=allow_missing_dose) if any(s in kw for s in sources)
+              else None)
         if ts is None and len(kw) > 0 and not set(kw) <= {"hand"}:
             raise InputError("metadata columns without a tilt-angle source (tilt_angles, relion5, "
                              "warp_xml, mdoc or aln)", path, line)
@@ -161,7 +162,7 @@ def _read_table(path: Path) -> list[BatchEntry]:
     return out
 
 
-def read_tomogram_list(path) -> list[BatchEntry]:
+def read_tomogram_list(path, allow_missing_dose: bool = False) -> list[BatchEntry]:
     """Read a list of tomograms to match.
 
     Parameters
@@ -189,7 +190,8 @@ def read_tomogram_list(path) -> list[BatchEntry]:
     p = Path(path)
     if not p.is_file():
         raise InputError("tomogram list not found", p)
-    entries = _read_relion_list(p) if p.suffix.lower() == ".star" else _read_table(p)
+    entries = (_read_relion_list(p, allow_missing_dose) if p.suffix.lower() == ".star"
+               else _read_table(p, allow_missing_dose))
     seen: dict[str, Path] = {}
     for e in entries:
         if not e.tomogram.is_file():
@@ -287,9 +289,9 @@ def make_cluster(*, scheduler: str | None = None, slurm_config=None, n_workers: 
             n_workers = max(1, n_workers)
     if n_workers < 1 or threads_per_worker < 1:
         raise InputError(f"{n_workers} workers x {threads_per_worker} threads; expected >= 1", None, "--workers")
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=dashboard_address)
-    return cluster, cluster.scheduler_address
+    local = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                         dashboard_address=dashboard_address)
+    return local, local.scheduler_address
 
 
 # --------------------------------------------------------------------------- tasks (run on workers)
@@ -479,7 +481,11 @@ def run_batch(tomograms, template, mask, out_dir, *, match: MatchOptions | dict 
     if slurm_config is not None:
         read_slurm_config(slurm_config)  # fail before any planning
     say = (lambda m: None) if quiet else (log or print)
-    entries = read_tomogram_list(tomograms) if isinstance(tomograms, (str, os.PathLike)) else list(tomograms)
+    # metadata without a dose is accepted only when the match does not weight by dose (--no-dose)
+    no_dose = isinstance(match, MatchOptions) and not match.weighting.dose or (
+        isinstance(match, dict) and match.get("dose") is False)
+    entries = (read_tomogram_list(tomograms, allow_missing_dose=no_dose)
+               if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
     if not entries:
         raise InputError("no tomograms to process", None if not isinstance(tomograms, (str, os.PathLike))
                          else tomograms)

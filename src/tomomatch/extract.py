@@ -316,6 +316,7 @@ def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: floa
     info.update(xi=float(xi), beta=beta, n_background_above_threshold=n_u)
     cutoff = _gpd_cutoff(u, float(xi), beta, n_u, nfp)
     if corroborated:
+        assert reference_cutoff is not None  # corroborated only with a reference
         cutoff = max(cutoff, float(reference_cutoff))
     return float(cutoff), info
 
@@ -665,6 +666,7 @@ def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angs
     tail_info = None
     used = method
     if method == "fixed":
+        assert cutoff is not None  # checked above for method "fixed"
         c = float(cutoff)
     elif method == "gaussian":
         if n_search is None or sigma_source != "search_statistics":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from .hand_stats import (DEFAULT_ALPHA, DEFAULT_MIN_PARTICLES, UNDETERMINED, Han
                          hand_statistics, pair_particles, read_report, verdict_settings, write_report)
 from .jobfile import job_hand, job_options, tilt_series_from_job
 from .rescore import RescoreResult, oversample_volume, rescore_particles, rotate_volumes
+
+if TYPE_CHECKING:
+    from .conventions import HandMode
 
 __all__ = [
     "DEFAULT_ALPHA", "DEFAULT_MIN_PARTICLES", "UNDETERMINED", "HandScores", "hand_statistics",
@@ -91,7 +94,7 @@ def _check_belongs_to_job(job: dict[str, Any], tomogram, shape_zyx, particles) -
 
 def run_hand(out_prefix, *, job=None, tomogram=None, template=None, mask=None, tilt_series=None,
              particles=None, voxel_size_angstrom: float | None = None, max_particles: int = 200,
-             hand_mode: str | None = None, max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
+             hand_mode: HandMode | None = None, max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
              shift_voxels: int = 1, oversampling: int = 2, low_pass_angstrom: float | None = None,
              high_pass_angstrom: float | None = None, whiten: bool | None = None, ctf_mode: str | None = None,
              coarse_step_deg: float = 20.0, particle_diameter_angstrom: float | None = None,
@@ -234,7 +237,7 @@ def load_run(path, *, max_particles: int = 1000, score: str = "score", hand: int
         shape = job.get("tomogram_shape_zyx")
         if shape is None:
             raise InputError("job file lacks tomogram_shape_zyx", p, "tomogram_shape_zyx")
-        voxel = float(job["voxel_size_angstrom"])
+        voxel: float | None = float(job["voxel_size_angstrom"])
         run_hand_ = job_hand(job) if hand is None else hand
         info = {"path": str(p), "kind": "job", "n_candidates": int(len(table)),
                 "cutoff": table.attrs.get("cutoff"), "cutoff_method": table.attrs.get("cutoff_method"),
@@ -289,6 +292,7 @@ def run_compare_hands(run_a, run_b, out_prefix, *, hands: Sequence[int] | None =
     for h, info in ((ha, info_a), (hb, info_b)):
         if h is None:
             raise InputError("the hand of this run is unknown; give --hands H1 H2", info["path"], "hand")
+    assert ha is not None and hb is not None  # checked just above
     if max_distance_angstrom is None:
         max_distance_angstrom = 10.0
         if Path(run_a).suffix.lower() == ".json":

@@ -313,11 +313,11 @@ def pair_particles(coords_a, coords_b, max_distance: float) -> tuple[np.ndarray,
         rows, cols = linear_sum_assignment(cost)
         ok = cost[rows, cols] < big
         out_a.extend(ua[rows[ok]]); out_b.extend(ub[cols[ok]]); out_d.extend(cost[rows[ok], cols[ok]])
-    out_a = np.asarray(out_a, dtype=int)
-    out_b = np.asarray(out_b, dtype=int)
-    out_d = np.asarray(out_d, dtype=float)
-    order = np.argsort(out_a, kind="stable")
-    return out_a[order], out_b[order], out_d[order]
+    pair_a = np.asarray(out_a, dtype=int)
+    pair_b = np.asarray(out_b, dtype=int)
+    pair_d = np.asarray(out_d, dtype=float)
+    order = np.argsort(pair_a, kind="stable")
+    return pair_a[order], pair_b[order], pair_d[order]
 
 
 def compare_hands(coords_a_angstrom, scores_a, hand_a: int, coords_b_angstrom, scores_b, hand_b: int,

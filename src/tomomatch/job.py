@@ -278,7 +278,8 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
         raise InputError(f"mask voxel size {m_vs:g} A differs from the tomogram's {voxel:g} A by more than"
                          " 1 %; make the mask at the template's voxel size", mask, "voxel size")
     mask_np, _ = read_volume(mask, voxel, what="mask")
-    vol_shape = tuple(int(s) for s in vol_np.shape)
+    nz, ny, nx = vol_np.shape  # 3-D: read_volume's default ndim
+    vol_shape = (int(nz), int(ny), int(nx))
     del vol_np
     _check_relion_tomogram_size(tilt_series, vol_shape, tomogram)
     n = tmpl_np.shape[0]
@@ -328,7 +329,8 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
             res = max(2 * voxel, low_pass_angstrom or 0.0)
             counts = auto_tile_counts(vol_shape, voxel, n, inc, res, ts.voltage_kv, hand)
     else:
-        counts = tuple(int(c) for c in opts.tiles)
+        assert not isinstance(opts.tiles, str)  # MatchOptions holds "auto" or three int counts (parse_tiles)
+        counts = opts.tiles
     tile_plan = plan_tiles(vol_shape, n, counts, voxel, tilts_all, hand, opts.hand_mode,
                            x_tilt_deg=0.0 if ts is None else ts.x_tilt_deg)
     for t in tile_plan:
@@ -345,7 +347,7 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
     # ---------------------------------------------------------------- checkpoint key
     resolved = replace(
         opts, name=name, angular_step_deg=None if angular_step_deg is None else float(angular_step_deg),
-        symmetry=symmetry, angle_list=angle_list, defocus_handedness=hand, tiles=tuple(counts), device=str(dev),
+        symmetry=symmetry, angle_list=angle_list, defocus_handedness=hand, tiles=counts, device=str(dev),
         weighting=replace(wopts, wedge=wedge, ctf=ctf_used))
     params = {
         "format": JOB_FORMAT, "geometry_version": GEOMETRY_VERSION, "version": __version__,
@@ -693,6 +695,7 @@ def merge_units(plan: MatchPlan, results: Sequence[UnitResult]) -> MergedMatch:
         scores[us] = best.numpy()
         angles[us] = index.numpy().astype(np.float32)
         if noise is not None:
+            assert nb is not None  # set above whenever noise is
             noise[us] = nb.numpy()
         for p in parts:
             sums.append(p.rotation_sums)
@@ -933,8 +936,8 @@ def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = 
                           rotations_per_unit=rotations_per_unit, min_units=4 * n_proc if n_proc > 1 else 1,
                           engine=engine, **option_fields)
 
-    plan = plan_for(1 if auto else int(processes))
-    if auto:
+    plan = plan_for(1 if processes is None else int(processes))
+    if processes is None:  # auto
         work = float(np.prod(plan.shape_zyx)) * plan.n_rotations
         # a worker costs a few seconds to start (spawn, import torch): not worth it for small searches
         processes = cpus if (torch.device(plan.options.device).type == "cpu" and work >= _AUTO_PROCESSES_MIN_WORK) else 1

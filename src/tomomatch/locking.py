@@ -116,6 +116,5 @@ class JobLock:
     def __enter__(self) -> "JobLock":
         return self.acquire()
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self.release()
-        return False

@@ -15,6 +15,7 @@ principal axis that is exactly the distance past the semi-axis.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ EDGE_CUTOFF_SIGMA = 3.0
 
 
 def _shape(box_size) -> tuple[int, int, int]:
+    shape: tuple[Any, ...]  # not yet checked: int() below
     if np.isscalar(box_size):
         shape = (box_size,) * 3
     else:

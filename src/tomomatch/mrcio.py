@@ -14,7 +14,7 @@ from .errors import InputError
 __all__ = ["read_volume", "write_volume", "read_voxel_size", "atomic_path"]
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Sequence
 
-from .conventions import check_hand
+from .conventions import HandMode, check_hand
 from .errors import InputError
 
 __all__ = ["WeightingOptions", "MatchOptions", "DEFAULT_MAX_MEMORY_GB", "add_match_arguments",
@@ -127,7 +127,7 @@ class MatchOptions:
     angle_list: str | None = None
     weighting: WeightingOptions = field(default_factory=WeightingOptions)
     defocus_handedness: int | None = None
-    hand_mode: str = "full"
+    hand_mode: HandMode = "full"
     tiles: tuple[int, int, int] | str = (1, 1, 1)
     device: str = "cpu"
     max_memory_gb: float = DEFAULT_MAX_MEMORY_GB

@@ -102,6 +102,7 @@ class JobGeometry:
         self.voxel_size_angstrom = float(voxel_size_angstrom)
         self.has_relion = unbinned_size_xyz is not None and tilt_series_pixel_angstrom is not None
         if self.has_relion:
+            assert tilt_series_pixel_angstrom is not None  # has_relion
             self.unbinned_size_xyz = tuple(int(round(float(v))) for v in unbinned_size_xyz)
             self.tilt_series_pixel_angstrom = float(tilt_series_pixel_angstrom)
         else:  # the tomogram is its own unbinned reference
@@ -432,6 +433,7 @@ def read_particles(path, job=None, fmt: str | None = None) -> pd.DataFrame:
     except InputError as exc:
         raise InputError(exc.detail, p, exc.field) from None
     job_path = None
+    geo: JobGeometry | None
     if job is not None:
         geo = job_geometry(job)
         job_path = job.get("_job_path") if isinstance(job, dict) else (

@@ -8,12 +8,15 @@ matching engine prepares it (:mod:`tomomatch.preparation`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .errors import InputError
 from .hand_stats import HandScores
+
+if TYPE_CHECKING:
+    from .conventions import HandMode
 
 __all__ = ["RescoreResult", "oversample_volume", "rotate_volumes", "rescore_particles"]
 
@@ -172,7 +175,7 @@ def _hand_weights(tilt_series, box_zyx, voxel_size_angstrom: float, centred_xyz,
 
 def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_series, template: np.ndarray,
                       mask: np.ndarray, positions_xyz, poses, *, hands: Sequence[int] = (1, -1, 0),
-                      hand_mode: str = "full", max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
+                      hand_mode: HandMode = "full", max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
                       shift_voxels: int = 1, oversampling: int = 2,
                       low_pass_angstrom: float | None = None, high_pass_angstrom: float | None = None,
                       whiten: bool = False, weight_options: dict[str, Any] | None = None,

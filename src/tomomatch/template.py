@@ -201,7 +201,7 @@ def _frequency_radius(shape, voxel_size_angstrom: float) -> np.ndarray:
     """|f| in 1/Angstrom on the rfftn grid (unshifted, last axis halved) of ``shape``."""
     axes = [np.fft.fftfreq(n, d=voxel_size_angstrom) for n in shape[:-1]]
     axes.append(np.fft.rfftfreq(shape[-1], d=voxel_size_angstrom))
-    f2 = 0.0
+    f2: float | np.ndarray = 0.0
     for i, a in enumerate(axes):
         sh = [1] * len(axes)
         sh[i] = a.size
@@ -260,7 +260,11 @@ def centre_of_mass(volume: np.ndarray, weights: str = "auto") -> np.ndarray:
 def pad_or_crop(volume: np.ndarray, box_size) -> np.ndarray:
     """Zero-pad or crop to ``box_size`` (int for a cube, or ``(z, y, x)``) keeping ``n // 2`` fixed."""
     vol = np.asarray(volume)
-    shape = (int(box_size),) * vol.ndim if np.isscalar(box_size) else tuple(int(b) for b in box_size)
+    if np.isscalar(box_size):
+        # np.isscalar's guard admits str/bytes/memoryview; int() rejects what is not a number
+        shape = (int(box_size),) * vol.ndim  # type: ignore[arg-type]
+    else:
+        shape = tuple(int(b) for b in box_size)
     out = np.zeros(shape, dtype=vol.dtype)
     src, dst = [], []
     for n_in, n_out in zip(vol.shape, shape):

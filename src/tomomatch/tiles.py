@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .conventions import (defocus_at_point_um, defocus_offset_angstrom, depth_along_beam,
+from .conventions import (HandMode, defocus_at_point_um, defocus_offset_angstrom, depth_along_beam,
                           electron_wavelength_angstrom, index_to_centered_angstrom)
 from .errors import InputError
 
@@ -44,22 +44,24 @@ class Tile:
     @property
     def data_slices(self) -> tuple[slice, slice, slice]:
         """Slices of the tomogram holding the tile's data."""
-        return tuple(slice(a, b) for a, b in zip(self.data_start_zyx, self.data_stop_zyx))
+        return _slices3(self.data_start_zyx, self.data_stop_zyx)
 
     @property
     def unique_slices(self) -> tuple[slice, slice, slice]:
         """Slices of the tomogram the tile owns."""
-        return tuple(slice(a, b) for a, b in zip(self.unique_start_zyx, self.unique_stop_zyx))
+        return _slices3(self.unique_start_zyx, self.unique_stop_zyx)
 
     @property
     def unique_in_data(self) -> tuple[slice, slice, slice]:
         """The unique region as slices of the tile's data array."""
-        return tuple(slice(u0 - d0, u1 - d0) for u0, u1, d0 in
-                     zip(self.unique_start_zyx, self.unique_stop_zyx, self.data_start_zyx))
+        (u0z, u0y, u0x), (u1z, u1y, u1x) = self.unique_start_zyx, self.unique_stop_zyx
+        dz, dy, dx = self.data_start_zyx
+        return slice(u0z - dz, u1z - dz), slice(u0y - dy, u1y - dy), slice(u0x - dx, u1x - dx)
 
     @property
     def data_shape_zyx(self) -> tuple[int, int, int]:
-        return tuple(b - a for a, b in zip(self.data_start_zyx, self.data_stop_zyx))
+        (az, ay, ax), (bz, by, bx) = self.data_start_zyx, self.data_stop_zyx
+        return bz - az, by - ay, bx - ax
 
     def to_json(self) -> dict:
         return {"grid_index_xyz": list(self.grid_index_xyz),
@@ -69,6 +71,11 @@ class Tile:
                 "data_stop_zyx": list(self.data_stop_zyx),
                 "centre_angstrom_xyz": [float(v) for v in self.centre_angstrom_xyz],
                 "defocus_offsets_um": [float(v) for v in self.defocus_offsets_um]}
+
+
+def _slices3(start_zyx: tuple[int, int, int], stop_zyx: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """``[start, stop)`` per axis as three slices."""
+    return slice(start_zyx[0], stop_zyx[0]), slice(start_zyx[1], stop_zyx[1]), slice(start_zyx[2], stop_zyx[2])
 
 
 def split_axis(n: int, count: int, box: int) -> list[tuple[int, int, int, int]]:
@@ -92,7 +99,7 @@ def split_axis(n: int, count: int, box: int) -> list[tuple[int, int, int, int]]:
 
 def plan_tiles(shape_zyx: Sequence[int], box: int, counts_xyz: Sequence[int],
                voxel_size_angstrom: float, tilt_angles_deg=None, hand: int = 0,
-               hand_mode: str = "full", x_tilt_deg=0.0) -> list[Tile]:
+               hand_mode: HandMode = "full", x_tilt_deg=0.0) -> list[Tile]:
     """Tiles for a tomogram of ``shape_zyx`` split ``counts_xyz`` times along (x, y, z).
 
     ``defocus_offsets_um`` holds, per tilt, ``offset(x_c, y_c, z_c, tilt, x_tilt, hand, mode)``
@@ -118,11 +125,11 @@ def plan_tiles(shape_zyx: Sequence[int], box: int, counts_xyz: Sequence[int],
                                                 x_tilt_deg=np.asarray(x_tilt_deg, float)) / 1e4
                     offs = tuple(float(v) for v in np.atleast_1d(o))
                 tiles.append(Tile((ix, iy, iz), (zu0, yu0, xu0), (zu1, yu1, xu1), (zd0, yd0, xd0),
-                                  (zd1, yd1, xd1), tuple(float(v) for v in c_a), offs))
+                                  (zd1, yd1, xd1), (float(c_a[0]), float(c_a[1]), float(c_a[2])), offs))
     return tiles
 
 
-def tile_defocus_um(tilt_series, tile: Tile, hand: int, hand_mode: str = "full"):
+def tile_defocus_um(tilt_series, tile: Tile, hand: int, hand_mode: HandMode = "full"):
     """Per-tilt defocus U and V (micrometres) at the centre of ``tile``'s unique region.
 
     Every tilt gets its own value ``df_i + offset_i`` (no shared objects). Returns

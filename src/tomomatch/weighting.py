@@ -522,20 +522,21 @@ def whitening_filter(tomogram: torch.Tensor, voxel_size_angstrom: float,
     m_use = mult[None, None, :].expand(P, P, -1)[use]
     counts = torch.bincount(shell_idx, weights=m_use, minlength=n_bins).to(torch.float32)
 
-    profiles, variances = [], []
+    profile_parts: list[torch.Tensor] = []
+    variance_parts: list[torch.Tensor] = []
     batch = max(1, (1 << 24) // (P ** 3))
     for b0 in range(0, len(corners), batch):
         cs = corners[b0:b0 + batch]
         patches = torch.stack([vol[z:z + P, y:y + P, x:x + P] for z, y, x in cs]).to(torch.float32)
         patches = patches - patches.mean(dim=(1, 2, 3), keepdim=True)
-        variances.append(patches.var(dim=(1, 2, 3)))
+        variance_parts.append(patches.var(dim=(1, 2, 3)))
         spec = torch.fft.rfftn(patches * win, dim=(1, 2, 3)).abs() ** 2
         vals = spec[:, use] * m_use[None]
         prof = torch.zeros((len(cs), n_bins), dtype=torch.float32, device=dev)
         prof.index_add_(1, shell_idx, vals)
-        profiles.append(prof)
-    profiles = torch.cat(profiles)
-    variances = torch.cat(variances)
+        profile_parts.append(prof)
+    profiles = torch.cat(profile_parts)
+    variances = torch.cat(variance_parts)
     if reject_percentile is not None and len(profiles) >= 10:
         thr = torch.quantile(variances, float(reject_percentile) / 100.0)
         keep = variances <= thr
@@ -629,6 +630,7 @@ def tilt_series_weight(tilt_series, shape_zyx: Sequence[int], voxel_size_angstro
     else:
         w = binary_wedge(shape_zyx, tilts, device=dev)
         if du is not None:
+            assert dv is not None  # set together with du
             i0 = int(np.argmin(np.abs(tilts)))
             df = 0.5 * (du[..., i0] + dv[..., i0])  # scalar or (P,)
             k = frequency_radius_3d(shape_zyx, voxel_size_angstrom, dev)

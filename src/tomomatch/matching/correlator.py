@@ -231,12 +231,15 @@ class TileCorrelator:
         sel = torch.linalg.vector_norm(qb, dim=-1) <= 0.5
         self.box_sel = torch.nonzero(sel.reshape(-1)).reshape(-1)
         self.q_box = qb.reshape(-1, 3)[self.box_sel].contiguous()
+        self.resampler: BoxToTile | BoxToTilePruned
+        self.v2_fast: torch.Tensor | None
         if self.method == "resample":
             self.resampler = BoxToTile(n, self.shape, oversample, dev)
             self.v_fast, self.v2_fast = self.v_hat, self.v2_hat
         else:
-            self.resampler = BoxToTilePruned(n, self.shape, dev, engine=self.engine)
-            ph = self.resampler.phase()
+            pruned = BoxToTilePruned(n, self.shape, dev, engine=self.engine)
+            ph = pruned.phase()
+            self.resampler = pruned
             self.v_fast, self.v2_fast = self.v_hat * ph, self.v2_hat * ph
         if padded_tile is not None:
             self.packer = PairPacker(n, self.shape, dev, engine=self.engine)
@@ -252,7 +255,9 @@ class TileCorrelator:
         """Approximate memory per rotation in a batch (bytes)."""
         n = float(np.prod(self.shape))
         per = 4 * n + 4 * n + 4 * n  # template spectrum, product spectrum, real output
-        per += 8 * float(self.resampler.size ** 3) if self.method == "resample" else 0.0
+        if self.method == "resample":
+            assert isinstance(self.resampler, BoxToTile)  # set so by _setup_fast
+            per += 8 * float(self.resampler.size ** 3)
         if not self.spherical:
             per += 3 * 8 * n
         return int(per * len(self.templates))
@@ -286,6 +291,7 @@ class TileCorrelator:
         if self.method == "exact":
             m_hat, v, v2 = _rfftn(place_centered(masks, self.shape)), self.v_hat, self.v2_hat
         else:
+            assert self.v2_fast is not None  # None only on the packed path, whose spherical mask needs no sigma
             m_hat, v, v2 = self.resampler(masks), self.v_fast, self.v2_fast
         mu = _irfftn_scratch(torch.conj(m_hat) * v, self.shape, self.engine)[(slice(None),) + self.unique] / w_r
         m2 = _irfftn_scratch(torch.conj(m_hat) * v2, self.shape, self.engine)[(slice(None),) + self.unique] / w_r
@@ -376,6 +382,7 @@ class TileCorrelator:
             del pair
         if len(self.ftemplates) > 1:
             noise = self._scores_packed_one(self.ftemplates[1], rot, reuse=1)
+            assert state.noise_best is not None  # a random-phase search's state holds its noise maximum
             torch.maximum(state.noise_best, torch.amax(noise, dim=0), out=state.noise_best)
         if pairs_done:  # (B, 2): sum and sum of squares per rotation
             per_rotation = stats[0].tolist()
@@ -387,7 +394,7 @@ class TileCorrelator:
 
     def _scores_exact(self, rots: np.ndarray) -> list[torch.Tensor]:
         dev = self.device
-        outs = [[] for _ in self.templates]
+        outs: list[list[torch.Tensor]] = [[] for _ in self.templates]
         for r in rots:
             if self.spherical:
                 m_r = self.mask_np.astype(np.float64)
@@ -439,6 +446,7 @@ class TileCorrelator:
         while start < n:
             stop = min(n, (start // batch_size + 1) * batch_size)
             if folder is not None:
+                assert ids is not None  # made whenever folder is
                 try:
                     self._fold_batch(folder, rotations[start:stop], start, state, ids)
                 except Exception as exc:
@@ -529,7 +537,8 @@ def match_volume(tomogram, template, mask, rotations, *, weight: WeightFn | None
     vol = (vol - vol.mean()) / vol.std().clamp_min(1e-30)
     vol = filter_volume(vol, tomogram_weight)
     rp = phase_randomised_template(template, mask) if random_phase else None
-    unique = tuple(slice(0, s) for s in vol.shape)
+    nz, ny, nx = vol.shape
+    unique = (slice(0, nz), slice(0, ny), slice(0, nx))
     tc = TileCorrelator(vol, template, mask, unique, weight=weight, method=method, spherical=spherical,
                         random_phase_template=rp, device=dev, oversample=oversample, engine=engine)
     st = tc.run(rotations, batch_size=batch_size)

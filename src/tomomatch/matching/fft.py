@@ -19,7 +19,7 @@ Threads: one below ~4 M elements per transform (:data:`_MIN_THREADED_FFT`), else
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import scipy.fft
@@ -227,7 +227,7 @@ class FftwXPass:
 
     def __init__(self, shape: Sequence[int]):
         self.shape = tuple(int(s) for s in shape)
-        self._plan = None  # (plan, input buffer, output buffer)
+        self._plan: tuple[Any, np.ndarray, np.ndarray] | None = None  # (plan, input buffer, output buffer)
 
     def buffers(self, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero-padded input buffer (``(>= pairs, nz, ny, nx)`` complex, only the box's x columns
@@ -246,4 +246,5 @@ class FftwXPass:
 
     def execute(self) -> None:
         """Transform the input buffer into the output buffer."""
+        assert self._plan is not None, "buffers() makes the plan before execute()"
         self._plan[0].execute()

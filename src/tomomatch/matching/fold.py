@@ -97,6 +97,7 @@ def _update_running_max(state: "TileState", scores: list[torch.Tensor], start: i
         torch.maximum(state.best, vals, out=state.best)
         torch.where(gt, idx, state.index, out=state.index)
     if len(scores) > 1:
+        assert state.noise_best is not None  # a random-phase search's state holds its noise maximum
         torch.maximum(state.noise_best, torch.amax(scores[1], dim=0), out=state.noise_best)
 
 

@@ -97,7 +97,8 @@ class BoxToTilePruned:
     corner = True
 
     def __init__(self, n: int, shape: Sequence[int], device="cpu", *, engine: EngineConfig):
-        self.box, self.shape, self.device = int(n), tuple(int(s) for s in shape), torch.device(device)
+        nz, ny, nx = (int(s) for s in shape)
+        self.box, self.shape, self.device = int(n), (nz, ny, nx), torch.device(device)
         self.engine = engine
 
     def phase(self) -> torch.Tensor:

@@ -152,7 +152,8 @@ def filter_volume(volume: torch.Tensor, weight: WeightFn | None) -> torch.Tensor
     if weight is None:
         return volume
     shape = tuple(volume.shape)
-    padded = fast_fft_shape(shape)
+    pz, py, px = fast_fft_shape(shape)  # a volume: three axes
+    padded = (pz, py, px)
     f = _rfftn(volume, s=padded)
     f = f * weight(padded).to(f.device)
     out = _irfftn(f, s=padded)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..conventions import check_hand
+from ..conventions import HandMode, check_hand
 from ..errors import InputError
 
 __all__ = ["SimulationConfig", "Structure", "PRESETS", "preset_config", "default_data_dir"]
@@ -74,7 +74,7 @@ class SimulationConfig:
     astigmatism_angle_deg: float | None = None   # None: random per tilt
     b_factor_angstrom2: float = 0.0         # extra envelope exp(-B k^2 / 4)
     hand: int = 1
-    hand_mode: str = "full"
+    hand_mode: HandMode = "full"
     apply_ctf: bool = True                  # False: ideal dark contrast, transfer -1 at all k (debugging)
     apply_dose_filter: bool = True
     # ---- noise
@@ -159,8 +159,14 @@ class SimulationConfig:
             raise InputError(f"unknown hand mode {self.hand_mode!r}; expected full or pytom", field="hand mode")
         if not 0 <= float(self.amplitude_contrast) < 1:
             raise InputError(f"{self.amplitude_contrast} outside [0, 1)", field="amplitude contrast")
-        if not math.isfinite(float(self.defocus_um)) or abs(float(self.defocus_um)) > 100:
-            raise InputError(f"{self.defocus_um} um is implausible; expected micrometres", field="defocus")
+        # the files the simulator writes must read back: the readers' plausibility range
+        from ..metadata.plausibility import DEFOCUS_MAX_UM, DEFOCUS_MIN_UM
+        df = float(self.defocus_um)
+        if not (math.isfinite(df) and DEFOCUS_MIN_UM <= df <= DEFOCUS_MAX_UM):
+            raise InputError(f"{self.defocus_um} um; expected {DEFOCUS_MIN_UM:g}-{DEFOCUS_MAX_UM:g} um underfocus"
+                             " (the range tomomatch's readers accept)", field="defocus")
+        if not float(self.dose_per_tilt) > 0:
+            raise InputError(f"dose per tilt {self.dose_per_tilt}; expected > 0 e/A^2", field="dose per tilt")
         lo, hi = (float(s) for s in self.blob_sigma_angstrom)
         if not 0 < lo <= hi:
             raise InputError(f"{self.blob_sigma_angstrom!r} must be 0 < min <= max", field="blob sigma")

@@ -59,7 +59,7 @@ def _radius(density: np.ndarray, voxel: float) -> float:
     idx = np.nonzero(m)
     c = centre_index(d.shape[0])
     r2 = sum((i - c).astype(float) ** 2 for i in idx)
-    return float(math.sqrt(r2.max()) + 0.5) * voxel
+    return float(math.sqrt(np.max(r2)) + 0.5) * voxel
 
 
 def _cube(density: np.ndarray) -> np.ndarray:
@@ -138,6 +138,9 @@ class SimulationResult:
         The true defocus handedness used.
     summary
         The summary JSON as a dict.
+    tilt_series_counts, tomogram, tomogram_noise_free
+        The tilt series (detected electrons), the reconstruction and, with
+        ``write_noise_free``, the reconstruction without noise (else None); set by :func:`simulate`.
     """
 
     out_dir: Path
@@ -148,6 +151,9 @@ class SimulationResult:
     hand: int
     config: SimulationConfig
     summary: dict = field(default_factory=dict)
+    tilt_series_counts: np.ndarray = field(init=False, repr=False, compare=False)
+    tomogram: np.ndarray = field(init=False, repr=False, compare=False)
+    tomogram_noise_free: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------- placement
@@ -328,6 +334,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         members = np.nonzero(kind == k)[0]
         if members.size == 0:
             continue
+        assert pr is not None  # made for every kind with members
         ku = torch.from_numpy(np.fft.rfftfreq(Q).astype(np.float32))[None, None, :]   # cycles / pixel
         kv = torch.from_numpy(np.fft.fftfreq(Q).astype(np.float32))[None, :, None]
         per = max(1, int(3_000_000 // (nt * Q * (Q // 2 + 1))))
@@ -344,7 +351,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
             filt = _transfer(ku / v, kv / v, cfg, dfj + 0.5 * cfg.astigmatism_um, dfj - 0.5 * cfg.astigmatism_um,
                              np.tile(ast_ang, js.size), np.tile(dose_mid, js.size))
             ramp = -2 * math.pi * (dx * ku + dy * kv)
-            S = S * (filt * np.float32(2.0 * sigma_e * ps / (b * b))) * torch.polar(torch.ones_like(ramp), ramp)
+            S = S * (filt * float(np.float32(2.0 * sigma_e * ps / (b * b)))) * torch.polar(torch.ones_like(ramp), ramp)
             patch = torch.fft.irfft2(S, s=(Q, Q)).numpy().reshape(js.size, nt, Q, Q)
             for jj in range(js.size):
                 for t in range(nt):
@@ -552,7 +559,7 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
     paths = res.paths
     paths["tilt_series"] = _write_mrc(out / f"{name}_ts.mrc", counts, v)
     paths["tomogram"] = _write_mrc(out / f"{name}.mrc", tomo, v)
-    if getattr(res, "tomogram_noise_free", None) is not None:
+    if res.tomogram_noise_free is not None:
         paths["tomogram_noise_free"] = _write_mrc(out / f"{name}_noisefree.mrc", res.tomogram_noise_free, v)
     # IMOD sign, the angles the images were made with (geometry 2: x' = x cos t + z sin t), never
     # negated; .tlt (the aligned angles IMOD's tilt/RELION's IMOD import read) = .rawtlt: no misalignment

@@ -69,6 +69,7 @@ def tilt_scheme(tilt_min_deg: float, tilt_max_deg: float, tilt_step_deg: float,
     kmax = int(math.floor((tilt_max_deg - start_deg) / step + 1e-9))
     ks = np.arange(kmin, kmax + 1)
     angles = start_deg + ks * step
+    seq: list[int | np.integer]
     if order == "sequential":
         seq = list(ks)
     elif order == "bidirectional":
