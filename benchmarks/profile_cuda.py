@@ -3,7 +3,6 @@
 Usage (on a GPU machine): ``python benchmarks/profile_cuda.py`` from the repository root with
 ``PYTHONPATH=src:benchmarks``.
 """
-import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 from torch.profiler import ProfilerActivity, profile
@@ -26,7 +25,7 @@ tc = M.TileCorrelator(torch.as_tensor(vol, device=dev)[tile.data_slices], tmpl, 
                       weight=lambda shape: tilt_series_weight(ts, shape, case["voxel"], device=dev), device=dev)
 print("tile grid", tc.shape, "unique", [s.stop - s.start for s in tile.unique_in_data])
 rots = Rotation.random(16 * 9, random_state=1).as_matrix()
-import time
+import time  # noqa: E402
 
 tc.run(rots[:16], batch_size=16)
 torch.cuda.synchronize()

@@ -12,7 +12,6 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
 from tomomatch import matching as M
 from tomomatch.angles import read_rotations, uniform_rotations
@@ -196,7 +195,7 @@ def test_resume_after_sigkill_gives_identical_outputs(data, tmp_path, monkeypatc
 def test_checkpoint_of_another_command_is_not_reused(data, tmp_path):
     d = data["dir"]
     kw = dict(rotations=data["rots"][:6], quiet=True, name="x")
-    ref = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "ref", **kw)
+    run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "ref", **kw)
     # plant a finished-looking checkpoint with garbage under a different key
     ck = tmp_path / "o" / "x_checkpoints"
     ck.mkdir(parents=True)

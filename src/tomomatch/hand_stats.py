@@ -303,7 +303,9 @@ def pair_particles(coords_a, coords_b, max_distance: float) -> tuple[np.ndarray,
         ub, lb = np.unique(eb, return_inverse=True)
         if ua.size == 1 or ub.size == 1:  # star: take the single nearest
             k = int(np.argmin(ed))
-            out_a.append(ea[k]); out_b.append(eb[k]); out_d.append(ed[k])
+            out_a.append(ea[k])
+            out_b.append(eb[k])
+            out_d.append(ed[k])
             continue
         # forbidden pairs cost more than any full set of allowed ones: maximum cardinality
         # first, then minimum total distance
@@ -312,7 +314,9 @@ def pair_particles(coords_a, coords_b, max_distance: float) -> tuple[np.ndarray,
         cost[la, lb] = ed
         rows, cols = linear_sum_assignment(cost)
         ok = cost[rows, cols] < big
-        out_a.extend(ua[rows[ok]]); out_b.extend(ub[cols[ok]]); out_d.extend(cost[rows[ok], cols[ok]])
+        out_a.extend(ua[rows[ok]])
+        out_b.extend(ub[cols[ok]])
+        out_d.extend(cost[rows[ok], cols[ok]])
     pair_a = np.asarray(out_a, dtype=int)
     pair_b = np.asarray(out_b, dtype=int)
     pair_d = np.asarray(out_d, dtype=float)

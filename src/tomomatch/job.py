@@ -55,7 +55,7 @@ import torch
 
 from . import __version__
 from .angles import crowther_step_deg, parse_symmetry, read_angle_list, uniform_rotations, write_rotations
-from .conventions import GEOMETRY_VERSION, check_hand
+from .conventions import GEOMETRY_VERSION
 from .errors import InputError
 from .matching import (EngineConfig, TileCorrelator, TileState, configure_allocator, engine_description,
                        fast_fft_shape, is_spherical_mask, phase_randomised_template, resolve_device)

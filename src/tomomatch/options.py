@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Sequence
+from typing import Any
 
 from .conventions import HandMode, check_hand
 from .errors import InputError
