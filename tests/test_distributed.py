@@ -47,9 +47,10 @@ def data(tmp_path_factory):
     write_volume(d / "tmpl.mrc", _template(), VOXEL)
     write_volume(d / "mask.mrc", _mask(), VOXEL)
     (d / "tilts.tlt").write_text("\n".join(f"{t:g}" for t in TILTS) + "\n")
-    (d / "list.tsv").write_text("name\ttomogram\ttilt_angles\tdefocus\n"
-                                "a\ttomo0.mrc\ttilts.tlt\t3.0\n"
-                                "b\ttomo1.mrc\t\t\n")
+    (d / "dose.txt").write_text("\n".join(f"{3.0 * i:g}" for i in range(len(TILTS))) + "\n")
+    (d / "list.tsv").write_text("name\ttomogram\ttilt_angles\tdose\tdefocus\n"
+                                "a\ttomo0.mrc\ttilts.tlt\tdose.txt\t3.0\n"
+                                "b\ttomo1.mrc\t\t\t\n")
     return {"dir": d, "rots": rots}
 
 

@@ -414,8 +414,9 @@ def test_cli_compare_hands_bad_inputs(tmp_path, capsys):
     out = str(tmp_path / "cmp")
     # same hand twice
     assert main(["compare-hands", str(ja), str(ja), "-o", out, "--cutoff", "0.2"]) == 2
-    # a missing run
-    assert main(["compare-hands", str(ja), str(tmp_path / "nope.json"), "-o", out]) == 2
+    # a missing run (the first run's extraction falls back to the gaussian cut-off, and says so)
+    with pytest.warns(UserWarning, match="tail fit impossible"):
+        assert main(["compare-hands", str(ja), str(tmp_path / "nope.json"), "-o", out]) == 2
     # no candidates above the cut-off
     assert main(["compare-hands", str(ja), str(jb), "-o", out, "--cutoff", "5"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
@@ -483,14 +484,14 @@ def test_cli_hand_bad_inputs(tmp_path, capsys):
     base = ["hand", "-o", out, "-v", str(tmp_path / "v.mrc"), "-t", str(tmp_path / "t.mrc"),
             "-m", str(tmp_path / "m.mrc")]
     # metadata without defocus
-    assert main(base + ["-a", str(tmp_path / "a.rawtlt")]) == 2
+    assert main(base + ["-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose"]) == 2
     # no metadata at all
     assert main(base) == 2
     # no tomogram
     assert main(["hand", "-o", out, "-t", str(tmp_path / "t.mrc"), "-m", str(tmp_path / "m.mrc"),
-                 "-a", str(tmp_path / "a.rawtlt"), "--defocus", "3"]) == 2
+                 "-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose", "--defocus", "3"]) == 2
     # bad option values
-    assert main(base + ["-a", str(tmp_path / "a.rawtlt"), "--defocus", "3", "--alpha", "2"]) == 2
+    assert main(base + ["-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose", "--defocus", "3", "--alpha", "2"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 4 and all(line.startswith("tomomatch hand: error:") for line in err)
     assert "defocus" in err[0] and "defocus" in err[1] and "tomogram" in err[2]
@@ -533,7 +534,7 @@ def test_cli_hand_star_outside_tomogram(tmp_path, capsys):
     (tmp_path / "a.rawtlt").write_text("\n".join(str(a) for a in range(-60, 61, 10)) + "\n")
     rc = main(["hand", "-o", str(tmp_path / "h"), "-v", str(tmp_path / "v.mrc"), "-t", str(tmp_path / "t.mrc"),
                "-m", str(tmp_path / "m.mrc"), "-p", str(star), "--job", str(job),
-               "-a", str(tmp_path / "a.rawtlt"), "--defocus", "3"])
+               "-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose", "--defocus", "3"])
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert rc == 2 and len(err) == 1 and "outside the tomogram" in err[0]
 
@@ -573,7 +574,7 @@ def test_cli_hand_runs_coarse_match_without_candidates(tmp_path):
     (tmp_path / "a.rawtlt").write_text("\n".join(str(a) for a in range(-60, 61, 10)) + "\n")
     out = tmp_path / "h"
     rc = main(["hand", "-o", str(out), "-v", str(tmp_path / "v.mrc"), "-t", str(tmp_path / "t.mrc"),
-               "-m", str(tmp_path / "m.mrc"), "-a", str(tmp_path / "a.rawtlt"), "--defocus", "3",
+               "-m", str(tmp_path / "m.mrc"), "-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose", "--defocus", "3",
                "--coarse-step", "45", "--particle-diameter", "150", "-n", "5", "--max-angle", "0",
                "--no-figure"])
     assert rc == 0

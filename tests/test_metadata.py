@@ -604,7 +604,7 @@ def test_cli_metadata_table_and_json(capsys):
     assert main(["metadata", "--warp-xml", str(FIXTURES / "warp_small.xml"), "--voltage", "200"]) == 0
     out = capsys.readouterr().out
     assert "5 tilts (1 excluded)" in out and "voltage 200 kV" in out and "hand -1" in out
-    assert main(["metadata", "--aln", str(FIXTURES / "dark_frames.aln"), "--json"]) == 0
+    assert main(["metadata", "--aln", str(FIXTURES / "dark_frames.aln"), "--json", "--allow-missing-dose"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["n_tilts"] == 7 and data["excluded"][-2:] == [True, True]
     assert data["tilt_angles_deg"][:3] == [0.0, -3.0, 3.0]
@@ -992,7 +992,7 @@ def test_cli_metadata_into_a_closed_pipe_is_quiet(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sys, "stdout", Broken())
     try:
-        assert main(["metadata", "-a", str(tmp_path / "many.rawtlt"), "--json"]) == 141
+        assert main(["metadata", "-a", str(tmp_path / "many.rawtlt"), "--json", "--allow-missing-dose"]) == 141
     finally:
         os.close(r)
         os.close(w)
@@ -1047,10 +1047,11 @@ def test_override_errors_blame_the_option(tmp_path, capsys):
                            (["--amplitude-contrast", "7"], "--amplitude-contrast: amplitude contrast 7"),
                            (["--phase-shift", "nan"], "--phase-shift: NaN is not a finite number"),
                            (["--defocus", "3e-6"], "--defocus: defocus 3e-06 is implausible")):
-        assert main(["metadata", "-a", str(tmp_path / "a.rawtlt")] + args) == 2
+        assert main(["metadata", "-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose"] + args) == 2
         err = capsys.readouterr().err
         assert fragment in err and "a.rawtlt" not in err and err.count("\n") == 1
     with pytest.raises(InputError) as exc:
-        load_tilt_series(tilt_angles=tmp_path / "a.rawtlt", voltage_kv=-300)
+        load_tilt_series(tilt_angles=tmp_path / "a.rawtlt", voltage_kv=-300, allow_missing_dose=True)
     assert str(exc.value).startswith("voltage_kv: ")
-    assert main(["metadata", "-a", str(tmp_path / "a.rawtlt"), "--defocus", "30", "--allow-unusual-defocus"]) == 0
+    assert main(["metadata", "-a", str(tmp_path / "a.rawtlt"), "--defocus", "30", "--allow-unusual-defocus",
+                 "--allow-missing-dose"]) == 0

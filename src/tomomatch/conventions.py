@@ -50,6 +50,7 @@ Euler angles
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal, overload
 
 import numpy as np
@@ -378,9 +379,15 @@ def relion_to_matrix(rot_tilt_psi_deg) -> np.ndarray:
 
 
 def matrix_to_relion(matrix) -> np.ndarray:
-    """Pose matrices ``(..., 3, 3)`` -> RELION (rot, tilt, psi) degrees ``(..., 3)``."""
+    """Pose matrices ``(..., 3, 3)`` -> RELION (rot, tilt, psi) degrees ``(..., 3)``.
+
+    At tilt 0 or 180 (gimbal lock) only ``rot + psi`` (or ``rot - psi``) is defined; scipy then
+    sets psi = 0, a valid triplet for the same matrix, so its warning is not passed on.
+    """
     m = np.asarray(matrix, dtype=float)
-    a = Rotation.from_matrix(m.reshape(-1, 3, 3)).inv().as_euler("ZYZ", degrees=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Gimbal lock detected")
+        a = Rotation.from_matrix(m.reshape(-1, 3, 3)).inv().as_euler("ZYZ", degrees=True)
     return a.reshape(m.shape[:-2] + (3,))
 
 
@@ -394,7 +401,9 @@ def pytom_to_matrix(phi_theta_psi_rad) -> np.ndarray:
 def matrix_to_pytom(matrix) -> np.ndarray:
     """Pose matrices -> pytom anticlockwise ZXZ (phi, theta, psi) radians."""
     m = np.asarray(matrix, dtype=float)
-    a = -Rotation.from_matrix(m.reshape(-1, 3, 3)).inv().as_euler("ZXZ")
+    with warnings.catch_warnings():  # gimbal lock: a valid triplet all the same (matrix_to_relion)
+        warnings.filterwarnings("ignore", message="Gimbal lock detected")
+        a = -Rotation.from_matrix(m.reshape(-1, 3, 3)).inv().as_euler("ZXZ")
     return a.reshape(m.shape[:-2] + (3,))
 
 
