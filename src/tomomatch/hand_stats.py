@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import InputError
+from .jsonable import jsonable
 from .mrcio import atomic_path
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_MIN_PARTICLES", "UNDETERMINED", "HandScores", "hand_statistics",
@@ -380,23 +380,6 @@ def compare_hands(coords_a_angstrom, scores_a, hand_a: int, coords_b_angstrom, s
 # --------------------------------------------------------------------------- report
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def write_report(path, report: dict[str, Any], scores: HandScores | None = None) -> Path:
     """Write the statistics (and, if given, the per-particle table) as JSON, atomically.
 
@@ -412,7 +395,7 @@ def write_report(path, report: dict[str, Any], scores: HandScores | None = None)
             if getattr(scores, name) is not None:
                 table[name] = getattr(scores, name)
         doc["particles"] = table
-    text = json.dumps(_jsonable(doc), indent=2)
+    text = json.dumps(jsonable(doc), indent=2)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text + "\n")
     return path

@@ -73,6 +73,7 @@ import numpy as np
 from scipy import optimize, special
 
 from .errors import InputError
+from .jsonable import jsonable
 from .extract import (_MIX_MIN_PARTICLES, _MIX_MIN_SD, _NM, _XI_BOUNDS, _check_false_alarms, _fit_gpd,
                       _gpd_cutoff, _gpd_logpdf, _gpd_logsf, extract_candidates, tail_cutoff)
 from .jobfile import as_job
@@ -497,29 +498,10 @@ def estimate_roc(job, *, particle_diameter_angstrom: float | None = None, radius
 # --------------------------------------------------------------------------- output
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def write_roc_report(path, report: dict[str, Any]) -> Path:
     """Write the report as JSON, atomically (non-finite numbers as ``null``)."""
     path = Path(path)
-    text = json.dumps(_jsonable(report), indent=1)
+    text = json.dumps(jsonable(report), indent=1)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text + "\n")
     return path
