@@ -7,12 +7,15 @@ angle and phase shift in degrees, voltage kV, Cs mm, pixel sizes Angstrom.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .conventions import check_hand
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["TiltSeries"]
 
@@ -22,7 +25,7 @@ MAX_PLAUSIBLE_DEFOCUS_UM = 100.0
 def _as_array(values, n: int | None, name: str, source: str | None, fill: float | None = None,
               dtype=float) -> np.ndarray:
     if values is None:
-        if fill is None:
+        if fill is None or n is None:   # n is None only for the tilt angles, which have no fill
             raise InputError(f"missing per-tilt field {name}", source, name)
         return np.full(n, fill, dtype=dtype)
     arr = np.array(values, dtype=dtype).reshape(-1)
@@ -45,14 +48,19 @@ class TiltSeries:
     AreAnglesInverted), else ``None``. ``extra`` keeps source fields that have no slot here.
     """
 
+    # The per-tilt fields are declared as what an instance holds after __post_init__: arrays of
+    # n_tilts values (defocus U/V: arrays, or both None without defocus). The None defaults mean
+    # "not given" to the constructor and are replaced by __post_init__ (dose, angles, phase and
+    # x tilt 0, excluded False), hence the ignores; the __init__ under TYPE_CHECKING below states
+    # what the constructor accepts.
     tilt_angles_deg: np.ndarray
-    accumulated_dose: np.ndarray | None = None
+    accumulated_dose: np.ndarray = None  # type: ignore[assignment]  # filled by __post_init__
     defocus_u_um: np.ndarray | None = None
     defocus_v_um: np.ndarray | None = None
-    astigmatism_angle_deg: np.ndarray | None = None
-    phase_shift_deg: np.ndarray | None = None
-    excluded: np.ndarray | None = None
-    x_tilt_deg: np.ndarray | None = None
+    astigmatism_angle_deg: np.ndarray = None  # type: ignore[assignment]  # filled by __post_init__
+    phase_shift_deg: np.ndarray = None  # type: ignore[assignment]  # filled by __post_init__
+    excluded: np.ndarray = None  # type: ignore[assignment]  # filled by __post_init__
+    x_tilt_deg: np.ndarray = None  # type: ignore[assignment]  # filled by __post_init__
     voltage_kv: float = 300.0
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
@@ -62,6 +70,20 @@ class TiltSeries:
     name: str = ""
     source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    if TYPE_CHECKING:
+        # For type checkers only: the constructor dataclass generates (same parameters, order and
+        # defaults as the fields above) takes per-tilt values as any array-like, and None where
+        # __post_init__ fills a default; the attributes hold the arrays declared above. A field
+        # added above and not here is an "unexpected keyword argument" error where it is passed.
+        def __init__(self, tilt_angles_deg: ArrayLike, accumulated_dose: ArrayLike | None = None,
+                     defocus_u_um: ArrayLike | None = None, defocus_v_um: ArrayLike | None = None,
+                     astigmatism_angle_deg: ArrayLike | None = None, phase_shift_deg: ArrayLike | None = None,
+                     excluded: ArrayLike | None = None, x_tilt_deg: ArrayLike | None = None,
+                     voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.07,
+                     pixel_size_angstrom: float | None = None, hand: int | None = None,
+                     tilt_axis_angle_deg: float = 0.0, name: str = "", source: str | None = None,
+                     extra: dict[str, Any] = ...) -> None: ...
 
     def __post_init__(self):
         src = self.source
@@ -146,9 +168,10 @@ class TiltSeries:
     @property
     def defocus_um(self) -> np.ndarray:
         """Mean of defocus U and V per tilt (micrometres, + = underfocus)."""
-        if self.defocus_u_um is None:
+        du, dv = self.defocus_u_um, self.defocus_v_um
+        if du is None or dv is None:    # both or neither (__post_init__)
             raise InputError("tilt metadata hold no defocus; give --defocus", self.source, "defocus")
-        return 0.5 * (self.defocus_u_um + self.defocus_v_um)
+        return 0.5 * (du + dv)
 
     @property
     def has_x_tilt(self) -> bool:
@@ -161,9 +184,10 @@ class TiltSeries:
         per_tilt = {k: getattr(self, k)[keep] for k in (
             "tilt_angles_deg", "accumulated_dose", "astigmatism_angle_deg", "phase_shift_deg", "excluded",
             "x_tilt_deg")}
-        if self.defocus_u_um is not None:
-            per_tilt["defocus_u_um"] = self.defocus_u_um[keep]
-            per_tilt["defocus_v_um"] = self.defocus_v_um[keep]
+        du, dv = self.defocus_u_um, self.defocus_v_um
+        if du is not None and dv is not None:   # both or neither (__post_init__)
+            per_tilt["defocus_u_um"] = du[keep]
+            per_tilt["defocus_v_um"] = dv[keep]
         return replace(self, **per_tilt)
 
     # ------------------------------------------------------------------ JSON

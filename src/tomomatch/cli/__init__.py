@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
     """Warnings on the command line are one line, like errors (no source location)."""
     return f"tomomatch: warning: {' '.join(str(message).split())}\n"
 

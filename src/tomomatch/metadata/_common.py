@@ -66,15 +66,16 @@ def one_line(exc: BaseException) -> str:
     try:
         from pydantic import ValidationError
     except ImportError:  # pragma: no cover - pydantic comes with mdocfile/alnfile
-        ValidationError = ()  # type: ignore[assignment]
-    if ValidationError and isinstance(exc, ValidationError):
-        errors = exc.errors()
-        if errors:
-            e = errors[0]
-            loc = ".".join(str(x) for x in e.get("loc", ()))
-            got = e.get("input")
-            got_txt = f" (got {plain(got)})" if isinstance(got, (str, int, float)) else ""
-            return " ".join(f"{loc}: {e.get('msg', '')}{got_txt}".split())
+        pass
+    else:
+        if isinstance(exc, ValidationError):
+            errors = exc.errors()
+            if errors:
+                e = errors[0]
+                loc = ".".join(str(x) for x in e.get("loc", ()))
+                got = e.get("input")
+                got_txt = f" (got {plain(got)})" if isinstance(got, (str, int, float)) else ""
+                return " ".join(f"{loc}: {e.get('msg', '')}{got_txt}".split())
     msg = " ".join(str(exc).split())
     return f"{exc.__class__.__name__}: {msg}" if msg else exc.__class__.__name__
 
@@ -140,12 +141,13 @@ def check_tilt_angles(angles, path, lines=None, field: str = "tilt angle", *,
     then no field is named) or ``labels`` (e.g. "row 3", after ``field``), else ``tilt i``.
     """
     a = np.asarray(angles, dtype=float).reshape(-1)
+    named_field: str | None = field     # None for a text file: the line is the field
     if lines is not None:
-        labels, field = [f"line {n}" for n in lines], None
+        labels, named_field = [f"line {n}" for n in lines], None
     places = labels if labels is not None else [f"tilt {i + 1}" for i in range(a.size)]
 
-    def place(i):   # text files: the line is the field; else "field: row 3: ..."
-        return (places[i], "") if field is None else (field, f"{places[i]}: ")
+    def place(i: int) -> tuple[str, str]:   # text files: the line is the field; else "field: row 3: ..."
+        return (places[i], "") if named_field is None else (named_field, f"{places[i]}: ")
 
     bad = np.flatnonzero(~(np.abs(a) <= MAX_ABS_TILT_DEG))
     if bad.size:

@@ -63,10 +63,11 @@ def _scan_lines(path, text: str) -> dict:
                          "the local alignment table", finite=False)
             continue
         key = line.split("=", 1)[0].strip()
-        value = line.split("=", 1)[1].split() if "=" in line else None
+        value: list[str] = []   # the fields after '=' of a header line (the branches below that use it)
         if line.startswith(("# DarkFrame", "# RawSize", "# NumPatches", "# AlphaOffset", "# BetaOffset")):
-            if value is None:
+            if "=" not in line:
                 raise InputError(f"{line.strip()!r} has no '='; expected '{key} = ...'", path, f"line {lineno}")
+            value = line.split("=", 1)[1].split()
         if line.startswith("# DarkFrame"):
             _numbers(value, DARK_COLUMNS, (int, int, float), path, lineno, "a DarkFrame line")
             darks.append(lineno)

@@ -15,7 +15,7 @@ from .mdoc import read_mdoc
 from .plausibility import (OPTION_UM, check_amplitude_contrast, check_cs, check_defocus, check_finite,
                            check_pixel_size, check_voltage, has_phase_plate)
 from .relion import read_relion5
-from .text import read_defocus_text, read_dose, read_imod_defocus, read_tilt_angles
+from .text import DefocusTable, read_defocus_text, read_dose, read_imod_defocus, read_tilt_angles
 from .warp import read_warp_xml
 
 __all__ = ["load_tilt_series", "read_defocus_any"]
@@ -35,7 +35,7 @@ def _as_number(value) -> float | None:
     return None
 
 
-def read_defocus_any(path, *, allow_unusual_defocus: bool = False, phase_plate: bool = False) -> dict[str, np.ndarray]:
+def read_defocus_any(path, *, allow_unusual_defocus: bool = False, phase_plate: bool = False) -> DefocusTable:
     """Defocus from an IMOD ``.defocus`` file or a plain text file (um), as the IMOD dict.
 
     ``phase_plate`` (phase-plate data; an IMOD file with a phase column says so itself) lowers
@@ -46,8 +46,8 @@ def read_defocus_any(path, *, allow_unusual_defocus: bool = False, phase_plate: 
     if p.suffix.lower() == ".defocus":
         return read_imod_defocus(p, allow_unusual_defocus=allow_unusual_defocus, phase_plate=phase_plate)
     d = read_defocus_text(p, allow_unusual_defocus=allow_unusual_defocus, phase_plate=phase_plate)
-    return {"defocus_u_um": d, "defocus_v_um": d.copy(), "astigmatism_angle_deg": np.zeros(d.size),
-            "phase_shift_deg": np.zeros(d.size)}
+    return DefocusTable(defocus_u_um=d, defocus_v_um=d.copy(), astigmatism_angle_deg=np.zeros(d.size),
+                        phase_shift_deg=np.zeros(d.size))
 
 
 def _describe(ts: TiltSeries) -> str:

@@ -6,6 +6,7 @@ import logging
 import math
 import re
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -158,7 +159,7 @@ def read_mdoc(path, *, allow_missing_dose: bool = False, allow_unusual_dose: boo
     angles = check_tilt_angles(_numeric(df, "TiltAngle", p, True), p, None, "TiltAngle",
                                labels=[_section(df, i) for i in range(len(df))])
     per_exposure = _numeric(df, "ExposureDose", p, False)
-    extra = {}
+    extra: dict[str, Any] = {}
     dose = None
     if per_exposure is None:
         if not allow_missing_dose:
@@ -166,8 +167,9 @@ def read_mdoc(path, *, allow_missing_dose: bool = False, allow_unusual_dose: boo
                              f"{MISSING_DOSE_HINT}", p, "ExposureDose")
     else:
         times = [_parse_datetime(t) for t in df["DateTime"]] if "DateTime" in df.columns else [None]
-        if all(t is not None for t in times) and len(times) == len(df):
-            rank = np.argsort(np.argsort(np.array([t.timestamp() for t in times]), kind="stable"), kind="stable")
+        parsed = [t for t in times if t is not None]
+        if len(parsed) == len(times) == len(df):
+            rank = np.argsort(np.argsort(np.array([t.timestamp() for t in parsed]), kind="stable"), kind="stable")
             extra["dose_order_source"] = "DateTime"
         else:
             rank = np.arange(len(df))

@@ -617,12 +617,13 @@ def write_relion5(out_dir, tilt_series: TiltSeries, tomo_name: str, tomogram_siz
         "rlnMicrographPreExposure": inc.accumulated_dose,
         "rlnMicrographName": names,
     }
-    if inc.has_defocus:
+    du, dv = inc.defocus_u_um, inc.defocus_v_um
+    if du is not None and dv is not None:   # both or neither (TiltSeries.__post_init__): has_defocus
         per_tilt.update({
             "rlnTomoNominalDefocus": -inc.defocus_um,
-            "rlnDefocusU": inc.defocus_u_um * ANGSTROM_PER_MICROMETRE,
-            "rlnDefocusV": inc.defocus_v_um * ANGSTROM_PER_MICROMETRE,
-            "rlnCtfAstigmatism": np.abs(inc.defocus_u_um - inc.defocus_v_um) * ANGSTROM_PER_MICROMETRE,
+            "rlnDefocusU": du * ANGSTROM_PER_MICROMETRE,
+            "rlnDefocusV": dv * ANGSTROM_PER_MICROMETRE,
+            "rlnCtfAstigmatism": np.abs(du - dv) * ANGSTROM_PER_MICROMETRE,
             "rlnDefocusAngle": inc.astigmatism_angle_deg,
             "rlnPhaseShift": inc.phase_shift_deg,
         })

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -29,6 +30,21 @@ IMOD_FLAG_PHASE = 4
 IMOD_FLAG_PHASE_RADIANS = 8
 IMOD_FLAG_INVERT_ANGLES = 16
 IMOD_FLAG_CUT_ON = 32
+
+
+class DefocusTable(TypedDict):
+    """Per-tilt defocus read from a defocus file, in stack order (um, + = underfocus; degrees)."""
+    defocus_u_um: np.ndarray
+    defocus_v_um: np.ndarray
+    astigmatism_angle_deg: np.ndarray
+    phase_shift_deg: np.ndarray
+
+
+class ImodDefocus(DefocusTable):
+    """:func:`read_imod_defocus`'s dict: the defocus table plus the file's angles, version and flags."""
+    tilt_angles_deg: np.ndarray
+    version: int
+    flags: int
 
 
 # --------------------------------------------------------------------------- readers
@@ -116,7 +132,7 @@ def _imod_lines(p) -> list[tuple[int, list[str]]]:
     return out
 
 
-def read_imod_defocus(path, *, allow_unusual_defocus: bool = False, phase_plate: bool = False) -> dict[str, np.ndarray]:
+def read_imod_defocus(path, *, allow_unusual_defocus: bool = False, phase_plate: bool = False) -> ImodDefocus:
     """Read an IMOD ctfplotter/ctfphaseflip ``.defocus`` file (version 2 or 3).
 
     Version is the 6th field of the first line. Version 2: every line is
@@ -219,9 +235,9 @@ def read_imod_defocus(path, *, allow_unusual_defocus: bool = False, phase_plate:
         out["tilt_angles_deg"] = -out["tilt_angles_deg"]
     # the angles are informative only (a view range interpolates them): no uniqueness check
     check_tilt_angles(out["tilt_angles_deg"], p, None, "tilt angle", unique=False)
-    out["version"] = version
-    out["flags"] = flags
-    return out
+    return ImodDefocus(defocus_u_um=out["defocus_u_um"], defocus_v_um=out["defocus_v_um"],
+                       astigmatism_angle_deg=out["astigmatism_angle_deg"], phase_shift_deg=out["phase_shift_deg"],
+                       tilt_angles_deg=out["tilt_angles_deg"], version=version, flags=flags)
 
 
 # --------------------------------------------------------------------------- writers
@@ -251,10 +267,11 @@ def write_imod_defocus(path, tilt_series: TiltSeries) -> Path:
     defocus in nm. Both forms round-trip through :func:`read_imod_defocus`.
     """
     ts = tilt_series
-    if not ts.has_defocus:
+    du_um, dv_um = ts.defocus_u_um, ts.defocus_v_um
+    if du_um is None or dv_um is None:     # both or neither (TiltSeries.__post_init__)
         raise ValueError("tilt series has no defocus to write")
-    du = ts.defocus_u_um * NM_PER_UM
-    dv = ts.defocus_v_um * NM_PER_UM
+    du = du_um * NM_PER_UM
+    dv = dv_um * NM_PER_UM
     astig = not np.allclose(du, dv, rtol=0, atol=1e-6)
     phase = bool(np.any(ts.phase_shift_deg != 0))
     lines = []
