@@ -22,6 +22,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_match.py [--cases a b] [--devices cpu cuda] [--peer]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,12 +61,12 @@ def make_data(case: dict, seed: int = 0):
     rng = np.random.default_rng(seed)
     n = case["box"]
     z, y, x = np.indices((n, n, n)) - n // 2
-    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    r = np.sqrt(x**2 + y**2 + z**2)
     t = np.zeros((n, n, n))
     for _ in range(6):
         c = rng.uniform(-case["radius"] / 2, case["radius"] / 2, 3)
         t += np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * (n / 12) ** 2))
-    mask = np.clip(case["radius"] + 1 - r, 0, 1) * np.exp(-np.clip(r - case["radius"], 0, None) ** 2 / 2)
+    mask = np.clip(case["radius"] + 1 - r, 0, 1) * np.exp(-(np.clip(r - case["radius"], 0, None) ** 2) / 2)
     mask[r > case["radius"] + 3] = 0
     vol = rng.normal(0, 1, case["shape"]).astype(np.float32)
     return t.astype(np.float32), mask.astype(np.float32), vol
@@ -79,28 +80,47 @@ def tilt_series():
     return TiltSeries(tilt_angles_deg=tilts, accumulated_dose=dose, defocus_u_um=np.full(tilts.size, 3.0))
 
 
-def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: int, batch: int,
-                    method: str = "fast", packed: str = "auto"):
+def bench_tomomatch(
+    name: str,
+    case: dict,
+    device: str,
+    n_tiles_x: int,
+    n_rot: int,
+    batch: int,
+    method: str = "fast",
+    packed: str = "auto",
+):
     t_all = time.perf_counter()
     dev = M.resolve_device(device)
     tmpl, mask, vol = make_data(case)
     vol_t = torch.as_tensor(vol, device=dev)
     ts = tilt_series() if case["weighting"] else None
     rots = Rotation.random(n_rot + batch, random_state=1).as_matrix()
-    tiles = plan_tiles(vol.shape, case["box"], (n_tiles_x, 1, 1), case["voxel"],
-                       None if ts is None else ts.tilt_angles_deg, 1)
+    tiles = plan_tiles(
+        vol.shape, case["box"], (n_tiles_x, 1, 1), case["voxel"], None if ts is None else ts.tilt_angles_deg, 1
+    )
     setup = search = 0.0
     for tile in tiles:
         weight = None
         if ts is not None:
             from tomomatch.weighting import tilt_series_weight
+
             offs = np.asarray(tile.defocus_offsets_um)
 
             def weight(shape, offs=offs):
                 return tilt_series_weight(ts, shape, case["voxel"], defocus_offset_um=offs, device=dev)
+
         t0 = time.perf_counter()
-        tc = M.TileCorrelator(vol_t[tile.data_slices], tmpl, mask, tile.unique_in_data, weight=weight, method=method,
-                              device=dev, packed=PACKED[packed])
+        tc = M.TileCorrelator(
+            vol_t[tile.data_slices],
+            tmpl,
+            mask,
+            tile.unique_in_data,
+            weight=weight,
+            method=method,
+            device=dev,
+            packed=PACKED[packed],
+        )
         tc.run(rots[:batch], batch_size=batch)  # warm-up (plans, caches)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -117,8 +137,18 @@ def bench_tomomatch(name: str, case: dict, device: str, n_tiles_x: int, n_rot: i
     label = method + (", packed pairs" if tc_packed else "")
     fold = _pair_folder(dev, int(np.prod(vol.shape)), M.EngineConfig.from_environment()) if tc_packed else None
     label += "" if fold is None else (", Triton fold" if fold is _triton_fold_pairs() else ", compiled fold")
-    return dict(tool=f"tomomatch ({label})", case=name, device=str(dev), tiles=n_tiles_x, rotations=n_rot, batch=batch,
-                rot_per_s=n_rot / search, setup_s=setup, total_s=time.perf_counter() - t_all, peak_gb=peak)
+    return dict(
+        tool=f"tomomatch ({label})",
+        case=name,
+        device=str(dev),
+        tiles=n_tiles_x,
+        rotations=n_rot,
+        batch=batch,
+        rot_per_s=n_rot / search,
+        setup_s=setup,
+        total_s=time.perf_counter() - t_all,
+        peak_gb=peak,
+    )
 
 
 def bench_pytme(name: str, case: dict, workdir: Path, processes: int = 2):
@@ -131,13 +161,35 @@ def bench_pytme(name: str, case: dict, workdir: Path, processes: int = 2):
     write_volume(workdir / "mask.mrc", mask, case["voxel"])
     counts, times = [], []
     for a in PEER_SAMPLINGS[name]:
-        out = subprocess.run([str(PEER_PY), "-c", "from tme.rotations import get_rotation_matrices as g;"
-                              f"print(len(g(angular_sampling={a}, dim=3)))"],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                str(PEER_PY),
+                "-c",
+                f"from tme.rotations import get_rotation_matrices as g;print(len(g(angular_sampling={a}, dim=3)))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         counts.append(int(out.stdout.strip().splitlines()[-1]))
-        cmd = [str(PEER_CLI), "match", "-m", str(workdir / "tomo.mrc"), "-i", str(workdir / "tmpl.mrc"),
-               "-I", str(workdir / "mask.mrc"), "-a", str(a), "-n", str(processes),
-               "-s", "FLCSphericalMask", "-o", str(workdir / f"out_{a}.pickle")]
+        cmd = [
+            str(PEER_CLI),
+            "match",
+            "-m",
+            str(workdir / "tomo.mrc"),
+            "-i",
+            str(workdir / "tmpl.mrc"),
+            "-I",
+            str(workdir / "mask.mrc"),
+            "-a",
+            str(a),
+            "-n",
+            str(processes),
+            "-s",
+            "FLCSphericalMask",
+            "-o",
+            str(workdir / f"out_{a}.pickle"),
+        ]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -147,9 +199,18 @@ def bench_pytme(name: str, case: dict, workdir: Path, processes: int = 2):
             return None
     rate = (counts[1] - counts[0]) / (times[1] - times[0])
     setup = times[0] - counts[0] / rate
-    return dict(tool="pytme 0.3.6 (CLI, FLCSphericalMask, -n 2)", case=name, device="cpu", tiles=1,
-                rotations=f"{counts[0]}->{counts[1]}", batch="-", rot_per_s=rate, setup_s=setup,
-                total_s=sum(times), peak_gb=float("nan"))
+    return dict(
+        tool="pytme 0.3.6 (CLI, FLCSphericalMask, -n 2)",
+        case=name,
+        device="cpu",
+        tiles=1,
+        rotations=f"{counts[0]}->{counts[1]}",
+        batch="-",
+        rot_per_s=rate,
+        setup_s=setup,
+        total_s=sum(times),
+        peak_gb=float("nan"),
+    )
 
 
 def main(argv=None):
@@ -161,15 +222,23 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=None, help="rotations per batch (default 2 cpu, 16 cuda)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--method", default="fast", choices=["fast", "resample", "exact"])
-    ap.add_argument("--packed", nargs="+", default=["auto"], choices=list(PACKED),
-                    help="rotation pairs in one complex FFT (auto: on CUDA only); several values run each")
+    ap.add_argument(
+        "--packed",
+        nargs="+",
+        default=["auto"],
+        choices=list(PACKED),
+        help="rotation pairs in one complex FFT (auto: on CUDA only); several values run each",
+    )
     ap.add_argument("--peer", action="store_true", help="also time pyTME (benchmarks/.venv-peer)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     rows = []
-    print(f"# torch {torch.__version__}, {args.threads} threads, FFT backend (cpu) {M.fft_backend('cpu')}, "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"# torch {torch.__version__}, {args.threads} threads, FFT backend (cpu) {M.fft_backend('cpu')}, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     for name in args.cases:
         case = CASES[name]
         for device in devices:
@@ -193,9 +262,11 @@ def main(argv=None):
 
 
 def _fmt(r):
-    line = (f"{r['tool']:<58} case {r['case']}  {r['device']:<7} tiles {r['tiles']}  rotations {r['rotations']:<8} "
-            f"batch {r['batch']:<3} {r['rot_per_s']:9.2f} rot/s  set-up {r['setup_s']:6.1f} s  "
-            f"total {r['total_s']:6.1f} s  peak GPU {r['peak_gb']:.2f} GB")
+    line = (
+        f"{r['tool']:<58} case {r['case']}  {r['device']:<7} tiles {r['tiles']}  rotations {r['rotations']:<8} "
+        f"batch {r['batch']:<3} {r['rot_per_s']:9.2f} rot/s  set-up {r['setup_s']:6.1f} s  "
+        f"total {r['total_s']:6.1f} s  peak GPU {r['peak_gb']:.2f} GB"
+    )
     if r["case"] == "b":  # what the seed's full search would take at this rate
         line += f"  seed search {(r['setup_s'] + SEED_ROTATIONS / r['rot_per_s']) / 60:.1f} min"
     return line

@@ -3,6 +3,7 @@
 Rate = (N2 - N1) / (T2 - T1) over two HEALPix rotation sets (576 and 1944 rotations), which
 cancels set-up. Run from the repository root: ``.venv/bin/python benchmarks/bench_processes.py``.
 """
+
 import sys
 import tempfile
 import time
@@ -26,10 +27,20 @@ if __name__ == "__main__":  # worker processes are spawned
         for step in (30.0, 20.0):
             rots = uniform_rotations(step)
             t0 = time.perf_counter()
-            run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", d / f"o{procs}_{step}", rotations=rots,
-                      processes=procs, quiet=True)
+            run_match(
+                d / "tmpl.mrc",
+                d / "mask.mrc",
+                d / "tomo.mrc",
+                d / f"o{procs}_{step}",
+                rotations=rots,
+                processes=procs,
+                quiet=True,
+            )
             times.append(time.perf_counter() - t0)
             counts.append(len(rots))
         rate = (counts[1] - counts[0]) / (times[1] - times[0])
-        print(f"run_match case a, {procs} process(es): {rate:.1f} rot/s "
-              f"({counts[0]} rotations {times[0]:.1f} s, {counts[1]} rotations {times[1]:.1f} s)", flush=True)
+        print(
+            f"run_match case a, {procs} process(es): {rate:.1f} rot/s "
+            f"({counts[0]} rotations {times[0]:.1f} s, {counts[1]} rotations {times[1]:.1f} s)",
+            flush=True,
+        )

@@ -11,6 +11,7 @@ Usage (on the GPU machine, pytom-match-pick installed)::
 
     python benchmarks/bench_pytom_gpu.py --cases a b --tiles 1 3 --n 1000 5000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,16 +39,46 @@ def run_pytom(case_name: str, tiles: int, n_rot: int, work: Path) -> float:
     np.savetxt(work / "angles.txt", ang, fmt="%.6f", delimiter=" ")
     out = work / f"out_{tiles}_{n_rot}"
     out.mkdir()
-    cmd = ["pytom_match_template.py", "-t", str(work / "tmpl.mrc"), "-m", str(work / "mask.mrc"),
-           "-v", str(work / "tomo.mrc"), "-d", str(out), "--angular-search", str(work / "angles.txt"),
-           "--voxel-size-angstrom", str(case["voxel"]), "-g", "0", "-s", str(tiles), "1", "1"]
+    cmd = [
+        "pytom_match_template.py",
+        "-t",
+        str(work / "tmpl.mrc"),
+        "-m",
+        str(work / "mask.mrc"),
+        "-v",
+        str(work / "tomo.mrc"),
+        "-d",
+        str(out),
+        "--angular-search",
+        str(work / "angles.txt"),
+        "--voxel-size-angstrom",
+        str(case["voxel"]),
+        "-g",
+        "0",
+        "-s",
+        str(tiles),
+        "1",
+        "1",
+    ]
     if case["weighting"]:
         ts = tilt_series()
         np.savetxt(work / "tilts.rawtlt", ts.tilt_angles_deg, fmt="%.2f")
         np.savetxt(work / "dose.txt", ts.accumulated_dose, fmt="%.2f")
-        cmd += ["-a", str(work / "tilts.rawtlt"), "--per-tilt-weighting", "--dose-accumulation",
-                str(work / "dose.txt"), "--defocus", "3.0", "--amplitude-contrast", "0.07",
-                "--spherical-aberration", "2.7", "--voltage", "300"]
+        cmd += [
+            "-a",
+            str(work / "tilts.rawtlt"),
+            "--per-tilt-weighting",
+            "--dose-accumulation",
+            str(work / "dose.txt"),
+            "--defocus",
+            "3.0",
+            "--amplitude-contrast",
+            "0.07",
+            "--spherical-aberration",
+            "2.7",
+            "--voltage",
+            "300",
+        ]
     else:
         cmd += ["-a", "-90", "90"]
     t0 = time.perf_counter()
@@ -77,8 +108,11 @@ def main():
                 t2 = run_pytom(c, tiles, args.n[1], work)
                 rate = (args.n[1] - args.n[0]) / (t2 - t1)
                 setup = t1 - args.n[0] / rate
-                print(f"| pytom-match-pick 0.14.0 | {c} | {tiles} | {args.n[0]}->{args.n[1]} | {rate:.1f} | {setup:.1f} |",
-                      flush=True)
+                print(
+                    f"| pytom-match-pick 0.14.0 | {c} | {tiles} | {args.n[0]}->{args.n[1]} "
+                    f"| {rate:.1f} | {setup:.1f} |",
+                    flush=True,
+                )
             except Exception as exc:  # report and go on with the next case
                 print(f"| pytom-match-pick 0.14.0 | {c} | {tiles} | failed: {str(exc)[-300:]!r} | | |", flush=True)
             finally:

@@ -3,6 +3,7 @@ where the best score is not a near-tie). Prints one line per check.
 
 Three runs: CPU and CUDA with the default fast path (rotation pairs packed into one complex
 FFT), and the CPU with the unpacked real-to-complex path (``TOMOMATCH_PACKED=0``)."""
+
 import os
 
 import numpy as np
@@ -22,16 +23,19 @@ for key in ("cpu", "cuda", "cpu-unpacked"):
     dev = key.split("-")[0]
     d = torch.device(dev)
     os.environ["TOMOMATCH_PACKED"] = "0" if key.endswith("unpacked") else "1"
-    r = M.match_volume(vol, tmpl, mask, rots, weight=lambda shape, d=d: tilt_series_weight(ts, shape, 8.0, device=d),
-                       device=dev)
+    r = M.match_volume(
+        vol, tmpl, mask, rots, weight=lambda shape, d=d: tilt_series_weight(ts, shape, 8.0, device=d), device=dev
+    )
     res[key] = r
 ok = True
 for ref in ("cpu", "cpu-unpacked"):
     a, b = res[ref], res["cuda"]
     sa, sb = np.asarray(a.scores), np.asarray(b.scores)
     same = np.asarray(a.angles) == np.asarray(b.angles)
-    print(f"{ref} vs cuda: max |score difference| = {float(np.abs(sa - sb).max()):.2e} (max score "
-          f"{float(sa.max()):.3f}), angle index identical fraction = {float(same.mean()):.5f}, "
-          f"std {a.std:.6f} vs {b.std:.6f}")
+    print(
+        f"{ref} vs cuda: max |score difference| = {float(np.abs(sa - sb).max()):.2e} (max score "
+        f"{float(sa.max()):.3f}), angle index identical fraction = {float(same.mean()):.5f}, "
+        f"std {a.std:.6f} vs {b.std:.6f}"
+    )
     ok &= bool(np.abs(sa - sb).max() < 1e-4 and same.mean() > 0.999 and abs(a.std - b.std) < 1e-4 * a.std)
 print("CUDA_CHECK", "PASS" if ok else "FAIL")

@@ -6,10 +6,21 @@ Seed sizes: data 74 x 720 x 510 (zyx) unsplit, 74 x 720 x 230 per x-tile of thre
 
 Usage (GPU machine): ``python benchmarks/fft_sizes_cuda.py``
 """
+
 import torch
 
-GRIDS = [(75, 720, 512), (80, 720, 512), (81, 720, 512), (90, 720, 512), (80, 768, 512),
-         (75, 720, 240), (80, 720, 240), (80, 720, 243), (80, 720, 250), (80, 720, 256)]
+GRIDS = [
+    (75, 720, 512),
+    (80, 720, 512),
+    (81, 720, 512),
+    (90, 720, 512),
+    (80, 768, 512),
+    (75, 720, 240),
+    (80, 720, 240),
+    (80, 720, 243),
+    (80, 720, 250),
+    (80, 720, 256),
+]
 
 
 def timed(fn, reps=20):
@@ -32,8 +43,10 @@ def main():
         t_inv = timed(lambda x=x: torch.fft.ifftn(x, dim=(-3, -2, -1)))
         t_x = timed(lambda x=x: torch.fft.fft(x, dim=-1))
         n = g[0] * g[1] * g[2]
-        print(f"| {g} | {n / 1e6:.1f} | {t_inv:.3f} | {t_x:.3f} | {t_inv + t_x:.3f} | {1e6 * (t_inv + t_x) / n:.2f} |",
-              flush=True)
+        print(
+            f"| {g} | {n / 1e6:.1f} | {t_inv:.3f} | {t_x:.3f} | {t_inv + t_x:.3f} | {1e6 * (t_inv + t_x) / n:.2f} |",
+            flush=True,
+        )
         del x
         torch.cuda.empty_cache()
 

@@ -12,6 +12,7 @@ Usage (from the repository root)::
     python benchmarks/fuzz_metadata.py --cases 20000
     python benchmarks/fuzz_metadata.py --cases 1 --first-case 1234 --workdir /tmp/fz   # replay one case
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,14 @@ def main(argv=None) -> int:
     logging.getLogger("mdocfile").setLevel(logging.ERROR)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tomomatch_fuzz_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    report = run_fuzz(args.cases, args.seed, workdir, include_shared=not args.no_shared,
-                      cli_fraction=args.cli_fraction, first_case=args.first_case)
+    report = run_fuzz(
+        args.cases,
+        args.seed,
+        workdir,
+        include_shared=not args.no_shared,
+        cli_fraction=args.cli_fraction,
+        first_case=args.first_case,
+    )
     print(report.summary())
     if report.failures:
         print(f"failing cases kept in {workdir}")

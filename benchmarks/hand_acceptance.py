@@ -21,6 +21,7 @@ Usage::
 
     python benchmarks/hand_acceptance.py OUT [--cases wide+1 wide-1 wide0 seed+1 seed-tworun]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def _fmt_verdict(v) -> str:
 
 
 def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def _load_sim(sim_dir: Path):
@@ -66,12 +67,14 @@ def _load_sim(sim_dir: Path):
     from tomomatch.metadata import load_tilt_series
 
     summ = json.loads((sim_dir / "summary.json").read_text())
-    ts = load_tilt_series(tilt_angles=sim_dir / "sim.rawtlt", dose=sim_dir / "sim_dose.txt",
-                          defocus=sim_dir / "sim.defocus")
+    ts = load_tilt_series(
+        tilt_angles=sim_dir / "sim.rawtlt", dose=sim_dir / "sim_dose.txt", defocus=sim_dir / "sim.defocus"
+    )
     paths = {k: sim_dir / f for k, f in summ["files"].items()}
     cfg = SimpleNamespace(hand_mode=summ.get("hand_mode", "full"))
-    return SimpleNamespace(paths=paths, particles=starfile.read(sim_dir / "particles.star"),
-                           tilt_series=ts, config=cfg, out_dir=sim_dir)
+    return SimpleNamespace(
+        paths=paths, particles=starfile.read(sim_dir / "particles.star"), tilt_series=ts, config=cfg, out_dir=sim_dir
+    )
 
 
 def simulate_case(out: Path, preset: str, hand: int, seed: int, **overrides):
@@ -85,8 +88,9 @@ def simulate_case(out: Path, preset: str, hand: int, seed: int, **overrides):
     return res, time.time() - t0
 
 
-def rescore_truth(res, pose_error_deg: float, seed: int, max_angle_deg: float, angle_step_deg: float,
-                  max_particles: int | None = None):
+def rescore_truth(
+    res, pose_error_deg: float, seed: int, max_angle_deg: float, angle_step_deg: float, max_particles: int | None = None
+):
     """Rescore the simulation's true particles from perturbed poses and positions."""
     tomo, v = read_volume(res.paths["tomogram"])
     tmpl, _ = read_volume(res.paths["template"])
@@ -103,9 +107,19 @@ def rescore_truth(res, pose_error_deg: float, seed: int, max_angle_deg: float, a
     axes /= np.linalg.norm(axes, axis=1, keepdims=True)
     start = Rotation.from_rotvec(np.deg2rad(pose_error_deg) * axes).as_matrix() @ truth
     t0 = time.time()
-    out = rescore_particles(tomo, v, res.tilt_series, tmpl, mask, pos, start, hands=(1, -1, 0),
-                            hand_mode=res.config.hand_mode, max_angle_deg=max_angle_deg,
-                            angle_step_deg=angle_step_deg)
+    out = rescore_particles(
+        tomo,
+        v,
+        res.tilt_series,
+        tmpl,
+        mask,
+        pos,
+        start,
+        hands=(1, -1, 0),
+        hand_mode=res.config.hand_mode,
+        max_angle_deg=max_angle_deg,
+        angle_step_deg=angle_step_deg,
+    )
     return out, time.time() - t0, tmpl.shape[0]
 
 
@@ -114,25 +128,46 @@ def run_truth_case(out_root: Path, name: str, args) -> dict:
     out = out_root / name
     overrides = {}
     if preset == "ci":  # a CI-size case with a strong gradient (see tests/test_hand.py)
-        overrides = dict(phantom_diameter_angstrom=100.0, n_particles=24, n_decoys=0, n_blobs=0,
-                         tomogram_size_xyz=(1400, 56, 40), voxel_size_angstrom=5.0, thickness_nm=14.0,
-                         defocus_um=1.5, tilt_step_deg=3.0, shot_noise=False)
+        overrides = dict(
+            phantom_diameter_angstrom=100.0,
+            n_particles=24,
+            n_decoys=0,
+            n_blobs=0,
+            tomogram_size_xyz=(1400, 56, 40),
+            voxel_size_angstrom=5.0,
+            thickness_nm=14.0,
+            defocus_um=1.5,
+            tilt_step_deg=3.0,
+            shot_noise=False,
+        )
     res, t_sim = simulate_case(out, preset, hand, seed, **overrides)
-    resc, t_res, box = rescore_truth(res, args.pose_error, seed, args.max_angle, args.angle_step,
-                                     args.max_particles)
+    resc, t_res, box = rescore_truth(res, args.pose_error, seed, args.max_angle, args.angle_step, args.max_particles)
     scores = resc.to_hand_scores()
     report = hand_statistics(scores, seed=0)
-    report["method"] = {"candidates": f"ground truth, poses perturbed by {args.pose_error} deg, positions by"
-                                      " up to 1 voxel", "max_angle_deg": args.max_angle,
-                        "angle_step_deg": args.angle_step, "n_local_rotations": resc.n_rotations,
-                        "template_box": box}
-    report["acceptance"] = {"case": name, "preset": preset, "true_hand": hand, "seed": seed,
-                            "simulate_s": round(t_sim, 1), "rescore_s": round(t_res, 1),
-                            "peak_rss_gb": round(_peak_rss_gb(), 2)}
+    report["method"] = {
+        "candidates": f"ground truth, poses perturbed by {args.pose_error} deg, positions by up to 1 voxel",
+        "max_angle_deg": args.max_angle,
+        "angle_step_deg": args.angle_step,
+        "n_local_rotations": resc.n_rotations,
+        "template_box": box,
+    }
+    report["acceptance"] = {
+        "case": name,
+        "preset": preset,
+        "true_hand": hand,
+        "seed": seed,
+        "simulate_s": round(t_sim, 1),
+        "rescore_s": round(t_res, 1),
+        "peak_rss_gb": round(_peak_rss_gb(), 2),
+    }
     write_report(out / "hand.json", report, scores)
-    plot_hand(out / "hand.png", scores, report,
-              title=f"{name}: true h = {hand:+d}, verdict {_fmt_verdict(report['verdict'])}, n = {len(scores)}"
-                    + (f", Wilcoxon p = {report['p']:.2g}" if report.get("p") is not None else ""))
+    plot_hand(
+        out / "hand.png",
+        scores,
+        report,
+        title=f"{name}: true h = {hand:+d}, verdict {_fmt_verdict(report['verdict'])}, n = {len(scores)}"
+        + (f", Wilcoxon p = {report['p']:.2g}" if report.get("p") is not None else ""),
+    )
     return report
 
 
@@ -148,22 +183,37 @@ def run_seed_two_run(out_root: Path, args) -> dict:
         simulate_case(out_root / args.two_run_case, preset, hand, seed)
     summ = json.loads((sim_dir / "summary.json").read_text())
     from tomomatch.metadata import load_tilt_series
-    ts = load_tilt_series(tilt_angles=sim_dir / "sim.rawtlt", dose=sim_dir / "sim_dose.txt",
-                          defocus=sim_dir / "sim.defocus")
+
+    ts = load_tilt_series(
+        tilt_angles=sim_dir / "sim.rawtlt", dose=sim_dir / "sim_dose.txt", defocus=sim_dir / "sim.defocus"
+    )
     jobs = []
     times = {}
     for h in (1, -1):
         t0 = time.time()
         name = f"h{'p' if h > 0 else 'm'}1"
-        run_match(sim_dir / "template.mrc", sim_dir / "mask.mrc", sim_dir / "sim.mrc", out / name, name=name,
-                  angular_step_deg=args.coarse_step, particle_diameter_angstrom=250.0, tilt_series=ts,
-                  defocus_handedness=h, tiles=(3, 1, 1))
+        run_match(
+            sim_dir / "template.mrc",
+            sim_dir / "mask.mrc",
+            sim_dir / "sim.mrc",
+            out / name,
+            name=name,
+            angular_step_deg=args.coarse_step,
+            particle_diameter_angstrom=250.0,
+            tilt_series=ts,
+            defocus_handedness=h,
+            tiles=(3, 1, 1),
+        )
         times[name] = round(time.time() - t0, 1)
         jobs.append(out / name / f"{name}_job.json")
     report = run_compare_hands(jobs[0], jobs[1], out / "compare", max_particles=150, seed=0)
-    report["acceptance"] = {"case": "seed-tworun", "simulation": args.two_run_case,
-                            "true_hand": summ.get("true_hand", hand), "coarse_step_deg": args.coarse_step,
-                            "match_s": times}
+    report["acceptance"] = {
+        "case": "seed-tworun",
+        "simulation": args.two_run_case,
+        "true_hand": summ.get("true_hand", hand),
+        "coarse_step_deg": args.coarse_step,
+        "match_s": times,
+    }
     write_report(out / "compare.json", report)
     return report
 
@@ -183,12 +233,21 @@ def main():
     for name in args.cases:
         t0 = time.time()
         rep = run_seed_two_run(args.out, args) if name == "seed-tworun" else run_truth_case(args.out, name, args)
-        line = {"case": name, "verdict": rep["verdict"], "p": rep.get("p"), "reason": rep["reason"],
-                "n": rep["n_particles"], "mean_delta": rep.get("mean_delta"),
-                "interval": rep["bootstrap"]["mean_delta_interval"],
-                "slope_p": rep["trend_abs_x"]["slope_p"], "mean_score_plus": rep.get("mean_score_plus"),
-                "mean_score_minus": rep.get("mean_score_minus"), "mean_score_zero": rep.get("mean_score_zero"),
-                **rep.get("acceptance", {}), "total_s": round(time.time() - t0, 1)}
+        line = {
+            "case": name,
+            "verdict": rep["verdict"],
+            "p": rep.get("p"),
+            "reason": rep["reason"],
+            "n": rep["n_particles"],
+            "mean_delta": rep.get("mean_delta"),
+            "interval": rep["bootstrap"]["mean_delta_interval"],
+            "slope_p": rep["trend_abs_x"]["slope_p"],
+            "mean_score_plus": rep.get("mean_score_plus"),
+            "mean_score_minus": rep.get("mean_score_minus"),
+            "mean_score_zero": rep.get("mean_score_zero"),
+            **rep.get("acceptance", {}),
+            "total_s": round(time.time() - t0, 1),
+        }
         print(json.dumps(line), flush=True)
         with open(args.out / "summary.jsonl", "a") as fh:
             fh.write(json.dumps(line) + "\n")

@@ -31,6 +31,7 @@ Usage (about 2-3 minutes on 2 CPU cores at the default 20 degree step)::
 It prints a table and writes a JSON record (default
 ``benchmarks/results/lamella-geometry-<today>.json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,7 @@ def _ball_offsets(radius: float) -> np.ndarray:
     r = int(np.floor(radius))
     g = np.arange(-r, r + 1)
     zz, yy, xx = np.meshgrid(g, g, g, indexing="ij")
-    keep = zz ** 2 + yy ** 2 + xx ** 2 <= radius ** 2 + 1e-9
+    keep = zz**2 + yy**2 + xx**2 <= radius**2 + 1e-9
     return np.column_stack([zz[keep], yy[keep], xx[keep]])
 
 
@@ -88,30 +89,46 @@ def picking(job_path: Path, true_xyz: np.ndarray, is_decoy: np.ndarray, match_r:
     """Precision and recall of the default extraction against the ground truth."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        df = extract_candidates(job_path)            # defaults: tail cut-off, 1 expected false alarm
+        df = extract_candidates(job_path)  # defaults: tail cut-off, 1 expected false alarm
     ia, ib, _ = pair_particles(df[["x", "y", "z"]].to_numpy(), true_xyz, match_r)
     n_true = int((~is_decoy).sum())
     tp = int((~is_decoy[ib]).sum())
     on_decoy = int(is_decoy[ib].sum())
     n = int(len(df))
-    return {"cutoff": float(df.attrs["cutoff"]), "cutoff_method": str(df.attrs["cutoff_method"]),
-            "n_picks": n, "tp": tp, "fp": n - tp, "fp_decoy": on_decoy, "fp_background": n - tp - on_decoy,
-            "precision": tp / n if n else None, "recall": tp / n_true if n_true else None,
-            "warnings": [str(w.message) for w in caught]}
+    return {
+        "cutoff": float(df.attrs["cutoff"]),
+        "cutoff_method": str(df.attrs["cutoff_method"]),
+        "n_picks": n,
+        "tp": tp,
+        "fp": n - tp,
+        "fp_decoy": on_decoy,
+        "fp_background": n - tp - on_decoy,
+        "precision": tp / n if n else None,
+        "recall": tp / n_true if n_true else None,
+        "warnings": [str(w.message) for w in caught],
+    }
 
 
 def main() -> None:
     today = datetime.date.today().isoformat()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/lamella-geometry"),
-                    help="folder for the simulation and the two match jobs (reused if present)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/lamella-geometry"),
+        help="folder for the simulation and the two match jobs (reused if present)",
+    )
     ap.add_argument("--seed", type=int, default=9101)
     ap.add_argument("--hand", type=int, default=-1, choices=[1, -1], help="true defocus hand (rlnTomoHand)")
     ap.add_argument("--n-particles", type=int, default=None, help="default: the preset's")
     ap.add_argument("--step", type=float, default=20.0, help="angular search step (degrees)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--score-radius", type=float, default=2.0,
-                    help="score at a true particle = maximum within this many voxels of its voxel")
+    ap.add_argument(
+        "--score-radius",
+        type=float,
+        default=2.0,
+        help="score at a true particle = maximum within this many voxels of its voxel",
+    )
     ap.add_argument("--match-radius", type=float, default=0.5, help="pairing radius / particle radius")
     ap.add_argument("--json", type=Path, default=HERE / "results" / f"lamella-geometry-{today}.json")
     args = ap.parse_args()
@@ -139,6 +156,7 @@ def main() -> None:
     is_decoy = truth["tmIsDecoy"].to_numpy(int) == 1
     true_xyz = truth[["tmVoxelIndexX", "tmVoxelIndexY", "tmVoxelIndexZ"]].to_numpy(float)
     from tomomatch.conventions import relion_to_matrix
+
     true_rot = relion_to_matrix(truth[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float))
     radius_a = summ["structures"][0]["radius_angstrom"]
     voxel = float(summ["tomogram_voxel_angstrom"])
@@ -151,10 +169,21 @@ def main() -> None:
     for tag, series in (("right", ts), ("mirrored", mirrored)):
         out = work / f"match_{tag}_step{args.step:g}_seed{args.seed}_h{args.hand:+d}"
         t0 = time.time()
-        job = run_match(res.paths["template"], res.paths["mask"], res.paths["tomogram"], out, name=tag,
-                        rotations=rotations, particle_diameter_angstrom=diameter, tilt_series=series,
-                        defocus_handedness=args.hand, wedge="per_tilt", ctf="signed", dose=True,
-                        device=args.device)
+        job = run_match(
+            res.paths["template"],
+            res.paths["mask"],
+            res.paths["tomogram"],
+            out,
+            name=tag,
+            rotations=rotations,
+            particle_diameter_angstrom=diameter,
+            tilt_series=series,
+            defocus_handedness=args.hand,
+            wedge="per_tilt",
+            ctf="signed",
+            dose=True,
+            device=args.device,
+        )
         t_match = time.time() - t0
         job_path = out / f"{tag}_job.json"
         assert job["n_rotations"] == len(rotations) and job["defocus_handedness"] == args.hand
@@ -164,9 +193,12 @@ def main() -> None:
         runs[tag] = {
             "tilt_range_deg": [float(series.tilt_angles_deg.min()), float(series.tilt_angles_deg.max())],
             "match_s": round(t_match, 1),
-            "search_mean": st["mean"], "search_std": st["std"],
-            "score_mean": float(at["score"].mean()), "score_median": float(np.median(at["score"])),
-            "score_sigma_mean": float(sigma.mean()), "score_sigma_median": float(np.median(sigma)),
+            "search_mean": st["mean"],
+            "search_std": st["std"],
+            "score_mean": float(at["score"].mean()),
+            "score_median": float(np.median(at["score"])),
+            "score_sigma_mean": float(sigma.mean()),
+            "score_sigma_median": float(np.median(sigma)),
             "angle_error_median_deg": float(np.nanmedian(at["angle_error_deg"])),
             "scores_at_truth": [round(float(s), 6) for s in at["score"]],
             "picking": picking(job_path, true_xyz, is_decoy, match_r),
@@ -182,15 +214,20 @@ def main() -> None:
     }
 
     # ---------------------------------------------------------------- report
-    rows = [("tilt range used by the matcher (deg)", "{:.0f}..{:+.0f}", "tilt_range_deg"),
-            ("mean score at true positions", "{:.4f}", "score_mean"),
-            ("median score at true positions", "{:.4f}", "score_median"),
-            ("mean score at truth / search sigma", "{:.2f}", "score_sigma_mean"),
-            ("median pose error at truth (deg)", "{:.1f}", "angle_error_median_deg")]
-    print(f"lamella preset, seed {args.seed}, true hand {args.hand:+d}: {int((~is_decoy).sum())} particles + "
-          f"{int(is_decoy.sum())} decoys, {ts.n_tilts} tilts {ts.tilt_angles_deg.min():g}..{ts.tilt_angles_deg.max():+g}, "
-          f"tomogram {'x'.join(map(str, summ['tomogram_size_xyz']))} at {voxel:g} A, {len(rotations)} rotations "
-          f"({args.step:g} deg)")
+    rows = [
+        ("tilt range used by the matcher (deg)", "{:.0f}..{:+.0f}", "tilt_range_deg"),
+        ("mean score at true positions", "{:.4f}", "score_mean"),
+        ("median score at true positions", "{:.4f}", "score_median"),
+        ("mean score at truth / search sigma", "{:.2f}", "score_sigma_mean"),
+        ("median pose error at truth (deg)", "{:.1f}", "angle_error_median_deg"),
+    ]
+    print(
+        f"lamella preset, seed {args.seed}, true hand {args.hand:+d}: {int((~is_decoy).sum())} particles + "
+        f"{int(is_decoy.sum())} decoys, {ts.n_tilts} tilts "
+        f"{ts.tilt_angles_deg.min():g}..{ts.tilt_angles_deg.max():+g}, "
+        f"tomogram {'x'.join(map(str, summ['tomogram_size_xyz']))} at {voxel:g} A, {len(rotations)} rotations "
+        f"({args.step:g} deg)"
+    )
     print(f"{'':40s} {'(a) right':>14s} {'(b) mirrored':>14s} {'b/a':>7s}")
     for label, fmt, key in rows:
         va, vb = a[key], b[key]
@@ -202,29 +239,59 @@ def main() -> None:
         va, vb = a["picking"][key], b["picking"][key]
         f = "{:.3f}" if isinstance(va, float) else "{}"
         print(f"{'picking ' + key:40s} {f.format(va):>14s} {f.format(vb):>14s}")
-    print(f"per-particle median ratio b/a {ratios['per_particle_median']:.3f}; "
-          f"{100 * ratios['fraction_particles_lower_when_mirrored']:.0f} % of particles score lower when mirrored")
+    print(
+        f"per-particle median ratio b/a {ratios['per_particle_median']:.3f}; "
+        f"{100 * ratios['fraction_particles_lower_when_mirrored']:.0f} % of particles score lower when mirrored"
+    )
 
     record = {
-        "benchmark": "lamella_geometry", "date": today,
-        "command": "python benchmarks/lamella_geometry.py " + " ".join(
+        "benchmark": "lamella_geometry",
+        "date": today,
+        "command": "python benchmarks/lamella_geometry.py "
+        + " ".join(
             f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items() if k not in ("work", "json") and v is not None),
+            for k, v in vars(args).items()
+            if k not in ("work", "json") and v is not None
+        ),
         "tomomatch_version": getattr(tomomatch, "__version__", None),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": args.device, "torch": torch.__version__},
-        "simulation": {"preset": "lamella", "seed": args.seed, "true_hand": args.hand,
-                       "n_particles": int((~is_decoy).sum()), "n_decoys": int(is_decoy.sum()),
-                       "n_tilts": ts.n_tilts, "tilt_angles_deg": ts.tilt_angles_deg.tolist(),
-                       "thickness_nm": summ["parameters"]["thickness_nm"],
-                       "tomogram_size_xyz": summ["tomogram_size_xyz"], "voxel_angstrom": voxel,
-                       "particle_radius_angstrom": radius_a, "simulate_s": round(t_sim, 1)},
-        "match": {"n_rotations": len(rotations), "angular_step_deg": args.step, "defocus_handedness": args.hand,
-                  "wedge": "per_tilt", "ctf": "signed", "dose": True,
-                  "mirrored": "every tilt angle negated (geometry version 1 reading IMOD-sign angles)"},
-        "evaluation": {"score_radius_voxels": args.score_radius, "match_radius_voxels": match_r,
-                       "extraction": "extract_candidates defaults (tail cut-off, 1 expected false alarm)"},
-        "right": a, "mirrored": b, "ratio_mirrored_over_right": ratios,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": args.device,
+            "torch": torch.__version__,
+        },
+        "simulation": {
+            "preset": "lamella",
+            "seed": args.seed,
+            "true_hand": args.hand,
+            "n_particles": int((~is_decoy).sum()),
+            "n_decoys": int(is_decoy.sum()),
+            "n_tilts": ts.n_tilts,
+            "tilt_angles_deg": ts.tilt_angles_deg.tolist(),
+            "thickness_nm": summ["parameters"]["thickness_nm"],
+            "tomogram_size_xyz": summ["tomogram_size_xyz"],
+            "voxel_angstrom": voxel,
+            "particle_radius_angstrom": radius_a,
+            "simulate_s": round(t_sim, 1),
+        },
+        "match": {
+            "n_rotations": len(rotations),
+            "angular_step_deg": args.step,
+            "defocus_handedness": args.hand,
+            "wedge": "per_tilt",
+            "ctf": "signed",
+            "dose": True,
+            "mirrored": "every tilt angle negated (geometry version 1 reading IMOD-sign angles)",
+        },
+        "evaluation": {
+            "score_radius_voxels": args.score_radius,
+            "match_radius_voxels": match_r,
+            "extraction": "extract_candidates defaults (tail cut-off, 1 expected false alarm)",
+        },
+        "right": a,
+        "mirrored": b,
+        "ratio_mirrored_over_right": ratios,
         "total_s": round(time.time() - t_all, 1),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 Usage (on a GPU machine): ``python benchmarks/profile_cuda.py`` from the repository root with
 ``PYTHONPATH=src:benchmarks``.
 """
+
 import torch
 from scipy.spatial.transform import Rotation
 from torch.profiler import ProfilerActivity, profile
@@ -21,8 +22,14 @@ dev = torch.device("cuda")
 ts = tilt_series()
 n_tiles_x = int(sys.argv[1]) if len(sys.argv) > 1 else 1  # profile the first of this many x-tiles
 tile = plan_tiles(vol.shape, case["box"], (n_tiles_x, 1, 1), case["voxel"], ts.tilt_angles_deg, 1)[0]
-tc = M.TileCorrelator(torch.as_tensor(vol, device=dev)[tile.data_slices], tmpl, mask, tile.unique_in_data,
-                      weight=lambda shape: tilt_series_weight(ts, shape, case["voxel"], device=dev), device=dev)
+tc = M.TileCorrelator(
+    torch.as_tensor(vol, device=dev)[tile.data_slices],
+    tmpl,
+    mask,
+    tile.unique_in_data,
+    weight=lambda shape: tilt_series_weight(ts, shape, case["voxel"], device=dev),
+    device=dev,
+)
 print("tile grid", tc.shape, "unique", [s.stop - s.start for s in tile.unique_in_data])
 rots = Rotation.random(16 * 9, random_state=1).as_matrix()
 import time  # noqa: E402

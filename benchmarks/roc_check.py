@@ -33,6 +33,7 @@ times are then ``null`` in the record). The ``seed`` case looks for the shared d
 record (``--json``, default ``benchmarks/results/roc-<today>.json``) holds every case's estimate,
 truth and table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,19 +49,64 @@ from pathlib import Path
 import numpy as np
 
 CASES: dict[str, dict] = {
-    "ci24": dict(preset="ci", seeds=[8301, 8302, 8303], step=30.0, tiles=(1, 1, 1), hand=-1,
-                 overrides=dict(n_particles=24, n_decoys=0, phantom_diameter_angstrom=150.0)),
-    "lamella": dict(preset="ci", seeds=[8311, 8312], step=20.0, tiles=(1, 1, 1), hand=-1,
-                    overrides=dict(phantom_diameter_angstrom=200.0, n_particles=30, n_decoys=4, n_blobs=130,
-                                   thickness_nm=180.0, tomogram_size_xyz=[128, 128, 200], tilt_min_deg=-40.0,
-                                   tilt_max_deg=60.0, tilt_step_deg=2.0, dose_per_tilt=2.2, ice_noise_rad=0.064)),
-    "strip": dict(preset="ci", seeds=[8321, 8322], step=30.0, tiles=(3, 1, 1), hand=1,
-                  overrides=dict(phantom_diameter_angstrom=100.0, n_particles=24, n_decoys=2, n_blobs=20,
-                                 blob_sigma_angstrom=[10.0, 25.0], blob_peak_volt=1.5, thickness_nm=14.0,
-                                 tomogram_size_xyz=[1400, 56, 40], voxel_size_angstrom=5.0, tilt_step_deg=3.0,
-                                 dose_per_tilt=4.0, defocus_um=1.5, shot_noise=True)),
-    "seed": dict(preset="seed", seeds=[8331], step=25.0, tiles=(1, 1, 1), hand=-1,
-                 overrides=dict(tomogram_size_xyz=[256, 360, 84], n_particles=25, n_blobs=15)),
+    "ci24": dict(
+        preset="ci",
+        seeds=[8301, 8302, 8303],
+        step=30.0,
+        tiles=(1, 1, 1),
+        hand=-1,
+        overrides=dict(n_particles=24, n_decoys=0, phantom_diameter_angstrom=150.0),
+    ),
+    "lamella": dict(
+        preset="ci",
+        seeds=[8311, 8312],
+        step=20.0,
+        tiles=(1, 1, 1),
+        hand=-1,
+        overrides=dict(
+            phantom_diameter_angstrom=200.0,
+            n_particles=30,
+            n_decoys=4,
+            n_blobs=130,
+            thickness_nm=180.0,
+            tomogram_size_xyz=[128, 128, 200],
+            tilt_min_deg=-40.0,
+            tilt_max_deg=60.0,
+            tilt_step_deg=2.0,
+            dose_per_tilt=2.2,
+            ice_noise_rad=0.064,
+        ),
+    ),
+    "strip": dict(
+        preset="ci",
+        seeds=[8321, 8322],
+        step=30.0,
+        tiles=(3, 1, 1),
+        hand=1,
+        overrides=dict(
+            phantom_diameter_angstrom=100.0,
+            n_particles=24,
+            n_decoys=2,
+            n_blobs=20,
+            blob_sigma_angstrom=[10.0, 25.0],
+            blob_peak_volt=1.5,
+            thickness_nm=14.0,
+            tomogram_size_xyz=[1400, 56, 40],
+            voxel_size_angstrom=5.0,
+            tilt_step_deg=3.0,
+            dose_per_tilt=4.0,
+            defocus_um=1.5,
+            shot_noise=True,
+        ),
+    ),
+    "seed": dict(
+        preset="seed",
+        seeds=[8331],
+        step=25.0,
+        tiles=(1, 1, 1),
+        hand=-1,
+        overrides=dict(tomogram_size_xyz=[256, 360, 84], n_particles=25, n_blobs=15),
+    ),
 }
 
 
@@ -81,20 +127,38 @@ def run_case(out: Path, name: str, seed: int, args) -> dict:
     t_sim = time.time() - t0
     summ = json.loads((sim_dir / "summary.json").read_text())
     diameter = 2.0 * max(s["radius_angstrom"] for s in summ["structures"])
-    ts = load_tilt_series(tilt_angles=sim_dir / "sim.rawtlt", dose=sim_dir / "sim_dose.txt",
-                          defocus=sim_dir / "sim.defocus")
+    ts = load_tilt_series(
+        tilt_angles=sim_dir / "sim.rawtlt", dose=sim_dir / "sim_dose.txt", defocus=sim_dir / "sim.defocus"
+    )
     job_path = out / "match" / "sim_job.json"
     t0 = time.time()
     reused_match = job_path.exists()
     if not reused_match:
-        run_match(sim_dir / "template.mrc", sim_dir / "mask.mrc", sim_dir / "sim.mrc", out / "match", name="sim",
-                  angular_step_deg=step, particle_diameter_angstrom=diameter, tilt_series=ts,
-                  defocus_handedness=case["hand"], device=args.device, tiles=tuple(case["tiles"]))
+        run_match(
+            sim_dir / "template.mrc",
+            sim_dir / "mask.mrc",
+            sim_dir / "sim.mrc",
+            out / "match",
+            name="sim",
+            angular_step_deg=step,
+            particle_diameter_angstrom=diameter,
+            tilt_series=ts,
+            defocus_handedness=case["hand"],
+            device=args.device,
+            tiles=tuple(case["tiles"]),
+        )
     t_match = time.time() - t0
-    rec = {"case": name, "preset": case["preset"], "seed": seed, "overrides": case["overrides"],
-           "step_deg": step, "structures": [s.get("name", s.get("structure")) for s in summ["structures"]],
-           "simulation_warnings": summ.get("warnings", []),
-           "simulate_s": None if reused_sim else round(t_sim, 1), "match_s": None if reused_match else round(t_match, 1)}
+    rec = {
+        "case": name,
+        "preset": case["preset"],
+        "seed": seed,
+        "overrides": case["overrides"],
+        "step_deg": step,
+        "structures": [s.get("name", s.get("structure")) for s in summ["structures"]],
+        "simulation_warnings": summ.get("warnings", []),
+        "simulate_s": None if reused_sim else round(t_sim, 1),
+        "match_s": None if reused_match else round(t_match, 1),
+    }
     rec.update(evaluate(job_path, sim_dir, args))
     return rec
 
@@ -131,41 +195,61 @@ def evaluate(job_path: Path, sim_dir: Path, args) -> dict:
     for r in report["table"]:
         c = r["cutoff"]
         tp = int(((s > c) & (label == 1)).sum())
-        rows.append({
-            "label": r["label"], "cutoff": c, "cutoff_sigma": r["cutoff_sigma"],
-            "in_fitted_window": r["in_fitted_window"],
-            "expected_fp": r["expected_false_positives"], "actual_fp": int(((s > c) & (label != 1)).sum()),
-            "actual_fp_decoy": int(((s > c) & (label == 2)).sum()),
-            "expected_tp": r["expected_true_positives"], "actual_tp": tp,
-            "estimated_recall": r["recall"], "actual_recall": tp / max(n_true, 1),
-            "estimated_precision": r["precision"],
-            "actual_precision": tp / max(int((s > c).sum()), 1) if (s > c).any() else None,
-        })
+        rows.append(
+            {
+                "label": r["label"],
+                "cutoff": c,
+                "cutoff_sigma": r["cutoff_sigma"],
+                "in_fitted_window": r["in_fitted_window"],
+                "expected_fp": r["expected_false_positives"],
+                "actual_fp": int(((s > c) & (label != 1)).sum()),
+                "actual_fp_decoy": int(((s > c) & (label == 2)).sum()),
+                "expected_tp": r["expected_true_positives"],
+                "actual_tp": tp,
+                "estimated_recall": r["recall"],
+                "actual_recall": tp / max(n_true, 1),
+                "estimated_precision": r["precision"],
+                "actual_precision": tp / max(int((s > c).sum()), 1) if (s > c).any() else None,
+            }
+        )
     return {
-        "n_true": n_true, "n_decoys": int(is_decoy.sum()), "n_found_in_peak_list": found,
-        "n_peaks": report["n_peaks"], "n_estimated": report["n_particles"],
+        "n_true": n_true,
+        "n_decoys": int(is_decoy.sum()),
+        "n_found_in_peak_list": found,
+        "n_peaks": report["n_peaks"],
+        "n_estimated": report["n_particles"],
         "membership_sd": report["n_particles_membership_sd"],
         "count_error": (report["n_particles"] - n_true) / max(n_true, 1),
-        "supported": report["particle_component_supported"], "likelihood_ratio": report["model"]["likelihood_ratio"],
-        "xi": report["model"]["background"]["xi"], "n_window": report["model"]["n_window"],
+        "supported": report["particle_component_supported"],
+        "likelihood_ratio": report["model"]["likelihood_ratio"],
+        "xi": report["model"]["background"]["xi"],
+        "n_window": report["model"]["n_window"],
         "separated": bool(found == n_true and tp_s.size and bg_s.size and tp_s.min() > bg_s.max()),
         "weakest_particle": float(tp_s.min()) if tp_s.size else None,
         "strongest_background": float(bg_s.max()) if bg_s.size else None,
-        "auc_estimated": report["auc"], "warnings": report["warnings"], "roc_s": round(t_roc, 2), "table": rows,
+        "auc_estimated": report["auc"],
+        "warnings": report["warnings"],
+        "roc_s": round(t_roc, 2),
+        "table": rows,
     }
 
 
 def _print_case(rec: dict) -> None:
-    print(f"{rec['case']} seed {rec['seed']}: {rec['n_peaks']} peaks, {rec['n_true']} particles "
-          f"({rec['n_found_in_peak_list']} in the peak list) + {rec['n_decoys']} decoys, "
-          f"{'separated' if rec['separated'] else 'overlapping'}; estimated {rec['n_estimated']:.1f} "
-          f"+- {rec['membership_sd']:.1f} ({100 * rec['count_error']:+.0f} %), 2 dlogL {rec['likelihood_ratio']:.0f}"
-          f"{'' if rec['supported'] else ' (not supported)'}, xi {rec['xi']:.2f}", flush=True)
+    print(
+        f"{rec['case']} seed {rec['seed']}: {rec['n_peaks']} peaks, {rec['n_true']} particles "
+        f"({rec['n_found_in_peak_list']} in the peak list) + {rec['n_decoys']} decoys, "
+        f"{'separated' if rec['separated'] else 'overlapping'}; estimated {rec['n_estimated']:.1f} "
+        f"+- {rec['membership_sd']:.1f} ({100 * rec['count_error']:+.0f} %), 2 dlogL {rec['likelihood_ratio']:.0f}"
+        f"{'' if rec['supported'] else ' (not supported)'}, xi {rec['xi']:.2f}",
+        flush=True,
+    )
     print(f"  {'cut-off':>8} {'FP exp':>7} {'FP act':>6} {'(decoy)':>7} {'recall est':>10} {'recall act':>10}  which")
     for r in rec["table"]:
-        print(f"  {r['cutoff']:8.4g} {r['expected_fp']:7.2f} {r['actual_fp']:6d} {r['actual_fp_decoy']:7d} "
-              f"{r['estimated_recall']:10.3f} {r['actual_recall']:10.3f}  {r['label']}"
-              f"{'' if r['in_fitted_window'] else ' (below the fit)'}")
+        print(
+            f"  {r['cutoff']:8.4g} {r['expected_fp']:7.2f} {r['actual_fp']:6d} {r['actual_fp_decoy']:7d} "
+            f"{r['estimated_recall']:10.3f} {r['actual_recall']:10.3f}  {r['label']}"
+            f"{'' if r['in_fitted_window'] else ' (below the fit)'}"
+        )
     for w in rec["warnings"]:
         print(f"  warning: {w}")
 
@@ -178,8 +262,7 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=None, help="angular step (degrees); default per case")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--match-radius", type=float, default=0.5, help="pairing radius / particle radius")
-    ap.add_argument("--json", type=Path, default=None,
-                    help="record (default benchmarks/results/roc-<today>.json)")
+    ap.add_argument("--json", type=Path, default=None, help="record (default benchmarks/results/roc-<today>.json)")
     args = ap.parse_args()
     import torch
 
@@ -192,26 +275,37 @@ def main() -> None:
     t_start = time.time()
     recs = []
     for name in args.cases:
-        for seed in (args.seeds or CASES[name]["seeds"]):
+        for seed in args.seeds or CASES[name]["seeds"]:
             rec = run_case(args.out / f"{name}_{seed}", name, seed, args)
             recs.append(rec)
             _print_case(rec)
     # pooled over the cases
     print()
-    print(f"{'case':8s} {'seed':>5s} {'true':>5s} {'estimated':>9s} {'error':>6s} {'default cut-off: FP exp':>23s} "
-          f"{'FP act':>6s} {'recall est':>10s} {'recall act':>10s}")
+    print(
+        f"{'case':8s} {'seed':>5s} {'true':>5s} {'estimated':>9s} {'error':>6s} {'default cut-off: FP exp':>23s} "
+        f"{'FP act':>6s} {'recall est':>10s} {'recall act':>10s}"
+    )
     for rec in recs:
         d = rec["table"][0]
-        print(f"{rec['case']:8s} {rec['seed']:5d} {rec['n_true']:5d} {rec['n_estimated']:9.1f} "
-              f"{100 * rec['count_error']:+5.0f}% {d['expected_fp']:23.2f} {d['actual_fp']:6d} "
-              f"{d['estimated_recall']:10.3f} {d['actual_recall']:10.3f}")
+        print(
+            f"{rec['case']:8s} {rec['seed']:5d} {rec['n_true']:5d} {rec['n_estimated']:9.1f} "
+            f"{100 * rec['count_error']:+5.0f}% {d['expected_fp']:23.2f} {d['actual_fp']:6d} "
+            f"{d['estimated_recall']:10.3f} {d['actual_recall']:10.3f}"
+        )
     doc = {
-        "benchmark": "roc_check", "date": today,
+        "benchmark": "roc_check",
+        "date": today,
         "command": "python benchmarks/roc_check.py " + " ".join(sys.argv[1:]),
         "tomomatch_version": tomomatch.__version__,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": args.device, "torch": torch.__version__},
-        "match_radius_fraction": args.match_radius, "total_s": round(time.time() - t_start, 1),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": args.device,
+            "torch": torch.__version__,
+        },
+        "match_radius_fraction": args.match_radius,
+        "total_s": round(time.time() - t_start, 1),
         "cases": recs,
     }
     write_roc_report(record_path, doc)

@@ -13,6 +13,7 @@ Usage (GPU machine, from the repository root, ``PYTHONPATH=src:benchmarks``)::
 
     python benchmarks/seed_job.py --device cuda --n 2484 24840
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,18 +45,28 @@ def main(argv=None):
         for n in [32] + list(args.n):
             rots = Rotation.random(n, random_state=1).as_matrix()
             t0 = time.perf_counter()
-            job = run_match(work / "tmpl.mrc", work / "mask.mrc", work / "tomo.mrc", work / f"out_{n}",
-                            rotations=rots, tilt_series=tilt_series(), defocus_handedness=1,
-                            tiles=tuple(args.tiles), device=args.device, processes=args.processes)
+            job = run_match(
+                work / "tmpl.mrc",
+                work / "mask.mrc",
+                work / "tomo.mrc",
+                work / f"out_{n}",
+                rotations=rots,
+                tilt_series=tilt_series(),
+                defocus_handedness=1,
+                tiles=tuple(args.tiles),
+                device=args.device,
+                processes=args.processes,
+            )
             times.append(time.perf_counter() - t0)
-            print(f"N = {n:7d} rotations: {times[-1]:7.1f} s wall, tiles {job.get('tiles', args.tiles)}",
-                  flush=True)
+            print(f"N = {n:7d} rotations: {times[-1]:7.1f} s wall, tiles {job.get('tiles', args.tiles)}", flush=True)
     b = (times[2] - times[1]) / (args.n[1] - args.n[0])
     a = times[1] - b * args.n[0]
     c = max(times[0] - (a + 32 * b), 0.0)
-    print(f"fixed {a:.1f} s + first-run compilation {c:.1f} s + {1 / b:.0f} rot/s -> seed search "
-          f"({SEED_ROTATIONS} rotations, tiles {' '.join(map(str, args.tiles))}, device {args.device}): "
-          f"{(a + c + b * SEED_ROTATIONS) / 60:.2f} min")
+    print(
+        f"fixed {a:.1f} s + first-run compilation {c:.1f} s + {1 / b:.0f} rot/s -> seed search "
+        f"({SEED_ROTATIONS} rotations, tiles {' '.join(map(str, args.tiles))}, device {args.device}): "
+        f"{(a + c + b * SEED_ROTATIONS) / 60:.2f} min"
+    )
 
 
 if __name__ == "__main__":

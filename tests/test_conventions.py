@@ -1,4 +1,5 @@
 """Hand-computed checks of every convention in tomomatch.conventions (see docs/conventions.md)."""
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -69,24 +70,27 @@ def test_tilt_of_slice_containing_hand_computed():
     assert cv.tilt_of_slice_containing(-1.0, 1.0) == pytest.approx(-45.0)  # -k, same slice
 
 
-@pytest.mark.parametrize("hand, mode, x, z, tilt, expected", [
-    # point at +x = 1000 A in the +30 degree tilt: depth -x sin 30 = -500 A
-    (+1, "full", 1000, 0, 30, -500),
-    (-1, "full", 1000, 0, 30, +500),
-    (0, "full", 1000, 0, 30, 0),
-    # pytom's z cos(h t) + x sin(h t) on the same angle
-    (+1, "pytom", 1000, 0, 30, +500),
-    (-1, "pytom", 1000, 0, 30, -500),
-    # the same point in the -30 degree tilt
-    (+1, "full", 1000, 0, -30, +500),
-    (-1, "full", 1000, 0, -30, -500),
-    # point at z = +1000 A in the 60 degree tilt: cos 60 = 1/2. Full flips it, pytom does not.
-    (+1, "full", 0, 1000, 60, +500),
-    (-1, "full", 0, 1000, 60, -500),
-    (+1, "pytom", 0, 1000, 60, +500),
-    (-1, "pytom", 0, 1000, 60, +500),
-    (0, "pytom", 0, 1000, 60, 0),
-])
+@pytest.mark.parametrize(
+    "hand, mode, x, z, tilt, expected",
+    [
+        # point at +x = 1000 A in the +30 degree tilt: depth -x sin 30 = -500 A
+        (+1, "full", 1000, 0, 30, -500),
+        (-1, "full", 1000, 0, 30, +500),
+        (0, "full", 1000, 0, 30, 0),
+        # pytom's z cos(h t) + x sin(h t) on the same angle
+        (+1, "pytom", 1000, 0, 30, +500),
+        (-1, "pytom", 1000, 0, 30, -500),
+        # the same point in the -30 degree tilt
+        (+1, "full", 1000, 0, -30, +500),
+        (-1, "full", 1000, 0, -30, -500),
+        # point at z = +1000 A in the 60 degree tilt: cos 60 = 1/2. Full flips it, pytom does not.
+        (+1, "full", 0, 1000, 60, +500),
+        (-1, "full", 0, 1000, 60, -500),
+        (+1, "pytom", 0, 1000, 60, +500),
+        (-1, "pytom", 0, 1000, 60, +500),
+        (0, "pytom", 0, 1000, 60, 0),
+    ],
+)
 def test_defocus_offset_signs(hand, mode, x, z, tilt, expected):
     assert cv.defocus_offset_angstrom(x, z, tilt, hand, mode) == pytest.approx(expected)
 
@@ -152,11 +156,14 @@ def test_pytom_euler_hand_computed_and_matches_pytom_exporter():
     assert np.allclose(cv.relion_to_matrix(relion_by_pytom), cv.pytom_to_matrix(p))
 
 
-@pytest.mark.parametrize("to, back", [
-    (cv.matrix_to_relion, cv.relion_to_matrix),
-    (cv.matrix_to_pytom, cv.pytom_to_matrix),
-    (cv.matrix_to_warp, cv.warp_to_matrix),
-])
+@pytest.mark.parametrize(
+    "to, back",
+    [
+        (cv.matrix_to_relion, cv.relion_to_matrix),
+        (cv.matrix_to_pytom, cv.pytom_to_matrix),
+        (cv.matrix_to_warp, cv.warp_to_matrix),
+    ],
+)
 def test_euler_round_trips(to, back):
     mats = Rotation.random(100, random_state=1).as_matrix()
     assert np.allclose(back(to(mats)), mats, atol=1e-10)

@@ -37,7 +37,7 @@ def test_astigmatism_direction():
 
 def test_dose_filter_values():
     k = torch.tensor([0.1], dtype=torch.float64)
-    ne = 0.245 * 0.1 ** -1.665 + 2.81
+    ne = 0.245 * 0.1**-1.665 + 2.81
     assert ctf.dose_filter(k, 20.0).item() == pytest.approx(math.exp(-20 / (2 * ne)))
     assert ctf.dose_filter(k, 0.0).item() == pytest.approx(1.0)
 

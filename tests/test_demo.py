@@ -21,15 +21,21 @@ def test_demo_command_is_registered_with_defaults():
     assert args.out == "x" and args.true_hand == 1 and args.angular_step == 30.0 and args.processes == 2
     # the demo strip is wide enough for the gradient to exceed the tolerance at its resolution
     from tomomatch.conventions import electron_wavelength_angstrom
+
     nx = DEMO_SIMULATION["tomogram_size_xyz"][0]
     half_width = nx / 2 * DEMO_SIMULATION["voxel_size_angstrom"]
     d = 2 * DEMO_SIMULATION["voxel_size_angstrom"]
-    assert half_width * np.sin(np.deg2rad(60)) > d ** 2 / (4 * electron_wavelength_angstrom(300))
+    assert half_width * np.sin(np.deg2rad(60)) > d**2 / (4 * electron_wavelength_angstrom(300))
 
 
-@pytest.mark.parametrize("argv, flag", [(["--angular-step", "0"], "--angular-step"),
-                                        (["--processes", "0"], "--processes"),
-                                        (["--device", "tpu"], "--device")])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--angular-step", "0"], "--angular-step"),
+        (["--processes", "0"], "--processes"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
 def test_demo_checks_options_before_simulating(tmp_path, capsys, argv, flag):
     from tomomatch.cli import main
 

@@ -2,6 +2,7 @@
 
 Job files and score/angle maps are built here (``make_job``) following the job schema.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,33 @@ from scipy import ndimage, stats
 
 from tomomatch.cli import main
 from tomomatch.errors import InputError
-from tomomatch.extract import (extract_candidates, gaussian_cutoff, gaussian_cutoff_sigma, pick_peaks,
-                               read_job, refine_subvoxel, tail_cutoff, tophat_mask)
+from tomomatch.extract import (
+    extract_candidates,
+    gaussian_cutoff,
+    gaussian_cutoff_sigma,
+    pick_peaks,
+    read_job,
+    refine_subvoxel,
+    tail_cutoff,
+    tophat_mask,
+)
 from tomomatch.mrcio import write_volume
 
 
-def make_job(tmp_path, scores, angles=None, rotations=("0 0 0",), *, name="tomo", voxel=10.0,
-             n_rotations=None, mean=None, std=None, n_search=None, **extra) -> Path:
+def make_job(
+    tmp_path,
+    scores,
+    angles=None,
+    rotations=("0 0 0",),
+    *,
+    name="tomo",
+    voxel=10.0,
+    n_rotations=None,
+    mean=None,
+    std=None,
+    n_search=None,
+    **extra,
+) -> Path:
     """Write ``<name>_scores.mrc``, ``_angles.mrc``, ``_rotations.txt`` and ``_job.json`` (job_format 1).
 
     ``rotations`` are text lines (RELION rot tilt psi degrees). The search statistics default to
@@ -36,15 +57,28 @@ def make_job(tmp_path, scores, angles=None, rotations=("0 0 0",), *, name="tomo"
     (tmp_path / f"{name}_rotations.txt").write_text("# RELION ZYZ degrees\n" + "\n".join(rotations) + "\n")
     n_rot = len(rotations) if n_rotations is None else int(n_rotations)
     job = {
-        "tomomatch_version": "test", "job_format": 1, "geometry_version": 2, "name": name,
-        "tomogram": f"{name}.mrc", "tomogram_shape_zyx": list(scores.shape), "voxel_size_angstrom": voxel,
-        "scores": f"{name}_scores.mrc", "angles": f"{name}_angles.mrc", "rotations": f"{name}_rotations.txt",
-        "n_rotations": n_rot, "particle_diameter_angstrom": None, "defocus_handedness": 0,
-        "tilt_series": None, "relion": None,
-        "search_statistics": {"n_voxels": int(scores.size), "n_rotations": n_rot,
-                              "n_search": int(n_search if n_search is not None else scores.size * n_rot),
-                              "mean": float(scores.mean() if mean is None else mean),
-                              "std": float(scores.std() if std is None else std)},
+        "tomomatch_version": "test",
+        "job_format": 1,
+        "geometry_version": 2,
+        "name": name,
+        "tomogram": f"{name}.mrc",
+        "tomogram_shape_zyx": list(scores.shape),
+        "voxel_size_angstrom": voxel,
+        "scores": f"{name}_scores.mrc",
+        "angles": f"{name}_angles.mrc",
+        "rotations": f"{name}_rotations.txt",
+        "n_rotations": n_rot,
+        "particle_diameter_angstrom": None,
+        "defocus_handedness": 0,
+        "tilt_series": None,
+        "relion": None,
+        "search_statistics": {
+            "n_voxels": int(scores.size),
+            "n_rotations": n_rot,
+            "n_search": int(n_search if n_search is not None else scores.size * n_rot),
+            "mean": float(scores.mean() if mean is None else mean),
+            "std": float(scores.std() if std is None else std),
+        },
     }
     job.update(extra)
     path = tmp_path / f"{name}_job.json"
@@ -189,7 +223,7 @@ def _reference_greedy(scores, radius, cutoff=-np.inf):
     padded = np.pad(s, 1, constant_values=-np.inf)
     cand = []
     for z, y, x in zip(*np.nonzero(s > cutoff)):
-        if s[z, y, x] >= padded[z:z + 3, y:y + 3, x:x + 3].max():
+        if s[z, y, x] >= padded[z : z + 3, y : y + 3, x : x + 3].max():
             cand.append((s[z, y, x], (z, y, x)))
     cand.sort(key=lambda t: -t[0])
     kept = []
@@ -246,7 +280,7 @@ def test_parabolic_fit_recovers_a_fractional_peak():
     assert peak == (11, 13, 8)
     got = refine_subvoxel(quad, [peak])[0]
     np.testing.assert_allclose(got, c, atol=1e-9)  # exact for a separable parabola
-    gauss = np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * 1.6 ** 2))
+    gauss = np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * 1.6**2))
     got = refine_subvoxel(gauss, [peak])[0]
     np.testing.assert_allclose(got, c, atol=0.06)
     # at the edge of the map the offset is 0, never a wrap-around
@@ -255,7 +289,7 @@ def test_parabolic_fit_recovers_a_fractional_peak():
 
 def test_extract_reports_subvoxel_positions_and_angles(tmp_path):
     z, y, x = np.meshgrid(*[np.arange(30.0)] * 3, indexing="ij")
-    m = np.exp(-((z - 14.25) ** 2 + (y - 9.6) ** 2 + (x - 20.0) ** 2) / (2 * 1.5 ** 2)).astype(np.float32)
+    m = np.exp(-((z - 14.25) ** 2 + (y - 9.6) ** 2 + (x - 20.0) ** 2) / (2 * 1.5**2)).astype(np.float32)
     ang = np.full(m.shape, 1, np.float32)
     ang[:2] = -1  # not searched
     job = make_job(tmp_path, m, ang, rotations=("0 0 0", "10 20 30"), particle_diameter_angstrom=80.0)
@@ -295,10 +329,10 @@ def test_tophat_suppresses_a_broad_ridge(tmp_path):
     z, y, x = np.meshgrid(*[np.arange(32.0)] * 3, indexing="ij")
     rng = np.random.default_rng(2)
     m = 0.05 * rng.standard_normal(shape)
-    m += 3.0 * np.exp(-((x - 8) ** 2) / (2 * 3.0 ** 2))  # a broad ridge (a "membrane") at x = 8
+    m += 3.0 * np.exp(-((x - 8) ** 2) / (2 * 3.0**2))  # a broad ridge (a "membrane") at x = 8
     sharp = [(10, 12, 22), (20, 20, 25), (25, 6, 20)]
     for p in sharp:
-        m += 2.0 * np.exp(-((z - p[0]) ** 2 + (y - p[1]) ** 2 + (x - p[2]) ** 2) / (2 * 0.8 ** 2))
+        m += 2.0 * np.exp(-((z - p[0]) ** 2 + (y - p[1]) ** 2 + (x - p[2]) ** 2) / (2 * 0.8**2))
     job = make_job(tmp_path, m.astype(np.float32))
     plain = extract_candidates(job, radius_voxels=4, cutoff=1.0, max_particles=50)
     assert (plain["x_voxel"].between(5, 11)).sum() >= 5  # the ridge floods the picks
@@ -368,9 +402,16 @@ def test_cli_extract_writes_star_and_plots(tmp_path, capsys):
     m = 0.02 * _smooth_field((40, 40, 40), 4)
     centres = [(8, 9, 10), (20, 30, 12), (31, 15, 28), (12, 28, 30)]
     for c in centres:
-        m += 0.5 * np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * 1.2 ** 2))
-    job = make_job(tmp_path, m.astype(np.float32), particle_diameter_angstrom=60.0, n_rotations=1000,
-                   n_search=m.size * 1000, mean=0.0, std=0.02)
+        m += 0.5 * np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * 1.2**2))
+    job = make_job(
+        tmp_path,
+        m.astype(np.float32),
+        particle_diameter_angstrom=60.0,
+        n_rotations=1000,
+        n_search=m.size * 1000,
+        mean=0.0,
+        std=0.02,
+    )
     out = tmp_path / "picks.star"
     rc = main(["extract", "-j", str(job), "-o", str(out), "--plot", "--cutoff-method", "gaussian"])
     text = capsys.readouterr().out
@@ -379,6 +420,7 @@ def test_cli_extract_writes_star_and_plots(tmp_path, capsys):
     assert out.exists() and (tmp_path / "picks_scores.png").stat().st_size > 1000
     assert (tmp_path / "picks_slab.png").stat().st_size > 1000
     import starfile
+
     tab = starfile.read(out)
     assert len(tab) == 4 and "rlnCenteredCoordinateXAngst" in tab
     # default output name and the other formats
@@ -443,8 +485,15 @@ def test_score_histogram_draws_a_bounded_gpd_tail(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     peaks = 0.1 + 0.02 * rng.random(400)
     fit = {"threshold": 0.1, "xi": -0.2, "beta": 0.004, "n_background_above_threshold": 400.0}
-    details = {"scores": rng.normal(0.0, 0.02, (8, 8, 8)), "peak_scores": peaks, "search_mean": 0.0,
-               "search_std": 0.02, "cutoff": 0.125, "cutoff_method": "tail", "tail_fit": fit}
+    details = {
+        "scores": rng.normal(0.0, 0.02, (8, 8, 8)),
+        "peak_scores": peaks,
+        "search_mean": 0.0,
+        "search_std": 0.02,
+        "cutoff": 0.125,
+        "cutoff_method": "tail",
+        "tail_fit": fit,
+    }
     out = plots.plot_score_histogram(details, tmp_path / "h.png")
     assert out.exists() and "y" in drawn
     # expected counts per bin: differences of N_u * S(x - u); S = 0 beyond u + beta / |xi| = 0.12
@@ -452,8 +501,9 @@ def test_score_histogram_draws_a_bounded_gpd_tail(tmp_path, monkeypatch):
     centres = drawn["x"]
     assert np.all(drawn["y"][centres > 0.121] == 0)
     # nearly all of the 400 expected peaks fall in bins below the end point
-    assert drawn["y"].sum() == pytest.approx(400.0 * (1 - np.exp(_gpd_logsf(centres.max() - 0.1, -0.2, 0.004))),
-                                             rel=0.2)
+    assert drawn["y"].sum() == pytest.approx(
+        400.0 * (1 - np.exp(_gpd_logsf(centres.max() - 0.1, -0.2, 0.004))), rel=0.2
+    )
 
 
 def test_fractional_angle_indices_are_an_error(tmp_path):

@@ -16,6 +16,7 @@ Case ``i`` of seed ``s`` uses ``numpy.random.default_rng([s, i])``, so any case 
 own. The suite runs a short seeded run; ``benchmarks/fuzz_metadata.py --cases 20000`` runs a
 long one and prints a summary.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,7 @@ import pytest
 
 from tomomatch.errors import InputError
 from tomomatch.metadata import load_tilt_series
-from tomomatch.metadata.plausibility import (DEFOCUS_MAX_UM, DEFOCUS_MIN_PHASE_PLATE_UM, MAX_TOTAL_DOSE,
-                                             VOLTAGE_RANGE_KV)
+from tomomatch.metadata.plausibility import DEFOCUS_MAX_UM, DEFOCUS_MIN_PHASE_PLATE_UM, MAX_TOTAL_DOSE, VOLTAGE_RANGE_KV
 from tomomatch.shared_data import shared_data_dir
 from tomomatch.tiltseries import TiltSeries
 
@@ -60,7 +60,7 @@ class Seed:
 
     kind: str
     target: Path
-    name: str                                   # file name of the target in the case folder
+    name: str  # file name of the target in the case folder
     companions: tuple[tuple[str, Path], ...] = ()
     tomo_name: str | None = None
 
@@ -70,8 +70,10 @@ class Seed:
 
 
 def _relion_seeds(tomos: Path, ts: Path, ts_name: str, tomo_name: str | None) -> list[Seed]:
-    return [Seed("relion_ts", ts, ts_name, (("tomograms.star", tomos),), tomo_name),
-            Seed("relion_tomos", tomos, "tomograms.star", ((ts_name, ts),), tomo_name)]
+    return [
+        Seed("relion_ts", ts, ts_name, (("tomograms.star", tomos),), tomo_name),
+        Seed("relion_tomos", tomos, "tomograms.star", ((ts_name, ts),), tomo_name),
+    ]
 
 
 def seeds(include_shared: bool = True) -> list[Seed]:
@@ -89,10 +91,15 @@ def seeds(include_shared: bool = True) -> list[Seed]:
         Seed("aln", f / "no_offsets.aln", "no_offsets.aln"),
         Seed("warp_xml", f / "warp_small.xml", "warp_small.xml"),
     ]
-    out += _relion_seeds(f / "relion5_small_tomograms.star", f / "relion5_small_tiltseries.star",
-                         "relion5_small_tiltseries.star", None)
-    out += _relion_seeds(f / "relion4_matrices_tomograms.star", f / "relion4_matrices_tiltseries.star",
-                         "relion4_matrices_tiltseries.star", None)
+    out += _relion_seeds(
+        f / "relion5_small_tomograms.star", f / "relion5_small_tiltseries.star", "relion5_small_tiltseries.star", None
+    )
+    out += _relion_seeds(
+        f / "relion4_matrices_tomograms.star",
+        f / "relion4_matrices_tiltseries.star",
+        "relion4_matrices_tiltseries.star",
+        None,
+    )
     real = shared_tilt_metadata() if include_shared else None
     if real is not None:
         angles = real / "pytom_test_angles.rawtlt"
@@ -102,9 +109,12 @@ def seeds(include_shared: bool = True) -> list[Seed]:
             Seed("defocus", real / "pytom_test_imod.defocus", "pytom_test_imod.defocus", (("angles.rawtlt", angles),)),
         ]
         # the tomograms.star names Tomograms/job009/tilt_series/<name>.star: found as tilt_series/<name>.star
-        out += _relion_seeds(real / "tomo200528_relion5_tomograms.star",
-                             real / "tomo200528_107_relion5_tiltseries.star", "tilt_series/tomo200528_107.star",
-                             "tomo200528_107")
+        out += _relion_seeds(
+            real / "tomo200528_relion5_tomograms.star",
+            real / "tomo200528_107_relion5_tiltseries.star",
+            "tilt_series/tomo200528_107.star",
+            "tomo200528_107",
+        )
     return out
 
 
@@ -135,9 +145,35 @@ def _two_angles() -> Path:
 # --------------------------------------------------------------------------- mutations
 
 _NUMBER = re.compile(rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-_REPLACEMENTS = [b"nan", b"NaN", b"inf", b"-inf", b"Infinity", b"1e308", b"1e999", b"-1e308", b"-1", b"-3.5",
-                 b"0", b"-0", b"1e-300", b"99999999999999999999", b"abc", b"", b"--", b"0x10", b"1,5", b"3.1.4",
-                 b"1e", b"None", b"True", b"\xff", b"\"", b"'", b"#"]
+_REPLACEMENTS = [
+    b"nan",
+    b"NaN",
+    b"inf",
+    b"-inf",
+    b"Infinity",
+    b"1e308",
+    b"1e999",
+    b"-1e308",
+    b"-1",
+    b"-3.5",
+    b"0",
+    b"-0",
+    b"1e-300",
+    b"99999999999999999999",
+    b"abc",
+    b"",
+    b"--",
+    b"0x10",
+    b"1,5",
+    b"3.1.4",
+    b"1e",
+    b"None",
+    b"True",
+    b"\xff",
+    b"\"",
+    b"'",
+    b"#",
+]
 _SCALES = [10.0, 0.1, 1000.0, 0.001, 1e4, 1e-4, -1.0, 100.0, 1e6]
 
 
@@ -146,7 +182,7 @@ def _lines(data: bytes) -> list[bytes]:
 
 
 def truncate(data: bytes, rng) -> bytes:
-    return data[:int(rng.integers(0, len(data) + 1))] if data else data
+    return data[: int(rng.integers(0, len(data) + 1))] if data else data
 
 
 def delete_line(data: bytes, rng) -> bytes:
@@ -175,7 +211,7 @@ def replace_number(data: bytes, rng) -> bytes:
         return data
     m = found[int(rng.integers(len(found)))]
     new = _REPLACEMENTS[int(rng.integers(len(_REPLACEMENTS)))]
-    return data[:m.start()] + new + data[m.end():]
+    return data[: m.start()] + new + data[m.end() :]
 
 
 def replace_number_in_line(data: bytes, rng) -> bytes:
@@ -200,7 +236,7 @@ def scale_number(data: bytes, rng) -> bytes:
     except ValueError:
         return data
     new = f"{value * _SCALES[int(rng.integers(len(_SCALES)))]:.6g}".encode()
-    return data[:m.start()] + new + data[m.end():]
+    return data[: m.start()] + new + data[m.end() :]
 
 
 def scale_column(data: bytes, rng) -> bytes:
@@ -241,16 +277,28 @@ def random_bytes(data: bytes, rng) -> bytes:
     pos = int(rng.integers(0, len(data) + 1))
     if rng.random() < 0.5:
         return data[:pos] + noise + data[pos:]
-    return data[:pos] + noise + data[pos + k:]
+    return data[:pos] + noise + data[pos + k :]
 
 
 def empty(data: bytes, rng) -> bytes:
     return b""
 
 
-MUTATIONS: dict[str, Callable] = {f.__name__: f for f in (
-    truncate, delete_line, duplicate_line, swap_lines, replace_number, replace_number_in_line, scale_number,
-    scale_column, swap_columns, random_bytes)}
+MUTATIONS: dict[str, Callable] = {
+    f.__name__: f
+    for f in (
+        truncate,
+        delete_line,
+        duplicate_line,
+        swap_lines,
+        replace_number,
+        replace_number_in_line,
+        scale_number,
+        scale_column,
+        swap_columns,
+        random_bytes,
+    )
+}
 MUTATIONS["empty"] = empty
 _MUTATION_WEIGHTS = {name: (0.2 if name == "empty" else 1.0) for name in MUTATIONS}
 _MUTATION_WEIGHTS["replace_number"] = 2.0
@@ -277,15 +325,14 @@ class Outcome:
     seed: str
     mutations: list[str]
     flags: dict
-    via: str                   # "api" or "cli"
-    result: str                # "ok", "input_error" or "FAILURE"
+    via: str  # "api" or "cli"
+    result: str  # "ok", "input_error" or "FAILURE"
     message: str = ""
     files: dict = field(default_factory=dict)
 
 
 def _flags(rng) -> dict:
-    return {k: bool(rng.random() < 0.2) for k in ("allow_missing_dose", "allow_unusual_defocus",
-                                                   "allow_unusual_dose")}
+    return {k: bool(rng.random() < 0.2) for k in ("allow_missing_dose", "allow_unusual_defocus", "allow_unusual_dose")}
 
 
 def _kwargs(seed: Seed, folder: Path) -> dict:
@@ -302,10 +349,19 @@ def _kwargs(seed: Seed, folder: Path) -> dict:
     return {seed.kind: target}
 
 
-_CLI_OPTIONS = {"tilt_angles": "--tilt-angles", "dose": "--dose", "defocus": "--defocus",
-                "relion5": "--relion5-tomograms", "tomo_name": "--tomo-name", "mdoc": "--mdoc", "aln": "--aln",
-                "warp_xml": "--warp-xml", "allow_missing_dose": "--allow-missing-dose",
-                "allow_unusual_defocus": "--allow-unusual-defocus", "allow_unusual_dose": "--allow-unusual-dose"}
+_CLI_OPTIONS = {
+    "tilt_angles": "--tilt-angles",
+    "dose": "--dose",
+    "defocus": "--defocus",
+    "relion5": "--relion5-tomograms",
+    "tomo_name": "--tomo-name",
+    "mdoc": "--mdoc",
+    "aln": "--aln",
+    "warp_xml": "--warp-xml",
+    "allow_missing_dose": "--allow-missing-dose",
+    "allow_unusual_defocus": "--allow-unusual-defocus",
+    "allow_unusual_dose": "--allow-unusual-dose",
+}
 
 
 def check_tilt_series(ts, flags: dict, kind: str) -> str | None:
@@ -315,8 +371,10 @@ def check_tilt_series(ts, flags: dict, kind: str) -> str | None:
     n = ts.n_tilts
     if n < 1:
         return "no tilts"
-    arrays = {k: getattr(ts, k) for k in ("tilt_angles_deg", "accumulated_dose", "astigmatism_angle_deg",
-                                          "phase_shift_deg", "x_tilt_deg")}
+    arrays = {
+        k: getattr(ts, k)
+        for k in ("tilt_angles_deg", "accumulated_dose", "astigmatism_angle_deg", "phase_shift_deg", "x_tilt_deg")
+    }
     if ts.has_defocus:
         arrays.update(defocus_u_um=ts.defocus_u_um, defocus_v_um=ts.defocus_v_um)
     for k, a in arrays.items():
@@ -338,8 +396,12 @@ def check_tilt_series(ts, flags: dict, kind: str) -> str | None:
         return f"dose {ts.accumulated_dose.max()} >= {MAX_TOTAL_DOSE}"
     # mdoc: the dose information is the per-exposure dose (the first exposure may be 0)
     dose_info = ts.extra.get("exposure_dose", ts.accumulated_dose) if kind == "mdoc" else ts.accumulated_dose
-    if (kind in ("relion_ts", "relion_tomos", "mdoc", "warp_xml") and not flags.get("allow_missing_dose")
-            and n > 1 and np.all(np.asarray(dose_info) == 0)):
+    if (
+        kind in ("relion_ts", "relion_tomos", "mdoc", "warp_xml")
+        and not flags.get("allow_missing_dose")
+        and n > 1
+        and np.all(np.asarray(dose_info) == 0)
+    ):
         return "dose 0 for every tilt without allow_missing_dose"
     if ts.has_defocus and not flags.get("allow_unusual_defocus"):
         used = ~ts.excluded
@@ -354,6 +416,7 @@ def check_tilt_series(ts, flags: dict, kind: str) -> str | None:
     if ts.pixel_size_angstrom is not None and not (np.isfinite(ts.pixel_size_angstrom) and ts.pixel_size_angstrom > 0):
         return f"pixel size {ts.pixel_size_angstrom}"
     from tomomatch.cli.metadata import format_table, tilt_series_to_dict
+
     try:
         json.dumps(tilt_series_to_dict(ts), allow_nan=False)
         back = TiltSeries.from_json(json.loads(json.dumps(ts.to_json(), allow_nan=False)))
@@ -406,6 +469,7 @@ def run_case(i: int, seed_value: int, all_seeds: list[Seed], workdir: Path, cli_
                     problem = check_tilt_series(ts, flags, seed.kind)
             else:
                 from tomomatch.cli import main
+
                 argv = ["metadata", "--json"]
                 for k, v in kwargs.items():
                     if v is not None:
@@ -423,14 +487,19 @@ def run_case(i: int, seed_value: int, all_seeds: list[Seed], workdir: Path, cli_
                         problem = f"stdout is not JSON ({exc})"
                 elif rc == 2:
                     out.result, out.message = "input_error", err.strip()
-                    problem = ("stderr is not one 'error:' line" if err.count("\n") != 1
-                               or not err.startswith("tomomatch metadata: error: ") else
-                               _check_message(out.message, folder))
+                    problem = (
+                        "stderr is not one 'error:' line"
+                        if err.count("\n") != 1 or not err.startswith("tomomatch metadata: error: ")
+                        else _check_message(out.message, folder)
+                    )
                 else:
                     problem = f"exit status {rc}: {err!r}"
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - every other exception is a finding
-        problem = "".join(traceback.format_exception_only(type(exc), exc)).strip() + " | " + \
-            traceback.format_exc().strip().splitlines()[-3].strip()
+        problem = (
+            "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            + " | "
+            + traceback.format_exc().strip().splitlines()[-3].strip()
+        )
     if problem is not None:
         out.result = "FAILURE"
         out.message = f"{problem} :: {out.message}" if out.message else problem
@@ -452,9 +521,11 @@ class Report:
     def summary(self) -> str:
         by = Counter((o.seed, o.result) for o in self.outcomes)
         seeds_ = sorted({o.seed for o in self.outcomes})
-        lines = [f"{len(self.outcomes)} cases in {self.seconds:.1f} s: "
-                 + ", ".join(f"{k} {v}" for k, v in sorted(Counter(o.result for o in self.outcomes).items())),
-                 f"{'seed':48} {'ok':>6} {'error':>6} {'FAIL':>6}"]
+        lines = [
+            f"{len(self.outcomes)} cases in {self.seconds:.1f} s: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(Counter(o.result for o in self.outcomes).items())),
+            f"{'seed':48} {'ok':>6} {'error':>6} {'FAIL':>6}",
+        ]
         for s in seeds_:
             lines.append(f"{s:48} {by[(s, 'ok')]:>6} {by[(s, 'input_error')]:>6} {by[(s, 'FAILURE')]:>6}")
         kinds = Counter(_message_kind(o.message) for o in self.outcomes if o.result == "input_error")
@@ -476,15 +547,22 @@ def _message_kind(msg: str) -> str:
     return msg[:110]
 
 
-def run_fuzz(n_cases: int, seed_value: int = 0, workdir: Path | None = None, include_shared: bool = True,
-             cli_fraction: float = 0.1, first_case: int = 0) -> Report:
+def run_fuzz(
+    n_cases: int,
+    seed_value: int = 0,
+    workdir: Path | None = None,
+    include_shared: bool = True,
+    cli_fraction: float = 0.1,
+    first_case: int = 0,
+) -> Report:
     """Run cases ``first_case .. first_case + n_cases - 1``; failing cases keep their folder."""
     all_seeds = seeds(include_shared)
     own = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="tomomatch_fuzz_")) if own else Path(workdir)
     t0 = time.perf_counter()
-    outcomes = [run_case(i, seed_value, all_seeds, workdir, cli_fraction)
-                for i in range(first_case, first_case + n_cases)]
+    outcomes = [
+        run_case(i, seed_value, all_seeds, workdir, cli_fraction) for i in range(first_case, first_case + n_cases)
+    ]
     report = Report(outcomes, time.perf_counter() - t0)
     if own and not report.failures:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -518,5 +596,5 @@ def test_fuzz_readers_short(tmp_path):
     report = run_fuzz(300, seed_value=20240611, workdir=tmp_path, cli_fraction=0.15)
     assert not report.failures, report.summary()
     results = Counter(o.result for o in report.outcomes)
-    assert results["ok"] > 10 and results["input_error"] > 50      # the mutations reach both outcomes
+    assert results["ok"] > 10 and results["input_error"] > 50  # the mutations reach both outcomes
     assert report.seconds < 60

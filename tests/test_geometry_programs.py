@@ -7,6 +7,7 @@ share a mirrored convention with the function under test: tomomatch is only call
 value being checked (``tilt_frame``, ``defocus_offset_angstrom``, ``binary_wedge``, ...).
 Each test's docstring names the source it transcribes.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,32 +36,24 @@ def _relion_gl_rotation(axis, angle_deg):
     n = np.asarray(axis, float)
     n = n / np.linalg.norm(n)
     a = math.radians(angle_deg)
-    s = np.array([[0.0, -n[2], n[1]],
-                  [n[2], 0.0, -n[0]],
-                  [-n[1], n[0], 0.0]])
+    s = np.array([[0.0, -n[2], n[1]], [n[2], 0.0, -n[0]], [-n[1], n[0], 0.0]])
     nnt = np.outer(n, n)
     return nnt + math.cos(a) * (np.eye(3) - nnt) + math.sin(a) * s
 
 
 def _Rx(a_deg):
     c, s = math.cos(math.radians(a_deg)), math.sin(math.radians(a_deg))
-    return np.array([[1.0, 0.0, 0.0],
-                     [0.0, c, -s],
-                     [0.0, s, c]])
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
 
 
 def _Ry(a_deg):
     c, s = math.cos(math.radians(a_deg)), math.sin(math.radians(a_deg))
-    return np.array([[c, 0.0, s],
-                     [0.0, 1.0, 0.0],
-                     [-s, 0.0, c]])
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
 def _Rz(a_deg):
     c, s = math.cos(math.radians(a_deg)), math.sin(math.radians(a_deg))
-    return np.array([[c, -s, 0.0],
-                     [s, c, 0.0],
-                     [0.0, 0.0, 1.0]])
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def _translation(t):
@@ -75,8 +68,7 @@ def _homog(r3):
     return m
 
 
-def _relion_projection_matrix(xtilt, ytilt, zrot, tomo_size_xyz, stack_size_xy,
-                              shift_angst=(0.0, 0.0), pixel_size=1.0):
+def _relion_projection_matrix(xtilt, ytilt, zrot, tomo_size_xyz, stack_size_xy, shift_angst=(0.0, 0.0), pixel_size=1.0):
     """RELION 5 ``Tomogram::setProjectionMatrix``: ``s1 * s2 * r2 * r1 * r0 * s0`` (4x4)."""
     w0, h0, d0 = tomo_size_xyz
     s0 = _translation(-np.array([int(w0 / 2), int(h0 / 2), int(d0 / 2)], float))
@@ -137,8 +129,9 @@ def test_relion_tilt_frame_equals_rz_ry_rx():
     for y, x, z in zip(ys, xs, zs):
         hand = _Rz(z) @ _Ry(y) @ _Rx(x)
         np.testing.assert_allclose(cv.tilt_frame(y, x, z), hand, atol=1e-12)
-        full = _relion_projection_matrix(x, y, z, (3710, 3838, 1000), (3838, 3710),
-                                         shift_angst=(12.0, -7.5), pixel_size=1.724)
+        full = _relion_projection_matrix(
+            x, y, z, (3710, 3838, 1000), (3838, 3710), shift_angst=(12.0, -7.5), pixel_size=1.724
+        )
         np.testing.assert_allclose(cv.tilt_frame(y, x, z), full[:3, :3], atol=1e-6)
     # broadcast over arrays gives the same per-tilt matrices
     batch = cv.tilt_frame(ys, xs, zs)
@@ -146,8 +139,9 @@ def test_relion_tilt_frame_equals_rz_ry_rx():
         np.testing.assert_allclose(batch[i], _Rz(zs[i]) @ _Ry(ys[i]) @ _Rx(xs[i]), atol=1e-12)
     # project_points: (image x, image y, depth) = rotation rows applied to the centred point
     p = np.array([310.0, -120.0, 45.0])
-    np.testing.assert_allclose(cv.project_points(p, ys[1], xs[1], zs[1]),
-                               _Rz(zs[1]) @ _Ry(ys[1]) @ _Rx(xs[1]) @ p, atol=1e-9)
+    np.testing.assert_allclose(
+        cv.project_points(p, ys[1], xs[1], zs[1]), _Rz(zs[1]) @ _Ry(ys[1]) @ _Rx(xs[1]) @ p, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("hand", [1, -1])
@@ -159,17 +153,26 @@ def test_relion_getctf_defocus_change(hand):
     pixel = 1.724
     tomo = (4000, 4000, 1200)
     centre = np.array([int(tomo[0] / 2), int(tomo[1] / 2), int(tomo[2] / 2)], float)
-    rel_points = np.array([[900.0, 0.0, 0.0], [-900.0, 0.0, 0.0], [0.0, 0.0, 250.0],
-                           [1500.0, -700.0, -180.0], [-333.0, 1200.0, 90.0]])  # pixels
-    cases = [(40.0, 0.0, 0.0), (-40.0, 0.0, 85.267), (9.02, 0.0, 85.267),
-             (27.0, 4.5, -94.0), (-51.0, -3.2, 12.0), (60.0, 2.0, 0.0)]
+    rel_points = np.array(
+        [[900.0, 0.0, 0.0], [-900.0, 0.0, 0.0], [0.0, 0.0, 250.0], [1500.0, -700.0, -180.0], [-333.0, 1200.0, 90.0]]
+    )  # pixels
+    cases = [
+        (40.0, 0.0, 0.0),
+        (-40.0, 0.0, 85.267),
+        (9.02, 0.0, 85.267),
+        (27.0, 4.5, -94.0),
+        (-51.0, -3.2, 12.0),
+        (60.0, 2.0, 0.0),
+    ]
     for ytilt, xtilt, zrot in cases:
-        proj = _relion_projection_matrix(xtilt, ytilt, zrot, tomo, (4096, 4096),
-                                         shift_angst=(25.0, -40.0), pixel_size=pixel)
+        proj = _relion_projection_matrix(
+            xtilt, ytilt, zrot, tomo, (4096, 4096), shift_angst=(25.0, -40.0), pixel_size=pixel
+        )
         for rel in rel_points:
             want = _relion_delta_defocus_u(proj, centre, centre + rel, hand, pixel)
-            got = cv.defocus_offset_angstrom(rel[0] * pixel, rel[2] * pixel, ytilt, hand,
-                                             y_angstrom=rel[1] * pixel, x_tilt_deg=xtilt)
+            got = cv.defocus_offset_angstrom(
+                rel[0] * pixel, rel[2] * pixel, ytilt, hand, y_angstrom=rel[1] * pixel, x_tilt_deg=xtilt
+            )
             assert got == pytest.approx(want, rel=1e-9, abs=1e-6), (ytilt, xtilt, zrot, rel)
     # a sign check with a number: x = +900 px at +40 degrees lies below the centre
     # (depth -900 sin 40 px), so rlnTomoHand +1 lowers DeltafU by 900 * 1.724 * sin 40 A
@@ -200,9 +203,9 @@ def _imod_xproj(x, z_final, tilt_deg):
     return zz * sin_beta + np.asarray(x, float) * cos_beta
 
 
-_N = 48                   # cubic box
-_C = _N // 2              # origin voxel (the Fourier power does not depend on this choice)
-_NP = 2 * _N              # projection width, wide enough that nothing falls off
+_N = 48  # cubic box
+_C = _N // 2  # origin voxel (the Fourier power does not depend on this choice)
+_NP = 2 * _N  # projection width, wide enough that nothing falls off
 _CP = _NP // 2
 _TILTS = np.arange(-30.0, 60.0 + 1e-9, 3.0)
 
@@ -261,8 +264,10 @@ def _power_fraction(volume, mask, low_radius=3.0):
 
 
 def _single_slice(tilt_deg):
-    return per_tilt_wedge((_N, _N, _N), 1.0, [tilt_deg], ctf_mode=None, dose_weighting=False,
-                          cos_weighting=False).numpy() > 0
+    return (
+        per_tilt_wedge((_N, _N, _N), 1.0, [tilt_deg], ctf_mode=None, dose_weighting=False, cos_weighting=False).numpy()
+        > 0
+    )
 
 
 def test_imod_xproj_is_projected_x():
@@ -295,8 +300,10 @@ def test_imod_backprojection_fills_tomomatch_wedge(ramp):
     shape = (_N, _N, _N)
     inside = _power_fraction(vol, binary_wedge(shape, _TILTS).numpy() > 0)
     mirrored = _power_fraction(vol, binary_wedge(shape, -_TILTS).numpy() > 0)
-    print(f"IMOD {'ramp-filtered' if ramp else 'unfiltered'} back-projection: "
-          f"{inside:.3f} of the power inside tomomatch's wedge, {mirrored:.3f} inside the mirror")
+    print(
+        f"IMOD {'ramp-filtered' if ramp else 'unfiltered'} back-projection: "
+        f"{inside:.3f} of the power inside tomomatch's wedge, {mirrored:.3f} inside the mirror"
+    )
     assert inside >= 0.95
     assert mirrored <= (0.75 if ramp else 0.85)
     assert inside - mirrored >= 0.15
@@ -314,8 +321,10 @@ def test_imod_single_tilt_lands_on_tomomatch_slice():
         vol = _imod_reconstruct(psf, [t], [1.0], ramp=False)
         own = _power_fraction(vol, _single_slice(t))
         mirror = _power_fraction(vol, _single_slice(-t))
-        print(f"IMOD back-projection of tilt {t:+.0f} only: {own:.3f} on tomomatch's slice "
-              f"{t:+.0f}, {mirror:.3f} on slice {-t:+.0f}")
+        print(
+            f"IMOD back-projection of tilt {t:+.0f} only: {own:.3f} on tomomatch's slice "
+            f"{t:+.0f}, {mirror:.3f} on slice {-t:+.0f}"
+        )
         assert own >= 0.85
         assert mirror <= 0.25
         assert own >= 4 * mirror
@@ -332,8 +341,7 @@ def test_imod_each_slice_carries_its_tilts_weight():
     ratio = _power_fraction(vol, s60 & ~s30) / _power_fraction(vol, s30 & ~s60)
     m60, m30 = _single_slice(-60.0), _single_slice(30.0)
     mirror_ratio = _power_fraction(vol, m60 & ~m30) / _power_fraction(vol, m30 & ~m60)
-    print(f"weights 1 : 0.25 -> power ratio {ratio:.2f} on tomomatch's slices, "
-          f"{mirror_ratio:.3f} on the mirrored ones")
+    print(f"weights 1 : 0.25 -> power ratio {ratio:.2f} on tomomatch's slices, {mirror_ratio:.3f} on the mirrored ones")
     assert 8.0 <= ratio <= 32.0
     assert mirror_ratio <= 0.5
 
@@ -412,15 +420,14 @@ def test_pytom_get_defocus_offsets(s):
         got = cv.defocus_offset_angstrom(x, z, tilts, s, mode="pytom")
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
         if s == -1:
-            np.testing.assert_allclose(cv.defocus_offset_angstrom(x, z, tilts, cv.hand_from_pytom(s)),
-                                       want, rtol=0, atol=1e-9)
-            np.testing.assert_allclose(cv.defocus_offset_angstrom(x, z, tilts, 1), want,
-                                       rtol=0, atol=1e-9)
+            np.testing.assert_allclose(
+                cv.defocus_offset_angstrom(x, z, tilts, cv.hand_from_pytom(s)), want, rtol=0, atol=1e-9
+            )
+            np.testing.assert_allclose(cv.defocus_offset_angstrom(x, z, tilts, 1), want, rtol=0, atol=1e-9)
         else:
             # pytom +1 has the x gradient of tomomatch -1 (its z term keeps the +1 sign)
             full_minus = cv.defocus_offset_angstrom(x, 0.0, tilts, -1)
-            np.testing.assert_allclose(full_minus, _pytom_get_defocus_offsets(x, 0.0, tilts, s),
-                                       rtol=0, atol=1e-9)
+            np.testing.assert_allclose(full_minus, _pytom_get_defocus_offsets(x, 0.0, tilts, s), rtol=0, atol=1e-9)
     assert cv.hand_to_pytom(+1) == -1
     assert cv.hand_to_pytom(-1) == +1
     assert cv.hand_from_pytom(-1) == +1

@@ -1,4 +1,5 @@
 """Tests of the handedness statistics, pairing, figure, report, CLI and per-particle rescoring."""
+
 from __future__ import annotations
 
 import json
@@ -8,20 +9,24 @@ import pytest
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
-from tomomatch.hand import (HandScores, compare_hands, hand_statistics, pair_particles, read_report,
-                            write_report)
+from tomomatch.hand import HandScores, compare_hands, hand_statistics, pair_particles, read_report, write_report
 from tomomatch.hand_plots import plot_hand, quadratic_fit_band
 
 
-def _synthetic(true_hand: int, n: int = 120, noise: float = 4e-4, gain_per_angstrom: float = 1e-6,
-               seed: int = 3) -> HandScores:
+def _synthetic(
+    true_hand: int, n: int = 120, noise: float = 4e-4, gain_per_angstrom: float = 1e-6, seed: int = 3
+) -> HandScores:
     """Scores whose true-hand advantage grows linearly with |x|, plus paired noise."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-2500.0, 2500.0, n)
     base = rng.normal(0.4, 0.03, n)  # particle-to-particle spread, shared by both hands
     gain = true_hand * gain_per_angstrom * np.abs(x)
-    return HandScores(x_angstrom=x, score_plus=base + gain / 2 + rng.normal(0, noise, n),
-                      score_minus=base - gain / 2 + rng.normal(0, noise, n), score_zero=base)
+    return HandScores(
+        x_angstrom=x,
+        score_plus=base + gain / 2 + rng.normal(0, noise, n),
+        score_minus=base - gain / 2 + rng.normal(0, noise, n),
+        score_zero=base,
+    )
 
 
 # --------------------------------------------------------------------------- statistics
@@ -144,8 +149,9 @@ def test_compare_hands_pairs_and_orients():
     pos = np.stack([sc.x_angstrom, rng.uniform(-2000, 2000, 80), rng.uniform(-300, 300, 80)], 1)
     perm = rng.permutation(80)
     # run A was matched with -1, run B with +1 and lists its particles in another order
-    paired, rep = compare_hands(pos, sc.score_minus, -1, pos[perm] + 5.0, sc.score_plus[perm], 1,
-                                max_distance_angstrom=20.0, seed=1)
+    paired, rep = compare_hands(
+        pos, sc.score_minus, -1, pos[perm] + 5.0, sc.score_plus[perm], 1, max_distance_angstrom=20.0, seed=1
+    )
     assert rep["pairing"]["n_pairs"] == 80
     assert rep["verdict"] == -1
     # each pair's x is the mean of its two positions; its delta is that particle's s(+1) - s(-1)
@@ -154,6 +160,7 @@ def test_compare_hands_pairs_and_orients():
     np.testing.assert_allclose(paired.x_angstrom[order], sc.x_angstrom[src] + 2.5)
     np.testing.assert_allclose(paired.delta[order], sc.delta[src])
     from tomomatch.errors import InputError
+
     with pytest.raises(InputError):
         compare_hands(pos, sc.score_minus, 1, pos, sc.score_plus, 1, max_distance_angstrom=20.0)
 
@@ -164,14 +171,14 @@ def test_compare_hands_pairs_and_orients():
 def test_quadratic_band_matches_statsmodels_style_formula():
     rng = np.random.default_rng(1)
     x = rng.uniform(-10, 10, 50)
-    y = 0.3 * x ** 2 - x + 2 + rng.normal(0, 1, 50)
+    y = 0.3 * x**2 - x + 2 + rng.normal(0, 1, 50)
     xe = np.array([-10.0, 0.0, 7.0])
     fit, lo, hi = quadratic_fit_band(x, y, xe)
     # independent: np.polyfit with its own covariance (scaled by chi2/dof)
     p, cov = np.polyfit(x, y, 2, cov="unscaled")
     resid = y - np.polyval(p, x)
     cov = cov * (resid @ resid) / (x.size - 3)
-    J = np.stack([xe ** 2, xe, np.ones_like(xe)], 1)
+    J = np.stack([xe**2, xe, np.ones_like(xe)], 1)
     se = np.sqrt(np.einsum("ij,jk,ik->i", J, cov, J))
     t = stats.t.ppf(0.975, x.size - 3)
     np.testing.assert_allclose(fit, np.polyval(p, xe), rtol=1e-9, atol=1e-9)
@@ -241,14 +248,24 @@ def test_rescore_ncc_matches_direct_computation():
     B = 16
     tmpl = rng.normal(size=(B, B, B)).astype(np.float32)
     zz, yy, xx = np.mgrid[:B, :B, :B] - B // 2
-    mask = ((xx ** 2 + yy ** 2 + zz ** 2) <= 6 ** 2).astype(np.float32)
+    mask = ((xx**2 + yy**2 + zz**2) <= 6**2).astype(np.float32)
     tomo = rng.normal(size=(30, 32, 34)).astype(np.float32)
     pos = np.array([[15, 16, 14]])
-    res = rescore_particles(tomo, 5.0, None, tmpl, mask, pos, np.eye(3)[None], hands=(1, -1),
-                            max_angle_deg=0, shift_voxels=0,
-                            weight_function=lambda c, h: np.ones((B, B, B // 2 + 1)))
+    res = rescore_particles(
+        tomo,
+        5.0,
+        None,
+        tmpl,
+        mask,
+        pos,
+        np.eye(3)[None],
+        hands=(1, -1),
+        max_angle_deg=0,
+        shift_voxels=0,
+        weight_function=lambda c, h: np.ones((B, B, B // 2 + 1)),
+    )
     x0, y0, z0 = pos[0]
-    sub = tomo[z0 - 8:z0 + 8, y0 - 8:y0 + 8, x0 - 8:x0 + 8].astype(float)
+    sub = tomo[z0 - 8 : z0 + 8, y0 - 8 : y0 + 8, x0 - 8 : x0 + 8].astype(float)
     m = mask.astype(bool)
     t, s = tmpl[m].astype(float), sub[m]
     direct = np.mean((t - t.mean()) * (s - s.mean())) / (t.std() * s.std())
@@ -271,14 +288,13 @@ def _tiny_gradient_case(true_hand, n=24, seed=0, B=32, voxel=4.0, noise=1.0, nx=
     order = np.argsort(np.abs(tilts), kind="stable")
     dose = np.empty_like(tilts)
     dose[order] = np.arange(tilts.size) * 3.0
-    ts = TiltSeries(tilt_angles_deg=tilts, accumulated_dose=dose,
-                    defocus_u_um=1.0 + rng.normal(0, 0.05, tilts.size))
+    ts = TiltSeries(tilt_angles_deg=tilts, accumulated_dose=dose, defocus_u_um=1.0 + rng.normal(0, 0.05, tilts.size))
     zz, yy, xx = np.mgrid[:B, :B, :B] - B // 2
     tmpl = np.zeros((B, B, B))
     for _ in range(12):
         c = rng.uniform(-7, 7, 3)
-        tmpl += np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * 1.5 ** 2))
-    mask = ((xx ** 2 + yy ** 2 + zz ** 2) <= (B // 2 - 2) ** 2).astype(np.float32)
+        tmpl += np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * 1.5**2))
+    mask = ((xx**2 + yy**2 + zz**2) <= (B // 2 - 2) ** 2).astype(np.float32)
     shape = (B + 8, B + 8, nx)
     tomo = np.zeros(shape, np.float32)
     xs = rng.choice(np.arange(B, nx - B, B + 2), n, replace=False)
@@ -291,7 +307,7 @@ def _tiny_gradient_case(true_hand, n=24, seed=0, B=32, voxel=4.0, noise=1.0, nx=
     for i in range(n):
         part = torch.fft.irfftn(torch.fft.rfftn(rotated[i]) * weights[i], s=(B, B, B)).numpy()
         x, y, z = pos[i]
-        tomo[z - B // 2:z + B // 2, y - B // 2:y + B // 2, x - B // 2:x + B // 2] += part
+        tomo[z - B // 2 : z + B // 2, y - B // 2 : y + B // 2, x - B // 2 : x + B // 2] += part
     tomo += rng.normal(0, noise * tomo[tomo != 0].std(), shape).astype(np.float32)
     start = Rotation.from_rotvec(rng.normal(0, np.deg2rad(2), (n, 3))).as_matrix() @ poses
     return tomo, voxel, ts, tmpl.astype(np.float32), mask, pos, start
@@ -345,18 +361,33 @@ def _fake_job(directory, name, hand, positions_xyz, peak_scores, shape_zyx=(24, 
     directory.mkdir(parents=True, exist_ok=True)
     scores = np.zeros(shape_zyx, np.float32)
     for (x, y, z), s in zip(positions_xyz, peak_scores):
-        scores[z - 1:z + 2, y - 1:y + 2, x - 1:x + 2] = 0.3 * s
+        scores[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = 0.3 * s
         scores[z, y, x] = s
     write_volume(directory / f"{name}_scores.mrc", scores, voxel)
     write_volume(directory / f"{name}_angles.mrc", np.zeros(shape_zyx, np.float32), voxel)
     write_rotations(directory / f"{name}_rotations.txt", np.eye(3)[None])
-    job = {"tomomatch_version": "test", "job_format": 1, "geometry_version": 2, "name": name, "tomogram": "none.mrc",
-           "tomogram_shape_zyx": list(shape_zyx), "voxel_size_angstrom": voxel,
-           "scores": f"{name}_scores.mrc", "angles": f"{name}_angles.mrc",
-           "rotations": f"{name}_rotations.txt", "particle_diameter_angstrom": 40.0,
-           "defocus_handedness": hand, "hand_mode": "full",
-           "search_statistics": {"n_voxels": int(np.prod(shape_zyx)), "n_rotations": 1,
-                                 "n_search": int(np.prod(shape_zyx)), "mean": 0.0, "std": 0.05}}
+    job = {
+        "tomomatch_version": "test",
+        "job_format": 1,
+        "geometry_version": 2,
+        "name": name,
+        "tomogram": "none.mrc",
+        "tomogram_shape_zyx": list(shape_zyx),
+        "voxel_size_angstrom": voxel,
+        "scores": f"{name}_scores.mrc",
+        "angles": f"{name}_angles.mrc",
+        "rotations": f"{name}_rotations.txt",
+        "particle_diameter_angstrom": 40.0,
+        "defocus_handedness": hand,
+        "hand_mode": "full",
+        "search_statistics": {
+            "n_voxels": int(np.prod(shape_zyx)),
+            "n_rotations": 1,
+            "n_search": int(np.prod(shape_zyx)),
+            "mean": 0.0,
+            "std": 0.05,
+        },
+    }
     path = directory / f"{name}_job.json"
     path.write_text(_json.dumps(job))
     return path
@@ -381,8 +412,9 @@ def test_cli_compare_hands_on_jobs(tmp_path, capsys):
 
     ja, jb, pos, s_plus, s_minus = _two_fake_runs(tmp_path, true_hand=-1)
     out = tmp_path / "cmp"
-    rc = main(["compare-hands", str(jb), str(ja), "-o", str(out), "--cutoff", "0.2",
-               "--min-particles", "8", "--radius", "15"])
+    rc = main(
+        ["compare-hands", str(jb), str(ja), "-o", str(out), "--cutoff", "0.2", "--min-particles", "8", "--radius", "15"]
+    )
     assert rc == 0
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["pairing"]["n_pairs"] == len(pos)
@@ -429,8 +461,23 @@ def test_cli_compare_hands_too_few_is_undetermined(tmp_path):
 
     ja, jb, *_ = _two_fake_runs(tmp_path)
     out = tmp_path / "few"
-    assert main(["compare-hands", str(ja), str(jb), "-o", str(out), "--cutoff", "0.2",
-                 "--min-particles", "50", "--no-figure"]) == 0
+    assert (
+        main(
+            [
+                "compare-hands",
+                str(ja),
+                str(jb),
+                "-o",
+                str(out),
+                "--cutoff",
+                "0.2",
+                "--min-particles",
+                "50",
+                "--no-figure",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["verdict"] == "undetermined" and "too few" in doc["reason"]
 
@@ -452,18 +499,45 @@ def test_run_hand_on_simulated_strong_gradient(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sim = simulate("ci", tmp_path / "sim", seed=4242, hand=-1, phantom_diameter_angstrom=100.0,
-                       n_particles=24, n_decoys=0, n_blobs=0, tomogram_size_xyz=(1400, 56, 40),
-                       voxel_size_angstrom=5.0, thickness_nm=14.0, defocus_um=1.5, tilt_step_deg=3.0,
-                       shot_noise=False)
+        sim = simulate(
+            "ci",
+            tmp_path / "sim",
+            seed=4242,
+            hand=-1,
+            phantom_diameter_angstrom=100.0,
+            n_particles=24,
+            n_decoys=0,
+            n_blobs=0,
+            tomogram_size_xyz=(1400, 56, 40),
+            voxel_size_angstrom=5.0,
+            thickness_nm=14.0,
+            defocus_um=1.5,
+            tilt_step_deg=3.0,
+            shot_noise=False,
+        )
     d = sim.out_dir
     ts = load_tilt_series(tilt_angles=d / "sim.rawtlt", dose=d / "sim_dose.txt", defocus=d / "sim.defocus")
     p = sim.particles
-    cand = pd.DataFrame({"x": p["tmVoxelIndexX"], "y": p["tmVoxelIndexY"], "z": p["tmVoxelIndexZ"],
-                         "rot": p["rlnAngleRot"], "tilt": p["rlnAngleTilt"], "psi": p["rlnAnglePsi"],
-                         "score": 1.0})
-    rep = run_hand(tmp_path / "hand", tomogram=d / "sim.mrc", template=d / "template.mrc", mask=d / "mask.mrc",
-                   tilt_series=ts, particles=cand, max_angle_deg=0.0)
+    cand = pd.DataFrame(
+        {
+            "x": p["tmVoxelIndexX"],
+            "y": p["tmVoxelIndexY"],
+            "z": p["tmVoxelIndexZ"],
+            "rot": p["rlnAngleRot"],
+            "tilt": p["rlnAngleTilt"],
+            "psi": p["rlnAnglePsi"],
+            "score": 1.0,
+        }
+    )
+    rep = run_hand(
+        tmp_path / "hand",
+        tomogram=d / "sim.mrc",
+        template=d / "template.mrc",
+        mask=d / "mask.mrc",
+        tilt_series=ts,
+        particles=cand,
+        max_angle_deg=0.0,
+    )
     assert rep["verdict"] == -1, rep["reason"]
     assert rep["p"] < 0.01
     assert rep["mean_score_minus"] > rep["mean_score_zero"] > rep["mean_score_plus"]
@@ -481,17 +555,45 @@ def test_cli_hand_bad_inputs(tmp_path, capsys):
     write_volume(tmp_path / "v.mrc", np.random.default_rng(1).normal(size=(32, 40, 48)), 10.0)
     (tmp_path / "a.rawtlt").write_text("\n".join(str(a) for a in range(-60, 61, 10)) + "\n")
     out = str(tmp_path / "h")
-    base = ["hand", "-o", out, "-v", str(tmp_path / "v.mrc"), "-t", str(tmp_path / "t.mrc"),
-            "-m", str(tmp_path / "m.mrc")]
+    base = [
+        "hand",
+        "-o",
+        out,
+        "-v",
+        str(tmp_path / "v.mrc"),
+        "-t",
+        str(tmp_path / "t.mrc"),
+        "-m",
+        str(tmp_path / "m.mrc"),
+    ]
     # metadata without defocus
     assert main(base + ["-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose"]) == 2
     # no metadata at all
     assert main(base) == 2
     # no tomogram
-    assert main(["hand", "-o", out, "-t", str(tmp_path / "t.mrc"), "-m", str(tmp_path / "m.mrc"),
-                 "-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose", "--defocus", "3"]) == 2
+    assert (
+        main(
+            [
+                "hand",
+                "-o",
+                out,
+                "-t",
+                str(tmp_path / "t.mrc"),
+                "-m",
+                str(tmp_path / "m.mrc"),
+                "-a",
+                str(tmp_path / "a.rawtlt"),
+                "--allow-missing-dose",
+                "--defocus",
+                "3",
+            ]
+        )
+        == 2
+    )
     # bad option values
-    assert main(base + ["-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose", "--defocus", "3", "--alpha", "2"]) == 2
+    assert (
+        main(base + ["-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose", "--defocus", "3", "--alpha", "2"]) == 2
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 4 and all(line.startswith("tomomatch hand: error:") for line in err)
     assert "defocus" in err[0] and "defocus" in err[1] and "tomogram" in err[2]
@@ -510,8 +612,26 @@ def test_cli_compare_hands_on_star_files(tmp_path):
         df = extract_candidates(j, cutoff=0.2)
         stars.append(write_particles(df, tmp_path / f"{j.stem}.star", "relion5", job=j))
     out = tmp_path / "cmp_star"
-    assert main(["compare-hands", str(stars[1]), str(stars[0]), "--hands", "-1", "1", "-o", str(out),
-                 "--min-particles", "8", "--radius", "15", "--no-figure"]) == 0
+    assert (
+        main(
+            [
+                "compare-hands",
+                str(stars[1]),
+                str(stars[0]),
+                "--hands",
+                "-1",
+                "1",
+                "-o",
+                str(out),
+                "--min-particles",
+                "8",
+                "--radius",
+                "15",
+                "--no-figure",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["pairing"]["n_pairs"] == len(pos) and doc["verdict"] == 1
     np.testing.assert_allclose(np.sort(doc["particles"]["delta"]), np.sort(s_plus - s_minus), atol=1e-6)
@@ -528,13 +648,42 @@ def test_cli_hand_star_outside_tomogram(tmp_path, capsys):
     write_volume(tmp_path / "m.mrc", np.ones((16, 16, 16)), 10.0)
     write_volume(tmp_path / "v.mrc", np.random.default_rng(1).normal(size=(24, 40, 120)), 10.0)
     job = _fake_job(tmp_path / "job", "j", 0, [[60, 20, 12]], [0.5])
-    df = pd.DataFrame({"x": [60.0, 500.0], "y": [20.0, 20.0], "z": [12.0, 12.0], "rot": 0.0, "tilt": 0.0,
-                       "psi": 0.0, "score": [0.5, 0.4], "score_sigma": [10.0, 8.0]})
+    df = pd.DataFrame(
+        {
+            "x": [60.0, 500.0],
+            "y": [20.0, 20.0],
+            "z": [12.0, 12.0],
+            "rot": 0.0,
+            "tilt": 0.0,
+            "psi": 0.0,
+            "score": [0.5, 0.4],
+            "score_sigma": [10.0, 8.0],
+        }
+    )
     star = write_particles(df, tmp_path / "c.star", "relion5", job=job)
     (tmp_path / "a.rawtlt").write_text("\n".join(str(a) for a in range(-60, 61, 10)) + "\n")
-    rc = main(["hand", "-o", str(tmp_path / "h"), "-v", str(tmp_path / "v.mrc"), "-t", str(tmp_path / "t.mrc"),
-               "-m", str(tmp_path / "m.mrc"), "-p", str(star), "--job", str(job),
-               "-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose", "--defocus", "3"])
+    rc = main(
+        [
+            "hand",
+            "-o",
+            str(tmp_path / "h"),
+            "-v",
+            str(tmp_path / "v.mrc"),
+            "-t",
+            str(tmp_path / "t.mrc"),
+            "-m",
+            str(tmp_path / "m.mrc"),
+            "-p",
+            str(star),
+            "--job",
+            str(job),
+            "-a",
+            str(tmp_path / "a.rawtlt"),
+            "--allow-missing-dose",
+            "--defocus",
+            "3",
+        ]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert rc == 2 and len(err) == 1 and "outside the tomogram" in err[0]
 
@@ -564,19 +713,42 @@ def test_cli_hand_runs_coarse_match_without_candidates(tmp_path):
     for _ in range(6):
         c = rng.uniform(-4, 4, 3)
         tmpl += np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / 2.0)
-    mask = ((xx ** 2 + yy ** 2 + zz ** 2) <= 7 ** 2).astype(np.float32)
+    mask = ((xx**2 + yy**2 + zz**2) <= 7**2).astype(np.float32)
     tomo = rng.normal(0, 0.05, (32, 32, 56)).astype(np.float32)
     for x0, R in ((14, np.eye(3)), (40, Rotation.from_euler("z", 90, degrees=True).as_matrix())):
-        tomo[8:24, 8:24, x0 - 8:x0 + 8] += rotate_volumes(tmpl, R[None])[0].numpy()
+        tomo[8:24, 8:24, x0 - 8 : x0 + 8] += rotate_volumes(tmpl, R[None])[0].numpy()
     write_volume(tmp_path / "t.mrc", tmpl, 10.0)
     write_volume(tmp_path / "m.mrc", mask, 10.0)
     write_volume(tmp_path / "v.mrc", tomo, 10.0)
     (tmp_path / "a.rawtlt").write_text("\n".join(str(a) for a in range(-60, 61, 10)) + "\n")
     out = tmp_path / "h"
-    rc = main(["hand", "-o", str(out), "-v", str(tmp_path / "v.mrc"), "-t", str(tmp_path / "t.mrc"),
-               "-m", str(tmp_path / "m.mrc"), "-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose", "--defocus", "3",
-               "--coarse-step", "45", "--particle-diameter", "150", "-n", "5", "--max-angle", "0",
-               "--no-figure"])
+    rc = main(
+        [
+            "hand",
+            "-o",
+            str(out),
+            "-v",
+            str(tmp_path / "v.mrc"),
+            "-t",
+            str(tmp_path / "t.mrc"),
+            "-m",
+            str(tmp_path / "m.mrc"),
+            "-a",
+            str(tmp_path / "a.rawtlt"),
+            "--allow-missing-dose",
+            "--defocus",
+            "3",
+            "--coarse-step",
+            "45",
+            "--particle-diameter",
+            "150",
+            "-n",
+            "5",
+            "--max-angle",
+            "0",
+            "--no-figure",
+        ]
+    )
     assert rc == 0
     doc = json.loads(out.with_suffix(".json").read_text())
     assert (tmp_path / "h_coarse" / "coarse_job.json").exists()
@@ -611,12 +783,28 @@ def test_hand_refuses_a_tomogram_or_particles_of_another_job(tmp_path):
     write_volume(tmp_path / "v.mrc", rng.normal(size=(16, 20, 24)).astype(np.float32), 10.0)
     write_volume(tmp_path / "w.mrc", rng.normal(size=(16, 20, 26)).astype(np.float32), 10.0)
     ts = TiltSeries(tilt_angles_deg=[-30.0, 0.0, 30.0], defocus_u_um=[3.0] * 3, hand=1)
-    job = run_match(tmp_path / "t.mrc", tmp_path / "m.mrc", tmp_path / "v.mrc", tmp_path / "o",
-                    angular_step_deg=90.0, tilt_series=ts)
+    job = run_match(
+        tmp_path / "t.mrc",
+        tmp_path / "m.mrc",
+        tmp_path / "v.mrc",
+        tmp_path / "o",
+        angular_step_deg=90.0,
+        tilt_series=ts,
+    )
     with pytest.raises(InputError, match="not the tomogram this job matched"):
         run_hand(tmp_path / "h", job=job, tomogram=tmp_path / "w.mrc")
-    parts = pd.DataFrame({"x": [12.0], "y": [10.0], "z": [8.0], "rot": 0.0, "tilt": 0.0, "psi": 0.0,
-                          "score": [0.5], "tomo_name": ["TS_99"]})
+    parts = pd.DataFrame(
+        {
+            "x": [12.0],
+            "y": [10.0],
+            "z": [8.0],
+            "rot": 0.0,
+            "tilt": 0.0,
+            "psi": 0.0,
+            "score": [0.5],
+            "tomo_name": ["TS_99"],
+        }
+    )
     with pytest.raises(InputError, match="TS_99") as exc:
         run_hand(tmp_path / "h", job=job, particles=parts)
     assert exc.value.field == "rlnTomoName"

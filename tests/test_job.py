@@ -1,4 +1,5 @@
 """Whole match jobs: CLI outputs and job file, split vs unsplit, gradient offsets, resume, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,9 @@ def data(tmp_path_factory):
     vol = np.random.default_rng(0).normal(0, 0.15, SHAPE)
     truth = [((12, 10, 9), 17), ((15, 22, 30), 41)]
     for (pz, py, px), k in truth:
-        vol[pz - N // 2:pz + N // 2, py - N // 2:py + N // 2, px - N // 2:px + N // 2] += \
-            M.rotate_volume(_template(), rots[k], order=3)
+        vol[pz - N // 2 : pz + N // 2, py - N // 2 : py + N // 2, px - N // 2 : px + N // 2] += M.rotate_volume(
+            _template(), rots[k], order=3
+        )
     write_volume(d / "tomo.mrc", vol, VOXEL)
     write_volume(d / "tmpl.mrc", _template(), VOXEL)
     write_volume(d / "mask.mrc", _mask(), VOXEL)
@@ -54,8 +56,19 @@ def data(tmp_path_factory):
 
 def _args(data, out, *extra):
     d = data["dir"]
-    return ["match", "-t", str(d / "tmpl.mrc"), "-m", str(d / "mask.mrc"), "-v", str(d / "tomo.mrc"),
-            "-d", str(out), "--quiet", *extra]
+    return [
+        "match",
+        "-t",
+        str(d / "tmpl.mrc"),
+        "-m",
+        str(d / "mask.mrc"),
+        "-v",
+        str(d / "tomo.mrc"),
+        "-d",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _read(path):
@@ -67,16 +80,45 @@ def test_cli_outputs_and_job_file(data, tmp_path):
     out = tmp_path / "out"
     assert main(_args(data, out, "--angular-step", "90", "--name", "j")) == 0
     job = read_job(out / "j_job.json")
-    for key in ("tomomatch_version", "job_format", "name", "tomogram", "tomogram_shape_zyx",
-                "voxel_size_angstrom", "template", "mask", "template_shape_zyx", "mask_is_spherical",
-                "scores", "angles", "rotations", "angular_step_deg", "symmetry", "n_rotations",
-                "particle_diameter_angstrom", "defocus_handedness", "hand_mode", "tiles", "tile_regions",
-                "weighting", "tilt_series", "relion", "search_statistics", "device", "elapsed_s", "command"):
+    for key in (
+        "tomomatch_version",
+        "job_format",
+        "name",
+        "tomogram",
+        "tomogram_shape_zyx",
+        "voxel_size_angstrom",
+        "template",
+        "mask",
+        "template_shape_zyx",
+        "mask_is_spherical",
+        "scores",
+        "angles",
+        "rotations",
+        "angular_step_deg",
+        "symmetry",
+        "n_rotations",
+        "particle_diameter_angstrom",
+        "defocus_handedness",
+        "hand_mode",
+        "tiles",
+        "tile_regions",
+        "weighting",
+        "tilt_series",
+        "relion",
+        "search_statistics",
+        "device",
+        "elapsed_s",
+        "command",
+    ):
         assert key in job, key
     assert job["tomogram_shape_zyx"] == list(SHAPE) and job["mask_is_spherical"] is True
     # the engine that produced the maps: packed pairs, separate kernels on a small CPU tile
-    assert {k: job["engine"][k] for k in ("packed_pairs", "fold", "fft_sizes", "fft_library")} == \
-        {"packed_pairs": True, "fold": "separate", "fft_sizes": "5-smooth", "fft_library": "torch"}
+    assert {k: job["engine"][k] for k in ("packed_pairs", "fold", "fft_sizes", "fft_library")} == {
+        "packed_pairs": True,
+        "fold": "separate",
+        "fft_sizes": "5-smooth",
+        "fft_library": "torch",
+    }
     assert (out / job["tomogram"]).resolve() == (data["dir"] / "tomo.mrc").resolve()
     scores, angles = _read(out / "j_scores.mrc"), _read(out / "j_angles.mrc")
     assert scores.dtype == np.float32 and angles.dtype == np.float32 and scores.shape == SHAPE
@@ -104,12 +146,30 @@ def test_split_equals_unsplit_without_gradient(data, tmp_path):
     d = data["dir"]
     common = dict(rotations=data["rots"][:24], wedge="per_tilt", low_pass_angstrom=25.0, quiet=True)
     from tomomatch.tiltseries import TiltSeries
-    ts = TiltSeries(tilt_angles_deg=TILTS, defocus_u_um=np.full(TILTS.size, 3.0),
-                    accumulated_dose=np.arange(TILTS.size) * 3.0)
-    a = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "a", tilt_series=ts,
-                  defocus_handedness=0, tiles=(1, 1, 1), **common)
-    b = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "b", tilt_series=ts,
-                  defocus_handedness=0, tiles=(3, 2, 1), **common)
+
+    ts = TiltSeries(
+        tilt_angles_deg=TILTS, defocus_u_um=np.full(TILTS.size, 3.0), accumulated_dose=np.arange(TILTS.size) * 3.0
+    )
+    a = run_match(
+        d / "tmpl.mrc",
+        d / "mask.mrc",
+        d / "tomo.mrc",
+        tmp_path / "a",
+        tilt_series=ts,
+        defocus_handedness=0,
+        tiles=(1, 1, 1),
+        **common,
+    )
+    b = run_match(
+        d / "tmpl.mrc",
+        d / "mask.mrc",
+        d / "tomo.mrc",
+        tmp_path / "b",
+        tilt_series=ts,
+        defocus_handedness=0,
+        tiles=(3, 2, 1),
+        **common,
+    )
     assert len(b["tile_regions"]) == 6
     sa, sb = _read(tmp_path / "a" / "tomo_scores.mrc"), _read(tmp_path / "b" / "tomo_scores.mrc")
     aa, ab = _read(tmp_path / "a" / "tomo_angles.mrc"), _read(tmp_path / "b" / "tomo_angles.mrc")
@@ -122,16 +182,27 @@ def test_split_equals_unsplit_without_gradient(data, tmp_path):
     assert b["search_statistics"]["std"] == pytest.approx(a["search_statistics"]["std"], rel=2e-3)
 
     # with a hand, outer tiles get their own defocus; the centre x-tile (zero offset) is unchanged
-    c = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "c", tilt_series=ts,
-                  defocus_handedness=1, tiles=(3, 1, 1), **common)
+    c = run_match(
+        d / "tmpl.mrc",
+        d / "mask.mrc",
+        d / "tomo.mrc",
+        tmp_path / "c",
+        tilt_series=ts,
+        defocus_handedness=1,
+        tiles=(3, 1, 1),
+        **common,
+    )
     sc = _read(tmp_path / "c" / "tomo_scores.mrc")
     regs = c["tile_regions"]
     assert np.allclose(regs[1]["defocus_offsets_um"], 0) and not np.allclose(regs[0]["defocus_offsets_um"], 0)
     x0, x1 = regs[1]["unique_start_zyx"][2], regs[1]["unique_stop_zyx"][2]
     centre = (slice(N // 2, SHAPE[0] - N // 2), slice(N // 2, SHAPE[1] - N // 2), slice(x0, x1))
     assert np.abs(sc[centre] - sa[centre]).max() < 1e-5
-    left = (slice(N // 2, SHAPE[0] - N // 2), slice(N // 2, SHAPE[1] - N // 2),
-            slice(N // 2, regs[0]["unique_stop_zyx"][2]))
+    left = (
+        slice(N // 2, SHAPE[0] - N // 2),
+        slice(N // 2, SHAPE[1] - N // 2),
+        slice(N // 2, regs[0]["unique_stop_zyx"][2]),
+    )
     assert np.abs(sc[left] - sa[left]).max() > 1e-4
     # hand-computed offset of the left tile: x centre index 7 of 44 -> (7 - 22) * 10 = -150 A
     assert regs[0]["centre_angstrom_xyz"][0] == -150.0
@@ -141,8 +212,9 @@ def test_split_equals_unsplit_without_gradient(data, tmp_path):
 
 def _run_cli_subprocess(args, **kw):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "tomomatch", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tomomatch", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+    )
 
 
 def _job_without_run_fields(path):
@@ -159,8 +231,20 @@ def test_resume_after_sigkill_gives_identical_outputs(data, tmp_path, monkeypatc
     if fftw_x_pass:
         pytest.importorskip("pyfftw")
         monkeypatch.setenv("TOMOMATCH_FFTW_MIN_VOXELS", "0")
-    common = ["--angular-step", "60", "--tiles", "2", "1", "1", "--batch-size", "1",
-              "--checkpoint-interval", "0", "--name", "r"]
+    common = [
+        "--angular-step",
+        "60",
+        "--tiles",
+        "2",
+        "1",
+        "1",
+        "--batch-size",
+        "1",
+        "--checkpoint-interval",
+        "0",
+        "--name",
+        "r",
+    ]
     ref = _run_cli_subprocess(_args(data, tmp_path / "ref", *common))
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
 
@@ -239,8 +323,16 @@ def test_old_geometry_checkpoints_and_job_files_stop_with_one_line(data, tmp_pat
 
 def test_random_phase_and_exact_method_run(data, tmp_path):
     d = data["dir"]
-    job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, rotations=data["rots"][:8],
-                    random_phase=True, method="exact", quiet=True)
+    job = run_match(
+        d / "tmpl.mrc",
+        d / "mask.mrc",
+        d / "tomo.mrc",
+        tmp_path,
+        rotations=data["rots"][:8],
+        random_phase=True,
+        method="exact",
+        quiet=True,
+    )
     assert job["weighting"]["random_phase"] is True and job["method"] == "exact"
     assert job["random_phase_noise_mean"] is not None
 
@@ -250,8 +342,11 @@ def test_random_phase_and_exact_method_run(data, tmp_path):
 
 def _bad(data, tmp_path, *extra, files=None):
     out = tmp_path / "bad"
-    rc = main(_args(data, out, "--angular-step", "90", *extra) if files is None else
-              ["match", *files, "-d", str(out), "--quiet", "--angular-step", "90", *extra])
+    rc = main(
+        _args(data, out, "--angular-step", "90", *extra)
+        if files is None
+        else ["match", *files, "-d", str(out), "--quiet", "--angular-step", "90", *extra]
+    )
     assert rc == 2
     assert not out.exists() or not any(out.iterdir())
 
@@ -260,8 +355,11 @@ def test_bad_inputs_exit_2_without_output(data, tmp_path, capsys):
     d = data["dir"]
     # template box larger than the tomogram
     write_volume(tmp_path / "big.mrc", np.zeros((40, 40, 40), np.float32), VOXEL)
-    _bad(data, tmp_path, files=["-t", str(tmp_path / "big.mrc"), "-m", str(tmp_path / "big.mrc"),
-                                "-v", str(d / "tomo.mrc")])
+    _bad(
+        data,
+        tmp_path,
+        files=["-t", str(tmp_path / "big.mrc"), "-m", str(tmp_path / "big.mrc"), "-v", str(d / "tomo.mrc")],
+    )
     # template and mask shapes differ
     write_volume(tmp_path / "m10.mrc", np.ones((10, 10, 10), np.float32), VOXEL)
     _bad(data, tmp_path, files=["-t", str(d / "tmpl.mrc"), "-m", str(tmp_path / "m10.mrc"), "-v", str(d / "tomo.mrc")])
@@ -278,6 +376,7 @@ def test_bad_inputs_exit_2_without_output(data, tmp_path, capsys):
     _bad(data, tmp_path, "--tiles", "8", "1", "1")
     # CUDA where there is none
     import torch
+
     if not torch.cuda.is_available():
         _bad(data, tmp_path, "--device", "cuda")
     # tilt metadata count mismatch (dose file with a wrong count)
@@ -290,14 +389,25 @@ def test_bad_inputs_exit_2_without_output(data, tmp_path, capsys):
 def test_options_whiten_binary_wedge_auto_tiles_and_metadata_hand(data, tmp_path):
     from tomomatch.tiles import auto_tile_counts
     from tomomatch.tiltseries import TiltSeries
+
     d = tmp_path / "in"  # the same data at 0.5 A voxels, so that the gradient matters here
     write_volume(d / "tomo.mrc", data["vol"].astype(np.float32), 0.5)
     write_volume(d / "tmpl.mrc", _template(), 0.5)
     write_volume(d / "mask.mrc", _mask(), 0.5)
     ts = TiltSeries(tilt_angles_deg=TILTS, defocus_u_um=np.full(TILTS.size, 3.0), hand=-1)
-    job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, rotations=data["rots"][:4],
-                    tilt_series=ts, wedge="binary", whiten=True, high_pass_angstrom=20.0, tiles="auto",
-                    quiet=True)
+    job = run_match(
+        d / "tmpl.mrc",
+        d / "mask.mrc",
+        d / "tomo.mrc",
+        tmp_path,
+        rotations=data["rots"][:4],
+        tilt_series=ts,
+        wedge="binary",
+        whiten=True,
+        high_pass_angstrom=20.0,
+        tiles="auto",
+        quiet=True,
+    )
     assert job["defocus_handedness"] == -1  # from the metadata
     want = auto_tile_counts(SHAPE, 0.5, N, TILTS, 1.0, 300.0, -1)
     assert job["tiles"] == list(want) and want[0] > 1  # fine voxels: the gradient needs tiles
@@ -305,8 +415,9 @@ def test_options_whiten_binary_wedge_auto_tiles_and_metadata_hand(data, tmp_path
     assert w["wedge"] == "binary" and w["whitening"] is True and w["ctf"] == "signed"
     for reg in job["tile_regions"]:  # h = -1 offsets: -(-x sin t + z cos t) (RELION's depth)
         x, _, z = reg["centre_angstrom_xyz"]
-        np.testing.assert_allclose(reg["defocus_offsets_um"],
-                                   -(-x * np.sin(np.radians(TILTS)) + z * np.cos(np.radians(TILTS))) / 1e4)
+        np.testing.assert_allclose(
+            reg["defocus_offsets_um"], -(-x * np.sin(np.radians(TILTS)) + z * np.cos(np.radians(TILTS))) / 1e4
+        )
     scores = _read(tmp_path / "tomo_scores.mrc")
     assert np.all(np.isfinite(scores))
 
@@ -335,10 +446,17 @@ def test_random_phase_scores_keep_the_scale_of_the_search_statistics(tmp_path):
     write_volume(tmp_path / "m.mrc", sphere_mask(12, 5), 10.0)
     counts = {}
     for rp in (False, True):
-        job = run_match(tmp_path / "t.mrc", tmp_path / "m.mrc", tmp_path / "v.mrc", tmp_path / f"rp{rp}",
-                        angular_step_deg=40.0, random_phase=rp)
-        table = extract_candidates(job, max_particles=50, particle_diameter_angstrom=60.0,
-                                   cutoff_method="gaussian", false_alarms=1.0)
+        job = run_match(
+            tmp_path / "t.mrc",
+            tmp_path / "m.mrc",
+            tmp_path / "v.mrc",
+            tmp_path / f"rp{rp}",
+            angular_step_deg=40.0,
+            random_phase=rp,
+        )
+        table = extract_candidates(
+            job, max_particles=50, particle_diameter_angstrom=60.0, cutoff_method="gaussian", false_alarms=1.0
+        )
         counts[rp] = len(table)
         if rp:
             scores = _read(tmp_path / f"rp{rp}" / "v_scores.mrc")
@@ -354,14 +472,16 @@ def test_tomogram_of_another_size_than_relion_says_is_refused(data, tmp_path):
     d = data["dir"]
     # SHAPE is (z, y, x); RELION's unbinned size at binning 2 would be twice each axis
     x, y, z = SHAPE[2], SHAPE[1], SHAPE[0]
-    ok = TiltSeries(tilt_angles_deg=[-30.0, 0.0, 30.0], extra={"size_xyz_unbinned": (2 * x, 2 * y, 2 * z + 1),
-                                                                "binning": 2.0, "tomograms_star": "t.star"})
+    ok = TiltSeries(
+        tilt_angles_deg=[-30.0, 0.0, 30.0],
+        extra={"size_xyz_unbinned": (2 * x, 2 * y, 2 * z + 1), "binning": 2.0, "tomograms_star": "t.star"},
+    )
     plan_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, tilt_series=ok, rotations=data["rots"][:2])
-    bad = ok.with_(extra={"size_xyz_unbinned": (2 * x + 16, 2 * y, 2 * z), "binning": 2.0,
-                          "tomograms_star": "t.star"})
+    bad = ok.with_(extra={"size_xyz_unbinned": (2 * x + 16, 2 * y, 2 * z), "binning": 2.0, "tomograms_star": "t.star"})
     with pytest.raises(InputError, match="rlnTomoSizeX/Y/Z") as exc:
-        plan_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, tilt_series=bad,
-                   rotations=data["rots"][:2])
+        plan_match(
+            d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, tilt_series=bad, rotations=data["rots"][:2]
+        )
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "tomo_checkpoints").exists()
 
@@ -379,8 +499,9 @@ def test_default_processes_recorded_and_small_searches_stay_in_process(data, tmp
     job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path, rotations=data["rots"][:4])
     ex = job["execution"]
     assert ex["processes_rule"] == "auto" and ex["processes"] == 1 and ex["available_cpus"] >= 1
-    job = run_match(d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "b", rotations=data["rots"][:4],
-                    processes=1)
+    job = run_match(
+        d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path / "b", rotations=data["rots"][:4], processes=1
+    )
     assert job["execution"] == {**ex, "processes_rule": "given"}
 
 
@@ -390,7 +511,8 @@ def test_pool_workers_die_with_a_killed_parent(data, tmp_path):
     script = (
         "import sys; from tomomatch.job import run_match; from tomomatch.angles import uniform_rotations\n"
         f"run_match({str(d / 'tmpl.mrc')!r}, {str(d / 'mask.mrc')!r}, {str(d / 'tomo.mrc')!r}, {str(tmp_path)!r},"
-        " rotations=uniform_rotations(12.0), processes=2, rotations_per_unit=40, checkpoint_interval_s=0)\n")
+        " rotations=uniform_rotations(12.0), processes=2, rotations_per_unit=40, checkpoint_interval_s=0)\n"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script])
 
     def children(pid):
@@ -417,6 +539,9 @@ def test_pool_workers_die_with_a_killed_parent(data, tmp_path):
     alive = kids
     while time.time() < deadline and alive:
         time.sleep(0.2)
-        alive = [k for k in kids if Path(f"/proc/{k}").exists()
-                 and Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        alive = [
+            k
+            for k in kids
+            if Path(f"/proc/{k}").exists() and Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        ]
     assert not alive, f"workers {alive} outlived their parent"

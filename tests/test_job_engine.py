@@ -1,5 +1,6 @@
 """The engine configuration in a job (checkpoint key, job file, resume) and the job's error
 paths that must not hide engine failures (damaged checkpoints only; thread counts restored)."""
+
 from __future__ import annotations
 
 import io
@@ -22,8 +23,14 @@ from tomomatch.mrcio import write_volume
 from _synthetic import asymmetric_template, sphere_mask
 
 N = 12
-_ENGINE_VARS = ("TOMOMATCH_FFT_SIZES", "TOMOMATCH_FFTW", "TOMOMATCH_FFTW_MIN_VOXELS", "TOMOMATCH_PACKED",
-                "TOMOMATCH_FUSED", "TRITON_INTERPRET")
+_ENGINE_VARS = (
+    "TOMOMATCH_FFT_SIZES",
+    "TOMOMATCH_FFTW",
+    "TOMOMATCH_FFTW_MIN_VOXELS",
+    "TOMOMATCH_PACKED",
+    "TOMOMATCH_FUSED",
+    "TRITON_INTERPRET",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +52,16 @@ def clean_env(monkeypatch):
 
 
 def _plan(files, out, **kw):
-    return plan_match(files / "tmpl.mrc", files / "mask.mrc", files / "tomo.mrc", out,
-                      rotations=uniform_rotations(90.0)[:8], name="e", batch_size=2, **kw)
+    return plan_match(
+        files / "tmpl.mrc",
+        files / "mask.mrc",
+        files / "tomo.mrc",
+        out,
+        rotations=uniform_rotations(90.0)[:8],
+        name="e",
+        batch_size=2,
+        **kw,
+    )
 
 
 def test_engine_config_enters_the_key_and_a_unit_is_not_resumed_under_another(files, tmp_path, clean_env):
@@ -67,7 +82,7 @@ def test_engine_config_enters_the_key_and_a_unit_is_not_resumed_under_another(fi
     run_unit(a, u)
     assert load_unit(a, u).done == u.stop
     assert load_unit(b, u) is None  # the same file, computed under the other configuration
-    prepare_checkpoints(b)          # the folder of another key is discarded
+    prepare_checkpoints(b)  # the folder of another key is discarded
     assert not a.unit_path(u).exists()
     results = execute_local(b)
     assert [r.resumed for r in results] == [0] * len(b.units)
@@ -75,8 +90,15 @@ def test_engine_config_enters_the_key_and_a_unit_is_not_resumed_under_another(fi
 
 def test_job_file_records_the_engine_config(files, tmp_path, clean_env):
     cfg = EngineConfig(packed=False, fftw=False)
-    job = run_match(files / "tmpl.mrc", files / "mask.mrc", files / "tomo.mrc", tmp_path,
-                    rotations=uniform_rotations(90.0)[:4], name="j", engine=cfg)
+    job = run_match(
+        files / "tmpl.mrc",
+        files / "mask.mrc",
+        files / "tomo.mrc",
+        tmp_path,
+        rotations=uniform_rotations(90.0)[:4],
+        name="j",
+        engine=cfg,
+    )
     assert job["engine"]["config"] == cfg.to_json()
     assert EngineConfig.from_json(job["engine"]["config"]) == cfg
     assert job["engine"]["packed_pairs"] is False and job["engine"]["fft_library"] == "scipy"
@@ -103,6 +125,7 @@ def test_damaged_checkpoints_are_recomputed_other_errors_propagate(files, tmp_pa
     def fail(exc):
         def f(*args, **kwargs):
             raise exc
+
         return f
 
     # not a damaged file: a failure of this machine, which must not be taken for one
@@ -142,11 +165,13 @@ def test_huge_pages_are_set_where_the_engine_starts_not_on_import(clean_env):
     configure_allocator()
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
     # importing tomomatch (the engine included) leaves it alone; the command line sets it first
-    script = ("import os, tomomatch, tomomatch.matching, tomomatch.job\n"
-              "print('THP', os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
-              "from tomomatch.cli import main\n"
-              "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
-              "print('THP', os.environ.get('THP_MEM_ALLOC_ENABLE'))\n")
+    script = (
+        "import os, tomomatch, tomomatch.matching, tomomatch.job\n"
+        "print('THP', os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+        "from tomomatch.cli import main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print('THP', os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)

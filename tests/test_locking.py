@@ -1,4 +1,5 @@
 """One run per job folder and name."""
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,17 @@ def test_second_run_stops_with_one_line_and_release_frees(tmp_path):
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / "job.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
-                                                    "started": time.time(), "command": "match"}))
+    (tmp_path / "job.lock").write_text(
+        json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": time.time(), "command": "match"})
+    )
     with JobLock(tmp_path, "job"):
         assert json.loads((tmp_path / "job.lock").read_text())["pid"] != dead.pid
 
 
 def test_lock_of_another_host_is_not_taken_over(tmp_path):
-    (tmp_path / "job.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": time.time(),
-                                                    "command": "batch"}))
+    (tmp_path / "job.lock").write_text(
+        json.dumps({"pid": 1, "host": "elsewhere", "started": time.time(), "command": "batch"})
+    )
     with pytest.raises(InputError, match="elsewhere"):
         JobLock(tmp_path, "job").acquire()
     assert (tmp_path / "job.lock").exists()

@@ -1,4 +1,5 @@
 """Masks against analytic values; is_spherical; the mask CLI."""
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ def test_sphere_hard_radius_and_centre(n):
     # diagonal point (6, 6, 3): distance exactly 9 -> inside; (6, 6, 4): 9.38 -> outside
     assert m[c + 3, c + 6, c + 6] == 1 and m[c + 4, c + 6, c + 6] == 0
     # volume close to the continuous sphere
-    assert abs(m.sum() / (4 / 3 * math.pi * r ** 3) - 1) < 0.03
+    assert abs(m.sum() / (4 / 3 * math.pi * r**3) - 1) < 0.03
     # centre of mass at n // 2
     com = [(g * m).sum() / m.sum() for g in np.indices(m.shape)]
     np.testing.assert_allclose(com, [c, c, c], atol=1e-9)
@@ -37,16 +38,16 @@ def test_sphere_soft_edge_values():
     c = n // 2
     assert m.min() >= 0 and m.max() <= 1
     assert m[c, c, c + 8] == pytest.approx(1.0)
-    assert m[c, c, c + 10] == pytest.approx(math.exp(-0.5), rel=1e-6)       # r + sigma
-    assert m[c, c + 12, c] == pytest.approx(math.exp(-2.0), rel=1e-6)       # r + 2 sigma
-    assert m[c - 14, c, c] == pytest.approx(math.exp(-4.5), rel=1e-6)       # r + 3 sigma (kept)
-    assert m[c - 15, c, c] == 0.0                                           # beyond 3 sigma
+    assert m[c, c, c + 10] == pytest.approx(math.exp(-0.5), rel=1e-6)  # r + sigma
+    assert m[c, c + 12, c] == pytest.approx(math.exp(-2.0), rel=1e-6)  # r + 2 sigma
+    assert m[c - 14, c, c] == pytest.approx(math.exp(-4.5), rel=1e-6)  # r + 3 sigma (kept)
+    assert m[c - 15, c, c] == 0.0  # beyond 3 sigma
     # off-axis: point (3, 4, 12) has distance 13 -> 2.5 sigma outside
-    assert m[c + 12, c + 4, c + 3] == pytest.approx(math.exp(-0.5 * 2.5 ** 2), rel=1e-6)
+    assert m[c + 12, c + 4, c + 3] == pytest.approx(math.exp(-0.5 * 2.5**2), rel=1e-6)
 
 
 def test_sphere_custom_centre_is_xyz():
-    m = spherical_mask((20, 30, 40), 3.0, centre=(30, 10, 5))      # x, y, z
+    m = spherical_mask((20, 30, 40), 3.0, centre=(30, 10, 5))  # x, y, z
     zz, yy, xx = np.nonzero(m)
     assert (xx.mean(), yy.mean(), zz.mean()) == pytest.approx((30, 10, 5))
 
@@ -77,17 +78,18 @@ def test_is_spherical(n):
     assert is_spherical(spherical_mask(n, 6))
     assert not is_spherical(ellipsoid_mask(n, (6, 6, 5), 1.0))
     c = n // 2
-    assert not is_spherical(spherical_mask(n, 6, centre=(c + 1, c, c)))   # off-centre
-    assert not is_spherical(spherical_mask(n, n / 2 + 2))                  # cut by the box edge
+    assert not is_spherical(spherical_mask(n, 6, centre=(c + 1, c, c)))  # off-centre
+    assert not is_spherical(spherical_mask(n, n / 2 + 2))  # cut by the box edge
     assert not is_spherical(np.ones((n, n, n), np.float32))
     bumped = spherical_mask(n, 6, 1.5)
-    bumped[c, c, c + 3] = 0.5                                               # one voxel changed
+    bumped[c, c, c + 3] = 0.5  # one voxel changed
     assert not is_spherical(bumped)
     assert is_spherical(np.zeros((n, n, n)))
 
 
 def test_bad_radius_and_sigma():
     from tomomatch.errors import InputError
+
     with pytest.raises(InputError):
         spherical_mask(16, 0)
     with pytest.raises(InputError):
@@ -98,8 +100,7 @@ def test_bad_radius_and_sigma():
 
 def test_cli_mask_sphere_and_header(tmp_path):
     out = tmp_path / "m.mrc"
-    assert main(["mask", "-o", str(out), "-b", "32", "--voxel-size", "8.56",
-                 "--radius", "10", "--sigma", "1"]) == 0
+    assert main(["mask", "-o", str(out), "-b", "32", "--voxel-size", "8.56", "--radius", "10", "--sigma", "1"]) == 0
     with mrcfile.open(out) as f:
         assert f.voxel_size.x == pytest.approx(8.56, rel=1e-6)
         np.testing.assert_allclose(f.data, spherical_mask(32, 10, 1))
@@ -107,13 +108,28 @@ def test_cli_mask_sphere_and_header(tmp_path):
 
 def test_cli_mask_angstrom_units(tmp_path):
     out = tmp_path / "m.mrc"
-    assert main(["mask", "-o", str(out), "-b", "30", "--voxel-size", "5",
-                 "--radius-angstrom", "50", "--sigma-angstrom", "10"]) == 0
+    assert (
+        main(
+            [
+                "mask",
+                "-o",
+                str(out),
+                "-b",
+                "30",
+                "--voxel-size",
+                "5",
+                "--radius-angstrom",
+                "50",
+                "--sigma-angstrom",
+                "10",
+            ]
+        )
+        == 0
+    )
     with mrcfile.open(out) as f:
         np.testing.assert_allclose(f.data, spherical_mask(30, 10, 2))
     out2 = tmp_path / "e.mrc"
-    assert main(["mask", "-o", str(out2), "-b", "30", "--voxel-size", "5",
-                 "--radii-angstrom", "50", "40", "30"]) == 0
+    assert main(["mask", "-o", str(out2), "-b", "30", "--voxel-size", "5", "--radii-angstrom", "50", "40", "30"]) == 0
     with mrcfile.open(out2) as f:
         np.testing.assert_allclose(f.data, ellipsoid_mask(30, (10, 8, 6)))
 

@@ -1,4 +1,5 @@
 """Tests of the correlation engine (tomomatch.matching) on small simulated volumes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,15 +18,17 @@ N = 16
 
 def _template(n=N):
     z, y, x = np.indices((n, n, n)) - n // 2
-    t = (np.exp(-((x - 2) ** 2 + y ** 2 + (z + 1) ** 2) / 4.0)
-         + 0.7 * np.exp(-((x + 2) ** 2 + (y - 3) ** 2 + z ** 2) / 3.0)
-         + 0.5 * np.exp(-(x ** 2 + (y + 2) ** 2 + (z - 3) ** 2) / 2.0))
+    t = (
+        np.exp(-((x - 2) ** 2 + y**2 + (z + 1) ** 2) / 4.0)
+        + 0.7 * np.exp(-((x + 2) ** 2 + (y - 3) ** 2 + z**2) / 3.0)
+        + 0.5 * np.exp(-(x**2 + (y + 2) ** 2 + (z - 3) ** 2) / 2.0)
+    )
     return t.astype(np.float32)
 
 
 def _sphere(n=N, r=6.5):
     z, y, x = np.indices((n, n, n)) - n // 2
-    return (np.sqrt(x ** 2 + y ** 2 + z ** 2) <= r).astype(np.float32)
+    return (np.sqrt(x**2 + y**2 + z**2) <= r).astype(np.float32)
 
 
 def _ellipsoid(n=N):
@@ -42,7 +45,7 @@ def _tomogram(noise=0.05, shape=(40, 48, 46), template=None, seed=1, truth=TRUTH
     vol = np.zeros(shape)
     for (pz, py, px), k in truth:
         tr = M.rotate_volume(t, ROTS[k], order=3)
-        vol[pz - N // 2:pz + N - N // 2, py - N // 2:py + N - N // 2, px - N // 2:px + N - N // 2] += tr
+        vol[pz - N // 2 : pz + N - N // 2, py - N // 2 : py + N - N // 2, px - N // 2 : px + N - N // 2] += tr
     return vol + np.random.default_rng(seed).normal(0, noise, shape) if noise else vol
 
 
@@ -81,7 +84,7 @@ def test_normalise_under_mask_soft_mask():
     tn = M.normalise_under_mask(torch.as_tensor(t), torch.as_tensor(m)).numpy()
     that = np.divide(tn, m)
     assert np.isclose(np.sum(m * that), 0, atol=1e-8)
-    assert np.isclose(np.sum(m * that ** 2), m.sum(), rtol=1e-8)
+    assert np.isclose(np.sum(m * that**2), m.sum(), rtol=1e-8)
 
 
 def test_fast_fft_shape_is_5_smooth():
@@ -121,7 +124,7 @@ def _reference_flcf(vol, template, mask, mask_r, rot, pos):
     sd_t = np.sqrt(np.sum(mask_r * (t_r - mu_t) ** 2) / w)
     that = (t_r - mu_t) / sd_t
     c = N // 2
-    patch = vol[pos[0] - c:pos[0] - c + N, pos[1] - c:pos[1] - c + N, pos[2] - c:pos[2] - c + N]
+    patch = vol[pos[0] - c : pos[0] - c + N, pos[1] - c : pos[1] - c + N, pos[2] - c : pos[2] - c + N]
     mu_v = np.sum(mask_r * patch) / w
     sd_v = np.sqrt(np.sum(mask_r * (patch - mu_v) ** 2) / w)
     return np.sum(mask_r * that * (patch - mu_v)) / (w * sd_v)
@@ -136,9 +139,8 @@ def test_exact_flcf_matches_direct_sum(mask_kind):
     # soft edge for the sphere, to exercise weights
     if mask_kind == "sphere":
         z, y, x = np.indices((N, N, N)) - N // 2
-        mask = np.clip(6.8 - np.sqrt(x ** 2 + y ** 2 + z ** 2), 0, 1).astype(np.float32)
-    tc = M.TileCorrelator(vol, _template(), mask, tuple(slice(0, s) for s in vol.shape),
-                          method="exact")
+        mask = np.clip(6.8 - np.sqrt(x**2 + y**2 + z**2), 0, 1).astype(np.float32)
+    tc = M.TileCorrelator(vol, _template(), mask, tuple(slice(0, s) for s in vol.shape), method="exact")
     assert tc.spherical == (mask_kind == "sphere")
     for k in (2, 5):
         s = tc.scores(ROTS[k])[0][0].numpy()
@@ -189,8 +191,9 @@ def _bandpass_weight(low_frac):
         qz = torch.fft.fftfreq(shape[0])[:, None, None]
         qy = torch.fft.fftfreq(shape[1])[None, :, None]
         qx = torch.fft.rfftfreq(shape[2])[None, None, :]
-        q = torch.sqrt(qz ** 2 + qy ** 2 + qx ** 2)
+        q = torch.sqrt(qz**2 + qy**2 + qx**2)
         return torch.exp(-0.5 * (q / low_frac) ** 2)
+
     return weight
 
 
@@ -323,7 +326,7 @@ def test_fused_pair_fold_equals_batch_update():
     st = M.TileState.empty(ref.best.shape, "cpu", random_phase=True)
     ids = torch.arange(12, dtype=torch.int32)
     for s0 in range(0, 11, 4):
-        tc._fold_batch(M.fold_pair, ROTS[s0:min(11, s0 + 4)], s0, st, ids)
+        tc._fold_batch(M.fold_pair, ROTS[s0 : min(11, s0 + 4)], s0, st, ids)
     assert torch.equal(st.best, ref.best) and torch.equal(st.index, ref.index)
     assert torch.equal(st.noise_best, ref.noise_best)
     assert st.count == ref.count
@@ -352,11 +355,11 @@ def test_fused_fold_policy(monkeypatch):
     monkeypatch.setattr(F, "_triton_self_check", lambda fold, device: True)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto, on, off = EngineConfig(), EngineConfig(fused="1"), EngineConfig(fused="0")
-    assert F._pair_folder(cpu, 1000, auto) is None               # small tiles: not worth compiling
-    assert F._pair_folder(cpu, 1 << 23, auto) == "compiled-cpu"   # big CPU tiles: compiled fold
-    assert F._pair_folder(cuda, 1000, auto) == "triton-kernel"    # CUDA: the Triton kernel
+    assert F._pair_folder(cpu, 1000, auto) is None  # small tiles: not worth compiling
+    assert F._pair_folder(cpu, 1 << 23, auto) == "compiled-cpu"  # big CPU tiles: compiled fold
+    assert F._pair_folder(cuda, 1000, auto) == "triton-kernel"  # CUDA: the Triton kernel
     monkeypatch.setattr(F, "_triton_fold_pairs", lambda: None)
-    assert F._pair_folder(cuda, 1 << 23, auto) is None            # CUDA without Triton: separate kernels
+    assert F._pair_folder(cuda, 1 << 23, auto) is None  # CUDA without Triton: separate kernels
     assert F._pair_folder(cpu, 1000, on) == "compiled-cpu" and F._pair_folder(cuda, 10, on) == "compiled-cuda"
     assert F._pair_folder(cpu, 1 << 23, off) is None
     F._FUSED_DISABLED.add("cpu")  # a fused kernel that failed once is not tried again
@@ -453,6 +456,7 @@ def test_triton_fold_kernel_in_interpreter(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
     script = tmp_path / "t.py"
     script.write_text(_TRITON_SCRIPT.format(tests=str(Path(__file__).parent)))
     env = dict(os.environ, TRITON_INTERPRET="1", TOMOMATCH_FUSED="triton")
@@ -493,11 +497,11 @@ def test_statistics_are_over_every_score():
     vol = _tomogram(noise=0.2, shape=(24, 26, 28), truth=[((12, 13, 14), 4)])
     tc = M.TileCorrelator(vol, _template(), _sphere(), (slice(2, 20), slice(0, 26), slice(3, 28)))
     # same batch boundaries as run(): the packed path pairs rotations within a batch
-    all_scores = torch.cat([tc.scores(ROTS[i:i + 5])[0] for i in range(0, 12, 5)]).double()
+    all_scores = torch.cat([tc.scores(ROTS[i : i + 5])[0] for i in range(0, 12, 5)]).double()
     st = tc.run(ROTS, batch_size=5)
     assert st.count == all_scores.numel() == 18 * 26 * 25 * 12
     assert st.sum == pytest.approx(float(all_scores.sum()), rel=1e-5, abs=1e-3)
-    assert st.sumsq == pytest.approx(float((all_scores ** 2).sum()), rel=1e-5)
+    assert st.sumsq == pytest.approx(float((all_scores**2).sum()), rel=1e-5)
     assert torch.equal(st.best, all_scores.max(0).values.float())
     assert torch.equal(st.index, all_scores.argmax(0))
 
@@ -552,28 +556,41 @@ def test_template_larger_than_tile_is_input_error():
 # --------------------------------------------------------------------------- engine configuration
 
 
-_ENGINE_VARS = ("TOMOMATCH_FFT_SIZES", "TOMOMATCH_FFTW", "TOMOMATCH_FFTW_MIN_VOXELS", "TOMOMATCH_PACKED",
-                "TOMOMATCH_FUSED", "TRITON_INTERPRET")
+_ENGINE_VARS = (
+    "TOMOMATCH_FFT_SIZES",
+    "TOMOMATCH_FFTW",
+    "TOMOMATCH_FFTW_MIN_VOXELS",
+    "TOMOMATCH_PACKED",
+    "TOMOMATCH_FUSED",
+    "TRITON_INTERPRET",
+)
 
 
 def test_engine_config_from_environment(monkeypatch):
     import dataclasses
     import json
+
     for k in _ENGINE_VARS:
         monkeypatch.delenv(k, raising=False)
     assert EngineConfig.from_environment() == EngineConfig()
     for k, v in zip(_ENGINE_VARS, ("cuda", "0", "5", "0", "triton", "1")):
         monkeypatch.setenv(k, v)
     cfg = EngineConfig.from_environment()
-    assert cfg == EngineConfig(fft_sizes="cuda", fftw=False, fftw_min_voxels=5, packed=False, fused="triton",
-                               triton_interpret=True)
+    assert cfg == EngineConfig(
+        fft_sizes="cuda", fftw=False, fftw_min_voxels=5, packed=False, fused="triton", triton_interpret=True
+    )
     assert EngineConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.packed = True
     # a value the engine does not know is an error naming the variable, not a silent default
-    for var, bad in [("TOMOMATCH_FUSED", "2"), ("TOMOMATCH_PACKED", "yes"), ("TOMOMATCH_FFTW", "on"),
-                     ("TOMOMATCH_FFTW_MIN_VOXELS", "-1"), ("TOMOMATCH_FFTW_MIN_VOXELS", "2e6"),
-                     ("TOMOMATCH_FFT_SIZES", "fast")]:
+    for var, bad in [
+        ("TOMOMATCH_FUSED", "2"),
+        ("TOMOMATCH_PACKED", "yes"),
+        ("TOMOMATCH_FFTW", "on"),
+        ("TOMOMATCH_FFTW_MIN_VOXELS", "-1"),
+        ("TOMOMATCH_FFTW_MIN_VOXELS", "2e6"),
+        ("TOMOMATCH_FFT_SIZES", "fast"),
+    ]:
         with pytest.raises(InputError, match=var):
             EngineConfig.from_environment({var: bad})
     for bad in (dict(fused="2"), dict(fft_sizes="x"), dict(packed=1), dict(fftw_min_voxels=-1)):
@@ -606,7 +623,7 @@ def test_slightly_non_spherical_mask_does_not_take_the_spherical_path():
     few voxels, takes the rotated-mask path (the old fallback accepted 5 %)."""
     hard = _sphere()
     z, y, x = np.indices((N, N, N)) - N // 2
-    soft = np.clip(6.8 - np.sqrt(x ** 2 + y ** 2 + z ** 2), 0, 1).astype(np.float32)
+    soft = np.clip(6.8 - np.sqrt(x**2 + y**2 + z**2), 0, 1).astype(np.float32)
     for m in (hard, soft):
         assert M.is_spherical_mask(m) and M.is_spherical_mask(torch.as_tensor(m))
     c = N // 2
@@ -634,6 +651,7 @@ def _failing_folder(exc, after: int = 0):
         if calls[0] > after:
             raise exc
         return M.fold_pair(*args)
+
     return folder
 
 
@@ -642,6 +660,7 @@ def test_fused_kernel_compile_failure_falls_back_with_a_warning(monkeypatch, aft
     """Only a kernel that cannot be compiled here turns the fused path off; the batch it failed
     in is redone with separate kernels, giving the separate kernels' maps."""
     from torch._dynamo.exc import BackendCompilerFailed
+
     vol = _tomogram(noise=0.2, shape=(24, 27, 29), truth=[((12, 13, 14), 4)])
     unique = (slice(2, 21), slice(1, 27), slice(3, 25))
     ref = M.TileCorrelator(vol, _template(), _sphere(), unique, engine=EngineConfig(fused="0")).run(ROTS, batch_size=4)
@@ -657,13 +676,19 @@ def test_fused_kernel_compile_failure_falls_back_with_a_warning(monkeypatch, aft
     assert np.allclose(st.rotation_sums, ref.rotation_sums, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("exc", [RuntimeError("The size of tensor a (5) must match the size of tensor b (6)"),
-                                 ValueError("fold_pairs needs contiguous float32 best/inv_norm and int32 index"),
-                                 MemoryError()])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError("The size of tensor a (5) must match the size of tensor b (6)"),
+        ValueError("fold_pairs needs contiguous float32 best/inv_norm and int32 index"),
+        MemoryError(),
+    ],
+)
 def test_fused_kernel_shape_errors_raise(monkeypatch, exc):
     """A shape/dtype bug (or an out-of-memory) in the fused path raises: it does not turn the
     path off for the process behind a warning."""
     import warnings
+
     vol = _tomogram(noise=0.2, shape=(24, 27, 29), truth=[((12, 13, 14), 4)])
     tc = M.TileCorrelator(vol, _template(), _sphere(), (slice(2, 21), slice(1, 27), slice(3, 25)))
     monkeypatch.setattr(F, "_FUSED_DISABLED", set())
@@ -675,6 +700,7 @@ def test_fused_kernel_shape_errors_raise(monkeypatch, exc):
     assert not F._FUSED_DISABLED
     # what the dispatch treats as a compile failure, and what not
     from torch._dynamo.exc import BackendCompilerFailed, TorchRuntimeError
+
     assert F.is_compile_failure(BackendCompilerFailed("inductor", RuntimeError("x"), None))
     assert not F.is_compile_failure(TorchRuntimeError("RuntimeError when making fake tensor call"))
     assert not F.is_compile_failure(exc)

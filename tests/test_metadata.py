@@ -1,4 +1,5 @@
 """Tilt metadata readers and writers: real files, synthetic fixtures, round trips, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,21 @@ from tomomatch.shared_data import shared_data_dir
 
 from tomomatch.cli import main
 from tomomatch.errors import InputError
-from tomomatch.metadata import (load_tilt_series, read_aln, read_defocus_text, read_dose, read_imod_defocus,
-                                read_mdoc, read_relion5, read_tilt_angles, read_warp_xml, write_dose,
-                                write_imod_defocus, write_relion5, write_tilt_angles)
+from tomomatch.metadata import (
+    load_tilt_series,
+    read_aln,
+    read_defocus_text,
+    read_dose,
+    read_imod_defocus,
+    read_mdoc,
+    read_relion5,
+    read_tilt_angles,
+    read_warp_xml,
+    write_dose,
+    write_imod_defocus,
+    write_relion5,
+    write_tilt_angles,
+)
 from tomomatch.conventions import tilt_frame
 from tomomatch.metadata.relion import angles_from_projection_matrices, relion5_projection_matrices
 from tomomatch.tiltseries import TiltSeries
@@ -48,11 +61,20 @@ def _astig_series(n=5, phase=False, hand=-1) -> TiltSeries:
     dose = np.empty(n)
     dose[order] = 3.0 * np.arange(n)
     du = 3.0 + 0.1 * np.arange(n)
-    return TiltSeries(angles, accumulated_dose=dose, defocus_u_um=du, defocus_v_um=du - 0.2,
-                      astigmatism_angle_deg=np.linspace(-30, 60, n),
-                      phase_shift_deg=np.linspace(0, 90, n) if phase else None,
-                      voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.1, pixel_size_angstrom=2.5,
-                      hand=hand, tilt_axis_angle_deg=-87.5)
+    return TiltSeries(
+        angles,
+        accumulated_dose=dose,
+        defocus_u_um=du,
+        defocus_v_um=du - 0.2,
+        astigmatism_angle_deg=np.linspace(-30, 60, n),
+        phase_shift_deg=np.linspace(0, 90, n) if phase else None,
+        voltage_kv=300,
+        cs_mm=2.7,
+        amplitude_contrast=0.1,
+        pixel_size_angstrom=2.5,
+        hand=hand,
+        tilt_axis_angle_deg=-87.5,
+    )
 
 
 # --------------------------------------------------------------------------- real files
@@ -70,7 +92,7 @@ def test_real_rawtlt_dose_and_imod_defocus():
     imod = read_imod_defocus(REAL / "pytom_test_imod.defocus")
     assert imod["version"] == 2
     assert imod["defocus_u_um"].size == 35
-    assert imod["defocus_u_um"][0] == pytest.approx(3.083)   # 3083 nm
+    assert imod["defocus_u_um"][0] == pytest.approx(3.083)  # 3083 nm
     assert imod["defocus_u_um"][-1] == pytest.approx(3.354)
     assert np.array_equal(imod["defocus_u_um"], imod["defocus_v_um"])
     assert imod["tilt_angles_deg"][0] == pytest.approx(-50.99)
@@ -145,7 +167,7 @@ def test_imod_v3_radians_phase_and_inverted_angles():
     r = read_imod_defocus(FIXTURES / "v3_flags31.defocus")
     np.testing.assert_allclose(r["astigmatism_angle_deg"], [45, 90], atol=1e-6)
     np.testing.assert_allclose(r["phase_shift_deg"], [90, 0], atol=1e-6)
-    np.testing.assert_allclose(r["tilt_angles_deg"], [-10, 10])   # flag 16 inverts
+    np.testing.assert_allclose(r["tilt_angles_deg"], [-10, 10])  # flag 16 inverts
     np.testing.assert_allclose(r["defocus_u_um"], [2.5, 2.6])
 
 
@@ -203,8 +225,14 @@ def test_relion5_round_trip(tmp_path):
     assert star.name == "tomograms.star" and (tmp_path / "proj" / "tilt_series" / "TS_01.star").is_file()
     back = read_relion5(star)
     assert back.name == "TS_01" and back.hand == 1
-    for field in ("tilt_angles_deg", "accumulated_dose", "defocus_u_um", "defocus_v_um",
-                  "astigmatism_angle_deg", "phase_shift_deg"):
+    for field in (
+        "tilt_angles_deg",
+        "accumulated_dose",
+        "defocus_u_um",
+        "defocus_v_um",
+        "astigmatism_angle_deg",
+        "phase_shift_deg",
+    ):
         np.testing.assert_allclose(getattr(back, field), getattr(ts, field), atol=1e-5, err_msg=field)
     assert back.voltage_kv == 300 and back.amplitude_contrast == pytest.approx(0.1)
     assert back.pixel_size_angstrom == pytest.approx(2.5)
@@ -275,19 +303,22 @@ def test_relion_matrices_win_over_disagreeing_angles(tmp_path):
     assert ts.tilt_angles_deg[1] == pytest.approx(9.02, abs=1e-3)
     assert ts.extra["angles_disagree_with_matrices"] is True
     assert ts.extra["angles_vs_matrices_max_diff_deg"]["rlnTomoYTilt"] == pytest.approx(0.5, abs=1e-3)
-    assert ts.extra["y_tilt_deg"][1] == 9.52                   # the column as written
+    assert ts.extra["y_tilt_deg"][1] == 9.52  # the column as written
 
 
-@pytest.mark.parametrize("column, new, fragment", [
-    # row norm 1.01: not orthonormal
-    ("rlnTomoProjZ", "[-0.156779,0,0.997634,-674.0752]", r"rlnTomoProjX/Y/Z: row 2: .*not a rotation"),
-    # mirrored depth axis: orthonormal but det -1
-    ("rlnTomoProjZ", "[0.156779,0,-0.987634,-674.0752]", r"rlnTomoProjX/Y/Z: row 2: .*det -1"),
-    ("rlnTomoProjW", "[0,0,1]", r"rlnTomoProjW: row 2: '\[0,0,1\]' has 3 numbers"),
-    ("rlnTomoProjW", "[0,0,0.5,1]", r"rlnTomoProjW: row 2: .*expected \[0,0,0,1\]"),
-    ("rlnTomoProjX", "0.08,-0.99,0.01,3863", r"rlnTomoProjX: row 2: .*expected 4 numbers"),
-    ("rlnTomoProjY", "[0.98,x,0.15,590]", r"rlnTomoProjY: row 2: .*is not numeric"),
-])
+@pytest.mark.parametrize(
+    "column, new, fragment",
+    [
+        # row norm 1.01: not orthonormal
+        ("rlnTomoProjZ", "[-0.156779,0,0.997634,-674.0752]", r"rlnTomoProjX/Y/Z: row 2: .*not a rotation"),
+        # mirrored depth axis: orthonormal but det -1
+        ("rlnTomoProjZ", "[0.156779,0,-0.987634,-674.0752]", r"rlnTomoProjX/Y/Z: row 2: .*det -1"),
+        ("rlnTomoProjW", "[0,0,1]", r"rlnTomoProjW: row 2: '\[0,0,1\]' has 3 numbers"),
+        ("rlnTomoProjW", "[0,0,0.5,1]", r"rlnTomoProjW: row 2: .*expected \[0,0,0,1\]"),
+        ("rlnTomoProjX", "0.08,-0.99,0.01,3863", r"rlnTomoProjX: row 2: .*expected 4 numbers"),
+        ("rlnTomoProjY", "[0.98,x,0.15,590]", r"rlnTomoProjY: row 2: .*is not numeric"),
+    ],
+)
 def test_relion_bad_projection_matrices(tmp_path, column, new, fragment):
     star = _proj_fixture_edit(tmp_path, 1, {column: new})
     with pytest.raises(InputError, match=fragment) as exc:
@@ -297,8 +328,9 @@ def test_relion_bad_projection_matrices(tmp_path, column, new, fragment):
 
 def test_relion_projection_matrix_refusals_x_tilt_and_missing_row(tmp_path):
     # Rx(-90): a rotation, but the tomogram's depth axis would be y (RELION 4 import without flipYZ)
-    star = _proj_fixture_edit(tmp_path, 1, {"rlnTomoProjX": "[1,0,0,0]", "rlnTomoProjY": "[0,0,1,0]",
-                                            "rlnTomoProjZ": "[0,-1,0,0]"})
+    star = _proj_fixture_edit(
+        tmp_path, 1, {"rlnTomoProjX": "[1,0,0,0]", "rlnTomoProjY": "[0,0,1,0]", "rlnTomoProjZ": "[0,-1,0,0]"}
+    )
     with pytest.raises(InputError, match=r"rlnTomoProjZ: row 2: x tilt -90 .*depth axis not z"):
         read_relion5(star)
     text = (FIXTURES / "relion4_matrices_tiltseries.star").read_text()
@@ -310,8 +342,7 @@ def test_relion_projection_matrix_refusals_x_tilt_and_missing_row(tmp_path):
 def test_angles_from_projection_matrices_inverts_tilt_frame():
     rng = np.random.default_rng(0)
     y, x, z = rng.uniform(-80, 80, 50), rng.uniform(-40, 40, 50), rng.uniform(-179, 179, 50)
-    np.testing.assert_allclose(angles_from_projection_matrices(tilt_frame(y, x, z)), np.stack([y, x, z], -1),
-                               atol=1e-9)
+    np.testing.assert_allclose(angles_from_projection_matrices(tilt_frame(y, x, z)), np.stack([y, x, z], -1), atol=1e-9)
     # |ytilt| = 90: only zrot - xtilt is defined; xtilt 0 and the same rotation
     a = angles_from_projection_matrices(tilt_frame(90.0, 10.0, 30.0)[None])[0]
     assert a[0] == pytest.approx(90) and a[1] == 0
@@ -342,8 +373,11 @@ def test_relion5_write_read_x_tilt_and_projection_matrices(tmp_path):
     # by hand for tilt 0, no x tilt, no z rotation: x' = x - 2000 + 2046, y' = y - 1500 + 2880, depth z - 500
     flat = TiltSeries([0.0], pixel_size_angstrom=2.0, hand=1)
     write_relion5(tmp_path / "c", flat, "TS", (4000, 3000, 1000), 8.0, tilt_image_size_xy=(4092, 5760))
-    row = [ln.split() for ln in (tmp_path / "c" / "tilt_series" / "TS.star").read_text().splitlines()
-           if ln.startswith("TS_")][0]
+    row = [
+        ln.split()
+        for ln in (tmp_path / "c" / "tilt_series" / "TS.star").read_text().splitlines()
+        if ln.startswith("TS_")
+    ][0]
     assert row[-4:] == ["[1,0,0,46]", "[0,1,0,1380]", "[0,0,1,-500]", "[0,0,0,1]"]
 
 
@@ -352,7 +386,7 @@ def test_angle_signs_follow_the_file_except_warp(tmp_path):
     write_tilt_angles(tmp_path / "a.tlt", [-30, 30])
     np.testing.assert_allclose(read_tilt_angles(tmp_path / "a.tlt"), [-30, 30])
     assert read_mdoc(FIXTURES / "small_ts.mrc.mdoc").tilt_angles_deg[0] == pytest.approx(-6.01)
-    assert read_aln(FIXTURES / "dark_frames.aln").tilt_angles_deg[3] == -6.0        # SEC 3 TILT -6
+    assert read_aln(FIXTURES / "dark_frames.aln").tilt_angles_deg[3] == -6.0  # SEC 3 TILT -6
     ts = read_warp_xml(FIXTURES / "warp_small.xml")
     np.testing.assert_allclose(ts.tilt_angles_deg, -ts.extra["warp_angles_deg"])
     assert ts.extra["warp_angles_deg"][0] == -30 and ts.tilt_angles_deg[0] == 30
@@ -361,12 +395,15 @@ def test_angle_signs_follow_the_file_except_warp(tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("1.0\n2.0\nabc\n", r"line 3: 'abc' is not a number"),
-    ("1.0\nnan\n", r"line 2: 'nan' is not a finite number"),
-    ("", "is empty"),
-    ("-30\n95\n", r"line 2: tilt angle 95 outside -90..90"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("1.0\n2.0\nabc\n", r"line 3: 'abc' is not a number"),
+        ("1.0\nnan\n", r"line 2: 'nan' is not a finite number"),
+        ("", "is empty"),
+        ("-30\n95\n", r"line 2: tilt angle 95 outside -90..90"),
+    ],
+)
 def test_bad_tilt_angle_files(tmp_path, content, fragment):
     p = tmp_path / "bad.rawtlt"
     p.write_text(content)
@@ -390,14 +427,17 @@ def test_bad_dose_and_defocus_files(tmp_path):
         read_defocus_text(tmp_path / "missing.txt")
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("1 1 0 0 3000 4\n", "version 4 not supported"),
-    ("1 0 0 0 0 3\n1 1 0 0 3000\n", r"line 2: 5 fields; expected 7"),
-    ("1 1 0 0 3000 2\n3 3 6 6 3000\n", "view 2 has no line"),
-    ("1 1 0 0 3000 2\n1 1 0 0 3000\n", r"line 2: view 1 given twice"),
-    ("1 1 0 0 3e6 2\n", "implausible"),
-    ("1 1 0 0 x 2\n", r"line 1: 'x' is not a number"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("1 1 0 0 3000 4\n", "version 4 not supported"),
+        ("1 0 0 0 0 3\n1 1 0 0 3000\n", r"line 2: 5 fields; expected 7"),
+        ("1 1 0 0 3000 2\n3 3 6 6 3000\n", "view 2 has no line"),
+        ("1 1 0 0 3000 2\n1 1 0 0 3000\n", r"line 2: view 1 given twice"),
+        ("1 1 0 0 3e6 2\n", "implausible"),
+        ("1 1 0 0 x 2\n", r"line 1: 'x' is not a number"),
+    ],
+)
 def test_bad_imod_defocus(tmp_path, content, fragment):
     p = tmp_path / "bad.defocus"
     p.write_text(content)
@@ -419,8 +459,8 @@ def test_warp_xml_fixture():
     np.testing.assert_allclose(ts.defocus_v_um, [3.05, 3.00, 2.90, 3.15, 3.25])
     np.testing.assert_allclose(ts.defocus_um, [3.10, 3.05, 3.00, 3.20, 3.30])
     np.testing.assert_allclose(ts.astigmatism_angle_deg, [30, 30, 40, 30, 30])
-    np.testing.assert_allclose(ts.phase_shift_deg, 45.0)          # 0.25 pi
-    assert ts.hand == -1                                           # AreAnglesInverted=False
+    np.testing.assert_allclose(ts.phase_shift_deg, 45.0)  # 0.25 pi
+    assert ts.hand == -1  # AreAnglesInverted=False
     assert (ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast, ts.pixel_size_angstrom) == (300, 2.7, 0.1, 1.5)
     assert ts.tilt_axis_angle_deg == pytest.approx(84.5)
     assert ts.extra["LevelAngleX"] == 1.5 and ts.extra["LevelAngleY"] == -0.5
@@ -441,18 +481,22 @@ def test_warp_xml_inverted_hand_spatial_grid_and_fallback(tmp_path):
     # a 2x1x5 GridCTF: per-tilt values are the mean over X
     text = (FIXTURES / "warp_small.xml").read_text()
     start, end = text.index("\t<GridCTF "), text.index("</GridCTF>") + len("</GridCTF>")
-    nodes = "".join(f'<Node X="{x}" Y="0" Z="{z}" Value="{3.0 + z * 0.1 + x * 0.2}" />'
-                    for z in range(5) for x in range(2))
+    nodes = "".join(
+        f'<Node X="{x}" Y="0" Z="{z}" Value="{3.0 + z * 0.1 + x * 0.2}" />' for z in range(5) for x in range(2)
+    )
     p.write_text(text[:start] + f'<GridCTF Width="2" Height="1" Depth="5">{nodes}</GridCTF>' + text[end:])
     np.testing.assert_allclose(read_warp_xml(p).defocus_um, 3.1 + 0.1 * np.arange(5))
     # a 1x1x1 GridCTF holds one value for every tilt
-    p.write_text(text[:start] + '<GridCTF Width="1" Height="1" Depth="1"><Node X="0" Y="0" Z="0" Value="2.5" />'
-                 '</GridCTF>' + text[end:])
+    p.write_text(
+        text[:start] + '<GridCTF Width="1" Height="1" Depth="1"><Node X="0" Y="0" Z="0" Value="2.5" />'
+        '</GridCTF>' + text[end:]
+    )
     one = read_warp_xml(p)
     np.testing.assert_allclose(one.defocus_um, 2.5)
     np.testing.assert_allclose(one.defocus_u_um, [2.55, 2.55, 2.6, 2.55, 2.55])  # delta 0.2 on tilt 2
     # no grids: the <CTF> Params give one value for every tilt
     import re
+
     p.write_text(re.sub(r"\t<GridCTF.*?</GridCTF\w*>\n", "", text, flags=re.S))
     ts = read_warp_xml(p)
     np.testing.assert_allclose(ts.defocus_u_um, 3.15)
@@ -461,14 +505,17 @@ def test_warp_xml_inverted_hand_spatial_grid_and_fallback(tmp_path):
     np.testing.assert_allclose(ts.phase_shift_deg, 45)
 
 
-@pytest.mark.parametrize("old, new, fragment", [
-    ("<Dose>9.0\n", "<Dose>", "Dose: 4 entries but 5 tilt angles"),
-    ("<Angles>-30\n", "<Angles>-95\n", "outside -90..90"),
-    ('Value="3.05"', 'Value="abc"', "GridCTF: node"),
-    ('Depth="5"', 'Depth="4"', "Depth 4 but 5 tilts"),
-    ("<UseTilt>True", "<UseTilt>maybe", "expected True or False"),
-    ("TiltSeries", "Other", "expected a Warp <TiltSeries> XML"),
-])
+@pytest.mark.parametrize(
+    "old, new, fragment",
+    [
+        ("<Dose>9.0\n", "<Dose>", "Dose: 4 entries but 5 tilt angles"),
+        ("<Angles>-30\n", "<Angles>-95\n", "outside -90..90"),
+        ('Value="3.05"', 'Value="abc"', "GridCTF: node"),
+        ('Depth="5"', 'Depth="4"', "Depth 4 but 5 tilts"),
+        ("<UseTilt>True", "<UseTilt>maybe", "expected True or False"),
+        ("TiltSeries", "Other", "expected a Warp <TiltSeries> XML"),
+    ],
+)
 def test_warp_xml_bad_input(tmp_path, old, new, fragment):
     with pytest.raises(InputError, match=fragment):
         read_warp_xml(_edit_xml(tmp_path, old, new))
@@ -555,11 +602,20 @@ def test_aln_bad_input(tmp_path):
 def test_load_combines_primary_extra_files_and_overrides(tmp_path):
     write_tilt_angles(tmp_path / "a.tlt", [-3, 0, 3, -6, 6, -9, 9])
     write_dose(tmp_path / "d.txt", np.arange(7) * 2.0)
-    ts = load_tilt_series(aln=FIXTURES / "dark_frames.aln", tilt_angles=tmp_path / "a.tlt",
-                          dose=tmp_path / "d.txt", defocus="3.5", voltage_kv=200, cs_mm=0.01,
-                          amplitude_contrast=0.1, phase_shift_deg=90, hand=1, pixel_size_angstrom=1.1)
+    ts = load_tilt_series(
+        aln=FIXTURES / "dark_frames.aln",
+        tilt_angles=tmp_path / "a.tlt",
+        dose=tmp_path / "d.txt",
+        defocus="3.5",
+        voltage_kv=200,
+        cs_mm=0.01,
+        amplitude_contrast=0.1,
+        phase_shift_deg=90,
+        hand=1,
+        pixel_size_angstrom=1.1,
+    )
     np.testing.assert_allclose(ts.tilt_angles_deg, [-3, 0, 3, -6, 6, -9, 9])
-    assert ts.excluded.tolist() == [False] * 5 + [True] * 2           # kept from the aln
+    assert ts.excluded.tolist() == [False] * 5 + [True] * 2  # kept from the aln
     np.testing.assert_allclose(ts.accumulated_dose, np.arange(7) * 2.0)
     np.testing.assert_allclose(ts.defocus_um, 3.5)
     np.testing.assert_allclose(ts.phase_shift_deg, 90)
@@ -568,8 +624,13 @@ def test_load_combines_primary_extra_files_and_overrides(tmp_path):
 
 @needs_real
 def test_load_pytom_style_inputs():
-    ts = load_tilt_series(tilt_angles=REAL / "pytom_test_angles.rawtlt", dose=REAL / "pytom_test_dose.txt",
-                          defocus=REAL / "pytom_test_imod.defocus", voltage_kv=200, amplitude_contrast=0.08)
+    ts = load_tilt_series(
+        tilt_angles=REAL / "pytom_test_angles.rawtlt",
+        dose=REAL / "pytom_test_dose.txt",
+        defocus=REAL / "pytom_test_imod.defocus",
+        voltage_kv=200,
+        amplitude_contrast=0.08,
+    )
     assert ts.n_tilts == 35 and ts.hand is None
     assert ts.defocus_um[0] == pytest.approx(3.083) and ts.accumulated_dose[0] == pytest.approx(60.165)
     assert ts.name == "pytom_test_angles"
@@ -610,12 +671,15 @@ def test_cli_metadata_table_and_json(capsys):
     assert data["tilt_angles_deg"][:3] == [0.0, -3.0, 3.0]
 
 
-@pytest.mark.parametrize("extra_args, fragment", [
-    ([], "no tilt-series metadata given"),
-    (["-a", "{tmp}/missing.rawtlt"], "file not found"),
-    (["-a", "{tmp}/a.rawtlt", "--dose", "{tmp}/d.txt"], "2 tilts, but"),
-    (["-a", "{tmp}/bad.rawtlt"], "line 2: 'x' is not a number"),
-])
+@pytest.mark.parametrize(
+    "extra_args, fragment",
+    [
+        ([], "no tilt-series metadata given"),
+        (["-a", "{tmp}/missing.rawtlt"], "file not found"),
+        (["-a", "{tmp}/a.rawtlt", "--dose", "{tmp}/d.txt"], "2 tilts, but"),
+        (["-a", "{tmp}/bad.rawtlt"], "line 2: 'x' is not a number"),
+    ],
+)
 def test_cli_metadata_bad_input_exit_2(tmp_path, capsys, extra_args, fragment):
     write_tilt_angles(tmp_path / "a.rawtlt", [-3, 0, 3])
     write_dose(tmp_path / "d.txt", [0, 3])
@@ -686,22 +750,28 @@ def test_new_fixtures_read():
     np.testing.assert_allclose(ts.tilt_angles_deg, [-5.99, -2.99, 0.01, 3.01, 6.01])
     np.testing.assert_allclose(ts.accumulated_dose, [12, 6, 0, 3, 9])
     np.testing.assert_allclose(ts.defocus_u_um, [3.12, 3.05, 3.0, 3.04, 3.1])
-    both = load_tilt_series(tilt_angles=FIXTURES / "ts5.rawtlt", dose=FIXTURES / "ts5_dose.txt",
-                            defocus=FIXTURES / "ts5_v2.defocus")
+    both = load_tilt_series(
+        tilt_angles=FIXTURES / "ts5.rawtlt", dose=FIXTURES / "ts5_dose.txt", defocus=FIXTURES / "ts5_v2.defocus"
+    )
     np.testing.assert_allclose(both.defocus_um, [3.12, 3.05, 3.0, 3.04, 3.1])
     np.testing.assert_allclose(read_defocus_text(FIXTURES / "ts5_defocus.txt"), both.defocus_um)
 
 
-@pytest.mark.parametrize("content, fragment", [
-    # ctfplotter writes nm: 3.1 is micrometres (0.0031 um as read)
-    ("1 1 -3 -3 3.1 2\n2 2 0 0 3.1\n",
-     r"line 1: defocus 3.1 nm = 0.0031 um is implausible; expected nanometres as in IMOD \.defocus, 0.5-20 um "
-     r"underfocus \(looks like micrometres: 3.1 um\?\)"),
-    # x10: 31 um
-    ("1 1 -3 -3 31000 2\n2 2 0 0 31000\n", r"line 1: defocus 31000 nm = 31 um is implausible"),
-    # a version-3 file with defocus2 in Angstrom
-    ("1 0 0 0 0 3\n1 1 -3 -3 3100 31000 10\n", r"line 2: defocus 31000 nm = 31 um is implausible"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        # ctfplotter writes nm: 3.1 is micrometres (0.0031 um as read)
+        (
+            "1 1 -3 -3 3.1 2\n2 2 0 0 3.1\n",
+            r"line 1: defocus 3.1 nm = 0.0031 um is implausible; expected nanometres as in IMOD \.defocus, 0.5-20 um "
+            r"underfocus \(looks like micrometres: 3.1 um\?\)",
+        ),
+        # x10: 31 um
+        ("1 1 -3 -3 31000 2\n2 2 0 0 31000\n", r"line 1: defocus 31000 nm = 31 um is implausible"),
+        # a version-3 file with defocus2 in Angstrom
+        ("1 0 0 0 0 3\n1 1 -3 -3 3100 31000 10\n", r"line 2: defocus 31000 nm = 31 um is implausible"),
+    ],
+)
 def test_imod_defocus_in_the_wrong_unit_is_refused(tmp_path, content, fragment):
     p = tmp_path / "x.defocus"
     p.write_text(content)
@@ -714,14 +784,17 @@ def test_imod_defocus_in_the_wrong_unit_is_refused(tmp_path, content, fragment):
 def test_plain_defocus_and_option_in_the_wrong_unit_are_refused(tmp_path):
     p = tmp_path / "d.txt"
     p.write_text("0.003\n0.003\n0.003\n")
-    with pytest.raises(InputError, match=r"line 1: defocus 0.003 is implausible.*expected micrometres, 0.5-20 um "
-                                         r"underfocus \(looks like millimetres: 3 um\?\)"):
+    with pytest.raises(
+        InputError,
+        match=r"line 1: defocus 0.003 is implausible.*expected micrometres, 0.5-20 um "
+        r"underfocus \(looks like millimetres: 3 um\?\)",
+    ):
         read_defocus_text(p)
     np.testing.assert_allclose(read_defocus_text(p, allow_unusual_defocus=True), 0.003)
-    p.write_text("-3.0\n3.0\n")     # overfocus sign
+    p.write_text("-3.0\n3.0\n")  # overfocus sign
     with pytest.raises(InputError, match="overfocus sign"):
         read_defocus_text(p)
-    p.write_text("0.3\n0.3\n")      # near focus: only with a phase plate
+    p.write_text("0.3\n0.3\n")  # near focus: only with a phase plate
     with pytest.raises(InputError, match="line 1: defocus 0.3 is implausible"):
         read_defocus_text(p)
     np.testing.assert_allclose(read_defocus_text(p, phase_plate=True), 0.3)
@@ -734,12 +807,18 @@ def test_plain_defocus_and_option_in_the_wrong_unit_are_refused(tmp_path):
     assert ts.defocus_um[0] == 25
 
 
-@pytest.mark.parametrize("factor, fragment", [
-    (0.1, r"rlnDefocusU: row 1 \(line 19\): defocus 3120 A = 0.312 um is implausible; expected Angstrom as in "
-          r"RELION STAR, 0.5-20 um underfocus \(looks like nanometres: 3.12 um\?\)"),
-    (10, r"rlnDefocusU: row 1 \(line 19\): defocus 312000 A = 31.2 um is implausible"),
-    (1e-4, r"rlnDefocusU: row 1 \(line 19\): defocus 3.12 A = 0.000312 um is implausible.*micrometres: 3.12 um\?"),
-])
+@pytest.mark.parametrize(
+    "factor, fragment",
+    [
+        (
+            0.1,
+            r"rlnDefocusU: row 1 \(line 19\): defocus 3120 A = 0.312 um is implausible; expected Angstrom as in "
+            r"RELION STAR, 0.5-20 um underfocus \(looks like nanometres: 3.12 um\?\)",
+        ),
+        (10, r"rlnDefocusU: row 1 \(line 19\): defocus 312000 A = 31.2 um is implausible"),
+        (1e-4, r"rlnDefocusU: row 1 \(line 19\): defocus 3.12 A = 0.000312 um is implausible.*micrometres: 3.12 um\?"),
+    ],
+)
 def test_relion_defocus_in_the_wrong_unit_is_refused(tmp_path, factor, fragment):
     star = _small_relion(tmp_path, _scale("rlnDefocusU", factor))
     with pytest.raises(InputError, match=fragment) as exc:
@@ -752,8 +831,11 @@ def test_relion_near_focus_defocus_needs_a_phase_plate(tmp_path):
     near = _small_relion(tmp_path, lambda c, t: "3000" if c in ("rlnDefocusU", "rlnDefocusV") else t)
     with pytest.raises(InputError, match="0.3 um is implausible"):
         read_relion5(near)
-    text = (tmp_path / SMALL_TS.name).read_text().replace("_rlnTomoYShiftAngst #12", "_rlnTomoYShiftAngst #12\n"
-                                                          "_rlnPhaseShift #13")
+    text = (
+        (tmp_path / SMALL_TS.name)
+        .read_text()
+        .replace("_rlnTomoYShiftAngst #12", "_rlnTomoYShiftAngst #12\n_rlnPhaseShift #13")
+    )
     text = "\n".join(ln + " 90.0" if ln.startswith("frames/") else ln for ln in text.splitlines()) + "\n"
     (tmp_path / SMALL_TS.name).write_text(text)
     ts = read_relion5(near)
@@ -772,8 +854,11 @@ def test_warp_defocus_in_the_wrong_unit_is_refused(tmp_path):
 def test_implausible_dose_and_pixel_size(tmp_path):
     # e/nm^2 written as e/A^2: x100
     star = _small_relion(tmp_path, _scale("rlnMicrographPreExposure", 100))
-    with pytest.raises(InputError, match=r"rlnMicrographPreExposure: row 1 \(line 19\): accumulated dose 1200 e/A\^2 "
-                                         r"is implausible; expected e/A\^2 \(not e/nm\^2\)"):
+    with pytest.raises(
+        InputError,
+        match=r"rlnMicrographPreExposure: row 1 \(line 19\): accumulated dose 1200 e/A\^2 "
+        r"is implausible; expected e/A\^2 \(not e/nm\^2\)",
+    ):
         read_relion5(star)
     assert read_relion5(star, allow_unusual_dose=True).accumulated_dose[0] == 1200
     star = _small_relion(tmp_path, lambda c, t: "-3" if c == "rlnMicrographPreExposure" else t)
@@ -883,8 +968,11 @@ def test_duplicate_tilt_angles_are_errors(tmp_path):
         read_relion5(star)
     mdoc = (FIXTURES / "small_ts.mrc.mdoc").read_text()
     (tmp_path / "m.mdoc").write_text(mdoc.replace("TiltAngle = 6.0", "TiltAngle = 3.0"))
-    with pytest.raises(InputError, match=r"TiltAngle: line \d+ \[ZValue = 4\]: tilt angle 3 repeats line \d+ "
-                                         r"\[ZValue = 3\]"):
+    with pytest.raises(
+        InputError,
+        match=r"TiltAngle: line \d+ \[ZValue = 4\]: tilt angle 3 repeats line \d+ "
+        r"\[ZValue = 3\]",
+    ):
         read_mdoc(tmp_path / "m.mdoc")
     aln = (FIXTURES / "no_offsets.aln").read_text()
     (tmp_path / "a.aln").write_text(aln.replace("0.00      2.00", "0.00      0.00"))
@@ -914,17 +1002,26 @@ def test_non_finite_tilt_axis_is_an_error(tmp_path, capsys):
 
 def test_relion_non_numeric_and_nan_values(tmp_path):
     star = _small_relion(tmp_path, lambda c, t: "nan" if c == "rlnTomoYTilt" and t == "3.01000" else t)
-    with pytest.raises(InputError, match=r"rlnTomoYTilt: row 4: NaN is not a finite number; expected a number "
-                                         r"\(line 22\)") as exc:
+    with pytest.raises(
+        InputError,
+        match=r"rlnTomoYTilt: row 4: NaN is not a finite number; expected a number "
+        r"\(line 22\)",
+    ) as exc:
         read_relion5(star)
     assert "np.float64" not in str(exc.value)
     # the global table: a text voltage, a NaN binning, a hand of 2524
-    for old, new, fragment in (("300.000000", "abc", r"rlnVoltage: 'abc' for 'TS_small' is not a finite number"),
-                               ("8.000000", "nan", r"rlnTomoTomogramBinning: NaN for 'TS_small' is not a finite"),
-                               ("-1.00000", "2524", r"rlnTomoHand: rlnTomoHand 2524; expected \+1 or -1"),
-                               ("-1.00000", "inf", r"rlnTomoHand: rlnTomoHand inf; expected \+1 or -1"),
-                               ("300.000000", "300000", r"rlnVoltage: voltage 300000 is implausible; expected kV, "
-                                                        r"20-1000 \(looks like volts: 300 kV\?\)")):
+    for old, new, fragment in (
+        ("300.000000", "abc", r"rlnVoltage: 'abc' for 'TS_small' is not a finite number"),
+        ("8.000000", "nan", r"rlnTomoTomogramBinning: NaN for 'TS_small' is not a finite"),
+        ("-1.00000", "2524", r"rlnTomoHand: rlnTomoHand 2524; expected \+1 or -1"),
+        ("-1.00000", "inf", r"rlnTomoHand: rlnTomoHand inf; expected \+1 or -1"),
+        (
+            "300.000000",
+            "300000",
+            r"rlnVoltage: voltage 300000 is implausible; expected kV, "
+            r"20-1000 \(looks like volts: 300 kV\?\)",
+        ),
+    ):
         star = _small_relion(tmp_path)
         star.write_text(SMALL_STAR.read_text().replace(old, new, 1))
         with pytest.raises(InputError, match=fragment) as exc:
@@ -932,11 +1029,14 @@ def test_relion_non_numeric_and_nan_values(tmp_path):
         assert "\n" not in str(exc.value) and "np.float64" not in str(exc.value)
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (lambda ln: ln + " 1.0", r"line 23: 13 values in a row of data_TS_small; expected 12, one per column"),
-    (lambda ln: ln.rsplit(" ", 2)[0], r"line 23: 10 values in a row of data_TS_small; expected 12"),
-    (lambda ln: ln.replace("frames/", '"frames/', 1), r"line 23: unbalanced quote"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda ln: ln + " 1.0", r"line 23: 13 values in a row of data_TS_small; expected 12, one per column"),
+        (lambda ln: ln.rsplit(" ", 2)[0], r"line 23: 10 values in a row of data_TS_small; expected 12"),
+        (lambda ln: ln.replace("frames/", '"frames/', 1), r"line 23: unbalanced quote"),
+    ],
+)
 def test_relion_ragged_rows_are_one_line_with_the_line(tmp_path, change, fragment):
     star = _small_relion(tmp_path)
     lines = (tmp_path / SMALL_TS.name).read_text().splitlines()
@@ -970,13 +1070,15 @@ def test_cli_metadata_into_a_closed_pipe_is_quiet(tmp_path, monkeypatch):
 
     write_tilt_angles(tmp_path / "many.rawtlt", np.linspace(-89, 89, 2001))
     # a child whose pipe is closed before it writes (head has exited): a deterministic EPIPE
-    proc = subprocess.Popen([sys.executable, "-m", "tomomatch", "metadata", "-a", str(tmp_path / "many.rawtlt"),
-                             "--allow-missing-dose"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tomomatch", "metadata", "-a", str(tmp_path / "many.rawtlt"), "--allow-missing-dose"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
-    assert err == ""                                  # no traceback, no "Exception ignored"
+    assert err == ""  # no traceback, no "Exception ignored"
     # in process: a stdout that breaks on write
     r, w = os.pipe()
 
@@ -1005,8 +1107,11 @@ def test_mdoc_library_errors_name_the_line_and_key(tmp_path):
     text = (FIXTURES / "small_ts.mrc.mdoc").read_text()
     p = tmp_path / "bad.mdoc"
     p.write_text(text.replace("TiltAngle = -3.0", "TiltAngle = minus three"))
-    with pytest.raises(InputError, match=r"bad.mdoc: line 23: \[ZValue = 1\]: TiltAngle: Input should be a valid "
-                                         r"number.*\(got 'minus three'\)") as exc:
+    with pytest.raises(
+        InputError,
+        match=r"bad.mdoc: line 23: \[ZValue = 1\]: TiltAngle: Input should be a valid "
+        r"number.*\(got 'minus three'\)",
+    ) as exc:
         read_mdoc(p)
     assert "validation error for" not in str(exc.value) and "\n" not in str(exc.value)
     p.write_text(text.replace("ImageSize = 1024 1024", "ImageSize 1024 1024"))
@@ -1020,14 +1125,20 @@ def test_mdoc_library_errors_name_the_line_and_key(tmp_path):
         read_mdoc(p)
 
 
-@pytest.mark.parametrize("old, new, fragment", [
-    ("    1    86.0000    1.00000      0.500      0.500     1.00     1.00     1.00     0.00      0.00",
-     "    1    86.0000    1.00000", r"line 6: not a readable AreTomo .aln file: 3 fields; expected 10 "
-                                   r"\(SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT\)"),
-    ("# RawSize = 512 512 3", "# RawSize = 512 512", r"line 2: .*2 values; expected 3 \(width height sections\)"),
-    ("# NumPatches = 0", "# NumPatches = none", r"line 3: .*NumPatches 'none' is not an integer"),
-    ("    2    86", "  2.5    86", r"line 7: .*SEC '2.5' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "old, new, fragment",
+    [
+        (
+            "    1    86.0000    1.00000      0.500      0.500     1.00     1.00     1.00     0.00      0.00",
+            "    1    86.0000    1.00000",
+            r"line 6: not a readable AreTomo .aln file: 3 fields; expected 10 "
+            r"\(SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT\)",
+        ),
+        ("# RawSize = 512 512 3", "# RawSize = 512 512", r"line 2: .*2 values; expected 3 \(width height sections\)"),
+        ("# NumPatches = 0", "# NumPatches = none", r"line 3: .*NumPatches 'none' is not an integer"),
+        ("    2    86", "  2.5    86", r"line 7: .*SEC '2.5' is not an integer"),
+    ],
+)
 def test_aln_library_errors_name_the_line_and_column(tmp_path, old, new, fragment):
     text = (FIXTURES / "no_offsets.aln").read_text()
     assert old in text
@@ -1041,17 +1152,31 @@ def test_aln_library_errors_name_the_line_and_column(tmp_path, old, new, fragmen
 
 def test_override_errors_blame_the_option(tmp_path, capsys):
     write_tilt_angles(tmp_path / "a.rawtlt", [-3, 0, 3])
-    for args, fragment in ((["--voltage", "-300"], "--voltage: voltage -300 is implausible; expected kV"),
-                           (["--voltage", "300000"], "looks like volts: 300 kV?"),
-                           (["--cs", "2700"], "--cs: Cs 2700 is implausible; expected mm"),
-                           (["--amplitude-contrast", "7"], "--amplitude-contrast: amplitude contrast 7"),
-                           (["--phase-shift", "nan"], "--phase-shift: NaN is not a finite number"),
-                           (["--defocus", "3e-6"], "--defocus: defocus 3e-06 is implausible")):
+    for args, fragment in (
+        (["--voltage", "-300"], "--voltage: voltage -300 is implausible; expected kV"),
+        (["--voltage", "300000"], "looks like volts: 300 kV?"),
+        (["--cs", "2700"], "--cs: Cs 2700 is implausible; expected mm"),
+        (["--amplitude-contrast", "7"], "--amplitude-contrast: amplitude contrast 7"),
+        (["--phase-shift", "nan"], "--phase-shift: NaN is not a finite number"),
+        (["--defocus", "3e-6"], "--defocus: defocus 3e-06 is implausible"),
+    ):
         assert main(["metadata", "-a", str(tmp_path / "a.rawtlt"), "--allow-missing-dose"] + args) == 2
         err = capsys.readouterr().err
         assert fragment in err and "a.rawtlt" not in err and err.count("\n") == 1
     with pytest.raises(InputError) as exc:
         load_tilt_series(tilt_angles=tmp_path / "a.rawtlt", voltage_kv=-300, allow_missing_dose=True)
     assert str(exc.value).startswith("voltage_kv: ")
-    assert main(["metadata", "-a", str(tmp_path / "a.rawtlt"), "--defocus", "30", "--allow-unusual-defocus",
-                 "--allow-missing-dose"]) == 0
+    assert (
+        main(
+            [
+                "metadata",
+                "-a",
+                str(tmp_path / "a.rawtlt"),
+                "--defocus",
+                "30",
+                "--allow-unusual-defocus",
+                "--allow-missing-dose",
+            ]
+        )
+        == 0
+    )

@@ -1,4 +1,5 @@
 """Particle STAR files: hand-computed values in every format, round trips, merge, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -38,16 +39,33 @@ def _job(tmp_path, relion: bool):
     """One particle: a symmetric peak at voxel PEAK_XYZ with rotation index 1 = '210 -60 270'."""
     z, y, x = np.meshgrid(*[np.arange(n, dtype=float) for n in SHAPE], indexing="ij")
     px, py, pz = PEAK_XYZ
-    m = PEAK * np.exp(-((x - px) ** 2 + (y - py) ** 2 + (z - pz) ** 2) / (2 * 1.5 ** 2))
+    m = PEAK * np.exp(-((x - px) ** 2 + (y - py) ** 2 + (z - pz) ** 2) / (2 * 1.5**2))
     ang = np.ones(SHAPE, np.float32)
     extra = {}
     if relion:
-        extra["relion"] = {"unbinned_size_xyz": [301, 251, 199], "tilt_series_pixel_angstrom": 2.0,
-                           "tomo_name": "TS_07"}
-        extra["tilt_series"] = {"tilt_angles_deg": TILTS, "excluded": [False, False, True, False, False],
-                                "voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07}
-    return make_job(tmp_path, m.astype(np.float32), ang, rotations=("0 0 0", "210 -60 270"),
-                    voxel=VOXEL, mean=0.1, std=0.05, n_search=10**9, **extra)
+        extra["relion"] = {
+            "unbinned_size_xyz": [301, 251, 199],
+            "tilt_series_pixel_angstrom": 2.0,
+            "tomo_name": "TS_07",
+        }
+        extra["tilt_series"] = {
+            "tilt_angles_deg": TILTS,
+            "excluded": [False, False, True, False, False],
+            "voltage_kv": 300.0,
+            "cs_mm": 2.7,
+            "amplitude_contrast": 0.07,
+        }
+    return make_job(
+        tmp_path,
+        m.astype(np.float32),
+        ang,
+        rotations=("0 0 0", "210 -60 270"),
+        voxel=VOXEL,
+        mean=0.1,
+        std=0.05,
+        n_search=10**9,
+        **extra,
+    )
 
 
 def _particles(job):
@@ -60,8 +78,9 @@ def test_pose_matrix_and_relion_angles_against_scipy_and_hand_matrices():
     # RELION (rot, tilt, psi) intrinsic ZYZ: R = (Rz(rot) Ry(tilt) Rz(psi))^T carries template to particle
     hand = (_rz(30) @ _ry(60) @ _rz(90)).T
     np.testing.assert_allclose(relion_to_matrix([30, 60, 90]), hand, atol=1e-12)
-    np.testing.assert_allclose(Rotation.from_euler("ZYZ", [30, 60, 90], degrees=True).inv().as_matrix(), hand,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        Rotation.from_euler("ZYZ", [30, 60, 90], degrees=True).inv().as_matrix(), hand, atol=1e-12
+    )
     # (rot + 180, -tilt, psi + 180) is the same rotation: the file's "210 -60 270" is (30, 60, 90)
     np.testing.assert_allclose(relion_to_matrix([210, -60, 270]), hand, atol=1e-12)
     # by hand: Ry(60) Rz(90) has first row (0, -1/2, sqrt3/2); Rz(30)'s first row (sqrt3/2, -1/2, 0)
@@ -96,8 +115,11 @@ def test_hand_computed_star_values_in_every_format(tmp_path, relion):
         expect = (-90.0, -120.0, 100.0)
         assert r5.rlnTomoTiltSeriesPixelSize == VOXEL
         assert "rlnTomoVisibleFrames" not in blocks["particles"]
-    assert (r5.rlnCenteredCoordinateXAngst, r5.rlnCenteredCoordinateYAngst,
-            r5.rlnCenteredCoordinateZAngst) == pytest.approx(expect, abs=1e-6)
+    assert (
+        r5.rlnCenteredCoordinateXAngst,
+        r5.rlnCenteredCoordinateYAngst,
+        r5.rlnCenteredCoordinateZAngst,
+    ) == pytest.approx(expect, abs=1e-6)
     assert r5.rlnTomoName == name
     assert (r5.rlnAngleRot, r5.rlnAngleTilt, r5.rlnAnglePsi) == pytest.approx((30.0, 60.0, 90.0), abs=1e-5)
     assert r5.rlnLCCmax == pytest.approx(PEAK, abs=1e-6)
@@ -146,8 +168,15 @@ def test_round_trip(tmp_path, fmt, relion):
     job = _job(tmp_path, relion)
     rng = np.random.default_rng(3)
     n = 25
-    df = pd.DataFrame({"x": rng.uniform(0, 59, n), "y": rng.uniform(0, 49, n), "z": rng.uniform(0, 39, n),
-                       "score": rng.uniform(0.2, 0.9, n), "score_sigma": rng.uniform(5, 20, n)})
+    df = pd.DataFrame(
+        {
+            "x": rng.uniform(0, 59, n),
+            "y": rng.uniform(0, 49, n),
+            "z": rng.uniform(0, 39, n),
+            "score": rng.uniform(0.2, 0.9, n),
+            "score_sigma": rng.uniform(5, 20, n),
+        }
+    )
     ang = Rotation.random(n, random_state=4).inv().as_euler("ZYZ", degrees=True)
     df["rot"], df["tilt"], df["psi"] = ang[:, 0], ang[:, 1], ang[:, 2]
     out = tmp_path / f"rt_{fmt}.star"
@@ -163,8 +192,11 @@ def test_round_trip(tmp_path, fmt, relion):
             np.testing.assert_allclose(back["score_sigma"], df["score_sigma"], atol=1e-5)
         np.testing.assert_allclose(back["score"], df["score"], atol=1e-6)
         geo = job_geometry(job)
-        np.testing.assert_allclose(back[["x_angstrom", "y_angstrom", "z_angstrom"]],
-                                   geo.centered_angstrom(df[["x", "y", "z"]].to_numpy()), atol=2e-3)
+        np.testing.assert_allclose(
+            back[["x_angstrom", "y_angstrom", "z_angstrom"]],
+            geo.centered_angstrom(df[["x", "y", "z"]].to_numpy()),
+            atol=2e-3,
+        )
         assert set(back["tomo_name"]) == {"TS_07" if relion else "tomo"}
         assert back.attrs["tomogram_shape_zyx"] == list(SHAPE)
 
@@ -204,8 +236,7 @@ def test_merge_stars_writes_an_import_list(tmp_path, capsys):
     assert list(tab.rlnTomoImportParticleFile) == [str(p) for p in paths]
     # a RELION 4 file is not a RELION 5 particle file
     p4 = tmp_path / "p4.star"
-    write_particles(_particles(paths[0].parent / "tomo_job.json"), p4, "relion4",
-                    paths[0].parent / "tomo_job.json")
+    write_particles(_particles(paths[0].parent / "tomo_job.json"), p4, "relion4", paths[0].parent / "tomo_job.json")
     with pytest.raises(InputError, match="RELION 5"):
         merge_stars([p4], tmp_path / "x.star")
     assert main(["merge-stars", str(p4), "-o", str(tmp_path / "x.star")]) == 2
@@ -246,8 +277,16 @@ def test_warp_output_strips_pixel_suffix_and_warns_when_guessing(tmp_path):
     from tomomatch.particles import particle_table_to_blocks
 
     df = pd.DataFrame({"x": [1.0], "y": [2.0], "z": [3.0], "rot": 0.0, "tilt": 0.0, "psi": 0.0})
-    base = {"tomomatch_version": "t", "job_format": 1, "geometry_version": 2, "tomogram_shape_zyx": [8, 8, 8],
-            "voxel_size_angstrom": 10.0, "scores": "s.mrc", "angles": "a.mrc", "rotations": "r.txt"}
+    base = {
+        "tomomatch_version": "t",
+        "job_format": 1,
+        "geometry_version": 2,
+        "tomogram_shape_zyx": [8, 8, 8],
+        "voxel_size_angstrom": 10.0,
+        "scores": "s.mrc",
+        "angles": "a.mrc",
+        "rotations": "r.txt",
+    }
     with w.catch_warnings():
         w.simplefilter("error")
         b = particle_table_to_blocks(df, "warp", {**base, "tomogram": "TS_01_10.00Apx.mrc", "name": "TS_01_10.00Apx"})
@@ -257,6 +296,7 @@ def test_warp_output_strips_pixel_suffix_and_warns_when_guessing(tmp_path):
     assert b[""]["rlnMicrographName"].iloc[0] == "rec_lamella.tomostar"
     with w.catch_warnings():
         w.simplefilter("error")
-        b = particle_table_to_blocks(df, "warp", {**base, "tomogram": "rec.mrc", "name": "rec",
-                                                  "tilt_series_name": "TS_07"})
+        b = particle_table_to_blocks(
+            df, "warp", {**base, "tomogram": "rec.mrc", "name": "rec", "tilt_series_name": "TS_07"}
+        )
     assert b[""]["rlnMicrographName"].iloc[0] == "TS_07.tomostar"

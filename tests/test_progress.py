@@ -1,4 +1,5 @@
 """Progress: bars on a terminal, timed lines in logs, nothing when quiet."""
+
 from __future__ import annotations
 
 import io

@@ -1,5 +1,6 @@
 """``tomomatch roc``: the background + particle mixture on known samples, and the estimate against
 the truth of a simulation (simulate -> match -> roc -> compare)."""
+
 from __future__ import annotations
 
 import json
@@ -30,11 +31,14 @@ def _top(n, k=30_000):
 # --------------------------------------------------------------------------- the mixture on known samples
 
 
-@pytest.mark.parametrize("n_bg, n_p, offset, sd, seed", [
-    (1500, 30, 2.0, 0.4, 0),     # few particles, well above the background
-    (3000, 200, 1.5, 0.3, 1),    # more particles than the default window's 20 % takes comfortably
-    (2000, 600, 2.0, 0.5, 2),    # crowded: the window is enlarged to half of the peaks
-])
+@pytest.mark.parametrize(
+    "n_bg, n_p, offset, sd, seed",
+    [
+        (1500, 30, 2.0, 0.4, 0),  # few particles, well above the background
+        (3000, 200, 1.5, 0.3, 1),  # more particles than the default window's 20 % takes comfortably
+        (2000, 600, 2.0, 0.5, 2),  # crowded: the window is enlarged to half of the peaks
+    ],
+)
 def test_mixture_counts_particles_drawn_from_known_distributions(n_bg, n_p, offset, sd, seed):
     rng = np.random.default_rng(seed)
     bg, expected_bg = _max_of_normals(rng, n_bg)
@@ -124,8 +128,17 @@ def sim_job(tmp_path_factory):
     summ = json.loads((d / "summary.json").read_text())
     radius = max(s["radius_angstrom"] for s in summ["structures"])
     ts = load_tilt_series(tilt_angles=d / "sim.rawtlt", dose=d / "sim_dose.txt", defocus=d / "sim.defocus")
-    run_match(d / "template.mrc", d / "mask.mrc", d / "sim.mrc", out / "match", name="sim", angular_step_deg=45.0,
-              particle_diameter_angstrom=2 * radius, tilt_series=ts, defocus_handedness=-1)
+    run_match(
+        d / "template.mrc",
+        d / "mask.mrc",
+        d / "sim.mrc",
+        out / "match",
+        name="sim",
+        angular_step_deg=45.0,
+        particle_diameter_angstrom=2 * radius,
+        tilt_series=ts,
+        defocus_handedness=-1,
+    )
     return out / "match" / "sim_job.json", d, radius
 
 
@@ -213,13 +226,23 @@ def _write_job(tmp_path, scores, angles=None, name="t"):
 
     scores = np.asarray(scores, np.float32)
     write_volume(tmp_path / f"{name}_scores.mrc", scores, 10.0)
-    write_volume(tmp_path / f"{name}_angles.mrc",
-                 np.zeros(scores.shape, np.float32) if angles is None else np.asarray(angles, np.float32), 10.0)
+    write_volume(
+        tmp_path / f"{name}_angles.mrc",
+        np.zeros(scores.shape, np.float32) if angles is None else np.asarray(angles, np.float32),
+        10.0,
+    )
     (tmp_path / f"{name}_rotations.txt").write_text("0 0 0\n")
-    job = {"job_format": 1, "geometry_version": 2, "name": name, "voxel_size_angstrom": 10.0,
-           "scores": f"{name}_scores.mrc", "angles": f"{name}_angles.mrc", "rotations": f"{name}_rotations.txt",
-           "particle_diameter_angstrom": 80.0,
-           "search_statistics": {"n_search": int(scores.size), "mean": 0.0, "std": 1.0}}
+    job = {
+        "job_format": 1,
+        "geometry_version": 2,
+        "name": name,
+        "voxel_size_angstrom": 10.0,
+        "scores": f"{name}_scores.mrc",
+        "angles": f"{name}_angles.mrc",
+        "rotations": f"{name}_rotations.txt",
+        "particle_diameter_angstrom": 80.0,
+        "search_statistics": {"n_search": int(scores.size), "mean": 0.0, "std": 1.0},
+    }
     p = tmp_path / f"{name}_job.json"
     p.write_text(json.dumps(job))
     return p
@@ -227,7 +250,7 @@ def _write_job(tmp_path, scores, angles=None, name="t"):
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    few = _write_job(tmp_path, rng.normal(size=(12, 12, 12)), name="few")          # ~20 peaks
+    few = _write_job(tmp_path, rng.normal(size=(12, 12, 12)), name="few")  # ~20 peaks
     unsearched = _write_job(tmp_path, rng.normal(size=(12, 12, 12)), np.full((12, 12, 12), -1.0), name="none")
     cases = [
         (["roc", "-j", str(tmp_path / "missing_job.json")], "not found"),

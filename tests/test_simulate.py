@@ -1,4 +1,5 @@
 """Tests of the simulator: geometry, defocus-gradient sign, WBP, shot noise, determinism, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,15 @@ from scipy.spatial.transform import Rotation
 from tomomatch.cli import main
 from tomomatch.conventions import electron_wavelength_angstrom, relion_to_matrix
 from tomomatch.phantom import phantom_components, phantom_density
-from tomomatch.simulate import (FourierProjector, Structure, fourier_bin_2d, poisson_counts, preset_config,
-                                simulate, tilt_scheme)
+from tomomatch.simulate import (
+    FourierProjector,
+    Structure,
+    fourier_bin_2d,
+    poisson_counts,
+    preset_config,
+    simulate,
+    tilt_scheme,
+)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -33,8 +41,9 @@ def _cc(a, b):
 
 def _quiet(**kw):
     """Overrides for a noise-free, background-free custom simulation."""
-    base = dict(shot_noise=False, ice_noise_rad=0.0, n_blobs=0, n_decoys=0, defocus_scatter_um=0.0,
-                apply_dose_filter=False)
+    base = dict(
+        shot_noise=False, ice_noise_rad=0.0, n_blobs=0, n_decoys=0, defocus_scatter_um=0.0, apply_dose_filter=False
+    )
     base.update(kw)
     return base
 
@@ -55,15 +64,15 @@ def test_fourier_slice_projection_equals_real_space_rotation_and_projection():
     P = proj.pad_size
     S = proj.slices((R.T @ Rt)[None])
     fourier = torch.fft.fftshift(torch.fft.irfft2(S, s=(P, P)), dim=(-2, -1))[0].numpy()
-    fourier = fourier[P // 2 - c:P // 2 - c + n, P // 2 - c:P // 2 - c + n]   # centre P//2 -> c
+    fourier = fourier[P // 2 - c : P // 2 - c + n, P // 2 - c : P // 2 - c + n]  # centre P//2 -> c
 
     def real_space(M):
         # view volume in the tilted frame: sample (a, b, w) -> template(M (a, b, w)), sum over w
         g = np.arange(n) - c
         w, bb, a = np.meshgrid(g, g, g, indexing="ij")
-        pts = np.stack([a, bb, w], -1) @ M.T                       # (x, y, z) in the template
+        pts = np.stack([a, bb, w], -1) @ M.T  # (x, y, z) in the template
         coords = [pts[..., 2] + c, pts[..., 1] + c, pts[..., 0] + c]
-        return ndimage.map_coordinates(dens, coords, order=3, mode="constant").sum(0)   # [v, u]
+        return ndimage.map_coordinates(dens, coords, order=3, mode="constant").sum(0)  # [v, u]
 
     real = real_space(R.T @ Rt)
     assert _cc(fourier, real) > 0.9999
@@ -73,6 +82,7 @@ def test_fourier_slice_projection_equals_real_space_rotation_and_projection():
     assert np.abs(fourier - real_space(Rt @ R.T)).max() > 0.1 * real.max()
     # and the particle-pose convention: particle(r) = template(R^T r); RELION angles round trip
     from tomomatch.conventions import matrix_to_relion
+
     assert np.allclose(relion_to_matrix(matrix_to_relion(R)), R, atol=1e-9)
 
 
@@ -92,7 +102,7 @@ def test_phantom_is_chiral_and_resolution_independent():
     m = phantom_density(v, box_size=24, diameter_angstrom=200.0, mirror=True)
     # the integral (volts * A^3) does not depend on the voxel size
     fine = phantom_density(6.0, box_size=48, diameter_angstrom=200.0)
-    assert a.sum() * v ** 3 == pytest.approx(fine.sum() * 6.0 ** 3, rel=0.01)
+    assert a.sum() * v**3 == pytest.approx(fine.sum() * 6.0**3, rel=0.01)
     # no rotation of the phantom matches its mirror image as well as the phantom itself
     c, s, amp = phantom_components(200.0)
     cm = c * np.array([-1, 1, 1])
@@ -107,8 +117,8 @@ def test_phantom_is_chiral_and_resolution_independent():
         return d.min(axis=1).mean(axis=1).min()
 
     rc_self = np.einsum("ij,nj->ni", rots[7], c)
-    assert best(rc_self) < 5.0              # the search finds the phantom's own rotations
-    assert best(cm) > 15.0                  # but no rotation reproduces the mirror image
+    assert best(rc_self) < 5.0  # the search finds the phantom's own rotations
+    assert best(cm) > 15.0  # but no rotation reproduces the mirror image
     assert _cc(a, m) < 0.9
 
 
@@ -118,10 +128,23 @@ def test_phantom_is_chiral_and_resolution_independent():
 @pytest.mark.parametrize("hand", [1, -1, 0])
 def test_defocus_applied_to_particle_at_plus_x_has_documented_sign(hand):
     x, z = 1000.0, 200.0
-    res = simulate("custom", write=False, hand=hand, **_quiet(
-        n_particles=1, particle_positions_angstrom=[[x, 0.0, z]], particle_angles_relion_deg=[[0, 0, 0]],
-        tomogram_size_xyz=(256, 32, 64), voxel_size_angstrom=10.0, tilt_min_deg=-30, tilt_max_deg=30,
-        tilt_step_deg=30, phantom_diameter_angstrom=150.0, defocus_um=3.0))
+    res = simulate(
+        "custom",
+        write=False,
+        hand=hand,
+        **_quiet(
+            n_particles=1,
+            particle_positions_angstrom=[[x, 0.0, z]],
+            particle_angles_relion_deg=[[0, 0, 0]],
+            tomogram_size_xyz=(256, 32, 64),
+            voxel_size_angstrom=10.0,
+            tilt_min_deg=-30,
+            tilt_max_deg=30,
+            tilt_step_deg=30,
+            phantom_diameter_angstrom=150.0,
+            defocus_um=3.0,
+        ),
+    )
     ang = res.tilt_series.tilt_angles_deg
     assert ang.tolist() == [-30, 0, 30]
     off_a = (res.defocus_um[0] - res.tilt_series.defocus_um) * 1e4
@@ -130,13 +153,30 @@ def test_defocus_applied_to_particle_at_plus_x_has_documented_sign(hand):
     expect = hand * np.array([500 + 200 * math.cos(math.pi / 6), 200, -500 + 200 * math.cos(math.pi / 6)])
     assert off_a == pytest.approx(expect, abs=1e-3)
     # pytom mode (pytom's z cos(h t) + x sin(h t)) flips only the x term for h = -1
-    res_p = simulate("custom", write=False, hand=hand, hand_mode="pytom", **_quiet(
-        n_particles=1, particle_positions_angstrom=[[x, 0.0, z]], particle_angles_relion_deg=[[0, 0, 0]],
-        tomogram_size_xyz=(256, 32, 64), voxel_size_angstrom=10.0, tilt_min_deg=-30, tilt_max_deg=30,
-        tilt_step_deg=30, phantom_diameter_angstrom=150.0, defocus_um=3.0))
+    res_p = simulate(
+        "custom",
+        write=False,
+        hand=hand,
+        hand_mode="pytom",
+        **_quiet(
+            n_particles=1,
+            particle_positions_angstrom=[[x, 0.0, z]],
+            particle_angles_relion_deg=[[0, 0, 0]],
+            tomogram_size_xyz=(256, 32, 64),
+            voxel_size_angstrom=10.0,
+            tilt_min_deg=-30,
+            tilt_max_deg=30,
+            tilt_step_deg=30,
+            phantom_diameter_angstrom=150.0,
+            defocus_um=3.0,
+        ),
+    )
     off_p = (res_p.defocus_um[0] - res_p.tilt_series.defocus_um) * 1e4
-    exp_p = (np.array([200 * math.cos(math.pi / 6), 200, 200 * math.cos(math.pi / 6)]) + hand * np.array([-500, 0, 500])
-             if hand else np.zeros(3))
+    exp_p = (
+        np.array([200 * math.cos(math.pi / 6), 200, 200 * math.cos(math.pi / 6)]) + hand * np.array([-500, 0, 500])
+        if hand
+        else np.zeros(3)
+    )
     assert off_p == pytest.approx(exp_p, abs=1e-3)
 
 
@@ -150,12 +190,12 @@ def _fit_defocus(patch, pixel, kv, cs_mm, amp, grid_um, kmin, kmax, envelope_sig
     sel = (k > kmin) & (k < kmax)
     k = k[sel]
     obs = ps[sel]
-    env = np.exp(-4 * math.pi ** 2 * envelope_sigma ** 2 * k ** 2)       # |FT of the Gaussian blob|^2
+    env = np.exp(-4 * math.pi**2 * envelope_sigma**2 * k**2)  # |FT of the Gaussian blob|^2
     lam = electron_wavelength_angstrom(kv)
     best, best_df = -2, None
     for df in grid_um:
-        chi = math.pi * lam * df * 1e4 * k ** 2 - 0.5 * math.pi * cs_mm * 1e7 * lam ** 3 * k ** 4
-        model = (math.sqrt(1 - amp ** 2) * np.sin(chi) + amp * np.cos(chi)) ** 2 * env
+        chi = math.pi * lam * df * 1e4 * k**2 - 0.5 * math.pi * cs_mm * 1e7 * lam**3 * k**4
+        model = (math.sqrt(1 - amp**2) * np.sin(chi) + amp * np.cos(chi)) ** 2 * env
         cc = _cc(obs, model)
         if cc > best:
             best, best_df = cc, df
@@ -171,20 +211,34 @@ def test_ctf_read_back_from_noise_free_tilt_image_moves_with_true_hand(hand):
     n = 16
     g = (np.arange(n) - n // 2) * 1.5
     zz, yy, xx = np.meshgrid(g, g, g, indexing="ij")
-    blob = Structure(np.exp(-(xx ** 2 + yy ** 2 + zz ** 2) / (2 * sig ** 2)).astype(np.float32), 1.5, "point")
+    blob = Structure(np.exp(-(xx**2 + yy**2 + zz**2) / (2 * sig**2)).astype(np.float32), 1.5, "point")
     x = 1000.0
-    res = simulate("custom", write=False, hand=hand, **_quiet(
-        structure=blob, n_particles=1, particle_positions_angstrom=[[x, 0.0, 0.0]],
-        particle_angles_relion_deg=[[0, 0, 0]], tomogram_size_xyz=(720, 96, 16), voxel_size_angstrom=v,
-        tilt_min_deg=-60, tilt_max_deg=60, tilt_step_deg=60, defocus_um=1.5, cs_mm=2.7,
-        amplitude_contrast=0.07))
+    res = simulate(
+        "custom",
+        write=False,
+        hand=hand,
+        **_quiet(
+            structure=blob,
+            n_particles=1,
+            particle_positions_angstrom=[[x, 0.0, 0.0]],
+            particle_angles_relion_deg=[[0, 0, 0]],
+            tomogram_size_xyz=(720, 96, 16),
+            voxel_size_angstrom=v,
+            tilt_min_deg=-60,
+            tilt_max_deg=60,
+            tilt_step_deg=60,
+            defocus_um=1.5,
+            cs_mm=2.7,
+            amplitude_contrast=0.07,
+        ),
+    )
     imgs = res.tilt_series_counts
     grid = np.arange(1.3, 1.7, 0.001)
     assert res.tilt_series.tilt_angles_deg.tolist() == [-60, 0, 60]
     for i, t in [(0, -60.0), (2, 60.0)]:
         xp = x * math.cos(math.radians(t)) / v + 720 // 2
         c0 = int(round(xp)) - 48
-        patch = imgs[i, :, c0:c0 + 96]
+        patch = imgs[i, :, c0 : c0 + 96]
         df = _fit_defocus(patch, v, 300, 2.7, 0.07, grid, 0.03, 0.16, sig)
         expect = 1.5 - hand * x * math.sin(math.radians(t)) / 1e4
         assert df == pytest.approx(expect, abs=0.005), (t, df, expect)
@@ -198,10 +252,22 @@ def test_wbp_of_noise_free_particle_matches_truth_after_same_wedge_and_lowpass()
     shape_xyz = (64, 64, 48)
     pos = np.array([40.0, -30.0, 20.0])
     ang = np.array([30.0, 50.0, 100.0])
-    res = simulate("custom", write=False, **_quiet(
-        n_particles=1, particle_positions_angstrom=[pos], particle_angles_relion_deg=[ang],
-        phantom_diameter_angstrom=diam, tomogram_size_xyz=shape_xyz, voxel_size_angstrom=v,
-        tilt_min_deg=-60, tilt_max_deg=60, tilt_step_deg=3, apply_ctf=False))
+    res = simulate(
+        "custom",
+        write=False,
+        **_quiet(
+            n_particles=1,
+            particle_positions_angstrom=[pos],
+            particle_angles_relion_deg=[ang],
+            phantom_diameter_angstrom=diam,
+            tomogram_size_xyz=shape_xyz,
+            voxel_size_angstrom=v,
+            tilt_min_deg=-60,
+            tilt_max_deg=60,
+            tilt_step_deg=3,
+            apply_ctf=False,
+        ),
+    )
     tomo = res.tomogram
     nz, ny, nx = tomo.shape
 
@@ -213,13 +279,13 @@ def test_wbp_of_noise_free_particle_matches_truth_after_same_wedge_and_lowpass()
         out = np.zeros((nz, ny, nx))
         for c_, s_, a_ in zip(cen, sg, amp):
             q = R @ c_ + pos
-            se = math.sqrt(s_ ** 2 + (0.25 * v) ** 2)
-            out += a_ * (s_ / se) ** 3 * np.exp(-((x - q[0]) ** 2 + (y - q[1]) ** 2 + (z - q[2]) ** 2) / (2 * se ** 2))
-        return -out                                           # dark, like the tomogram
+            se = math.sqrt(s_**2 + (0.25 * v) ** 2)
+            out += a_ * (s_ / se) ** 3 * np.exp(-((x - q[0]) ** 2 + (y - q[1]) ** 2 + (z - q[2]) ** 2) / (2 * se**2))
+        return -out  # dark, like the tomogram
 
     kz, ky, kx = np.meshgrid(*[np.fft.fftfreq(s) for s in (nz, ny, nx)], indexing="ij")
     wedge = np.abs(kz) <= np.abs(kx) * math.tan(math.radians(60)) + 1e-9
-    k = np.sqrt(kx ** 2 + ky ** 2 + kz ** 2)
+    k = np.sqrt(kx**2 + ky**2 + kz**2)
     lp = np.exp(-0.5 * (k / 0.2) ** 2)
 
     def filt(a):
@@ -238,16 +304,30 @@ def test_wbp_of_noise_free_particle_matches_truth_after_same_wedge_and_lowpass()
 
 def test_shot_noise_statistics_match_dose():
     v, dose = 4.0, 5.0
-    res = simulate("custom", write=False, n_particles=0, n_decoys=0, n_blobs=0, ice_noise_rad=0.0,
-                   tomogram_size_xyz=(96, 96, 16), voxel_size_angstrom=v, binning=2, tilt_min_deg=-60,
-                   tilt_max_deg=60, tilt_step_deg=60, dose_per_tilt=dose, thickness_nm=70.0, seed=4)
+    res = simulate(
+        "custom",
+        write=False,
+        n_particles=0,
+        n_decoys=0,
+        n_blobs=0,
+        ice_noise_rad=0.0,
+        tomogram_size_xyz=(96, 96, 16),
+        voxel_size_angstrom=v,
+        binning=2,
+        tilt_min_deg=-60,
+        tilt_max_deg=60,
+        tilt_step_deg=60,
+        dose_per_tilt=dose,
+        thickness_nm=70.0,
+        seed=4,
+    )
     counts = res.tilt_series_counts
     for i, t in enumerate(res.tilt_series.tilt_angles_deg):
         atten = math.exp(-70.0 / (math.cos(math.radians(t)) * 350.0))
-        expected = dose * v * v * atten                          # electrons per binned pixel
+        expected = dose * v * v * atten  # electrons per binned pixel
         img = counts[i]
         assert img.mean() == pytest.approx(expected, rel=0.005)
-        assert img.var() == pytest.approx(expected, rel=0.05)    # Poisson: variance = mean
+        assert img.var() == pytest.approx(expected, rel=0.05)  # Poisson: variance = mean
     # the sampler alone, and Fourier binning keeping Poisson statistics
     rng = np.random.default_rng(0)
     fine = poisson_counts(np.ones((256, 256)), 7.0, rng)
@@ -282,6 +362,7 @@ def test_ci_preset_outputs_and_ground_truth(ci_run):
     assert np.allclose(parts.rlnCenteredCoordinateZAngst, (parts.tmVoxelIndexZ - 24) * 10.0, atol=1e-3)
     # metadata round trip through the package readers
     from tomomatch.metadata import read_imod_defocus, read_relion5, read_tilt_angles
+
     ts = read_relion5(out / "tomograms.star")
     assert ts.hand == -1 and ts.n_tilts == 31
     assert np.allclose(read_tilt_angles(out / "sim.rawtlt"), ts.tilt_angles_deg)
@@ -301,6 +382,7 @@ def test_ci_preset_outputs_and_ground_truth(ci_run):
     assert msk.max() == pytest.approx(1.0) and msk.min() >= 0
     # the soft edge fits inside the box, so the matcher's spherical-mask fast path applies
     from tomomatch.mask import is_spherical
+
     assert is_spherical(msk)
 
 
@@ -357,12 +439,38 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path):
 
 def test_density_map_structure_through_cli(tmp_path):
     from tomomatch.mrcio import write_volume
+
     m = tmp_path / "blob.mrc"
     write_volume(m, phantom_density(5.0, box_size=48, diameter_angstrom=180.0), 5.0)
     out = tmp_path / "o"
-    rc = main(["simulate", "--preset", "custom", "-o", str(out), "--structure", str(m), "--n-particles", "2",
-               "--size", "64", "64", "32", "--voxel-size", "10", "--tilt-range", "-50", "50", "--tilt-step", "10",
-               "--thickness-nm", "30", "--hand", "0"])
+    rc = main(
+        [
+            "simulate",
+            "--preset",
+            "custom",
+            "-o",
+            str(out),
+            "--structure",
+            str(m),
+            "--n-particles",
+            "2",
+            "--size",
+            "64",
+            "64",
+            "32",
+            "--voxel-size",
+            "10",
+            "--tilt-range",
+            "-50",
+            "50",
+            "--tilt-step",
+            "10",
+            "--thickness-nm",
+            "30",
+            "--hand",
+            "0",
+        ]
+    )
     assert rc == 0
     summ = json.loads((out / "summary.json").read_text())
     assert summ["structures"][0]["source"] == str(m) and summ["true_hand"] == 0
@@ -380,11 +488,20 @@ DATA = (shared_data_dir() or Path("missing-shared-data")) / "structures"
 
 @pytest.mark.skipif(not (DATA / "6z6u.pdb.gz").exists(), reason="shared data not available")
 def test_atomic_model_structure(tmp_path):
-    res = simulate("custom", out_dir=tmp_path, structure=str(DATA / "6z6u.pdb.gz"), n_particles=2,
-                   tomogram_size_xyz=(64, 64, 32), voxel_size_angstrom=10.0, tilt_min_deg=-50, tilt_max_deg=50,
-                   tilt_step_deg=10, thickness_nm=30.0)
+    res = simulate(
+        "custom",
+        out_dir=tmp_path,
+        structure=str(DATA / "6z6u.pdb.gz"),
+        n_particles=2,
+        tomogram_size_xyz=(64, 64, 32),
+        voxel_size_angstrom=10.0,
+        tilt_min_deg=-50,
+        tilt_max_deg=50,
+        tilt_step_deg=10,
+        thickness_nm=30.0,
+    )
     s = res.summary["structures"][0]
-    assert s["name"] == "6z6u.pdb.gz" and 55 < s["radius_angstrom"] < 90    # apoferritin, 124 A across
+    assert s["name"] == "6z6u.pdb.gz" and 55 < s["radius_angstrom"] < 90  # apoferritin, 124 A across
     tpl = mrcfile.read(tmp_path / "template.mrc")
     assert tpl.min() < 0 and tpl.max() <= 1e-3 * abs(tpl.min())
 
@@ -403,7 +520,7 @@ def test_written_template_poses_and_positions_match_the_tomogram(ci_run):
     n = tpl.shape[0]
     c = n // 2
     pad = np.pad(tomo, n, mode="constant", constant_values=tomo.mean())
-    k = np.sqrt(sum(f ** 2 for f in np.meshgrid(*[np.fft.fftfreq(n)] * 3, indexing="ij")))
+    k = np.sqrt(sum(f**2 for f in np.meshgrid(*[np.fft.fftfreq(n)] * 3, indexing="ij")))
     kz, _, kx = np.meshgrid(*[np.fft.fftfreq(n)] * 3, indexing="ij")
     filt = (np.abs(kz) <= np.abs(kx) * math.tan(math.radians(60)) + 1e-9) * (k < 0.4) * (k > 0.02)
     g = np.arange(n) - c
@@ -411,7 +528,7 @@ def test_written_template_poses_and_positions_match_the_tomogram(ci_run):
     pts = np.stack([xx, yy, zz], -1)
 
     def rotated(R):
-        q = pts @ R            # rows: R^T r, as (x, y, z)
+        q = pts @ R  # rows: R^T r, as (x, y, z)
         t = ndimage.map_coordinates(tpl, [q[..., 2] + c, q[..., 1] + c, q[..., 0] + c], order=1)
         return np.fft.ifftn(np.fft.fftn(t) * filt).real
 
@@ -423,20 +540,30 @@ def test_written_template_poses_and_positions_match_the_tomogram(ci_run):
     true_cc, rand_cc = [], []
     for _, p in parts.iterrows():
         i = np.round([p.tmVoxelIndexZ, p.tmVoxelIndexY, p.tmVoxelIndexX]).astype(int) + n
-        box = pad[i[0] - c:i[0] - c + n, i[1] - c:i[1] - c + n, i[2] - c:i[2] - c + n]
+        box = pad[i[0] - c : i[0] - c + n, i[1] - c : i[1] - c + n, i[2] - c : i[2] - c + n]
         box = np.fft.ifftn(np.fft.fftn(box) * filt).real
         R = relion_to_matrix([p.rlnAngleRot, p.rlnAngleTilt, p.rlnAnglePsi])
         true_cc.append(score(box, rotated(R)))
         rand_cc.append(score(box, rotated(Rotation.random(random_state=rng).as_matrix())))
-    assert np.mean(true_cc) > 0.12                      # positive: the template is dark like the tomogram
+    assert np.mean(true_cc) > 0.12  # positive: the template is dark like the tomogram
     assert np.mean(true_cc) > np.mean(rand_cc) + 0.06
     assert np.mean(np.array(true_cc) > np.array(rand_cc)) >= 0.75
 
 
 def test_slab_offset_and_noise_free_tomogram(tmp_path):
-    res = simulate("custom", out_dir=tmp_path, n_particles=3, phantom_diameter_angstrom=150.0,
-                   tomogram_size_xyz=(64, 64, 48), voxel_size_angstrom=10.0, thickness_nm=20.0,
-                   slab_offset_nm=10.0, tilt_step_deg=6, write_noise_free=True, seed=2)
+    res = simulate(
+        "custom",
+        out_dir=tmp_path,
+        n_particles=3,
+        phantom_diameter_angstrom=150.0,
+        tomogram_size_xyz=(64, 64, 48),
+        voxel_size_angstrom=10.0,
+        thickness_nm=20.0,
+        slab_offset_nm=10.0,
+        tilt_step_deg=6,
+        write_noise_free=True,
+        seed=2,
+    )
     z = res.particles.rlnCenteredCoordinateZAngst.to_numpy()
     r = res.summary["structures"][0]["radius_angstrom"]
     assert np.all(z >= 100 - 100 + r - 1e-6) and np.all(z <= 100 + 100 - r + 1e-6)
@@ -458,9 +585,10 @@ def test_lamella_preset_is_asymmetric_thick_and_dose_symmetric():
     cfg = preset_config("lamella")
     assert (cfg.tilt_min_deg, cfg.tilt_max_deg, cfg.tilt_step_deg) == (-40.0, 60.0, 2.0)
     assert 150.0 <= cfg.thickness_nm <= 200.0
-    assert cfg.tomogram_size_xyz[2] * cfg.voxel_size_angstrom / 10.0 >= cfg.thickness_nm   # slab fits in z
-    angles, acq = tilt_scheme(cfg.tilt_min_deg, cfg.tilt_max_deg, cfg.tilt_step_deg, cfg.tilt_order,
-                              cfg.dose_symmetric_group)
+    assert cfg.tomogram_size_xyz[2] * cfg.voxel_size_angstrom / 10.0 >= cfg.thickness_nm  # slab fits in z
+    angles, acq = tilt_scheme(
+        cfg.tilt_min_deg, cfg.tilt_max_deg, cfg.tilt_step_deg, cfg.tilt_order, cfg.dose_symmetric_group
+    )
     assert angles[0] == -40 and angles[-1] == 60 and len(angles) == 51
     taken = angles[np.argsort(acq)]
     # Hagen from 0 in groups of 2 until -40 is reached, then the rest of the positive side outward
@@ -495,16 +623,27 @@ def test_written_angle_files_have_imod_sign_and_star_has_true_hand(tmp_path, han
     tilt and rlnTomoHand = the true hand (+1 for h = 0); and the written images agree with the
     angle files: a particle at z = +300 A, x = 0 projects to x' = +z sin t (IMOD, RELION 5)."""
     from tomomatch.metadata import read_relion5, read_tilt_angles
+
     z = 300.0
-    res = simulate("lamella", out_dir=tmp_path, hand=hand, **_quiet(
-        n_particles=1, particle_positions_angstrom=[[0.0, 0.0, z]], particle_angles_relion_deg=[[0, 0, 0]],
-        tomogram_size_xyz=(64, 32, 80), thickness_nm=70.0, phantom_diameter_angstrom=120.0,
-        apply_ctf=False))
+    res = simulate(
+        "lamella",
+        out_dir=tmp_path,
+        hand=hand,
+        **_quiet(
+            n_particles=1,
+            particle_positions_angstrom=[[0.0, 0.0, z]],
+            particle_angles_relion_deg=[[0, 0, 0]],
+            tomogram_size_xyz=(64, 32, 80),
+            thickness_nm=70.0,
+            phantom_diameter_angstrom=120.0,
+            apply_ctf=False,
+        ),
+    )
     angles = np.asarray(res.summary["per_tilt"]["tilt_angle_deg"])
     assert angles[0] == -40 and angles[-1] == 60 and len(angles) == 51
     assert np.array_equal(angles, res.tilt_series.tilt_angles_deg)
     pre = np.asarray(res.summary["per_tilt"]["pre_exposure_e_per_A2"])
-    assert np.argmax(pre) == len(angles) - 1               # +60 is taken last (dose-symmetric from 0)
+    assert np.argmax(pre) == len(angles) - 1  # +60 is taken last (dose-symmetric from 0)
     h_written = hand if hand != 0 else 1
     assert res.summary["true_hand"] == hand and res.summary["rlnTomoHand_written"] == h_written
 
@@ -528,8 +667,10 @@ def test_written_angle_files_have_imod_sign_and_star_has_true_hand(tmp_path, han
     first = (tmp_path / "tomograms.star").read_text().splitlines()[0]
     assert f"rlnTomoHand = true hand {hand}" in first and (("written as +1" in first) == (hand == 0))
     ts_cols, ts_rows = _star_loops(tmp_path / "tilt_series" / "sim.star")["sim"]
-    col = {c: np.array([float(r[ts_cols.index(c)]) for r in ts_rows]) for c in
-           ("rlnTomoYTilt", "rlnTomoNominalStageTiltAngle", "rlnMicrographPreExposure", "rlnTomoXTilt")}
+    col = {
+        c: np.array([float(r[ts_cols.index(c)]) for r in ts_rows])
+        for c in ("rlnTomoYTilt", "rlnTomoNominalStageTiltAngle", "rlnMicrographPreExposure", "rlnTomoXTilt")
+    }
     assert np.array_equal(col["rlnTomoYTilt"], angles) and np.array_equal(col["rlnTomoNominalStageTiltAngle"], angles)
     assert np.allclose(col["rlnMicrographPreExposure"], pre, atol=1e-5) and np.all(col["rlnTomoXTilt"] == 0)
 
@@ -539,7 +680,7 @@ def test_written_angle_files_have_imod_sign_and_star_has_true_hand(tmp_path, han
     file_angles = read_tilt_angles(tmp_path / "sim.rawtlt")
     v, cx = 10.0, 64 // 2
     for i in (0, len(file_angles) - 1, int(np.argmin(np.abs(file_angles - 30)))):
-        prof = ndimage.gaussian_filter1d(stack[i].mean() - stack[i].mean(axis=0), 2.0)   # dark -> positive
+        prof = ndimage.gaussian_filter1d(stack[i].mean() - stack[i].mean(axis=0), 2.0)  # dark -> positive
         expect = cx + z * math.sin(math.radians(file_angles[i])) / v
         assert abs(np.argmax(prof) - expect) <= 1.5, (file_angles[i], np.argmax(prof), expect)
         assert abs(np.argmax(prof) - (cx - z * math.sin(math.radians(file_angles[i])) / v)) > 10

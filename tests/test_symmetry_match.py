@@ -1,6 +1,7 @@
 """Symmetric templates (``--symmetry Dn/T/O/I``) and custom rotation lists (``--angle-list``) in
 whole match jobs: a symmetric phantom matched with C1 and with its group gives the same peak, at a
 symmetry mate of the true pose, with |G| times fewer rotations."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ def _blobs(centres_xyz, amps, shape_zyx, origin_xyz):
     pts = np.stack([x - origin_xyz[0], y - origin_xyz[1], z - origin_xyz[2]], -1)
     out = np.zeros(shape_zyx)
     for c, a in zip(centres_xyz, amps):
-        out += a * np.exp(-((pts - c) ** 2).sum(-1) / (2 * SIGMA ** 2))
+        out += a * np.exp(-((pts - c) ** 2).sum(-1) / (2 * SIGMA**2))
     return out
 
 
@@ -51,7 +52,7 @@ def _write_inputs(d, name, pose):
     template = _blobs(centres, amps, (N, N, N), (c, c, c))
     # the sampled template has the group's symmetry: g maps voxel offsets onto voxel offsets
     z, y, x = np.indices((N, N, N)) - c
-    mask = (np.sqrt(x ** 2 + y ** 2 + z ** 2) <= c - 0.5).astype(np.float32)
+    mask = (np.sqrt(x**2 + y**2 + z**2) <= c - 0.5).astype(np.float32)
     vol = _blobs(centres @ pose.T, amps, SHAPE, CENTRE_XYZ)
     vol += np.random.default_rng(1).normal(0, 0.05, SHAPE)
     d.mkdir(parents=True, exist_ok=True)
@@ -136,8 +137,9 @@ def test_angle_list_enters_the_checkpoint_key(tmp_path):
     c = plan(angle_list=str(f))
     assert np.array_equal(c.rotations, a.rotations) and c.key != a.key
     # the same rotations as a pytom-match-pick list (ZXZ radians)
-    (tmp_path / "pytom.txt").write_text("\n".join(" ".join(f"{v:.10f}" for v in row)
-                                                  for row in matrix_to_pytom(rots)) + "\n")
+    (tmp_path / "pytom.txt").write_text(
+        "\n".join(" ".join(f"{v:.10f}" for v in row) for row in matrix_to_pytom(rots)) + "\n"
+    )
     p = plan(angle_list=f"pytom:{tmp_path / 'pytom.txt'}")
     assert np.allclose(p.rotations, rots, atol=1e-8) and p.key != a.key
     assert p.options.angle_list == f"pytom:{(tmp_path / 'pytom.txt').absolute()}"
@@ -183,11 +185,21 @@ def test_cli_flags(tmp_path, capsys):
     _write_inputs(tmp_path, "D2", np.eye(3))
     bad_list = tmp_path / "bad.txt"
     bad_list.write_text("10 20 30\n40 50\n")
-    args = ["match", "-t", str(tmp_path / "t.mrc"), "-m", str(tmp_path / "m.mrc"), "-v", str(tmp_path / "v.mrc"),
-            "--quiet"]
-    for extra, needle in ((["--angular-step", "30", "--symmetry", "D7h"], "--symmetry"),
-                          (["--angle-list", str(bad_list)], "line 2"),
-                          (["--angle-list", str(tmp_path / "missing.txt")], "--angle-list")):
+    args = [
+        "match",
+        "-t",
+        str(tmp_path / "t.mrc"),
+        "-m",
+        str(tmp_path / "m.mrc"),
+        "-v",
+        str(tmp_path / "v.mrc"),
+        "--quiet",
+    ]
+    for extra, needle in (
+        (["--angular-step", "30", "--symmetry", "D7h"], "--symmetry"),
+        (["--angle-list", str(bad_list)], "line 2"),
+        (["--angle-list", str(tmp_path / "missing.txt")], "--angle-list"),
+    ):
         out = tmp_path / "out"
         assert main(args + ["-d", str(out)] + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -1,4 +1,5 @@
 """Templates: model -> potential map, Fourier resampling, low-pass, boxing, mirror, invert, CLI."""
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,15 @@ from tomomatch.cli import main
 from tomomatch.errors import InputError
 from tomomatch.mrcio import write_volume
 from tomomatch.template import (
-    MOTT_BETHE_VOLT_ANGSTROM2, create_template, density_from_model,
-    fourier_shift, low_pass, mirror_x, pad_or_crop, resample_fourier)
+    MOTT_BETHE_VOLT_ANGSTROM2,
+    create_template,
+    density_from_model,
+    fourier_shift,
+    low_pass,
+    mirror_x,
+    pad_or_crop,
+    resample_fourier,
+)
 
 DATA = shared_data_dir() or Path("missing-shared-data")
 RIBOSOME = DATA / "structures" / "4v5d.cif.gz"
@@ -26,12 +34,12 @@ RIBOSOME = DATA / "structures" / "4v5d.cif.gz"
 def gaussian(shape, centre_xyz, sigma, amp=1.0):
     z, y, x = np.indices(shape, dtype=float)
     cx, cy, cz = centre_xyz
-    return amp * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * sigma ** 2))
+    return amp * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * sigma**2))
 
 
 def com(vol):
     w = np.clip(vol, 0, None)
-    return np.array([(g * w).sum() / w.sum() for g in np.indices(vol.shape)])[::-1]   # x, y, z
+    return np.array([(g * w).sum() / w.sum() for g in np.indices(vol.shape)])[::-1]  # x, y, z
 
 
 # --------------------------------------------------------------------------- resampling
@@ -47,7 +55,7 @@ def test_resample_round_trip_gaussian(n):
     m = down.shape[0]
     ref = gaussian(down.shape, (m // 2 + 0.65, m // 2 - 1.05, m // 2 + 0.35), sigma=2.0)
     assert np.abs(down - ref).max() < 1e-4 * ref.max()
-    if n % 2 == 0:   # same field of view: up again gives the original
+    if n % 2 == 0:  # same field of view: up again gives the original
         back = resample_fourier(down, 4.0, 2.0)
         assert back.shape == vol.shape
         assert np.abs(back - vol).max() < 1e-4 * vol.max()
@@ -62,7 +70,7 @@ def test_resample_matches_numpy_fourier_crop_odd():
     # 7 (= 15 // 2) must sit on input index 22 (= 45 // 2) = 3 * 7 + 1, so shift by 1 first.
     f = np.fft.fftn(np.roll(vol, -1, axis=(0, 1, 2)))
     keep = np.r_[0:8, -7:0]
-    ref = np.fft.ifftn(f[np.ix_(keep, keep, keep)]).real * (15 ** 3 / 45 ** 3)
+    ref = np.fft.ifftn(f[np.ix_(keep, keep, keep)]).real * (15**3 / 45**3)
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
@@ -73,8 +81,11 @@ def test_resample_band_limited_non_integer_ratio():
     L = n * vin
 
     def signal(x, y, z):
-        return (1.5 + np.cos(2 * np.pi * 2 * x / L + 0.3) * np.sin(2 * np.pi * 1 * y / L)
-                + 0.5 * np.cos(2 * np.pi * (3 * z + x) / L - 1.0))
+        return (
+            1.5
+            + np.cos(2 * np.pi * 2 * x / L + 0.3) * np.sin(2 * np.pi * 1 * y / L)
+            + 0.5 * np.cos(2 * np.pi * (3 * z + x) / L - 1.0)
+        )
 
     idx = (np.arange(n) - n // 2) * vin
     vol = signal(idx[None, None, :], idx[None, :, None], idx[:, None, None])
@@ -99,16 +110,17 @@ def test_fourier_shift_moves_centre_of_mass():
     vol = gaussian((32, 32, 32), (14.0, 16.0, 17.0), 2.5)
     out = fourier_shift(vol, (1.5, -0.25, 2.0))
     np.testing.assert_allclose(com(out), (15.5, 15.75, 19.0), atol=1e-4)
-    np.testing.assert_array_equal(fourier_shift(vol, (2, 0, -1)),
-                                  np.roll(vol, (-1, 0, 2), axis=(0, 1, 2)).astype(np.float32))
+    np.testing.assert_array_equal(
+        fourier_shift(vol, (2, 0, -1)), np.roll(vol, (-1, 0, 2), axis=(0, 1, 2)).astype(np.float32)
+    )
 
 
 def test_low_pass_transfer():
     n, v = 40, 2.0
     L = n * v
     x = (np.arange(n) * v)[None, None, :]
-    res = 10.0                                        # fc = 0.1 / A, edge 0.09..0.11
-    for cycles, expected in [(2, 1.0), (4, 1.0), (8, 0.5), (10, 0.0)]:   # f = cycles / 80 A
+    res = 10.0  # fc = 0.1 / A, edge 0.09..0.11
+    for cycles, expected in [(2, 1.0), (4, 1.0), (8, 0.5), (10, 0.0)]:  # f = cycles / 80 A
         wave = np.broadcast_to(np.cos(2 * np.pi * cycles * x / L), (n, n, n))
         out = low_pass(wave, v, res)
         np.testing.assert_allclose(out, expected * wave, atol=1e-5)
@@ -139,9 +151,9 @@ def labelled_centroids(vol):
     lab, k = ndimage.label(vol > 0.3)
     assert k == 4
     peaks = ndimage.maximum(vol, lab, range(1, 5))
-    order = np.argsort(peaks)                       # label by amplitude 1 < 2 < 3 < 4
+    order = np.argsort(peaks)  # label by amplitude 1 < 2 < 3 < 4
     cents = ndimage.center_of_mass(vol, lab, [int(i) + 1 for i in order])
-    return np.array([c[::-1] for c in cents])      # x, y, z
+    return np.array([c[::-1] for c in cents])  # x, y, z
 
 
 def handedness(vol):
@@ -185,7 +197,7 @@ def test_create_template_recentres_resamples_and_boxes(tmp_path):
     assert t.shape == (24, 24, 24) and v == 4.0
     np.testing.assert_allclose(com(t), (12, 12, 12), atol=0.02)
     # resampling keeps values, so the integral (sum * voxel^3) is preserved
-    assert t.sum() * 4.0 ** 3 == pytest.approx(vol.sum() * 2.0 ** 3, rel=1e-3)
+    assert t.sum() * 4.0**3 == pytest.approx(vol.sum() * 2.0**3, rel=1e-3)
     # a dark-on-light (negative) map is centred on its negative density
     neg = tmp_path / "neg.mrc"
     write_volume(neg, -vol, 2.0)
@@ -200,8 +212,7 @@ def test_create_template_recentres_resamples_and_boxes(tmp_path):
 def write_pdb(path, atoms, cryst="CRYST1   20.000   20.000   20.000  90.00  90.00  90.00 P 21 21 21    4"):
     lines = [cryst]
     for i, (el, (x, y, z)) in enumerate(atoms, 1):
-        lines.append(f"ATOM  {i:5d}  {el:<3s} ALA A{i:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00 20.00"
-                     f"          {el:>2s}")
+        lines.append(f"ATOM  {i:5d}  {el:<3s} ALA A{i:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00 20.00          {el:>2s}")
     lines.append("END")
     Path(path).write_text("\n".join(lines) + "\n")
 
@@ -223,7 +234,7 @@ def test_model_density_peaks_where_atoms_are(tmp_path):
     assert found == sorted([(-2, -3, 0), (4, -3, 0), (-2, 6, 0)])
     np.testing.assert_allclose(com(vol), (c, c, c), atol=0.02)
     f0 = sum(gemmi.Element("C").c4322.get_coefs()[:5])
-    assert vol.sum() * v ** 3 == pytest.approx(3 * f0 * MOTT_BETHE_VOLT_ANGSTROM2, rel=0.02)
+    assert vol.sum() * v**3 == pytest.approx(3 * f0 * MOTT_BETHE_VOLT_ANGSTROM2, rel=0.02)
     # extent: nothing beyond a few sigma of the atoms (atoms span 6 x 9 voxels)
     sup = np.nonzero(vol > 0.01 * vol.max())
     assert (sup[2].max() - sup[2].min()) < 6 + 6 and (sup[1].max() - sup[1].min()) < 9 + 6
@@ -255,12 +266,14 @@ def test_model_density_blur_and_resolution_options(tmp_path):
     blurred = density_from_model(path, 1.0, box_size=24, blur_angstrom2=200)
     assert blurred.max() < sharp.max()
     np.testing.assert_allclose(sharp.sum(), blurred.sum(), rtol=0.01)
+
     # variance of a Gaussian grows by B / (8 pi^2) per axis
     def var_x(vol):
         w = vol.sum(axis=(0, 1))
         x = np.arange(w.size) - 12
         return (w * x * x).sum() / w.sum()
-    assert var_x(blurred) - var_x(sharp) == pytest.approx(200 / (8 * np.pi ** 2), rel=0.05)
+
+    assert var_x(blurred) - var_x(sharp) == pytest.approx(200 / (8 * np.pi**2), rel=0.05)
     lp = density_from_model(path, 1.0, box_size=24, resolution_angstrom=8.0)
     assert lp.max() < density_from_model(path, 1.0, box_size=24).max()
 
@@ -290,8 +303,7 @@ def test_cli_template_from_map_writes_voxel_size(tmp_path):
     src = tmp_path / "in.mrc"
     write_volume(src, gaussian((32, 32, 32), (16, 16, 16), 3.0), 2.0)
     out = tmp_path / "t.mrc"
-    assert main(["template", "-i", str(src), "-o", str(out), "--voxel-size", "4",
-                 "-b", "20", "--invert"]) == 0
+    assert main(["template", "-i", str(src), "-o", str(out), "--voxel-size", "4", "-b", "20", "--invert"]) == 0
     with mrcfile.open(out) as f:
         assert f.voxel_size.x == pytest.approx(4.0) and f.voxel_size.z == pytest.approx(4.0)
         assert f.data.shape == (20, 20, 20)
@@ -302,8 +314,7 @@ def test_cli_template_from_model(tmp_path):
     src = tmp_path / "m.pdb"
     write_pdb(src, [("C", (0, 0, 0)), ("N", (5, 0, 0)), ("O", (0, 7, 0))])
     out = tmp_path / "t.mrc"
-    assert main(["template", "-i", str(src), "-o", str(out), "--voxel-size", "1.5",
-                 "-b", "24", "--mirror"]) == 0
+    assert main(["template", "-i", str(src), "-o", str(out), "--voxel-size", "1.5", "-b", "24", "--mirror"]) == 0
     with mrcfile.open(out) as f:
         assert f.voxel_size.x == pytest.approx(1.5)
         assert f.data.shape == (24, 24, 24) and f.data.min() >= 0
@@ -318,10 +329,8 @@ def test_cli_template_bad_inputs(tmp_path, capsys):
             assert w in err
 
     out = str(tmp_path / "t.mrc")
-    one_line_error(["template", "-i", str(tmp_path / "nope.mrc"), "-o", out, "--voxel-size", "4"],
-                   "not found")
-    one_line_error(["template", "-i", str(tmp_path / "nope.pdb"), "-o", out, "--voxel-size", "4"],
-                   "not found")
+    one_line_error(["template", "-i", str(tmp_path / "nope.mrc"), "-o", out, "--voxel-size", "4"], "not found")
+    one_line_error(["template", "-i", str(tmp_path / "nope.pdb"), "-o", out, "--voxel-size", "4"], "not found")
     junk = tmp_path / "junk.mrc"
     junk.write_text("this is not an MRC file\n" * 20)
     one_line_error(["template", "-i", str(junk), "-o", out, "--voxel-size", "4"], "MRC")
@@ -334,18 +343,16 @@ def test_cli_template_bad_inputs(tmp_path, capsys):
         f.voxel_size = 0
     one_line_error(["template", "-i", str(novs), "-o", out, "--voxel-size", "4"], "voxel size")
     # ... but an override makes it work
-    assert main(["template", "-i", str(novs), "-o", out, "--voxel-size", "4",
-                 "--input-voxel-size", "4"]) == 0
+    assert main(["template", "-i", str(novs), "-o", out, "--voxel-size", "4", "--input-voxel-size", "4"]) == 0
     Path(out).unlink()
     big = tmp_path / "big.mrc"
     write_volume(big, gaussian((40, 40, 40), (20, 20, 20), 6.0), 2.0)
-    one_line_error(["template", "-i", str(big), "-o", out, "--voxel-size", "2", "-b", "16"],
-                   "smaller than the object")
+    one_line_error(["template", "-i", str(big), "-o", out, "--voxel-size", "2", "-b", "16"], "smaller than the object")
     pdb = tmp_path / "m.pdb"
     write_pdb(pdb, [("C", (0, 0, 0)), ("C", (40, 0, 0))])
-    one_line_error(["template", "-i", str(pdb), "-o", out, "--voxel-size", "2", "-b", "10"],
-                   "smaller than the model")
-    one_line_error(["template", "-i", str(pdb), "-o", out, "--voxel-size", "2",
-                    "--input-voxel-size", "1"], "input voxel size")
+    one_line_error(["template", "-i", str(pdb), "-o", out, "--voxel-size", "2", "-b", "10"], "smaller than the model")
+    one_line_error(
+        ["template", "-i", str(pdb), "-o", out, "--voxel-size", "2", "--input-voxel-size", "1"], "input voxel size"
+    )
     one_line_error(["template", "-i", str(big), "-o", out, "--voxel-size", "-3"], "voxel size")
     assert not Path(out).exists()

@@ -1,4 +1,5 @@
 """Tile plan: partition, overlap, per-tile defocus offsets (both hands), auto tile counts."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,7 @@ import pytest
 
 from tomomatch.conventions import electron_wavelength_angstrom
 from tomomatch.errors import InputError
-from tomomatch.tiles import (auto_tile_counts, defocus_tolerance_angstrom, plan_tiles, split_axis,
-                             tile_defocus_um)
+from tomomatch.tiles import auto_tile_counts, defocus_tolerance_angstrom, plan_tiles, split_axis, tile_defocus_um
 from tomomatch.tiltseries import TiltSeries
 
 
@@ -74,12 +74,14 @@ def test_z_tile_offsets_hand_computed(hand):
     tiles = plan_tiles((10, 20, 30), 4, (1, 1, 2), 10.0, TILTS, hand)
     assert [t.centre_angstrom_xyz[2] for t in tiles] == [-30.0, 20.0]
     # full mode: h * z cos(theta) -> for z = +20: h * (10, 20, 17.3205) A
-    np.testing.assert_allclose(tiles[1].defocus_offsets_um,
-                               hand * np.array([10.0, 20.0, 20 * math.sqrt(3) / 2]) / 1e4, atol=1e-12)
+    np.testing.assert_allclose(
+        tiles[1].defocus_offsets_um, hand * np.array([10.0, 20.0, 20 * math.sqrt(3) / 2]) / 1e4, atol=1e-12
+    )
     # pytom mode: z cos(h theta) + x sin(h theta); x = 0 here, so the z term keeps its sign for both hands
     tp = plan_tiles((10, 20, 30), 4, (1, 1, 2), 10.0, TILTS, hand, "pytom")
-    np.testing.assert_allclose(tp[1].defocus_offsets_um,
-                               np.array([10.0, 20.0, 20 * math.sqrt(3) / 2]) / 1e4, atol=1e-12)
+    np.testing.assert_allclose(
+        tp[1].defocus_offsets_um, np.array([10.0, 20.0, 20 * math.sqrt(3) / 2]) / 1e4, atol=1e-12
+    )
 
 
 def test_hand_zero_and_unsplit_give_zero_offsets():

@@ -20,14 +20,17 @@ def test_excluded_tilts_are_dropped():
     assert np.allclose(inc.accumulated_dose, [3, 6])
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    (dict(tilt_angles_deg=[0, 95]), "outside -90..90"),
-    (dict(tilt_angles_deg=[0, np.nan]), "NaN"),
-    (dict(tilt_angles_deg=[0, 3], accumulated_dose=[1]), "expected one per tilt"),
-    (dict(tilt_angles_deg=[0, 3], defocus_u_um=[30000, 30000]), "implausible"),
-    (dict(tilt_angles_deg=[0, 3], hand=2), "handedness"),
-    (dict(tilt_angles_deg=[]), "no tilts"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(tilt_angles_deg=[0, 95]), "outside -90..90"),
+        (dict(tilt_angles_deg=[0, np.nan]), "NaN"),
+        (dict(tilt_angles_deg=[0, 3], accumulated_dose=[1]), "expected one per tilt"),
+        (dict(tilt_angles_deg=[0, 3], defocus_u_um=[30000, 30000]), "implausible"),
+        (dict(tilt_angles_deg=[0, 3], hand=2), "handedness"),
+        (dict(tilt_angles_deg=[]), "no tilts"),
+    ],
+)
 def test_bad_values_raise_one_line(kwargs, fragment):
     with pytest.raises(InputError, match=fragment) as err:
         TiltSeries(source="x.star", **kwargs)
@@ -35,15 +38,22 @@ def test_bad_values_raise_one_line(kwargs, fragment):
     assert str(err.value).startswith("x.star")
 
 
-@pytest.mark.parametrize("kwargs, field, fragment", [
-    (dict(tilt_angles_deg=[0, 3, 3.0, 6]), "tilt angle", "tilt angle 3 at tilts 2 and 3"),
-    (dict(tilt_angles_deg=[-0.0, 0.0]), "tilt angle", "at tilts 1 and 2"),
-    (dict(tilt_angles_deg=[0, 3], tilt_axis_angle_deg=float("inf")), "tilt_axis_angle_deg", "expected a finite"),
-    (dict(tilt_angles_deg=[0, 3], tilt_axis_angle_deg=float("nan")), "tilt_axis_angle_deg", "expected a finite"),
-    (dict(tilt_angles_deg=[0, 3], pixel_size_angstrom=0.0), "pixel size", "expected a finite number of Angstrom > 0"),
-    (dict(tilt_angles_deg=[0, 3], pixel_size_angstrom=float("nan")), "pixel size", "> 0"),
-    (dict(tilt_angles_deg=[0, 3], voltage_kv=0.0), "voltage_kv", "expected kV > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field, fragment",
+    [
+        (dict(tilt_angles_deg=[0, 3, 3.0, 6]), "tilt angle", "tilt angle 3 at tilts 2 and 3"),
+        (dict(tilt_angles_deg=[-0.0, 0.0]), "tilt angle", "at tilts 1 and 2"),
+        (dict(tilt_angles_deg=[0, 3], tilt_axis_angle_deg=float("inf")), "tilt_axis_angle_deg", "expected a finite"),
+        (dict(tilt_angles_deg=[0, 3], tilt_axis_angle_deg=float("nan")), "tilt_axis_angle_deg", "expected a finite"),
+        (
+            dict(tilt_angles_deg=[0, 3], pixel_size_angstrom=0.0),
+            "pixel size",
+            "expected a finite number of Angstrom > 0",
+        ),
+        (dict(tilt_angles_deg=[0, 3], pixel_size_angstrom=float("nan")), "pixel size", "> 0"),
+        (dict(tilt_angles_deg=[0, 3], voltage_kv=0.0), "voltage_kv", "expected kV > 0"),
+    ],
+)
 def test_duplicate_angles_non_finite_axis_and_bad_pixel_size(kwargs, field, fragment):
     with pytest.raises(InputError, match=fragment) as err:
         TiltSeries(source="x.star", **kwargs)

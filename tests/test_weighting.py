@@ -1,4 +1,5 @@
 """Tests for tomomatch.weighting against hand-computed values and independent computations."""
+
 import math
 from pathlib import Path
 
@@ -29,15 +30,14 @@ def imod_beam(t_deg):
     return np.stack([-np.sin(t), np.zeros_like(t), np.cos(t)], -1)
 
 
-def np_template_ctf(ku, ky, du_um, dv_um, astig_deg, voltage_kv=300.0, cs_mm=2.7, amp=0.07,
-                    phase_deg=0.0):
+def np_template_ctf(ku, ky, du_um, dv_um, astig_deg, voltage_kv=300.0, cs_mm=2.7, amp=0.07, phase_deg=0.0):
     """Independent numpy CTF with the template sign rule: sqrt(1-A^2) sin chi + A cos chi."""
     lam = electron_wavelength_angstrom(voltage_kv)
-    k2 = ku ** 2 + ky ** 2
+    k2 = ku**2 + ky**2
     ang = np.arctan2(ky, ku)
     df = 0.5 * (du_um + dv_um) * 1e4 + 0.5 * (du_um - dv_um) * 1e4 * np.cos(2 * (ang - np.deg2rad(astig_deg)))
-    chi = np.pi * lam * df * k2 - 0.5 * np.pi * cs_mm * 1e7 * lam ** 3 * k2 ** 2 + np.deg2rad(phase_deg)
-    return np.sqrt(1 - amp ** 2) * np.sin(chi) + amp * np.cos(chi)
+    chi = np.pi * lam * df * k2 - 0.5 * np.pi * cs_mm * 1e7 * lam**3 * k2**2 + np.deg2rad(phase_deg)
+    return np.sqrt(1 - amp**2) * np.sin(chi) + amp * np.cos(chi)
 
 
 def np_dose(k, dose, a=0.245, b=-1.665, c=2.81):
@@ -104,8 +104,12 @@ def blob_template():
     n = 32
     zz, yy, xx = np.mgrid[:n, :n, :n]
     vol = np.zeros((n, n, n))
-    for x, y, z, s, amp in [(20, 14, 10, 2.0, 1.0), (10, 18, 22, 1.5, 0.8), (16, 10, 16, 2.5, 0.6),
-                            (22, 22, 20, 1.2, 1.0)]:
+    for x, y, z, s, amp in [
+        (20, 14, 10, 2.0, 1.0),
+        (10, 18, 22, 1.5, 0.8),
+        (16, 10, 16, 2.5, 0.6),
+        (22, 22, 20, 1.2, 1.0),
+    ]:
         vol += amp * np.exp(-((xx - x) ** 2 + (yy - y) ** 2 + (zz - z) ** 2) / (2 * s * s))
     return vol
 
@@ -131,7 +135,7 @@ def test_frequency_grid_matches_numpy():
     assert np.allclose(ky[0, :, 0].numpy(), np.fft.fftfreq(5, 2.0))
     assert np.allclose(kx[0, 0, :].numpy(), np.fft.rfftfreq(8, 2.0))
     r = weighting.frequency_radius_3d((6, 5, 8), 2.0)
-    assert torch.allclose(r, torch.sqrt(kz ** 2 + ky ** 2 + kx ** 2))
+    assert torch.allclose(r, torch.sqrt(kz**2 + ky**2 + kx**2))
 
 
 def test_bandpass_values():
@@ -236,20 +240,28 @@ def test_per_tilt_wedge_matches_real_space_backprojection(blob_template):
     ref_lp = rfilter(ref, lp)
 
     def score(tilts=TILTS, du=DU, dv=DV, astig=ASTIG, sign=1.0, **kw):
-        w = weighting.per_tilt_wedge((n, n, n), VOXEL, tilts, defocus_u_um=du, defocus_v_um=dv,
-                                     astigmatism_angle_deg=astig, accumulated_dose=DOSE,
-                                     normalization="sum", **kw).numpy()
+        w = weighting.per_tilt_wedge(
+            (n, n, n),
+            VOXEL,
+            tilts,
+            defocus_u_um=du,
+            defocus_v_um=dv,
+            astigmatism_angle_deg=astig,
+            accumulated_dose=DOSE,
+            normalization="sum",
+            **kw,
+        ).numpy()
         return corr(ref_lp, rfilter(vol, sign * w * lp))
 
     good = score()
     assert good > 0.95
     # sign / axis / convention errors give clearly lower correlations
-    assert good - score(tilts=-TILTS) > 0.15          # tilt sign flipped
-    assert good - score(tilts=90.0 - TILTS) > 0.15    # x and z swapped in the slice normal
-    assert good - score(astig=-ASTIG) > 0.01          # astigmatism angle mirrored
-    assert good - score(du=DV, dv=DU) > 0.01          # defocus U and V swapped
-    assert score(sign=-1.0) < -0.95                   # CTF sign (contrast) inverted
-    assert good - score(ctf_mode=None) > 0.1          # the CTF matters at this defocus
+    assert good - score(tilts=-TILTS) > 0.15  # tilt sign flipped
+    assert good - score(tilts=90.0 - TILTS) > 0.15  # x and z swapped in the slice normal
+    assert good - score(astig=-ASTIG) > 0.01  # astigmatism angle mirrored
+    assert good - score(du=DV, dv=DU) > 0.01  # defocus U and V swapped
+    assert score(sign=-1.0) < -0.95  # CTF sign (contrast) inverted
+    assert good - score(ctf_mode=None) > 0.1  # the CTF matters at this defocus
 
 
 def test_coverage_normalisation_matches_weighted_backprojection(blob_template):
@@ -280,16 +292,20 @@ def test_dc_and_tilt_axis_are_tilt_averages():
     assert w[0, 0, 0] == pytest.approx(0.07 * cos.mean(), rel=1e-5)
     # the ky axis (kx = kz = 0) lies in every slice
     ky = np.fft.fftfreq(n, v)
-    expect = np.mean([np_template_ctf(0.0, ky, du[i], du[i], 0.0) * np_dose(np.abs(ky), dose[i]) * cos[i]
-                      for i in range(len(tilts))], axis=0)
+    expect = np.mean(
+        [
+            np_template_ctf(0.0, ky, du[i], du[i], 0.0) * np_dose(np.abs(ky), dose[i]) * cos[i]
+            for i in range(len(tilts))
+        ],
+        axis=0,
+    )
     assert np.allclose(w[0, :, 0], expect, atol=2e-5)
 
 
 def test_single_tilt_slice_values_and_modes():
     """One tilt at +30: the weights are the tent across its slice times its CTF at (k_u, k_y)."""
     n, v, t = 32, 6.0, 30.0
-    kw = dict(defocus_u_um=[2.0], defocus_v_um=[3.0], astigmatism_angle_deg=[40.0],
-              accumulated_dose=[20.0])
+    kw = dict(defocus_u_um=[2.0], defocus_v_um=[3.0], astigmatism_angle_deg=[40.0], accumulated_dose=[20.0])
     w = weighting.per_tilt_wedge((n, n, n), v, [t], **kw).numpy()
     fz = np.fft.fftfreq(n, v)[:, None, None]
     fy = np.fft.fftfreq(n, v)[None, :, None]
@@ -309,8 +325,9 @@ def test_single_tilt_slice_values_and_modes():
     assert np.allclose(w_abs, np_hermitian(tent * np.abs(ctf_v) * dose_cos, n), atol=1e-5)
     w_none = weighting.per_tilt_wedge((n, n, n), v, [t], ctf_mode=None, **kw).numpy()
     assert np.allclose(w_none, np_hermitian(tent * dose_cos, n), atol=1e-5)
-    w_plain = weighting.per_tilt_wedge((n, n, n), v, [t], ctf_mode=None, dose_weighting=False,
-                                       cos_weighting=False, **kw).numpy()
+    w_plain = weighting.per_tilt_wedge(
+        (n, n, n), v, [t], ctf_mode=None, dose_weighting=False, cos_weighting=False, **kw
+    ).numpy()
     assert np.allclose(w_plain, np_hermitian(tent, n), atol=1e-6)
 
 
@@ -321,8 +338,9 @@ def test_per_tilt_defocus_changes_only_its_slice():
     w2 = weighting.per_tilt_wedge((n, n, n), v, tilts, defocus_u_um=[3.0, 5.0]).numpy()
     fz = np.fft.fftfreq(n, v)[:, None, None]
     fx = np.fft.rfftfreq(n, v)[None, None, :]
-    s40 = np.broadcast_to(np.maximum(0, 1 - np.abs(-fx * np.sin(np.deg2rad(40)) + fz * np.cos(np.deg2rad(40)))
-                                     * n * v), w1.shape)
+    s40 = np.broadcast_to(
+        np.maximum(0, 1 - np.abs(-fx * np.sin(np.deg2rad(40)) + fz * np.cos(np.deg2rad(40))) * n * v), w1.shape
+    )
     s40 = np_hermitian(s40, n, combine=np.maximum)
     changed = np.abs(w1 - w2) > 1e-6
     assert changed.any()
@@ -334,8 +352,7 @@ def test_per_tilt_defocus_changes_only_its_slice():
     ku = kx * np.cos(np.deg2rad(40)) + kz * np.sin(np.deg2rad(40))
     tent = max(0.0, 1 - abs(-kx * np.sin(np.deg2rad(40)) + kz * np.cos(np.deg2rad(40))) * n * v)
     ky = np.fft.fftfreq(n, v)
-    assert np.allclose(w2[iz, :, ix], tent * np_template_ctf(ku, ky, 5.0, 5.0, 0.0) * np.cos(np.deg2rad(40)),
-                       atol=1e-5)
+    assert np.allclose(w2[iz, :, ix], tent * np_template_ctf(ku, ky, 5.0, 5.0, 0.0) * np.cos(np.deg2rad(40)), atol=1e-5)
 
 
 def test_batch_positions_equal_single_calls():
@@ -425,9 +442,14 @@ def test_whitening_with_tilt_range_ignores_missing_wedge():
 
 def _series(excluded=None):
     tilts = np.array([-40.0, -20.0, 0.0, 20.0, 40.0])
-    return TiltSeries(tilt_angles_deg=tilts, accumulated_dose=[12, 6, 0, 3, 9],
-                      defocus_u_um=[3.0, 3.1, 3.2, 3.3, 3.4], defocus_v_um=[3.5, 3.6, 3.7, 3.8, 3.9],
-                      astigmatism_angle_deg=[10, 20, 30, 40, 50], excluded=excluded)
+    return TiltSeries(
+        tilt_angles_deg=tilts,
+        accumulated_dose=[12, 6, 0, 3, 9],
+        defocus_u_um=[3.0, 3.1, 3.2, 3.3, 3.4],
+        defocus_v_um=[3.5, 3.6, 3.7, 3.8, 3.9],
+        astigmatism_angle_deg=[10, 20, 30, 40, 50],
+        excluded=excluded,
+    )
 
 
 def test_tilt_series_weight_per_tilt_offsets_and_exclusion():
@@ -437,9 +459,14 @@ def test_tilt_series_weight_per_tilt_offsets_and_exclusion():
     got = weighting.tilt_series_weight(ts, shape, v, defocus_offset_um=off, low_pass_angstrom=30.0)
     keep = [0, 2, 3, 4]
     expect = weighting.per_tilt_wedge(
-        shape, v, ts.tilt_angles_deg[keep], defocus_u_um=(ts.defocus_u_um + off)[keep],
-        defocus_v_um=(ts.defocus_v_um + off)[keep], astigmatism_angle_deg=ts.astigmatism_angle_deg[keep],
-        accumulated_dose=ts.accumulated_dose[keep]) * weighting.bandpass(shape, v, 30.0)
+        shape,
+        v,
+        ts.tilt_angles_deg[keep],
+        defocus_u_um=(ts.defocus_u_um + off)[keep],
+        defocus_v_um=(ts.defocus_v_um + off)[keep],
+        astigmatism_angle_deg=ts.astigmatism_angle_deg[keep],
+        accumulated_dose=ts.accumulated_dose[keep],
+    ) * weighting.bandpass(shape, v, 30.0)
     assert torch.allclose(got, expect, atol=1e-6)
     batch = weighting.tilt_series_weight(ts, shape, v, defocus_offset_um=np.stack([off, 0 * off]))
     assert batch.shape == (2,) + got.shape
@@ -455,8 +482,9 @@ def test_tilt_series_weight_binary_and_whitening():
     k = weighting.frequency_radius_3d(shape, v)
     ctf0 = torch.as_tensor(np_template_ctf(k.numpy(), 0.0, 3.45, 3.45, 0.0), dtype=torch.float32)
     assert torch.allclose(w, wedge * ctf0, atol=1e-5)
-    batch = weighting.tilt_series_weight(ts, shape, v, per_tilt=False,
-                                         defocus_offset_um=np.array([[0.0] * 5, [1.0] * 5]))
+    batch = weighting.tilt_series_weight(
+        ts, shape, v, per_tilt=False, defocus_offset_um=np.array([[0.0] * 5, [1.0] * 5])
+    )
     assert batch.shape == (2,) + w.shape
     assert torch.allclose(batch[0], w, atol=1e-6) and not torch.allclose(batch[1], w, atol=1e-3)
     no_ctf = weighting.tilt_series_weight(ts, shape, v, per_tilt=False, ctf_mode=None)
@@ -483,8 +511,11 @@ def test_real_relion5_series_weights():
     from tomomatch.conventions import defocus_offset_angstrom
     from tomomatch.metadata import read_relion5
 
-    ts = read_relion5(f"{REAL}/tomo200528_relion5_tomograms.star", "tomo200528_107",
-                      tilt_series_star=f"{REAL}/tomo200528_107_relion5_tiltseries.star")
+    ts = read_relion5(
+        f"{REAL}/tomo200528_relion5_tomograms.star",
+        "tomo200528_107",
+        tilt_series_star=f"{REAL}/tomo200528_107_relion5_tiltseries.star",
+    )
     shape, v = (32, 32, 32), 13.79
     w = weighting.tilt_series_weight(ts, shape, v).numpy()
     cos = np.cos(np.deg2rad(ts.tilt_angles_deg[~ts.excluded]))
@@ -559,7 +590,8 @@ def test_tilt_series_x_tilt_reaches_the_weights_and_the_offsets():
     assert y == 100.0
     assert tiles[2].defocus_offsets_um[1] == pytest.approx(100.0 * math.sin(math.radians(5)) / 1e4)
     du, _ = tile_defocus_um(ts, tiles[2], 1)
-    np.testing.assert_allclose(du, 3.0 + defocus_offset_angstrom(0.0, 0.0, tilts, 1, y_angstrom=y,
-                                                                  x_tilt_deg=5.0) / 1e4)
+    np.testing.assert_allclose(
+        du, 3.0 + defocus_offset_angstrom(0.0, 0.0, tilts, 1, y_angstrom=y, x_tilt_deg=5.0) / 1e4
+    )
     with pytest.raises(InputError):
         TiltSeries(tilt_angles_deg=tilts, x_tilt_deg=[60.0] * 3)

@@ -7,6 +7,7 @@ Importing the package changes nothing in the process (no environment variables, 
 import); the engine's process settings are made where a search starts
 (:func:`tomomatch.matching.configure_allocator`).
 """
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

@@ -47,6 +47,7 @@ Euler angles
     exporter does: ``relion = Rotation.from_euler("ZXZ", -pytom).as_euler("ZYZ")``.
     Warp writes RELION's columns, so Warp = RELION.
 """
+
 from __future__ import annotations
 
 import math
@@ -132,8 +133,9 @@ def centered_angstrom_to_index(centered_xyz, shape_zyx, voxel_size_angstrom: flo
     return c / float(voxel_size_angstrom) + centre
 
 
-def relion5_centered_angstrom(index_xyz, tomogram_voxel_angstrom: float,
-                              unbinned_size_xyz, tilt_series_pixel_angstrom: float) -> np.ndarray:
+def relion5_centered_angstrom(
+    index_xyz, tomogram_voxel_angstrom: float, unbinned_size_xyz, tilt_series_pixel_angstrom: float
+) -> np.ndarray:
     """Voxel indices of a (possibly binned) tomogram to RELION 5 ``rlnCenteredCoordinate*Angst``.
 
     RELION 5 measures from the centre of the *unbinned* tomogram (``rlnTomoSizeX/Y/Z`` at
@@ -145,8 +147,9 @@ def relion5_centered_angstrom(index_xyz, tomogram_voxel_angstrom: float,
     return idx * float(tomogram_voxel_angstrom) - centre_a * float(tilt_series_pixel_angstrom)
 
 
-def relion5_centered_to_index(centered_xyz, tomogram_voxel_angstrom: float,
-                              unbinned_size_xyz, tilt_series_pixel_angstrom: float) -> np.ndarray:
+def relion5_centered_to_index(
+    centered_xyz, tomogram_voxel_angstrom: float, unbinned_size_xyz, tilt_series_pixel_angstrom: float
+) -> np.ndarray:
     """Inverse of :func:`relion5_centered_angstrom`."""
     c = np.asarray(centered_xyz, dtype=float)
     centre_a = np.array([centre_index(int(n)) for n in unbinned_size_xyz], dtype=float)
@@ -188,12 +191,9 @@ def tilt_frame(tilt_deg, x_tilt_deg=0.0, z_rot_deg=0.0) -> np.ndarray:
     y, x, z = np.broadcast_arrays(_rad(tilt_deg), _rad(x_tilt_deg), _rad(z_rot_deg))
     cy, sy, cx, sx, cz, sz = np.cos(y), np.sin(y), np.cos(x), np.sin(x), np.cos(z), np.sin(z)
     one, zero = np.ones_like(y), np.zeros_like(y)
-    ry = np.stack([np.stack([cy, zero, sy], -1), np.stack([zero, one, zero], -1),
-                   np.stack([-sy, zero, cy], -1)], -2)
-    rx = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, cx, -sx], -1),
-                   np.stack([zero, sx, cx], -1)], -2)
-    rz = np.stack([np.stack([cz, -sz, zero], -1), np.stack([sz, cz, zero], -1),
-                   np.stack([zero, zero, one], -1)], -2)
+    ry = np.stack([np.stack([cy, zero, sy], -1), np.stack([zero, one, zero], -1), np.stack([-sy, zero, cy], -1)], -2)
+    rx = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, cx, -sx], -1), np.stack([zero, sx, cx], -1)], -2)
+    rz = np.stack([np.stack([cz, -sz, zero], -1), np.stack([sz, cz, zero], -1), np.stack([zero, zero, one], -1)], -2)
     return rz @ ry @ rx
 
 
@@ -246,8 +246,11 @@ def depth_along_beam(x, z, tilt_deg, y=0.0, x_tilt_deg=0.0):
     """Depth of a point along the beam (row 2 of :func:`tilt_frame`):
     ``-x sin t + y cos t sin a + z cos t cos a``; ``-x sin t + z cos t`` without x-tilt ``a``."""
     t, a = _rad(tilt_deg), _rad(x_tilt_deg)
-    return (-np.asarray(x, dtype=float) * np.sin(t) + np.asarray(y, dtype=float) * np.cos(t) * np.sin(a)
-            + np.asarray(z, dtype=float) * np.cos(t) * np.cos(a))
+    return (
+        -np.asarray(x, dtype=float) * np.sin(t)
+        + np.asarray(y, dtype=float) * np.cos(t) * np.sin(a)
+        + np.asarray(z, dtype=float) * np.cos(t) * np.cos(a)
+    )
 
 
 def check_hand(hand) -> int:
@@ -261,8 +264,9 @@ def check_hand(hand) -> int:
     return h
 
 
-def defocus_offset_angstrom(x_angstrom, z_angstrom, tilt_deg, hand: int,
-                            mode: HandMode = "full", *, y_angstrom=0.0, x_tilt_deg=0.0):
+def defocus_offset_angstrom(
+    x_angstrom, z_angstrom, tilt_deg, hand: int, mode: HandMode = "full", *, y_angstrom=0.0, x_tilt_deg=0.0
+):
     """Defocus offset in Angstrom of a point at centred ``(x, y, z)`` in the tilt image.
 
     ``mode="full"`` (default): ``h * depth`` with the depth of :func:`depth_along_beam`
@@ -287,11 +291,13 @@ def defocus_offset_angstrom(x_angstrom, z_angstrom, tilt_deg, hand: int,
     raise ValueError(f"unknown handedness mode {mode!r}; expected 'full' or 'pytom'")
 
 
-def defocus_at_point_um(defocus_um, x_angstrom, z_angstrom, tilt_deg, hand: int,
-                        mode: HandMode = "full", *, y_angstrom=0.0, x_tilt_deg=0.0):
+def defocus_at_point_um(
+    defocus_um, x_angstrom, z_angstrom, tilt_deg, hand: int, mode: HandMode = "full", *, y_angstrom=0.0, x_tilt_deg=0.0
+):
     """Per-tilt defocus (micrometres, + = underfocus) shifted to a point at centred (x, y, z) A."""
-    off = defocus_offset_angstrom(x_angstrom, z_angstrom, tilt_deg, hand, mode,
-                                  y_angstrom=y_angstrom, x_tilt_deg=x_tilt_deg)
+    off = defocus_offset_angstrom(
+        x_angstrom, z_angstrom, tilt_deg, hand, mode, y_angstrom=y_angstrom, x_tilt_deg=x_tilt_deg
+    )
     return np.asarray(defocus_um, dtype=float) + off / ANGSTROM_PER_MICROMETRE
 
 
@@ -352,14 +358,17 @@ def hand_report(hand: int) -> dict[str, str]:
     """The hand ``h`` written as the value to set in RELION 5, Warp, pytom-match-pick and IMOD."""
     h = check_hand(hand)
     if h == 0:
-        return {"relion5": "no gradient", "warp": "no gradient", "pytom": "--defocus-handedness 0",
-                "imod": "no gradient"}
+        return {
+            "relion5": "no gradient",
+            "warp": "no gradient",
+            "pytom": "--defocus-handedness 0",
+            "imod": "no gradient",
+        }
     return {
         "relion5": f"rlnTomoHand {h:+d}",
         "warp": f'AreAnglesInverted="{hand_to_warp(h)}"',
         "pytom": f"--defocus-handedness {hand_to_pytom(h):+d}",
-        "imod": ("ctfphaseflip as is" if h == imod_ctfphaseflip_hand()
-                 else "ctfphaseflip -InvertTiltAngles"),
+        "imod": ("ctfphaseflip as is" if h == imod_ctfphaseflip_hand() else "ctfphaseflip -InvertTiltAngles"),
     }
 
 

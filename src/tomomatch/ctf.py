@@ -5,6 +5,7 @@ angle in degrees, measured from the x axis of the image to defocus U; phase shif
 degrees. Everything broadcasts, so one call evaluates many tilts or particles at once
 (shape the per-tilt arguments as ``(n_tilts, 1, 1)`` against a ``(ny, nx)`` grid).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,9 +21,16 @@ def _t(x, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(x, dtype=like.dtype, device=like.device)
 
 
-def ctf_phase(kx: torch.Tensor, ky: torch.Tensor, defocus_u_um, defocus_v_um=None,
-              astigmatism_angle_deg=0.0, voltage_kv: float = 300.0, cs_mm: float = 2.7,
-              phase_shift_deg=0.0) -> torch.Tensor:
+def ctf_phase(
+    kx: torch.Tensor,
+    ky: torch.Tensor,
+    defocus_u_um,
+    defocus_v_um=None,
+    astigmatism_angle_deg=0.0,
+    voltage_kv: float = 300.0,
+    cs_mm: float = 2.7,
+    phase_shift_deg=0.0,
+) -> torch.Tensor:
     """Aberration phase chi(k) in radians (without the amplitude-contrast term).
 
     ``chi = pi * lambda * df(alpha) * k^2 - pi/2 * Cs * lambda^3 * k^4 + phase_shift`` where
@@ -36,13 +44,20 @@ def ctf_phase(kx: torch.Tensor, ky: torch.Tensor, defocus_u_um, defocus_v_um=Non
     astig = _t(astigmatism_angle_deg, kx) * (math.pi / 180.0)
     df = 0.5 * (du + dv) + 0.5 * (du - dv) * torch.cos(2.0 * (ang - astig))
     cs = cs_mm * 1e7
-    return (math.pi * lam * df * k2 - 0.5 * math.pi * cs * lam ** 3 * k2 * k2
-            + _t(phase_shift_deg, kx) * (math.pi / 180.0))
+    return math.pi * lam * df * k2 - 0.5 * math.pi * cs * lam**3 * k2 * k2 + _t(phase_shift_deg, kx) * (math.pi / 180.0)
 
 
-def ctf(kx: torch.Tensor, ky: torch.Tensor, defocus_u_um, defocus_v_um=None,
-        astigmatism_angle_deg=0.0, voltage_kv: float = 300.0, cs_mm: float = 2.7,
-        amplitude_contrast: float = 0.07, phase_shift_deg=0.0) -> torch.Tensor:
+def ctf(
+    kx: torch.Tensor,
+    ky: torch.Tensor,
+    defocus_u_um,
+    defocus_v_um=None,
+    astigmatism_angle_deg=0.0,
+    voltage_kv: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    phase_shift_deg=0.0,
+) -> torch.Tensor:
     """CTF value: ``-(sqrt(1 - A^2) sin chi + A cos chi)``.
 
     Sign: the leading minus makes protein (positive potential) appear dark in an underfocused
@@ -50,8 +65,7 @@ def ctf(kx: torch.Tensor, ky: torch.Tensor, defocus_u_um, defocus_v_um=None,
     tomograms have dark protein, so multiplying a template's transform by this CTF gives the
     contrast seen in the tomogram. Use ``abs()`` for phase-flipped data.
     """
-    chi = ctf_phase(kx, ky, defocus_u_um, defocus_v_um, astigmatism_angle_deg, voltage_kv, cs_mm,
-                    phase_shift_deg)
+    chi = ctf_phase(kx, ky, defocus_u_um, defocus_v_um, astigmatism_angle_deg, voltage_kv, cs_mm, phase_shift_deg)
     a = float(amplitude_contrast)
     return -(math.sqrt(1.0 - a * a) * torch.sin(chi) + a * torch.cos(chi))
 
@@ -65,14 +79,15 @@ def dose_filter(k: torch.Tensor, accumulated_dose, voltage_kv: float = 300.0) ->
     """Exposure filter ``exp(-D / (2 Ne(k)))`` for accumulated dose ``D`` (e/A^2)."""
     a, b, c = CRITICAL_EXPOSURE
     kk = torch.clamp(k, min=1e-6)
-    ne = a * kk ** b + c
+    ne = a * kk**b + c
     if voltage_kv < 250:
         ne = ne * 0.8
     return torch.exp(-_t(accumulated_dose, k) / (2.0 * ne))
 
 
-def frequency_grid_2d(shape_yx: tuple[int, int], pixel_size_angstrom: float, rfft: bool = True,
-                      device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def frequency_grid_2d(
+    shape_yx: tuple[int, int], pixel_size_angstrom: float, rfft: bool = True, device=None, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ky, kx)`` grids in 1/Angstrom for an image of ``shape_yx`` (rfft half-plane by default)."""
     ny, nx = shape_yx
     fy = torch.fft.fftfreq(ny, d=pixel_size_angstrom, device=device, dtype=dtype)

@@ -4,6 +4,7 @@ Every problem with user input raises :class:`InputError`. The CLI prints its one
 message (file, field, what was expected) and exits with status 2, without a traceback
 unless ``--debug`` is given.
 """
+
 from __future__ import annotations
 
 import os

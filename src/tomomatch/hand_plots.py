@@ -11,6 +11,7 @@ Panels (left to right):
 
 Uses a bare matplotlib ``Figure`` (Agg canvas; no display, no pyplot state); the PNG is written atomically.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,8 +63,15 @@ def quadratic_fit_band(x, y, x_eval, confidence: float = 0.95) -> tuple[np.ndarr
     return fit, fit - t * se, fit + t * se
 
 
-def plot_hand(path, scores: HandScores, report: dict[str, Any] | None = None, *,
-              title: str | None = None, x_unit: str = "nm", dpi: int = 120) -> Path:
+def plot_hand(
+    path,
+    scores: HandScores,
+    report: dict[str, Any] | None = None,
+    *,
+    title: str | None = None,
+    x_unit: str = "nm",
+    dpi: int = 120,
+) -> Path:
     """Draw the handedness figure for per-particle scores and save it as PNG (atomically).
 
     Parameters
@@ -106,8 +114,15 @@ def plot_hand(path, scores: HandScores, report: dict[str, Any] | None = None, *,
         if can_fit:
             fit, lo, hi = quadratic_fit_band(x, s, grid)
             ax1.plot(grid * factor, fit, color=HAND_COLOURS[h], label=f"h = {h:+d} quadratic fit")
-            ax1.fill_between(grid * factor, lo, hi, color=HAND_COLOURS[h], alpha=0.25, linewidth=0,
-                             label=f"h = {h:+d} 95 % confidence band")
+            ax1.fill_between(
+                grid * factor,
+                lo,
+                hi,
+                color=HAND_COLOURS[h],
+                alpha=0.25,
+                linewidth=0,
+                label=f"h = {h:+d} 95 % confidence band",
+            )
     ax1.set_xlabel(f"centred x ({unit})")
     ax1.set_ylabel("score (fitted mean)")
     ax1.set_title("quadratic fit, 95 % confidence band of the mean")
@@ -120,9 +135,14 @@ def plot_hand(path, scores: HandScores, report: dict[str, Any] | None = None, *,
     ax2.scatter(xs, delta, s=10, c=list(colours), alpha=0.8)
     trend = report.get("trend_abs_x") or {}
     if trend.get("slope_per_angstrom") is not None and x.size:
-        ax2.plot(grid * factor, trend["intercept"] + trend["slope_per_angstrom"] * np.abs(grid), "k--",
-                 label=(f"delta = a + b|x|, b = {trend['slope_per_angstrom'] * 1e4:.3g} per um"
-                        f" (p = {trend['slope_p']:.2g})"))
+        ax2.plot(
+            grid * factor,
+            trend["intercept"] + trend["slope_per_angstrom"] * np.abs(grid),
+            "k--",
+            label=(
+                f"delta = a + b|x|, b = {trend['slope_per_angstrom'] * 1e4:.3g} per um (p = {trend['slope_p']:.2g})"
+            ),
+        )
         ax2.legend(loc="best", fontsize="small")
     ax2.set_xlabel(f"centred x ({unit})")
     ax2.set_ylabel("delta = s(+1) - s(-1)")
@@ -132,8 +152,11 @@ def plot_hand(path, scores: HandScores, report: dict[str, Any] | None = None, *,
         v = report.get("verdict")
         verdict = f"h = {v:+d}" if isinstance(v, int) else str(v)
         p = report.get("p")
-        title = (f"defocus handedness: {verdict}   (n = {report.get('n_particles')}"
-                 + (f", Wilcoxon p = {p:.2g}" if p is not None else "") + ")")
+        title = (
+            f"defocus handedness: {verdict}   (n = {report.get('n_particles')}"
+            + (f", Wilcoxon p = {p:.2g}" if p is not None else "")
+            + ")"
+        )
     fig.suptitle(title)
     path = Path(path)
     with atomic_path(path) as tmp:

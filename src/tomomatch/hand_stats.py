@@ -11,6 +11,7 @@
 * :func:`verdict_settings` -- the verdict as the value to set in RELION 5, Warp, pytom, IMOD.
 * :func:`write_report` / :func:`read_report` -- the JSON report, written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,18 @@ from .errors import InputError
 from .jsonable import jsonable
 from .mrcio import atomic_path
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_MIN_PARTICLES", "UNDETERMINED", "HandScores", "hand_statistics",
-           "pair_particles", "compare_hands", "verdict_settings", "write_report", "read_report"]
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_MIN_PARTICLES",
+    "UNDETERMINED",
+    "HandScores",
+    "hand_statistics",
+    "pair_particles",
+    "compare_hands",
+    "verdict_settings",
+    "write_report",
+    "read_report",
+]
 
 #: significance level of the verdict: the Wilcoxon p-value must be at most this
 DEFAULT_ALPHA = 0.01
@@ -85,8 +96,9 @@ class HandScores:
 # --------------------------------------------------------------------------- statistics
 
 
-def _bootstrap_mean_interval(values: np.ndarray, n_bootstrap: int, seed: int,
-                             confidence: float = 0.95) -> tuple[float, float]:
+def _bootstrap_mean_interval(
+    values: np.ndarray, n_bootstrap: int, seed: int, confidence: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (seeded, vectorised in chunks)."""
     rng = np.random.default_rng(seed)
     n = values.size
@@ -102,22 +114,38 @@ def _bootstrap_mean_interval(values: np.ndarray, n_bootstrap: int, seed: int,
 
 def _trend(abs_x: np.ndarray, delta: np.ndarray) -> dict[str, Any]:
     """Least-squares ``delta = a + b |x|`` (b per Angstrom, two-sided p) and Spearman rho."""
-    out: dict[str, Any] = {"slope_per_angstrom": None, "intercept": None, "slope_stderr": None,
-                           "slope_p": None, "spearman_rho": None, "spearman_p": None}
+    out: dict[str, Any] = {
+        "slope_per_angstrom": None,
+        "intercept": None,
+        "slope_stderr": None,
+        "slope_p": None,
+        "spearman_rho": None,
+        "spearman_p": None,
+    }
     if abs_x.size < 3 or np.ptp(abs_x) == 0:
         return out
     lr = stats.linregress(abs_x, delta)
-    out.update(slope_per_angstrom=float(lr.slope), intercept=float(lr.intercept),
-               slope_stderr=float(lr.stderr), slope_p=float(lr.pvalue))
+    out.update(
+        slope_per_angstrom=float(lr.slope),
+        intercept=float(lr.intercept),
+        slope_stderr=float(lr.stderr),
+        slope_p=float(lr.pvalue),
+    )
     if np.ptp(delta) > 0:
         rho = stats.spearmanr(abs_x, delta)
         out.update(spearman_rho=float(rho.statistic), spearman_p=float(rho.pvalue))
     return out
 
 
-def hand_statistics(scores: HandScores, *, alpha: float = DEFAULT_ALPHA,
-                    min_particles: int = DEFAULT_MIN_PARTICLES, n_bootstrap: int = 10_000,
-                    seed: int = 0, tie_tolerance: float | None = None) -> dict[str, Any]:
+def hand_statistics(
+    scores: HandScores,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_particles: int = DEFAULT_MIN_PARTICLES,
+    n_bootstrap: int = 10_000,
+    seed: int = 0,
+    tie_tolerance: float | None = None,
+) -> dict[str, Any]:
     """Paired statistics on ``delta = s(+1) - s(-1)`` and the handedness verdict.
 
     Parameters
@@ -178,17 +206,21 @@ def hand_statistics(scores: HandScores, *, alpha: float = DEFAULT_ALPHA,
         "tie_tolerance": float(tie_tolerance),
         "mean_score_plus": float(np.mean(scores.score_plus)) if n else None,
         "mean_score_minus": float(np.mean(scores.score_minus)) if n else None,
-        "mean_score_zero": (float(np.mean(scores.score_zero))
-                            if scores.score_zero is not None and n else None),
+        "mean_score_zero": (float(np.mean(scores.score_zero)) if scores.score_zero is not None and n else None),
         "mean_delta": float(np.mean(delta)) if n else None,
         "median_delta": float(np.median(delta)) if n else None,
         "std_delta": float(np.std(delta, ddof=1)) if n > 1 else None,
-        "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "confidence": 0.95,
-                      "mean_delta_interval": None},
+        "bootstrap": {
+            "n_resamples": int(n_bootstrap),
+            "seed": int(seed),
+            "confidence": 0.95,
+            "mean_delta_interval": None,
+        },
         "wilcoxon": {"statistic": None, "p": None},
         "sign_test": {"k_plus": n_pos, "n": n_nonzero, "p": None},
-        "trend_abs_x": _trend(np.abs(x[nonzero]) if n_nonzero else np.abs(x[:0]),
-                              delta[nonzero] if n_nonzero else delta[:0]),
+        "trend_abs_x": _trend(
+            np.abs(x[nonzero]) if n_nonzero else np.abs(x[:0]), delta[nonzero] if n_nonzero else delta[:0]
+        ),
         "gain_over_no_gradient": None,
         "warnings": [],
     }
@@ -199,8 +231,10 @@ def hand_statistics(scores: HandScores, *, alpha: float = DEFAULT_ALPHA,
         }
 
     if n_nonzero < max(int(min_particles), 2):
-        why = (f"too few particles: {n_nonzero} with a non-zero score difference"
-               f" (of {n}); need at least {max(int(min_particles), 2)}")
+        why = (
+            f"too few particles: {n_nonzero} with a non-zero score difference"
+            f" (of {n}); need at least {max(int(min_particles), 2)}"
+        )
         report.update(verdict=UNDETERMINED, reason=why, p=None)
         return report
 
@@ -221,23 +255,32 @@ def hand_statistics(scores: HandScores, *, alpha: float = DEFAULT_ALPHA,
         reasons.append(f"the 95 % bootstrap interval of the mean delta [{lo:.3g}, {hi:.3g}] contains 0")
     elif (lo > 0) != (direction > 0):
         reasons.append("the mean and the median of delta disagree in sign")
-    if (trend["slope_p"] is not None and trend["slope_p"] <= alpha
-            and np.sign(trend["slope_per_angstrom"]) == -direction):
+    if (
+        trend["slope_p"] is not None
+        and trend["slope_p"] <= alpha
+        and np.sign(trend["slope_per_angstrom"]) == -direction
+    ):
         reasons.append(f"delta's trend against |x| points the other way (slope p = {trend['slope_p']:.3g})")
     if reasons:
         report.update(verdict=UNDETERMINED, reason="; ".join(reasons))
     else:
-        report.update(verdict=int(direction),
-                      reason=(f"{max(n_pos, n_neg)} of {n_nonzero} particles score higher with h = "
-                              f"{direction:+d}; Wilcoxon p = {w.pvalue:.3g}; mean delta 95 % interval "
-                              f"[{lo:.3g}, {hi:.3g}]"))
+        report.update(
+            verdict=int(direction),
+            reason=(
+                f"{max(n_pos, n_neg)} of {n_nonzero} particles score higher with h = "
+                f"{direction:+d}; Wilcoxon p = {w.pvalue:.3g}; mean delta 95 % interval "
+                f"[{lo:.3g}, {hi:.3g}]"
+            ),
+        )
     if report["sign_test"]["p"] > alpha:
         report["warnings"].append(f"sign test p = {report['sign_test']['p']:.3g} > {alpha:g}")
-    if trend["slope_p"] is not None and not (trend["slope_p"] <= alpha
-                                             and np.sign(trend["slope_per_angstrom"]) == direction):
+    if trend["slope_p"] is not None and not (
+        trend["slope_p"] <= alpha and np.sign(trend["slope_per_angstrom"]) == direction
+    ):
         report["warnings"].append(
             "delta does not grow significantly with |x| in the preferred direction"
-            f" (slope p = {trend['slope_p']:.3g}); the gradient signal is weak")
+            f" (slope p = {trend['slope_p']:.3g}); the gradient signal is weak"
+        )
     return report
 
 
@@ -324,8 +367,17 @@ def pair_particles(coords_a, coords_b, max_distance: float) -> tuple[np.ndarray,
     return pair_a[order], pair_b[order], pair_d[order]
 
 
-def compare_hands(coords_a_angstrom, scores_a, hand_a: int, coords_b_angstrom, scores_b, hand_b: int,
-                  *, max_distance_angstrom: float, **statistics_options) -> tuple[HandScores, dict[str, Any]]:
+def compare_hands(
+    coords_a_angstrom,
+    scores_a,
+    hand_a: int,
+    coords_b_angstrom,
+    scores_b,
+    hand_b: int,
+    *,
+    max_distance_angstrom: float,
+    **statistics_options,
+) -> tuple[HandScores, dict[str, Any]]:
     """Pair the candidates of two runs made with opposite hands and test which hand scores higher.
 
     Parameters
@@ -351,26 +403,33 @@ def compare_hands(coords_a_angstrom, scores_a, hand_a: int, coords_b_angstrom, s
 
     ha, hb = check_hand(hand_a), check_hand(hand_b)
     if {ha, hb} != {1, -1}:
-        raise InputError(f"compare-hands needs one run with hand +1 and one with -1; got {ha:+d} and {hb:+d}",
-                         field="hand")
+        raise InputError(
+            f"compare-hands needs one run with hand +1 and one with -1; got {ha:+d} and {hb:+d}", field="hand"
+        )
     ca = np.asarray(coords_a_angstrom, dtype=float).reshape(-1, 3)
     cb = np.asarray(coords_b_angstrom, dtype=float).reshape(-1, 3)
     sa = np.asarray(scores_a, dtype=float).reshape(-1)
     sb = np.asarray(scores_b, dtype=float).reshape(-1)
     ia, ib, dist = pair_particles(ca, cb, max_distance_angstrom)
     if ia.size == 0:
-        raise InputError(f"no candidate of one run lies within {float(max_distance_angstrom):g} A of one of the"
-                         f" other ({len(ca)} and {len(cb)} candidates): are they from the same tomogram?"
-                         " (else widen --radius)", field="pairing")
+        raise InputError(
+            f"no candidate of one run lies within {float(max_distance_angstrom):g} A of one of the"
+            f" other ({len(ca)} and {len(cb)} candidates): are they from the same tomogram?"
+            " (else widen --radius)",
+            field="pairing",
+        )
     if ha == -1:
         ca, cb, sa, sb, ia, ib = cb, ca, sb, sa, ib, ia
     pos = 0.5 * (ca[ia] + cb[ib])
-    paired = HandScores(x_angstrom=pos[:, 0], y_angstrom=pos[:, 1], z_angstrom=pos[:, 2],
-                        score_plus=sa[ia], score_minus=sb[ib])
+    paired = HandScores(
+        x_angstrom=pos[:, 0], y_angstrom=pos[:, 1], z_angstrom=pos[:, 2], score_plus=sa[ia], score_minus=sb[ib]
+    )
     report = hand_statistics(paired, **statistics_options)
     report["pairing"] = {
         "max_distance_angstrom": float(max_distance_angstrom),
-        "n_run_plus": int(len(sa)), "n_run_minus": int(len(sb)), "n_pairs": int(ia.size),
+        "n_run_plus": int(len(sa)),
+        "n_run_minus": int(len(sb)),
+        "n_pairs": int(ia.size),
         "mean_pair_distance_angstrom": float(dist.mean()) if dist.size else None,
         "max_pair_distance_angstrom": float(dist.max()) if dist.size else None,
     }
@@ -389,8 +448,12 @@ def write_report(path, report: dict[str, Any], scores: HandScores | None = None)
     path = Path(path)
     doc = dict(report)
     if scores is not None:
-        table = {"x_angstrom": scores.x_angstrom, "score_plus": scores.score_plus,
-                 "score_minus": scores.score_minus, "delta": scores.delta}
+        table = {
+            "x_angstrom": scores.x_angstrom,
+            "score_plus": scores.score_plus,
+            "score_minus": scores.score_minus,
+            "delta": scores.delta,
+        }
         for name in ("score_zero", "y_angstrom", "z_angstrom"):
             if getattr(scores, name) is not None:
                 table[name] = getattr(scores, name)
@@ -407,8 +470,12 @@ def read_report(path) -> tuple[dict[str, Any], HandScores | None]:
     table = doc.pop("particles", None)
     scores = None
     if table is not None:
-        scores = HandScores(**{k: table.get(k) for k in (
-            "x_angstrom", "score_plus", "score_minus", "score_zero", "y_angstrom", "z_angstrom")})
+        scores = HandScores(
+            **{
+                k: table.get(k)
+                for k in ("x_angstrom", "score_plus", "score_minus", "score_zero", "y_angstrom", "z_angstrom")
+            }
+        )
     return doc, scores
 
 
@@ -426,6 +493,7 @@ def verdict_settings(verdict, hand_mode: str = "full") -> dict[str, str] | None:
     h = hand_from_pytom(int(verdict)) if hand_mode == "pytom" else int(verdict)
     out = {"tomomatch": f"--defocus-handedness {h:+d}", **hand_report(h)}
     if hand_mode == "pytom":
-        out["note"] = (f"scores used pytom's formula; pytom {int(verdict):+d} has the x gradient of "
-                       f"tomomatch/RELION {h:+d}")
+        out["note"] = (
+            f"scores used pytom's formula; pytom {int(verdict):+d} has the x gradient of tomomatch/RELION {h:+d}"
+        )
     return out

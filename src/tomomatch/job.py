@@ -35,6 +35,7 @@ continues unfinished ones from their last batch and ends with outputs identical 
 uninterrupted run; a checkpoint directory (or file) with another key is discarded. The
 directory is removed after success.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,17 @@ from . import __version__
 from .angles import crowther_step_deg, parse_symmetry, read_angle_list, uniform_rotations, write_rotations
 from .conventions import GEOMETRY_VERSION
 from .errors import InputError
-from .matching import (EngineConfig, TileCorrelator, TileState, configure_allocator, engine_description,
-                       fast_fft_shape, is_spherical_mask, phase_randomised_template, resolve_device)
+from .matching import (
+    EngineConfig,
+    TileCorrelator,
+    TileState,
+    configure_allocator,
+    engine_description,
+    fast_fft_shape,
+    is_spherical_mask,
+    phase_randomised_template,
+    resolve_device,
+)
 from .matching.fft import _MIN_THREADED_FFT
 from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
 from .jobfile import JOB_FORMAT, check_geometry_version, read_job, write_job
@@ -67,10 +77,26 @@ from . import preparation
 from .progress import ProgressBars
 from .tiles import Tile, auto_tile_counts, plan_tiles
 
-__all__ = ["run_match", "read_job", "write_job", "check_geometry_version", "JOB_FORMAT", "DEFAULT_MAX_MEMORY_GB",
-           "MatchPlan", "WorkUnit", "UnitResult", "MergedMatch", "plan_match", "prepare_checkpoints",
-           "load_unit", "run_unit", "merge_units", "load_unit_results", "write_outputs",
-           "remove_checkpoints"]
+__all__ = [
+    "run_match",
+    "read_job",
+    "write_job",
+    "check_geometry_version",
+    "JOB_FORMAT",
+    "DEFAULT_MAX_MEMORY_GB",
+    "MatchPlan",
+    "WorkUnit",
+    "UnitResult",
+    "MergedMatch",
+    "plan_match",
+    "prepare_checkpoints",
+    "load_unit",
+    "run_unit",
+    "merge_units",
+    "load_unit_results",
+    "write_outputs",
+    "remove_checkpoints",
+]
 
 _MAX_BATCH = 16
 
@@ -163,19 +189,24 @@ class MatchPlan:
     def output_paths(self) -> dict[str, Path]:
         """The output files: ``scores``, ``angles``, ``rotations``, ``job``."""
         o, n = self.out_dir, self.name
-        return {"scores": o / f"{n}_scores.mrc", "angles": o / f"{n}_angles.mrc",
-                "rotations": o / f"{n}_rotations.txt", "job": o / f"{n}_job.json"}
+        return {
+            "scores": o / f"{n}_scores.mrc",
+            "angles": o / f"{n}_angles.mrc",
+            "rotations": o / f"{n}_rotations.txt",
+            "job": o / f"{n}_job.json",
+        }
 
 
-def _estimate_batch_size(data_shape, box: int, method: str, spherical: bool, n_templates: int,
-                         device_type: str, max_memory_gb: float) -> int:
+def _estimate_batch_size(
+    data_shape, box: int, method: str, spherical: bool, n_templates: int, device_type: str, max_memory_gb: float
+) -> int:
     """Rotations per batch for a tile (the memory model of ``TileCorrelator.batch_bytes``)."""
     n = float(np.prod(fast_fft_shape(data_shape)))
     per = 4 * n + 4 * n + 4 * n
     if method == "resample":
         p = int(scipy.fft.next_fast_len(int(math.ceil(2 * box))))
         p += p % 2
-        per += 8 * float(p ** 3)
+        per += 8 * float(p**3)
     if not spherical:
         per += 3 * 8 * n
     per = max(int(per * n_templates), 1)
@@ -186,8 +217,9 @@ def _estimate_batch_size(data_shape, box: int, method: str, spherical: bool, n_t
     return int(max(1, min(cap, free // per)))
 
 
-def _make_units(n_tiles: int, n_rot: int, batch_sizes: Sequence[int], rotations_per_unit: int | None,
-                min_units: int) -> list[WorkUnit]:
+def _make_units(
+    n_tiles: int, n_rot: int, batch_sizes: Sequence[int], rotations_per_unit: int | None, min_units: int
+) -> list[WorkUnit]:
     units: list[WorkUnit] = []
     if rotations_per_unit is None:
         chunks = max(1, math.ceil(max(int(min_units), 1) / n_tiles))
@@ -213,16 +245,30 @@ def _check_relion_tomogram_size(ts, shape_zyx, tomogram) -> None:
     have_xyz = np.asarray(shape_zyx[::-1], float)
     if np.any(np.abs(have_xyz - want_xyz) > 1.0):
         want = tuple(round(float(v), 1) for v in want_xyz)
-        raise InputError(f"tomogram size (x, y, z) {tuple(int(v) for v in have_xyz)} differs from RELION's "
-                         f"rlnTomoSizeX/Y/Z / binning {binning:g} = {want} (from {ts.extra.get('tomograms_star')});"
-                         " expected the tomogram RELION reconstructed for this tilt series", tomogram,
-                         "rlnTomoSizeX/Y/Z")
+        raise InputError(
+            f"tomogram size (x, y, z) {tuple(int(v) for v in have_xyz)} differs from RELION's "
+            f"rlnTomoSizeX/Y/Z / binning {binning:g} = {want} (from {ts.extra.get('tomograms_star')});"
+            " expected the tomogram RELION reconstructed for this tilt series",
+            tomogram,
+            "rlnTomoSizeX/Y/Z",
+        )
 
 
-def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None = None, *,
-               tilt_series=None, rotations: np.ndarray | None = None,
-               rotations_per_unit: int | None = None, min_units: int = 1, check_device: bool = True,
-               engine: EngineConfig | None = None, **option_fields) -> MatchPlan:
+def plan_match(
+    template,
+    mask,
+    tomogram,
+    out_dir,
+    options: MatchOptions | None = None,
+    *,
+    tilt_series=None,
+    rotations: np.ndarray | None = None,
+    rotations_per_unit: int | None = None,
+    min_units: int = 1,
+    check_device: bool = True,
+    engine: EngineConfig | None = None,
+    **option_fields,
+) -> MatchPlan:
     """Validate a match job and plan it (tiles, rotations, work units, checkpoint key).
 
     Parameters are those of :func:`run_match` (``options``, or its fields as keywords on top of
@@ -259,8 +305,9 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
         try:
             dev = torch.device("cpu" if opts.device is None else str(opts.device))
         except (RuntimeError, ValueError):
-            raise InputError(f"unknown device {opts.device!r}; expected cpu, cuda or cuda:N", None,
-                             "--device") from None
+            raise InputError(
+                f"unknown device {opts.device!r}; expected cpu, cuda or cuda:N", None, "--device"
+            ) from None
     out_dir = Path(out_dir).absolute()
     template, mask, tomogram = Path(template).absolute(), Path(mask).absolute(), Path(tomogram).absolute()
     name = opts.name or tomogram.stem
@@ -271,12 +318,20 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
     t_vs = read_voxel_size(template)
     tmpl_np, _ = read_volume(template, t_vs if t_vs > 0 else voxel, what="template")
     if t_vs > 0 and abs(t_vs - voxel) > 0.01 * voxel:
-        raise InputError(f"template voxel size {t_vs:g} A differs from the tomogram's {voxel:g} A by more"
-                         " than 1 %; resample the template", template, "voxel size")
+        raise InputError(
+            f"template voxel size {t_vs:g} A differs from the tomogram's {voxel:g} A by more"
+            " than 1 %; resample the template",
+            template,
+            "voxel size",
+        )
     m_vs = read_voxel_size(mask)
     if m_vs > 0 and abs(m_vs - voxel) > 0.01 * voxel:
-        raise InputError(f"mask voxel size {m_vs:g} A differs from the tomogram's {voxel:g} A by more than"
-                         " 1 %; make the mask at the template's voxel size", mask, "voxel size")
+        raise InputError(
+            f"mask voxel size {m_vs:g} A differs from the tomogram's {voxel:g} A by more than"
+            " 1 %; make the mask at the template's voxel size",
+            mask,
+            "voxel size",
+        )
     mask_np, _ = read_volume(mask, voxel, what="mask")
     nz, ny, nx = vol_np.shape  # 3-D: read_volume's default ndim
     vol_shape = (int(nz), int(ny), int(nx))
@@ -298,8 +353,7 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
         hand = ts.hand if (ts is not None and ts.hand is not None) else 0
     wedge = wopts.wedge if wopts.wedge is not None else ("per_tilt" if ts is not None else "none")
     if wedge != "none" and ts is None:
-        raise InputError(f"--wedge {wedge.replace('_', '-')} needs tilt metadata (e.g. --tilt-angles)", None,
-                         "--wedge")
+        raise InputError(f"--wedge {wedge.replace('_', '-')} needs tilt metadata (e.g. --tilt-angles)", None, "--wedge")
     ctf_used = wopts.ctf if (ts is not None and ts.has_defocus and wedge != "none") else None
     angular_step_deg, symmetry = opts.angular_step_deg, parse_symmetry(opts.symmetry)
     angle_list, angle_list_sha = opts.angle_list, None
@@ -331,32 +385,62 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
     else:
         assert not isinstance(opts.tiles, str)  # MatchOptions holds "auto" or three int counts (parse_tiles)
         counts = opts.tiles
-    tile_plan = plan_tiles(vol_shape, n, counts, voxel, tilts_all, hand, opts.hand_mode,
-                           x_tilt_deg=0.0 if ts is None else ts.x_tilt_deg)
+    tile_plan = plan_tiles(
+        vol_shape, n, counts, voxel, tilts_all, hand, opts.hand_mode, x_tilt_deg=0.0 if ts is None else ts.x_tilt_deg
+    )
     for t in tile_plan:
         if any(n > s for s in t.data_shape_zyx):
-            raise InputError(f"template box {n} is larger than tile {t.grid_index_xyz} "
-                             f"{t.data_shape_zyx}; use fewer tiles", None, "--tiles")
+            raise InputError(
+                f"template box {n} is larger than tile {t.grid_index_xyz} {t.data_shape_zyx}; use fewer tiles",
+                None,
+                "--tiles",
+            )
     spherical = is_spherical_mask(mask_np)
     n_templates = 2 if opts.random_phase else 1
-    batch_sizes = [opts.batch_size if opts.batch_size else
-                   _estimate_batch_size(t.data_shape_zyx, n, opts.method, spherical, n_templates, dev.type,
-                                        opts.max_memory_gb) for t in tile_plan]
+    batch_sizes = [
+        opts.batch_size
+        if opts.batch_size
+        else _estimate_batch_size(
+            t.data_shape_zyx, n, opts.method, spherical, n_templates, dev.type, opts.max_memory_gb
+        )
+        for t in tile_plan
+    ]
     units = _make_units(len(tile_plan), len(rots), batch_sizes, rotations_per_unit, min_units)
 
     # ---------------------------------------------------------------- checkpoint key
     resolved = replace(
-        opts, name=name, angular_step_deg=None if angular_step_deg is None else float(angular_step_deg),
-        symmetry=symmetry, angle_list=angle_list, defocus_handedness=hand, tiles=counts, device=str(dev),
-        weighting=replace(wopts, wedge=wedge, ctf=ctf_used))
+        opts,
+        name=name,
+        angular_step_deg=None if angular_step_deg is None else float(angular_step_deg),
+        symmetry=symmetry,
+        angle_list=angle_list,
+        defocus_handedness=hand,
+        tiles=counts,
+        device=str(dev),
+        weighting=replace(wopts, wedge=wedge, ctf=ctf_used),
+    )
     params = {
-        "format": JOB_FORMAT, "geometry_version": GEOMETRY_VERSION, "version": __version__,
-        "method": resolved.method, "voxel": voxel,
+        "format": JOB_FORMAT,
+        "geometry_version": GEOMETRY_VERSION,
+        "version": __version__,
+        "method": resolved.method,
+        "voxel": voxel,
         "rotations_sha": hashlib.sha256(np.ascontiguousarray(rots, np.float64).tobytes()).hexdigest(),
-        "low_pass": wopts.low_pass_angstrom, "high_pass": wopts.high_pass_angstrom, "whiten": wopts.whiten,
-        "wedge": wedge, "ctf": ctf_used, "dose": wopts.dose, "cos": wopts.cos_weighting, "hand": hand,
-        "hand_mode": resolved.hand_mode, "tiles": list(counts), "random_phase": resolved.random_phase,
-        "tilt_series": _ts_json(ts), "batch_sizes": batch_sizes, "device_type": dev.type, "units_format": 2,
+        "low_pass": wopts.low_pass_angstrom,
+        "high_pass": wopts.high_pass_angstrom,
+        "whiten": wopts.whiten,
+        "wedge": wedge,
+        "ctf": ctf_used,
+        "dose": wopts.dose,
+        "cos": wopts.cos_weighting,
+        "hand": hand,
+        "hand_mode": resolved.hand_mode,
+        "tiles": list(counts),
+        "random_phase": resolved.random_phase,
+        "tilt_series": _ts_json(ts),
+        "batch_sizes": batch_sizes,
+        "device_type": dev.type,
+        "units_format": 2,
         "engine": engine.to_json(),
     }
     if angle_list_sha is not None:
@@ -364,10 +448,24 @@ def plan_match(template, mask, tomogram, out_dir, options: MatchOptions | None =
     key_src = json.dumps(params, sort_keys=True) + "".join(_file_digest(p) for p in (tomogram, template, mask))
     key = hashlib.sha256(key_src.encode()).hexdigest()
     return MatchPlan(
-        name=name, out_dir=out_dir, tomogram=tomogram, template=template, mask=mask,
-        voxel_size_angstrom=float(voxel), shape_zyx=vol_shape, template_shape_zyx=tuple(tmpl_np.shape),
-        mask_is_spherical=bool(spherical), rotations=rots, options=resolved, tilt_series=ts,
-        tiles=list(tile_plan), batch_sizes=batch_sizes, units=units, key=key, engine=engine)
+        name=name,
+        out_dir=out_dir,
+        tomogram=tomogram,
+        template=template,
+        mask=mask,
+        voxel_size_angstrom=float(voxel),
+        shape_zyx=vol_shape,
+        template_shape_zyx=tuple(tmpl_np.shape),
+        mask_is_spherical=bool(spherical),
+        rotations=rots,
+        options=resolved,
+        tilt_series=ts,
+        tiles=list(tile_plan),
+        batch_sizes=batch_sizes,
+        units=units,
+        key=key,
+        engine=engine,
+    )
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -408,8 +506,7 @@ def remove_checkpoints(plan: MatchPlan) -> None:
 def _save_unit(plan: MatchPlan, unit: WorkUnit, state: TileState) -> None:
     path = plan.unit_path(unit)
     d = state.to_numpy()
-    d.update(key=np.array(plan.key), tile=np.int64(unit.tile), start=np.int64(unit.start),
-             stop=np.int64(unit.stop))
+    d.update(key=np.array(plan.key), tile=np.int64(unit.tile), start=np.int64(unit.start), stop=np.int64(unit.stop))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **d)
@@ -429,10 +526,14 @@ def load_unit(plan: MatchPlan, unit: WorkUnit, device="cpu") -> TileState | None
     try:
         with np.load(path) as d:
             d = dict(d)
-        ok = (str(d.get("key", "")) == plan.key and int(d["tile"]) == unit.tile
-              and int(d["start"]) == unit.start and int(d["stop"]) == unit.stop
-              and unit.start <= int(d["done"]) <= unit.stop
-              and len(d.get("rotation_sums", ())) == int(d["done"]) - unit.start)
+        ok = (
+            str(d.get("key", "")) == plan.key
+            and int(d["tile"]) == unit.tile
+            and int(d["start"]) == unit.start
+            and int(d["stop"]) == unit.stop
+            and unit.start <= int(d["done"]) <= unit.stop
+            and len(d.get("rotation_sums", ())) == int(d["done"]) - unit.start
+        )
         if not ok:
             return None
         return TileState.from_numpy(d, device)
@@ -470,11 +571,16 @@ class UnitResult:
 
     @classmethod
     def from_state(cls, unit: WorkUnit, st: TileState, resumed: int = 0) -> "UnitResult":
-        return cls(unit=unit, best=st.best.cpu().numpy(), index=st.index.cpu().numpy().astype(np.int32),
-                   noise_best=None if st.noise_best is None else st.noise_best.cpu().numpy(),
-                   rotation_sums=np.asarray(st.rotation_sums, np.float64),
-                   rotation_sumsqs=np.asarray(st.rotation_sumsqs, np.float64), count=int(st.count),
-                   resumed=int(resumed))
+        return cls(
+            unit=unit,
+            best=st.best.cpu().numpy(),
+            index=st.index.cpu().numpy().astype(np.int32),
+            noise_best=None if st.noise_best is None else st.noise_best.cpu().numpy(),
+            rotation_sums=np.asarray(st.rotation_sums, np.float64),
+            rotation_sumsqs=np.asarray(st.rotation_sumsqs, np.float64),
+            count=int(st.count),
+            resumed=int(resumed),
+        )
 
 
 @dataclass
@@ -525,10 +631,15 @@ def _build_context_1(plan: MatchPlan, dev: torch.device) -> _Context:
     mask_np, _ = read_volume(plan.mask, plan.voxel_size_angstrom, what="mask")
     ts, n, wo = plan.tilt_series, plan.template_shape_zyx[0], plan.options.weighting
     prep = preparation.prepare_tomogram(
-        vol_np, plan.voxel_size_angstrom, low_pass_angstrom=wo.low_pass_angstrom,
-        high_pass_angstrom=wo.high_pass_angstrom, whiten=wo.whiten,
+        vol_np,
+        plan.voxel_size_angstrom,
+        low_pass_angstrom=wo.low_pass_angstrom,
+        high_pass_angstrom=wo.high_pass_angstrom,
+        whiten=wo.whiten,
         tilt_angles_deg=None if ts is None else ts.tilt_angles_deg[~ts.excluded],
-        template_shape_zyx=(n, n, n), device=dev)
+        template_shape_zyx=(n, n, n),
+        device=dev,
+    )
     del vol_np
     vol_t, white = prep.volume, prep.whitening
     rp = phase_randomised_template(tmpl_np, mask_np) if plan.options.random_phase else None
@@ -554,6 +665,7 @@ def _template_weight(plan: MatchPlan, ctx: _Context, tile: Tile, dev: torch.devi
 
     def weight(shape):
         from .weighting import bandpass, tilt_series_weight
+
         wh = ctx.whitening.get(tuple(shape)) if wo.whiten else None
         if wo.whiten and wh is None:
             raise RuntimeError(f"no whitening filter for grid {tuple(shape)}")
@@ -562,10 +674,21 @@ def _template_weight(plan: MatchPlan, ctx: _Context, tile: Tile, dev: torch.devi
             return w if wh is None else w * wh.to(dev)
         # built on the CPU (a box-sized grid): the per-tilt insertion uses index_add_, whose
         # CUDA atomics would make the weight, and so the scores, vary from run to run
-        return tilt_series_weight(ts, shape, voxel, defocus_offset_um=offs, per_tilt=(wo.wedge == "per_tilt"),
-                                  ctf_mode=wo.ctf, dose_weighting=wo.dose, cos_weighting=wo.cos_weighting,
-                                  low_pass_angstrom=lp, high_pass_angstrom=hp,
-                                  whitening=None if wh is None else wh.cpu(), device="cpu").to(dev)
+        return tilt_series_weight(
+            ts,
+            shape,
+            voxel,
+            defocus_offset_um=offs,
+            per_tilt=(wo.wedge == "per_tilt"),
+            ctf_mode=wo.ctf,
+            dose_weighting=wo.dose,
+            cos_weighting=wo.cos_weighting,
+            low_pass_angstrom=lp,
+            high_pass_angstrom=hp,
+            whitening=None if wh is None else wh.cpu(),
+            device="cpu",
+        ).to(dev)
+
     return weight
 
 
@@ -577,15 +700,23 @@ def _correlator(plan: MatchPlan, ti: int, dev: torch.device) -> TileCorrelator:
         tile = plan.tiles[ti]
         with _one_torch_thread():
             _CORRELATORS[k] = TileCorrelator(
-                ctx.volume[tile.data_slices], ctx.template, ctx.mask, tile.unique_in_data,
-                weight=_template_weight(plan, ctx, tile, dev), method=plan.options.method,
-                spherical=plan.mask_is_spherical, random_phase_template=ctx.random_phase_template, device=dev,
-                engine=plan.engine)
+                ctx.volume[tile.data_slices],
+                ctx.template,
+                ctx.mask,
+                tile.unique_in_data,
+                weight=_template_weight(plan, ctx, tile, dev),
+                method=plan.options.method,
+                spherical=plan.mask_is_spherical,
+                random_phase_template=ctx.random_phase_template,
+                device=dev,
+                engine=plan.engine,
+            )
     return _CORRELATORS[k]
 
 
-def run_unit(plan: MatchPlan, unit: WorkUnit, *, device: str | None = None,
-             on_progress: Callable[[int], None] | None = None) -> UnitResult:
+def run_unit(
+    plan: MatchPlan, unit: WorkUnit, *, device: str | None = None, on_progress: Callable[[int], None] | None = None
+) -> UnitResult:
     """Search one work unit, saving its checkpoint (atomically); returns its :class:`UnitResult`.
 
     A finished checkpoint with the plan's key is returned without computing; an unfinished one
@@ -615,8 +746,7 @@ def run_unit(plan: MatchPlan, unit: WorkUnit, *, device: str | None = None,
                 _save_unit(plan, unit, st)
                 last[0] = now
 
-        state = tc.run(plan.rotations, state, batch_size=plan.batch_sizes[unit.tile], on_batch=on_batch,
-                       stop=unit.stop)
+        state = tc.run(plan.rotations, state, batch_size=plan.batch_sizes[unit.tile], on_batch=on_batch, stop=unit.stop)
     return UnitResult.from_state(unit, state, resumed)
 
 
@@ -710,15 +840,29 @@ def merge_units(plan: MatchPlan, results: Sequence[UnitResult]) -> MergedMatch:
     total_sq = math.fsum(np.concatenate(sumsqs).tolist())
     mean = total / count
     std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
-    return MergedMatch(scores=scores, angles=angles, n_search=int(count), mean=mean, std=std,
-                       noise_mean=noise_mean, resumed_rotations=int(resumed))
+    return MergedMatch(
+        scores=scores,
+        angles=angles,
+        n_search=int(count),
+        mean=mean,
+        std=std,
+        noise_mean=noise_mean,
+        resumed_rotations=int(resumed),
+    )
 
 
 # --------------------------------------------------------------------------- persist
 
 
-def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.0, command: str | None = None,
-                  device: str | None = None, execution: dict | None = None) -> dict:
+def write_outputs(
+    plan: MatchPlan,
+    merged: MergedMatch,
+    *,
+    elapsed_s: float = 0.0,
+    command: str | None = None,
+    device: str | None = None,
+    execution: dict | None = None,
+) -> dict:
     """Write the maps, the rotation list and (last) the job file, atomically; returns the job dict."""
     paths = plan.output_paths()
     voxel, ts, out_dir = plan.voxel_size_angstrom, plan.tilt_series, plan.out_dir
@@ -727,37 +871,80 @@ def write_outputs(plan: MatchPlan, merged: MergedMatch, *, elapsed_s: float = 0.
     write_rotations(paths["rotations"], plan.rotations)
     relion = None
     if ts is not None and "size_xyz_unbinned" in ts.extra:
-        relion = {"unbinned_size_xyz": list(ts.extra["size_xyz_unbinned"]),
-                  "tilt_series_pixel_angstrom": ts.pixel_size_angstrom, "tomo_name": ts.name}
+        relion = {
+            "unbinned_size_xyz": list(ts.extra["size_xyz_unbinned"]),
+            "tilt_series_pixel_angstrom": ts.pixel_size_angstrom,
+            "tomo_name": ts.name,
+        }
     n_rot, opts = plan.n_rotations, plan.options
     wo, wedge = opts.weighting, opts.weighting.wedge
     job: dict[str, Any] = {
-        "tomomatch_version": __version__, "job_format": JOB_FORMAT, "geometry_version": GEOMETRY_VERSION,
+        "tomomatch_version": __version__,
+        "job_format": JOB_FORMAT,
+        "geometry_version": GEOMETRY_VERSION,
         "name": plan.name,
-        "tomogram": _rel(plan.tomogram, out_dir), "tomogram_shape_zyx": list(plan.shape_zyx),
-        "voxel_size_angstrom": voxel, "template": _rel(plan.template, out_dir), "mask": _rel(plan.mask, out_dir),
-        "template_shape_zyx": list(plan.template_shape_zyx), "mask_is_spherical": bool(plan.mask_is_spherical),
-        "scores": paths["scores"].name, "angles": paths["angles"].name, "rotations": paths["rotations"].name,
-        "angular_step_deg": opts.angular_step_deg, "symmetry": opts.symmetry, "n_rotations": int(n_rot),
+        "tomogram": _rel(plan.tomogram, out_dir),
+        "tomogram_shape_zyx": list(plan.shape_zyx),
+        "voxel_size_angstrom": voxel,
+        "template": _rel(plan.template, out_dir),
+        "mask": _rel(plan.mask, out_dir),
+        "template_shape_zyx": list(plan.template_shape_zyx),
+        "mask_is_spherical": bool(plan.mask_is_spherical),
+        "scores": paths["scores"].name,
+        "angles": paths["angles"].name,
+        "rotations": paths["rotations"].name,
+        "angular_step_deg": opts.angular_step_deg,
+        "symmetry": opts.symmetry,
+        "n_rotations": int(n_rot),
         "particle_diameter_angstrom": opts.particle_diameter_angstrom,
-        "defocus_handedness": opts.defocus_handedness, "hand_mode": opts.hand_mode, "tiles": list(opts.tiles),
-        "tile_regions": [{"unique_start_zyx": list(t.unique_start_zyx), "unique_stop_zyx": list(t.unique_stop_zyx),
-                          "centre_angstrom_xyz": list(t.centre_angstrom_xyz),
-                          "defocus_offsets_um": list(t.defocus_offsets_um)} for t in plan.tiles],
-        "weighting": {"wedge": wedge, "ctf": wo.ctf, "dose": bool(wo.dose and wedge == "per_tilt"),
-                      "cos": bool(wo.cos_weighting and wedge == "per_tilt"),
-                      "low_pass_angstrom": wo.low_pass_angstrom, "high_pass_angstrom": wo.high_pass_angstrom,
-                      "whitening": bool(wo.whiten), "random_phase": bool(opts.random_phase)},
-        "tilt_series": _ts_json(ts), "relion": relion,
-        "search_statistics": {"n_voxels": int(merged.n_search // max(n_rot, 1)), "n_rotations": int(n_rot),
-                              "n_search": int(merged.n_search), "mean": merged.mean, "std": merged.std},
-        "random_phase_noise_mean": merged.noise_mean, "method": plan.options.method,
-        "engine": {**engine_description(device or plan.options.device, plan.options.method, plan.mask_is_spherical,
-                                        max(int(np.prod([b - a for a, b in zip(t.unique_start_zyx, t.unique_stop_zyx)]))
-                                            for t in plan.tiles), engine=plan.engine),
-                   "config": plan.engine.to_json()},
-        "resumed_rotations": int(merged.resumed_rotations), "plan_key": plan.key,
-        "device": device or plan.options.device, "elapsed_s": round(float(elapsed_s), 3), "command": command or "",
+        "defocus_handedness": opts.defocus_handedness,
+        "hand_mode": opts.hand_mode,
+        "tiles": list(opts.tiles),
+        "tile_regions": [
+            {
+                "unique_start_zyx": list(t.unique_start_zyx),
+                "unique_stop_zyx": list(t.unique_stop_zyx),
+                "centre_angstrom_xyz": list(t.centre_angstrom_xyz),
+                "defocus_offsets_um": list(t.defocus_offsets_um),
+            }
+            for t in plan.tiles
+        ],
+        "weighting": {
+            "wedge": wedge,
+            "ctf": wo.ctf,
+            "dose": bool(wo.dose and wedge == "per_tilt"),
+            "cos": bool(wo.cos_weighting and wedge == "per_tilt"),
+            "low_pass_angstrom": wo.low_pass_angstrom,
+            "high_pass_angstrom": wo.high_pass_angstrom,
+            "whitening": bool(wo.whiten),
+            "random_phase": bool(opts.random_phase),
+        },
+        "tilt_series": _ts_json(ts),
+        "relion": relion,
+        "search_statistics": {
+            "n_voxels": int(merged.n_search // max(n_rot, 1)),
+            "n_rotations": int(n_rot),
+            "n_search": int(merged.n_search),
+            "mean": merged.mean,
+            "std": merged.std,
+        },
+        "random_phase_noise_mean": merged.noise_mean,
+        "method": plan.options.method,
+        "engine": {
+            **engine_description(
+                device or plan.options.device,
+                plan.options.method,
+                plan.mask_is_spherical,
+                max(int(np.prod([b - a for a, b in zip(t.unique_start_zyx, t.unique_stop_zyx)])) for t in plan.tiles),
+                engine=plan.engine,
+            ),
+            "config": plan.engine.to_json(),
+        },
+        "resumed_rotations": int(merged.resumed_rotations),
+        "plan_key": plan.key,
+        "device": device or plan.options.device,
+        "elapsed_s": round(float(elapsed_s), 3),
+        "command": command or "",
         "options": opts.to_json(),
         "tilt_series_name": (ts.name or None) if ts is not None else None,
         "execution": dict(execution or {}),
@@ -778,6 +965,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
     if sys.platform.startswith("linux"):
         import ctypes
+
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         except OSError:
@@ -816,8 +1004,9 @@ def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> li
             todo.append(u)
     n_rot_total = sum(u.stop - u.start for u in plan.units)
     done_rot = sum(u.stop - u.start for u in plan.units if u.index in results)
-    progress = ProgressBars({"work units": (len(plan.units), len(results)),
-                             "rotations (all tiles)": (n_rot_total, done_rot)}, quiet)
+    progress = ProgressBars(
+        {"work units": (len(plan.units), len(results)), "rotations (all tiles)": (n_rot_total, done_rot)}, quiet
+    )
     try:
         if processes == 1 or len(todo) <= 1:
             for u in todo:
@@ -826,9 +1015,14 @@ def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> li
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
+
             parent = os.getpid()
-            with ProcessPoolExecutor(max_workers=min(processes, len(todo)), mp_context=mp.get_context("spawn"),
-                                     initializer=_pool_init, initargs=(parent,)) as pool:
+            with ProcessPoolExecutor(
+                max_workers=min(processes, len(todo)),
+                mp_context=mp.get_context("spawn"),
+                initializer=_pool_init,
+                initargs=(parent,),
+            ) as pool:
                 futs = {pool.submit(_pool_unit, plan, u, parent): u for u in todo}
                 for f in as_completed(futs):
                     u = futs[f]
@@ -846,10 +1040,22 @@ def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> li
 _AUTO_PROCESSES_MIN_WORK = 2e9
 
 
-def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = None, *,
-              tilt_series=None, rotations: np.ndarray | None = None, quiet: bool = True,
-              command: str | None = None, processes: int | None = None, rotations_per_unit: int | None = None,
-              engine: EngineConfig | None = None, **option_fields) -> dict:
+def run_match(
+    template,
+    mask,
+    tomogram,
+    out_dir,
+    options: MatchOptions | None = None,
+    *,
+    tilt_series=None,
+    rotations: np.ndarray | None = None,
+    quiet: bool = True,
+    command: str | None = None,
+    processes: int | None = None,
+    rotations_per_unit: int | None = None,
+    engine: EngineConfig | None = None,
+    **option_fields,
+) -> dict:
     """Template-match a tomogram file and write the outputs; returns the job dict.
 
     :func:`plan_match` + :func:`execute_local` (skipping finished units) + :func:`merge_units`
@@ -932,19 +1138,34 @@ def run_match(template, mask, tomogram, out_dir, options: MatchOptions | None = 
     cpus = available_cpus()
 
     def plan_for(n_proc: int) -> MatchPlan:
-        return plan_match(template, mask, tomogram, out_dir, options, tilt_series=tilt_series, rotations=rotations,
-                          rotations_per_unit=rotations_per_unit, min_units=4 * n_proc if n_proc > 1 else 1,
-                          engine=engine, **option_fields)
+        return plan_match(
+            template,
+            mask,
+            tomogram,
+            out_dir,
+            options,
+            tilt_series=tilt_series,
+            rotations=rotations,
+            rotations_per_unit=rotations_per_unit,
+            min_units=4 * n_proc if n_proc > 1 else 1,
+            engine=engine,
+            **option_fields,
+        )
 
     plan = plan_for(1 if processes is None else int(processes))
     if processes is None:  # auto
         work = float(np.prod(plan.shape_zyx)) * plan.n_rotations
         # a worker costs a few seconds to start (spawn, import torch): not worth it for small searches
-        processes = cpus if (torch.device(plan.options.device).type == "cpu" and work >= _AUTO_PROCESSES_MIN_WORK) else 1
+        processes = (
+            cpus if (torch.device(plan.options.device).type == "cpu" and work >= _AUTO_PROCESSES_MIN_WORK) else 1
+        )
         if processes > 1:
             plan = plan_for(processes)  # units for the pool (the same outputs, finer chunks)
-    execution = {"processes": int(processes), "processes_rule": "auto" if auto else "given",
-                 "available_cpus": int(cpus)}
+    execution = {
+        "processes": int(processes),
+        "processes_rule": "auto" if auto else "given",
+        "available_cpus": int(cpus),
+    }
     with JobLock(plan.out_dir, plan.name, "match"):
         prepare_checkpoints(plan)
         try:

@@ -7,6 +7,7 @@ same wherever it came from (a file, or :func:`tomomatch.job.run_match`'s return 
 is the file read back). The dict also holds ``"_job_path"`` (absolute path of the file) and
 ``"job_dir"`` (its folder).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ from .conventions import GEOMETRY_VERSION
 from .errors import InputError
 from .mrcio import atomic_path, read_volume
 
-__all__ = ["JOB_FORMAT", "write_job", "read_job", "as_job", "check_geometry_version", "load_job_maps",
-           "tilt_series_from_job", "job_options", "job_hand"]
+__all__ = [
+    "JOB_FORMAT",
+    "write_job",
+    "read_job",
+    "as_job",
+    "check_geometry_version",
+    "load_job_maps",
+    "tilt_series_from_job",
+    "job_options",
+    "job_hand",
+]
 
 JOB_FORMAT = 1
 
@@ -52,9 +62,12 @@ def check_geometry_version(version, source, field: str = "geometry_version") -> 
         raise InputError(f"{version!r}; expected an integer tilt-geometry version", source, field) from None
     if v != GEOMETRY_VERSION:
         old = " (the mirror image of IMOD/RELION 5's geometry, tomomatch before 2026-12)" if v == 1 else ""
-        raise InputError(f"made with tilt geometry version {v}{old}; this tomomatch uses version "
-                         f"{GEOMETRY_VERSION}: re-run `tomomatch match` (results are not reinterpreted)",
-                         source, field)
+        raise InputError(
+            f"made with tilt geometry version {v}{old}; this tomomatch uses version "
+            f"{GEOMETRY_VERSION}: re-run `tomomatch match` (results are not reinterpreted)",
+            source,
+            field,
+        )
 
 
 def read_job(path) -> dict[str, Any]:
@@ -87,8 +100,7 @@ def read_job(path) -> dict[str, Any]:
     try:
         vs = float(doc["voxel_size_angstrom"])
     except (TypeError, ValueError):
-        raise InputError(f"expected a number, got {doc['voxel_size_angstrom']!r}", p,
-                         "voxel_size_angstrom") from None
+        raise InputError(f"expected a number, got {doc['voxel_size_angstrom']!r}", p, "voxel_size_angstrom") from None
     if not (math.isfinite(vs) and vs > 0):
         raise InputError(f"voxel size must be > 0, got {vs}", p, "voxel_size_angstrom")
     doc["voxel_size_angstrom"] = vs
@@ -129,23 +141,34 @@ def load_job_maps(job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scores, _ = read_volume(job["scores"], vs, what="score map")
     angles_f, _ = read_volume(job["angles"], vs, what="angle map")
     if scores.shape != angles_f.shape:
-        raise InputError(f"score map shape {scores.shape} and angle map shape {angles_f.shape} differ;"
-                         " expected the same [z, y, x] shape", jp, "angles")
+        raise InputError(
+            f"score map shape {scores.shape} and angle map shape {angles_f.shape} differ;"
+            " expected the same [z, y, x] shape",
+            jp,
+            "angles",
+        )
     shape = job.get("tomogram_shape_zyx")
     if shape is not None and tuple(int(s) for s in shape) != scores.shape:
-        raise InputError(f"score map shape {scores.shape} differs from tomogram_shape_zyx {tuple(shape)}",
-                         jp, "tomogram_shape_zyx")
+        raise InputError(
+            f"score map shape {scores.shape} differs from tomogram_shape_zyx {tuple(shape)}", jp, "tomogram_shape_zyx"
+        )
     angles = np.rint(angles_f).astype(np.int64)
     frac = np.abs(angles_f - angles) > 1e-3
     if np.any(frac):
         v = float(angles_f[frac].flat[0])
-        raise InputError(f"angle map holds {int(frac.sum())} fractional rotation index(es) (first {v:g});"
-                         " expected the integer indices match writes (is it a score map?)", job["angles"])
+        raise InputError(
+            f"angle map holds {int(frac.sum())} fractional rotation index(es) (first {v:g});"
+            " expected the integer indices match writes (is it a score map?)",
+            job["angles"],
+        )
     angles[angles < 0] = -1
     rotations = read_rotations(job["rotations"])
     if angles.size and angles.max() >= len(rotations):
-        raise InputError(f"angle map holds rotation index {int(angles.max())} but the rotation list has"
-                         f" {len(rotations)} entries", jp, "rotations")
+        raise InputError(
+            f"angle map holds rotation index {int(angles.max())} but the rotation list has {len(rotations)} entries",
+            jp,
+            "rotations",
+        )
     return scores, angles, rotations
 
 
@@ -173,17 +196,25 @@ def job_options(job: dict[str, Any]):
     w = job.get("weighting") or {}
     try:
         return MatchOptions(
-            name=job.get("name"), angular_step_deg=job.get("angular_step_deg"),
+            name=job.get("name"),
+            angular_step_deg=job.get("angular_step_deg"),
             particle_diameter_angstrom=job.get("particle_diameter_angstrom"),
             symmetry=job.get("symmetry") or "C1",
-            weighting=WeightingOptions(wedge=w.get("wedge"), ctf=w.get("ctf"), dose=w.get("dose", True),
-                                       cos_weighting=w.get("cos", True),
-                                       low_pass_angstrom=w.get("low_pass_angstrom"),
-                                       high_pass_angstrom=w.get("high_pass_angstrom"),
-                                       whiten=w.get("whitening", False)),
-            defocus_handedness=job.get("defocus_handedness"), hand_mode=job.get("hand_mode") or "full",
-            tiles=job.get("tiles") or (1, 1, 1), random_phase=bool(w.get("random_phase", False)),
-            method=job.get("method") or "fast")
+            weighting=WeightingOptions(
+                wedge=w.get("wedge"),
+                ctf=w.get("ctf"),
+                dose=w.get("dose", True),
+                cos_weighting=w.get("cos", True),
+                low_pass_angstrom=w.get("low_pass_angstrom"),
+                high_pass_angstrom=w.get("high_pass_angstrom"),
+                whiten=w.get("whitening", False),
+            ),
+            defocus_handedness=job.get("defocus_handedness"),
+            hand_mode=job.get("hand_mode") or "full",
+            tiles=job.get("tiles") or (1, 1, 1),
+            random_phase=bool(w.get("random_phase", False)),
+            method=job.get("method") or "fast",
+        )
     except InputError as exc:
         raise InputError(exc.detail, src, exc.field) from None
 

@@ -1,4 +1,5 @@
 """Plain JSON values from numpy-laden reports (one rule for every report tomomatch writes)."""
+
 from __future__ import annotations
 
 import math

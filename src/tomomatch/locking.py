@@ -8,6 +8,7 @@ owner's pid, host, start time and command. A second run stops with one line nami
 A lock left by a run that died (same host, pid gone) is stale and taken over; on another host
 liveness cannot be checked, so the message says which file to delete.
 """
+
 from __future__ import annotations
 
 import errno
@@ -56,8 +57,9 @@ class JobLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot create the output folder ({exc.strerror or exc})", self.path.parent,
-                             "output") from None
+            raise InputError(
+                f"cannot create the output folder ({exc.strerror or exc})", self.path.parent, "output"
+            ) from None
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -102,9 +104,13 @@ class JobLock:
     def _held_error(self) -> InputError:
         o = self._owner() or {}
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o["started"])) if "started" in o else "?"
-        return InputError(f"another {o.get('command', 'tomomatch')} run (pid {o.get('pid', '?')} on "
-                          f"{o.get('host', '?')}, since {since}) owns this job; wait for it, or delete this "
-                          "file if that run is dead", self.path, "lock")
+        return InputError(
+            f"another {o.get('command', 'tomomatch')} run (pid {o.get('pid', '?')} on "
+            f"{o.get('host', '?')}, since {since}) owns this job; wait for it, or delete this "
+            "file if that run is dead",
+            self.path,
+            "lock",
+        )
 
     def release(self) -> None:
         if self._held:

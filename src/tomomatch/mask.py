@@ -12,6 +12,7 @@ gives a hard (binary) mask. For an ellipsoid ``e = d * (1 - 1/r_hat)`` with ``d`
 distance to the centre and ``r_hat = sqrt(sum((x_i / a_i)^2))`` the normalised radius; along a
 principal axis that is exactly the distance past the semi-axis.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,7 @@ def _shape(box_size) -> tuple[int, int, int]:
     except (TypeError, ValueError):
         raise InputError(f"{box_size!r} is not an integer box size", field="box size") from None
     if len(out) != 3 or any(b < 1 or b != s for b, s in zip(out, shape)):
-        raise InputError(f"{box_size!r} must be a positive integer (or 3 of them, z y x)",
-                         field="box size")
+        raise InputError(f"{box_size!r} must be a positive integer (or 3 of them, z y x)", field="box size")
     return out
 
 
@@ -70,8 +70,7 @@ def _profile(excess: np.ndarray, sigma: float) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def spherical_mask(box_size, radius_voxels: float, sigma_voxels: float = 0.0,
-                   centre=None) -> np.ndarray:
+def spherical_mask(box_size, radius_voxels: float, sigma_voxels: float = 0.0, centre=None) -> np.ndarray:
     """Sphere of ``radius_voxels`` with a Gaussian edge of ``sigma_voxels`` outside it.
 
     Parameters
@@ -143,7 +142,7 @@ def is_spherical(mask: np.ndarray, atol: float = 1e-5) -> bool:
     r2 = (dz[:, None, None] ** 2 + dy[None, :, None] ** 2 + dx[None, None, :] ** 2).ravel()
     vals = m.ravel()
     inscribed = min(min(centre_index(n), n - 1 - centre_index(n)) for n in m.shape)
-    if np.any(np.abs(vals[r2 > inscribed ** 2]) > tol):
+    if np.any(np.abs(vals[r2 > inscribed**2]) > tol):
         return False
     order = np.argsort(r2, kind="stable")
     r2s, vs = r2[order], vals[order]

@@ -1,4 +1,5 @@
 """MRC volume I/O: arrays are ``[z, y, x]`` float32 (as mrcfile gives), writes are atomic."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,14 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def read_volume(path, voxel_size_angstrom: float | None = None, *, ndim: int = 3,
-                what: str = "volume", nonconstant: bool | None = None) -> tuple[np.ndarray, float]:
+def read_volume(
+    path,
+    voxel_size_angstrom: float | None = None,
+    *,
+    ndim: int = 3,
+    what: str = "volume",
+    nonconstant: bool | None = None,
+) -> tuple[np.ndarray, float]:
     """Read an MRC file as float32 ``[z, y, x]`` and its voxel size in Angstrom.
 
     ``voxel_size_angstrom`` overrides the header. Raises :class:`InputError` (one line) for a
@@ -40,16 +47,18 @@ def read_volume(path, voxel_size_angstrom: float | None = None, *, ndim: int = 3
                 if m.data is None:
                     raise InputError("not an MRC file (no readable header/data)", p)
                 if np.iscomplexobj(m.data):
-                    raise InputError(f"holds complex numbers (MRC mode {int(m.header.mode)}); expected a real"
-                                     f" {what}", p, "mode")
+                    raise InputError(
+                        f"holds complex numbers (MRC mode {int(m.header.mode)}); expected a real {what}", p, "mode"
+                    )
                 data = np.asarray(m.data, dtype=np.float32)
                 header_vs = float(m.voxel_size.x)
         except InputError:
             raise
         except Exception as exc:  # mrcfile raises ValueError/OSError variants
             raise InputError(f"not a readable MRC file ({exc.__class__.__name__}: {_one_line(exc)})", p) from None
-    problems = [_one_line(w.message) for w in caught
-                if issubclass(w.category, RuntimeWarning) and "NaN" not in str(w.message)]
+    problems = [
+        _one_line(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and "NaN" not in str(w.message)
+    ]
     if problems:
         raise InputError(f"damaged MRC file: {'; '.join(problems)}", p, "header")
     if ndim == 3 and data.ndim == 2:
@@ -58,8 +67,11 @@ def read_volume(path, voxel_size_angstrom: float | None = None, *, ndim: int = 3
         raise InputError(f"has {data.ndim} dimensions; expected a {ndim}D {what}", p)
     if voxel_size_angstrom is None:
         if not header_vs > 0:
-            raise InputError(f"voxel size in the header is {header_vs:g}; expected > 0 A, or give it with"
-                             " --voxel-size", p, "voxel size")
+            raise InputError(
+                f"voxel size in the header is {header_vs:g}; expected > 0 A, or give it with --voxel-size",
+                p,
+                "voxel size",
+            )
         voxel_size_angstrom = header_vs
     elif not float(voxel_size_angstrom) > 0:
         raise InputError(f"voxel size {float(voxel_size_angstrom):g} must be > 0", p, "voxel size")
@@ -97,8 +109,7 @@ class _AtomicPath:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=".part", dir=self.final.parent)
         except FileExistsError:
-            raise InputError("a file stands where the output folder should be", self.final.parent,
-                             "output") from None
+            raise InputError("a file stands where the output folder should be", self.final.parent, "output") from None
         except OSError as exc:
             raise InputError(f"cannot write here ({exc.strerror or exc})", self.final.parent, "output") from None
         os.close(fd)
@@ -120,13 +131,13 @@ class _AtomicPath:
         self.tmp.unlink(missing_ok=True)
         if issubclass(exc_type, OSError) and not issubclass(exc_type, InputError):
             # a full disk or a vanished folder: one line, and no .part file left behind
-            raise InputError(f"cannot write ({getattr(exc, 'strerror', None) or exc})", self.final,
-                             "output") from None
+            raise InputError(f"cannot write ({getattr(exc, 'strerror', None) or exc})", self.final, "output") from None
         return False
 
 
-def write_volume(path, data: np.ndarray, voxel_size_angstrom: float, *, dtype=np.float32,
-                 label: str = "tomomatch") -> Path:
+def write_volume(
+    path, data: np.ndarray, voxel_size_angstrom: float, *, dtype=np.float32, label: str = "tomomatch"
+) -> Path:
     """Write ``data`` (``[z, y, x]``) as MRC with the voxel size in the header, atomically.
 
     The header carries one fixed ``label`` instead of mrcfile's time-stamped one, so the same

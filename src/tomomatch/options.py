@@ -11,6 +11,7 @@ search is ``dataclasses.replace`` of it.
 Every value is checked when the object is made, before any file is read or written; the error
 names the command-line flag.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,14 @@ from typing import Any
 from .conventions import HandMode, check_hand
 from .errors import InputError
 
-__all__ = ["WeightingOptions", "MatchOptions", "DEFAULT_MAX_MEMORY_GB", "add_match_arguments",
-           "match_options_from_args", "parse_tiles"]
+__all__ = [
+    "WeightingOptions",
+    "MatchOptions",
+    "DEFAULT_MAX_MEMORY_GB",
+    "add_match_arguments",
+    "match_options_from_args",
+    "parse_tiles",
+]
 
 DEFAULT_MAX_MEMORY_GB = 4.0
 
@@ -60,8 +67,9 @@ def parse_tiles(values) -> tuple[int, int, int] | str:
         if any(float(v) != c for v, c in zip(values, counts)):
             raise ValueError
     except (TypeError, ValueError):
-        raise InputError(f"--tiles counts must be integers, got {' '.join(map(str, values))!r}", None,
-                         "--tiles") from None
+        raise InputError(
+            f"--tiles counts must be integers, got {' '.join(map(str, values))!r}", None, "--tiles"
+        ) from None
     if min(counts) < 1:
         raise InputError(f"--tiles counts must be >= 1, got {counts}", None, "--tiles")
     return counts  # type: ignore[return-value]
@@ -98,10 +106,17 @@ class WeightingOptions:
         set_(self, "ctf", ctf)
         set_(self, "low_pass_angstrom", _positive(self.low_pass_angstrom, "--low-pass"))
         set_(self, "high_pass_angstrom", _positive(self.high_pass_angstrom, "--high-pass"))
-        if (self.low_pass_angstrom is not None and self.high_pass_angstrom is not None
-                and self.low_pass_angstrom >= self.high_pass_angstrom):
-            raise InputError(f"low pass {self.low_pass_angstrom:g} A must be a finer resolution (smaller "
-                             f"number) than high pass {self.high_pass_angstrom:g} A", None, "--low-pass")
+        if (
+            self.low_pass_angstrom is not None
+            and self.high_pass_angstrom is not None
+            and self.low_pass_angstrom >= self.high_pass_angstrom
+        ):
+            raise InputError(
+                f"low pass {self.low_pass_angstrom:g} A must be a finer resolution (smaller "
+                f"number) than high pass {self.high_pass_angstrom:g} A",
+                None,
+                "--low-pass",
+            )
         for name in ("dose", "cos_weighting", "whiten"):
             set_(self, name, bool(getattr(self, name)))
 
@@ -159,8 +174,12 @@ class MatchOptions:
             # the file is read by plan_match; here only what needs no reading
             set_(self, "angle_list", format_angle_list(*parse_angle_list(self.angle_list)))
             if self.angular_step_deg is not None:
-                raise InputError(f"{self.angle_list} and --angular-step {self.angular_step_deg:g} both "
-                                 "give the rotations; expected one of them", None, "--angle-list")
+                raise InputError(
+                    f"{self.angle_list} and --angular-step {self.angular_step_deg:g} both "
+                    "give the rotations; expected one of them",
+                    None,
+                    "--angle-list",
+                )
         if self.defocus_handedness is not None:
             try:
                 set_(self, "defocus_handedness", check_hand(self.defocus_handedness))
@@ -173,8 +192,11 @@ class MatchOptions:
             raise InputError(f"method {self.method!r}; expected fast, resample or exact", None, "--method")
         mem = _positive(self.max_memory_gb, "--max-memory", allow_none=False)
         set_(self, "max_memory_gb", mem)
-        set_(self, "checkpoint_interval_s",
-             _positive(self.checkpoint_interval_s, "--checkpoint-interval", allow_none=False, zero=True))
+        set_(
+            self,
+            "checkpoint_interval_s",
+            _positive(self.checkpoint_interval_s, "--checkpoint-interval", allow_none=False, zero=True),
+        )
         if self.batch_size is not None:
             if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
                 raise InputError(f"batch size {self.batch_size!r}; expected an integer >= 1", None, "--batch-size")
@@ -220,8 +242,9 @@ class MatchOptions:
         d = dict(data)
         w = d.get("weighting", {})
         if not isinstance(w, dict) or set(w) - set(_WEIGHTING_KEYS):
-            raise InputError(f"weighting {w!r}; expected an object with {', '.join(_WEIGHTING_KEYS)}",
-                             source, "options.weighting")
+            raise InputError(
+                f"weighting {w!r}; expected an object with {', '.join(_WEIGHTING_KEYS)}", source, "options.weighting"
+            )
         d["weighting"] = WeightingOptions(**w)
         try:
             return cls(**d)
@@ -246,65 +269,135 @@ def add_match_arguments(p: argparse.ArgumentParser, *, batch: bool = False) -> N
         p.add_argument("--voxel-size", type=float, metavar="A", help="override the tomogram's voxel size (Angstrom)")
         ang = p.add_mutually_exclusive_group(required=True)
         ang.add_argument("--angular-step", type=float, metavar="DEG", help="angular step in degrees")
-        ang.add_argument("--particle-diameter", type=float, metavar="A",
-                         help="particle diameter (Angstrom): Crowther step = resolution / diameter")
+        ang.add_argument(
+            "--particle-diameter",
+            type=float,
+            metavar="A",
+            help="particle diameter (Angstrom): Crowther step = resolution / diameter",
+        )
     else:
-        p.add_argument("--angular-step", type=float, metavar="DEG",
-                       help="angular step in degrees (default: Crowther step from --particle-diameter)")
-        p.add_argument("--particle-diameter", type=float, metavar="A",
-                       help="particle diameter (Angstrom): the extraction's exclusion diameter and, without "
-                            "--angular-step, the Crowther step")
+        p.add_argument(
+            "--angular-step",
+            type=float,
+            metavar="DEG",
+            help="angular step in degrees (default: Crowther step from --particle-diameter)",
+        )
+        p.add_argument(
+            "--particle-diameter",
+            type=float,
+            metavar="A",
+            help="particle diameter (Angstrom): the extraction's exclusion diameter and, without "
+            "--angular-step, the Crowther step",
+        )
     if not batch:
-        ang.add_argument("--angle-list", metavar="FILE",
-                         help="search these rotations: RELION rot tilt psi in degrees per line (e.g. a "
-                              "_rotations.txt), or pytom:FILE for a pytom-match-pick angle list (ZXZ radians)")
+        ang.add_argument(
+            "--angle-list",
+            metavar="FILE",
+            help="search these rotations: RELION rot tilt psi in degrees per line (e.g. a "
+            "_rotations.txt), or pytom:FILE for a pytom-match-pick angle list (ZXZ radians)",
+        )
     else:
-        p.add_argument("--angle-list", metavar="FILE",
-                       help="search these rotations instead of a uniform grid: RELION rot tilt psi in degrees "
-                            "per line, or pytom:FILE (pytom-match-pick ZXZ radians)")
-    p.add_argument("--symmetry", default="C1",
-                   help="template point group in RELION's orientation: Cn (n-fold along z), Dn (2-fold along x), "
-                        "T, O, I (= I2) or I1-I4; one asymmetric unit is searched")
+        p.add_argument(
+            "--angle-list",
+            metavar="FILE",
+            help="search these rotations instead of a uniform grid: RELION rot tilt psi in degrees "
+            "per line, or pytom:FILE (pytom-match-pick ZXZ radians)",
+        )
+    p.add_argument(
+        "--symmetry",
+        default="C1",
+        help="template point group in RELION's orientation: Cn (n-fold along z), Dn (2-fold along x), "
+        "T, O, I (= I2) or I1-I4; one asymmetric unit is searched",
+    )
     p.add_argument("--low-pass", type=float, metavar="A", help="low-pass resolution (Angstrom)")
     p.add_argument("--high-pass", type=float, metavar="A", help="high-pass resolution (Angstrom)")
     p.add_argument("--whiten", action="store_true", help="spectral whitening estimated from the tomogram")
-    p.add_argument("--wedge", choices=["none", "binary", "per-tilt"], default=None,
-                   help="template weighting (default: per-tilt with tilt metadata, else none)")
-    p.add_argument("--ctf", choices=["signed", "abs", "none"], default="signed",
-                   help="CTF in the wedge: signed, abs (phase-flipped tomogram) or none")
+    p.add_argument(
+        "--wedge",
+        choices=["none", "binary", "per-tilt"],
+        default=None,
+        help="template weighting (default: per-tilt with tilt metadata, else none)",
+    )
+    p.add_argument(
+        "--ctf",
+        choices=["signed", "abs", "none"],
+        default="signed",
+        help="CTF in the wedge: signed, abs (phase-flipped tomogram) or none",
+    )
     p.add_argument("--no-dose", action="store_true", help="no exposure (dose) filter in the per-tilt wedge")
-    p.add_argument("--defocus-handedness", type=int, choices=[1, -1, 0], default=None,
-                   help="defocus hand h = RELION rlnTomoHand (default: from RELION/Warp metadata, else 0 = "
-                        "no gradient)")
-    p.add_argument("--hand-mode", choices=["full", "pytom"], default="full",
-                   help="full: h*(-x sin t + z cos t), h = RELION rlnTomoHand; "
-                        "pytom: pytom-match-pick's z cos(h t) + x sin(h t)")
-    p.add_argument("--tiles", nargs="+", default=["1", "1", "1"], metavar="N",
-                   help="tile counts NX NY NZ, or 'auto' (residual defocus below d^2/(4 lambda))")
+    p.add_argument(
+        "--defocus-handedness",
+        type=int,
+        choices=[1, -1, 0],
+        default=None,
+        help="defocus hand h = RELION rlnTomoHand (default: from RELION/Warp metadata, else 0 = no gradient)",
+    )
+    p.add_argument(
+        "--hand-mode",
+        choices=["full", "pytom"],
+        default="full",
+        help="full: h*(-x sin t + z cos t), h = RELION rlnTomoHand; pytom: pytom-match-pick's z cos(h t) + x sin(h t)",
+    )
+    p.add_argument(
+        "--tiles",
+        nargs="+",
+        default=["1", "1", "1"],
+        metavar="N",
+        help="tile counts NX NY NZ, or 'auto' (residual defocus below d^2/(4 lambda))",
+    )
     if not batch:
         p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--max-memory", type=float, default=DEFAULT_MAX_MEMORY_GB, metavar="GB",
-                   help="memory budget (per worker) for rotation batches")
-    p.add_argument("--random-phase", action="store_true",
-                   help="subtract the per-voxel max of a phase-randomised template")
-    p.add_argument("--method", choices=["fast", "resample", "exact"], default="fast",
-                   help="fast: rotate the template in Fourier space (exact transform onto the tile); "
-                        "resample: cheaper, ~1%% approximate; exact: real-space reference path")
-    p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="S",
-                   help="seconds between rotation-chunk checkpoints")
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        default=DEFAULT_MAX_MEMORY_GB,
+        metavar="GB",
+        help="memory budget (per worker) for rotation batches",
+    )
+    p.add_argument(
+        "--random-phase", action="store_true", help="subtract the per-voxel max of a phase-randomised template"
+    )
+    p.add_argument(
+        "--method",
+        choices=["fast", "resample", "exact"],
+        default="fast",
+        help="fast: rotate the template in Fourier space (exact transform onto the tile); "
+        "resample: cheaper, ~1%% approximate; exact: real-space reference path",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds between rotation-chunk checkpoints",
+    )
     p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def match_options_from_args(args: argparse.Namespace) -> MatchOptions:
     """:class:`MatchOptions` from flags added by :func:`add_match_arguments`."""
     return MatchOptions(
-        name=getattr(args, "name", None), voxel_size_angstrom=getattr(args, "voxel_size", None),
-        angular_step_deg=args.angular_step, particle_diameter_angstrom=args.particle_diameter,
-        symmetry=args.symmetry, angle_list=getattr(args, "angle_list", None),
-        weighting=WeightingOptions(wedge=args.wedge, ctf=args.ctf, dose=not args.no_dose,
-                                   low_pass_angstrom=args.low_pass, high_pass_angstrom=args.high_pass,
-                                   whiten=args.whiten),
-        defocus_handedness=args.defocus_handedness, hand_mode=args.hand_mode, tiles=args.tiles,
-        device=getattr(args, "device", "cpu") or "cpu", max_memory_gb=args.max_memory,
-        random_phase=args.random_phase, method=args.method, checkpoint_interval_s=args.checkpoint_interval,
-        batch_size=args.batch_size)
+        name=getattr(args, "name", None),
+        voxel_size_angstrom=getattr(args, "voxel_size", None),
+        angular_step_deg=args.angular_step,
+        particle_diameter_angstrom=args.particle_diameter,
+        symmetry=args.symmetry,
+        angle_list=getattr(args, "angle_list", None),
+        weighting=WeightingOptions(
+            wedge=args.wedge,
+            ctf=args.ctf,
+            dose=not args.no_dose,
+            low_pass_angstrom=args.low_pass,
+            high_pass_angstrom=args.high_pass,
+            whiten=args.whiten,
+        ),
+        defocus_handedness=args.defocus_handedness,
+        hand_mode=args.hand_mode,
+        tiles=args.tiles,
+        device=getattr(args, "device", "cpu") or "cpu",
+        max_memory_gb=args.max_memory,
+        random_phase=args.random_phase,
+        method=args.method,
+        checkpoint_interval_s=args.checkpoint_interval,
+        batch_size=args.batch_size,
+    )

@@ -39,6 +39,7 @@ Score columns (all formats)
     score there too); RELION formats also carry ``rlnCutOff`` (the score cut-off used) and
     ``rlnSearchStd`` (sigma), as pytom-match-pick does.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,10 +95,18 @@ class JobGeometry:
         Per-tilt 1/0 (0 = excluded tilt), or ``None`` if the job has no tilt series.
     """
 
-    def __init__(self, shape_zyx, voxel_size_angstrom: float, unbinned_size_xyz=None,
-                 tilt_series_pixel_angstrom: float | None = None, tomo_name: str = "tomo",
-                 visible_frames: list[int] | None = None, voltage_kv=None, cs_mm=None,
-                 amplitude_contrast=None):
+    def __init__(
+        self,
+        shape_zyx,
+        voxel_size_angstrom: float,
+        unbinned_size_xyz=None,
+        tilt_series_pixel_angstrom: float | None = None,
+        tomo_name: str = "tomo",
+        visible_frames: list[int] | None = None,
+        voltage_kv=None,
+        cs_mm=None,
+        amplitude_contrast=None,
+    ):
         self.shape_zyx = tuple(int(s) for s in shape_zyx)
         self.voxel_size_angstrom = float(voxel_size_angstrom)
         self.has_relion = unbinned_size_xyz is not None and tilt_series_pixel_angstrom is not None
@@ -117,12 +126,14 @@ class JobGeometry:
     # index <-> physical -------------------------------------------------------------
     def centered_angstrom(self, index_xyz) -> np.ndarray:
         """Voxel indices ``(N, 3)`` (x, y, z) -> RELION 5 centred Angstrom."""
-        return relion5_centered_angstrom(index_xyz, self.voxel_size_angstrom, self.unbinned_size_xyz,
-                                         self.tilt_series_pixel_angstrom)
+        return relion5_centered_angstrom(
+            index_xyz, self.voxel_size_angstrom, self.unbinned_size_xyz, self.tilt_series_pixel_angstrom
+        )
 
     def index_from_centered(self, centered_xyz) -> np.ndarray:
-        return relion5_centered_to_index(centered_xyz, self.voxel_size_angstrom, self.unbinned_size_xyz,
-                                         self.tilt_series_pixel_angstrom)
+        return relion5_centered_to_index(
+            centered_xyz, self.voxel_size_angstrom, self.unbinned_size_xyz, self.tilt_series_pixel_angstrom
+        )
 
     @property
     def relion4_pixel_angstrom(self) -> float:
@@ -176,6 +187,7 @@ def job_geometry(job) -> JobGeometry:
     shape = job.get("tomogram_shape_zyx")
     if shape is None:
         import mrcfile
+
         try:
             with mrcfile.open(job["scores"], header_only=True, permissive=True) as m:
                 h = m.header
@@ -190,8 +202,9 @@ def job_geometry(job) -> JobGeometry:
         if tsp is not None and not float(tsp) > 0:
             raise ValueError
     except (TypeError, ValueError):
-        raise InputError("relion.unbinned_size_xyz must be 3 positive sizes and tilt_series_pixel_angstrom > 0",
-                         jp, "relion") from None
+        raise InputError(
+            "relion.unbinned_size_xyz must be 3 positive sizes and tilt_series_pixel_angstrom > 0", jp, "relion"
+        ) from None
     ts = job.get("tilt_series") or None
     visible = voltage = cs = ac = None
     if isinstance(ts, dict):
@@ -199,12 +212,12 @@ def job_geometry(job) -> JobGeometry:
         if angles is not None:
             excluded = ts.get("excluded") or [False] * len(angles)
             if len(excluded) != len(angles):
-                raise InputError(f"{len(excluded)} 'excluded' flags for {len(angles)} tilts", jp,
-                                 "tilt_series.excluded")
+                raise InputError(
+                    f"{len(excluded)} 'excluded' flags for {len(angles)} tilts", jp, "tilt_series.excluded"
+                )
             visible = [0 if bool(e) else 1 for e in excluded]
         voltage, cs, ac = ts.get("voltage_kv"), ts.get("cs_mm"), ts.get("amplitude_contrast")
-    geo = JobGeometry(shape, job["voxel_size_angstrom"], ub, tsp, _tomo_name(job), visible,
-                      voltage, cs, ac)
+    geo = JobGeometry(shape, job["voxel_size_angstrom"], ub, tsp, _tomo_name(job), visible, voltage, cs, ac)
     geo.name_from_metadata = bool((job.get("relion") or {}).get("tomo_name") or job.get("tilt_series_name"))
     return geo
 
@@ -215,8 +228,7 @@ def job_geometry(job) -> JobGeometry:
 def _check_table(df: pd.DataFrame) -> None:
     missing = [c for c in ("x", "y", "z", "rot", "tilt", "psi") if c not in df.columns]
     if missing:
-        raise InputError(f"particle table lacks columns {missing}; expected x, y, z, rot, tilt, psi",
-                         field="particles")
+        raise InputError(f"particle table lacks columns {missing}; expected x, y, z, rot, tilt, psi", field="particles")
 
 
 def _score_columns(df: pd.DataFrame, relion: bool) -> dict[str, Any]:
@@ -267,8 +279,12 @@ def particle_table_to_blocks(df: pd.DataFrame, fmt: str, job) -> dict[str, pd.Da
     cols.update(angles)
     root, stripped = warp_root_name(geo.tomo_name)
     if not geo.name_from_metadata and not stripped:
-        warnings.warn(f"Warp rlnMicrographName {root}.tomostar is the tomogram's file name; WarpTools matches"
-                      " its tilt-series name (give --tomo-name if they differ)", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"Warp rlnMicrographName {root}.tomostar is the tomogram's file name; WarpTools matches"
+            " its tilt-series name (give --tomo-name if they differ)",
+            UserWarning,
+            stacklevel=3,
+        )
     cols["rlnMicrographName"] = [f"{root}.tomostar"] * n
     sc = _score_columns(df, relion=False)
     if SIGMA_COLUMN in sc:
@@ -288,8 +304,12 @@ GEOMETRY_TAG = "# tomomatch-geometry: "
 
 
 def _geometry_json(geo: JobGeometry, job_path: str | None) -> str:
-    d = {"shape_zyx": list(geo.shape_zyx), "voxel_size_angstrom": geo.voxel_size_angstrom,
-         "tomo_name": geo.tomo_name, "job": job_path}
+    d = {
+        "shape_zyx": list(geo.shape_zyx),
+        "voxel_size_angstrom": geo.voxel_size_angstrom,
+        "tomo_name": geo.tomo_name,
+        "job": job_path,
+    }
     if geo.has_relion:
         d["unbinned_size_xyz"] = list(geo.unbinned_size_xyz)
         d["tilt_series_pixel_angstrom"] = geo.tilt_series_pixel_angstrom
@@ -302,9 +322,14 @@ def _geometry_from_header(path: Path) -> tuple[JobGeometry | None, str | None]:
         with open(path, "r", errors="replace") as fh:
             for _, line in zip(range(40), fh):
                 if line.startswith(GEOMETRY_TAG):
-                    d = json.loads(line[len(GEOMETRY_TAG):])
-                    geo = JobGeometry(d["shape_zyx"], d["voxel_size_angstrom"], d.get("unbinned_size_xyz"),
-                                      d.get("tilt_series_pixel_angstrom"), d.get("tomo_name", "tomo"))
+                    d = json.loads(line[len(GEOMETRY_TAG) :])
+                    geo = JobGeometry(
+                        d["shape_zyx"],
+                        d["voxel_size_angstrom"],
+                        d.get("unbinned_size_xyz"),
+                        d.get("tilt_series_pixel_angstrom"),
+                        d.get("tomo_name", "tomo"),
+                    )
                     return geo, d.get("job")
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
@@ -312,19 +337,25 @@ def _geometry_from_header(path: Path) -> tuple[JobGeometry | None, str | None]:
 
 
 def _header_lines(fmt: str, geo: JobGeometry, df: pd.DataFrame, job_path: str | None = None) -> list[str]:
-    lines = [f"# tomomatch particles, format {fmt}; tomogram {geo.tomo_name},"
-             f" shape (x, y, z) = {tuple(geo.shape_zyx[::-1])}, voxel {geo.voxel_size_angstrom:g} A"]
+    lines = [
+        f"# tomomatch particles, format {fmt}; tomogram {geo.tomo_name},"
+        f" shape (x, y, z) = {tuple(geo.shape_zyx[::-1])}, voxel {geo.voxel_size_angstrom:g} A"
+    ]
     if fmt == "relion5":
-        lines.append(f"# centred coordinates: (index * {geo.voxel_size_angstrom:g}) - (N // 2) *"
-                     f" {geo.tilt_series_pixel_angstrom:g} A, unbinned N (x, y, z) = {geo.unbinned_size_xyz}")
+        lines.append(
+            f"# centred coordinates: (index * {geo.voxel_size_angstrom:g}) - (N // 2) *"
+            f" {geo.tilt_series_pixel_angstrom:g} A, unbinned N (x, y, z) = {geo.unbinned_size_xyz}"
+        )
     elif fmt == "relion4":
         lines.append(f"# coordinates in pixels of {geo.relion4_pixel_angstrom:g} A from the corner (voxel 0 = 0)")
     else:
         lines.append(f"# coordinates normalised: position / {tuple(np.round(geo.warp_extent_angstrom(), 3))} A")
     if df.attrs.get("cutoff") is not None:
-        lines.append(f"# cut-off {df.attrs['cutoff']:.6g} ({df.attrs.get('cutoff_method', '?')},"
-                     f" {df.attrs.get('cutoff_sigma', float('nan')):.3f} sigma,"
-                     f" {df.attrs.get('false_alarms', float('nan')):g} false alarms)")
+        lines.append(
+            f"# cut-off {df.attrs['cutoff']:.6g} ({df.attrs.get('cutoff_method', '?')},"
+            f" {df.attrs.get('cutoff_sigma', float('nan')):.3f} sigma,"
+            f" {df.attrs.get('false_alarms', float('nan')):g} false alarms)"
+        )
     lines.append(GEOMETRY_TAG + _geometry_json(geo, job_path))
     return lines
 
@@ -349,8 +380,11 @@ def write_particles(df: pd.DataFrame, path, fmt: str = "relion5", job=None) -> P
         if job is None:
             raise InputError("write_particles needs the match job (geometry of the tomogram)", field="job")
     geo = job_geometry(job)
-    job_path = job.get("_job_path") if isinstance(job, dict) else (
-        None if isinstance(job, JobGeometry) else str(Path(job).resolve()))
+    job_path = (
+        job.get("_job_path")
+        if isinstance(job, dict)
+        else (None if isinstance(job, JobGeometry) else str(Path(job).resolve()))
+    )
     blocks = particle_table_to_blocks(df, fmt, geo)
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -387,9 +421,13 @@ def detect_format(blocks: dict[str, pd.DataFrame]) -> str:
         if set(PIXEL_COLUMNS) <= set(tab.columns):
             names = tab.get("rlnMicrographName")
             coords = tab[list(PIXEL_COLUMNS)].to_numpy(float)
-            if "optics" not in blocks and names is not None and len(tab) and \
-                    all(str(v).endswith(".tomostar") for v in names) and \
-                    np.all((coords >= 0) & (coords <= 1)):
+            if (
+                "optics" not in blocks
+                and names is not None
+                and len(tab)
+                and all(str(v).endswith(".tomostar") for v in names)
+                and np.all((coords >= 0) & (coords <= 1))
+            ):
                 return "warp"
             return "relion4"
     raise InputError("no particle coordinates (rlnCenteredCoordinate*Angst or rlnCoordinateX/Y/Z) found")
@@ -436,8 +474,9 @@ def read_particles(path, job=None, fmt: str | None = None) -> pd.DataFrame:
     geo: JobGeometry | None
     if job is not None:
         geo = job_geometry(job)
-        job_path = job.get("_job_path") if isinstance(job, dict) else (
-            None if isinstance(job, JobGeometry) else str(job))
+        job_path = (
+            job.get("_job_path") if isinstance(job, dict) else (None if isinstance(job, JobGeometry) else str(job))
+        )
     else:  # the geometry tomomatch wrote into the header, if any
         geo, job_path = _geometry_from_header(p)
     n = len(tab)
@@ -445,15 +484,21 @@ def read_particles(path, job=None, fmt: str | None = None) -> pd.DataFrame:
     if fmt == "relion5":
         cen = tab[list(CENTERED_COLUMNS)].to_numpy(float)
         idx = geo.index_from_centered(cen) if geo is not None else nan3
-        names = tab["rlnTomoName"].astype(str).to_numpy() if "rlnTomoName" in tab else \
-            np.array([geo.tomo_name if geo else ""] * n)
+        names = (
+            tab["rlnTomoName"].astype(str).to_numpy()
+            if "rlnTomoName" in tab
+            else np.array([geo.tomo_name if geo else ""] * n)
+        )
     elif fmt == "relion4":
         pix = tab[list(PIXEL_COLUMNS)].to_numpy(float)
         px = None
         optics = blocks.get("optics")
         if optics is not None and "rlnTomoTiltSeriesPixelSize" in optics:
-            ps = optics.set_index("rlnOpticsGroup")["rlnTomoTiltSeriesPixelSize"] \
-                if "rlnOpticsGroup" in optics else optics["rlnTomoTiltSeriesPixelSize"]
+            ps = (
+                optics.set_index("rlnOpticsGroup")["rlnTomoTiltSeriesPixelSize"]
+                if "rlnOpticsGroup" in optics
+                else optics["rlnTomoTiltSeriesPixelSize"]
+            )
             if "rlnOpticsGroup" in tab and "rlnOpticsGroup" in optics:
                 px = tab["rlnOpticsGroup"].map(ps).to_numpy(float)[:, None]
             else:
@@ -463,24 +508,39 @@ def read_particles(path, job=None, fmt: str | None = None) -> pd.DataFrame:
             idx = pix * (px if px is not None else geo.relion4_pixel_angstrom) / geo.voxel_size_angstrom
         else:
             idx = pix if px is None else nan3
-        names = tab["rlnTomoName"].astype(str).to_numpy() if "rlnTomoName" in tab else \
-            np.array([geo.tomo_name if geo else ""] * n)
+        names = (
+            tab["rlnTomoName"].astype(str).to_numpy()
+            if "rlnTomoName" in tab
+            else np.array([geo.tomo_name if geo else ""] * n)
+        )
         cen = geo.centered_angstrom(idx) if geo is not None else nan3
     else:
         frac = tab[list(PIXEL_COLUMNS)].to_numpy(float)
         idx = frac * geo.warp_extent_angstrom() / geo.voxel_size_angstrom if geo is not None else nan3
-        names = np.array([str(v)[:-len(".tomostar")] if str(v).endswith(".tomostar") else str(v)
-                          for v in tab.get("rlnMicrographName", [""] * n)])
+        names = np.array(
+            [
+                str(v)[: -len(".tomostar")] if str(v).endswith(".tomostar") else str(v)
+                for v in tab.get("rlnMicrographName", [""] * n)
+            ]
+        )
         cen = geo.centered_angstrom(idx) if geo is not None else nan3
     ang = tab[list(ANGLE_COLUMNS)].to_numpy(float) if set(ANGLE_COLUMNS) <= set(tab.columns) else np.zeros((n, 3))
-    out = pd.DataFrame({
-        "tomo_name": names,
-        "x": idx[:, 0], "y": idx[:, 1], "z": idx[:, 2],
-        "x_angstrom": cen[:, 0], "y_angstrom": cen[:, 1], "z_angstrom": cen[:, 2],
-        "rot": ang[:, 0], "tilt": ang[:, 1], "psi": ang[:, 2],
-        "score": tab[SCORE_COLUMN].to_numpy(float) if SCORE_COLUMN in tab else np.full(n, np.nan),
-        "score_sigma": tab[SIGMA_COLUMN].to_numpy(float) if SIGMA_COLUMN in tab else np.full(n, np.nan),
-    })
+    out = pd.DataFrame(
+        {
+            "tomo_name": names,
+            "x": idx[:, 0],
+            "y": idx[:, 1],
+            "z": idx[:, 2],
+            "x_angstrom": cen[:, 0],
+            "y_angstrom": cen[:, 1],
+            "z_angstrom": cen[:, 2],
+            "rot": ang[:, 0],
+            "tilt": ang[:, 1],
+            "psi": ang[:, 2],
+            "score": tab[SCORE_COLUMN].to_numpy(float) if SCORE_COLUMN in tab else np.full(n, np.nan),
+            "score_sigma": tab[SIGMA_COLUMN].to_numpy(float) if SIGMA_COLUMN in tab else np.full(n, np.nan),
+        }
+    )
     out.attrs["format"] = fmt
     out.attrs["path"] = str(p)
     if geo is not None:
@@ -514,8 +574,11 @@ def merge_stars(paths: Iterable, output) -> Path:
         blocks = _read_blocks(p)
         tab = next((t for t in blocks.values() if "rlnTomoName" in t.columns), None)
         if tab is None or not set(CENTERED_COLUMNS) <= set(tab.columns):
-            raise InputError("not a RELION 5 particle file (needs rlnTomoName and rlnCenteredCoordinate*Angst);"
-                             " extract with --format relion5", p)
+            raise InputError(
+                "not a RELION 5 particle file (needs rlnTomoName and rlnCenteredCoordinate*Angst);"
+                " extract with --format relion5",
+                p,
+            )
         for name in pd.unique(tab["rlnTomoName"].astype(str)):
             rows.append((name, os.fspath(p)))
     names = [r[0] for r in rows]
@@ -526,5 +589,6 @@ def merge_stars(paths: Iterable, output) -> Path:
         starfile.write({"particles": out}, tmp, overwrite=True)
     if dup:
         import warnings
+
         warnings.warn(f"tomogram names in more than one file: {', '.join(dup)}", stacklevel=2)
     return output

@@ -15,6 +15,7 @@ the phantom can stand in for a protein's contrast in a weak-phase simulation. Mi
 negates x. The density is positive, ``[z, y, x]``, centred on voxel ``n // 2`` along each axis
 (:mod:`tomomatch.conventions`).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ __all__ = ["phantom_components", "phantom_density", "phantom_default_box", "PHAN
 PHANTOM_VARIANTS = ("ribosome", "decoy")
 
 
-def phantom_components(diameter_angstrom: float = 250.0, variant: str = "ribosome",
-                       mirror: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def phantom_components(
+    diameter_angstrom: float = 250.0, variant: str = "ribosome", mirror: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian components of the phantom.
 
     Parameters
@@ -86,11 +88,19 @@ def phantom_components(diameter_angstrom: float = 250.0, variant: str = "ribosom
         ]
         for i in range(6):  # left-handed bead chain along y
             p = -i * (math.pi / 3.0)
-            comps.append((0.14 * s * math.cos(p) - 0.18 * s, -0.25 * s + 0.1 * s * i,
-                          0.14 * s * math.sin(p), 0.035 * s * 1.3, 2.2))
+            comps.append(
+                (
+                    0.14 * s * math.cos(p) - 0.18 * s,
+                    -0.25 * s + 0.1 * s * i,
+                    0.14 * s * math.sin(p),
+                    0.035 * s * 1.3,
+                    2.2,
+                )
+            )
     else:
-        raise InputError(f"unknown phantom variant {variant!r}; expected one of {PHANTOM_VARIANTS}",
-                         field="phantom variant")
+        raise InputError(
+            f"unknown phantom variant {variant!r}; expected one of {PHANTOM_VARIANTS}", field="phantom variant"
+        )
     arr = np.array(comps, dtype=float)
     centres = arr[:, :3] * d
     sigmas = arr[:, 3] * d
@@ -106,9 +116,13 @@ def phantom_default_box(voxel_size_angstrom: float, diameter_angstrom: float = 2
     return n + (n % 2)
 
 
-def phantom_density(voxel_size_angstrom: float, box_size: int | None = None,
-                    diameter_angstrom: float = 250.0, variant: str = "ribosome",
-                    mirror: bool = False) -> np.ndarray:
+def phantom_density(
+    voxel_size_angstrom: float,
+    box_size: int | None = None,
+    diameter_angstrom: float = 250.0,
+    variant: str = "ribosome",
+    mirror: bool = False,
+) -> np.ndarray:
     """Evaluate the phantom on a cubic grid.
 
     Parameters

@@ -1,4 +1,5 @@
 """Extraction plots (matplotlib, Agg backend): score histograms with the cut-offs, pick slabs."""
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,13 @@ def plot_score_histogram(details: dict[str, Any], path, *, title: str | None = N
     a1.plot(centres, g, "b--", lw=0.8, label=f"per-rotation null N({mean:.3g}, {std:.3g}) (not this histogram)")
     n_rot = details.get("n_rotations")
     if n_rot is not None and n_rot >= 1:
-        a1.plot(centres, scores.size * width * null_max_density(centres, mean, std, n_rot), "b-", lw=1.2,
-                label=f"null max over {n_rot:.0f} rotations")
+        a1.plot(
+            centres,
+            scores.size * width * null_max_density(centres, mean, std, n_rot),
+            "b-",
+            lw=1.2,
+            label=f"null max over {n_rot:.0f} rotations",
+        )
     a1.set_yscale("log")
     a1.set_ylim(0.5, None)
     a1.set_xlabel("voxel score = max over rotations (LCC)")
@@ -95,8 +101,7 @@ def plot_score_histogram(details: dict[str, Any], path, *, title: str | None = N
             if x.size > 1:
                 y = np.maximum(x - u, 0.0)
                 surv = np.exp(_gpd_logsf(y, xi, beta)) * nu  # xi < 0 has a finite end point
-                a2.plot(0.5 * (x[1:] + x[:-1]), surv[:-1] - surv[1:], "g-", lw=1.2,
-                        label=f"GPD tail (xi {xi:.2f})")
+                a2.plot(0.5 * (x[1:] + x[:-1]), surv[:-1] - surv[1:], "g-", lw=1.2, label=f"GPD tail (xi {xi:.2f})")
         a2.set_yscale("log")
         a2.set_ylim(0.5, None)
     a2.set_xlabel("peak score (LCC)")
@@ -108,8 +113,15 @@ def plot_score_histogram(details: dict[str, Any], path, *, title: str | None = N
     return _save(fig, path)
 
 
-def plot_pick_slab(volume: np.ndarray, particles, path, *, radius_voxels: float,
-                   slab_voxels: int | None = None, title: str | None = None) -> Path:
+def plot_pick_slab(
+    volume: np.ndarray,
+    particles,
+    path,
+    *,
+    radius_voxels: float,
+    slab_voxels: int | None = None,
+    title: str | None = None,
+) -> Path:
     """PNG of the central z slab of ``volume`` (mean over the slab) with the picks circled.
 
     Picks whose ``z`` lies within the slab are drawn as circles of ``radius_voxels``.

@@ -7,6 +7,7 @@ whitening filter (if asked for) is estimated once from that unfiltered volume on
 the band pass times whitening is applied to the whole volume before any tiling
 (:func:`tomomatch.matching.filter_volume`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,10 +27,17 @@ class PreparedTomogram:
     whitening: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
 
 
-def prepare_tomogram(volume, voxel_size_angstrom: float, *, low_pass_angstrom: float | None = None,
-                     high_pass_angstrom: float | None = None, whiten: bool = False,
-                     tilt_angles_deg=None, template_shape_zyx: Sequence[int] | None = None,
-                     device="cpu") -> PreparedTomogram:
+def prepare_tomogram(
+    volume,
+    voxel_size_angstrom: float,
+    *,
+    low_pass_angstrom: float | None = None,
+    high_pass_angstrom: float | None = None,
+    whiten: bool = False,
+    tilt_angles_deg=None,
+    template_shape_zyx: Sequence[int] | None = None,
+    device="cpu",
+) -> PreparedTomogram:
     """Normalise and filter a tomogram as the engine does.
 
     Parameters
@@ -61,9 +69,11 @@ def prepare_tomogram(volume, voxel_size_angstrom: float, *, low_pass_angstrom: f
             white[shape] = whitening_filter(vol_cpu, voxel_size_angstrom, shape, tilt_angles_deg=tilt_angles_deg)
         del vol_cpu
     if low_pass_angstrom is not None or high_pass_angstrom is not None or whiten:
+
         def tomogram_weight(shape):
             w = bandpass(shape, voxel_size_angstrom, low_pass_angstrom, high_pass_angstrom, device=dev)
             wh = white.get(tuple(shape))
             return w if wh is None else w * wh.to(dev)
+
         vol_t = filter_volume(vol_t, tomogram_weight)
     return PreparedTomogram(vol_t, white)

@@ -6,6 +6,7 @@ printed every ``log_interval_s`` seconds (default 60, ``--log-interval``) with t
 rate of the first count, the elapsed time and the ETA, and one at the end. Nothing when
 ``quiet``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,6 +25,7 @@ def configure(log_interval_s: float | None = None) -> None:
     if log_interval_s is not None:
         if not log_interval_s >= 0:
             from .errors import InputError
+
             raise InputError(f"{log_interval_s!r} s; expected >= 0 (0: no progress lines)", None, "--log-interval")
         _log_interval_s = float(log_interval_s)
 
@@ -39,8 +41,15 @@ class ProgressBars:
     ``advance(*counts)`` advances them in the order given; ``close()`` ends the display.
     """
 
-    def __init__(self, totals: dict[str, int | tuple[int, int]], quiet: bool = False, *,
-                 log_interval_s: float | None = None, stream=None, label: str = "tomomatch"):
+    def __init__(
+        self,
+        totals: dict[str, int | tuple[int, int]],
+        quiet: bool = False,
+        *,
+        log_interval_s: float | None = None,
+        stream=None,
+        label: str = "tomomatch",
+    ):
         self.bar = None
         self.tasks: list = []
         self.stream = sys.stderr if stream is None else stream
@@ -59,10 +68,23 @@ class ProgressBars:
             self.logging = self.interval > 0
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=self.stream))
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=self.stream),
+        )
         self.bar.start()
         for description, total, done in zip(self.names, self.totals, self.done):
             self.tasks.append(self.bar.add_task(description, total=total, completed=done))
@@ -83,7 +105,7 @@ class ProgressBars:
         return msg
 
     def advance(self, *counts: int) -> None:
-        for i, k in enumerate(counts[:len(self.done)]):
+        for i, k in enumerate(counts[: len(self.done)]):
             self.done[i] += int(k)
         if self.bar is not None:
             for task, k in zip(self.tasks, counts):

@@ -5,6 +5,7 @@ pose, using a template weighted with the particle's *own* per-tilt defocus under
 ``h = +1, -1, 0`` (:mod:`tomomatch.conventions`); the tomogram is prepared exactly as the
 matching engine prepares it (:mod:`tomomatch.preparation`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,9 +58,14 @@ class RescoreResult:
     def to_hand_scores(self) -> HandScores:
         """The :class:`HandScores` for :func:`hand_statistics` (needs hands +1 and -1)."""
         c = self.centred_angstrom
-        return HandScores(x_angstrom=c[:, 0], y_angstrom=c[:, 1], z_angstrom=c[:, 2],
-                          score_plus=self.score(1), score_minus=self.score(-1),
-                          score_zero=self.score(0) if 0 in self.hands else None)
+        return HandScores(
+            x_angstrom=c[:, 0],
+            y_angstrom=c[:, 1],
+            z_angstrom=c[:, 2],
+            score_plus=self.score(1),
+            score_minus=self.score(-1),
+            score_zero=self.score(0) if 0 in self.hands else None,
+        )
 
 
 def oversample_volume(volume, factor: int = 2) -> np.ndarray:
@@ -77,8 +83,9 @@ def oversample_volume(volume, factor: int = 2) -> np.ndarray:
     if f == 1:
         return v.astype(np.float32)
     shape = tuple(f * (n - 1) + 1 for n in v.shape)
-    return ndimage.affine_transform(v, np.full(3, 1.0 / f), output_shape=shape, order=3,
-                                    mode="constant", cval=0.0).astype(np.float32)
+    return ndimage.affine_transform(
+        v, np.full(3, 1.0 / f), output_shape=shape, order=3, mode="constant", cval=0.0
+    ).astype(np.float32)
 
 
 def rotate_volumes(volume, matrices, *, oversampling: int = 1, out_shape_zyx=None, dtype=None):
@@ -118,20 +125,24 @@ def rotate_volumes(volume, matrices, *, oversampling: int = 1, out_shape_zyx=Non
     nz, ny, nx = (int(v) for v in out_shape_zyx)
     in_size_xyz = torch.tensor([in_x, in_y, in_z], dtype=vol.dtype)
     centre = torch.tensor([nx // 2, ny // 2, nz // 2], dtype=vol.dtype)
-    zz, yy, xx = torch.meshgrid(torch.arange(nz, dtype=vol.dtype), torch.arange(ny, dtype=vol.dtype),
-                                torch.arange(nx, dtype=vol.dtype), indexing="ij")
+    zz, yy, xx = torch.meshgrid(
+        torch.arange(nz, dtype=vol.dtype),
+        torch.arange(ny, dtype=vol.dtype),
+        torch.arange(nx, dtype=vol.dtype),
+        indexing="ij",
+    )
     r = torch.stack([xx, yy, zz], -1).reshape(-1, 3) - centre  # (V, 3) as (x, y, z)
     # source = R^T r (row form r @ R), in input-grid voxels
     src = (torch.einsum("vi,kij->kvj", r, mats) + centre) * f
     grid = 2.0 * src / (in_size_xyz - 1).clamp(min=1) - 1.0
     grid = grid.reshape(-1, nz, ny, nx, 3)
-    out = F.grid_sample(vol.expand(grid.shape[0], 1, in_z, in_y, in_x), grid, mode="bilinear",
-                        padding_mode="zeros", align_corners=True)
+    out = F.grid_sample(
+        vol.expand(grid.shape[0], 1, in_z, in_y, in_x), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
     return out[:, 0]
 
 
-def _windows(tomogram: np.ndarray, centre_zyx: np.ndarray, box_zyx: tuple[int, int, int],
-             shift: int) -> np.ndarray:
+def _windows(tomogram: np.ndarray, centre_zyx: np.ndarray, box_zyx: tuple[int, int, int], shift: int) -> np.ndarray:
     """All ``(2 shift + 1)^3`` boxes around ``centre_zyx`` as ``(n_shifts, V)`` (float64).
 
     Box ``[c - box//2 + s, c - box//2 + s + box)`` per axis for shifts ``s`` in ``-shift..shift``
@@ -143,16 +154,16 @@ def _windows(tomogram: np.ndarray, centre_zyx: np.ndarray, box_zyx: tuple[int, i
     shape = np.asarray(tomogram.shape)
     clo = np.maximum(lo, 0)
     chi = np.minimum(hi, shape)
-    inner = tomogram[clo[0]:chi[0], clo[1]:chi[1], clo[2]:chi[2]].astype(np.float64)
+    inner = tomogram[clo[0] : chi[0], clo[1] : chi[1], clo[2] : chi[2]].astype(np.float64)
     region = np.full(tuple(hi - lo), inner.mean() if inner.size else 0.0)
-    region[clo[0] - lo[0]:chi[0] - lo[0], clo[1] - lo[1]:chi[1] - lo[1],
-           clo[2] - lo[2]:chi[2] - lo[2]] = inner
+    region[clo[0] - lo[0] : chi[0] - lo[0], clo[1] - lo[1] : chi[1] - lo[1], clo[2] - lo[2] : chi[2] - lo[2]] = inner
     view = np.lib.stride_tricks.sliding_window_view(region, tuple(b))  # (2s+1,)*3 + box
     return np.array(view.reshape(-1, int(np.prod(b))))  # a writable copy
 
 
-def _hand_weights(tilt_series, box_zyx, voxel_size_angstrom: float, centred_xyz, hands, hand_mode,
-                  weight_options: dict[str, Any]):
+def _hand_weights(
+    tilt_series, box_zyx, voxel_size_angstrom: float, centred_xyz, hands, hand_mode, weight_options: dict[str, Any]
+):
     """rfft-grid template weights ``(n_particles, n_hands, z, y, x//2+1)``.
 
     The per-tilt defocus is shifted to each particle's own centred ``(x, y, z)`` under each hand
@@ -165,21 +176,56 @@ def _hand_weights(tilt_series, box_zyx, voxel_size_angstrom: float, centred_xyz,
     c = np.asarray(centred_xyz, dtype=float).reshape(-1, 3)
     tilts = np.asarray(tilt_series.tilt_angles_deg, dtype=float)
     x_tilts = np.asarray(tilt_series.x_tilt_deg, dtype=float)
-    offsets = np.stack([defocus_offset_angstrom(c[:, 0, None], c[:, 2, None], tilts[None], h, hand_mode,
-                                                y_angstrom=c[:, 1, None], x_tilt_deg=x_tilts[None])
-                        for h in hands], axis=1) / ANGSTROM_PER_MICROMETRE  # (P, H, n_tilts), all tilts
-    w = tilt_series_weight(tilt_series, tuple(int(v) for v in box_zyx), voxel_size_angstrom,
-                           defocus_offset_um=offsets.reshape(-1, tilts.size), **weight_options)
+    offsets = (
+        np.stack(
+            [
+                defocus_offset_angstrom(
+                    c[:, 0, None],
+                    c[:, 2, None],
+                    tilts[None],
+                    h,
+                    hand_mode,
+                    y_angstrom=c[:, 1, None],
+                    x_tilt_deg=x_tilts[None],
+                )
+                for h in hands
+            ],
+            axis=1,
+        )
+        / ANGSTROM_PER_MICROMETRE
+    )  # (P, H, n_tilts), all tilts
+    w = tilt_series_weight(
+        tilt_series,
+        tuple(int(v) for v in box_zyx),
+        voxel_size_angstrom,
+        defocus_offset_um=offsets.reshape(-1, tilts.size),
+        **weight_options,
+    )
     return w.reshape(len(c), len(hands), *w.shape[-3:])
 
 
-def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_series, template: np.ndarray,
-                      mask: np.ndarray, positions_xyz, poses, *, hands: Sequence[int] = (1, -1, 0),
-                      hand_mode: HandMode = "full", max_angle_deg: float = 8.0, angle_step_deg: float = 4.0,
-                      shift_voxels: int = 1, oversampling: int = 2,
-                      low_pass_angstrom: float | None = None, high_pass_angstrom: float | None = None,
-                      whiten: bool = False, weight_options: dict[str, Any] | None = None,
-                      weight_function=None, progress=None) -> RescoreResult:
+def rescore_particles(
+    tomogram: np.ndarray,
+    voxel_size_angstrom: float,
+    tilt_series,
+    template: np.ndarray,
+    mask: np.ndarray,
+    positions_xyz,
+    poses,
+    *,
+    hands: Sequence[int] = (1, -1, 0),
+    hand_mode: HandMode = "full",
+    max_angle_deg: float = 8.0,
+    angle_step_deg: float = 4.0,
+    shift_voxels: int = 1,
+    oversampling: int = 2,
+    low_pass_angstrom: float | None = None,
+    high_pass_angstrom: float | None = None,
+    whiten: bool = False,
+    weight_options: dict[str, Any] | None = None,
+    weight_function=None,
+    progress=None,
+) -> RescoreResult:
     """Re-score every particle under several defocus hands, with local refinement.
 
     For each particle: the per-tilt defocus at its own centred ``(x, z)`` is computed with
@@ -262,25 +308,34 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
     outside = np.any((idx < 0) | (idx >= shape_xyz), axis=1)
     if np.any(outside):
         k = int(np.flatnonzero(outside)[0])
-        raise InputError(f"{int(outside.sum())} particle(s) lie outside the tomogram (first: voxel "
-                         f"{tuple(pos[k].round(1))}, tomogram x, y, z size {tuple(shape_xyz)})",
-                         field="coordinates")
+        raise InputError(
+            f"{int(outside.sum())} particle(s) lie outside the tomogram (first: voxel "
+            f"{tuple(pos[k].round(1))}, tomogram x, y, z size {tuple(shape_xyz)})",
+            field="coordinates",
+        )
     centred = index_to_centered_angstrom(idx, tomo.shape, voxel_size_angstrom)
     ts = None
     if weight_function is None:
         if tilt_series is None or not tilt_series.has_defocus:
-            raise InputError("tilt metadata hold no per-tilt defocus; the hand test needs it",
-                             None if tilt_series is None else tilt_series.source, "defocus")
+            raise InputError(
+                "tilt metadata hold no per-tilt defocus; the hand test needs it",
+                None if tilt_series is None else tilt_series.source,
+                "defocus",
+            )
         ts = tilt_series
     opts = dict(weight_options or {})
     if low_pass_angstrom is not None or high_pass_angstrom is not None or whiten:
         from . import preparation
 
-        prep = preparation.prepare_tomogram(tomo, voxel_size_angstrom, low_pass_angstrom=low_pass_angstrom,
-                                high_pass_angstrom=high_pass_angstrom, whiten=whiten,
-                                tilt_angles_deg=(None if tilt_series is None
-                                                 else tilt_series.tilt_angles_deg[~tilt_series.excluded]),
-                                template_shape_zyx=box)
+        prep = preparation.prepare_tomogram(
+            tomo,
+            voxel_size_angstrom,
+            low_pass_angstrom=low_pass_angstrom,
+            high_pass_angstrom=high_pass_angstrom,
+            whiten=whiten,
+            tilt_angles_deg=(None if tilt_series is None else tilt_series.tilt_angles_deg[~tilt_series.excluded]),
+            template_shape_zyx=box,
+        )
         if whiten:
             opts["whitening"] = prep.whitening[tuple(box)]
         opts["low_pass_angstrom"] = low_pass_angstrom
@@ -288,8 +343,9 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
         tomo = prep.volume.numpy()
 
     n, nh = len(pos), len(hands)
-    shifts = np.stack(np.meshgrid(*(np.arange(-shift_voxels, shift_voxels + 1),) * 3, indexing="ij"),
-                      -1).reshape(-1, 3)  # (z, y, x) order, as _windows
+    shifts = np.stack(np.meshgrid(*(np.arange(-shift_voxels, shift_voxels + 1),) * 3, indexing="ij"), -1).reshape(
+        -1, 3
+    )  # (z, y, x) order, as _windows
     scores = np.zeros((n, nh))
     best_rot = np.zeros((n, nh, 3, 3))
     best_shift = np.zeros((n, nh, 3), dtype=int)
@@ -299,36 +355,37 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
     msk_t = torch.as_tensor(np.array(msk))
     spherical = is_spherical_mask(msk)
     n_rot = 0
-    weight_batch = max(1, int(2 ** 24 // (nh * np.prod(box))))  # ~64 MB of weights per batch
+    weight_batch = max(1, int(2**24 // (nh * np.prod(box))))  # ~64 MB of weights per batch
     vox = int(np.prod(box))
-    rot_chunk = max(1, int(2 ** 25 // (8 * nh * vox)))  # ~32 MB per float64 template stack
+    rot_chunk = max(1, int(2**25 // (8 * nh * vox)))  # ~32 MB per float64 template stack
     # small boxes: one torch thread is faster (no barrier per op; matters on a loaded machine)
     threads = torch.get_num_threads()
-    single = vox < 2 ** 18 and threads > 1
+    single = vox < 2**18 and threads > 1
     if single:
         torch.set_num_threads(1)
     try:
         for i in range(n):
-            rots = (local_rotations(mats[i], max_angle_deg, angle_step_deg) if max_angle_deg > 0
-                    else mats[i][None])
+            rots = local_rotations(mats[i], max_angle_deg, angle_step_deg) if max_angle_deg > 0 else mats[i][None]
             n_rot = len(rots)
             if weight_function is None:
                 if i % weight_batch == 0:  # weights for the next batch of particles in one call
-                    w_batch = _hand_weights(ts, box, voxel_size_angstrom, centred[i:i + weight_batch],
-                                            hands, hand_mode, opts)
+                    w_batch = _hand_weights(
+                        ts, box, voxel_size_angstrom, centred[i : i + weight_batch], hands, hand_mode, opts
+                    )
                 w = w_batch[i % weight_batch]
             else:
                 w = torch.stack([torch.as_tensor(weight_function(centred[i], h)) for h in hands])
             w = w.to(torch.float32)
-            x = torch.as_tensor(_windows(tomo, idx[i][::-1], box, shift_voxels))    # (S, V) float64
+            x = torch.as_tensor(_windows(tomo, idx[i][::-1], box, shift_voxels))  # (S, V) float64
             x2 = x * x
             cc_parts = []
             for k0 in range(0, n_rot, rot_chunk):
-                rk = rots[k0:k0 + rot_chunk]
+                rk = rots[k0 : k0 + rot_chunk]
                 nk = len(rk)
                 t_rot = rotate_volumes(tmpl_fine, rk, oversampling=oversampling, out_shape_zyx=box)  # (k, z, y, x)
-                m_rot = (msk_t.expand(nk, *box) if spherical
-                         else rotate_volumes(msk_t, rk).clamp(0.0, 1.0))  # (k, z, y, x)
+                m_rot = (
+                    msk_t.expand(nk, *box) if spherical else rotate_volumes(msk_t, rk).clamp(0.0, 1.0)
+                )  # (k, z, y, x)
                 ft = torch.fft.rfftn(t_rot, dim=(-3, -2, -1))
                 weighted = torch.fft.irfftn(ft[None] * w[:, None], s=box, dim=(-3, -2, -1))  # (H, k, z, y, x)
                 del ft, t_rot
@@ -336,14 +393,14 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
                 t_norm = normalise_under_mask(weighted.to(torch.float64), m_rot.to(torch.float64))
                 t_norm = t_norm.reshape(nh, nk, -1)
                 del weighted
-                mk = m_rot.to(torch.float64).reshape(nk, -1)               # (k, V)
-                n_m = mk.sum(-1)                                           # (k,)
-                mean_x = x @ mk.T / n_m                                    # (S, k)
-                var_x = x2 @ mk.T / n_m - mean_x ** 2
-                num = torch.einsum("sv,hkv->hsk", x, t_norm)               # (H, S, k)
+                mk = m_rot.to(torch.float64).reshape(nk, -1)  # (k, V)
+                n_m = mk.sum(-1)  # (k,)
+                mean_x = x @ mk.T / n_m  # (S, k)
+                var_x = x2 @ mk.T / n_m - mean_x**2
+                num = torch.einsum("sv,hkv->hsk", x, t_norm)  # (H, S, k)
                 cc_parts.append(num / (n_m[None, None] * torch.sqrt(var_x.clamp(min=1e-30))[None]))
                 del t_norm, mk
-            cc = torch.cat(cc_parts, dim=2)                                # (H, S, K)
+            cc = torch.cat(cc_parts, dim=2)  # (H, S, K)
             flat = cc.reshape(nh, -1)
             best = torch.argmax(flat, dim=1)
             scores[i] = flat[torch.arange(nh), best].numpy()
@@ -356,7 +413,11 @@ def rescore_particles(tomogram: np.ndarray, voxel_size_angstrom: float, tilt_ser
     finally:
         if single:
             torch.set_num_threads(threads)
-    return RescoreResult(hands=hands, scores=scores, best_rotation=best_rot, best_shift_voxels=best_shift,
-                         centred_angstrom=centred, n_rotations=n_rot)
-
-
+    return RescoreResult(
+        hands=hands,
+        scores=scores,
+        best_rotation=best_rot,
+        best_shift_voxels=best_shift,
+        centred_angstrom=centred,
+        n_rotations=n_rot,
+    )

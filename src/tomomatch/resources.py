@@ -5,6 +5,7 @@ or ``taskset`` narrows the affinity mask, and a container's cgroup (v2 ``cpu.max
 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``) caps the CPU time. The default number of worker
 processes of ``match`` is the smaller of the two.
 """
+
 from __future__ import annotations
 
 import math

@@ -60,6 +60,7 @@ Assumptions and biases
   background, the GPD takes them as a heavier tail (count too low, false positives too high), down
   to an unsupported particle component. See docs/extraction.md for measured numbers.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,13 +75,32 @@ from scipy import optimize, special
 
 from .errors import InputError
 from .jsonable import jsonable
-from .extract import (_MIX_MIN_PARTICLES, _MIX_MIN_SD, _NM, _XI_BOUNDS, _check_false_alarms, _fit_gpd,
-                      _gpd_cutoff, _gpd_logpdf, _gpd_logsf, extract_candidates, tail_cutoff)
+from .extract import (
+    _MIX_MIN_PARTICLES,
+    _MIX_MIN_SD,
+    _NM,
+    _XI_BOUNDS,
+    _check_false_alarms,
+    _fit_gpd,
+    _gpd_cutoff,
+    _gpd_logpdf,
+    _gpd_logsf,
+    extract_candidates,
+    tail_cutoff,
+)
 from .jobfile import as_job
 from .mrcio import atomic_path
 
-__all__ = ["DEFAULT_FALSE_POSITIVES", "MIN_PEAKS", "PeakMixture", "estimate_roc", "fit_peak_mixture", "plot_roc",
-           "run_roc", "write_roc_report"]
+__all__ = [
+    "DEFAULT_FALSE_POSITIVES",
+    "MIN_PEAKS",
+    "PeakMixture",
+    "estimate_roc",
+    "fit_peak_mixture",
+    "plot_roc",
+    "run_roc",
+    "write_roc_report",
+]
 
 #: the table's cut-offs where the background model expects this many false positives
 DEFAULT_FALSE_POSITIVES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -117,7 +137,7 @@ class PeakMixture:
     is under the fitted model (0 for separated components; it does not include the model's bias).
     """
 
-    scores: np.ndarray = field(repr=False)       # all peak scores, strongest first
+    scores: np.ndarray = field(repr=False)  # all peak scores, strongest first
     threshold: float
     n_window: int
     xi: float
@@ -211,15 +231,27 @@ class PeakMixture:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "threshold": self.threshold, "n_window": self.n_window, "n_peaks": self.n_peaks,
-            "background": {"distribution": "generalized Pareto above threshold", "xi": self.xi,
-                           "beta": self.beta, "n_above_threshold": self.n_background_window,
-                           "n_total": self.n_background},
-            "particles": {"distribution": "Gaussian", "mean": self.particle_mean, "sd": self.particle_sd,
-                          "n_total": self.n_particles, "n_above_threshold": self.n_particles_window,
-                          "n_total_membership_sd": self.n_particles_membership_sd,
-                          "fraction_below_threshold": self.fraction_below_window},
-            "likelihood_ratio": self.likelihood_ratio, "particle_component_supported": self.supported,
+            "threshold": self.threshold,
+            "n_window": self.n_window,
+            "n_peaks": self.n_peaks,
+            "background": {
+                "distribution": "generalized Pareto above threshold",
+                "xi": self.xi,
+                "beta": self.beta,
+                "n_above_threshold": self.n_background_window,
+                "n_total": self.n_background,
+            },
+            "particles": {
+                "distribution": "Gaussian",
+                "mean": self.particle_mean,
+                "sd": self.particle_sd,
+                "n_total": self.n_particles,
+                "n_above_threshold": self.n_particles_window,
+                "n_total_membership_sd": self.n_particles_membership_sd,
+                "fraction_below_threshold": self.fraction_below_window,
+            },
+            "likelihood_ratio": self.likelihood_ratio,
+            "particle_component_supported": self.supported,
         }
 
 
@@ -231,15 +263,19 @@ def _mixture_nll(y: np.ndarray, y_asc: np.ndarray, lw_min: float, lw_max: float)
 
     def nll(p) -> float:
         xi, lb, lw, mu, lsd = (float(t) for t in p)
-        if not (_XI_BOUNDS[0] <= xi <= _XI_BOUNDS[1]) or not (-20.0 < lb < 20.0) \
-                or not (lw_min <= lw <= lw_max) or not (lsd_min <= lsd < 3.0):
+        if (
+            not (_XI_BOUNDS[0] <= xi <= _XI_BOUNDS[1])
+            or not (-20.0 < lb < 20.0)
+            or not (lw_min <= lw <= lw_max)
+            or not (lsd_min <= lsd < 3.0)
+        ):
             return 1e300
         w = math.exp(lw)
         if mu < y_asc[min(m - 1, math.floor((1.0 - w) * m))]:
             return 1e300
         sd = math.exp(lsd)
         a = math.log1p(-w) + _gpd_logpdf(y, xi, math.exp(lb))
-        b = (lw - 0.5 * ((y - mu) / sd) ** 2 - lsd - 0.5 * _LOG_2PI - float(special.log_ndtr(mu / sd)))
+        b = lw - 0.5 * ((y - mu) / sd) ** 2 - lsd - 0.5 * _LOG_2PI - float(special.log_ndtr(mu / sd))
         ll = float(np.logaddexp(a, b).sum())
         return -ll if math.isfinite(ll) else 1e300
 
@@ -258,8 +294,9 @@ def _fit_window(y: np.ndarray, start: list[float] | None) -> tuple[np.ndarray, f
     k = int(_MIX_MIN_PARTICLES)
     while k <= _MAX_PARTICLE_FRACTION * m:  # the k strongest peaks as the particle cluster
         top = y[:k]
-        starts.append([xi1, lb1, math.log(k / m), float(top.mean()),
-                       math.log(max(float(top.std()), 1.5 * _MIX_MIN_SD))])
+        starts.append(
+            [xi1, lb1, math.log(k / m), float(top.mean()), math.log(max(float(top.std()), 1.5 * _MIX_MIN_SD))]
+        )
         k = 2 * k + 1
     if start is not None:
         starts.append(list(start))
@@ -276,8 +313,7 @@ def _fit_window(y: np.ndarray, start: list[float] | None) -> tuple[np.ndarray, f
     if not rough:
         raise ValueError("the mixture fit found no admissible start")
     rough.sort(key=lambda r: r.fun)
-    best = min((optimize.minimize(nll, r.x, method="Nelder-Mead", options=_NM) for r in rough[:2]),
-               key=lambda r: r.fun)
+    best = min((optimize.minimize(nll, r.x, method="Nelder-Mead", options=_NM) for r in rough[:2]), key=lambda r: r.fun)
     return np.asarray(best.x, float), float(best.fun), float(nll1)
 
 
@@ -295,8 +331,9 @@ def _window_size(n: int, tail_fraction: float, min_tail: int, max_tail: int) -> 
     return int(min(max(tail_fraction * n, min_tail), max_tail, n // 2))
 
 
-def fit_peak_mixture(peak_scores, *, tail_fraction: float = 0.2, min_tail: int = 100,
-                     max_tail: int = 1000) -> PeakMixture:
+def fit_peak_mixture(
+    peak_scores, *, tail_fraction: float = 0.2, min_tail: int = 100, max_tail: int = 1000
+) -> PeakMixture:
     """Fit the background GPD tail plus a Gaussian particle cluster to a list of peak scores.
 
     Parameters
@@ -320,8 +357,11 @@ def fit_peak_mixture(peak_scores, *, tail_fraction: float = 0.2, min_tail: int =
     s = np.sort(vals[np.isfinite(vals)])[::-1]
     n = s.size
     if n < MIN_PEAKS:
-        raise InputError(f"only {n} peaks; the background and particle fit needs at least {MIN_PEAKS}"
-                         " (a larger map or a smaller exclusion radius)", field="peaks")
+        raise InputError(
+            f"only {n} peaks; the background and particle fit needs at least {MIN_PEAKS}"
+            " (a larger map or a smaller exclusion radius)",
+            field="peaks",
+        )
     m = _window_size(n, tail_fraction, min_tail, max_tail)
     start = None
     notes: list[str] = []
@@ -330,8 +370,10 @@ def fit_peak_mixture(peak_scores, *, tail_fraction: float = 0.2, min_tail: int =
         y = s[:m] - u
         y = y[y > 0]
         if y.size < 40 or not np.ptp(y) > 0:
-            raise InputError(f"only {y.size} distinct peak scores above the window threshold {u:.4g};"
-                             " expected at least 40", field="peaks")
+            raise InputError(
+                f"only {y.size} distinct peak scores above the window threshold {u:.4g}; expected at least 40",
+                field="peaks",
+            )
         scale = float(y.mean())
         y = y / scale
         p, nll2, nll1 = _fit_window(y, start)
@@ -343,25 +385,44 @@ def fit_peak_mixture(peak_scores, *, tail_fraction: float = 0.2, min_tail: int =
             scale_new = float((s[:m_new] - s[m_new]).mean())
             # the current solution as one start of the larger window (in its units)
             u_new = float(s[m_new])
-            start = [xi, lb + math.log(scale / scale_new), math.log(max(w * m / m_new, 1e-9)),
-                     (u + mu * scale - u_new) / scale_new, lsd + math.log(scale / scale_new)]
+            start = [
+                xi,
+                lb + math.log(scale / scale_new),
+                math.log(max(w * m / m_new, 1e-9)),
+                (u + mu * scale - u_new) / scale_new,
+                lsd + math.log(scale / scale_new),
+            ]
             m = m_new
             continue
         break
     if w > _ENLARGE_FRACTION:
-        notes.append(f"the particle component takes {100 * w:.0f} % of the fitted window (half of all peaks);"
-                     " the background is poorly determined there")
+        notes.append(
+            f"the particle component takes {100 * w:.0f} % of the fitted window (half of all peaks);"
+            " the background is poorly determined there"
+        )
     if 1.0 - inside > _ENLARGE_BELOW:
-        notes.append(f"{100 * (1 - inside):.0f} % of the particle component lies below the lowest fitted score"
-                     f" {u:.4g}: that part of the count is extrapolated from the Gaussian")
+        notes.append(
+            f"{100 * (1 - inside):.0f} % of the particle component lies below the lowest fitted score"
+            f" {u:.4g}: that part of the count is extrapolated from the Gaussian"
+        )
     n_win = w * y.size
     n_p = n_win / inside
     r = _responsibilities(y, p)
     return PeakMixture(
-        scores=s, threshold=u, n_window=int(y.size), xi=xi, beta=math.exp(lb) * scale,
-        n_background_window=(1.0 - w) * y.size, particle_mean=u + mu * scale, particle_sd=sd * scale,
-        n_particles=float(n_p), n_particles_window=float(n_win), likelihood_ratio=float(2.0 * (nll1 - nll2)),
-        n_particles_membership_sd=float(math.sqrt(float(np.sum(r * (1.0 - r))))), warnings=notes)
+        scores=s,
+        threshold=u,
+        n_window=int(y.size),
+        xi=xi,
+        beta=math.exp(lb) * scale,
+        n_background_window=(1.0 - w) * y.size,
+        particle_mean=u + mu * scale,
+        particle_sd=sd * scale,
+        n_particles=float(n_p),
+        n_particles_window=float(n_win),
+        likelihood_ratio=float(2.0 * (nll1 - nll2)),
+        n_particles_membership_sd=float(math.sqrt(float(np.sum(r * (1.0 - r))))),
+        warnings=notes,
+    )
 
 
 # --------------------------------------------------------------------------- the report
@@ -370,25 +431,36 @@ def fit_peak_mixture(peak_scores, *, tail_fraction: float = 0.2, min_tail: int =
 def _row(mix: PeakMixture, label: str, c: float, mean: float, std: float) -> dict[str, Any]:
     fp = float(mix.false_positives([c])[0])
     tp = float(mix.true_positives([c])[0])
-    return {"label": label, "cutoff": float(c), "cutoff_sigma": float((c - mean) / std),
-            "expected_false_positives": fp, "expected_true_positives": tp,
-            "recall": tp / max(mix.n_particles, 1e-12), "precision": tp / (tp + fp) if tp + fp > 0 else None,
-            "n_peaks_above": int(mix.observed_above([c])[0]), "in_fitted_window": bool(c >= mix.threshold)}
+    return {
+        "label": label,
+        "cutoff": float(c),
+        "cutoff_sigma": float((c - mean) / std),
+        "expected_false_positives": fp,
+        "expected_true_positives": tp,
+        "recall": tp / max(mix.n_particles, 1e-12),
+        "precision": tp / (tp + fp) if tp + fp > 0 else None,
+        "n_peaks_above": int(mix.observed_above([c])[0]),
+        "in_fitted_window": bool(c >= mix.threshold),
+    }
 
 
 def _curves(mix: PeakMixture, n_points: int = 200) -> dict[str, list[float]]:
     """Cut-off grid from the lowest peak to above the strongest, with FP, TP, recall, precision, FPR."""
     lo = float(mix.scores[-1])
     hi = max(float(mix.scores[0]), mix.particle_mean + 4.0 * mix.particle_sd)
-    c = np.unique(np.concatenate([np.linspace(lo, hi, n_points),
-                                  np.linspace(mix.threshold, hi, n_points)]))
+    c = np.unique(np.concatenate([np.linspace(lo, hi, n_points), np.linspace(mix.threshold, hi, n_points)]))
     fp = mix.false_positives(c)
     tp = mix.true_positives(c)
     with np.errstate(invalid="ignore", divide="ignore"):
         prec = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
-    return {"cutoff": c.tolist(), "false_positives": fp.tolist(), "true_positives": tp.tolist(),
-            "recall": (tp / max(mix.n_particles, 1e-12)).tolist(), "precision": prec.tolist(),
-            "false_positive_rate": np.minimum(fp / mix.n_background, 1.0).tolist()}
+    return {
+        "cutoff": c.tolist(),
+        "false_positives": fp.tolist(),
+        "true_positives": tp.tolist(),
+        "recall": (tp / max(mix.n_particles, 1e-12)).tolist(),
+        "precision": prec.tolist(),
+        "false_positive_rate": np.minimum(fp / mix.n_background, 1.0).tolist(),
+    }
 
 
 def _auc(curves: dict[str, list[float]]) -> float:
@@ -399,10 +471,19 @@ def _auc(curves: dict[str, list[float]]) -> float:
     return float(np.trapezoid(tpr[order], fpr[order]))
 
 
-def estimate_roc(job, *, particle_diameter_angstrom: float | None = None, radius_voxels: float | None = None,
-                 false_alarms: float = 1.0, mask=None, tophat: bool = False, tophat_radius_voxels: float = 1.0,
-                 border_voxels: int = 0, cutoffs=(), false_positive_levels=DEFAULT_FALSE_POSITIVES
-                 ) -> tuple[dict[str, Any], PeakMixture]:
+def estimate_roc(
+    job,
+    *,
+    particle_diameter_angstrom: float | None = None,
+    radius_voxels: float | None = None,
+    false_alarms: float = 1.0,
+    mask=None,
+    tophat: bool = False,
+    tophat_radius_voxels: float = 1.0,
+    border_voxels: int = 0,
+    cutoffs=(),
+    false_positive_levels=DEFAULT_FALSE_POSITIVES,
+) -> tuple[dict[str, Any], PeakMixture]:
     """Estimate the number of particles and the ROC of a match job from its peak scores.
 
     Parameters
@@ -434,10 +515,19 @@ def estimate_roc(job, *, particle_diameter_angstrom: float | None = None, radius
         warnings.simplefilter("always")
         # the peak list as extract sees it, without picking anything (a cut-off above every score)
         _, details = extract_candidates(
-            job, max_particles=1, particle_diameter_angstrom=particle_diameter_angstrom, radius_voxels=radius_voxels,
-            cutoff=_NO_PICKS, cutoff_method="fixed", mask=mask, tophat=tophat,
-            tophat_radius_voxels=tophat_radius_voxels, border_voxels=border_voxels, subvoxel=False,
-            return_details=True)
+            job,
+            max_particles=1,
+            particle_diameter_angstrom=particle_diameter_angstrom,
+            radius_voxels=radius_voxels,
+            cutoff=_NO_PICKS,
+            cutoff_method="fixed",
+            mask=mask,
+            tophat=tophat,
+            tophat_radius_voxels=tophat_radius_voxels,
+            border_voxels=border_voxels,
+            subvoxel=False,
+            return_details=True,
+        )
     notes = [str(w.message) for w in caught]
     peaks = np.asarray(details["peak_scores"], float)
     jp = job.get("_job_path")
@@ -456,8 +546,11 @@ def estimate_roc(job, *, particle_diameter_angstrom: float | None = None, radius
         method = "tail"
     except ValueError as exc:
         if gauss is None:
-            raise InputError(f"tail fit impossible ({exc}) and no search statistics for the gaussian cut-off",
-                             jp, "search_statistics") from None
+            raise InputError(
+                f"tail fit impossible ({exc}) and no search statistics for the gaussian cut-off",
+                jp,
+                "search_statistics",
+            ) from None
         notes.append(f"tail fit impossible ({exc}); extract would use the gaussian cut-off")
         c_default, tail_info, method = float(gauss), None, "gaussian"
 
@@ -476,21 +569,31 @@ def estimate_roc(job, *, particle_diameter_angstrom: float | None = None, radius
     table = [rows[0]] + sorted(rows[1:], key=lambda r: -r["cutoff"])
     curves = _curves(mix)
     if not mix.supported:
-        notes.append(f"the data do not support a particle component (2 dlogL = {mix.likelihood_ratio:.1f} <= "
-                     f"{SUPPORT_LIKELIHOOD_RATIO:g}): the peaks are consistent with background alone, and the count "
-                     "and curves are those of the best mixture, not evidence of particles")
+        notes.append(
+            f"the data do not support a particle component (2 dlogL = {mix.likelihood_ratio:.1f} <= "
+            f"{SUPPORT_LIKELIHOOD_RATIO:g}): the peaks are consistent with background alone, and the count "
+            "and curves are those of the best mixture, not evidence of particles"
+        )
     notes += mix.warnings
     report = {
-        "job": jp, "name": job.get("name"),
-        "n_peaks": mix.n_peaks, "radius_voxels": float(details["radius_voxels"]),
-        "search_mean": mean, "search_std": std,
-        "n_particles": mix.n_particles, "n_particles_membership_sd": mix.n_particles_membership_sd,
+        "job": jp,
+        "name": job.get("name"),
+        "n_peaks": mix.n_peaks,
+        "radius_voxels": float(details["radius_voxels"]),
+        "search_mean": mean,
+        "search_std": std,
+        "n_particles": mix.n_particles,
+        "n_particles_membership_sd": mix.n_particles_membership_sd,
         "particle_component_supported": mix.supported,
         "model": mix.to_json(),
-        "default_cutoff": dict(table[0], method=method, false_alarms=nfp,
-                               tail_model=None if tail_info is None else tail_info.get("model")),
+        "default_cutoff": dict(
+            table[0], method=method, false_alarms=nfp, tail_model=None if tail_info is None else tail_info.get("model")
+        ),
         "gaussian_cutoff": None if gauss is None else float(gauss),
-        "table": table, "auc": _auc(curves), "curves": curves, "warnings": notes,
+        "table": table,
+        "auc": _auc(curves),
+        "curves": curves,
+        "warnings": notes,
     }
     return report, mix
 
@@ -528,14 +631,20 @@ def plot_roc(report: dict[str, Any], mix: PeakMixture, path, *, title: str | Non
     pa = mix.particle_density(x) * width
     above = x >= mix.threshold
     a1.plot(x[above], bg[above], "b-", lw=1.2, label=f"background GPD (xi {mix.xi:.2f})")
-    a1.plot(x, pa, "g-", lw=1.2, label=f"particles N({mix.particle_mean:.3g}, {mix.particle_sd:.2g}), "
-                                       f"{mix.n_particles:.0f}")
+    a1.plot(
+        x, pa, "g-", lw=1.2, label=f"particles N({mix.particle_mean:.3g}, {mix.particle_sd:.2g}), {mix.n_particles:.0f}"
+    )
     a1.plot(x[above], (bg + pa)[above], "k:", lw=1, label="sum")
     a1.axvline(mix.threshold, color="0.6", ls=":", lw=1, label=f"fitted above {mix.threshold:.3g}")
     a1.axvline(d["cutoff"], color="r", lw=1.2, label=f"default cut-off {d['cutoff']:.3g}")
     if report.get("gaussian_cutoff") is not None and d.get("method") != "gaussian":
-        a1.axvline(report["gaussian_cutoff"], color="b", ls="--", lw=1,
-                   label=f"gaussian cut-off {report['gaussian_cutoff']:.3g}")
+        a1.axvline(
+            report["gaussian_cutoff"],
+            color="b",
+            ls="--",
+            lw=1,
+            label=f"gaussian cut-off {report['gaussian_cutoff']:.3g}",
+        )
     a1.set_yscale("log")
     a1.set_ylim(0.3, max(float(counts.max()) * 2, 2.0))
     a1.set_xlabel("peak score (LCC)")
@@ -546,8 +655,12 @@ def plot_roc(report: dict[str, Any], mix: PeakMixture, path, *, title: str | Non
     ok = fpr > 0
     a2.plot(fpr[ok], cur["recall"][ok], "k-", lw=1.3)
     fpr_d = min(d["expected_false_positives"] / mix.n_background, 1.0)
-    a2.plot([max(fpr_d, fpr[ok].min() if ok.any() else 1e-6)], [d["recall"]], "ro",
-            label=f"default: FP {d['expected_false_positives']:.2g}, recall {d['recall']:.2f}")
+    a2.plot(
+        [max(fpr_d, fpr[ok].min() if ok.any() else 1e-6)],
+        [d["recall"]],
+        "ro",
+        label=f"default: FP {d['expected_false_positives']:.2g}, recall {d['recall']:.2f}",
+    )
     a2.set_xscale("log")
     a2.set_xlim(max(1e-5, 0.3 / mix.n_background), 1.0)
     a2.set_ylim(0, 1.02)
@@ -560,19 +673,32 @@ def plot_roc(report: dict[str, Any], mix: PeakMixture, path, *, title: str | Non
     good = np.isfinite(prec)
     a3.plot(rec[good], prec[good], "k-", lw=1.3)
     if d["precision"] is not None:
-        a3.plot([d["recall"]], [d["precision"]], "ro",
-                label=f"default: precision {d['precision']:.2f}, recall {d['recall']:.2f}")
+        a3.plot(
+            [d["recall"]],
+            [d["precision"]],
+            "ro",
+            label=f"default: precision {d['precision']:.2f}, recall {d['recall']:.2f}",
+        )
     a3.set_xlim(0, 1.02)
     a3.set_ylim(0, 1.02)
     a3.set_xlabel("recall")
     a3.set_ylabel("precision")
-    a3.set_title(f"estimated precision-recall; {report['n_particles']:.1f} +- "
-                  f"{report['n_particles_membership_sd']:.1f} particles", fontsize=9)
+    a3.set_title(
+        f"estimated precision-recall; {report['n_particles']:.1f} +- "
+        f"{report['n_particles_membership_sd']:.1f} particles",
+        fontsize=9,
+    )
     a3.legend(fontsize=7, loc="lower left")
     bottom = 0.0
     if not report.get("particle_component_supported", True):
-        fig.text(0.5, 0.01, "particle component not supported by the data (consistent with background alone)",
-                 ha="center", color="r", fontsize=9)
+        fig.text(
+            0.5,
+            0.01,
+            "particle component not supported by the data (consistent with background alone)",
+            ha="center",
+            color="r",
+            fontsize=9,
+        )
         bottom = 0.05
     if title:
         fig.suptitle(title)
@@ -595,8 +721,9 @@ def run_roc(job, out_prefix=None, *, figure: bool = True, **options) -> dict[str
     out_prefix = Path(out_prefix)
     files = {"report": str(out_prefix.with_name(out_prefix.name + ".json"))}
     if figure:
-        files["figure"] = str(plot_roc(report, mix, out_prefix.with_name(out_prefix.name + ".png"),
-                                       title=report.get("name")))
+        files["figure"] = str(
+            plot_roc(report, mix, out_prefix.with_name(out_prefix.name + ".png"), title=report.get("name"))
+        )
     report["files"] = files
     write_roc_report(files["report"], report)
     return report

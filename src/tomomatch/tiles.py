@@ -13,6 +13,7 @@ The defocus of each tilt is evaluated at the centre of the tile's unique region:
 centre and gets zero offset), converted to centred Angstrom, and shifted per tilt by
 ``conventions.defocus_offset_angstrom`` with the hand and hand mode.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,12 +22,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .conventions import (HandMode, defocus_at_point_um, defocus_offset_angstrom, depth_along_beam,
-                          electron_wavelength_angstrom, index_to_centered_angstrom)
+from .conventions import (
+    HandMode,
+    defocus_at_point_um,
+    defocus_offset_angstrom,
+    depth_along_beam,
+    electron_wavelength_angstrom,
+    index_to_centered_angstrom,
+)
 from .errors import InputError
 
-__all__ = ["Tile", "split_axis", "plan_tiles", "auto_tile_counts", "tile_defocus_um",
-           "defocus_tolerance_angstrom"]
+__all__ = ["Tile", "split_axis", "plan_tiles", "auto_tile_counts", "tile_defocus_um", "defocus_tolerance_angstrom"]
 
 
 @dataclass(frozen=True)
@@ -64,13 +70,15 @@ class Tile:
         return bz - az, by - ay, bx - ax
 
     def to_json(self) -> dict:
-        return {"grid_index_xyz": list(self.grid_index_xyz),
-                "unique_start_zyx": list(self.unique_start_zyx),
-                "unique_stop_zyx": list(self.unique_stop_zyx),
-                "data_start_zyx": list(self.data_start_zyx),
-                "data_stop_zyx": list(self.data_stop_zyx),
-                "centre_angstrom_xyz": [float(v) for v in self.centre_angstrom_xyz],
-                "defocus_offsets_um": [float(v) for v in self.defocus_offsets_um]}
+        return {
+            "grid_index_xyz": list(self.grid_index_xyz),
+            "unique_start_zyx": list(self.unique_start_zyx),
+            "unique_stop_zyx": list(self.unique_stop_zyx),
+            "data_start_zyx": list(self.data_start_zyx),
+            "data_stop_zyx": list(self.data_stop_zyx),
+            "centre_angstrom_xyz": [float(v) for v in self.centre_angstrom_xyz],
+            "defocus_offsets_um": [float(v) for v in self.defocus_offsets_um],
+        }
 
 
 def _slices3(start_zyx: tuple[int, int, int], stop_zyx: tuple[int, int, int]) -> tuple[slice, slice, slice]:
@@ -97,9 +105,16 @@ def split_axis(n: int, count: int, box: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def plan_tiles(shape_zyx: Sequence[int], box: int, counts_xyz: Sequence[int],
-               voxel_size_angstrom: float, tilt_angles_deg=None, hand: int = 0,
-               hand_mode: HandMode = "full", x_tilt_deg=0.0) -> list[Tile]:
+def plan_tiles(
+    shape_zyx: Sequence[int],
+    box: int,
+    counts_xyz: Sequence[int],
+    voxel_size_angstrom: float,
+    tilt_angles_deg=None,
+    hand: int = 0,
+    hand_mode: HandMode = "full",
+    x_tilt_deg=0.0,
+) -> list[Tile]:
     """Tiles for a tomogram of ``shape_zyx`` split ``counts_xyz`` times along (x, y, z).
 
     ``defocus_offsets_um`` holds, per tilt, ``offset(x_c, y_c, z_c, tilt, x_tilt, hand, mode)``
@@ -120,12 +135,30 @@ def plan_tiles(shape_zyx: Sequence[int], box: int, counts_xyz: Sequence[int],
                 c_a = index_to_centered_angstrom(centre_idx_xyz, (nz, ny, nx), voxel_size_angstrom)
                 offs: tuple[float, ...] = ()
                 if tilt_angles_deg is not None:
-                    o = defocus_offset_angstrom(c_a[0], c_a[2], np.asarray(tilt_angles_deg, float),
-                                                hand, hand_mode, y_angstrom=c_a[1],
-                                                x_tilt_deg=np.asarray(x_tilt_deg, float)) / 1e4
+                    o = (
+                        defocus_offset_angstrom(
+                            c_a[0],
+                            c_a[2],
+                            np.asarray(tilt_angles_deg, float),
+                            hand,
+                            hand_mode,
+                            y_angstrom=c_a[1],
+                            x_tilt_deg=np.asarray(x_tilt_deg, float),
+                        )
+                        / 1e4
+                    )
                     offs = tuple(float(v) for v in np.atleast_1d(o))
-                tiles.append(Tile((ix, iy, iz), (zu0, yu0, xu0), (zu1, yu1, xu1), (zd0, yd0, xd0),
-                                  (zd1, yd1, xd1), (float(c_a[0]), float(c_a[1]), float(c_a[2])), offs))
+                tiles.append(
+                    Tile(
+                        (ix, iy, iz),
+                        (zu0, yu0, xu0),
+                        (zu1, yu1, xu1),
+                        (zd0, yd0, xd0),
+                        (zd1, yd1, xd1),
+                        (float(c_a[0]), float(c_a[1]), float(c_a[2])),
+                        offs,
+                    )
+                )
     return tiles
 
 
@@ -159,9 +192,15 @@ def _max_residual_angstrom(wx: float, wz: float, tilt_angles_deg) -> float:
     return float(np.max(np.abs(depth_along_beam(dx, dz, t))))
 
 
-def auto_tile_counts(shape_zyx: Sequence[int], voxel_size_angstrom: float, box: int,
-                     tilt_angles_deg, resolution_angstrom: float, voltage_kv: float = 300.0,
-                     hand: int = 1) -> tuple[int, int, int]:
+def auto_tile_counts(
+    shape_zyx: Sequence[int],
+    voxel_size_angstrom: float,
+    box: int,
+    tilt_angles_deg,
+    resolution_angstrom: float,
+    voltage_kv: float = 300.0,
+    hand: int = 1,
+) -> tuple[int, int, int]:
     """Fewest tiles ``(nx, 1, nz)`` keeping the residual defocus error below ``d^2/(4 lambda)``.
 
     The residual inside a tile of widths ``wx, wz`` (Angstrom) is at most

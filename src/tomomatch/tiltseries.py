@@ -4,6 +4,7 @@ Units follow :mod:`tomomatch.conventions`: tilt angles in degrees (IMOD/RELION s
 accumulated before each tilt in e/A^2, defocus in micrometres (+ = underfocus), astigmatism
 angle and phase shift in degrees, voltage kV, Cs mm, pixel sizes Angstrom.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -22,10 +23,11 @@ __all__ = ["TiltSeries"]
 MAX_PLAUSIBLE_DEFOCUS_UM = 100.0
 
 
-def _as_array(values, n: int | None, name: str, source: str | None, fill: float | None = None,
-              dtype=float) -> np.ndarray:
+def _as_array(
+    values, n: int | None, name: str, source: str | None, fill: float | None = None, dtype=float
+) -> np.ndarray:
     if values is None:
-        if fill is None or n is None:   # n is None only for the tilt angles, which have no fill
+        if fill is None or n is None:  # n is None only for the tilt angles, which have no fill
             raise InputError(f"missing per-tilt field {name}", source, name)
         return np.full(n, fill, dtype=dtype)
     arr = np.array(values, dtype=dtype).reshape(-1)
@@ -76,14 +78,26 @@ class TiltSeries:
         # defaults as the fields above) takes per-tilt values as any array-like, and None where
         # __post_init__ fills a default; the attributes hold the arrays declared above. A field
         # added above and not here is an "unexpected keyword argument" error where it is passed.
-        def __init__(self, tilt_angles_deg: ArrayLike, accumulated_dose: ArrayLike | None = None,
-                     defocus_u_um: ArrayLike | None = None, defocus_v_um: ArrayLike | None = None,
-                     astigmatism_angle_deg: ArrayLike | None = None, phase_shift_deg: ArrayLike | None = None,
-                     excluded: ArrayLike | None = None, x_tilt_deg: ArrayLike | None = None,
-                     voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.07,
-                     pixel_size_angstrom: float | None = None, hand: int | None = None,
-                     tilt_axis_angle_deg: float = 0.0, name: str = "", source: str | None = None,
-                     extra: dict[str, Any] = ...) -> None: ...
+        def __init__(
+            self,
+            tilt_angles_deg: ArrayLike,
+            accumulated_dose: ArrayLike | None = None,
+            defocus_u_um: ArrayLike | None = None,
+            defocus_v_um: ArrayLike | None = None,
+            astigmatism_angle_deg: ArrayLike | None = None,
+            phase_shift_deg: ArrayLike | None = None,
+            excluded: ArrayLike | None = None,
+            x_tilt_deg: ArrayLike | None = None,
+            voltage_kv: float = 300.0,
+            cs_mm: float = 2.7,
+            amplitude_contrast: float = 0.07,
+            pixel_size_angstrom: float | None = None,
+            hand: int | None = None,
+            tilt_axis_angle_deg: float = 0.0,
+            name: str = "",
+            source: str | None = None,
+            extra: dict[str, Any] = ...,
+        ) -> None: ...
 
     def __post_init__(self):
         src = self.source
@@ -94,13 +108,17 @@ class TiltSeries:
         if np.any(np.abs(angles) > 90):
             bad = angles[np.abs(angles) > 90][0]
             raise InputError(f"tilt angle {bad:g} outside -90..90 degrees", src, "tilt angle")
-        rounded = np.round(angles, 6) + 0.0          # + 0.0: -0.0 and 0.0 are the same angle
+        rounded = np.round(angles, 6) + 0.0  # + 0.0: -0.0 and 0.0 are the same angle
         _, first, counts = np.unique(rounded, return_index=True, return_counts=True)
         if np.any(counts > 1):
             twice = rounded == rounded[first[np.argmax(counts > 1)]]
             i, j = np.flatnonzero(twice)[:2]
-            raise InputError(f"tilt angle {angles[j]:g} at tilts {i + 1} and {j + 1}; expected each tilt angle "
-                             "once (one image per tilt)", src, "tilt angle")
+            raise InputError(
+                f"tilt angle {angles[j]:g} at tilts {i + 1} and {j + 1}; expected each tilt angle "
+                "once (one image per tilt)",
+                src,
+                "tilt angle",
+            )
         set_ = object.__setattr__
         set_(self, "tilt_angles_deg", angles)
         set_(self, "accumulated_dose", _as_array(self.accumulated_dose, n, "dose", src, fill=0.0))
@@ -113,18 +131,26 @@ class TiltSeries:
                 if np.any(np.abs(arr) > MAX_PLAUSIBLE_DEFOCUS_UM):
                     raise InputError(
                         f"defocus {np.max(np.abs(arr)):g} um is implausible (> {MAX_PLAUSIBLE_DEFOCUS_UM:g});"
-                        " expected micrometres (was it given in Angstrom or nm?)", src, label)
+                        " expected micrometres (was it given in Angstrom or nm?)",
+                        src,
+                        label,
+                    )
             set_(self, "defocus_u_um", du)
             set_(self, "defocus_v_um", dv)
         elif self.defocus_v_um is not None:
             raise InputError("defocus V given without defocus U", src, "defocus")
-        set_(self, "astigmatism_angle_deg", _as_array(self.astigmatism_angle_deg, n, "astigmatism angle", src, fill=0.0))
+        set_(
+            self, "astigmatism_angle_deg", _as_array(self.astigmatism_angle_deg, n, "astigmatism angle", src, fill=0.0)
+        )
         set_(self, "phase_shift_deg", _as_array(self.phase_shift_deg, n, "phase shift", src, fill=0.0))
         set_(self, "excluded", _as_array(self.excluded, n, "excluded", src, fill=False, dtype=bool))
         set_(self, "x_tilt_deg", _as_array(self.x_tilt_deg, n, "x tilt", src, fill=0.0))
         if np.any(np.abs(self.x_tilt_deg) > 45):
-            raise InputError(f"x tilt {np.max(np.abs(self.x_tilt_deg)):g} degrees; expected a small"
-                             " correction (|x tilt| <= 45)", src, "x tilt")
+            raise InputError(
+                f"x tilt {np.max(np.abs(self.x_tilt_deg)):g} degrees; expected a small correction (|x tilt| <= 45)",
+                src,
+                "x tilt",
+            )
         if self.hand is not None:
             try:
                 set_(self, "hand", check_hand(self.hand))
@@ -169,7 +195,7 @@ class TiltSeries:
     def defocus_um(self) -> np.ndarray:
         """Mean of defocus U and V per tilt (micrometres, + = underfocus)."""
         du, dv = self.defocus_u_um, self.defocus_v_um
-        if du is None or dv is None:    # both or neither (__post_init__)
+        if du is None or dv is None:  # both or neither (__post_init__)
             raise InputError("tilt metadata hold no defocus; give --defocus", self.source, "defocus")
         return 0.5 * (du + dv)
 
@@ -181,31 +207,49 @@ class TiltSeries:
     def included(self) -> "TiltSeries":
         """A copy without the excluded tilts."""
         keep = ~self.excluded
-        per_tilt = {k: getattr(self, k)[keep] for k in (
-            "tilt_angles_deg", "accumulated_dose", "astigmatism_angle_deg", "phase_shift_deg", "excluded",
-            "x_tilt_deg")}
+        per_tilt = {
+            k: getattr(self, k)[keep]
+            for k in (
+                "tilt_angles_deg",
+                "accumulated_dose",
+                "astigmatism_angle_deg",
+                "phase_shift_deg",
+                "excluded",
+                "x_tilt_deg",
+            )
+        }
         du, dv = self.defocus_u_um, self.defocus_v_um
-        if du is not None and dv is not None:   # both or neither (__post_init__)
+        if du is not None and dv is not None:  # both or neither (__post_init__)
             per_tilt["defocus_u_um"] = du[keep]
             per_tilt["defocus_v_um"] = dv[keep]
         return replace(self, **per_tilt)
 
     # ------------------------------------------------------------------ JSON
-    _JSON_ARRAYS = ("tilt_angles_deg", "accumulated_dose", "defocus_u_um", "defocus_v_um",
-                    "astigmatism_angle_deg", "phase_shift_deg")
+    _JSON_ARRAYS = (
+        "tilt_angles_deg",
+        "accumulated_dose",
+        "defocus_u_um",
+        "defocus_v_um",
+        "astigmatism_angle_deg",
+        "phase_shift_deg",
+    )
 
     def to_json(self) -> dict[str, Any]:
         """The per-tilt values and optics as a JSON-ready dict (:meth:`from_json` inverts it;
         ``hand``, ``name``, ``source`` and ``extra`` are not part of it)."""
+
         def arr(a):
             return None if a is None else [float(v) for v in np.asarray(a, float)]
 
         d: dict[str, Any] = {k: arr(getattr(self, k)) for k in self._JSON_ARRAYS}
         d["excluded"] = [bool(v) for v in np.asarray(self.excluded, bool)]
         d["x_tilt_deg"] = arr(self.x_tilt_deg)
-        d.update(voltage_kv=float(self.voltage_kv), cs_mm=float(self.cs_mm),
-                 amplitude_contrast=float(self.amplitude_contrast),
-                 pixel_size_angstrom=None if self.pixel_size_angstrom is None else float(self.pixel_size_angstrom))
+        d.update(
+            voltage_kv=float(self.voltage_kv),
+            cs_mm=float(self.cs_mm),
+            amplitude_contrast=float(self.amplitude_contrast),
+            pixel_size_angstrom=None if self.pixel_size_angstrom is None else float(self.pixel_size_angstrom),
+        )
         return d
 
     @classmethod
@@ -213,8 +257,14 @@ class TiltSeries:
         """A tilt series from :meth:`to_json`'s dict (e.g. a job file's ``"tilt_series"``)."""
         if not isinstance(data, dict):
             raise InputError(f"{data!r}; expected an object", source, "tilt_series")
-        keys = cls._JSON_ARRAYS + ("excluded", "x_tilt_deg", "voltage_kv", "cs_mm", "amplitude_contrast",
-                                   "pixel_size_angstrom")
+        keys = cls._JSON_ARRAYS + (
+            "excluded",
+            "x_tilt_deg",
+            "voltage_kv",
+            "cs_mm",
+            "amplitude_contrast",
+            "pixel_size_angstrom",
+        )
         unknown = sorted(set(data) - set(keys))
         if unknown:
             raise InputError(f"unknown field(s) {', '.join(unknown)}", source, "tilt_series")

@@ -25,6 +25,7 @@ Sign of the CTF
 
 See ``docs/weighting.md`` for the normalisation of the per-tilt ("fanned") wedge.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,7 @@ def _rfft_shape(shape_zyx) -> tuple[int, int, int]:
 def _check_voxel(voxel_size_angstrom) -> float:
     v = float(voxel_size_angstrom)
     if not (math.isfinite(v) and v > 0):
-        raise InputError(f"voxel size {voxel_size_angstrom!r} A; expected a positive number", None,
-                         "voxel size")
+        raise InputError(f"voxel size {voxel_size_angstrom!r} A; expected a positive number", None, "voxel size")
     return v
 
 
@@ -83,8 +83,9 @@ def _axes_1d(shape_zyx, voxel_size_angstrom: float, device, dtype=torch.float32)
     return fz, fy, fx
 
 
-def frequency_grid_3d(shape_zyx: Sequence[int], voxel_size_angstrom: float, device=None,
-                      dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def frequency_grid_3d(
+    shape_zyx: Sequence[int], voxel_size_angstrom: float, device=None, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(kz, ky, kx)`` in 1/Angstrom on the rfft grid of a box of ``shape_zyx``.
 
     Each has shape ``(nz, ny, nx // 2 + 1)`` (expanded views: no memory beyond the 1D axes).
@@ -95,8 +96,9 @@ def frequency_grid_3d(shape_zyx: Sequence[int], voxel_size_angstrom: float, devi
     return kz, ky, kx
 
 
-def frequency_radius_3d(shape_zyx: Sequence[int], voxel_size_angstrom: float, device=None,
-                        dtype=torch.float32) -> torch.Tensor:
+def frequency_radius_3d(
+    shape_zyx: Sequence[int], voxel_size_angstrom: float, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """``|k|`` in 1/Angstrom on the rfft grid, shape ``(nz, ny, nx // 2 + 1)``."""
     fz, fy, fx = _axes_1d(shape_zyx, voxel_size_angstrom, device, dtype)
     return torch.sqrt(fz[:, None, None] ** 2 + fy[None, :, None] ** 2 + fx[None, None, :] ** 2)
@@ -132,9 +134,14 @@ def _cosine_step(k: torch.Tensor, k0: float, width: float) -> torch.Tensor:
     return 0.5 * (1.0 + torch.cos(math.pi * x))
 
 
-def bandpass(shape_zyx: Sequence[int], voxel_size_angstrom: float,
-             low_pass_angstrom: float | None = None, high_pass_angstrom: float | None = None,
-             device=None, soft_edge_voxels: float = 2.0) -> torch.Tensor:
+def bandpass(
+    shape_zyx: Sequence[int],
+    voxel_size_angstrom: float,
+    low_pass_angstrom: float | None = None,
+    high_pass_angstrom: float | None = None,
+    device=None,
+    soft_edge_voxels: float = 2.0,
+) -> torch.Tensor:
     """Radial band pass on the rfft grid.
 
     Parameters
@@ -159,10 +166,17 @@ def bandpass(shape_zyx: Sequence[int], voxel_size_angstrom: float,
     for name, val in (("low pass", low_pass_angstrom), ("high pass", high_pass_angstrom)):
         if val is not None and not (math.isfinite(float(val)) and float(val) > 0):
             raise InputError(f"{name} {val!r} A; expected a positive resolution in Angstrom", None, name)
-    if low_pass_angstrom is not None and high_pass_angstrom is not None \
-            and float(low_pass_angstrom) >= float(high_pass_angstrom):
-        raise InputError(f"low pass {low_pass_angstrom} A must be a finer resolution (smaller number)"
-                         f" than high pass {high_pass_angstrom} A", None, "low pass")
+    if (
+        low_pass_angstrom is not None
+        and high_pass_angstrom is not None
+        and float(low_pass_angstrom) >= float(high_pass_angstrom)
+    ):
+        raise InputError(
+            f"low pass {low_pass_angstrom} A must be a finer resolution (smaller number)"
+            f" than high pass {high_pass_angstrom} A",
+            None,
+            "low pass",
+        )
     soft = float(soft_edge_voxels)
     if not (math.isfinite(soft) and soft >= 0):
         raise InputError(f"soft edge {soft_edge_voxels!r}; expected >= 0 voxels", None, "soft edge")
@@ -194,8 +208,7 @@ def _tilt_range(tilt_angles_deg) -> tuple[float, float]:
     return float(a.min()), float(a.max())
 
 
-def binary_wedge(shape_zyx: Sequence[int], tilt_angles_deg, device=None,
-                 tolerance_deg: float = 1e-4) -> torch.Tensor:
+def binary_wedge(shape_zyx: Sequence[int], tilt_angles_deg, device=None, tolerance_deg: float = 1e-4) -> torch.Tensor:
     """0/1 weights: 1 where the tilt range samples the frequency, 0 in the missing wedge.
 
     Parameters
@@ -249,21 +262,33 @@ def _as_per_tilt(values, n_tilts: int, name: str, device) -> torch.Tensor:
     if a.ndim == 0:
         a = a.expand(n_tilts)
     if a.ndim not in (1, 2) or a.shape[-1] != n_tilts:
-        raise InputError(f"{name}: shape {tuple(a.shape)}; expected ({n_tilts},) or (positions, {n_tilts})",
-                         None, name)
+        raise InputError(f"{name}: shape {tuple(a.shape)}; expected ({n_tilts},) or (positions, {n_tilts})", None, name)
     if not torch.all(torch.isfinite(a)):
         raise InputError(f"{name} contains NaN or Inf", None, name)
     return a
 
 
-def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_angles_deg, *,
-                   defocus_u_um=None, defocus_v_um=None, astigmatism_angle_deg=None,
-                   phase_shift_deg=None, accumulated_dose=None, voltage_kv: float = 300.0,
-                   cs_mm: float = 2.7, amplitude_contrast: float = 0.07,
-                   ctf_mode: CtfMode = "signed", dose_weighting: bool = True,
-                   cos_weighting: bool = True, slice_thickness_voxels: float = 1.0,
-                   normalization: Normalization = "coverage", x_tilt_deg=None,
-                   device=None) -> torch.Tensor:
+def per_tilt_wedge(
+    shape_zyx: Sequence[int],
+    voxel_size_angstrom: float,
+    tilt_angles_deg,
+    *,
+    defocus_u_um=None,
+    defocus_v_um=None,
+    astigmatism_angle_deg=None,
+    phase_shift_deg=None,
+    accumulated_dose=None,
+    voltage_kv: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    ctf_mode: CtfMode = "signed",
+    dose_weighting: bool = True,
+    cos_weighting: bool = True,
+    slice_thickness_voxels: float = 1.0,
+    normalization: Normalization = "coverage",
+    x_tilt_deg=None,
+    device=None,
+) -> torch.Tensor:
     """Per-tilt ("fanned") 3D weights: a sum of central slices, each with its tilt's CTF.
 
     For tilt ``i`` the slice weight at frequency ``k`` is the linear-interpolation (tent) profile
@@ -335,17 +360,19 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
     nx = int(shape_zyx[2])
     a = _check_voxel(voxel_size_angstrom)
     if normalization not in ("coverage", "sum"):
-        raise InputError(f"normalization {normalization!r}; expected 'coverage' or 'sum'", None,
-                         "normalization")
+        raise InputError(f"normalization {normalization!r}; expected 'coverage' or 'sum'", None, "normalization")
     if ctf_mode not in ("signed", "abs", None):
         raise InputError(f"ctf mode {ctf_mode!r}; expected 'signed', 'abs' or None", None, "ctf mode")
     thick = float(slice_thickness_voxels)
     if not (math.isfinite(thick) and thick > 0):
-        raise InputError(f"slice thickness {slice_thickness_voxels!r}; expected > 0 voxels", None,
-                         "slice thickness")
+        raise InputError(f"slice thickness {slice_thickness_voxels!r}; expected > 0 voxels", None, "slice thickness")
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    tilts = torch.as_tensor(tilt_angles_deg.detach().cpu().numpy() if isinstance(tilt_angles_deg, torch.Tensor)
-                            else np.asarray(tilt_angles_deg, float), dtype=_geom_dtype(dev)).to(dev)
+    tilts = torch.as_tensor(
+        tilt_angles_deg.detach().cpu().numpy()
+        if isinstance(tilt_angles_deg, torch.Tensor)
+        else np.asarray(tilt_angles_deg, float),
+        dtype=_geom_dtype(dev),
+    ).to(dev)
     if tilts.ndim != 1 or tilts.numel() == 0 or not torch.all(torch.isfinite(tilts)):
         raise InputError("tilt angles must be a 1D list of at least one finite angle", None, "tilt angles")
     n_t = tilts.numel()
@@ -355,16 +382,21 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
     if x_tilt_deg is None:
         x_tilts = np.zeros(n_t)
     else:
-        x_tilts = np.broadcast_to(np.asarray(x_tilt_deg.detach().cpu().numpy() if isinstance(x_tilt_deg, torch.Tensor)
-                                             else x_tilt_deg, float), (n_t,))
+        x_tilts = np.broadcast_to(
+            np.asarray(
+                x_tilt_deg.detach().cpu().numpy() if isinstance(x_tilt_deg, torch.Tensor) else x_tilt_deg, float
+            ),
+            (n_t,),
+        )
         if not np.all(np.isfinite(x_tilts)):
             raise InputError("x tilt contains NaN or Inf", None, "x tilt")
     frame = torch.as_tensor(tilt_frame(tilts.cpu().numpy(), x_tilts), dtype=_geom_dtype(dev)).to(dev)
     u_ax, v_ax, beam = frame[:, 0, :], frame[:, 1, :], frame[:, 2, :]  # (n_t, 3) as (x, y, z)
     fz, fy, fx = _axes_1d(shape_zyx, a, dev, _geom_dtype(dev))
     # half-width of the tent: slice_thickness_voxels Fourier voxels along the beam
-    delta = thick * torch.sqrt((beam[:, 0] / (nx * a)) ** 2 + (beam[:, 1] / (ny * a)) ** 2
-                               + (beam[:, 2] / (nz * a)) ** 2)  # (n_t,)
+    delta = thick * torch.sqrt(
+        (beam[:, 0] / (nx * a)) ** 2 + (beam[:, 1] / (ny * a)) ** 2 + (beam[:, 2] / (nz * a)) ** 2
+    )  # (n_t,)
     if not np.any(x_tilts):
         # beams in the x-z plane: a slice's extent does not depend on ky, so find the entries
         # in the (kz, kx) plane and repeat them along ky
@@ -378,8 +410,11 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
         it, iz, ix = (i[:, None].expand(-1, ny) for i in (it, iz, ix))
         it, iz, iy, ix, s_l, ku, kv = (x.reshape(-1) for x in (it, iz, iy, ix, s_l, ku, kv))
     else:
-        kw = (beam[:, 0, None, None, None] * fx[None, None, None, :] + beam[:, 1, None, None, None] * fy[None, None, :, None]
-              + beam[:, 2, None, None, None] * fz[None, :, None, None])
+        kw = (
+            beam[:, 0, None, None, None] * fx[None, None, None, :]
+            + beam[:, 1, None, None, None] * fy[None, None, :, None]
+            + beam[:, 2, None, None, None] * fz[None, :, None, None]
+        )
         s = torch.clamp(1.0 - kw.abs() / delta[:, None, None, None], min=0.0)  # (n_t, nz, ny, nxh)
         it, iz, iy, ix = torch.nonzero(s > 0, as_tuple=True)
         s_l = s[it, iz, iy, ix]
@@ -410,15 +445,15 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
     if use_ctf:
         du = _as_per_tilt(defocus_u_um, n_t, "defocus U", dev)
         dv = du if defocus_v_um is None else _as_per_tilt(defocus_v_um, n_t, "defocus V", dev)
-        ang = _as_per_tilt(0.0 if astigmatism_angle_deg is None else astigmatism_angle_deg, n_t,
-                           "astigmatism angle", dev)
+        ang = _as_per_tilt(
+            0.0 if astigmatism_angle_deg is None else astigmatism_angle_deg, n_t, "astigmatism angle", dev
+        )
         ps = _as_per_tilt(0.0 if phase_shift_deg is None else phase_shift_deg, n_t, "phase shift", dev)
         batched = any(x.ndim == 2 for x in (du, dv, ang, ps))
         try:
             params = torch.broadcast_tensors(*(x if x.ndim == 2 else x[None] for x in (du, dv, ang, ps)))
         except RuntimeError:
-            raise InputError("per-position CTF arrays have different numbers of positions", None,
-                             "defocus") from None
+            raise InputError("per-position CTF arrays have different numbers of positions", None, "defocus") from None
         du, dv, ang, ps = (p[:, it].to(f32) for p in params)  # (P, M)
         n_pos = du.shape[0]
     else:
@@ -430,8 +465,9 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
     for p0 in range(0, n_pos, chunk):
         p1 = min(n_pos, p0 + chunk)
         if use_ctf:
-            c = -_ctf.ctf(ku[None], kv[None], du[p0:p1], dv[p0:p1], ang[p0:p1], voltage_kv, cs_mm,
-                          amplitude_contrast, ps[p0:p1])  # (p, M)
+            c = -_ctf.ctf(
+                ku[None], kv[None], du[p0:p1], dv[p0:p1], ang[p0:p1], voltage_kv, cs_mm, amplitude_contrast, ps[p0:p1]
+            )  # (p, M)
             if ctf_mode == "abs":
                 c = c.abs()
             vals = c * base[None]
@@ -452,9 +488,13 @@ def per_tilt_wedge(shape_zyx: Sequence[int], voxel_size_angstrom: float, tilt_an
 # --------------------------------------------------------------------------- whitening
 
 
-def radial_profile_to_grid(profile: torch.Tensor, profile_spacing_inv_angstrom: float,
-                           shape_zyx: Sequence[int], voxel_size_angstrom: float,
-                           device=None) -> torch.Tensor:
+def radial_profile_to_grid(
+    profile: torch.Tensor,
+    profile_spacing_inv_angstrom: float,
+    shape_zyx: Sequence[int],
+    voxel_size_angstrom: float,
+    device=None,
+) -> torch.Tensor:
     """Sample a radial profile (bin ``i`` at ``|k| = i * spacing``) onto an rfft grid.
 
     Linear interpolation in ``|k|``; beyond the last bin the last value is held.
@@ -468,10 +508,16 @@ def radial_profile_to_grid(profile: torch.Tensor, profile_spacing_inv_angstrom: 
     return prof[i0] * (1 - f) + prof[i1] * f
 
 
-def whitening_filter(tomogram: torch.Tensor, voxel_size_angstrom: float,
-                     template_shape_zyx: Sequence[int], *, tilt_angles_deg=None,
-                     patch_size: int | None = None, max_patches: int = 512,
-                     reject_percentile: float | None = 90.0) -> torch.Tensor:
+def whitening_filter(
+    tomogram: torch.Tensor,
+    voxel_size_angstrom: float,
+    template_shape_zyx: Sequence[int],
+    *,
+    tilt_angles_deg=None,
+    patch_size: int | None = None,
+    max_patches: int = 512,
+    reject_percentile: float | None = 90.0,
+) -> torch.Tensor:
     """Radial ``1/sqrt(power spectrum)`` of a tomogram, sampled onto the template's rfft grid.
 
     The tomogram is cut into cubic patches (``patch_size``, default ``max(64, template box)``
@@ -524,10 +570,10 @@ def whitening_filter(tomogram: torch.Tensor, voxel_size_angstrom: float,
 
     profile_parts: list[torch.Tensor] = []
     variance_parts: list[torch.Tensor] = []
-    batch = max(1, (1 << 24) // (P ** 3))
+    batch = max(1, (1 << 24) // (P**3))
     for b0 in range(0, len(corners), batch):
-        cs = corners[b0:b0 + batch]
-        patches = torch.stack([vol[z:z + P, y:y + P, x:x + P] for z, y, x in cs]).to(torch.float32)
+        cs = corners[b0 : b0 + batch]
+        patches = torch.stack([vol[z : z + P, y : y + P, x : x + P] for z, y, x in cs]).to(torch.float32)
         patches = patches - patches.mean(dim=(1, 2, 3), keepdim=True)
         variance_parts.append(patches.var(dim=(1, 2, 3)))
         spec = torch.fft.rfftn(patches * win, dim=(1, 2, 3)).abs() ** 2
@@ -563,13 +609,23 @@ def whitening_filter(tomogram: torch.Tensor, voxel_size_angstrom: float,
 # --------------------------------------------------------------------------- convenience
 
 
-def tilt_series_weight(tilt_series, shape_zyx: Sequence[int], voxel_size_angstrom: float, *,
-                       defocus_offset_um=None, per_tilt: bool = True,
-                       ctf_mode: CtfMode = "signed", dose_weighting: bool = True,
-                       cos_weighting: bool = True, low_pass_angstrom: float | None = None,
-                       high_pass_angstrom: float | None = None, whitening: torch.Tensor | None = None,
-                       slice_thickness_voxels: float = 1.0,
-                       normalization: Normalization = "coverage", device=None) -> torch.Tensor:
+def tilt_series_weight(
+    tilt_series,
+    shape_zyx: Sequence[int],
+    voxel_size_angstrom: float,
+    *,
+    defocus_offset_um=None,
+    per_tilt: bool = True,
+    ctf_mode: CtfMode = "signed",
+    dose_weighting: bool = True,
+    cos_weighting: bool = True,
+    low_pass_angstrom: float | None = None,
+    high_pass_angstrom: float | None = None,
+    whitening: torch.Tensor | None = None,
+    slice_thickness_voxels: float = 1.0,
+    normalization: Normalization = "coverage",
+    device=None,
+) -> torch.Tensor:
     """The template weight for one tile: wedge (per-tilt or binary) x band pass x whitening.
 
     Parameters
@@ -609,24 +665,40 @@ def tilt_series_weight(tilt_series, shape_zyx: Sequence[int], voxel_size_angstro
         du = np.asarray(ts.defocus_u_um, float)
         dv = np.asarray(ts.defocus_v_um, float)
         if defocus_offset_um is not None:
-            off = np.asarray(defocus_offset_um.cpu() if isinstance(defocus_offset_um, torch.Tensor)
-                             else defocus_offset_um, float)
+            off = np.asarray(
+                defocus_offset_um.cpu() if isinstance(defocus_offset_um, torch.Tensor) else defocus_offset_um, float
+            )
             if off.shape[-1] != ts.n_tilts or off.ndim not in (1, 2):
-                raise InputError(f"defocus offsets: shape {off.shape}; expected ({ts.n_tilts},) or"
-                                 f" (positions, {ts.n_tilts})", ts.source, "defocus offset")
+                raise InputError(
+                    f"defocus offsets: shape {off.shape}; expected ({ts.n_tilts},) or (positions, {ts.n_tilts})",
+                    ts.source,
+                    "defocus offset",
+                )
             du = du + off
             dv = dv + off
         du = du[..., keep]
         dv = dv[..., keep]
     if per_tilt:
         w = per_tilt_wedge(
-            shape_zyx, voxel_size_angstrom, tilts, defocus_u_um=du, defocus_v_um=dv,
-            astigmatism_angle_deg=ts.astigmatism_angle_deg[keep], phase_shift_deg=ts.phase_shift_deg[keep],
-            accumulated_dose=ts.accumulated_dose[keep], voltage_kv=ts.voltage_kv, cs_mm=ts.cs_mm,
-            amplitude_contrast=ts.amplitude_contrast, ctf_mode=ctf_mode if du is not None else None,
-            dose_weighting=dose_weighting, cos_weighting=cos_weighting,
-            slice_thickness_voxels=slice_thickness_voxels, normalization=normalization,
-            x_tilt_deg=ts.x_tilt_deg[keep] if ts.has_x_tilt else None, device=dev)
+            shape_zyx,
+            voxel_size_angstrom,
+            tilts,
+            defocus_u_um=du,
+            defocus_v_um=dv,
+            astigmatism_angle_deg=ts.astigmatism_angle_deg[keep],
+            phase_shift_deg=ts.phase_shift_deg[keep],
+            accumulated_dose=ts.accumulated_dose[keep],
+            voltage_kv=ts.voltage_kv,
+            cs_mm=ts.cs_mm,
+            amplitude_contrast=ts.amplitude_contrast,
+            ctf_mode=ctf_mode if du is not None else None,
+            dose_weighting=dose_weighting,
+            cos_weighting=cos_weighting,
+            slice_thickness_voxels=slice_thickness_voxels,
+            normalization=normalization,
+            x_tilt_deg=ts.x_tilt_deg[keep] if ts.has_x_tilt else None,
+            device=dev,
+        )
     else:
         w = binary_wedge(shape_zyx, tilts, device=dev)
         if du is not None:
@@ -637,8 +709,17 @@ def tilt_series_weight(tilt_series, shape_zyx: Sequence[int], voxel_size_angstro
             df_t = torch.as_tensor(np.asarray(df, float), dtype=torch.float32, device=dev)
             if df_t.ndim == 1:
                 df_t = df_t[:, None, None, None]
-            c = -_ctf.ctf(k, torch.zeros_like(k), df_t, None, 0.0, ts.voltage_kv, ts.cs_mm,
-                          ts.amplitude_contrast, float(ts.phase_shift_deg[keep][i0]))
+            c = -_ctf.ctf(
+                k,
+                torch.zeros_like(k),
+                df_t,
+                None,
+                0.0,
+                ts.voltage_kv,
+                ts.cs_mm,
+                ts.amplitude_contrast,
+                float(ts.phase_shift_deg[keep][i0]),
+            )
             w = w * (c.abs() if ctf_mode == "abs" else c)
     w = w * bandpass(shape_zyx, voxel_size_angstrom, low_pass_angstrom, high_pass_angstrom, device=dev)
     if whitening is not None:

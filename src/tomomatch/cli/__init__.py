@@ -6,6 +6,7 @@ parse arguments, call one API function and return an exit code. Any
 :class:`tomomatch.errors.InputError` becomes one line on stderr and exit status 2 (the
 traceback only with ``--debug``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,20 +18,25 @@ from ..errors import InputError
 
 # Order is the order shown in --help. Add a command by adding its module here.
 COMMANDS: list[str] = [
-    "template", "mask",
+    "template",
+    "mask",
     "metadata",
-    "match", "batch",
-    "extract", "roc", "merge-stars",
+    "match",
+    "batch",
+    "extract",
+    "roc",
+    "merge-stars",
     "simulate",
-    "hand", "compare-hands",
+    "hand",
+    "compare-hands",
     "demo",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tomomatch",
-        description="Defocus-gradient-aware 3D template matching for cryo-ET.")
+        prog="tomomatch", description="Defocus-gradient-aware 3D template matching for cryo-ET."
+    )
     parser.add_argument("--version", action="version", version=f"tomomatch {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -39,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                      line: str | None = None) -> str:
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
     """Warnings on the command line are one line, like errors (no source location)."""
     return f"tomomatch: warning: {' '.join(str(message).split())}\n"
 
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     # first of all: torch reads THP_MEM_ALLOC_ENABLE at its first CPU allocation (docs/matching.md)
     from ..matching.config import configure_allocator
+
     configure_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -60,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "log_interval", None) is not None:
             from ..progress import configure
+
             configure(args.log_interval)
         return int(args.func(args) or 0)
     except InputError as exc:

@@ -1,4 +1,5 @@
 """``tomomatch mask``: spherical or ellipsoidal mask with an optional soft Gaussian edge."""
+
 from __future__ import annotations
 
 from ..errors import InputError
@@ -14,24 +15,40 @@ def register(subparsers) -> None:
             "Make a mask centred on voxel n//2 of a cubic box. Radii and sigma are in VOXELS "
             "(as in pytom-match-pick) unless given with the -angstrom variants, which are "
             "divided by --voxel-size. The mask is 1 inside the radius and exp(-e^2/(2 sigma^2)) "
-            "at a distance e outside it (0 beyond 3 sigma); sigma 0 gives a hard edge."))
+            "at a distance e outside it (0 beyond 3 sigma); sigma 0 gives a hard edge."
+        ),
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT.mrc", help="output mask MRC")
-    p.add_argument("-b", "--box-size", type=int, required=True, metavar="BOX",
-                   help="cubic box in voxels (same as the template)")
-    p.add_argument("--voxel-size", type=float, required=True, metavar="A",
-                   help="voxel size in Angstrom (written to the header; converts -angstrom values)")
+    p.add_argument(
+        "-b", "--box-size", type=int, required=True, metavar="BOX", help="cubic box in voxels (same as the template)"
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=float,
+        required=True,
+        metavar="A",
+        help="voxel size in Angstrom (written to the header; converts -angstrom values)",
+    )
     shape = p.add_mutually_exclusive_group(required=True)
     shape.add_argument("--radius", type=float, metavar="R", help="sphere radius in voxels")
     shape.add_argument("--radius-angstrom", type=float, metavar="R_A", help="sphere radius in Angstrom")
-    shape.add_argument("--radii", type=float, nargs=3, metavar=("RX", "RY", "RZ"),
-                       help="ellipsoid semi-axes x y z in voxels")
-    shape.add_argument("--radii-angstrom", type=float, nargs=3, metavar=("RX", "RY", "RZ"),
-                       help="ellipsoid semi-axes x y z in Angstrom")
+    shape.add_argument(
+        "--radii", type=float, nargs=3, metavar=("RX", "RY", "RZ"), help="ellipsoid semi-axes x y z in voxels"
+    )
+    shape.add_argument(
+        "--radii-angstrom",
+        type=float,
+        nargs=3,
+        metavar=("RX", "RY", "RZ"),
+        help="ellipsoid semi-axes x y z in Angstrom",
+    )
     edge = p.add_mutually_exclusive_group()
-    edge.add_argument("--sigma", type=float, default=0.0, metavar="S",
-                      help="Gaussian edge width in voxels (0: hard edge)")
-    edge.add_argument("--sigma-angstrom", type=float, default=None, metavar="S_A",
-                      help="Gaussian edge width in Angstrom")
+    edge.add_argument(
+        "--sigma", type=float, default=0.0, metavar="S", help="Gaussian edge width in voxels (0: hard edge)"
+    )
+    edge.add_argument(
+        "--sigma-angstrom", type=float, default=None, metavar="S_A", help="Gaussian edge width in Angstrom"
+    )
     p.set_defaults(func=run)
 
 

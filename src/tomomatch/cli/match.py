@@ -1,4 +1,5 @@
 """``tomomatch match``: the template search (thin layer over :func:`tomomatch.job.run_match`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,28 +14,46 @@ from ._metadata_args import add_tilt_metadata_arguments, tilt_series_from_args
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "match", help="template search: max FLCF over rotations per voxel",
+        "match",
+        help="template search: max FLCF over rotations per voxel",
         description=(
             "Search a tomogram for a template: for every voxel the maximum over rotations of the "
             "fast local correlation (Roseman FLCF) and the index of the best rotation. Writes "
             "<name>_scores.mrc, <name>_angles.mrc, <name>_rotations.txt and <name>_job.json into "
             "OUTDIR. Tiles carry their own per-tilt defocus (defocus gradient). Killed jobs resume "
-            "from <name>_checkpoints/ when started again with the same command."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+            "from <name>_checkpoints/ when started again with the same command."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("-t", "--template", required=True, metavar="MRC", help="template (cubic box, tomogram contrast)")
     p.add_argument("-m", "--mask", required=True, metavar="MRC", help="mask, same box as the template")
     p.add_argument("-v", "--tomogram", required=True, metavar="MRC", help="tomogram")
     p.add_argument("-d", "--out-dir", required=True, metavar="OUTDIR", help="output folder")
     add_match_arguments(p)
-    p.add_argument("--processes", type=int, default=None, metavar="N",
-                   help="run the work units (tile x rotation chunk) in N single-threaded processes; "
-                        "outputs are identical for any N (default: the cores this job may use, on the CPU, "
-                        "when the search is big enough; recorded in the job file)")
-    p.add_argument("--rotations-per-unit", type=int, default=None, metavar="K",
-                   help="rotations per work unit (default: a whole tile, or about 4 units per process)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the work units (tile x rotation chunk) in N single-threaded processes; "
+        "outputs are identical for any N (default: the cores this job may use, on the CPU, "
+        "when the search is big enough; recorded in the job file)",
+    )
+    p.add_argument(
+        "--rotations-per-unit",
+        type=int,
+        default=None,
+        metavar="K",
+        help="rotations per work unit (default: a whole tile, or about 4 units per process)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--log-interval", type=float, default=60.0, metavar="S",
-                   help="seconds between progress lines when stderr is not a terminal (0: none)")
+    p.add_argument(
+        "--log-interval",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds between progress lines when stderr is not a terminal (0: none)",
+    )
     add_tilt_metadata_arguments(p)
     p.set_defaults(func=run)
 
@@ -42,13 +61,24 @@ def register(subparsers) -> None:
 def run(args) -> int:
     options = match_options_from_args(args)  # every value checked before metadata is read
     ts = tilt_series_from_args(args)
-    job = run_match(args.template, args.mask, args.tomogram, args.out_dir, options, tilt_series=ts,
-                    quiet=args.quiet, processes=args.processes, rotations_per_unit=args.rotations_per_unit,
-                    command=" ".join(shlex.quote(a) for a in ["tomomatch"] + sys.argv[1:]))
+    job = run_match(
+        args.template,
+        args.mask,
+        args.tomogram,
+        args.out_dir,
+        options,
+        tilt_series=ts,
+        quiet=args.quiet,
+        processes=args.processes,
+        rotations_per_unit=args.rotations_per_unit,
+        command=" ".join(shlex.quote(a) for a in ["tomomatch"] + sys.argv[1:]),
+    )
     st = job["search_statistics"]
     if not args.quiet:
         names = ", ".join(Path(job[k]).name for k in ("scores", "angles", "rotations"))
-        print(f"wrote {names}, {job['name']}_job.json in "
-              f"{args.out_dir}: {job['n_rotations']} rotations, {len(job['tile_regions'])} tile(s), "
-              f"search mean {st['mean']:.4g} std {st['std']:.4g}, {job['elapsed_s']:.1f} s")
+        print(
+            f"wrote {names}, {job['name']}_job.json in "
+            f"{args.out_dir}: {job['n_rotations']} rotations, {len(job['tile_regions'])} tile(s), "
+            f"search mean {st['mean']:.4g} std {st['std']:.4g}, {job['elapsed_s']:.1f} s"
+        )
     return 0

@@ -1,4 +1,5 @@
 """``tomomatch metadata``: read tilt-series metadata and print what was read, per tilt."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,11 @@ from ._metadata_args import add_tilt_metadata_arguments, tilt_series_from_args
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "metadata", help="show the tilt-series metadata tomomatch reads (per-tilt table or JSON)",
+        "metadata",
+        help="show the tilt-series metadata tomomatch reads (per-tilt table or JSON)",
         description="Load tilt-series metadata with the same options as 'tomomatch match' and print the "
-                    "per-tilt values in tomomatch units, to check what was read.")
+        "per-tilt values in tomomatch units, to check what was read.",
+    )
     add_tilt_metadata_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -57,22 +60,24 @@ def format_table(ts: TiltSeries) -> str:
     for i in range(ts.n_tilts):
         du = "-" if ts.defocus_u_um is None else f"{ts.defocus_u_um[i]:.4f}"
         dv = "-" if ts.defocus_v_um is None else f"{ts.defocus_v_um[i]:.4f}"
-        lines.append(f"{i:>4} {ts.tilt_angles_deg[i]:>9.3f} {ts.accumulated_dose[i]:>10.3f} {du:>8} {dv:>8} "
-                     f"{ts.astigmatism_angle_deg[i]:>9.2f} {ts.phase_shift_deg[i]:>9.2f}  "
-                     f"{'yes' if ts.excluded[i] else ''}")
+        lines.append(
+            f"{i:>4} {ts.tilt_angles_deg[i]:>9.3f} {ts.accumulated_dose[i]:>10.3f} {du:>8} {dv:>8} "
+            f"{ts.astigmatism_angle_deg[i]:>9.2f} {ts.phase_shift_deg[i]:>9.2f}  "
+            f"{'yes' if ts.excluded[i] else ''}"
+        )
     return "\n".join(lines)
 
 
-EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what a shell reports for a command whose reader went away
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command whose reader went away
 
 
 def run(args) -> int:
     ts = tilt_series_from_args(args)
     if ts is None:
-        raise InputError("no tilt-series metadata given; expected --tilt-angles, --relion5-tomograms, "
-                         "--warp-xml, --mdoc or --aln")
-    text = (json.dumps(tilt_series_to_dict(ts), indent=1, allow_nan=False) if args.json
-            else format_table(ts)) + "\n"
+        raise InputError(
+            "no tilt-series metadata given; expected --tilt-angles, --relion5-tomograms, --warp-xml, --mdoc or --aln"
+        )
+    text = (json.dumps(tilt_series_to_dict(ts), indent=1, allow_nan=False) if args.json else format_table(ts)) + "\n"
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -1,4 +1,5 @@
 """``tomomatch simulate``: tilt series and tomogram with known particles, poses and defocus hand."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,33 +8,46 @@ import warnings
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "simulate", help="simulate a tilt series + tomogram with ground-truth particles and defocus hand",
+        "simulate",
+        help="simulate a tilt series + tomogram with ground-truth particles and defocus hand",
         description="Weak-phase simulation with a CTF per particle and tilt whose defocus follows the TRUE "
-                    "hand h (df + h*(-x sin t + z cos t), RELION 5 rlnTomoHand), dose filter, shot noise, and "
-                    "weighted back-projection. Writes tilt series, tomogram, .rawtlt/.tlt (IMOD sign), dose, "
-                    "IMOD .defocus, RELION 5 STAR files, "
-                    "ground-truth particles.star, template.mrc + mask.mrc and summary.json.")
-    p.add_argument("--preset", default="ci", help="ci (seconds), lamella (ci-sized, 180 nm thick, tilts "
-                                                  "-40..+60 step 2), seed (70S, 0.44x0.62 um at 8.56 A), "
-                                                  "wide (0.88 um at 4.28 A) or custom (default ci)")
+        "hand h (df + h*(-x sin t + z cos t), RELION 5 rlnTomoHand), dose filter, shot noise, and "
+        "weighted back-projection. Writes tilt series, tomogram, .rawtlt/.tlt (IMOD sign), dose, "
+        "IMOD .defocus, RELION 5 STAR files, "
+        "ground-truth particles.star, template.mrc + mask.mrc and summary.json.",
+    )
+    p.add_argument(
+        "--preset",
+        default="ci",
+        help="ci (seconds), lamella (ci-sized, 180 nm thick, tilts "
+        "-40..+60 step 2), seed (70S, 0.44x0.62 um at 8.56 A), "
+        "wide (0.88 um at 4.28 A) or custom (default ci)",
+    )
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--hand", type=int, default=None, choices=[1, -1, 0], help="TRUE defocus handedness h")
-    p.add_argument("--hand-mode", choices=["full", "pytom"], default=None,
-                   help="full: h flips the whole depth (default); pytom: h flips only x sin t")
+    p.add_argument(
+        "--hand-mode",
+        choices=["full", "pytom"],
+        default=None,
+        help="full: h flips the whole depth (default); pytom: h flips only x sin t",
+    )
     p.add_argument("--n-particles", type=int, default=None)
     p.add_argument("--n-decoys", type=int, default=None)
     p.add_argument("--n-blobs", type=int, default=None, help="small random background blobs")
-    p.add_argument("--structure", default=None,
-                   help="atomic model (PDB/mmCIF, gemmi), density map (MRC), or phantom / phantom-mirror / "
-                        "phantom-decoy")
+    p.add_argument(
+        "--structure",
+        default=None,
+        help="atomic model (PDB/mmCIF, gemmi), density map (MRC), or phantom / phantom-mirror / phantom-decoy",
+    )
     p.add_argument("--decoy-structure", default=None)
     p.add_argument("--thickness-nm", type=float, default=None, help="ice slab thickness (nm)")
-    p.add_argument("--slab-offset-nm", type=float, default=None, help="slab centre z relative to the tomogram centre (nm)")
+    p.add_argument(
+        "--slab-offset-nm", type=float, default=None, help="slab centre z relative to the tomogram centre (nm)"
+    )
     p.add_argument("--voxel-size", type=float, default=None, help="tomogram voxel size (A)")
     p.add_argument("--binning", type=int, default=None, help="simulation pixel = voxel size / binning")
-    p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
-                   help="tomogram size in voxels")
+    p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None, help="tomogram size in voxels")
     p.add_argument("--tilt-range", type=float, nargs=2, metavar=("MIN", "MAX"), default=None)
     p.add_argument("--tilt-step", type=float, default=None)
     p.add_argument("--tilt-order", choices=["dose-symmetric", "sequential", "bidirectional"], default=None)
@@ -47,8 +61,11 @@ def register(subparsers) -> None:
     p.add_argument("--ice-noise", type=float, default=None, help="rms ice phase noise per pixel at 0 deg (rad)")
     p.add_argument("--jitter", type=float, default=None, help="rms per-tilt misalignment (A)")
     p.add_argument("--no-shot-noise", action="store_true", help="expected counts instead of Poisson samples")
-    p.add_argument("--noise-free", action="store_true",
-                   help="also write <name>_noisefree.mrc: the same tomogram without ice and shot noise")
+    p.add_argument(
+        "--noise-free",
+        action="store_true",
+        help="also write <name>_noisefree.mrc: the same tomogram without ice and shot noise",
+    )
     p.add_argument("--tomo-name", default=None)
     p.set_defaults(func=run)
 
@@ -57,14 +74,28 @@ def run(args: argparse.Namespace) -> int:
     from ..simulate import simulate
 
     ov = dict(
-        n_particles=args.n_particles, n_decoys=args.n_decoys, n_blobs=args.n_blobs, structure=args.structure,
-        decoy_structure=args.decoy_structure, thickness_nm=args.thickness_nm, slab_offset_nm=args.slab_offset_nm,
-        voxel_size_angstrom=args.voxel_size, binning=args.binning,
+        n_particles=args.n_particles,
+        n_decoys=args.n_decoys,
+        n_blobs=args.n_blobs,
+        structure=args.structure,
+        decoy_structure=args.decoy_structure,
+        thickness_nm=args.thickness_nm,
+        slab_offset_nm=args.slab_offset_nm,
+        voxel_size_angstrom=args.voxel_size,
+        binning=args.binning,
         tomogram_size_xyz=tuple(args.size) if args.size else None,
-        tilt_step_deg=args.tilt_step, tilt_order=args.tilt_order, dose_per_tilt=args.dose_per_tilt,
-        defocus_um=args.defocus, defocus_scatter_um=args.defocus_scatter, astigmatism_um=args.astigmatism,
-        voltage_kv=args.voltage, cs_mm=args.cs, amplitude_contrast=args.amplitude_contrast,
-        ice_noise_rad=args.ice_noise, jitter_angstrom=args.jitter, hand_mode=args.hand_mode,
+        tilt_step_deg=args.tilt_step,
+        tilt_order=args.tilt_order,
+        dose_per_tilt=args.dose_per_tilt,
+        defocus_um=args.defocus,
+        defocus_scatter_um=args.defocus_scatter,
+        astigmatism_um=args.astigmatism,
+        voltage_kv=args.voltage,
+        cs_mm=args.cs,
+        amplitude_contrast=args.amplitude_contrast,
+        ice_noise_rad=args.ice_noise,
+        jitter_angstrom=args.jitter,
+        hand_mode=args.hand_mode,
         tomo_name=args.tomo_name,
     )
     if args.tilt_range:
@@ -80,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"warning: {w.message}")
     s = res.summary
-    print(f"simulated {s['n_particles']} particles + {s['n_decoys']} decoys, true hand {res.hand}, "
-          f"{len(s['per_tilt']['tilt_angle_deg'])} tilts, tomogram {'x'.join(map(str, s['tomogram_size_xyz']))} "
-          f"at {s['tomogram_voxel_angstrom']:g} A in {s['timings']['total_s']:.1f} s "
-          f"(peak {s['peak_memory_gb']:.2f} GB) -> {res.out_dir}")
+    print(
+        f"simulated {s['n_particles']} particles + {s['n_decoys']} decoys, true hand {res.hand}, "
+        f"{len(s['per_tilt']['tilt_angle_deg'])} tilts, tomogram {'x'.join(map(str, s['tomogram_size_xyz']))} "
+        f"at {s['tomogram_voxel_angstrom']:g} A in {s['timings']['total_s']:.1f} s "
+        f"(peak {s['peak_memory_gb']:.2f} GB) -> {res.out_dir}"
+    )
     return 0

@@ -87,6 +87,7 @@ Configuration
     :func:`engine_description` given no ``engine``, :func:`tomomatch.job.plan_match`) and passed
     down explicitly; nothing below reads ``os.environ``.
 """
+
 from __future__ import annotations
 
 from .config import EngineConfig, configure_allocator
@@ -98,8 +99,17 @@ from .transforms import BoxToTile as BoxToTile
 from .transforms import BoxToTilePruned as BoxToTilePruned
 from .transforms import FourierTemplate as FourierTemplate
 from .transforms import PairPacker as PairPacker
-from .volumes import (WeightFn, filter_volume, is_spherical_mask, local_sigma, normalise_under_mask,
-                      phase_randomised_template, place_centered, resolve_device, rotate_volume)
+from .volumes import (
+    WeightFn,
+    filter_volume,
+    is_spherical_mask,
+    local_sigma,
+    normalise_under_mask,
+    phase_randomised_template,
+    place_centered,
+    resolve_device,
+    rotate_volume,
+)
 
 # What a user calls. The building blocks re-exported above ("X as X": grid_shape, fold_pair and
 # the transforms) stay importable from here, as before the split; private names live in their

@@ -12,6 +12,7 @@ same float32 products, the same strict ``>`` (ties keep the lower rotation index
 with Triton (shipped with torch's CUDA wheels); ``TRITON_INTERPRET=1`` runs it on the CPU, which
 is how the tests check it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,9 +23,27 @@ BLOCK = 1024
 
 
 @triton.jit
-def _fold_pairs_kernel(corr_ptr, inv_ptr, best_ptr, index_ptr, partial_ptr,
-                       n_vox, uy, ux, z0, y0, x0, s_p, s_z, s_y, s_x,
-                       n_pairs, n_valid, start, BLOCK_SIZE: tl.constexpr):
+def _fold_pairs_kernel(
+    corr_ptr,
+    inv_ptr,
+    best_ptr,
+    index_ptr,
+    partial_ptr,
+    n_vox,
+    uy,
+    ux,
+    z0,
+    y0,
+    x0,
+    s_p,
+    s_z,
+    s_y,
+    s_x,
+    n_pairs,
+    n_valid,
+    start,
+    BLOCK_SIZE: tl.constexpr,
+):
     pid = tl.program_id(0)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_vox
@@ -32,7 +51,7 @@ def _fold_pairs_kernel(corr_ptr, inv_ptr, best_ptr, index_ptr, partial_ptr,
     t = offs // ux
     y = t % uy
     z = t // uy
-    base = ((z + z0).to(tl.int64) * s_z + (y + y0).to(tl.int64) * s_y + (x + x0).to(tl.int64) * s_x)
+    base = (z + z0).to(tl.int64) * s_z + (y + y0).to(tl.int64) * s_y + (x + x0).to(tl.int64) * s_x
     inv = tl.load(inv_ptr + offs, mask=mask, other=0.0)
     m = tl.load(best_ptr + offs, mask=mask, other=0.0)
     idx = tl.load(index_ptr + offs, mask=mask, other=0)
@@ -57,8 +76,15 @@ def _fold_pairs_kernel(corr_ptr, inv_ptr, best_ptr, index_ptr, partial_ptr,
     tl.store(index_ptr + offs, idx, mask=mask)
 
 
-def fold_pairs(corr: torch.Tensor, unique: tuple[slice, slice, slice], inv_norm: torch.Tensor,
-               best: torch.Tensor, index: torch.Tensor, start: int, n_valid: int) -> torch.Tensor:
+def fold_pairs(
+    corr: torch.Tensor,
+    unique: tuple[slice, slice, slice],
+    inv_norm: torch.Tensor,
+    best: torch.Tensor,
+    index: torch.Tensor,
+    start: int,
+    n_valid: int,
+) -> torch.Tensor:
     """Fold ``n_valid`` rotations (pairs of ``corr``) into ``best``/``index``, in place.
 
     Parameters
@@ -77,8 +103,14 @@ def fold_pairs(corr: torch.Tensor, unique: tuple[slice, slice, slice], inv_norm:
     torch.Tensor
         float64 ``(n_valid, 2)``: per rotation the sum and the sum of squares of its scores.
     """
-    if not (corr.is_contiguous() and inv_norm.is_contiguous() and best.is_contiguous()
-            and index.is_contiguous() and index.dtype == torch.int32 and best.dtype == torch.float32):
+    if not (
+        corr.is_contiguous()
+        and inv_norm.is_contiguous()
+        and best.is_contiguous()
+        and index.is_contiguous()
+        and index.dtype == torch.int32
+        and best.dtype == torch.float32
+    ):
         raise ValueError("fold_pairs needs contiguous float32 best/inv_norm and int32 index")
     real = torch.view_as_real(corr)  # (P, nz, ny, nx, 2) float32
     n_pairs = int(corr.shape[0])
@@ -87,9 +119,27 @@ def fold_pairs(corr: torch.Tensor, unique: tuple[slice, slice, slice], inv_norm:
     n_blocks = triton.cdiv(n_vox, BLOCK)
     partial = torch.zeros((n_blocks, n_pairs, 4), dtype=torch.float32, device=corr.device)
     sp, sz, sy, sx, _ = real.stride()
-    _fold_pairs_kernel[(n_blocks,)](real, inv_norm, best, index, partial, n_vox, uy, ux,
-                                    unique[0].start, unique[1].start, unique[2].start, sp, sz, sy, sx,
-                                    n_pairs, int(n_valid), int(start), BLOCK_SIZE=BLOCK)
+    _fold_pairs_kernel[(n_blocks,)](
+        real,
+        inv_norm,
+        best,
+        index,
+        partial,
+        n_vox,
+        uy,
+        ux,
+        unique[0].start,
+        unique[1].start,
+        unique[2].start,
+        sp,
+        sz,
+        sy,
+        sx,
+        n_pairs,
+        int(n_valid),
+        int(start),
+        BLOCK_SIZE=BLOCK,
+    )
     sums = partial.double().sum(0)  # (P, 4): sum a, sum b, sum a^2, sum b^2
     per_rot = torch.stack([sums[:, [0, 1]].reshape(-1), sums[:, [2, 3]].reshape(-1)], dim=1)
     return per_rot[:n_valid]

@@ -12,6 +12,7 @@ key and the job file, and a resumed or distributed job cannot mix two configurat
 Importing the engine (torch included) allocates no tensor, so the command line imports it and
 calls :func:`configure_allocator` first thing, before any tensor exists.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,8 +76,11 @@ class EngineConfig:
         for name in ("fftw", "packed", "triton_interpret"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} {getattr(self, name)!r}; expected True or False")
-        if isinstance(self.fftw_min_voxels, bool) or not isinstance(self.fftw_min_voxels, int) \
-                or self.fftw_min_voxels < 0:
+        if (
+            isinstance(self.fftw_min_voxels, bool)
+            or not isinstance(self.fftw_min_voxels, int)
+            or self.fftw_min_voxels < 0
+        ):
             raise ValueError(f"fftw_min_voxels {self.fftw_min_voxels!r}; expected an integer >= 0")
 
     @classmethod
@@ -105,13 +109,19 @@ class EngineConfig:
             if min_voxels < 0:
                 raise ValueError
         except ValueError:
-            raise InputError(f"TOMOMATCH_FFTW_MIN_VOXELS={raw!r}; expected an integer >= 0 (or unset)", None,
-                             "TOMOMATCH_FFTW_MIN_VOXELS") from None
-        return cls(fft_sizes=choice("TOMOMATCH_FFT_SIZES", _FFT_SIZES, cls.fft_sizes),
-                   fftw=flag("TOMOMATCH_FFTW", cls.fftw), fftw_min_voxels=min_voxels,
-                   packed=flag("TOMOMATCH_PACKED", cls.packed),
-                   fused=choice("TOMOMATCH_FUSED", _FUSED, cls.fused),
-                   triton_interpret=env.get("TRITON_INTERPRET") == "1")
+            raise InputError(
+                f"TOMOMATCH_FFTW_MIN_VOXELS={raw!r}; expected an integer >= 0 (or unset)",
+                None,
+                "TOMOMATCH_FFTW_MIN_VOXELS",
+            ) from None
+        return cls(
+            fft_sizes=choice("TOMOMATCH_FFT_SIZES", _FFT_SIZES, cls.fft_sizes),
+            fftw=flag("TOMOMATCH_FFTW", cls.fftw),
+            fftw_min_voxels=min_voxels,
+            packed=flag("TOMOMATCH_PACKED", cls.packed),
+            fused=choice("TOMOMATCH_FUSED", _FUSED, cls.fused),
+            triton_interpret=env.get("TRITON_INTERPRET") == "1",
+        )
 
     def to_json(self) -> dict:
         """Plain dict of the fields (the checkpoint key's and the job file's ``engine.config``)."""

@@ -7,6 +7,7 @@ memory; :func:`engine_description` says what the engine does for given settings 
 file's ``engine`` entry). The order of operations is the package's
 (:mod:`tomomatch.matching`).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,9 +24,19 @@ from .config import EngineConfig, configure_allocator
 from .fft import _MIN_THREADED_FFT, _fftw_x_pass, _irfftn, _irfftn_scratch, _rfftn, fft_backend, grid_shape
 from .fold import _sums_of_squares, _update_running_max
 from .transforms import BoxToTile, BoxToTilePruned, FourierTemplate, PairPacker
-from .volumes import (WeightFn, _as_tensor, _rfft_grid, filter_volume, is_spherical_mask, local_sigma,
-                      normalise_under_mask, phase_randomised_template, place_centered, resolve_device,
-                      rotate_volume)
+from .volumes import (
+    WeightFn,
+    _as_tensor,
+    _rfft_grid,
+    filter_volume,
+    is_spherical_mask,
+    local_sigma,
+    normalise_under_mask,
+    phase_randomised_template,
+    place_centered,
+    resolve_device,
+    rotate_volume,
+)
 
 __all__ = ["TileState", "TileCorrelator", "MatchResult", "match_volume", "engine_description"]
 
@@ -51,8 +62,7 @@ def _use_packed(device: torch.device, packed: bool | None, engine: EngineConfig)
     return engine.packed
 
 
-def engine_description(device, method: str, spherical: bool, n_voxels: int,
-                       engine: EngineConfig | None = None) -> dict:
+def engine_description(device, method: str, spherical: bool, n_voxels: int, engine: EngineConfig | None = None) -> dict:
     """What the search engine does for these settings (recorded in the job file).
 
     ``packed``: rotation pairs in one complex FFT; ``fold``: how scores, statistics and the
@@ -71,8 +81,13 @@ def engine_description(device, method: str, spherical: bool, n_voxels: int,
     library = fft_backend(dev, engine)
     if packed and dev.type == "cpu":
         library = "torch+fftw" if _fftw_x_pass(dev, int(n_voxels), engine) else "torch"
-    return {"packed_pairs": packed, "fold": fold, "fft_sizes": sizes, "fft_library": library,
-            "torch": torch.__version__}
+    return {
+        "packed_pairs": packed,
+        "fold": fold,
+        "fft_sizes": sizes,
+        "fft_library": library,
+        "torch": torch.__version__,
+    }
 
 
 @dataclass
@@ -106,17 +121,23 @@ class TileState:
 
     @classmethod
     def empty(cls, shape, device, random_phase: bool = False) -> "TileState":
-        return cls(best=torch.full(tuple(shape), -torch.inf, device=device),
-                   index=torch.full(tuple(shape), -1, dtype=torch.int32, device=device),
-                   noise_best=(torch.full(tuple(shape), -torch.inf, device=device)
-                               if random_phase else None))
+        return cls(
+            best=torch.full(tuple(shape), -torch.inf, device=device),
+            index=torch.full(tuple(shape), -1, dtype=torch.int32, device=device),
+            noise_best=(torch.full(tuple(shape), -torch.inf, device=device) if random_phase else None),
+        )
 
     def to_numpy(self) -> dict:
-        d = {"best": self.best.cpu().numpy(), "index": self.index.cpu().numpy(),
-             "sum": np.float64(self.sum), "sumsq": np.float64(self.sumsq),
-             "count": np.int64(self.count), "done": np.int64(self.done),
-             "rotation_sums": np.asarray(self.rotation_sums, np.float64),
-             "rotation_sumsqs": np.asarray(self.rotation_sumsqs, np.float64)}
+        d = {
+            "best": self.best.cpu().numpy(),
+            "index": self.index.cpu().numpy(),
+            "sum": np.float64(self.sum),
+            "sumsq": np.float64(self.sumsq),
+            "count": np.int64(self.count),
+            "done": np.int64(self.done),
+            "rotation_sums": np.asarray(self.rotation_sums, np.float64),
+            "rotation_sumsqs": np.asarray(self.rotation_sumsqs, np.float64),
+        }
         if self.noise_best is not None:
             d["noise_best"] = self.noise_best.cpu().numpy()
         return d
@@ -124,13 +145,17 @@ class TileState:
     @classmethod
     def from_numpy(cls, d, device) -> "TileState":
         nb = d["noise_best"] if "noise_best" in d else None
-        return cls(best=torch.as_tensor(np.asarray(d["best"]), device=device),
-                   index=torch.as_tensor(np.asarray(d["index"], np.int32), device=device),
-                   noise_best=None if nb is None else torch.as_tensor(np.asarray(nb), device=device),
-                   sum=float(d["sum"]), sumsq=float(d["sumsq"]), count=int(d["count"]),
-                   done=int(d["done"]),
-                   rotation_sums=[float(v) for v in d["rotation_sums"]] if "rotation_sums" in d else [],
-                   rotation_sumsqs=[float(v) for v in d["rotation_sumsqs"]] if "rotation_sumsqs" in d else [])
+        return cls(
+            best=torch.as_tensor(np.asarray(d["best"]), device=device),
+            index=torch.as_tensor(np.asarray(d["index"], np.int32), device=device),
+            noise_best=None if nb is None else torch.as_tensor(np.asarray(nb), device=device),
+            sum=float(d["sum"]),
+            sumsq=float(d["sumsq"]),
+            count=int(d["count"]),
+            done=int(d["done"]),
+            rotation_sums=[float(v) for v in d["rotation_sums"]] if "rotation_sums" in d else [],
+            rotation_sumsqs=[float(v) for v in d["rotation_sumsqs"]] if "rotation_sumsqs" in d else [],
+        )
 
 
 class TileCorrelator:
@@ -165,10 +190,22 @@ class TileCorrelator:
         kernel); None: read from the environment here, once. Kept as ``self.engine``.
     """
 
-    def __init__(self, tile, template, mask, unique: tuple[slice, slice, slice], *,
-                 weight: WeightFn | None = None, method: str = "fast", spherical: bool | None = None,
-                 random_phase_template=None, device="cpu", oversample: int = 2,
-                 packed: bool | None = None, engine: EngineConfig | None = None):
+    def __init__(
+        self,
+        tile,
+        template,
+        mask,
+        unique: tuple[slice, slice, slice],
+        *,
+        weight: WeightFn | None = None,
+        method: str = "fast",
+        spherical: bool | None = None,
+        random_phase_template=None,
+        device="cpu",
+        oversample: int = 2,
+        packed: bool | None = None,
+        engine: EngineConfig | None = None,
+    ):
         if method not in ("fast", "resample", "exact"):
             raise ValueError(f"method must be 'fast', 'resample' or 'exact', got {method!r}")
         dev = torch.device(device)
@@ -204,9 +241,12 @@ class TileCorrelator:
         self.templates = [tmpl]
         if random_phase_template is not None:
             self.templates.append(np.asarray(random_phase_template, np.float32))
-        self.normed = [normalise_under_mask(torch.as_tensor(t, dtype=torch.float64),
-                                            torch.as_tensor(msk, dtype=torch.float64)).float().numpy()
-                       for t in self.templates]
+        self.normed = [
+            normalise_under_mask(torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(msk, dtype=torch.float64))
+            .float()
+            .numpy()
+            for t in self.templates
+        ]
         self._box_weight = None if weight is None else weight((n, n, n)).to(dev)
         self.packed = method == "fast" and self.spherical and _use_packed(dev, packed, self.engine)
         if method != "exact":
@@ -257,7 +297,7 @@ class TileCorrelator:
         per = 4 * n + 4 * n + 4 * n  # template spectrum, product spectrum, real output
         if self.method == "resample":
             assert isinstance(self.resampler, BoxToTile)  # set so by _setup_fast
-            per += 8 * float(self.resampler.size ** 3)
+            per += 8 * float(self.resampler.size**3)
         if not self.spherical:
             per += 3 * 8 * n
         return int(per * len(self.templates))
@@ -279,9 +319,13 @@ class TileCorrelator:
         n = self.box
         src = torch.matmul(self.box_xyz.unsqueeze(0), rot)  # (R^T x)^T = x^T R
         g = (src + n // 2) * (2.0 / (n - 1)) - 1.0
-        out = torch.nn.functional.grid_sample(self.mask_t[None, None].expand(1, 1, n, n, n),
-                                              g.reshape(1, -1, 1, 1, 3), mode="bilinear",
-                                              padding_mode="zeros", align_corners=True)
+        out = torch.nn.functional.grid_sample(
+            self.mask_t[None, None].expand(1, 1, n, n, n),
+            g.reshape(1, -1, 1, 1, 3),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        )
         return out.reshape(rot.shape[0], n, n, n).clamp_min(0)
 
     def _sigma_inv(self, masks: torch.Tensor) -> torch.Tensor:
@@ -352,8 +396,7 @@ class TileCorrelator:
         torch.mul(pairs.movedim(-1, 1), self.inv_norm, out=scores.view((corr.shape[0], 2) + ushape))
         return scores[:b]
 
-    def _fold_batch(self, folder, rotations: np.ndarray, start: int, state: "TileState",
-                    ids: torch.Tensor) -> None:
+    def _fold_batch(self, folder, rotations: np.ndarray, start: int, state: "TileState", ids: torch.Tensor) -> None:
         """Packed pairs folded into ``state`` by ``folder`` (:func:`fold_pair`), one batch.
 
         The statistics enter the state only at the end, and folding a pair twice leaves the
@@ -389,8 +432,7 @@ class TileCorrelator:
         else:  # (P, 4) per pair: sum a, sum b, sum a^2, sum b^2
             vals = torch.stack(stats).tolist()
             per_rotation = [(vals[k // 2][k % 2], vals[k // 2][2 + k % 2]) for k in range(b)]
-        state.add_rotation_statistics([v[0] for v in per_rotation], [v[1] for v in per_rotation],
-                                      self.inv_norm.numel())
+        state.add_rotation_statistics([v[0] for v in per_rotation], [v[1] for v in per_rotation], self.inv_norm.numel())
 
     def _scores_exact(self, rots: np.ndarray) -> list[torch.Tensor]:
         dev = self.device
@@ -413,8 +455,14 @@ class TileCorrelator:
         return [torch.stack(o) for o in outs]
 
     # ------------------------------------------------------------------ running max
-    def run(self, rotations: np.ndarray, state: TileState | None = None, batch_size: int = 4,
-            on_batch: Callable[[TileState], None] | None = None, stop: int | None = None) -> TileState:
+    def run(
+        self,
+        rotations: np.ndarray,
+        state: TileState | None = None,
+        batch_size: int = 4,
+        on_batch: Callable[[TileState], None] | None = None,
+        stop: int | None = None,
+    ) -> TileState:
         """Process rotations ``state.done`` onward in batches, updating the running state.
 
         ``stop`` (default: all) ends the run before that rotation index (a rotation chunk
@@ -454,8 +502,11 @@ class TileCorrelator:
                     # here falls back; a shape/dtype bug, an out-of-memory or a CUDA error raise
                     if not _fold.is_compile_failure(exc):
                         raise
-                    warnings.warn(f"fused kernel unavailable ({type(exc).__name__}: {str(exc)[:300]}); "
-                                  "using separate kernels", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"fused kernel unavailable ({type(exc).__name__}: {str(exc)[:300]}); using separate kernels",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                     _fold._FUSED_DISABLED.add(self.device.type)
                     folder = None
                     continue  # the batch again, with separate kernels (see _fold_batch)
@@ -496,10 +547,22 @@ class MatchResult:
     extra: dict = field(default_factory=dict)
 
 
-def match_volume(tomogram, template, mask, rotations, *, weight: WeightFn | None = None,
-                 tomogram_weight: WeightFn | None = None, method: str = "fast",
-                 spherical: bool | None = None, random_phase: bool = False, device="cpu",
-                 batch_size: int = 4, oversample: int = 2, engine: EngineConfig | None = None) -> MatchResult:
+def match_volume(
+    tomogram,
+    template,
+    mask,
+    rotations,
+    *,
+    weight: WeightFn | None = None,
+    tomogram_weight: WeightFn | None = None,
+    method: str = "fast",
+    spherical: bool | None = None,
+    random_phase: bool = False,
+    device="cpu",
+    batch_size: int = 4,
+    oversample: int = 2,
+    engine: EngineConfig | None = None,
+) -> MatchResult:
     """Template search of a whole (small) volume held in memory, as one tile.
 
     Parameters
@@ -539,8 +602,19 @@ def match_volume(tomogram, template, mask, rotations, *, weight: WeightFn | None
     rp = phase_randomised_template(template, mask) if random_phase else None
     nz, ny, nx = vol.shape
     unique = (slice(0, nz), slice(0, ny), slice(0, nx))
-    tc = TileCorrelator(vol, template, mask, unique, weight=weight, method=method, spherical=spherical,
-                        random_phase_template=rp, device=dev, oversample=oversample, engine=engine)
+    tc = TileCorrelator(
+        vol,
+        template,
+        mask,
+        unique,
+        weight=weight,
+        method=method,
+        spherical=spherical,
+        random_phase_template=rp,
+        device=dev,
+        oversample=oversample,
+        engine=engine,
+    )
     st = tc.run(rotations, batch_size=batch_size)
     scores = st.best
     noise_mean = None
@@ -549,6 +623,12 @@ def match_volume(tomogram, template, mask, rotations, *, weight: WeightFn | None
         scores = scores - st.noise_best + noise_mean
     mean = st.sum / st.count
     std = math.sqrt(max(st.sumsq / st.count - mean * mean, 0.0))
-    return MatchResult(scores=scores.cpu().numpy().astype(np.float32), angles=st.index.cpu().numpy(),
-                       n_voxels=int(np.prod(vol.shape)), n_rotations=len(rotations), mean=mean, std=std,
-                       noise_mean=noise_mean)
+    return MatchResult(
+        scores=scores.cpu().numpy().astype(np.float32),
+        angles=st.index.cpu().numpy(),
+        n_voxels=int(np.prod(vol.shape)),
+        n_rotations=len(rotations),
+        mean=mean,
+        std=std,
+        noise_mean=noise_mean,
+    )

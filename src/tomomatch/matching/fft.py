@@ -17,6 +17,7 @@ every process, so resumed and multi-process runs stay bit-identical.
 Threads: one below ~4 M elements per transform (:data:`_MIN_THREADED_FFT`), else torch's count
 (:func:`_fft_threads`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -100,8 +101,7 @@ def fft_backend(device="cpu", engine: EngineConfig | None = None) -> str:
 
 def _fftw_x_pass(device: torch.device, n_voxels: int, engine: EngineConfig) -> bool:
     """Whether FFTW does :class:`PairPacker`'s x pass: on the CPU, with pyFFTW, for big grids."""
-    return (device.type == "cpu" and fft_backend("cpu", engine) == "pyfftw"
-            and n_voxels >= engine.fftw_min_voxels)
+    return device.type == "cpu" and fft_backend("cpu", engine) == "pyfftw" and n_voxels >= engine.fftw_min_voxels
 
 
 def _rfftn(x: torch.Tensor, s=None, dim=(-3, -2, -1)) -> torch.Tensor:
@@ -115,8 +115,7 @@ def _rfftn(x: torch.Tensor, s=None, dim=(-3, -2, -1)) -> torch.Tensor:
 def _irfftn(x: torch.Tensor, s, dim=(-3, -2, -1)) -> torch.Tensor:
     """irfftn counterpart of :func:`_rfftn` (may overwrite its input on the CPU)."""
     if x.device.type == "cpu":
-        out = scipy.fft.irfftn(x.numpy(), s=s, axes=dim, workers=_fft_threads(x.numel()),
-                               overwrite_x=True)
+        out = scipy.fft.irfftn(x.numpy(), s=s, axes=dim, workers=_fft_threads(x.numel()), overwrite_x=True)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
     return torch.fft.irfftn(x, s=s, dim=dim)
 
@@ -138,8 +137,14 @@ def _irfftn_scratch(x: torch.Tensor, s, engine: EngineConfig) -> torch.Tensor:
             _FFTW_PLANS.clear()
         inp = _pyfftw.empty_aligned(tuple(x.shape[-3:]), dtype="complex64")
         out = _pyfftw.empty_aligned(s, dtype="float32")
-        plan = _pyfftw.FFTW(inp, out, axes=(0, 1, 2), direction="FFTW_BACKWARD", threads=threads,
-                            flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"))
+        plan = _pyfftw.FFTW(
+            inp,
+            out,
+            axes=(0, 1, 2),
+            direction="FFTW_BACKWARD",
+            threads=threads,
+            flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"),
+        )
         _FFTW_PLANS[key] = plan
     lead = tuple(x.shape[:-3])
     xs = x.reshape((-1,) + tuple(x.shape[-3:]))
@@ -190,7 +195,7 @@ def pruned_rfftn(boxes: torch.Tensor, n: int, shape: tuple[int, int, int], engin
         res = torch.empty((bx.shape[0], nz, ny, nx // 2 + 1), dtype=torch.complex64)
         for i in range(bx.shape[0]):
             a[:, :, :n] = bx[i].numpy()  # a[..., n:] stays 0 (r2c preserves its input)
-            px.execute()                 # -> b[:, :n]
+            px.execute()  # -> b[:, :n]
             b[:, n:] = 0
             py.execute()
             c[:n] = b
@@ -239,8 +244,9 @@ class FftwXPass:
             full = (pairs,) + self.shape
             src = _pyfftw.zeros_aligned(full, dtype="complex64")  # only the box's x columns are written
             dst = _pyfftw.empty_aligned(full, dtype="complex64")
-            plan = _pyfftw.FFTW(src, dst, axes=(-1,), direction="FFTW_FORWARD", threads=_fft_threads(src.size),
-                                flags=("FFTW_ESTIMATE",))
+            plan = _pyfftw.FFTW(
+                src, dst, axes=(-1,), direction="FFTW_FORWARD", threads=_fft_threads(src.size), flags=("FFTW_ESTIMATE",)
+            )
             self._plan = (plan, src, dst)
         return torch.from_numpy(self._plan[1]), torch.from_numpy(self._plan[2])
 

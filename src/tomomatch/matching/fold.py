@@ -14,6 +14,7 @@ switch, the device and the tile's size. A fused kernel that fails to *compile* (
 lack of resources) is turned off for the process with a warning and the batch is redone with
 separate kernels (:func:`is_compile_failure`); any other error (a shape or dtype bug) raises.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["fold_pair"]
 
 
-def fold_pair(pair: torch.Tensor, inv_norm: torch.Tensor, best: torch.Tensor, index: torch.Tensor,
-              first_index: torch.Tensor) -> torch.Tensor:
+def fold_pair(
+    pair: torch.Tensor, inv_norm: torch.Tensor, best: torch.Tensor, index: torch.Tensor, first_index: torch.Tensor
+) -> torch.Tensor:
     """Fold one packed pair of correlation maps into the running maximum, in one pass.
 
     ``pair`` ``(..., 2)``: the unique region of :class:`PairPacker`'s output as real and
@@ -130,8 +132,12 @@ def _triton_fold_pairs():
                 raise  # our own module missing: a packaging bug, not an absent Triton
             fold_pairs = None  # Triton not installed: separate kernels
         except (ImportError, AttributeError, RuntimeError, OSError) as exc:  # installed, cannot initialise
-            warnings.warn(f"Triton cannot be imported ({type(exc).__name__}: {str(exc)[:200]}); the "
-                          "Triton fold kernel is off, using separate kernels", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"Triton cannot be imported ({type(exc).__name__}: {str(exc)[:200]}); the "
+                "Triton fold kernel is off, using separate kernels",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             fold_pairs = None
         _TRITON["fold"] = fold_pairs
     return _TRITON["fold"]
@@ -144,12 +150,14 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
     types: list = []
     try:
         from torch._dynamo.exc import BackendCompilerFailed
+
         types.append(BackendCompilerFailed)
     except ImportError:  # pragma: no cover - torch without dynamo
         pass
     try:
         from triton.compiler.errors import CompilationError
         from triton.runtime import errors as triton_errors
+
         types += [CompilationError, triton_errors.OutOfResources]
         if hasattr(triton_errors, "PTXASError"):
             types.append(triton_errors.PTXASError)
@@ -190,12 +198,17 @@ def _triton_self_check(fold, device: torch.device) -> bool:
             best, index = torch.randn(3, 6, 5, generator=g), torch.zeros((3, 6, 5), dtype=torch.int32)
             rb, ri, ref = best.clone(), index.clone(), []
             for p in range(2):
-                v = fold_pair(torch.view_as_real(corr[p])[unique], inv, rb, ri, torch.tensor(5 + 2 * p, dtype=torch.int32))
+                v = fold_pair(
+                    torch.view_as_real(corr[p])[unique], inv, rb, ri, torch.tensor(5 + 2 * p, dtype=torch.int32)
+                )
                 ref += [[float(v[0]), float(v[2])], [float(v[1]), float(v[3])]]
             b, i = best.to(device), index.to(device)
             stats = fold(corr.to(device), unique, inv.to(device), b, i, 5, 4).cpu()
-            ok = (torch.equal(b.cpu(), rb) and torch.equal(i.cpu(), ri)
-                  and torch.allclose(stats, torch.tensor(ref, dtype=torch.float64), rtol=1e-4, atol=1e-4))
+            ok = (
+                torch.equal(b.cpu(), rb)
+                and torch.equal(i.cpu(), ri)
+                and torch.allclose(stats, torch.tensor(ref, dtype=torch.float64), rtol=1e-4, atol=1e-4)
+            )
             msg = "numbers differ from the reference"
         except Exception as exc:
             # compile or launch failure: Triton's own errors, or a RuntimeError/OSError/
@@ -204,8 +217,9 @@ def _triton_self_check(fold, device: torch.device) -> bool:
                 raise
             msg = f"{type(exc).__name__}: {str(exc)[:200]}"
         if not ok:
-            warnings.warn(f"Triton fold kernel disabled on {device} ({msg}); using separate kernels",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"Triton fold kernel disabled on {device} ({msg}); using separate kernels", RuntimeWarning, stacklevel=3
+            )
         _TRITON_CHECKED[key] = ok
     return _TRITON_CHECKED[key]
 
@@ -233,8 +247,7 @@ def _pair_folder(device: torch.device, n_voxels: int, engine: EngineConfig):
         return None
     if mode == "triton" or (mode == "auto" and device.type == "cuda"):
         fold = _triton_fold_pairs()
-        if (fold is not None and (device.type == "cuda" or engine.triton_interpret)
-                and _triton_self_check(fold, device)):
+        if fold is not None and (device.type == "cuda" or engine.triton_interpret) and _triton_self_check(fold, device):
             return fold
         return None
     if mode != "1" and (device.type != "cpu" or n_voxels < _FUSED_MIN_VOXELS):
@@ -243,8 +256,9 @@ def _pair_folder(device: torch.device, n_voxels: int, engine: EngineConfig):
         try:
             _FOLDERS[device.type] = torch.compile(fold_pair, dynamic=False)
         except RuntimeError as exc:  # pragma: no cover - torch.compile unsupported here (Python version, platform)
-            warnings.warn(f"torch.compile unavailable ({str(exc)[:200]}); using separate kernels",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"torch.compile unavailable ({str(exc)[:200]}); using separate kernels", RuntimeWarning, stacklevel=2
+            )
             _FOLDERS[device.type] = None
     return _FOLDERS[device.type]
 

@@ -12,6 +12,7 @@
 Which library runs a transform is :mod:`tomomatch.matching.fft`'s business (by the
 :class:`~tomomatch.matching.EngineConfig` passed in).
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,7 @@ class FourierTemplate:
         self.box = n
         self.device = torch.device(device)
         # grid_sample wants channels first: (1, 2, D, H, W) = (1, 2, z, y, x)
-        self.grid = torch.as_tensor(np.stack([f.real, f.imag]).astype(np.float32),
-                                    device=self.device)[None]
+        self.grid = torch.as_tensor(np.stack([f.real, f.imag]).astype(np.float32), device=self.device)[None]
 
     def sample(self, rotations: torch.Tensor, q_xyz: torch.Tensor) -> torch.Tensor:
         """Transform of the rotated box ``t(R^T x)`` at frequencies ``q`` (cycles/voxel).
@@ -76,8 +76,9 @@ class FourierTemplate:
         qr = torch.matmul(q_xyz.unsqueeze(0), rotations.to(q_xyz.dtype))  # (B, K, 3) = (R^T q)^T
         # continuous index idx = q * P + P/2 ; grid_sample normalised coordinate (align_corners)
         g = (qr * p + p // 2) * (2.0 / (p - 1)) - 1.0
-        out = torch.nn.functional.grid_sample(self.grid, g[None, :, None], mode="bilinear",
-                                              padding_mode="zeros", align_corners=True)
+        out = torch.nn.functional.grid_sample(
+            self.grid, g[None, :, None], mode="bilinear", padding_mode="zeros", align_corners=True
+        )
         out = out[0, :, :, 0, :]  # (2, B, K)
         return torch.complex(out[0], out[1])
 
@@ -105,11 +106,12 @@ class BoxToTilePruned:
         """``exp(-2 pi i (kz cz/Lz + ky cy/Ly + kx cx/Lx))`` on the rfft grid, ``c = n // 2``."""
         c = self.box // 2
         nz, ny, nx = self.shape
-        ph = [torch.exp(-2j * math.pi * c * torch.fft.fftfreq(nz, device=self.device, dtype=torch.float64)),
-              torch.exp(-2j * math.pi * c * torch.fft.fftfreq(ny, device=self.device, dtype=torch.float64)),
-              torch.exp(-2j * math.pi * c * torch.fft.rfftfreq(nx, device=self.device, dtype=torch.float64))]
+        ph = [
+            torch.exp(-2j * math.pi * c * torch.fft.fftfreq(nz, device=self.device, dtype=torch.float64)),
+            torch.exp(-2j * math.pi * c * torch.fft.fftfreq(ny, device=self.device, dtype=torch.float64)),
+            torch.exp(-2j * math.pi * c * torch.fft.rfftfreq(nx, device=self.device, dtype=torch.float64)),
+        ]
         return (ph[0][:, None, None] * ph[1][None, :, None] * ph[2][None, None, :]).to(torch.complex64)
-
 
     def __call__(self, boxes: torch.Tensor) -> torch.Tensor:
         """``(..., n, n, n)`` real boxes -> ``(..., nz, ny, nx // 2 + 1)`` complex transforms."""
@@ -153,8 +155,13 @@ class BoxToTile:
                 f = idx - i0
                 i1 = np.minimum(i0 + 1, p // 2)
             shp = [-1 if k == ax else 1 for k in range(3)]
-            self.axes.append((torch.as_tensor(i0, device=dev), torch.as_tensor(i1, device=dev),
-                              torch.as_tensor(f.astype(np.float32), device=dev).reshape(shp)))
+            self.axes.append(
+                (
+                    torch.as_tensor(i0, device=dev),
+                    torch.as_tensor(i1, device=dev),
+                    torch.as_tensor(f.astype(np.float32), device=dev).reshape(shp),
+                )
+            )
 
     def __call__(self, boxes: torch.Tensor) -> torch.Tensor:
         """``(..., n, n, n)`` real boxes -> ``(..., nz, ny, nx // 2 + 1)`` complex transforms."""
@@ -201,8 +208,10 @@ class PairPacker:
     def phase(self) -> torch.Tensor:
         """``exp(2 pi i sum_axes f_axis (n - 1 - c))`` on the full FFT grid (``f`` = fftfreq)."""
         shift = self.box - 1 - self.box // 2
-        ph = [torch.exp(2j * math.pi * shift * torch.fft.fftfreq(m, device=self.device, dtype=torch.float64))
-              for m in self.shape]
+        ph = [
+            torch.exp(2j * math.pi * shift * torch.fft.fftfreq(m, device=self.device, dtype=torch.float64))
+            for m in self.shape
+        ]
         return (ph[0][:, None, None] * ph[1][None, :, None] * ph[2][None, None, :]).to(torch.complex64)
 
     def correlations(self, boxes: torch.Tensor, v_packed: torch.Tensor) -> torch.Tensor:
@@ -241,5 +250,3 @@ class PairPacker:
             spec = torch.fft.fft(buf, dim=-1)  # (torch's out= variants copy: no gain)
         spec.mul_(v_packed)
         return torch.fft.ifftn(spec, dim=(-3, -2, -1))
-
-

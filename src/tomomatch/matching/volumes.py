@@ -3,6 +3,7 @@ mask symmetry, the phase-randomised template, the tomogram-side filter and the l
 
 Pure functions over arrays/tensors (no file I/O, no engine configuration).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -15,8 +16,17 @@ from ..errors import InputError
 from ..mask import is_spherical as _is_spherical
 from .fft import _irfftn, _rfftn, fast_fft_shape
 
-__all__ = ["WeightFn", "resolve_device", "normalise_under_mask", "place_centered", "rotate_volume",
-           "is_spherical_mask", "phase_randomised_template", "filter_volume", "local_sigma"]
+__all__ = [
+    "WeightFn",
+    "resolve_device",
+    "normalise_under_mask",
+    "place_centered",
+    "rotate_volume",
+    "is_spherical_mask",
+    "phase_randomised_template",
+    "filter_volume",
+    "local_sigma",
+]
 
 #: A Fourier weight in the tomogram frame: ``weight(shape_zyx) -> tensor (nz, ny, nx//2+1)``,
 #: evaluated on whatever grid is used.
@@ -34,12 +44,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if not torch.cuda.is_available():
             raise InputError(f"device {name!r} requested but no CUDA device is available", None, "--device")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA "
-                             "device(s) exist", None, "--device")
+            raise InputError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist", None, "--device"
+            )
     elif dev.type != "cpu":
         raise InputError(f"unsupported device {name!r}; expected cpu, cuda or cuda:N", None, "--device")
     return dev
-
 
 
 def _as_tensor(x, device, dtype=torch.float32) -> torch.Tensor:
@@ -171,8 +181,9 @@ def _rfft_grid(shape: Sequence[int], device) -> torch.Tensor:
     return torch.stack([gx, gy, gz], dim=-1)
 
 
-def local_sigma(v_hat: torch.Tensor, v2_hat: torch.Tensor, mask_hat: torch.Tensor, mask_sum: float,
-                shape: Sequence[int]) -> torch.Tensor:
+def local_sigma(
+    v_hat: torch.Tensor, v2_hat: torch.Tensor, mask_hat: torch.Tensor, mask_sum: float, shape: Sequence[int]
+) -> torch.Tensor:
     """Local standard deviation of a volume under a (wrapped) mask from transforms.
 
     ``v_hat``/``v2_hat`` are the rfft of ``V`` and ``V^2``; ``mask_hat`` the rfft of the mask

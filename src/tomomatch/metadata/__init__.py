@@ -8,21 +8,46 @@ sources return a :class:`tomomatch.tiltseries.TiltSeries`; :func:`load_tilt_seri
 primary source with extra files and scalar overrides. All writers are atomic. See
 ``docs/metadata.md``.
 """
+
 from __future__ import annotations
 
 from .aln import read_aln
 from .combine import load_tilt_series, read_defocus_any
 from .mdoc import read_mdoc
-from .relion import (angles_from_projection_matrices, list_relion5_tomograms, read_relion5,
-                     relion5_projection_matrices, write_relion5)
-from .text import (read_defocus_text, read_dose, read_imod_defocus, read_tilt_angles, write_dose,
-                   write_imod_defocus, write_tilt_angles)
+from .relion import (
+    angles_from_projection_matrices,
+    list_relion5_tomograms,
+    read_relion5,
+    relion5_projection_matrices,
+    write_relion5,
+)
+from .text import (
+    read_defocus_text,
+    read_dose,
+    read_imod_defocus,
+    read_tilt_angles,
+    write_dose,
+    write_imod_defocus,
+    write_tilt_angles,
+)
 from .warp import read_warp_xml
 
 __all__ = [
-    "read_tilt_angles", "read_dose", "read_defocus_text", "read_imod_defocus", "read_defocus_any",
-    "read_relion5", "list_relion5_tomograms", "relion5_projection_matrices",
-    "angles_from_projection_matrices", "read_warp_xml", "read_mdoc", "read_aln",
+    "read_tilt_angles",
+    "read_dose",
+    "read_defocus_text",
+    "read_imod_defocus",
+    "read_defocus_any",
+    "read_relion5",
+    "list_relion5_tomograms",
+    "relion5_projection_matrices",
+    "angles_from_projection_matrices",
+    "read_warp_xml",
+    "read_mdoc",
+    "read_aln",
     "load_tilt_series",
-    "write_tilt_angles", "write_dose", "write_imod_defocus", "write_relion5",
+    "write_tilt_angles",
+    "write_dose",
+    "write_imod_defocus",
+    "write_relion5",
 ]

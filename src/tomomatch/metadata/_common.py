@@ -1,5 +1,6 @@
 """Shared helpers of the metadata readers: file checks, numeric text parsing, the one wrapper
 that turns a parsing library's exception into a one-line :class:`InputError`, atomic text writes."""
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from ..mrcio import atomic_path
 from .plausibility import plain
 
 MAX_ABS_TILT_DEG = 90.0
-MAX_TILTS = 10000          # more views than this in one tilt series is a broken file
+MAX_TILTS = 10000  # more views than this in one tilt series is a broken file
 
 
 def require_file(path, what: str) -> Path:
@@ -37,8 +38,11 @@ _KNOWN_SUFFIXES = {
     ".xml": "a Warp XML (use --warp-xml)",
     ".star": "a RELION STAR file (use --relion5-tomograms)",
     ".defocus": "an IMOD .defocus (use --defocus)",
-    ".mrc": "an MRC image", ".st": "an MRC image stack", ".rec": "an MRC tomogram",
-    ".mrcs": "an MRC image stack", ".xf": "an IMOD .xf transform file",
+    ".mrc": "an MRC image",
+    ".st": "an MRC image stack",
+    ".rec": "an MRC tomogram",
+    ".mrcs": "an MRC image stack",
+    ".xf": "an IMOD .xf transform file",
 }
 
 
@@ -133,41 +137,45 @@ def numeric_rows(path: Path, what: str, expected: str) -> list[tuple[int, list[f
     return rows
 
 
-def check_tilt_angles(angles, path, lines=None, field: str = "tilt angle", *,
-                      labels: Sequence[str] | None = None, unique: bool = True) -> np.ndarray:
+def check_tilt_angles(
+    angles, path, lines=None, field: str = "tilt angle", *, labels: Sequence[str] | None = None, unique: bool = True
+) -> np.ndarray:
     """Reject angles outside -90..90 degrees and (``unique``) an angle given twice.
 
     The message names the place of the value: ``lines`` (1-based line numbers of a text file;
     then no field is named) or ``labels`` (e.g. "row 3", after ``field``), else ``tilt i``.
     """
     a = np.asarray(angles, dtype=float).reshape(-1)
-    named_field: str | None = field     # None for a text file: the line is the field
+    named_field: str | None = field  # None for a text file: the line is the field
     if lines is not None:
         labels, named_field = [f"line {n}" for n in lines], None
     places = labels if labels is not None else [f"tilt {i + 1}" for i in range(a.size)]
 
-    def place(i: int) -> tuple[str, str]:   # text files: the line is the field; else "field: row 3: ..."
+    def place(i: int) -> tuple[str, str]:  # text files: the line is the field; else "field: row 3: ..."
         return (places[i], "") if named_field is None else (named_field, f"{places[i]}: ")
 
     bad = np.flatnonzero(~(np.abs(a) <= MAX_ABS_TILT_DEG))
     if bad.size:
         i = int(bad[0])
         f, prefix = place(i)
-        raise InputError(f"{prefix}tilt angle {plain(float(a[i]))} outside -90..90 degrees; expected degrees",
-                         path, f)
+        raise InputError(f"{prefix}tilt angle {plain(float(a[i]))} outside -90..90 degrees; expected degrees", path, f)
     if unique:
         dup = duplicate_pair(a)
         if dup is not None:
             i, j = dup
             f, prefix = place(j)
-            raise InputError(f"{prefix}tilt angle {plain(float(a[j]))} repeats {places[i]}; expected each "
-                             "tilt angle once (one image per tilt)", path, f)
+            raise InputError(
+                f"{prefix}tilt angle {plain(float(a[j]))} repeats {places[i]}; expected each "
+                "tilt angle once (one image per tilt)",
+                path,
+                f,
+            )
     return a
 
 
 def duplicate_pair(angles) -> tuple[int, int] | None:
     """Indices ``(first, second)`` of the first tilt angle that occurs twice (within 1e-6 degrees)."""
-    a = np.round(np.asarray(angles, dtype=float).reshape(-1), 6) + 0.0   # + 0.0: -0.0 == 0.0
+    a = np.round(np.asarray(angles, dtype=float).reshape(-1), 6) + 0.0  # + 0.0: -0.0 == 0.0
     seen: dict[float, int] = {}
     for j, x in enumerate(a.tolist()):
         if x in seen:
@@ -179,8 +187,9 @@ def duplicate_pair(angles) -> tuple[int, int] | None:
 def check_count(n_found: int, n_expected: int, path, what: str, other=None) -> None:
     if n_found != n_expected:
         other_txt = f" in {other}" if other is not None else ""
-        raise InputError(f"{n_found} {what} values but {n_expected} tilts{other_txt}; "
-                         "expected one value per tilt", path, what)
+        raise InputError(
+            f"{n_found} {what} values but {n_expected} tilts{other_txt}; expected one value per tilt", path, what
+        )
 
 
 def accumulate_in_order(per_tilt_dose, order) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Combine a primary metadata source with extra files and scalar overrides into one TiltSeries."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,16 @@ from ..errors import InputError
 from ..tiltseries import TiltSeries
 from .aln import read_aln
 from .mdoc import read_mdoc
-from .plausibility import (OPTION_UM, check_amplitude_contrast, check_cs, check_defocus, check_finite,
-                           check_pixel_size, check_voltage, has_phase_plate)
+from .plausibility import (
+    OPTION_UM,
+    check_amplitude_contrast,
+    check_cs,
+    check_defocus,
+    check_finite,
+    check_pixel_size,
+    check_voltage,
+    has_phase_plate,
+)
 from .relion import read_relion5
 from .text import DefocusTable, read_defocus_text, read_dose, read_imod_defocus, read_tilt_angles
 from .warp import read_warp_xml
@@ -46,19 +55,36 @@ def read_defocus_any(path, *, allow_unusual_defocus: bool = False, phase_plate: 
     if p.suffix.lower() == ".defocus":
         return read_imod_defocus(p, allow_unusual_defocus=allow_unusual_defocus, phase_plate=phase_plate)
     d = read_defocus_text(p, allow_unusual_defocus=allow_unusual_defocus, phase_plate=phase_plate)
-    return DefocusTable(defocus_u_um=d, defocus_v_um=d.copy(), astigmatism_angle_deg=np.zeros(d.size),
-                        phase_shift_deg=np.zeros(d.size))
+    return DefocusTable(
+        defocus_u_um=d, defocus_v_um=d.copy(), astigmatism_angle_deg=np.zeros(d.size), phase_shift_deg=np.zeros(d.size)
+    )
 
 
 def _describe(ts: TiltSeries) -> str:
     return ts.source or "the tilt angles"
 
 
-def load_tilt_series(*, tilt_angles=None, dose=None, dose_per_tilt: bool = False, defocus=None,
-                     relion5=None, tomo_name=None, warp_xml=None, mdoc=None, aln=None,
-                     voltage_kv=None, cs_mm=None, amplitude_contrast=None, phase_shift_deg=None,
-                     hand=None, pixel_size_angstrom=None, allow_missing_dose: bool = False,
-                     allow_unusual_defocus: bool = False, allow_unusual_dose: bool = False) -> TiltSeries:
+def load_tilt_series(
+    *,
+    tilt_angles=None,
+    dose=None,
+    dose_per_tilt: bool = False,
+    defocus=None,
+    relion5=None,
+    tomo_name=None,
+    warp_xml=None,
+    mdoc=None,
+    aln=None,
+    voltage_kv=None,
+    cs_mm=None,
+    amplitude_contrast=None,
+    phase_shift_deg=None,
+    hand=None,
+    pixel_size_angstrom=None,
+    allow_missing_dose: bool = False,
+    allow_unusual_defocus: bool = False,
+    allow_unusual_dose: bool = False,
+) -> TiltSeries:
     """Build one :class:`TiltSeries` from a primary source, extra files and overrides.
 
     Parameters
@@ -95,22 +121,34 @@ def load_tilt_series(*, tilt_angles=None, dose=None, dose_per_tilt: bool = False
         No angles at all, more than one structured source, a tilt-count mismatch between
         files (the message names both files and both counts), an implausible value.
     """
-    primaries = {name: value for name, value in (("relion5", relion5), ("warp_xml", warp_xml),
-                                                  ("mdoc", mdoc), ("aln", aln)) if value is not None}
+    primaries = {
+        name: value
+        for name, value in (("relion5", relion5), ("warp_xml", warp_xml), ("mdoc", mdoc), ("aln", aln))
+        if value is not None
+    }
     if len(primaries) > 1:
         raise InputError(f"several tilt-series sources given ({', '.join(primaries)}); expected one")
     if tomo_name is not None and relion5 is None:
         raise InputError("a tomogram name only selects a row of a RELION 5 tomograms.star (give --relion5-tomograms)")
-    _check_overrides(voltage_kv=voltage_kv, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
-                     phase_shift_deg=phase_shift_deg, pixel_size_angstrom=pixel_size_angstrom, hand=hand)
+    _check_overrides(
+        voltage_kv=voltage_kv,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast,
+        phase_shift_deg=phase_shift_deg,
+        pixel_size_angstrom=pixel_size_angstrom,
+        hand=hand,
+    )
     number = _as_number(defocus)
     phase_plate = phase_shift_deg is not None and has_phase_plate([float(phase_shift_deg)])
     if number is not None:
-        check_defocus([number], None, "defocus", OPTION_UM, phase_plate=phase_plate,
-                      allow_unusual=allow_unusual_defocus)
+        check_defocus(
+            [number], None, "defocus", OPTION_UM, phase_plate=phase_plate, allow_unusual=allow_unusual_defocus
+        )
     # a value replaced by another source is not checked in the source it is replaced in
-    primary_kw = dict(allow_missing_dose=allow_missing_dose or dose is not None,
-                      allow_unusual_dose=allow_unusual_dose or dose is not None)
+    primary_kw = dict(
+        allow_missing_dose=allow_missing_dose or dose is not None,
+        allow_unusual_dose=allow_unusual_dose or dose is not None,
+    )
     defocus_kw = dict(allow_unusual_defocus=allow_unusual_defocus or defocus is not None)
     ts: TiltSeries | None = None
     if relion5 is not None:
@@ -131,8 +169,9 @@ def load_tilt_series(*, tilt_angles=None, dose=None, dose_per_tilt: bool = False
             _check_n(angles.size, ts, tilt_angles)
             ts = ts.with_(tilt_angles_deg=angles, extra={**ts.extra, "tilt_angles_file": str(tilt_angles)})
     if ts is None:
-        raise InputError("no tilt angles: give a tilt-angle file (--tilt-angles) or a RELION 5, Warp XML, "
-                         "mdoc or aln file")
+        raise InputError(
+            "no tilt angles: give a tilt-angle file (--tilt-angles) or a RELION 5, Warp XML, mdoc or aln file"
+        )
 
     if dose is not None:
         values = read_dose(dose, per_tilt=dose_per_tilt, allow_unusual_dose=allow_unusual_dose)
@@ -140,23 +179,43 @@ def load_tilt_series(*, tilt_angles=None, dose=None, dose_per_tilt: bool = False
         ts = ts.with_(accumulated_dose=values)
     elif not primaries.keys() - {"aln"} and not allow_missing_dose:
         # a .rawtlt/.tlt or .aln says nothing about dose: dose 0 (no exposure filter), said aloud
-        warnings.warn(f"{aln if aln is not None else tilt_angles}: no dose given; the exposure filter is off "
-                      "(give --dose or --dose-per-tilt)", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{aln if aln is not None else tilt_angles}: no dose given; the exposure filter is off "
+            "(give --dose or --dose-per-tilt)",
+            UserWarning,
+            stacklevel=2,
+        )
 
     if defocus is not None:
         if number is not None:
-            ts = ts.with_(defocus_u_um=np.full(ts.n_tilts, number), defocus_v_um=None,
-                          astigmatism_angle_deg=None, phase_shift_deg=None)
+            ts = ts.with_(
+                defocus_u_um=np.full(ts.n_tilts, number),
+                defocus_v_um=None,
+                astigmatism_angle_deg=None,
+                phase_shift_deg=None,
+            )
         else:
-            d = read_defocus_any(defocus, allow_unusual_defocus=allow_unusual_defocus,
-                                 phase_plate=phase_plate or has_phase_plate(ts.phase_shift_deg))
+            d = read_defocus_any(
+                defocus,
+                allow_unusual_defocus=allow_unusual_defocus,
+                phase_plate=phase_plate or has_phase_plate(ts.phase_shift_deg),
+            )
             _check_n(d["defocus_u_um"].size, ts, defocus)
-            ts = ts.with_(defocus_u_um=d["defocus_u_um"], defocus_v_um=d["defocus_v_um"],
-                          astigmatism_angle_deg=d["astigmatism_angle_deg"], phase_shift_deg=d["phase_shift_deg"])
+            ts = ts.with_(
+                defocus_u_um=d["defocus_u_um"],
+                defocus_v_um=d["defocus_v_um"],
+                astigmatism_angle_deg=d["astigmatism_angle_deg"],
+                phase_shift_deg=d["phase_shift_deg"],
+            )
 
     overrides = {}
-    for name, value in (("voltage_kv", voltage_kv), ("cs_mm", cs_mm), ("amplitude_contrast", amplitude_contrast),
-                        ("pixel_size_angstrom", pixel_size_angstrom), ("hand", hand)):
+    for name, value in (
+        ("voltage_kv", voltage_kv),
+        ("cs_mm", cs_mm),
+        ("amplitude_contrast", amplitude_contrast),
+        ("pixel_size_angstrom", pixel_size_angstrom),
+        ("hand", hand),
+    ):
         if value is not None:
             overrides[name] = value
     if phase_shift_deg is not None:
@@ -166,8 +225,16 @@ def load_tilt_series(*, tilt_angles=None, dose=None, dose_per_tilt: bool = False
     return ts
 
 
-def _check_overrides(*, voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg, pixel_size_angstrom, hand=None,
-                     names: dict[str, str] | None = None) -> None:
+def _check_overrides(
+    *,
+    voltage_kv,
+    cs_mm,
+    amplitude_contrast,
+    phase_shift_deg,
+    pixel_size_angstrom,
+    hand=None,
+    names: dict[str, str] | None = None,
+) -> None:
     """Check scalar overrides before they are applied, naming the keyword (or option), not a file."""
     names = names or {}
     if voltage_kv is not None:
@@ -184,11 +251,15 @@ def _check_overrides(*, voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg, 
         try:
             check_hand(hand)
         except (TypeError, ValueError, OverflowError):
-            raise InputError(f"{hand!r}; expected the defocus handedness +1, -1 or 0", None,
-                             names.get("hand", "hand")) from None
+            raise InputError(
+                f"{hand!r}; expected the defocus handedness +1, -1 or 0", None, names.get("hand", "hand")
+            ) from None
 
 
 def _check_n(n: int, ts: TiltSeries, other_path) -> None:
     if n != ts.n_tilts:
-        raise InputError(f"{n} tilts, but {_describe(ts)} has {ts.n_tilts}; expected the same number of tilts "
-                         "in every metadata file", other_path)
+        raise InputError(
+            f"{n} tilts, but {_describe(ts)} has {ts.n_tilts}; expected the same number of tilts "
+            "in every metadata file",
+            other_path,
+        )

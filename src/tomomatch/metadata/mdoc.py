@@ -1,4 +1,5 @@
 """SerialEM ``.mdoc`` tilt-series reader (via teamtomo ``mdocfile``)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,15 +17,28 @@ from mdocfile.utils import find_section_entries, find_title_entries
 from ..errors import InputError
 from ..tiltseries import TiltSeries
 from ._common import accumulate_in_order, check_tilt_angles, library_errors, one_line, read_text, require_file
-from .plausibility import (MISSING_DOSE_HINT, check_dose, check_pixel_size, check_total_dose, check_voltage,
-                           plain, require_dose_information)
+from .plausibility import (
+    MISSING_DOSE_HINT,
+    check_dose,
+    check_pixel_size,
+    check_total_dose,
+    check_voltage,
+    plain,
+    require_dose_information,
+)
 
 __all__ = ["read_mdoc"]
 
-_DATETIME_FORMATS = ("%d-%b-%y  %H:%M:%S", "%d-%b-%y %H:%M:%S", "%d-%b-%Y  %H:%M:%S", "%d-%b-%Y %H:%M:%S",
-                     "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
+_DATETIME_FORMATS = (
+    "%d-%b-%y  %H:%M:%S",
+    "%d-%b-%y %H:%M:%S",
+    "%d-%b-%Y  %H:%M:%S",
+    "%d-%b-%Y %H:%M:%S",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+)
 _AXIS_RE = re.compile(r"Tilt\s*axis\s*angle\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
-_LINE = "_mdoc_line"      # 1-based line of each section's [ZValue = ...] header
+_LINE = "_mdoc_line"  # 1-based line of each section's [ZValue = ...] header
 
 
 def _parse_datetime(text) -> datetime | None:
@@ -71,7 +85,7 @@ def _parse_blocks(path, text: str) -> pd.DataFrame:
     lines = [line.strip() for line in text.split("\n")]
     starts = find_section_entries(lines)
     bounds = list(zip(starts, starts[1:] + [len(lines)]))
-    header = lines[:starts[0]] if starts else lines
+    header = lines[: starts[0]] if starts else lines
     for i, line in enumerate(header):
         # mdocfile splits every header line that is not a title on "=" into exactly key and value
         if line and not line.startswith("[T =") and line.count("=") != 1:
@@ -149,22 +163,33 @@ def read_mdoc(path, *, allow_missing_dose: bool = False, allow_unusual_dose: boo
         z = pd.to_numeric(df["ZValue"], errors="coerce")
         if z.isna().any():
             i = int(np.flatnonzero(z.isna().to_numpy())[0])
-            raise InputError(f"line {df[_LINE].iloc[i]}: a section without an integer ZValue; expected "
-                             "[ZValue = n] sections", p, "ZValue")
+            raise InputError(
+                f"line {df[_LINE].iloc[i]}: a section without an integer ZValue; expected [ZValue = n] sections",
+                p,
+                "ZValue",
+            )
         if z.duplicated().any():
             i = int(np.flatnonzero(z.duplicated().to_numpy())[0])
-            raise InputError(f"line {df[_LINE].iloc[i]}: ZValue {int(z.iloc[i])} appears twice; expected each "
-                             "image of the stack once", p, "ZValue")
+            raise InputError(
+                f"line {df[_LINE].iloc[i]}: ZValue {int(z.iloc[i])} appears twice; expected each "
+                "image of the stack once",
+                p,
+                "ZValue",
+            )
         df = df.assign(ZValue=z).sort_values("ZValue", kind="stable").reset_index(drop=True)
-    angles = check_tilt_angles(_numeric(df, "TiltAngle", p, True), p, None, "TiltAngle",
-                               labels=[_section(df, i) for i in range(len(df))])
+    angles = check_tilt_angles(
+        _numeric(df, "TiltAngle", p, True), p, None, "TiltAngle", labels=[_section(df, i) for i in range(len(df))]
+    )
     per_exposure = _numeric(df, "ExposureDose", p, False)
     extra: dict[str, Any] = {}
     dose = None
     if per_exposure is None:
         if not allow_missing_dose:
-            raise InputError(f"no ExposureDose in the sections; expected the dose of each exposure (e/A^2); "
-                             f"{MISSING_DOSE_HINT}", p, "ExposureDose")
+            raise InputError(
+                f"no ExposureDose in the sections; expected the dose of each exposure (e/A^2); {MISSING_DOSE_HINT}",
+                p,
+                "ExposureDose",
+            )
     else:
         times = [_parse_datetime(t) for t in df["DateTime"]] if "DateTime" in df.columns else [None]
         parsed = [t for t in times if t is not None]
@@ -175,11 +200,16 @@ def read_mdoc(path, *, allow_missing_dose: bool = False, allow_unusual_dose: boo
             rank = np.arange(len(df))
             extra["dose_order_source"] = "ZValue"
         labels = [_section(df, i) for i in range(len(df))]
-        check_dose(per_exposure, p, "ExposureDose", labels=labels, allow_unusual=allow_unusual_dose,
-                   what="ExposureDose")
-        check_total_dose(per_exposure[np.argsort(rank, kind="stable")], p, "ExposureDose",
-                         labels=[labels[i] for i in np.argsort(rank, kind="stable")],
-                         allow_unusual=allow_unusual_dose)
+        check_dose(
+            per_exposure, p, "ExposureDose", labels=labels, allow_unusual=allow_unusual_dose, what="ExposureDose"
+        )
+        check_total_dose(
+            per_exposure[np.argsort(rank, kind="stable")],
+            p,
+            "ExposureDose",
+            labels=[labels[i] for i in np.argsort(rank, kind="stable")],
+            allow_unusual=allow_unusual_dose,
+        )
         require_dose_information(per_exposure, p, "ExposureDose", allow_missing_dose)
         dose = accumulate_in_order(per_exposure, rank)
         extra["exposure_dose"] = per_exposure
@@ -192,13 +222,14 @@ def read_mdoc(path, *, allow_missing_dose: bool = False, allow_unusual_dose: boo
     axis = 0.0
     if "titles" in df.columns:
         for titles in df["titles"].iloc[:1]:
-            for t in (titles or []):
+            for t in titles or []:
                 m = _AXIS_RE.search(str(t))
                 if m:
                     axis = float(m.group(1))
                     if not math.isfinite(axis):
-                        raise InputError(f"{m.group(1)!r} is not a finite number; expected degrees", p,
-                                         "Tilt axis angle")
+                        raise InputError(
+                            f"{m.group(1)!r} is not a finite number; expected degrees", p, "Tilt axis angle"
+                        )
     return TiltSeries(
         tilt_angles_deg=angles,
         accumulated_dose=dose,

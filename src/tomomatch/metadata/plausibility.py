@@ -19,6 +19,7 @@ Ranges (tomomatch units):
   (``--allow-missing-dose``, implied by ``match --no-dose``).
 * pixel size finite and > 0 Angstrom; voltage 20-1000 kV; Cs 0-20 mm; amplitude contrast in [0, 1).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,34 +31,56 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = [
-    "DEFOCUS_MIN_UM", "DEFOCUS_MIN_PHASE_PLATE_UM", "DEFOCUS_MAX_UM", "MAX_TOTAL_DOSE",
-    "VOLTAGE_RANGE_KV", "CS_MAX_MM", "DefocusUnit", "RELION_ANGSTROM", "IMOD_NM", "TEXT_UM", "WARP_UM",
-    "OPTION_UM", "UNUSUAL_DEFOCUS_FLAG", "UNUSUAL_DOSE_FLAG", "MISSING_DOSE_HINT", "plain",
-    "check_defocus", "check_dose", "check_total_dose", "require_dose_information", "check_pixel_size",
-    "check_voltage", "check_cs", "check_amplitude_contrast", "check_finite", "has_phase_plate",
+    "DEFOCUS_MIN_UM",
+    "DEFOCUS_MIN_PHASE_PLATE_UM",
+    "DEFOCUS_MAX_UM",
+    "MAX_TOTAL_DOSE",
+    "VOLTAGE_RANGE_KV",
+    "CS_MAX_MM",
+    "DefocusUnit",
+    "RELION_ANGSTROM",
+    "IMOD_NM",
+    "TEXT_UM",
+    "WARP_UM",
+    "OPTION_UM",
+    "UNUSUAL_DEFOCUS_FLAG",
+    "UNUSUAL_DOSE_FLAG",
+    "MISSING_DOSE_HINT",
+    "plain",
+    "check_defocus",
+    "check_dose",
+    "check_total_dose",
+    "require_dose_information",
+    "check_pixel_size",
+    "check_voltage",
+    "check_cs",
+    "check_amplitude_contrast",
+    "check_finite",
+    "has_phase_plate",
 ]
 
 DEFOCUS_MIN_UM = 0.5
 DEFOCUS_MIN_PHASE_PLATE_UM = 0.1
 DEFOCUS_MAX_UM = 20.0
-MAX_TOTAL_DOSE = 1000.0          # e/A^2 over the whole series
+MAX_TOTAL_DOSE = 1000.0  # e/A^2 over the whole series
 VOLTAGE_RANGE_KV = (20.0, 1000.0)
 CS_MAX_MM = 20.0
 
 UNUSUAL_DEFOCUS_FLAG = "--allow-unusual-defocus"
 UNUSUAL_DOSE_FLAG = "--allow-unusual-dose"
-MISSING_DOSE_HINT = ("give a dose file (--dose), or --allow-missing-dose (match: --no-dose) to use dose 0 "
-                     "(no exposure filter)")
+MISSING_DOSE_HINT = (
+    "give a dose file (--dose), or --allow-missing-dose (match: --no-dose) to use dose 0 (no exposure filter)"
+)
 
 
 @dataclass(frozen=True)
 class DefocusUnit:
     """The unit a defocus value was read in: ``per_um`` file units per micrometre."""
 
-    name: str       # "Angstrom"
-    symbol: str     # "A"
+    name: str  # "Angstrom"
+    symbol: str  # "A"
     per_um: float
-    context: str    # where this unit comes from, for messages ("" if obvious)
+    context: str  # where this unit comes from, for messages ("" if obvious)
 
 
 RELION_ANGSTROM = DefocusUnit("Angstrom", "A", 1e4, "as in RELION STAR")
@@ -66,8 +89,7 @@ TEXT_UM = DefocusUnit("micrometres", "um", 1.0, "")
 WARP_UM = DefocusUnit("micrometres", "um", 1.0, "as in Warp XML")
 OPTION_UM = DefocusUnit("micrometres", "um", 1.0, "")
 
-_OTHER_UNITS = (("Angstrom", 1e4), ("nanometres", 1e3), ("micrometres", 1.0), ("millimetres", 1e-3),
-                ("metres", 1e-6))
+_OTHER_UNITS = (("Angstrom", 1e4), ("nanometres", 1e3), ("micrometres", 1.0), ("millimetres", 1e-3), ("metres", 1e-6))
 
 
 def plain(value, digits: int = 10) -> str:
@@ -124,8 +146,17 @@ def _unit_hint(x_file: float, unit: DefocusUnit, lo: float, hi: float) -> str:
     return f" (looks like {'; '.join(guesses)})" if guesses else ""
 
 
-def check_defocus(values_um, path, field: str | None, unit: DefocusUnit, *, labels: Sequence[str] | None = None,
-                  phase_plate: bool = False, allow_unusual: bool = False, skip=None) -> np.ndarray:
+def check_defocus(
+    values_um,
+    path,
+    field: str | None,
+    unit: DefocusUnit,
+    *,
+    labels: Sequence[str] | None = None,
+    phase_plate: bool = False,
+    allow_unusual: bool = False,
+    skip=None,
+) -> np.ndarray:
     """Refuse defocus values outside the plausible range (see the module docstring).
 
     ``values_um`` are micrometres (+ = underfocus) converted from ``unit``; the message gives
@@ -149,8 +180,7 @@ def check_defocus(values_um, path, field: str | None, unit: DefocusUnit, *, labe
     x_file = float(v[i] * unit.per_um)
     field, prefix = _place(field, _label(labels, i, f"tilt {i + 1}" if v.size > 1 else ""))
     if not math.isfinite(v[i]):
-        raise InputError(f"{prefix}defocus {plain(x_file)} is not a finite number; expected {unit.name}",
-                         path, field)
+        raise InputError(f"{prefix}defocus {plain(x_file)} is not a finite number; expected {unit.name}", path, field)
     if unit.per_um == 1:
         shown = f"{plain(x_file)} is implausible (not a plausible value in micrometres)"
     else:
@@ -160,11 +190,20 @@ def check_defocus(values_um, path, field: str | None, unit: DefocusUnit, *, labe
     raise InputError(
         f"{prefix}defocus {shown}; expected {unit.name}{ctx}, {lo:g}-{DEFOCUS_MAX_UM:g} um underfocus{pp}"
         f"{_unit_hint(x_file, unit, lo, DEFOCUS_MAX_UM)}; {UNUSUAL_DEFOCUS_FLAG} accepts unusual values",
-        path, field)
+        path,
+        field,
+    )
 
 
-def check_dose(values, path, field: str | None, *, labels: Sequence[str] | None = None,
-               allow_unusual: bool = False, what: str = "accumulated dose") -> np.ndarray:
+def check_dose(
+    values,
+    path,
+    field: str | None,
+    *,
+    labels: Sequence[str] | None = None,
+    allow_unusual: bool = False,
+    what: str = "accumulated dose",
+) -> np.ndarray:
     """Dose values (e/A^2): finite, >= 0 and (unless ``allow_unusual``) below ``MAX_TOTAL_DOSE``."""
     v = np.asarray(values, dtype=float).reshape(-1)
     for i, x in enumerate(v):
@@ -178,14 +217,19 @@ def check_dose(values, path, field: str | None, *, labels: Sequence[str] | None 
         if big.size:
             i = int(big[0])
             f, prefix = _place(field, _label(labels, i, f"tilt {i + 1}"))
-            raise InputError(f"{prefix}{what} {plain(float(v[i]))} e/A^2 is implausible; expected e/A^2 (not "
-                             f"e/nm^2), below {MAX_TOTAL_DOSE:g} e/A^2 for the whole series; {UNUSUAL_DOSE_FLAG} "
-                             "accepts unusual values", path, f)
+            raise InputError(
+                f"{prefix}{what} {plain(float(v[i]))} e/A^2 is implausible; expected e/A^2 (not "
+                f"e/nm^2), below {MAX_TOTAL_DOSE:g} e/A^2 for the whole series; {UNUSUAL_DOSE_FLAG} "
+                "accepts unusual values",
+                path,
+                f,
+            )
     return v
 
 
-def check_total_dose(per_exposure, path, field: str | None, *, labels: Sequence[str] | None = None,
-                     allow_unusual: bool = False) -> None:
+def check_total_dose(
+    per_exposure, path, field: str | None, *, labels: Sequence[str] | None = None, allow_unusual: bool = False
+) -> None:
     """The sum of per-exposure doses must stay below ``MAX_TOTAL_DOSE`` (names where it is passed)."""
     if allow_unusual:
         return
@@ -194,17 +238,25 @@ def check_total_dose(per_exposure, path, field: str | None, *, labels: Sequence[
     if over.size:
         i = int(over[0])
         f, prefix = _place(field, _label(labels, i, f"tilt {i + 1}"))
-        raise InputError(f"{prefix}the doses add up to {plain(float(total[-1]))} e/A^2, implausible; expected "
-                         f"e/A^2 (not e/nm^2), below {MAX_TOTAL_DOSE:g} e/A^2 for the whole series; "
-                         f"{UNUSUAL_DOSE_FLAG} accepts unusual values", path, f)
+        raise InputError(
+            f"{prefix}the doses add up to {plain(float(total[-1]))} e/A^2, implausible; expected "
+            f"e/A^2 (not e/nm^2), below {MAX_TOTAL_DOSE:g} e/A^2 for the whole series; "
+            f"{UNUSUAL_DOSE_FLAG} accepts unusual values",
+            path,
+            f,
+        )
 
 
 def require_dose_information(accumulated, path, field: str, allow_missing: bool) -> None:
     """A dose of 0 for every tilt of a multi-tilt series is no dose information: refused unless allowed."""
     a = np.asarray(accumulated, dtype=float).reshape(-1)
     if not allow_missing and a.size > 1 and np.all(a == 0):
-        raise InputError(f"dose is 0 for every tilt (no dose information); expected the accumulated e/A^2 "
-                         f"before each tilt; {MISSING_DOSE_HINT}", path, field)
+        raise InputError(
+            f"dose is 0 for every tilt (no dose information); expected the accumulated e/A^2 "
+            f"before each tilt; {MISSING_DOSE_HINT}",
+            path,
+            field,
+        )
 
 
 def check_finite(value, path, field: str | None, expected: str) -> float:

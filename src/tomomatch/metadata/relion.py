@@ -1,4 +1,5 @@
 """RELION 5 tomography metadata: ``tomograms.star`` (``data_global``) and per-tilt-series STAR files."""
+
 from __future__ import annotations
 
 import io
@@ -18,17 +19,32 @@ from ..errors import InputError
 from ..mrcio import atomic_path
 from ..tiltseries import TiltSeries
 from ._common import check_tilt_angles, library_errors, require_file
-from .plausibility import (MISSING_DOSE_HINT, RELION_ANGSTROM, check_amplitude_contrast, check_cs, check_defocus,
-                           check_dose, check_pixel_size, check_voltage, has_phase_plate, plain,
-                           require_dose_information)
+from .plausibility import (
+    MISSING_DOSE_HINT,
+    RELION_ANGSTROM,
+    check_amplitude_contrast,
+    check_cs,
+    check_defocus,
+    check_dose,
+    check_pixel_size,
+    check_voltage,
+    has_phase_plate,
+    plain,
+    require_dose_information,
+)
 
-__all__ = ["read_relion5", "write_relion5", "list_relion5_tomograms", "relion5_projection_matrices",
-           "angles_from_projection_matrices"]
+__all__ = [
+    "read_relion5",
+    "write_relion5",
+    "list_relion5_tomograms",
+    "relion5_projection_matrices",
+    "angles_from_projection_matrices",
+]
 
 PROJ_COLUMNS = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
 PROJ_SOURCE = "rlnTomoProjX/Y/Z/W"
-ROTATION_TOLERANCE = 1e-3      # max |R R^T - I| and |det R - 1| of a projection matrix's 3x3 part
-ANGLE_AGREEMENT_DEG = 0.05     # angle columns vs matrices: larger differences are recorded
+ROTATION_TOLERANCE = 1e-3  # max |R R^T - I| and |det R - 1| of a projection matrix's 3x3 part
+ANGLE_AGREEMENT_DEG = 0.05  # angle columns vs matrices: larger differences are recorded
 
 
 def _star_lines(path: Path) -> list[str]:
@@ -41,9 +57,10 @@ def _star_lines(path: Path) -> list[str]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise InputError(f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; expected a RELION STAR text file",
-                         path, f"line {line}") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; expected a RELION STAR text file", path, f"line {line}"
+        ) from None
     n = raw.count(b"\n") + (0 if not raw or raw.endswith(b"\n") else 1)
     lines = [ln.strip() for ln in io.StringIO(text, newline=None).readlines()]
     return (lines + [""] * n)[:n]
@@ -60,8 +77,9 @@ def _fields(line: str, path: Path, lineno: int) -> list[str]:
             lex.whitespace, lex.whitespace_split, lex.commenters = " \t", True, "#"
             return list(lex)
         except ValueError:
-            raise InputError("unbalanced quote; expected quoted values to be closed on the same line",
-                             path, f"line {lineno}") from None
+            raise InputError(
+                "unbalanced quote; expected quoted values to be closed on the same line", path, f"line {lineno}"
+            ) from None
     line = line.split("#", 1)[0].strip(" \t")
     return _FIELD_SPLIT.split(line) if line else []
 
@@ -86,8 +104,9 @@ def _scan_star(path: Path) -> dict[str, list[int]]:
         while i < n and not (lines[i].startswith("loop_") or lines[i].startswith("_")):
             i += 1
         if i >= n:
-            raise InputError(f"data_{name} has no loop_ and no _fields; expected a STAR data block", path,
-                             f"line {block_line}")
+            raise InputError(
+                f"data_{name} has no loop_ and no _fields; expected a STAR data block", path, f"line {block_line}"
+            )
         if lines[i].startswith("loop_"):
             loop_line = i + 1
             i += 1
@@ -95,8 +114,9 @@ def _scan_star(path: Path) -> dict[str, list[int]]:
             while i < n and lines[i].startswith("_"):
                 col = lines[i].split()[0][1:]
                 if col in columns:
-                    raise InputError(f"column {col} appears twice in data_{name}; expected each column once",
-                                     path, f"line {i + 1}")
+                    raise InputError(
+                        f"column {col} appears twice in data_{name}; expected each column once", path, f"line {i + 1}"
+                    )
                 columns.append(col)
                 i += 1
             block_rows = []
@@ -104,12 +124,18 @@ def _scan_star(path: Path) -> dict[str, list[int]]:
                 toks = _fields(lines[i], path, i + 1)
                 if toks:
                     if not columns:
-                        raise InputError(f"loop_ of data_{name} has no _column lines; expected _rlnName lines "
-                                         "after loop_", path, f"line {loop_line}")
+                        raise InputError(
+                            f"loop_ of data_{name} has no _column lines; expected _rlnName lines after loop_",
+                            path,
+                            f"line {loop_line}",
+                        )
                     if len(toks) != len(columns):
-                        raise InputError(f"{len(toks)} value{'s' if len(toks) != 1 else ''} in a row of data_{name}; "
-                                         f"expected {len(columns)}, one per column (a ragged row)", path,
-                                         f"line {i + 1}")
+                        raise InputError(
+                            f"{len(toks)} value{'s' if len(toks) != 1 else ''} in a row of data_{name}; "
+                            f"expected {len(columns)}, one per column (a ragged row)",
+                            path,
+                            f"line {i + 1}",
+                        )
                     block_rows.append(i + 1)
                 i += 1
             rows[name] = block_rows
@@ -170,8 +196,10 @@ def _resolve_tilt_series_star(value: str, star: Path) -> Path:
             return c
     raise InputError(
         f"rlnTomoTiltSeriesStarFile {value!r} not found (looked relative to the star file's "
-        "directory, the current directory and the RELION project directory)", star,
-        "rlnTomoTiltSeriesStarFile")
+        "directory, the current directory and the RELION project directory)",
+        star,
+        "rlnTomoTiltSeriesStarFile",
+    )
 
 
 def _row(i: int, lines: list[int] | None) -> str:
@@ -186,8 +214,9 @@ def _col(df: pd.DataFrame, name: str, path: Path, required: bool = True, lines: 
         if bad.size:
             i = int(bad[0])
             at = f" (line {lines[i]})" if lines is not None and i < len(lines) else ""
-            raise InputError(f"row {i + 1}: {plain(df[name].iloc[i])} is not a finite number; expected a number{at}",
-                             path, name)
+            raise InputError(
+                f"row {i + 1}: {plain(df[name].iloc[i])} is not a finite number; expected a number{at}", path, name
+            )
         return values
     if required:
         raise InputError("column missing; expected a RELION 5 tilt-series STAR column", path, name)
@@ -197,9 +226,15 @@ def _col(df: pd.DataFrame, name: str, path: Path, required: bool = True, lines: 
 # --------------------------------------------------------------------------- projection matrices
 
 
-def relion5_projection_matrices(tilt_deg, x_tilt_deg, z_rot_deg, tomogram_size_xyz_unbinned,
-                                tilt_image_size_xy, shifts_angstrom=None,
-                                pixel_size_angstrom: float = 1.0) -> np.ndarray:
+def relion5_projection_matrices(
+    tilt_deg,
+    x_tilt_deg,
+    z_rot_deg,
+    tomogram_size_xyz_unbinned,
+    tilt_image_size_xy,
+    shifts_angstrom=None,
+    pixel_size_angstrom: float = 1.0,
+) -> np.ndarray:
     """RELION 5's per-tilt projection matrices ``(n, 4, 4)`` (tomogram pixels -> image pixels).
 
     3dem/relion ``src/jaz/tomography/tomogram.cpp`` ``Tomogram::setProjectionMatrix``:
@@ -218,8 +253,11 @@ def relion5_projection_matrices(tilt_deg, x_tilt_deg, z_rot_deg, tomogram_size_x
     if len(size) != 3 or len(img) != 2 or min(size + img) <= 0:
         raise ValueError("tomogram_size_xyz_unbinned must be 3 and tilt_image_size_xy 2 positive ints")
     c_tomo = np.array([centre_index(v) for v in size], dtype=float)
-    shifts = np.zeros((n, 2)) if shifts_angstrom is None else np.broadcast_to(
-        np.asarray(shifts_angstrom, dtype=float), (n, 2)) / float(pixel_size_angstrom)
+    shifts = (
+        np.zeros((n, 2))
+        if shifts_angstrom is None
+        else np.broadcast_to(np.asarray(shifts_angstrom, dtype=float), (n, 2)) / float(pixel_size_angstrom)
+    )
     out = np.zeros((n, 4, 4))
     out[:, :3, :3] = rot
     out[:, :3, 3] = -rot @ c_tomo
@@ -277,8 +315,12 @@ def _projection_matrices(df: pd.DataFrame, path: Path) -> np.ndarray | None:
         return None
     if len(present) != 4:
         missing = [c for c in PROJ_COLUMNS if c not in df.columns]
-        raise InputError(f"{', '.join(present)} present but {', '.join(missing)} missing; expected all four "
-                         "projection-matrix rows or none", path, missing[0])
+        raise InputError(
+            f"{', '.join(present)} present but {', '.join(missing)} missing; expected all four "
+            "projection-matrix rows or none",
+            path,
+            missing[0],
+        )
     out = np.zeros((len(df), 4, 4))
     for r, col in enumerate(PROJ_COLUMNS):
         for i, value in enumerate(df[col].tolist()):
@@ -287,8 +329,9 @@ def _projection_matrices(df: pd.DataFrame, path: Path) -> np.ndarray | None:
     bad = np.flatnonzero(w_err > ROTATION_TOLERANCE)
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"row {i + 1}: {_format_row(out[i, 3])}; expected [0,0,0,1] (an affine projection)",
-                         path, "rlnTomoProjW")
+        raise InputError(
+            f"row {i + 1}: {_format_row(out[i, 3])}; expected [0,0,0,1] (an affine projection)", path, "rlnTomoProjW"
+        )
     rot = out[:, :3, :3]
     ortho_err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max(axis=(1, 2))
     det = np.linalg.det(rot)
@@ -299,7 +342,9 @@ def _projection_matrices(df: pd.DataFrame, path: Path) -> np.ndarray | None:
             f"row {i + 1}: the 3x3 part of the projection matrix is not a rotation (det {det[i]:.6g}, "
             f"max |R R^T - I| {ortho_err[i]:.3g}); expected orthonormal rows with det +1 within "
             f"{ROTATION_TOLERANCE:g} (a matrix with magnification or a mirrored axis has no tilt angles)",
-            path, "rlnTomoProjX/Y/Z")
+            path,
+            "rlnTomoProjX/Y/Z",
+        )
     return out
 
 
@@ -314,9 +359,15 @@ def _wrapped_diff(a, b) -> np.ndarray:
     return np.abs((np.asarray(a, float) - np.asarray(b, float) + 180.0) % 360.0 - 180.0)
 
 
-def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_star=None,
-                 allow_missing_dose: bool = False, allow_unusual_defocus: bool = False,
-                 allow_unusual_dose: bool = False) -> TiltSeries:
+def read_relion5(
+    tomograms_star,
+    tomo_name: str | None = None,
+    *,
+    tilt_series_star=None,
+    allow_missing_dose: bool = False,
+    allow_unusual_defocus: bool = False,
+    allow_unusual_dose: bool = False,
+) -> TiltSeries:
     """Read one tilt series from a RELION 5 ``tomograms.star``.
 
     Parameters
@@ -374,13 +425,17 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
     glob = _global_table(star)
     names = [str(n) for n in glob["rlnTomoName"]]
     if not names:
-        raise InputError("no tomograms (the data_global loop has no rows); expected one row per tomogram", star,
-                         "rlnTomoName")
+        raise InputError(
+            "no tomograms (the data_global loop has no rows); expected one row per tomogram", star, "rlnTomoName"
+        )
     if tomo_name is None:
         if len(names) != 1:
-            raise InputError(f"holds {len(names)} tomograms ({', '.join(names[:6])}"
-                             f"{', ...' if len(names) > 6 else ''}); give the tomogram name (--tomo-name)",
-                             star, "rlnTomoName")
+            raise InputError(
+                f"holds {len(names)} tomograms ({', '.join(names[:6])}"
+                f"{', ...' if len(names) > 6 else ''}); give the tomogram name (--tomo-name)",
+                star,
+                "rlnTomoName",
+            )
         tomo_name = names[0]
     tomo_name = str(tomo_name)
     if tomo_name not in names:
@@ -401,8 +456,7 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
         except (TypeError, ValueError):
             x = math.nan
         if not math.isfinite(x):
-            raise InputError(f"{plain(value)} for {tomo_name!r} is not a finite number; expected a number",
-                             star, name)
+            raise InputError(f"{plain(value)} for {tomo_name!r} is not a finite number; expected a number", star, name)
         return check(x, star, name) if check is not None else x
 
     if tilt_series_star is not None:
@@ -436,25 +490,34 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
     if matrices is not None:
         matrix_angles = angles_from_projection_matrices(matrices)
         angles, x_tilt, z_rot_used = matrix_angles[:, 0], matrix_angles[:, 1].copy(), matrix_angles[:, 2]
-        x_tilt[np.abs(x_tilt) < 1e-6] = 0.0   # rounding noise, not an x tilt (keeps has_x_tilt False)
+        x_tilt[np.abs(x_tilt) < 1e-6] = 0.0  # rounding noise, not an x tilt (keeps has_x_tilt False)
         big = np.flatnonzero(np.abs(x_tilt) > 45)
         if big.size:
             i = int(big[0])
-            raise InputError(f"row {i + 1}: x tilt {x_tilt[i]:.4g} degrees from the projection matrix; expected"
-                             " |x tilt| <= 45 (is the tomogram's depth axis not z?)", ts_path, "rlnTomoProjZ")
+            raise InputError(
+                f"row {i + 1}: x tilt {x_tilt[i]:.4g} degrees from the projection matrix; expected"
+                " |x tilt| <= 45 (is the tomogram's depth axis not z?)",
+                ts_path,
+                "rlnTomoProjZ",
+            )
         diffs = {}
-        for col, values, k in (("rlnTomoYTilt", y_tilt, 0), ("rlnTomoXTilt", x_tilt_col, 1),
-                               ("rlnTomoZRot", z_rot, 2)):
+        for col, values, k in (("rlnTomoYTilt", y_tilt, 0), ("rlnTomoXTilt", x_tilt_col, 1), ("rlnTomoZRot", z_rot, 2)):
             if values is not None:
                 diffs[col] = float(_wrapped_diff(values, matrix_angles[:, k]).max())
         disagree = {c: d for c, d in diffs.items() if d > ANGLE_AGREEMENT_DEG}
-        geometry_extra = {"projection_matrices": matrices, "matrix_angles_deg": matrix_angles,
-                          "angles_vs_matrices_max_diff_deg": diffs,
-                          "angles_disagree_with_matrices": bool(disagree)}
+        geometry_extra = {
+            "projection_matrices": matrices,
+            "matrix_angles_deg": matrix_angles,
+            "angles_vs_matrices_max_diff_deg": diffs,
+            "angles_disagree_with_matrices": bool(disagree),
+        }
         if disagree:
-            warnings.warn(f"{ts_path}: angle columns differ from rlnTomoProjX/Y/Z/W by up to "
-                          + ", ".join(f"{c} {d:.3g} deg" for c, d in disagree.items())
-                          + "; using the matrices (as RELION 5 does)", stacklevel=2)
+            warnings.warn(
+                f"{ts_path}: angle columns differ from rlnTomoProjX/Y/Z/W by up to "
+                + ", ".join(f"{c} {d:.3g} deg" for c, d in disagree.items())
+                + "; using the matrices (as RELION 5 does)",
+                stacklevel=2,
+            )
         tilt_source = x_source = PROJ_SOURCE
     elif y_tilt is not None or nominal is not None:
         angles = y_tilt if y_tilt is not None else nominal
@@ -463,14 +526,20 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
         x_source = "rlnTomoXTilt" if x_tilt_col is not None else "none"
         z_rot_used = z_rot
     else:
-        raise InputError("no tilt angles (rlnTomoYTilt, rlnTomoNominalStageTiltAngle or rlnTomoProjX/Y/Z/W)",
-                         ts_path, "rlnTomoNominalStageTiltAngle")
+        raise InputError(
+            "no tilt angles (rlnTomoYTilt, rlnTomoNominalStageTiltAngle or rlnTomoProjX/Y/Z/W)",
+            ts_path,
+            "rlnTomoNominalStageTiltAngle",
+        )
     check_tilt_angles(angles, ts_path, field=tilt_source, labels=rows)
     dose = column("rlnMicrographPreExposure")
     if dose is None:
         if not allow_missing_dose:
-            raise InputError(f"column missing: no dose; expected the accumulated e/A^2 before each tilt; "
-                             f"{MISSING_DOSE_HINT}", ts_path, "rlnMicrographPreExposure")
+            raise InputError(
+                f"column missing: no dose; expected the accumulated e/A^2 before each tilt; {MISSING_DOSE_HINT}",
+                ts_path,
+                "rlnMicrographPreExposure",
+            )
     else:
         check_dose(dose, ts_path, "rlnMicrographPreExposure", labels=rows, allow_unusual=allow_unusual_dose)
         require_dose_information(dose, ts_path, "rlnMicrographPreExposure", allow_missing_dose)
@@ -478,18 +547,32 @@ def read_relion5(tomograms_star, tomo_name: str | None = None, *, tilt_series_st
     dv = column("rlnDefocusV")
     phase = column("rlnPhaseShift")
     if du is None and dv is not None:
-        raise InputError("column missing while rlnDefocusV is present; expected both rlnDefocusU and rlnDefocusV "
-                         "(Angstrom) or neither", ts_path, "rlnDefocusU")
+        raise InputError(
+            "column missing while rlnDefocusV is present; expected both rlnDefocusU and rlnDefocusV "
+            "(Angstrom) or neither",
+            ts_path,
+            "rlnDefocusU",
+        )
     if du is not None:
         du = du / ANGSTROM_PER_MICROMETRE
         dv = du if dv is None else dv / ANGSTROM_PER_MICROMETRE
         for values, name in ((du, "rlnDefocusU"), (dv, "rlnDefocusV")):
-            check_defocus(values, ts_path, name, RELION_ANGSTROM, labels=rows, phase_plate=has_phase_plate(phase),
-                          allow_unusual=allow_unusual_defocus)
+            check_defocus(
+                values,
+                ts_path,
+                name,
+                RELION_ANGSTROM,
+                labels=rows,
+                phase_plate=has_phase_plate(phase),
+                allow_unusual=allow_unusual_defocus,
+            )
     astig_angle = column("rlnDefocusAngle")
     axis_nominal = column("rlnTomoNominalTiltAxisAngle")
-    axis = _mean_angle(z_rot_used) if z_rot_used is not None else (
-        float(np.mean(axis_nominal)) if axis_nominal is not None else 0.0)
+    axis = (
+        _mean_angle(z_rot_used)
+        if z_rot_used is not None
+        else (float(np.mean(axis_nominal)) if axis_nominal is not None else 0.0)
+    )
 
     try:
         hand = hand_from_relion(float(g("rlnTomoHand")))
@@ -550,9 +633,17 @@ def _write_star_atomic(blocks: dict, path: Path) -> None:
         starfile.write(blocks, tmp, float_format="%.6f")
 
 
-def write_relion5(out_dir, tilt_series: TiltSeries, tomo_name: str, tomogram_size_xyz_unbinned,
-                  binning: float, tomogram_path=None, hand: int | None = None, *,
-                  tilt_image_size_xy=None) -> Path:
+def write_relion5(
+    out_dir,
+    tilt_series: TiltSeries,
+    tomo_name: str,
+    tomogram_size_xyz_unbinned,
+    binning: float,
+    tomogram_path=None,
+    hand: int | None = None,
+    *,
+    tilt_image_size_xy=None,
+) -> Path:
     """Write RELION 5 ``tomograms.star`` and ``tilt_series/<tomo_name>.star`` into ``out_dir``.
 
     Parameters
@@ -618,26 +709,31 @@ def write_relion5(out_dir, tilt_series: TiltSeries, tomo_name: str, tomogram_siz
         "rlnMicrographName": names,
     }
     du, dv = inc.defocus_u_um, inc.defocus_v_um
-    if du is not None and dv is not None:   # both or neither (TiltSeries.__post_init__): has_defocus
-        per_tilt.update({
-            "rlnTomoNominalDefocus": -inc.defocus_um,
-            "rlnDefocusU": du * ANGSTROM_PER_MICROMETRE,
-            "rlnDefocusV": dv * ANGSTROM_PER_MICROMETRE,
-            "rlnCtfAstigmatism": np.abs(du - dv) * ANGSTROM_PER_MICROMETRE,
-            "rlnDefocusAngle": inc.astigmatism_angle_deg,
-            "rlnPhaseShift": inc.phase_shift_deg,
-        })
-    per_tilt.update({
-        "rlnTomoXTilt": inc.x_tilt_deg,
-        "rlnTomoYTilt": inc.tilt_angles_deg,
-        "rlnTomoZRot": np.full(n, ts.tilt_axis_angle_deg),
-        "rlnTomoXShiftAngst": np.zeros(n),
-        "rlnTomoYShiftAngst": np.zeros(n),
-        "rlnCtfScalefactor": np.cos(np.deg2rad(inc.tilt_angles_deg)),
-    })
+    if du is not None and dv is not None:  # both or neither (TiltSeries.__post_init__): has_defocus
+        per_tilt.update(
+            {
+                "rlnTomoNominalDefocus": -inc.defocus_um,
+                "rlnDefocusU": du * ANGSTROM_PER_MICROMETRE,
+                "rlnDefocusV": dv * ANGSTROM_PER_MICROMETRE,
+                "rlnCtfAstigmatism": np.abs(du - dv) * ANGSTROM_PER_MICROMETRE,
+                "rlnDefocusAngle": inc.astigmatism_angle_deg,
+                "rlnPhaseShift": inc.phase_shift_deg,
+            }
+        )
+    per_tilt.update(
+        {
+            "rlnTomoXTilt": inc.x_tilt_deg,
+            "rlnTomoYTilt": inc.tilt_angles_deg,
+            "rlnTomoZRot": np.full(n, ts.tilt_axis_angle_deg),
+            "rlnTomoXShiftAngst": np.zeros(n),
+            "rlnTomoYShiftAngst": np.zeros(n),
+            "rlnCtfScalefactor": np.cos(np.deg2rad(inc.tilt_angles_deg)),
+        }
+    )
     if tilt_image_size_xy is not None:
-        proj = relion5_projection_matrices(inc.tilt_angles_deg, inc.x_tilt_deg, ts.tilt_axis_angle_deg,
-                                           size, tilt_image_size_xy)
+        proj = relion5_projection_matrices(
+            inc.tilt_angles_deg, inc.x_tilt_deg, ts.tilt_axis_angle_deg, size, tilt_image_size_xy
+        )
         for r, col in enumerate(PROJ_COLUMNS):
             per_tilt[col] = [_format_row(m[r]) for m in proj]
     ts_rel = Path("tilt_series") / f"{tomo_name}.star"

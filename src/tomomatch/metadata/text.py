@@ -1,4 +1,5 @@
 """Plain-text tilt metadata: IMOD ``.rawtlt``/``.tlt``, dose lists, defocus lists, ctfplotter ``.defocus``."""
+
 from __future__ import annotations
 
 import math
@@ -9,15 +10,34 @@ import numpy as np
 
 from ..errors import InputError
 from ..tiltseries import TiltSeries
-from ._common import (MAX_TILTS, check_count, check_tilt_angles, finite_array, numeric_rows, parse_float,
-                      read_text, refuse_other_format, require_file, write_text_atomic)
+from ._common import (
+    MAX_TILTS,
+    check_count,
+    check_tilt_angles,
+    finite_array,
+    numeric_rows,
+    parse_float,
+    read_text,
+    refuse_other_format,
+    require_file,
+    write_text_atomic,
+)
 from .plausibility import IMOD_NM, TEXT_UM, check_defocus, check_dose, check_total_dose
 
 __all__ = [
-    "read_tilt_angles", "read_dose", "read_defocus_text", "read_imod_defocus",
-    "write_tilt_angles", "write_dose", "write_imod_defocus",
-    "IMOD_FLAG_ASTIGMATISM", "IMOD_FLAG_ASTIG_RADIANS", "IMOD_FLAG_PHASE", "IMOD_FLAG_PHASE_RADIANS",
-    "IMOD_FLAG_INVERT_ANGLES", "IMOD_FLAG_CUT_ON",
+    "read_tilt_angles",
+    "read_dose",
+    "read_defocus_text",
+    "read_imod_defocus",
+    "write_tilt_angles",
+    "write_dose",
+    "write_imod_defocus",
+    "IMOD_FLAG_ASTIGMATISM",
+    "IMOD_FLAG_ASTIG_RADIANS",
+    "IMOD_FLAG_PHASE",
+    "IMOD_FLAG_PHASE_RADIANS",
+    "IMOD_FLAG_INVERT_ANGLES",
+    "IMOD_FLAG_CUT_ON",
 ]
 
 NM_PER_UM = 1000.0
@@ -34,6 +54,7 @@ IMOD_FLAG_CUT_ON = 32
 
 class DefocusTable(TypedDict):
     """Per-tilt defocus read from a defocus file, in stack order (um, + = underfocus; degrees)."""
+
     defocus_u_um: np.ndarray
     defocus_v_um: np.ndarray
     astigmatism_angle_deg: np.ndarray
@@ -42,6 +63,7 @@ class DefocusTable(TypedDict):
 
 class ImodDefocus(DefocusTable):
     """:func:`read_imod_defocus`'s dict: the defocus table plus the file's angles, version and flags."""
+
     tilt_angles_deg: np.ndarray
     version: int
     flags: int
@@ -94,8 +116,9 @@ def read_dose(path, per_tilt: bool = False, tilt_angles_deg=None, *, allow_unusu
     rows = numeric_rows(p, "dose", "a dose in e/A^2")
     values = np.array([r[0] for _, r in rows], dtype=float)
     labels = [f"line {ln}" for ln, _ in rows]
-    check_dose(values, p, None, labels=labels, allow_unusual=allow_unusual_dose,
-               what="dose per tilt" if per_tilt else "dose")
+    check_dose(
+        values, p, None, labels=labels, allow_unusual=allow_unusual_dose, what="dose per tilt" if per_tilt else "dose"
+    )
     if per_tilt:
         check_total_dose(values, p, None, labels=labels, allow_unusual=allow_unusual_dose)
     if tilt_angles_deg is not None:
@@ -117,8 +140,15 @@ def read_defocus_text(path, *, allow_unusual_defocus: bool = False, phase_plate:
     refuse_other_format(p, "plain-text defocus")
     rows = numeric_rows(p, "defocus", "a defocus in micrometres")
     values = np.array([r[0] for _, r in rows], dtype=float)
-    return check_defocus(values, p, None, TEXT_UM, labels=[f"line {ln}" for ln, _ in rows],
-                         phase_plate=phase_plate, allow_unusual=allow_unusual_defocus)
+    return check_defocus(
+        values,
+        p,
+        None,
+        TEXT_UM,
+        labels=[f"line {ln}" for ln, _ in rows],
+        phase_plate=phase_plate,
+        allow_unusual=allow_unusual_defocus,
+    )
 
 
 def _imod_lines(p) -> list[tuple[int, list[str]]]:
@@ -169,14 +199,16 @@ def read_imod_defocus(path, *, allow_unusual_defocus: bool = False, phase_plate:
             raise InputError(f"format version {first[5]} not supported; expected 2 or 3", p, f"line {first_no}")
         version = int(v)
     elif len(first) != 5:
-        raise InputError(f"{len(first)} fields; expected 6 (version 2/3 header or data with version)",
-                         p, f"line {first_no}")
+        raise InputError(
+            f"{len(first)} fields; expected 6 (version 2/3 header or data with version)", p, f"line {first_no}"
+        )
     flags = 0
     if version == 3:
         f = parse_float(first[0], p, first_no, "the flags value of the version-3 header")
         if f != int(f) or not 0 <= f < 64:
-            raise InputError(f"flags {first[0]!r}; expected an integer 0-63 (sum of 1, 2, 4, 8, 16, 32)",
-                             p, f"line {first_no}")
+            raise InputError(
+                f"flags {first[0]!r}; expected an integer 0-63 (sum of 1, 2, 4, 8, 16, 32)", p, f"line {first_no}"
+            )
         flags = int(f)
         data = lines[1:]
         if not data:
@@ -190,13 +222,17 @@ def read_imod_defocus(path, *, allow_unusual_defocus: bool = False, phase_plate:
     records = []
     for lineno, toks in data:
         if len(toks) < n_cols:
-            raise InputError(f"{len(toks)} fields; expected {n_cols} for version {version}"
-                             f" with flags {flags}", p, f"line {lineno}")
+            raise InputError(
+                f"{len(toks)} fields; expected {n_cols} for version {version} with flags {flags}", p, f"line {lineno}"
+            )
         vals = [parse_float(t, p, lineno, "a number") for t in toks[:n_cols]]
         start, end = vals[0], vals[1]
         if start != int(start) or end != int(end) or start < 1 or end < start or end > MAX_TILTS:
-            raise InputError(f"view range {toks[0]}-{toks[1]} invalid; expected 1-based start <= end "
-                             f"<= {MAX_TILTS}", p, f"line {lineno}")
+            raise InputError(
+                f"view range {toks[0]}-{toks[1]} invalid; expected 1-based start <= end <= {MAX_TILTS}",
+                p,
+                f"line {lineno}",
+            )
         df1 = vals[4] / NM_PER_UM
         df2 = vals[5] / NM_PER_UM if astig else df1
         ang = vals[6] if astig else 0.0
@@ -209,12 +245,21 @@ def read_imod_defocus(path, *, allow_unusual_defocus: bool = False, phase_plate:
 
     labels = [f"line {r[0]}" for r in records]
     phase_plate = phase_plate or any(r[8] != 0 for r in records)
-    for k in (5, 6):   # defocus1, defocus2
-        check_defocus([r[k] for r in records], p, None, IMOD_NM, labels=labels, phase_plate=phase_plate,
-                      allow_unusual=allow_unusual_defocus)
+    for k in (5, 6):  # defocus1, defocus2
+        check_defocus(
+            [r[k] for r in records],
+            p,
+            None,
+            IMOD_NM,
+            labels=labels,
+            phase_plate=phase_plate,
+            allow_unusual=allow_unusual_defocus,
+        )
     n = max(r[2] for r in records)
-    out = {k: np.full(n, np.nan) for k in ("defocus_u_um", "defocus_v_um", "astigmatism_angle_deg",
-                                           "phase_shift_deg", "tilt_angles_deg")}
+    out = {
+        k: np.full(n, np.nan)
+        for k in ("defocus_u_um", "defocus_v_um", "astigmatism_angle_deg", "phase_shift_deg", "tilt_angles_deg")
+    }
     seen = np.zeros(n, dtype=int)
     for lineno, start, end, a1, a2, df1, df2, ang, ph in records:
         views = np.arange(start, end + 1)
@@ -235,9 +280,15 @@ def read_imod_defocus(path, *, allow_unusual_defocus: bool = False, phase_plate:
         out["tilt_angles_deg"] = -out["tilt_angles_deg"]
     # the angles are informative only (a view range interpolates them): no uniqueness check
     check_tilt_angles(out["tilt_angles_deg"], p, None, "tilt angle", unique=False)
-    return ImodDefocus(defocus_u_um=out["defocus_u_um"], defocus_v_um=out["defocus_v_um"],
-                       astigmatism_angle_deg=out["astigmatism_angle_deg"], phase_shift_deg=out["phase_shift_deg"],
-                       tilt_angles_deg=out["tilt_angles_deg"], version=version, flags=flags)
+    return ImodDefocus(
+        defocus_u_um=out["defocus_u_um"],
+        defocus_v_um=out["defocus_v_um"],
+        astigmatism_angle_deg=out["astigmatism_angle_deg"],
+        phase_shift_deg=out["phase_shift_deg"],
+        tilt_angles_deg=out["tilt_angles_deg"],
+        version=version,
+        flags=flags,
+    )
 
 
 # --------------------------------------------------------------------------- writers
@@ -268,7 +319,7 @@ def write_imod_defocus(path, tilt_series: TiltSeries) -> Path:
     """
     ts = tilt_series
     du_um, dv_um = ts.defocus_u_um, ts.defocus_v_um
-    if du_um is None or dv_um is None:     # both or neither (TiltSeries.__post_init__)
+    if du_um is None or dv_um is None:  # both or neither (TiltSeries.__post_init__)
         raise ValueError("tilt series has no defocus to write")
     du = du_um * NM_PER_UM
     dv = dv_um * NM_PER_UM

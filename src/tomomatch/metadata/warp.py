@@ -1,4 +1,5 @@
 """Warp / WarpTools tilt-series XML (``<TiltSeries>``) reader."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +9,19 @@ from ..conventions import hand_from_warp, warp_tilt_angles_to_internal
 from ..errors import InputError
 from ..tiltseries import TiltSeries
 from ._common import check_tilt_angles, library_errors, require_file
-from .plausibility import (MISSING_DOSE_HINT, WARP_UM, check_amplitude_contrast, check_cs, check_defocus,
-                           check_dose, check_pixel_size, check_voltage, has_phase_plate, plain,
-                           require_dose_information)
+from .plausibility import (
+    MISSING_DOSE_HINT,
+    WARP_UM,
+    check_amplitude_contrast,
+    check_cs,
+    check_defocus,
+    check_dose,
+    check_pixel_size,
+    check_voltage,
+    has_phase_plate,
+    plain,
+    require_dose_information,
+)
 
 __all__ = ["read_warp_xml"]
 
@@ -66,8 +77,9 @@ def _grid_per_tilt(root, tag: str, path, n: int) -> np.ndarray | None:
             z = int(node.get("Z", "0"))
             v = float(node.get("Value"))
         except (TypeError, ValueError):
-            raise InputError(f"node {etree.tostring(node).decode().strip()!r}; expected numeric Z and Value",
-                             path, tag) from None
+            raise InputError(
+                f"node {etree.tostring(node).decode().strip()!r}; expected numeric Z and Value", path, tag
+            ) from None
         if not 0 <= z < d or not np.isfinite(v):
             raise InputError(f"node Z={z} Value={plain(v)}; expected 0 <= Z < {d} and a finite value", path, tag)
         sums[z] += v
@@ -99,8 +111,9 @@ def _param(params, name, path, default=None):
     return v
 
 
-def read_warp_xml(path, *, allow_missing_dose: bool = False, allow_unusual_defocus: bool = False,
-                  allow_unusual_dose: bool = False) -> TiltSeries:
+def read_warp_xml(
+    path, *, allow_missing_dose: bool = False, allow_unusual_defocus: bool = False, allow_unusual_dose: bool = False
+) -> TiltSeries:
     """Read a Warp/WarpTools tilt-series XML.
 
     * ``<Angles>`` are negated (Warp's sign is opposite to IMOD/RELION,
@@ -123,8 +136,9 @@ def read_warp_xml(path, *, allow_missing_dose: bool = False, allow_unusual_defoc
     p = require_file(path, "Warp XML")
     with library_errors(p, "XML file"):
         try:
-            root = etree.parse(str(p), etree.XMLParser(resolve_entities=False, no_network=True,
-                                                       huge_tree=True)).getroot()
+            root = etree.parse(
+                str(p), etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
+            ).getroot()
         except (etree.XMLSyntaxError, OSError) as exc:
             raise InputError(f"not a readable XML file ({' '.join(str(exc).split())})", p) from None
     if root.tag != "TiltSeries":
@@ -135,8 +149,9 @@ def read_warp_xml(path, *, allow_missing_dose: bool = False, allow_unusual_defoc
     dose = _list(root, "Dose", p, n, required=False)
     if dose is None:
         if not allow_missing_dose:
-            raise InputError(f"no <Dose> list; expected the accumulated e/A^2 before each tilt; {MISSING_DOSE_HINT}",
-                             p, "Dose")
+            raise InputError(
+                f"no <Dose> list; expected the accumulated e/A^2 before each tilt; {MISSING_DOSE_HINT}", p, "Dose"
+            )
     else:
         check_dose(dose, p, "Dose", labels=[f"entry {i + 1}" for i in range(n)], allow_unusual=allow_unusual_dose)
         require_dose_information(dose, p, "Dose", allow_missing_dose)
@@ -163,8 +178,16 @@ def read_warp_xml(path, *, allow_missing_dose: bool = False, allow_unusual_defoc
         labels = [f"tilt {i + 1}" for i in range(n)]
         src = "GridCTF" if root.find("GridCTF") is not None else "CTF/Defocus"
         for values, field in ((defocus, src), (du, f"{src} + DefocusDelta/2"), (dv, f"{src} - DefocusDelta/2")):
-            check_defocus(values, p, field, WARP_UM, labels=labels, phase_plate=has_phase_plate(phase),
-                          allow_unusual=allow_unusual_defocus, skip=None if use is None else ~use)
+            check_defocus(
+                values,
+                p,
+                field,
+                WARP_UM,
+                labels=labels,
+                phase_plate=has_phase_plate(phase),
+                allow_unusual=allow_unusual_defocus,
+                skip=None if use is None else ~use,
+            )
     inverted_attr = root.get("AreAnglesInverted", "False").strip().lower()
     if inverted_attr not in ("true", "false"):
         raise InputError(f"AreAnglesInverted={inverted_attr!r}; expected True or False", p, "AreAnglesInverted")

@@ -7,13 +7,34 @@ and weighted back-projection. See ``docs/simulation.md``.
 >>> from tomomatch.simulate import simulate
 >>> res = simulate("ci", out_dir="sim_ci", seed=1, hand=-1)   # doctest: +SKIP
 """
+
 from .config import PRESETS, SimulationConfig, Structure, preset_config
 from .core import LoadedStructure, SimulationResult, load_structure, run_simulation, simulate
-from .physics import (FourierProjector, fourier_bin_2d, interaction_constant, poisson_counts,
-                      ramp_filter_1d, tilt_scheme, weighted_back_projection)
+from .physics import (
+    FourierProjector,
+    fourier_bin_2d,
+    interaction_constant,
+    poisson_counts,
+    ramp_filter_1d,
+    tilt_scheme,
+    weighted_back_projection,
+)
 
 __all__ = [
-    "simulate", "run_simulation", "preset_config", "PRESETS", "SimulationConfig", "SimulationResult",
-    "Structure", "load_structure", "LoadedStructure", "FourierProjector", "fourier_bin_2d",
-    "interaction_constant", "poisson_counts", "ramp_filter_1d", "tilt_scheme", "weighted_back_projection",
+    "simulate",
+    "run_simulation",
+    "preset_config",
+    "PRESETS",
+    "SimulationConfig",
+    "SimulationResult",
+    "Structure",
+    "load_structure",
+    "LoadedStructure",
+    "FourierProjector",
+    "fourier_bin_2d",
+    "interaction_constant",
+    "poisson_counts",
+    "ramp_filter_1d",
+    "tilt_scheme",
+    "weighted_back_projection",
 ]

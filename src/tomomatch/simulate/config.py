@@ -1,4 +1,5 @@
 """Simulation parameters, presets and their validation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,7 @@ class SimulationConfig:
     preset: str = "custom"
     seed: int = 0
     # ---- sample
-    structure: Any = "phantom"             # 'phantom', 'phantom-mirror', 'phantom-decoy', a model/map path or Structure
+    structure: Any = "phantom"  # 'phantom', 'phantom-mirror', 'phantom-decoy', a model/map path or Structure
     phantom_diameter_angstrom: float = 250.0
     n_particles: int = 8
     n_decoys: int = 0
@@ -49,14 +50,14 @@ class SimulationConfig:
     blob_sigma_angstrom: tuple[float, float] = (10.0, 25.0)
     blob_peak_volt: float = 1.5
     thickness_nm: float = 40.0
-    slab_offset_nm: float = 0.0             # slab centre along z relative to the tomogram centre
-    min_distance_angstrom: float | None = None   # default: sum of the two particles' radii
-    particle_positions_angstrom: Any = None     # optional (n, 3) centred x, y, z (A), overrides random placement
-    particle_angles_relion_deg: Any = None      # optional (n, 3) rot, tilt, psi, overrides random orientations
+    slab_offset_nm: float = 0.0  # slab centre along z relative to the tomogram centre
+    min_distance_angstrom: float | None = None  # default: sum of the two particles' radii
+    particle_positions_angstrom: Any = None  # optional (n, 3) centred x, y, z (A), overrides random placement
+    particle_angles_relion_deg: Any = None  # optional (n, 3) rot, tilt, psi, overrides random orientations
     # ---- tomogram
     tomogram_size_xyz: tuple[int, int, int] = (128, 128, 48)
     voxel_size_angstrom: float = 10.0
-    binning: int = 2                        # density sampled at voxel/binning; projections Fourier-cropped to voxel
+    binning: int = 2  # density sampled at voxel/binning; projections Fourier-cropped to voxel
     # ---- tilt scheme
     tilt_min_deg: float = -60.0
     tilt_max_deg: float = 60.0
@@ -70,22 +71,22 @@ class SimulationConfig:
     amplitude_contrast: float = 0.07
     defocus_um: float = 3.0
     defocus_scatter_um: float = 0.15
-    astigmatism_um: float = 0.0             # |dU - dV|
-    astigmatism_angle_deg: float | None = None   # None: random per tilt
-    b_factor_angstrom2: float = 0.0         # extra envelope exp(-B k^2 / 4)
+    astigmatism_um: float = 0.0  # |dU - dV|
+    astigmatism_angle_deg: float | None = None  # None: random per tilt
+    b_factor_angstrom2: float = 0.0  # extra envelope exp(-B k^2 / 4)
     hand: int = 1
     hand_mode: HandMode = "full"
-    apply_ctf: bool = True                  # False: ideal dark contrast, transfer -1 at all k (debugging)
+    apply_ctf: bool = True  # False: ideal dark contrast, transfer -1 at all k (debugging)
     apply_dose_filter: bool = True
     # ---- noise
     shot_noise: bool = True
-    ice_noise_rad: float = 0.03             # rms ice phase noise per tilt-series pixel at 0 degrees (white, / sqrt(cos t))
+    ice_noise_rad: float = 0.03  # rms ice phase noise per tilt-series pixel at 0 degrees (white, / sqrt(cos t))
     inelastic_mean_free_path_nm: float = 350.0
-    jitter_angstrom: float = 0.0            # rms per-tilt residual misalignment (x and y)
+    jitter_angstrom: float = 0.0  # rms per-tilt residual misalignment (x and y)
     # ---- outputs
     tomo_name: str = "sim"
     template_box_size: int | None = None
-    write_noise_free: bool = False          # also write <name>_noisefree.mrc (no ice, no shot noise)
+    write_noise_free: bool = False  # also write <name>_noisefree.mrc (no ice, no shot noise)
     warnings: list = field(default_factory=list)
 
     # ------------------------------------------------------------------ derived
@@ -110,6 +111,7 @@ class SimulationConfig:
 
     def validate(self) -> "SimulationConfig":
         """Check every value; raise :class:`InputError` (field named) for bad input."""
+
         def pos(name, integer=False, allow_zero=False):
             v = getattr(self, name)
             try:
@@ -121,11 +123,25 @@ class SimulationConfig:
             if integer and fv != int(fv):
                 raise InputError(f"{v!r} must be an integer", field=name)
 
-        for n in ("voxel_size_angstrom", "thickness_nm", "tilt_step_deg", "voltage_kv",
-                  "phantom_diameter_angstrom", "inelastic_mean_free_path_nm"):
+        for n in (
+            "voxel_size_angstrom",
+            "thickness_nm",
+            "tilt_step_deg",
+            "voltage_kv",
+            "phantom_diameter_angstrom",
+            "inelastic_mean_free_path_nm",
+        ):
             pos(n)
-        for n in ("dose_per_tilt", "cs_mm", "defocus_scatter_um", "astigmatism_um", "b_factor_angstrom2",
-                  "ice_noise_rad", "jitter_angstrom", "blob_peak_volt"):
+        for n in (
+            "dose_per_tilt",
+            "cs_mm",
+            "defocus_scatter_um",
+            "astigmatism_um",
+            "b_factor_angstrom2",
+            "ice_noise_rad",
+            "jitter_angstrom",
+            "blob_peak_volt",
+        ):
             pos(n, allow_zero=True)
         for n in ("n_particles", "n_decoys", "n_blobs"):
             pos(n, integer=True, allow_zero=True)
@@ -144,13 +160,18 @@ class SimulationConfig:
         if not math.isfinite(float(self.slab_offset_nm)):
             raise InputError(f"{self.slab_offset_nm!r} must be finite", field="slab offset")
         if not -90 <= self.tilt_min_deg <= self.tilt_max_deg <= 90:
-            raise InputError(f"tilt range {self.tilt_min_deg:g}..{self.tilt_max_deg:g} must lie within -90..90 "
-                             "degrees with min <= max", field="tilt range")
+            raise InputError(
+                f"tilt range {self.tilt_min_deg:g}..{self.tilt_max_deg:g} must lie within -90..90 "
+                "degrees with min <= max",
+                field="tilt range",
+            )
         if max(abs(self.tilt_min_deg), abs(self.tilt_max_deg)) >= 89.0:
             raise InputError("tilts of 89 degrees or more leave no usable projection", field="tilt range")
         if self.tilt_order not in ("dose-symmetric", "sequential", "bidirectional"):
-            raise InputError(f"unknown tilt order {self.tilt_order!r}; expected dose-symmetric, sequential "
-                             "or bidirectional", field="tilt order")
+            raise InputError(
+                f"unknown tilt order {self.tilt_order!r}; expected dose-symmetric, sequential or bidirectional",
+                field="tilt order",
+            )
         try:
             self.hand = check_hand(self.hand)
         except ValueError as exc:
@@ -161,10 +182,14 @@ class SimulationConfig:
             raise InputError(f"{self.amplitude_contrast} outside [0, 1)", field="amplitude contrast")
         # the files the simulator writes must read back: the readers' plausibility range
         from ..metadata.plausibility import DEFOCUS_MAX_UM, DEFOCUS_MIN_UM
+
         df = float(self.defocus_um)
         if not (math.isfinite(df) and DEFOCUS_MIN_UM <= df <= DEFOCUS_MAX_UM):
-            raise InputError(f"{self.defocus_um} um; expected {DEFOCUS_MIN_UM:g}-{DEFOCUS_MAX_UM:g} um underfocus"
-                             " (the range tomomatch's readers accept)", field="defocus")
+            raise InputError(
+                f"{self.defocus_um} um; expected {DEFOCUS_MIN_UM:g}-{DEFOCUS_MAX_UM:g} um underfocus"
+                " (the range tomomatch's readers accept)",
+                field="defocus",
+            )
         if not float(self.dose_per_tilt) > 0:
             raise InputError(f"dose per tilt {self.dose_per_tilt}; expected > 0 e/A^2", field="dose per tilt")
         lo, hi = (float(s) for s in self.blob_sigma_angstrom)
@@ -180,14 +205,16 @@ class SimulationConfig:
         if self.seed < 0:
             raise InputError(f"{self.seed} must be >= 0", field="seed")
         if not str(self.tomo_name) or any(c in str(self.tomo_name) for c in "/\\ \t"):
-            raise InputError(f"{self.tomo_name!r} must be a non-empty name without spaces or slashes",
-                             field="tomo name")
+            raise InputError(
+                f"{self.tomo_name!r} must be a non-empty name without spaces or slashes", field="tomo name"
+            )
         return self
 
 
 def default_data_dir() -> Path:
     """Shared data folder (see :func:`tomomatch.shared_data.shared_data_dir`)."""
     from ..shared_data import shared_data_dir
+
     return shared_data_dir() or Path("shared-data-not-found")
 
 
@@ -195,6 +222,7 @@ def _ribosome_structure() -> tuple[Any, list[str]]:
     p = default_data_dir() / "structures" / "4v5d.cif.gz"
     try:
         import gemmi  # noqa: F401
+
         ok = p.exists()
     except ImportError:  # pragma: no cover
         ok = False
@@ -207,35 +235,86 @@ def _ribosome_structure() -> tuple[Any, list[str]]:
 PRESETS: dict[str, dict] = {
     # small and fast: CI and the README demo (<= 20 s on 2 cores)
     "ci": dict(
-        structure="phantom", phantom_diameter_angstrom=200.0, n_particles=8, n_decoys=2, n_blobs=30,
-        thickness_nm=40.0, tomogram_size_xyz=(128, 128, 48), voxel_size_angstrom=10.0, binning=2,
-        tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=4.0, dose_per_tilt=3.5,
-        defocus_um=3.0, defocus_scatter_um=0.15, ice_noise_rad=0.03,
+        structure="phantom",
+        phantom_diameter_angstrom=200.0,
+        n_particles=8,
+        n_decoys=2,
+        n_blobs=30,
+        thickness_nm=40.0,
+        tomogram_size_xyz=(128, 128, 48),
+        voxel_size_angstrom=10.0,
+        binning=2,
+        tilt_min_deg=-60.0,
+        tilt_max_deg=60.0,
+        tilt_step_deg=4.0,
+        dose_per_tilt=3.5,
+        defocus_um=3.0,
+        defocus_scatter_um=0.15,
+        ice_noise_rad=0.03,
     ),
     # a FIB-milled lamella at ci's scale: asymmetric tilt range -40..+60 (a lamella's pre-tilt
     # moves the usable range off zero), 2 degree step (51 tilts, dose-symmetric from 0: the
     # config has no start angle), 180 nm thick. Ice noise and blob count scale with the
     # thickness (ci's 0.03 rad at 40 nm x sqrt(180/40); blobs per volume as ci). Seconds on 2 cores.
     "lamella": dict(
-        structure="phantom", phantom_diameter_angstrom=200.0, n_particles=30, n_decoys=4, n_blobs=130,
-        thickness_nm=180.0, tomogram_size_xyz=(128, 128, 200), voxel_size_angstrom=10.0, binning=2,
-        tilt_min_deg=-40.0, tilt_max_deg=60.0, tilt_step_deg=2.0, tilt_order="dose-symmetric",
-        dose_per_tilt=2.2, defocus_um=3.0, defocus_scatter_um=0.15, ice_noise_rad=0.064,
+        structure="phantom",
+        phantom_diameter_angstrom=200.0,
+        n_particles=30,
+        n_decoys=4,
+        n_blobs=130,
+        thickness_nm=180.0,
+        tomogram_size_xyz=(128, 128, 200),
+        voxel_size_angstrom=10.0,
+        binning=2,
+        tilt_min_deg=-40.0,
+        tilt_max_deg=60.0,
+        tilt_step_deg=2.0,
+        tilt_order="dose-symmetric",
+        dose_per_tilt=2.2,
+        defocus_um=3.0,
+        defocus_scatter_um=0.15,
+        ice_noise_rad=0.064,
     ),
     # like pytom-match-pick's defocus-handedness benchmark (EMPIAR-10985 TS 27)
     "seed": dict(
-        structure="@4v5d", n_particles=100, n_decoys=0, n_blobs=60,
-        thickness_nm=70.0, tomogram_size_xyz=(514, 720, 84), voxel_size_angstrom=8.56, binning=2,
-        tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=3.0, dose_per_tilt=3.0,
-        voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, defocus_um=3.0, defocus_scatter_um=0.15,
+        structure="@4v5d",
+        n_particles=100,
+        n_decoys=0,
+        n_blobs=60,
+        thickness_nm=70.0,
+        tomogram_size_xyz=(514, 720, 84),
+        voxel_size_angstrom=8.56,
+        binning=2,
+        tilt_min_deg=-60.0,
+        tilt_max_deg=60.0,
+        tilt_step_deg=3.0,
+        dose_per_tilt=3.0,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+        defocus_um=3.0,
+        defocus_scatter_um=0.15,
         ice_noise_rad=0.03,
     ),
     # a wide field of view at a finer voxel, where the gradient matters more
     "wide": dict(
-        structure="@4v5d", n_particles=80, n_decoys=0, n_blobs=80,
-        thickness_nm=70.0, tomogram_size_xyz=(2064, 512, 168), voxel_size_angstrom=4.28, binning=2,
-        tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=3.0, dose_per_tilt=3.0,
-        voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, defocus_um=3.0, defocus_scatter_um=0.15,
+        structure="@4v5d",
+        n_particles=80,
+        n_decoys=0,
+        n_blobs=80,
+        thickness_nm=70.0,
+        tomogram_size_xyz=(2064, 512, 168),
+        voxel_size_angstrom=4.28,
+        binning=2,
+        tilt_min_deg=-60.0,
+        tilt_max_deg=60.0,
+        tilt_step_deg=3.0,
+        dose_per_tilt=3.0,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+        defocus_um=3.0,
+        defocus_scatter_um=0.15,
         ice_noise_rad=0.03,
     ),
 }

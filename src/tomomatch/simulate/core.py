@@ -1,4 +1,5 @@
 """The simulation pipeline: sample, tilt series, reconstruction, outputs."""
+
 from __future__ import annotations
 
 import json
@@ -19,22 +20,29 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from .. import ctf as ctfmod
-from ..conventions import (ANGSTROM_PER_MICROMETRE, centre_index, defocus_at_point_um,
-                           electron_wavelength_angstrom, matrix_to_relion, projected_x,
-                           relion5_centered_angstrom, relion_to_matrix, tilt_frame,
-                           GEOMETRY_VERSION, beam_direction)
+from ..conventions import (
+    ANGSTROM_PER_MICROMETRE,
+    centre_index,
+    defocus_at_point_um,
+    electron_wavelength_angstrom,
+    matrix_to_relion,
+    projected_x,
+    relion5_centered_angstrom,
+    relion_to_matrix,
+    tilt_frame,
+    GEOMETRY_VERSION,
+    beam_direction,
+)
 from ..errors import InputError
 from ..mrcio import atomic_path, write_volume
 from ..tiltseries import TiltSeries
 from .config import SimulationConfig, Structure, preset_config
-from .physics import (FourierProjector, interaction_constant, poisson_counts,
-                      tilt_scheme, weighted_back_projection)
+from .physics import FourierProjector, interaction_constant, poisson_counts, tilt_scheme, weighted_back_projection
 
 __all__ = ["simulate", "run_simulation", "SimulationResult", "load_structure", "LoadedStructure"]
 
 _SUPPORT_FRACTION = 0.05
-_PHANTOMS = {"phantom": ("ribosome", False), "phantom-mirror": ("ribosome", True),
-             "phantom-decoy": ("decoy", False)}
+_PHANTOMS = {"phantom": ("ribosome", False), "phantom-mirror": ("ribosome", True), "phantom-decoy": ("decoy", False)}
 
 
 # --------------------------------------------------------------------------- structures
@@ -64,13 +72,15 @@ def _radius(density: np.ndarray, voxel: float) -> float:
 
 def _cube(density: np.ndarray) -> np.ndarray:
     from ..template import pad_or_crop
+
     n = max(density.shape)
     n += n % 2
     return pad_or_crop(np.asarray(density, dtype=np.float32), (n, n, n))
 
 
-def load_structure(spec, voxel_size_angstrom: float, phantom_diameter_angstrom: float = 250.0,
-                   box_size: int | None = None) -> LoadedStructure:
+def load_structure(
+    spec, voxel_size_angstrom: float, phantom_diameter_angstrom: float = 250.0, box_size: int | None = None
+) -> LoadedStructure:
     """Density of a structure spec at ``voxel_size_angstrom`` (positive, volts, centred cube).
 
     ``spec``: ``"phantom"``, ``"phantom-mirror"``, ``"phantom-decoy"`` (built-in, see
@@ -104,8 +114,7 @@ def load_structure(spec, voxel_size_angstrom: float, phantom_diameter_angstrom: 
         else:
             dens, _ = tpl.create_template(p, v, box_size=box_size, recentre=True)
             if -dens.min() > dens.max():
-                raise InputError("map has dark (negative) density; give a positive-density map",
-                                 p, "structure")
+                raise InputError("map has dark (negative) density; give a positive-density map", p, "structure")
             dens = np.clip(dens, 0.0, None)
         dens = _cube(dens)
         name, source = p.name, os.fspath(p)
@@ -159,8 +168,13 @@ class SimulationResult:
 # --------------------------------------------------------------------------- placement
 
 
-def _place(rng: np.random.Generator, radii: np.ndarray, half_extent_xyz: np.ndarray,
-           slab_z: tuple[float, float], min_distance: float | None) -> np.ndarray:
+def _place(
+    rng: np.random.Generator,
+    radii: np.ndarray,
+    half_extent_xyz: np.ndarray,
+    slab_z: tuple[float, float],
+    min_distance: float | None,
+) -> np.ndarray:
     """Non-overlapping random centres (centred Angstrom), rejection sampling in batches.
 
     Each particle lies entirely inside the field of view and inside the slab
@@ -176,7 +190,9 @@ def _place(rng: np.random.Generator, radii: np.ndarray, half_extent_xyz: np.ndar
             raise InputError(
                 f"a particle of radius {r:.0f} A does not fit in the field/slab "
                 f"(half sizes {half_extent_xyz[0]:.0f}, {half_extent_xyz[1]:.0f} A, slab z "
-                f"{slab_z[0]:.0f}..{slab_z[1]:.0f} A inside the tomogram)", field="thickness / tomogram size")
+                f"{slab_z[0]:.0f}..{slab_z[1]:.0f} A inside the tomogram)",
+                field="thickness / tomogram size",
+            )
         placed = False
         for _ in range(200):
             cand = low + rng.random((64, 3)) * (high - low)
@@ -194,7 +210,9 @@ def _place(rng: np.random.Generator, radii: np.ndarray, half_extent_xyz: np.ndar
         if not placed:
             raise InputError(
                 f"could place only {i} of {n} particles without overlap; more particles than fit in the "
-                "volume (use fewer particles, a thicker slab or a larger tomogram)", field="n particles")
+                "volume (use fewer particles, a thicker slab or a larger tomogram)",
+                field="n particles",
+            )
     return pos
 
 
@@ -222,7 +240,7 @@ class _StageClock:
 
 
 def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> SimulationResult:
@@ -232,16 +250,18 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     out_dir = Path(out_dir)
     ss = np.random.SeedSequence(cfg.seed)
     (rng_place, rng_rot, rng_tilt, rng_noise, rng_blob, rng_jitter, rng_ice) = [
-        np.random.default_rng(s) for s in ss.spawn(7)]
+        np.random.default_rng(s) for s in ss.spawn(7)
+    ]
     nx, ny, nz = cfg.tomogram_size_xyz
     v = float(cfg.voxel_size_angstrom)
     b = int(cfg.binning)
-    ps = v / b                                       # voxel of the simulated density (fine)
-    cx, cy = centre_index(nx), centre_index(ny)      # tilt-image pixel of the tilt axis
+    ps = v / b  # voxel of the simulated density (fine)
+    cx, cy = centre_index(nx), centre_index(ny)  # tilt-image pixel of the tilt axis
 
     # ---------------------------------------------------------------- tilt scheme and optics
-    angles, acq = tilt_scheme(cfg.tilt_min_deg, cfg.tilt_max_deg, cfg.tilt_step_deg, cfg.tilt_order,
-                              cfg.dose_symmetric_group)
+    angles, acq = tilt_scheme(
+        cfg.tilt_min_deg, cfg.tilt_max_deg, cfg.tilt_step_deg, cfg.tilt_order, cfg.dose_symmetric_group
+    )
     nt = angles.size
     if nt == 0:
         raise InputError("the tilt range and step give no tilts", field="tilt range")
@@ -250,11 +270,14 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     order = np.argsort(acq)
     pre[order] = np.concatenate([[0.0], np.cumsum(dose_tilt[order])[:-1]])
     df_tilt = cfg.defocus_um + cfg.defocus_scatter_um * rng_tilt.standard_normal(nt)
-    ast_ang = (rng_tilt.uniform(-90, 90, nt) if cfg.astigmatism_angle_deg is None
-               else np.full(nt, float(cfg.astigmatism_angle_deg)))
+    ast_ang = (
+        rng_tilt.uniform(-90, 90, nt)
+        if cfg.astigmatism_angle_deg is None
+        else np.full(nt, float(cfg.astigmatism_angle_deg))
+    )
     df_u = df_tilt + 0.5 * cfg.astigmatism_um
     df_v = df_tilt - 0.5 * cfg.astigmatism_um
-    jitter = cfg.jitter_angstrom * rng_jitter.standard_normal((nt, 2))    # (dx, dy) A per tilt
+    jitter = cfg.jitter_angstrom * rng_jitter.standard_normal((nt, 2))  # (dx, dy) A per tilt
     lam = electron_wavelength_angstrom(cfg.voltage_kv)
     sigma_e = interaction_constant(cfg.voltage_kv)
     # columns: image x axis, image y axis, beam (in the tomogram frame), per tilt
@@ -292,13 +315,20 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     else:
         poses = Rotation.random(n_tot, random_state=rng_rot).as_matrix() if n_tot else np.zeros((0, 3, 3))
     # per-particle per-tilt defocus (U and V shifted alike), with the TRUE hand
-    off_um = (defocus_at_point_um(0.0, pos[:, 0:1], pos[:, 2:3], angles[None, :], cfg.hand, cfg.hand_mode)
-              if n_tot else np.zeros((0, nt)))
+    off_um = (
+        defocus_at_point_um(0.0, pos[:, 0:1], pos[:, 2:3], angles[None, :], cfg.hand, cfg.hand_mode)
+        if n_tot
+        else np.zeros((0, nt))
+    )
     part_df = df_tilt[None, :] + off_um
     # background blobs: centres (A), sigma (A)
-    blob_pos = np.column_stack([rng_blob.uniform(-half[0], half[0], cfg.n_blobs),
-                                rng_blob.uniform(-half[1], half[1], cfg.n_blobs),
-                                rng_blob.uniform(slab_z[0], slab_z[1], cfg.n_blobs)])
+    blob_pos = np.column_stack(
+        [
+            rng_blob.uniform(-half[0], half[0], cfg.n_blobs),
+            rng_blob.uniform(-half[1], half[1], cfg.n_blobs),
+            rng_blob.uniform(slab_z[0], slab_z[1], cfg.n_blobs),
+        ]
+    )
     blob_sig = rng_blob.uniform(cfg.blob_sigma_angstrom[0], cfg.blob_sigma_angstrom[1], cfg.n_blobs)
     clock.lap("placement")
 
@@ -307,9 +337,10 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     # (padded to P = b*Q); only the band of the tilt-series pixel v is evaluated, which is
     # the fine projection Fourier-cropped to v (the tilt series is made at v directly).
     k_out = 0.5 / v
-    df_max = abs(cfg.defocus_um) + 4 * cfg.defocus_scatter_um + cfg.astigmatism_um + \
-        (np.abs(off_um).max() if n_tot else 0.0)
-    deloc_px = lam * df_max * ANGSTROM_PER_MICROMETRE * k_out / v      # CTF delocalisation, output pixels
+    df_max = (
+        abs(cfg.defocus_um) + 4 * cfg.defocus_scatter_um + cfg.astigmatism_um + (np.abs(off_um).max() if n_tot else 0.0)
+    )
+    deloc_px = lam * df_max * ANGSTROM_PER_MICROMETRE * k_out / v  # CTF delocalisation, output pixels
     projectors, qsizes = [], []
     for k, s in enumerate(structs):
         n = s.density.shape[0]
@@ -335,28 +366,36 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         if members.size == 0:
             continue
         assert pr is not None  # made for every kind with members
-        ku = torch.from_numpy(np.fft.rfftfreq(Q).astype(np.float32))[None, None, :]   # cycles / pixel
+        ku = torch.from_numpy(np.fft.rfftfreq(Q).astype(np.float32))[None, None, :]  # cycles / pixel
         kv = torch.from_numpy(np.fft.fftfreq(Q).astype(np.float32))[None, :, None]
         per = max(1, int(3_000_000 // (nt * Q * (Q // 2 + 1))))
         for b0 in range(0, members.size, per):
-            js = members[b0:b0 + per]
+            js = members[b0 : b0 + per]
             mats = np.matmul(poses[js].transpose(0, 2, 1)[:, None], rot_t[None]).reshape(-1, 3, 3)  # R^T @ Rt
-            S = pr.slices(mats, Q)                                        # (len(js)*nt, Q, Q//2+1)
-            X = cx + (proj_pos_x[js] + jitter[None, :, 0]) / v            # (len(js), nt)
+            S = pr.slices(mats, Q)  # (len(js)*nt, Q, Q//2+1)
+            X = cx + (proj_pos_x[js] + jitter[None, :, 0]) / v  # (len(js), nt)
             Y = cy + (pos[js, 1:2] + jitter[None, :, 1]) / v
             Xi, Yi = np.round(X), np.round(Y)
             dx = torch.from_numpy((X - Xi + centre_index(Q)).astype(np.float32).reshape(-1, 1, 1))
             dy = torch.from_numpy((Y - Yi + centre_index(Q)).astype(np.float32).reshape(-1, 1, 1))
             dfj = part_df[js].reshape(-1)
-            filt = _transfer(ku / v, kv / v, cfg, dfj + 0.5 * cfg.astigmatism_um, dfj - 0.5 * cfg.astigmatism_um,
-                             np.tile(ast_ang, js.size), np.tile(dose_mid, js.size))
+            filt = _transfer(
+                ku / v,
+                kv / v,
+                cfg,
+                dfj + 0.5 * cfg.astigmatism_um,
+                dfj - 0.5 * cfg.astigmatism_um,
+                np.tile(ast_ang, js.size),
+                np.tile(dose_mid, js.size),
+            )
             ramp = -2 * math.pi * (dx * ku + dy * kv)
             S = S * (filt * float(np.float32(2.0 * sigma_e * ps / (b * b)))) * torch.polar(torch.ones_like(ramp), ramp)
             patch = torch.fft.irfft2(S, s=(Q, Q)).numpy().reshape(js.size, nt, Q, Q)
             for jj in range(js.size):
                 for t in range(nt):
-                    _paste(contrast[t], patch[jj, t], int(Yi[jj, t]) - centre_index(Q),
-                           int(Xi[jj, t]) - centre_index(Q))
+                    _paste(
+                        contrast[t], patch[jj, t], int(Yi[jj, t]) - centre_index(Q), int(Xi[jj, t]) - centre_index(Q)
+                    )
     clock.lap("projection")
     # background: ice phase noise + blobs, through the nominal CTF of each tilt
     signal = np.zeros_like(contrast) if cfg.write_noise_free else None
@@ -366,7 +405,10 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         fy = torch.from_numpy(np.fft.fftfreq(ny).astype(np.float32))[None, :, None] / v
         fx = torch.from_numpy(np.fft.rfftfreq(nx).astype(np.float32))[None, None, :] / v
         for t in range(nt):
-            filt = 2.0 * _transfer(fx, fy, cfg, df_u[t:t + 1], df_v[t:t + 1], ast_ang[t:t + 1], dose_mid[t:t + 1])[0]
+            filt = (
+                2.0
+                * _transfer(fx, fy, cfg, df_u[t : t + 1], df_v[t : t + 1], ast_ang[t : t + 1], dose_mid[t : t + 1])[0]
+            )
             bg = np.zeros((ny, nx), dtype=np.float32)
             if cfg.n_blobs:
                 _add_blobs(bg, blob_pos, blob_sig, cfg.blob_peak_volt, angles[t], jitter[t], cx, cy, v, sigma_e)
@@ -374,7 +416,8 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
                     signal[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * filt, s=(ny, nx)).numpy()
             if cfg.ice_noise_rad > 0:
                 bg += rng_ice.standard_normal((ny, nx)).astype(np.float32) * np.float32(
-                    cfg.ice_noise_rad / math.sqrt(beam_z[t]))
+                    cfg.ice_noise_rad / math.sqrt(beam_z[t])
+                )
             contrast[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * filt, s=(ny, nx)).numpy()
     # detection: expected electrons per pixel, Poisson
     for t in range(nt):
@@ -393,32 +436,53 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
 
     tomo = reconstruct(counts)
     tomo_nf = None
-    if signal is not None:     # particles + decoys + blobs, no ice or shot noise
+    if signal is not None:  # particles + decoys + blobs, no ice or shot noise
         tomo_nf = reconstruct(signal + np.float32(1.0))
         del signal
     clock.lap("reconstruction")
 
     # ---------------------------------------------------------------- ground truth
-    idx = np.column_stack([pos[:, 0] / v + centre_index(nx), pos[:, 1] / v + centre_index(ny),
-                           pos[:, 2] / v + centre_index(nz)]) if n_tot else np.zeros((0, 3))
+    idx = (
+        np.column_stack(
+            [pos[:, 0] / v + centre_index(nx), pos[:, 1] / v + centre_index(ny), pos[:, 2] / v + centre_index(nz)]
+        )
+        if n_tot
+        else np.zeros((0, 3))
+    )
     rel = relion5_centered_angstrom(idx, v, (nx, ny, nz), v) if n_tot else np.zeros((0, 3))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Gimbal lock")
         eul = matrix_to_relion(poses) if n_tot else np.zeros((0, 3))
-    particles = pd.DataFrame({
-        "rlnTomoName": [cfg.tomo_name] * n_tot,
-        "rlnCenteredCoordinateXAngst": rel[:, 0], "rlnCenteredCoordinateYAngst": rel[:, 1],
-        "rlnCenteredCoordinateZAngst": rel[:, 2],
-        "rlnAngleRot": eul[:, 0], "rlnAngleTilt": eul[:, 1], "rlnAnglePsi": eul[:, 2],
-        "tmVoxelIndexX": idx[:, 0], "tmVoxelIndexY": idx[:, 1], "tmVoxelIndexZ": idx[:, 2],
-        "tmIsDecoy": kind.astype(int),
-        "tmTrueHand": np.full(n_tot, cfg.hand, dtype=int),
-        "tmStructure": [structs[k].name for k in kind],
-    })
-    ts = TiltSeries(tilt_angles_deg=angles, accumulated_dose=pre, defocus_u_um=df_u, defocus_v_um=df_v,
-                    astigmatism_angle_deg=ast_ang, voltage_kv=cfg.voltage_kv, cs_mm=cfg.cs_mm,
-                    amplitude_contrast=cfg.amplitude_contrast, pixel_size_angstrom=v,
-                    hand=cfg.hand, name=cfg.tomo_name)
+    particles = pd.DataFrame(
+        {
+            "rlnTomoName": [cfg.tomo_name] * n_tot,
+            "rlnCenteredCoordinateXAngst": rel[:, 0],
+            "rlnCenteredCoordinateYAngst": rel[:, 1],
+            "rlnCenteredCoordinateZAngst": rel[:, 2],
+            "rlnAngleRot": eul[:, 0],
+            "rlnAngleTilt": eul[:, 1],
+            "rlnAnglePsi": eul[:, 2],
+            "tmVoxelIndexX": idx[:, 0],
+            "tmVoxelIndexY": idx[:, 1],
+            "tmVoxelIndexZ": idx[:, 2],
+            "tmIsDecoy": kind.astype(int),
+            "tmTrueHand": np.full(n_tot, cfg.hand, dtype=int),
+            "tmStructure": [structs[k].name for k in kind],
+        }
+    )
+    ts = TiltSeries(
+        tilt_angles_deg=angles,
+        accumulated_dose=pre,
+        defocus_u_um=df_u,
+        defocus_v_um=df_v,
+        astigmatism_angle_deg=ast_ang,
+        voltage_kv=cfg.voltage_kv,
+        cs_mm=cfg.cs_mm,
+        amplitude_contrast=cfg.amplitude_contrast,
+        pixel_size_angstrom=v,
+        hand=cfg.hand,
+        name=cfg.tomo_name,
+    )
     summary = {
         "tomomatch_simulation": 1,
         "preset": cfg.preset,
@@ -426,15 +490,27 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         "true_hand": cfg.hand,
         "hand_mode": cfg.hand_mode,
         "geometry_version": GEOMETRY_VERSION,
-        "defocus_rule": ("df_particle = df_tilt + h*(-x sin t + z cos t) (h = rlnTomoHand)" if cfg.hand_mode == "full"
-                         else "df_particle = df_tilt + z cos(s t) + x sin(s t), s = h (pytom)") + " ; h=0: no gradient",
+        "defocus_rule": (
+            "df_particle = df_tilt + h*(-x sin t + z cos t) (h = rlnTomoHand)"
+            if cfg.hand_mode == "full"
+            else "df_particle = df_tilt + z cos(s t) + x sin(s t), s = h (pytom)"
+        )
+        + " ; h=0: no gradient",
         "rlnTomoHand_written": cfg.hand if cfg.hand != 0 else 1,
         "parameters": cfg.to_dict(),
         "warnings": list(cfg.warnings),
-        "structures": [{"name": s.name, "source": str(s.source), "box_size": int(s.density.shape[0]),
-                        "voxel_size_angstrom": s.voxel_size_angstrom, "radius_angstrom": round(s.radius_angstrom, 3),
-                        "fourier_pad_size": b * q, "patch_size_pixels": q}
-                       for s, pr, q in zip(structs, projectors, qsizes)],
+        "structures": [
+            {
+                "name": s.name,
+                "source": str(s.source),
+                "box_size": int(s.density.shape[0]),
+                "voxel_size_angstrom": s.voxel_size_angstrom,
+                "radius_angstrom": round(s.radius_angstrom, 3),
+                "fourier_pad_size": b * q,
+                "patch_size_pixels": q,
+            }
+            for s, pr, q in zip(structs, projectors, qsizes)
+        ],
         "simulation_pixel_angstrom": ps,
         "tomogram_voxel_angstrom": v,
         "tomogram_size_xyz": [nx, ny, nz],
@@ -442,23 +518,39 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         "interaction_constant_rad_per_volt_angstrom": sigma_e,
         "electron_wavelength_angstrom": lam,
         "per_tilt": {
-            "tilt_angle_deg": angles.tolist(), "acquisition_index": acq.tolist(),
-            "pre_exposure_e_per_A2": pre.tolist(), "dose_e_per_A2": dose_tilt.tolist(),
-            "defocus_u_um": df_u.tolist(), "defocus_v_um": df_v.tolist(),
-            "astigmatism_angle_deg": ast_ang.tolist(), "jitter_xy_angstrom": jitter.tolist(),
-            "attenuation": atten.tolist(), "electrons_per_simulation_pixel": e_per_px.tolist(),
+            "tilt_angle_deg": angles.tolist(),
+            "acquisition_index": acq.tolist(),
+            "pre_exposure_e_per_A2": pre.tolist(),
+            "dose_e_per_A2": dose_tilt.tolist(),
+            "defocus_u_um": df_u.tolist(),
+            "defocus_v_um": df_v.tolist(),
+            "astigmatism_angle_deg": ast_ang.tolist(),
+            "jitter_xy_angstrom": jitter.tolist(),
+            "attenuation": atten.tolist(),
+            "electrons_per_simulation_pixel": e_per_px.tolist(),
         },
-        "n_particles": cfg.n_particles, "n_decoys": cfg.n_decoys, "n_blobs": cfg.n_blobs,
+        "n_particles": cfg.n_particles,
+        "n_decoys": cfg.n_decoys,
+        "n_blobs": cfg.n_blobs,
         "conventions": {
             "pose": "particle(r) = template(R^T (r - p)); RELION rot/tilt/psi = conventions.matrix_to_relion(R)",
-            "image": "tilt axis y; x' = x cos t + z sin t (IMOD/RELION 5); centre voxel n//2; tilt series sorted by angle",
+            "image": "tilt axis y; x' = x cos t + z sin t (IMOD/RELION 5); centre voxel n//2; "
+            "tilt series sorted by angle",
             "contrast": "tilt series = detected electrons per pixel (protein dark); tomogram = WBP of "
-                        "counts/mean - 1 (protein dark); template = -density (dark)",
+            "counts/mean - 1 (protein dark); template = -density (dark)",
             "dose": "accumulated dose before each tilt; the damage filter uses pre-exposure + half the tilt dose",
         },
     }
-    result = SimulationResult(out_dir=out_dir, paths={}, particles=particles, defocus_um=part_df,
-                              tilt_series=ts, hand=cfg.hand, config=cfg, summary=summary)
+    result = SimulationResult(
+        out_dir=out_dir,
+        paths={},
+        particles=particles,
+        defocus_um=part_df,
+        tilt_series=ts,
+        hand=cfg.hand,
+        config=cfg,
+        summary=summary,
+    )
     result.tilt_series_counts = counts
     result.tomogram = tomo
     result.tomogram_noise_free = tomo_nf
@@ -478,16 +570,23 @@ def _transfer(kx, ky, cfg: SimulationConfig, du, dv, ang, dose_for_filter) -> to
     shp = (nt, 1, 1)
     k2 = kx * kx + ky * ky
     if cfg.apply_ctf:
-        c = ctfmod.ctf(kx, ky, torch.as_tensor(np.asarray(du, dtype=np.float32)).reshape(shp),
-                       torch.as_tensor(np.asarray(dv, dtype=np.float32)).reshape(shp),
-                       torch.as_tensor(np.asarray(ang, dtype=np.float32)).reshape(shp),
-                       voltage_kv=cfg.voltage_kv, cs_mm=cfg.cs_mm, amplitude_contrast=cfg.amplitude_contrast)
+        c = ctfmod.ctf(
+            kx,
+            ky,
+            torch.as_tensor(np.asarray(du, dtype=np.float32)).reshape(shp),
+            torch.as_tensor(np.asarray(dv, dtype=np.float32)).reshape(shp),
+            torch.as_tensor(np.asarray(ang, dtype=np.float32)).reshape(shp),
+            voltage_kv=cfg.voltage_kv,
+            cs_mm=cfg.cs_mm,
+            amplitude_contrast=cfg.amplitude_contrast,
+        )
     else:
         c = -torch.ones((nt,) + tuple(torch.broadcast_shapes(kx.shape, ky.shape)[-2:]))
     if cfg.apply_dose_filter:
         k = torch.sqrt(k2)
-        c = c * ctfmod.dose_filter(k, torch.as_tensor(np.asarray(dose_for_filter, dtype=np.float32)).reshape(shp),
-                                   voltage_kv=cfg.voltage_kv)
+        c = c * ctfmod.dose_filter(
+            k, torch.as_tensor(np.asarray(dose_for_filter, dtype=np.float32)).reshape(shp), voltage_kv=cfg.voltage_kv
+        )
     if cfg.b_factor_angstrom2 > 0:
         c = c * torch.exp(-cfg.b_factor_angstrom2 * k2 / 4.0)
     return c.to(torch.float32)
@@ -499,7 +598,7 @@ def _paste(dst: np.ndarray, src: np.ndarray, y0: int, x0: int) -> None:
     ya, yb = max(0, y0), min(H, y0 + h)
     xa, xb = max(0, x0), min(W, x0 + w)
     if ya < yb and xa < xb:
-        dst[ya:yb, xa:xb] += src[ya - y0:yb - y0, xa - x0:xb - x0]
+        dst[ya:yb, xa:xb] += src[ya - y0 : yb - y0, xa - x0 : xb - x0]
 
 
 def _add_blobs(img, blob_pos, blob_sig, peak_volt, angle, jit, cx, cy, pixel, sigma_e) -> None:
@@ -507,7 +606,7 @@ def _add_blobs(img, blob_pos, blob_sig, peak_volt, angle, jit, cx, cy, pixel, si
     widened by half a pixel in quadrature (integral kept) so the sampled image is band-limited."""
     H, W = img.shape
     xs = projected_x(blob_pos[:, 0], blob_pos[:, 2], angle)
-    for (x, y, s) in zip(xs, blob_pos[:, 1], blob_sig):
+    for x, y, s in zip(xs, blob_pos[:, 1], blob_sig):
         X = cx + (x + jit[0]) / pixel
         Y = cy + (y + jit[1]) / pixel
         se = math.sqrt(s * s + (0.5 * pixel) ** 2)
@@ -567,20 +666,32 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
     paths["tlt"] = write_tilt_angles(out / f"{name}.tlt", res.tilt_series.tilt_angles_deg)
     paths["dose"] = write_dose(out / f"{name}_dose.txt", res.tilt_series.accumulated_dose)
     paths["defocus"] = write_imod_defocus(out / f"{name}.defocus", res.tilt_series)
-    paths["tomograms_star"] = write_relion5(out, res.tilt_series, name, (nx, ny, nz), 1.0,
-                                            tomogram_path=f"{name}.mrc", hand=cfg.hand if cfg.hand != 0 else 1)
+    paths["tomograms_star"] = write_relion5(
+        out,
+        res.tilt_series,
+        name,
+        (nx, ny, nz),
+        1.0,
+        tomogram_path=f"{name}.mrc",
+        hand=cfg.hand if cfg.hand != 0 else 1,
+    )
     paths["tilt_series_star"] = out / "tilt_series" / f"{name}.star"
     for p in (paths["tomograms_star"], paths["tilt_series_star"]):
-        _fix_star_comment(p, f"# tomomatch simulate (preset {cfg.preset}, seed {cfg.seed}); "
-                             f"rlnTomoHand = true hand {cfg.hand}" + (" (0 = no gradient, written as +1)"
-                                                                        if cfg.hand == 0 else ""))
+        _fix_star_comment(
+            p,
+            f"# tomomatch simulate (preset {cfg.preset}, seed {cfg.seed}); "
+            f"rlnTomoHand = true hand {cfg.hand}" + (" (0 = no gradient, written as +1)" if cfg.hand == 0 else ""),
+        )
     star = out / "particles.star"
     with atomic_path(star) as tmp:
         starfile.write({"particles": res.particles}, tmp, float_format="%.6f")
-        _fix_star_comment(tmp, f"# tomomatch simulate ground truth: true defocus hand h = {cfg.hand} "
-                               f"(mode {cfg.hand_mode}); pose R maps template to particle, "
-                               "angles = RELION ZYZ of R; tmVoxelIndexX/Y/Z = 0-based tomogram voxel indices "
-                               "(centre n//2)")
+        _fix_star_comment(
+            tmp,
+            f"# tomomatch simulate ground truth: true defocus hand h = {cfg.hand} "
+            f"(mode {cfg.hand_mode}); pose R maps template to particle, "
+            "angles = RELION ZYZ of R; tmVoxelIndexX/Y/Z = 0-based tomogram voxel indices "
+            "(centre n//2)",
+        )
     paths["particles_star"] = star
 
     # template (dark, like the tomogram) and mask at the tomogram voxel size
@@ -606,13 +717,18 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
     mask = spherical_mask(box, mask_radius, mask_sigma)
     paths["mask"] = _write_mrc(out / "mask.mrc", mask, v)
     paths["summary"] = out / "summary.json"
-    res.summary["template"] = {"box_size": box, "mask_radius_voxels": mask_radius,
-                               "mask_sigma_voxels": mask_sigma, "contrast": "dark (inverted density)"}
+    res.summary["template"] = {
+        "box_size": box,
+        "mask_radius_voxels": mask_radius,
+        "mask_sigma_voxels": mask_sigma,
+        "contrast": "dark (inverted density)",
+    }
     res.summary["files"] = {k: os.path.relpath(p, out) for k, p in paths.items()}
 
 
-def simulate(preset: str = "ci", out_dir=None, seed: int | None = None, hand: int | None = None,
-             write: bool = True, **overrides) -> SimulationResult:
+def simulate(
+    preset: str = "ci", out_dir=None, seed: int | None = None, hand: int | None = None, write: bool = True, **overrides
+) -> SimulationResult:
     """Simulate a tilt series and tomogram with known particles, poses and defocus handedness.
 
     Parameters

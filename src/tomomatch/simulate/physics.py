@@ -9,6 +9,7 @@ beam ``(-sin t, 0, cos t)``; a point projects to ``x' = x cos t + z sin t``. Wit
 ``(ku, kv)`` is the template's 3D transform at ``R^T Rt (ku, kv, 0)`` (times the phase of
 the projected centre). The order matters: ``Rt R^T`` would tilt about the particle's own axis.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,9 +44,14 @@ def interaction_constant(voltage_kv: float) -> float:
     return 2 * math.pi / (lam * v) * (mc2 + v) / (2 * mc2 + v)
 
 
-def tilt_scheme(tilt_min_deg: float, tilt_max_deg: float, tilt_step_deg: float,
-                order: str = "dose-symmetric", group_size: int = 2,
-                start_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def tilt_scheme(
+    tilt_min_deg: float,
+    tilt_max_deg: float,
+    tilt_step_deg: float,
+    order: str = "dose-symmetric",
+    group_size: int = 2,
+    start_deg: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Tilt angles (sorted ascending) and their acquisition index.
 
     Parameters
@@ -121,7 +127,7 @@ class FourierProjector:
         self.pad_size = p
         padded = np.zeros((p, p, p))
         o = centre_index(p) - centre_index(n)
-        padded[o:o + n, o:o + n, o:o + n] = d
+        padded[o : o + n, o : o + n, o : o + n] = d
         r = (np.arange(p) - centre_index(p)) / p
         apod = np.sinc(r) ** 2
         apod = np.maximum(apod, 1e-3)
@@ -150,15 +156,16 @@ class FourierProjector:
         if p % q:
             raise ValueError(f"pad size {p} is not a multiple of out_size {q}")
         b = p // q
-        kv, ku = np.meshgrid(np.fft.fftfreq(q, d=b), np.fft.rfftfreq(q, d=b), indexing="ij")   # cycles / voxel
-        k2 = torch.from_numpy(np.stack([ku, kv], axis=-1).reshape(1, -1, 2))        # (1, Q*H, 2)
+        kv, ku = np.meshgrid(np.fft.fftfreq(q, d=b), np.fft.rfftfreq(q, d=b), indexing="ij")  # cycles / voxel
+        k2 = torch.from_numpy(np.stack([ku, kv], axis=-1).reshape(1, -1, 2))  # (1, Q*H, 2)
         # template frequency (x, y, z) = M @ (ku, kv, 0), as voxel index of the shifted transform,
         # normalised for grid_sample(align_corners=True): idx / (P - 1) * 2 - 1
-        mt = torch.from_numpy(m[:, :, :2].transpose(0, 2, 1).copy())              # (m, 2, 3)
-        idx = torch.matmul(k2, mt) * p + centre_index(p)                           # (m, Q*H, 3)
+        mt = torch.from_numpy(m[:, :, :2].transpose(0, 2, 1).copy())  # (m, 2, 3)
+        idx = torch.matmul(k2, mt) * p + centre_index(p)  # (m, Q*H, 3)
         grid = (idx * (2.0 / (p - 1)) - 1.0).to(torch.float32).reshape(1, m.shape[0], q, q // 2 + 1, 3)
-        out = F.grid_sample(self._vol, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=True)[0]                       # (2, m, Q, H)
+        out = F.grid_sample(self._vol, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[
+            0
+        ]  # (2, m, Q, H)
         return torch.complex(out[0], out[1])
 
 
@@ -185,7 +192,11 @@ def fourier_bin_2d(images: np.ndarray, out_shape_yx: tuple[int, int]) -> np.ndar
     ft = sfft.rfft2(img, workers=-1)
     keep_pos = (ny + 1) // 2
     keep_neg = ny // 2
-    rows = np.concatenate([ft[..., :keep_pos, :], ft[..., NY - keep_neg:, :]], axis=-2) if keep_neg else ft[..., :keep_pos, :]
+    rows = (
+        np.concatenate([ft[..., :keep_pos, :], ft[..., NY - keep_neg :, :]], axis=-2)
+        if keep_neg
+        else ft[..., :keep_pos, :]
+    )
     cropped = rows[..., : nx // 2 + 1]
     out = sfft.irfft2(cropped, s=(ny, nx), workers=-1)
     # unnormalised forward over NY*NX, inverse divides by ny*nx: a constant gains (NY*NX)/(ny*nx)
@@ -204,8 +215,9 @@ def ramp_filter_1d(n: int, rolloff_start: float = 0.9) -> np.ndarray:
     return w
 
 
-def weighted_back_projection(projections: np.ndarray, tilt_angles_deg, shape_zyx: tuple[int, int, int],
-                             rolloff_start: float = 0.9) -> np.ndarray:
+def weighted_back_projection(
+    projections: np.ndarray, tilt_angles_deg, shape_zyx: tuple[int, int, int], rolloff_start: float = 0.9
+) -> np.ndarray:
     """Weighted back-projection with the tilt axis along y.
 
     Each projection ``(ny, nx)`` (same pixel as the tomogram voxel, centre ``n // 2``) is
@@ -231,7 +243,7 @@ def weighted_back_projection(projections: np.ndarray, tilt_angles_deg, shape_zyx
     cimg = centre_index(pnx)
     grid = torch.zeros((1, nz, nx, 2), dtype=torch.float32)
     for i, t in enumerate(np.asarray(tilt_angles_deg, dtype=float)):
-        u = projected_x(xs[None, :], zs[:, None], t) + cimg                    # (nz, nx) image pixel
+        u = projected_x(xs[None, :], zs[:, None], t) + cimg  # (nz, nx) image pixel
         grid[0, :, :, 0] = torch.from_numpy((u / (pnx - 1) * 2.0 - 1.0).astype(np.float32))
         # rows y as channels: (1, ny, 1, nx_img) sampled at (u, 0) -> (ny, nz, nx); zero outside
         img = torch.from_numpy(filt[i])[None, :, None, :]
