@@ -54,6 +54,7 @@ Symmetry (``--symmetry``: ``Cn``, ``Dn``, ``T``, ``O``, ``I``/``I1``-``I4``)
     the count is C1's ``/ |G|`` within a few per cent at steps of 15 degrees and finer (within
     20 % at 20-30 degrees, where a unit holds only some tens of rotations).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,8 +98,9 @@ ROTATION_FILE_HEADER = "# tomomatch rotations: RELION ZYZ degrees"
 # --------------------------------------------------------------------------- step size
 
 
-def crowther_step_deg(particle_diameter_angstrom: float, voxel_size_angstrom: float,
-                      low_pass_angstrom: float | None = None) -> float:
+def crowther_step_deg(
+    particle_diameter_angstrom: float, voxel_size_angstrom: float, low_pass_angstrom: float | None = None
+) -> float:
     """Angular step from the Crowther criterion, in degrees.
 
     ``step = degrees(resolution / diameter)`` with ``resolution = max(2 * voxel, low_pass)``:
@@ -121,8 +123,7 @@ def crowther_step_deg(particle_diameter_angstrom: float, voxel_size_angstrom: fl
     d = float(particle_diameter_angstrom)
     v = float(voxel_size_angstrom)
     if not (math.isfinite(d) and d > 0):
-        raise InputError(f"particle diameter {d!r} A; expected a positive number", None,
-                         "particle diameter")
+        raise InputError(f"particle diameter {d!r} A; expected a positive number", None, "particle diameter")
     if not (math.isfinite(v) and v > 0):
         raise InputError(f"voxel size {v!r} A; expected a positive number", None, "voxel size")
     res = 2.0 * v
@@ -142,18 +143,29 @@ def crowther_step_deg(particle_diameter_angstrom: float, voxel_size_angstrom: fl
 RELION_GENERATORS: dict[str, tuple[tuple[int, tuple[float, float, float]], ...]] = {
     "T": ((3, (0.0, 0.0, 1.0)), (2, (0.0, 0.816496, 0.577350))),
     "O": ((3, (0.5773502, 0.5773502, 0.5773502)), (4, (0.0, 0.0, 1.0))),
-    "I1": ((2, (1.0, 0.0, 0.0)), (5, (0.85065080702670, 0.0, -0.5257311142635)),
-           (3, (0.9341723640, 0.3568220765, 0.0))),
+    "I1": (
+        (2, (1.0, 0.0, 0.0)),
+        (5, (0.85065080702670, 0.0, -0.5257311142635)),
+        (3, (0.9341723640, 0.3568220765, 0.0)),
+    ),
     "I2": ((2, (0.0, 0.0, 1.0)), (5, (0.525731114, 0.0, 0.850650807)), (3, (0.0, 0.356822076, 0.934172364))),
-    "I3": ((2, (-0.5257311143, 0.0, 0.8506508070)), (5, (0.0, 0.0, 1.0)),
-           (3, (-0.4911234778630044, 0.3568220764705179, 0.7946544753759428))),
-    "I4": ((2, (0.5257311143, 0.0, 0.8506508070)), (5, (0.8944271932547096, 0.0, 0.4472135909903704)),
-           (3, (0.4911234778630044, 0.3568220764705179, 0.7946544753759428))),
+    "I3": (
+        (2, (-0.5257311143, 0.0, 0.8506508070)),
+        (5, (0.0, 0.0, 1.0)),
+        (3, (-0.4911234778630044, 0.3568220764705179, 0.7946544753759428)),
+    ),
+    "I4": (
+        (2, (0.5257311143, 0.0, 0.8506508070)),
+        (5, (0.8944271932547096, 0.0, 0.4472135909903704)),
+        (3, (0.4911234778630044, 0.3568220764705179, 0.7946544753759428)),
+    ),
 }
 
-_PHI = (1.0 + 5.0 ** 0.5) / 2.0  # golden ratio: 5-fold axes of I along (0, 1, phi) and permutations
-_SYMMETRY_HELP = ("expected Cn or Dn (n >= 1), T, O, I (= I2) or I1-I4, RELION's point groups in RELION's "
-                  "orientation (groups with mirrors, e.g. D7h, are not rotations)")
+_PHI = (1.0 + 5.0**0.5) / 2.0  # golden ratio: 5-fold axes of I along (0, 1, phi) and permutations
+_SYMMETRY_HELP = (
+    "expected Cn or Dn (n >= 1), T, O, I (= I2) or I1-I4, RELION's point groups in RELION's "
+    "orientation (groups with mirrors, e.g. D7h, are not rotations)"
+)
 
 
 def parse_symmetry(symmetry: str | int) -> str:
@@ -179,8 +191,9 @@ def parse_symmetry(symmetry: str | int) -> str:
         kind, digits = m.group(1).upper(), m.group(2)
     if kind in ("C", "D"):
         if not digits.isdigit() or int(digits) < 1:
-            raise InputError(f"--symmetry {symmetry!r}: {kind}n needs an order n >= 1 (C1 = no symmetry)",
-                             None, "symmetry")
+            raise InputError(
+                f"--symmetry {symmetry!r}: {kind}n needs an order n >= 1 (C1 = no symmetry)", None, "symmetry"
+            )
         return f"{kind}{int(digits)}"
     if (kind in ("T", "O") and not digits) or (kind == "I" and digits in ("", "1", "2", "3", "4")):
         return kind + digits
@@ -197,12 +210,14 @@ def symmetry_order(symmetry: str | int) -> int:
 
 def _align(a1, a2, b1, b2) -> np.ndarray:
     """The rotation carrying direction ``a1`` onto ``b1`` and ``a2`` onto ``b2`` (equal angles)."""
+
     def frame(u, v):
         u = np.asarray(u, float) / np.linalg.norm(u)
         v = np.asarray(v, float)
         w = v - np.dot(v, u) * u
         w /= np.linalg.norm(w)
         return np.stack([u, w, np.cross(u, w)], axis=1)
+
     return frame(b1, b2) @ frame(a1, a2).T
 
 
@@ -300,17 +315,15 @@ def _asymmetric_unit_mask(rots: np.ndarray, group: np.ndarray, in_h: np.ndarray)
     keep = np.empty(len(rots), bool)
     chunk = 1 << 16
     for i in range(0, len(rots), chunk):
-        a = (_DOMAIN_CENTRE.T @ rots[i:i + chunk]).reshape(-1, 9)
-        keep[i:i + chunk] = in_h[np.argmax(a @ gflat.T, axis=1)]
+        a = (_DOMAIN_CENTRE.T @ rots[i : i + chunk]).reshape(-1, 9)
+        keep[i : i + chunk] = in_h[np.argmax(a @ gflat.T, axis=1)]
     return keep
-
 
 
 def _check_step(step_deg: float) -> float:
     s = float(step_deg)
     if not (math.isfinite(s) and 0 < s <= 180):
-        raise InputError(f"angular step {step_deg!r} degrees; expected 0 < step <= 180", None,
-                         "angular step")
+        raise InputError(f"angular step {step_deg!r} degrees; expected 0 < step <= 180", None, "angular step")
     return s
 
 
@@ -320,7 +333,7 @@ def _check_step(step_deg: float) -> float:
 def healpix_nside(step_deg: float) -> int:
     """Smallest HEALPix ``nside`` with ``12 nside^2 >= 4 pi / step^2`` (any integer, RING)."""
     step = math.radians(_check_step(step_deg))
-    target = 4.0 * math.pi / step ** 2
+    target = 4.0 * math.pi / step**2
     nside = max(1, int(math.floor(math.sqrt(target / 12.0))))
     while 12 * nside * nside < target:
         nside += 1
@@ -444,8 +457,7 @@ def local_rotations(center_matrix, max_angle_deg: float, step_deg: float) -> np.
         raise InputError("centre must be a 3x3 rotation matrix", None, "center_matrix")
     max_angle = float(max_angle_deg)
     if not (math.isfinite(max_angle) and 0 <= max_angle < 180):
-        raise InputError(f"max angle {max_angle_deg!r}; expected 0 <= max < 180 degrees", None,
-                         "max angle")
+        raise InputError(f"max angle {max_angle_deg!r}; expected 0 <= max < 180 degrees", None, "max angle")
     step = _check_step(step_deg)
     m = int(math.floor(max_angle / step + 1e-9))
     ax = np.arange(-m, m + 1) * step
@@ -484,8 +496,7 @@ def write_rotations(path, mats) -> Path:
     return path
 
 
-def _parse_rotations(text: str, path, convention: str, expected: str = "",
-                     field_prefix: str = "") -> np.ndarray:
+def _parse_rotations(text: str, path, convention: str, expected: str = "", field_prefix: str = "") -> np.ndarray:
     """Rows of three angles (``#`` comments, blank lines, commas allowed) -> pose matrices."""
     rows = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -504,7 +515,9 @@ def _parse_rotations(text: str, path, convention: str, expected: str = "",
             raise InputError(f"NaN or Inf angle; expected 3 finite angles{expected}", path, where)
         rows.append(vals)
     if not rows:
-        raise InputError(f"no rotations in file; expected 3 angles per line{expected}", path, field_prefix.strip() or None)
+        raise InputError(
+            f"no rotations in file; expected 3 angles per line{expected}", path, field_prefix.strip() or None
+        )
     a = np.asarray(rows, float)
     return relion_to_matrix(a) if convention == "relion" else pytom_to_matrix(a)
 
@@ -522,8 +535,7 @@ def read_rotations(path, convention: str = "relion") -> np.ndarray:
     """
     conv = str(convention).lower()
     if conv not in ANGLE_LIST_CONVENTIONS:
-        raise InputError(f"unknown rotation convention {convention!r}; expected relion or pytom",
-                         path, "convention")
+        raise InputError(f"unknown rotation convention {convention!r}; expected relion or pytom", path, "convention")
     p = Path(path)
     try:
         text = p.read_text()
@@ -593,13 +605,18 @@ def read_angle_list(spec) -> AngleList:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"cannot read the angle list ({exc.strerror or exc}); expected a text file of "
-                         f"{ANGLE_LIST_CONVENTIONS[conv]}", path, "--angle-list") from None
+        raise InputError(
+            f"cannot read the angle list ({exc.strerror or exc}); expected a text file of "
+            f"{ANGLE_LIST_CONVENTIONS[conv]}",
+            path,
+            "--angle-list",
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise InputError(f"not a text file; expected {ANGLE_LIST_CONVENTIONS[conv]}, 3 per line", path,
-                         "--angle-list") from None
+        raise InputError(
+            f"not a text file; expected {ANGLE_LIST_CONVENTIONS[conv]}, 3 per line", path, "--angle-list"
+        ) from None
     rots = _parse_rotations(text, path, conv, f" ({ANGLE_LIST_CONVENTIONS[conv]})", "--angle-list ")
     resolved = path.absolute()
     return AngleList(rots, hashlib.sha256(data).hexdigest(), format_angle_list(conv, resolved), resolved, conv)

@@ -25,6 +25,7 @@ Input lists (:func:`read_tomogram_list`)
     A RELION 5 ``tomograms.star`` (tomogram = ``rlnTomoReconstructedTomogram``, metadata from
     the star file) or a TSV/CSV table with a ``tomogram`` column and optional metadata columns.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,23 +40,43 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError
-from .job import (MatchPlan, WorkUnit, load_unit, load_unit_results, merge_units, plan_match,
-                  prepare_checkpoints, remove_checkpoints, run_unit, write_outputs)
+from .job import (
+    MatchPlan,
+    WorkUnit,
+    load_unit,
+    load_unit_results,
+    merge_units,
+    plan_match,
+    prepare_checkpoints,
+    remove_checkpoints,
+    run_unit,
+    write_outputs,
+)
 from .locking import JobLock
 from .mrcio import atomic_path
 from .options import MatchOptions
 from .progress import ProgressBars
 
-__all__ = ["BatchEntry", "TABLE_COLUMNS", "read_tomogram_list", "read_slurm_config", "make_cluster",
-           "run_batch"]
+__all__ = ["BatchEntry", "TABLE_COLUMNS", "read_tomogram_list", "read_slurm_config", "make_cluster", "run_batch"]
 
 # Table columns -> tomomatch.metadata.load_tilt_series keyword (None: handled here)
 TABLE_COLUMNS: dict[str, str | None] = {
-    "tomogram": None, "name": None,
-    "tilt_angles": "tilt_angles", "dose": "dose", "dose_per_tilt": "dose_per_tilt", "defocus": "defocus",
-    "relion5": "relion5", "tomo_name": "tomo_name", "warp_xml": "warp_xml", "mdoc": "mdoc", "aln": "aln",
-    "voltage_kv": "voltage_kv", "cs_mm": "cs_mm", "amplitude_contrast": "amplitude_contrast",
-    "phase_shift_deg": "phase_shift_deg", "hand": "hand",
+    "tomogram": None,
+    "name": None,
+    "tilt_angles": "tilt_angles",
+    "dose": "dose",
+    "dose_per_tilt": "dose_per_tilt",
+    "defocus": "defocus",
+    "relion5": "relion5",
+    "tomo_name": "tomo_name",
+    "warp_xml": "warp_xml",
+    "mdoc": "mdoc",
+    "aln": "aln",
+    "voltage_kv": "voltage_kv",
+    "cs_mm": "cs_mm",
+    "amplitude_contrast": "amplitude_contrast",
+    "phase_shift_deg": "phase_shift_deg",
+    "hand": "hand",
 }
 _PATH_COLUMNS = ("tomogram", "tilt_angles", "dose", "relion5", "warp_xml", "mdoc", "aln")
 _NUMBER_COLUMNS = ("voltage_kv", "cs_mm", "amplitude_contrast", "phase_shift_deg")
@@ -88,13 +109,15 @@ def _resolve(value: str, base: Path) -> Path:
 
 def _read_relion_list(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry]:
     from .metadata import list_relion5_tomograms, load_tilt_series
+
     out = []
     for name in list_relion5_tomograms(path):
         ts = load_tilt_series(relion5=path, tomo_name=name, allow_missing_dose=allow_missing_dose)
         rec = ts.extra.get("reconstructed_tomogram")
         if rec in (None, "", "None"):
-            raise InputError(f"tomogram {name!r} has no rlnTomoReconstructedTomogram", path,
-                             "rlnTomoReconstructedTomogram")
+            raise InputError(
+                f"tomogram {name!r} has no rlnTomoReconstructedTomogram", path, "rlnTomoReconstructedTomogram"
+            )
         out.append(BatchEntry(str(name), _resolve(str(rec), path.resolve().parent), ts))
     return out
 
@@ -102,6 +125,7 @@ def _read_relion_list(path: Path, allow_missing_dose: bool = False) -> list[Batc
 def _read_table(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry]:
     import pandas as pd
     from .metadata import load_tilt_series
+
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
         df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment="#")
@@ -109,8 +133,12 @@ def _read_table(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry
         raise InputError(f"cannot read the tomogram table ({exc})", path) from None
     df.columns = [str(c).strip() for c in df.columns]
     if "tomogram" not in df.columns:
-        raise InputError(f"no 'tomogram' column (columns: {', '.join(df.columns) or 'none'}; "
-                         f"{'comma' if sep == ',' else 'tab'}-separated expected)", path, "tomogram")
+        raise InputError(
+            f"no 'tomogram' column (columns: {', '.join(df.columns) or 'none'}; "
+            f"{'comma' if sep == ',' else 'tab'}-separated expected)",
+            path,
+            "tomogram",
+        )
     unknown = [c for c in df.columns if c not in TABLE_COLUMNS]
     if unknown:
         raise InputError(f"unknown column(s) {', '.join(unknown)}; expected {', '.join(TABLE_COLUMNS)}", path)
@@ -151,11 +179,11 @@ def _read_table(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry
             else:
                 kw[dest] = val
         sources = ("tilt_angles", "relion5", "warp_xml", "mdoc", "aln")
-        ts = (load_tilt_series(**kw, allow_missing_dose=allow_missing_dose) if any(s in kw for s in sources)
-              else None)
+        ts = load_tilt_series(**kw, allow_missing_dose=allow_missing_dose) if any(s in kw for s in sources) else None
         if ts is None and len(kw) > 0 and not set(kw) <= {"hand"}:
-            raise InputError("metadata columns without a tilt-angle source (tilt_angles, relion5, "
-                             "warp_xml, mdoc or aln)", path, line)
+            raise InputError(
+                "metadata columns without a tilt-angle source (tilt_angles, relion5, warp_xml, mdoc or aln)", path, line
+            )
         tomo = _resolve(cells["tomogram"], base)
         name = cells.get("name") or (cells.get("tomo_name") or tomo.stem)
         out.append(BatchEntry(name, tomo, ts))
@@ -190,15 +218,17 @@ def read_tomogram_list(path, allow_missing_dose: bool = False) -> list[BatchEntr
     p = Path(path)
     if not p.is_file():
         raise InputError("tomogram list not found", p)
-    entries = (_read_relion_list(p, allow_missing_dose) if p.suffix.lower() == ".star"
-               else _read_table(p, allow_missing_dose))
+    entries = (
+        _read_relion_list(p, allow_missing_dose) if p.suffix.lower() == ".star" else _read_table(p, allow_missing_dose)
+    )
     seen: dict[str, Path] = {}
     for e in entries:
         if not e.tomogram.is_file():
             raise InputError(f"tomogram {e.name!r} not found: {e.tomogram}", p, "tomogram")
         if e.name in seen:
-            raise InputError(f"name {e.name!r} appears twice ({seen[e.name]} and {e.tomogram}); "
-                             "give a name column", p, "name")
+            raise InputError(
+                f"name {e.name!r} appears twice ({seen[e.name]} and {e.tomogram}); give a name column", p, "name"
+            )
         seen[e.name] = e.tomogram
     return entries
 
@@ -216,6 +246,7 @@ def read_slurm_config(path) -> dict[str, Any]:
     or ``{"cluster": {...}, "adapt": {...}}``. Raises :class:`InputError` for anything else.
     """
     import yaml
+
     p = Path(path)
     try:
         cfg = yaml.safe_load(p.read_text())
@@ -233,22 +264,38 @@ def read_slurm_config(path) -> dict[str, Any]:
     out: dict[str, Any] = {"cluster": dict(cfg["cluster"])}
     if "scale" in cfg:
         s = cfg["scale"]
-        if not isinstance(s, dict) or set(s) - {"jobs", "workers"} or len(s) != 1 or \
-                not isinstance(next(iter(s.values())), int) or next(iter(s.values())) < 1:
+        if (
+            not isinstance(s, dict)
+            or set(s) - {"jobs", "workers"}
+            or len(s) != 1
+            or not isinstance(next(iter(s.values())), int)
+            or next(iter(s.values())) < 1
+        ):
             raise InputError("'scale' must be {jobs: N} or {workers: N} with N >= 1", p, "scale")
         out["scale"] = dict(s)
     else:
         a = cfg["adapt"]
         allowed = {"minimum_jobs", "maximum_jobs", "minimum", "maximum"}
-        if not isinstance(a, dict) or not a or set(a) - allowed or \
-                not all(isinstance(v, int) and v >= 0 for v in a.values()):
+        if (
+            not isinstance(a, dict)
+            or not a
+            or set(a) - allowed
+            or not all(isinstance(v, int) and v >= 0 for v in a.values())
+        ):
             raise InputError("'adapt' must map minimum_jobs/maximum_jobs to integers", p, "adapt")
         out["adapt"] = dict(a)
     return out
 
 
-def make_cluster(*, scheduler: str | None = None, slurm_config=None, n_workers: int | None = None,
-                 threads_per_worker: int = 1, use_gpus: bool = False, dashboard_address: str | None = ":8787"):
+def make_cluster(
+    *,
+    scheduler: str | None = None,
+    slurm_config=None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    use_gpus: bool = False,
+    dashboard_address: str | None = ":8787",
+):
     """A Dask cluster (or None with an existing ``scheduler`` address) for :func:`run_batch`.
 
     Returns ``(cluster, address)``: ``cluster`` is None for an existing scheduler. SLURM:
@@ -279,18 +326,22 @@ def make_cluster(*, scheduler: str | None = None, slurm_config=None, n_workers: 
             cluster.adapt(**cfg["adapt"])
         return cluster, cluster.scheduler_address
     from distributed import LocalCluster
+
     if n_workers is None:
         if use_gpus:
             import torch
+
             n_workers = max(1, torch.cuda.device_count())
         else:
-            n_workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                            else (os.cpu_count() or 1)) // max(1, threads_per_worker)
+            n_workers = max(
+                1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            ) // max(1, threads_per_worker)
             n_workers = max(1, n_workers)
     if n_workers < 1 or threads_per_worker < 1:
         raise InputError(f"{n_workers} workers x {threads_per_worker} threads; expected >= 1", None, "--workers")
-    local = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                         dashboard_address=dashboard_address)
+    local = LocalCluster(
+        n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=dashboard_address
+    )
     return local, local.scheduler_address
 
 
@@ -313,8 +364,10 @@ def _worker_device(device: str) -> str:
         idx = int(name) if not isinstance(name, str) else int(name.rsplit("-", 1)[-1])
     except ValueError:
         # a worker name without an index (e.g. a SLURM job name) would put every worker on GPU 0
-        raise RuntimeError(f"cannot tell which GPU Dask worker {name!r} owns; give --device cuda:N or "
-                           "name the workers ...-0, ...-1 (one per GPU)") from None
+        raise RuntimeError(
+            f"cannot tell which GPU Dask worker {name!r} owns; give --device cuda:N or "
+            "name the workers ...-0, ...-1 (one per GPU)"
+        ) from None
     return f"cuda:{idx % max(1, torch.cuda.device_count())}"
 
 
@@ -337,6 +390,7 @@ def _unit_task(plan: MatchPlan, unit: WorkUnit, before_unit: Callable | None = N
         before_unit(plan, unit)
     with _UNIT_LOCK:  # one unit at a time per worker process; it uses the worker's threads
         import torch
+
         threads = torch.get_num_threads()
         torch.set_num_threads(_worker_threads())
         try:
@@ -352,28 +406,43 @@ _UNIT_LOCK = threading.Lock()
 def _worker_threads() -> int:
     try:
         from distributed import get_worker
+
         return max(1, int(get_worker().state.nthreads))
     except Exception:
         return 1
 
 
-def _finish_task(plan: MatchPlan, *unit_results, match_done: bool = False, extract: dict | None = None,
-                 hand: dict | None = None, started: float = 0.0, command: str = "") -> dict:
+def _finish_task(
+    plan: MatchPlan,
+    *unit_results,
+    match_done: bool = False,
+    extract: dict | None = None,
+    hand: dict | None = None,
+    started: float = 0.0,
+    command: str = "",
+) -> dict:
     """Merge a tomogram's units, write its outputs, then extract (and hand); returns a summary."""
     paths = plan.output_paths()
     # idempotent: if this task runs again (its result was lost with a worker after it had
     # written the outputs and removed the checkpoints), the outputs stand
     if not match_done and not _outputs_current(plan):
         merged = merge_units(plan, load_unit_results(plan))
-        write_outputs(plan, merged, elapsed_s=time.time() - started, command=command,
-                      device=_worker_device(plan.options.device))
+        write_outputs(
+            plan, merged, elapsed_s=time.time() - started, command=command, device=_worker_device(plan.options.device)
+        )
     remove_checkpoints(plan)
-    summary: dict[str, Any] = {"name": plan.name, "tomogram": str(plan.tomogram), "job": str(paths["job"]),
-                               "matched": not match_done, "units": len(plan.units)}
+    summary: dict[str, Any] = {
+        "name": plan.name,
+        "tomogram": str(plan.tomogram),
+        "job": str(paths["job"]),
+        "matched": not match_done,
+        "units": len(plan.units),
+    }
     particles = None
     if extract is not None:
         from .extract import extract_candidates
         from .particles import write_particles
+
         kw = dict(extract)
         fmt = kw.pop("format", "relion5")
         with warnings.catch_warnings(record=True) as caught:
@@ -384,11 +453,16 @@ def _finish_task(plan: MatchPlan, *unit_results, match_done: bool = False, extra
         particles = df
         # the cut-off actually used (e.g. the gaussian one when the tail fit was impossible) and
         # why, in the batch summary instead of a warning lost on a worker
-        summary.update(particles=str(out), n_particles=int(len(df)), cutoff=float(df.attrs.get("cutoff", math.nan)),
-                       cutoff_method=df.attrs.get("cutoff_method"),
-                       extract_warnings=[str(w.message) for w in caught])
+        summary.update(
+            particles=str(out),
+            n_particles=int(len(df)),
+            cutoff=float(df.attrs.get("cutoff", math.nan)),
+            cutoff_method=df.attrs.get("cutoff_method"),
+            extract_warnings=[str(w.message) for w in caught],
+        )
     if hand is not None:
         from .hand import run_hand
+
         kw = dict(hand)
         kw.setdefault("figure", False)
         try:
@@ -416,13 +490,29 @@ def _outputs_current(plan: MatchPlan) -> bool:
     return _job_key(paths["job"]) == plan.key and paths["scores"].exists() and paths["angles"].exists()
 
 
-def run_batch(tomograms, template, mask, out_dir, *, match: MatchOptions | dict | None = None,
-              rotations=None, extract: dict | None = None,
-              hand: dict | None = None, scheduler: str | None = None, slurm_config=None,
-              n_workers: int | None = None, threads_per_worker: int = 1, device: str = "auto",
-              rotations_per_unit: int | None = None, units_per_worker: int = 4, quiet: bool = True,
-              dashboard_address: str | None = ":8787", before_unit: Callable | None = None,
-              command: str | None = None, log: Callable[[str], None] | None = None) -> list[dict]:
+def run_batch(
+    tomograms,
+    template,
+    mask,
+    out_dir,
+    *,
+    match: MatchOptions | dict | None = None,
+    rotations=None,
+    extract: dict | None = None,
+    hand: dict | None = None,
+    scheduler: str | None = None,
+    slurm_config=None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    device: str = "auto",
+    rotations_per_unit: int | None = None,
+    units_per_worker: int = 4,
+    quiet: bool = True,
+    dashboard_address: str | None = ":8787",
+    before_unit: Callable | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
     """Match (then extract, optionally hand) a list of tomograms on a Dask cluster.
 
     Parameters
@@ -482,13 +572,20 @@ def run_batch(tomograms, template, mask, out_dir, *, match: MatchOptions | dict 
         read_slurm_config(slurm_config)  # fail before any planning
     say = (lambda m: None) if quiet else (log or print)
     # metadata without a dose is accepted only when the match does not weight by dose (--no-dose)
-    no_dose = isinstance(match, MatchOptions) and not match.weighting.dose or (
-        isinstance(match, dict) and match.get("dose") is False)
-    entries = (read_tomogram_list(tomograms, allow_missing_dose=no_dose)
-               if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
+    no_dose = (
+        isinstance(match, MatchOptions)
+        and not match.weighting.dose
+        or (isinstance(match, dict) and match.get("dose") is False)
+    )
+    entries = (
+        read_tomogram_list(tomograms, allow_missing_dose=no_dose)
+        if isinstance(tomograms, (str, os.PathLike))
+        else list(tomograms)
+    )
     if not entries:
-        raise InputError("no tomograms to process", None if not isinstance(tomograms, (str, os.PathLike))
-                         else tomograms)
+        raise InputError(
+            "no tomograms to process", None if not isinstance(tomograms, (str, os.PathLike)) else tomograms
+        )
     out_dir = Path(out_dir).absolute()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -513,10 +610,20 @@ def run_batch(tomograms, template, mask, out_dir, *, match: MatchOptions | dict 
     # plan every tomogram first (validates all inputs before any cluster starts)
     plans: list[MatchPlan] = []
     for e in entries:
-        plans.append(plan_match(template, mask, e.tomogram, out_dir, replace(match, name=e.name, device=device),
-                                tilt_series=e.tilt_series, rotations=rotations,
-                                check_device=(scheduler is None and slurm_config is None),
-                                rotations_per_unit=rotations_per_unit, min_units=min_units))
+        plans.append(
+            plan_match(
+                template,
+                mask,
+                e.tomogram,
+                out_dir,
+                replace(match, name=e.name, device=device),
+                tilt_series=e.tilt_series,
+                rotations=rotations,
+                check_device=(scheduler is None and slurm_config is None),
+                rotations_per_unit=rotations_per_unit,
+                min_units=min_units,
+            )
+        )
     # the folder's batch and every tomogram's job are owned by this run until it ends
     with contextlib.ExitStack() as locks:
         locks.enter_context(JobLock(out_dir, "batch", "batch"))
@@ -539,13 +646,20 @@ def run_batch(tomograms, template, mask, out_dir, *, match: MatchOptions | dict 
                     units.append(u)
             todo.append((plan, units, False))
         n_units = sum(len(u) for _, u, _ in todo)
-        say(f"{len(plans)} tomogram(s), {sum(len(p.units) for p in plans)} work units "
+        say(
+            f"{len(plans)} tomogram(s), {sum(len(p.units) for p in plans)} work units "
             f"({n_units} to run, {n_skipped_units} finished earlier; "
-            f"{sum(1 for *_, d in todo if d)} tomogram(s) matched earlier)")
+            f"{sum(1 for *_, d in todo if d)} tomogram(s) matched earlier)"
+        )
 
-        cluster, address = make_cluster(scheduler=scheduler, slurm_config=slurm_config, n_workers=n_workers,
-                                        threads_per_worker=threads_per_worker, use_gpus=use_gpus,
-                                        dashboard_address=dashboard_address)
+        cluster, address = make_cluster(
+            scheduler=scheduler,
+            slurm_config=slurm_config,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            use_gpus=use_gpus,
+            dashboard_address=dashboard_address,
+        )
         summaries: dict[str, dict] = {}
         progress = None
         try:
@@ -558,10 +672,24 @@ def run_batch(tomograms, template, mask, out_dir, *, match: MatchOptions | dict 
                 for plan, units, done in todo:
                     tag = f"{plan.name}-{plan.key[:12]}"
                     pf = client.submit(_plan_task, plan, key=f"tomomatch-plan-{tag}", pure=False)
-                    ufs = [client.submit(_unit_task, pf, u, before_unit, key=f"tomomatch-unit-{tag}-{u.index:05d}",
-                                         pure=False) for u in units]
-                    ff = client.submit(_finish_task, pf, *ufs, match_done=done, extract=extract, hand=hand,
-                                       started=t0, command=command or "", key=f"tomomatch-finish-{tag}", pure=False)
+                    ufs = [
+                        client.submit(
+                            _unit_task, pf, u, before_unit, key=f"tomomatch-unit-{tag}-{u.index:05d}", pure=False
+                        )
+                        for u in units
+                    ]
+                    ff = client.submit(
+                        _finish_task,
+                        pf,
+                        *ufs,
+                        match_done=done,
+                        extract=extract,
+                        hand=hand,
+                        started=t0,
+                        command=command or "",
+                        key=f"tomomatch-finish-{tag}",
+                        pure=False,
+                    )
                     kind.update({f.key: ("unit", plan.name) for f in ufs})
                     kind[ff.key] = ("finish", plan.name)
                     all_futs += ufs + [ff]
@@ -593,6 +721,8 @@ def run_batch(tomograms, template, mask, out_dir, *, match: MatchOptions | dict 
         with atomic_path(out_dir / "batch_summary.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
         n_err = sum("error" in r for r in result)
-        say(f"{len(result) - n_err} of {len(result)} tomogram(s) done in {time.time() - t0:.1f} s; "
-            f"summary {out_dir / 'batch_summary.json'}")
+        say(
+            f"{len(result) - n_err} of {len(result)} tomogram(s) done in {time.time() - t0:.1f} s; "
+            f"summary {out_dir / 'batch_summary.json'}"
+        )
         return result

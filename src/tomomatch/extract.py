@@ -40,6 +40,7 @@ The result is a :class:`pandas.DataFrame` with one row per particle (see
 :func:`extract_candidates`); :func:`tomomatch.particles.write_particles` writes it as
 RELION 5, RELION 4 or Warp STAR.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,20 @@ __all__ = [
 CUTOFF_METHODS = ("tail", "gaussian", "fixed")
 
 #: columns of the particle table returned by :func:`extract_candidates`
-PARTICLE_COLUMNS = ("x", "y", "z", "score", "score_sigma", "rotation_index", "rot", "tilt", "psi",
-                    "x_voxel", "y_voxel", "z_voxel")
+PARTICLE_COLUMNS = (
+    "x",
+    "y",
+    "z",
+    "score",
+    "score_sigma",
+    "rotation_index",
+    "rot",
+    "tilt",
+    "psi",
+    "x_voxel",
+    "y_voxel",
+    "z_voxel",
+)
 
 #: shape parameter range of the tail fits. Maxima of a Gaussian-like background have a tail
 #: lighter than exponential: fitted to background peaks alone, xi was -0.13 to -0.2 on a
@@ -113,16 +126,14 @@ def gaussian_cutoff_sigma(n_false_alarms: float, n_search: float) -> float:
     nfp = _check_false_alarms(n_false_alarms)
     ns = _positive_number(n_search, "n_search", "search size")
     if 2 * nfp >= 2 * ns:
-        raise InputError(f"{nfp:g} false alarms is not fewer than the {ns:g} samples searched",
-                         field="false alarms")
+        raise InputError(f"{nfp:g} false alarms is not fewer than the {ns:g} samples searched", field="false alarms")
     return float(math.sqrt(2.0) * erfcinv(2.0 * nfp / ns))
 
 
 def gaussian_cutoff(n_false_alarms: float, n_search: float, mean: float, std: float) -> float:
     """Score cut-off ``mean + std * gaussian_cutoff_sigma(n_false_alarms, n_search)``."""
     if not (math.isfinite(float(std)) and float(std) > 0):
-        raise InputError(f"search standard deviation must be > 0 and finite, got {std}",
-                         field="search_statistics.std")
+        raise InputError(f"search standard deviation must be > 0 and finite, got {std}", field="search_statistics.std")
     if not math.isfinite(float(mean)):
         raise InputError(f"search mean must be finite, got {mean}", field="search_statistics.mean")
     return float(mean) + float(std) * gaussian_cutoff_sigma(n_false_alarms, n_search)
@@ -163,6 +174,7 @@ _NM = {"xatol": 1e-6, "fatol": 1e-8, "maxiter": 4000}
 def _fit_gpd(y: np.ndarray) -> tuple[float, float, float]:
     """Maximum-likelihood GPD ``(xi, log beta, nll)`` of exceedances ``y > 0`` (unit scale), ``xi`` in
     ``_XI_BOUNDS``."""
+
     def nll(p):
         xi, lb = float(p[0]), float(p[1])
         if not (_XI_BOUNDS[0] <= xi <= _XI_BOUNDS[1]) or not (-20.0 < lb < 20.0):
@@ -170,13 +182,14 @@ def _fit_gpd(y: np.ndarray) -> tuple[float, float, float]:
         ll = float(_gpd_logpdf(y, xi, math.exp(lb)).sum())
         return -ll if math.isfinite(ll) else 1e300
 
-    best = min((optimize.minimize(nll, [xi0, 0.0], method="Nelder-Mead", options=_NM)
-                for xi0 in (-0.1, 0.2, 0.7)), key=lambda r: r.fun)
+    best = min(
+        (optimize.minimize(nll, [xi0, 0.0], method="Nelder-Mead", options=_NM) for xi0 in (-0.1, 0.2, 0.7)),
+        key=lambda r: r.fun,
+    )
     return float(best.x[0]), float(best.x[1]), float(best.fun)
 
 
-def _fit_gpd_mixture(y: np.ndarray, xi0: float, lb0: float, max_fraction: float
-                     ) -> tuple[np.ndarray, float] | None:
+def _fit_gpd_mixture(y: np.ndarray, xi0: float, lb0: float, max_fraction: float) -> tuple[np.ndarray, float] | None:
     """Maximum-likelihood mixture of a GPD background and a Gaussian particle cluster.
 
     ``y`` (exceedances, unit scale, sorted strongest first) has density
@@ -191,13 +204,17 @@ def _fit_gpd_mixture(y: np.ndarray, xi0: float, lb0: float, max_fraction: float
 
     def nll(p):
         xi, lb, lw, mu, lsd = (float(t) for t in p)
-        if not (_XI_BOUNDS[0] <= xi <= _XI_BOUNDS[1]) or not (-20.0 < lb < 20.0) \
-                or not (lw_min <= lw <= math.log(max_fraction)) or not (lsd_min <= lsd < 3.0) or mu < med:
+        if (
+            not (_XI_BOUNDS[0] <= xi <= _XI_BOUNDS[1])
+            or not (-20.0 < lb < 20.0)
+            or not (lw_min <= lw <= math.log(max_fraction))
+            or not (lsd_min <= lsd < 3.0)
+            or mu < med
+        ):
             return 1e300
         sd = math.exp(lsd)
         a = math.log1p(-math.exp(lw)) + _gpd_logpdf(y, xi, math.exp(lb))
-        b = (lw - 0.5 * ((y - mu) / sd) ** 2 - lsd - 0.5 * math.log(2.0 * math.pi)
-             - float(special.log_ndtr(mu / sd)))
+        b = lw - 0.5 * ((y - mu) / sd) ** 2 - lsd - 0.5 * math.log(2.0 * math.pi) - float(special.log_ndtr(mu / sd))
         ll = float(np.logaddexp(a, b).sum())
         return -ll if math.isfinite(ll) else 1e300
 
@@ -206,8 +223,13 @@ def _fit_gpd_mixture(y: np.ndarray, xi0: float, lb0: float, max_fraction: float
         if k > max_fraction * m:
             break
         top = y[:k]
-        p0 = [xi0, lb0, math.log(k / m), max(float(top.mean()), med),
-              math.log(max(float(top.std()), 1.5 * _MIX_MIN_SD))]
+        p0 = [
+            xi0,
+            lb0,
+            math.log(k / m),
+            max(float(top.mean()), med),
+            math.log(max(float(top.std()), 1.5 * _MIX_MIN_SD)),
+        ]
         res = optimize.minimize(nll, p0, method="Nelder-Mead", options=_NM)
         if res.fun < 1e299 and (best is None or res.fun < best.fun):
             best = res
@@ -221,13 +243,21 @@ def _gpd_cutoff(u: float, xi: float, beta: float, n_above_u: float, n_false_alar
         return u
     if abs(xi) < 1e-9:
         return u + beta * math.log(ratio)
-    return u + beta / xi * (ratio ** xi - 1.0)
+    return u + beta / xi * (ratio**xi - 1.0)
 
 
-def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: float = 0.2,
-                min_tail: int = 100, max_tail: int = 1000, max_strong_fraction: float = 0.5,
-                min_likelihood_ratio: float = 6.0, reference_cutoff: float | None = None,
-                min_likelihood_ratio_with_reference: float = 2.0) -> tuple[float, dict[str, Any]]:
+def tail_cutoff(
+    peak_scores,
+    n_false_alarms: float = 1.0,
+    *,
+    tail_fraction: float = 0.2,
+    min_tail: int = 100,
+    max_tail: int = 1000,
+    max_strong_fraction: float = 0.5,
+    min_likelihood_ratio: float = 6.0,
+    reference_cutoff: float | None = None,
+    min_likelihood_ratio_with_reference: float = 2.0,
+) -> tuple[float, dict[str, Any]]:
     """Data-driven cut-off from the tail of the background peak-score distribution.
 
     Parameters
@@ -290,22 +320,33 @@ def tail_cutoff(peak_scores, n_false_alarms: float = 1.0, *, tail_fraction: floa
     xi1, lb1, nll1 = _fit_gpd(y)
     mix = _fit_gpd_mixture(y, xi1, lb1, max_strong_fraction)
     lr = 2.0 * (nll1 - mix[1]) if mix is not None else -math.inf
-    info: dict[str, Any] = {"threshold": u, "n_fit": int(y.size), "n_peaks": int(n),
-                            "likelihood_ratio": float(lr)}
+    info: dict[str, Any] = {"threshold": u, "n_fit": int(y.size), "n_peaks": int(n), "likelihood_ratio": float(lr)}
     corroborated = False
-    if mix is not None and reference_cutoff is not None and math.isfinite(float(reference_cutoff)) \
-            and min_likelihood_ratio_with_reference < lr <= min_likelihood_ratio:
+    if (
+        mix is not None
+        and reference_cutoff is not None
+        and math.isfinite(float(reference_cutoff))
+        and min_likelihood_ratio_with_reference < lr <= min_likelihood_ratio
+    ):
         xi2, lb2, lw2 = (float(t) for t in mix[0][:3])
         y_ref = (float(reference_cutoff) - u) / scale
-        lam_ref = y.size * (1.0 - math.exp(lw2)) * (
-            math.exp(float(_gpd_logsf(y_ref, xi2, math.exp(lb2)))) if y_ref > 0 else 1.0)
+        lam_ref = (
+            y.size
+            * (1.0 - math.exp(lw2))
+            * (math.exp(float(_gpd_logsf(y_ref, xi2, math.exp(lb2)))) if y_ref > 0 else 1.0)
+        )
         info["mixture_background_above_reference"] = float(lam_ref)
         corroborated = lam_ref <= 3.0 * nfp
     if mix is not None and (lr > min_likelihood_ratio or corroborated):
         xi, lb, lw, mu, lsd = mix[0]
         w = math.exp(lw)
-        info.update(model="gpd+particles", particle_fraction=w, particle_mean=u + mu * scale,
-                    particle_sd=math.exp(lsd) * scale, n_strong=w * y.size)
+        info.update(
+            model="gpd+particles",
+            particle_fraction=w,
+            particle_mean=u + mu * scale,
+            particle_sd=math.exp(lsd) * scale,
+            n_strong=w * y.size,
+        )
     else:
         xi, lb, w = xi1, lb1, 0.0
         info.update(model="gpd", n_strong=0.0)
@@ -338,14 +379,18 @@ def exclusion_radius_voxels(particle_diameter_angstrom: float, voxel_size_angstr
     """Exclusion radius in voxels: half the particle diameter, ``(d / 2) / voxel``."""
     d = float(particle_diameter_angstrom)
     if not (math.isfinite(d) and d > 0):
-        raise InputError(f"particle diameter must be > 0, got {particle_diameter_angstrom}",
-                         field="particle diameter")
+        raise InputError(f"particle diameter must be > 0, got {particle_diameter_angstrom}", field="particle diameter")
     return d / 2.0 / float(voxel_size_angstrom)
 
 
-def pick_peaks(scores: np.ndarray, radius_voxels: float, *, cutoff: float = -math.inf,
-               max_count: int | None = None, eligible: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def pick_peaks(
+    scores: np.ndarray,
+    radius_voxels: float,
+    *,
+    cutoff: float = -math.inf,
+    max_count: int | None = None,
+    eligible: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy peak picking with a spherical exclusion.
 
     Candidates are the voxels that are maxima of their 3x3x3 neighbourhood (ineligible
@@ -381,8 +426,7 @@ def pick_peaks(scores: np.ndarray, radius_voxels: float, *, cutoff: float = -mat
     if eligible is not None:
         eligible = np.asarray(eligible, dtype=bool)
         if eligible.shape != s.shape:
-            raise InputError(f"mask shape {eligible.shape} differs from the score map shape {s.shape}",
-                             field="mask")
+            raise InputError(f"mask shape {eligible.shape} differs from the score map shape {s.shape}", field="mask")
         work = np.where(eligible, s, -np.inf).astype(np.float32)
     local_max = work == ndimage.maximum_filter(work, size=3, mode="constant", cval=-np.inf)
     cand = local_max & np.isfinite(work) & (work > cutoff)
@@ -408,9 +452,9 @@ def pick_peaks(scores: np.ndarray, radius_voxels: float, *, cutoff: float = -mat
         z0, z1 = max(z - half, 0), min(z + half + 1, nz)
         y0, y1 = max(y - half, 0), min(y + half + 1, ny)
         x0, x1 = max(x - half, 0), min(x + half + 1, nx)
-        suppressed[z0:z1, y0:y1, x0:x1] |= ball[z0 - z + half:z1 - z + half,
-                                                y0 - y + half:y1 - y + half,
-                                                x0 - x + half:x1 - x + half]
+        suppressed[z0:z1, y0:y1, x0:x1] |= ball[
+            z0 - z + half : z1 - z + half, y0 - y + half : y1 - y + half, x0 - x + half : x1 - x + half
+        ]
     idx = np.asarray(picks, dtype=np.int64)
     zyx = np.stack(np.unravel_index(idx, s.shape), axis=1) if idx.size else np.zeros((0, 3), np.int64)
     return zyx.astype(np.int64), s.reshape(-1)[idx].astype(float)
@@ -476,9 +520,15 @@ def _drop_close_refined(pos_zyx: np.ndarray, radius: float) -> np.ndarray:
     return keep
 
 
-def tophat_mask(scores: np.ndarray, eligible: np.ndarray | None = None, *, radius_voxels: float = 1.0,
-                n_false_alarms: float = 1.0, threshold: float | None = None,
-                min_fraction: float = 0.3) -> tuple[np.ndarray, float]:
+def tophat_mask(
+    scores: np.ndarray,
+    eligible: np.ndarray | None = None,
+    *,
+    radius_voxels: float = 1.0,
+    n_false_alarms: float = 1.0,
+    threshold: float | None = None,
+    min_fraction: float = 0.3,
+) -> tuple[np.ndarray, float]:
     """Voxels where the white top-hat of the score map stands out (suppresses broad ridges).
 
     The white top-hat ``T = S - opening(S)`` with a ball of ``radius_voxels`` keeps peaks
@@ -527,8 +577,11 @@ def _search_stats(job) -> tuple[float | None, float | None, float | None]:
     except (TypeError, ValueError):
         raise InputError("search_statistics must hold numbers", job.get("_job_path"), "search_statistics") from None
     if std is not None and not (math.isfinite(std) and std > 0):
-        raise InputError(f"search standard deviation must be > 0 and finite, got {std}",
-                         job.get("_job_path"), "search_statistics.std")
+        raise InputError(
+            f"search standard deviation must be > 0 and finite, got {std}",
+            job.get("_job_path"),
+            "search_statistics.std",
+        )
     return n, mean, std
 
 
@@ -538,16 +591,30 @@ def _load_mask(mask, shape, job_path) -> np.ndarray:
     else:
         m, _ = read_volume(mask, 1.0, what="mask")
     if m.shape != tuple(shape):
-        raise InputError(f"mask shape {m.shape} differs from the score map shape {tuple(shape)}",
-                         None if isinstance(mask, np.ndarray) else mask, "mask")
+        raise InputError(
+            f"mask shape {m.shape} differs from the score map shape {tuple(shape)}",
+            None if isinstance(mask, np.ndarray) else mask,
+            "mask",
+        )
     return np.asarray(m) > 0
 
 
-def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angstrom: float | None = None,
-                       radius_voxels: float | None = None, cutoff: float | None = None,
-                       false_alarms: float = 1.0, cutoff_method: str | None = None,
-                       mask=None, tophat: bool = False, tophat_radius_voxels: float = 1.0,
-                       border_voxels: int = 0, subvoxel: bool = True, return_details: bool = False):
+def extract_candidates(
+    job,
+    *,
+    max_particles: int = 1000,
+    particle_diameter_angstrom: float | None = None,
+    radius_voxels: float | None = None,
+    cutoff: float | None = None,
+    false_alarms: float = 1.0,
+    cutoff_method: str | None = None,
+    mask=None,
+    tophat: bool = False,
+    tophat_radius_voxels: float = 1.0,
+    border_voxels: int = 0,
+    subvoxel: bool = True,
+    return_details: bool = False,
+):
     """Extract particle candidates from a match job.
 
     Parameters
@@ -590,8 +657,10 @@ def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angs
     jp = job.get("_job_path")
     method = cutoff_method.lower() if cutoff_method else ("fixed" if cutoff is not None else "tail")
     if method not in CUTOFF_METHODS:
-        raise InputError(f"unknown cut-off method {cutoff_method!r}; expected one of {', '.join(CUTOFF_METHODS)}",
-                         field="cutoff-method")
+        raise InputError(
+            f"unknown cut-off method {cutoff_method!r}; expected one of {', '.join(CUTOFF_METHODS)}",
+            field="cutoff-method",
+        )
     try:
         max_particles = int(max_particles)
     except (TypeError, ValueError):
@@ -612,11 +681,18 @@ def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angs
 
     vs = float(job["voxel_size_angstrom"])
     if radius_voxels is None:
-        d = particle_diameter_angstrom if particle_diameter_angstrom is not None \
+        d = (
+            particle_diameter_angstrom
+            if particle_diameter_angstrom is not None
             else job.get("particle_diameter_angstrom")
+        )
         if d is None:
-            raise InputError("no exclusion radius: give the particle diameter or a radius in voxels"
-                             " (the job has no particle_diameter_angstrom)", jp, "particle diameter")
+            raise InputError(
+                "no exclusion radius: give the particle diameter or a radius in voxels"
+                " (the job has no particle_diameter_angstrom)",
+                jp,
+                "particle diameter",
+            )
         radius = exclusion_radius_voxels(d, vs)
     else:
         radius = float(radius_voxels)
@@ -630,7 +706,7 @@ def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angs
     b = int(border_voxels)
     if b > 0:
         inner = np.zeros_like(eligible)
-        inner[b:-b or None, b:-b or None, b:-b or None] = True
+        inner[b : -b or None, b : -b or None, b : -b or None] = True
         eligible &= inner
     if not eligible.any():
         raise InputError("no searched voxel is left to pick from (check the mask and the angle map)", jp, "mask")
@@ -646,15 +722,20 @@ def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angs
 
     th_thr = None
     if tophat:
-        th_mask, th_thr = tophat_mask(scores, eligible, radius_voxels=tophat_radius_voxels,
-                                      n_false_alarms=nfp)
+        th_mask, th_thr = tophat_mask(scores, eligible, radius_voxels=tophat_radius_voxels, n_false_alarms=nfp)
         eligible &= th_mask
 
     # the whole peak list: the background as the picker sees it (cheap: local maxima only)
     all_zyx, all_vals = pick_peaks(scores, radius, eligible=eligible)
-    details: dict[str, Any] = {"peak_scores": all_vals, "search_mean": mean, "search_std": std,
-                               "n_search": n_search, "n_rotations": int(len(rotations)),
-                               "radius_voxels": radius, "tophat_threshold": th_thr}
+    details: dict[str, Any] = {
+        "peak_scores": all_vals,
+        "search_mean": mean,
+        "search_std": std,
+        "n_search": n_search,
+        "n_rotations": int(len(rotations)),
+        "radius_voxels": radius,
+        "tophat_threshold": th_thr,
+    }
     gauss = None
     if n_search is not None:
         try:
@@ -669,16 +750,20 @@ def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angs
         c = float(cutoff)
     elif method == "gaussian":
         if n_search is None or sigma_source != "search_statistics":
-            raise InputError("the gaussian cut-off needs search_statistics (n_search, mean, std) in the job",
-                             jp, "search_statistics")
+            raise InputError(
+                "the gaussian cut-off needs search_statistics (n_search, mean, std) in the job", jp, "search_statistics"
+            )
         c = gaussian_cutoff(nfp, n_search, mean, std)
     else:
         try:
             c, tail_info = tail_cutoff(all_vals, nfp, reference_cutoff=gauss)
         except ValueError as exc:
             if gauss is None:
-                raise InputError(f"tail fit impossible ({exc}) and no search statistics for the gaussian"
-                                 " cut-off; give --cutoff", jp, "cutoff") from None
+                raise InputError(
+                    f"tail fit impossible ({exc}) and no search statistics for the gaussian cut-off; give --cutoff",
+                    jp,
+                    "cutoff",
+                ) from None
             warnings.warn(f"tail fit impossible ({exc}); using the gaussian cut-off", stacklevel=2)
             c, used = gauss, "gaussian"
     details["tail_fit"] = tail_info
@@ -694,22 +779,37 @@ def extract_candidates(job, *, max_particles: int = 1000, particle_diameter_angs
     with warnings.catch_warnings():  # e.g. the identity: tilt 0 gives rot + psi, psi set to 0
         warnings.filterwarnings("ignore", message="Gimbal lock", category=UserWarning)
         eul = matrix_to_relion(rotations[rot_idx]) if len(zyx) else np.zeros((0, 3))
-    df = pd.DataFrame({
-        "x": pos[:, 2], "y": pos[:, 1], "z": pos[:, 0],
-        "score": vals.astype(float),
-        "score_sigma": (vals.astype(float) - mean) / std,
-        "rotation_index": rot_idx.astype(np.int64),
-        "rot": eul[:, 0], "tilt": eul[:, 1], "psi": eul[:, 2],
-        "x_voxel": zyx[:, 2].astype(np.int64), "y_voxel": zyx[:, 1].astype(np.int64),
-        "z_voxel": zyx[:, 0].astype(np.int64),
-    })
-    df.attrs.update({
-        "cutoff": float(c), "cutoff_sigma": float((c - mean) / std), "cutoff_method": used,
-        "false_alarms": float(nfp), "radius_voxels": float(radius), "search_mean": float(mean),
-        "search_std": float(std), "sigma_source": sigma_source, "job": jp,
-        "n_peaks_total": int(all_vals.size),
-        "gaussian_cutoff": None if gauss is None else float(gauss),
-    })
+    df = pd.DataFrame(
+        {
+            "x": pos[:, 2],
+            "y": pos[:, 1],
+            "z": pos[:, 0],
+            "score": vals.astype(float),
+            "score_sigma": (vals.astype(float) - mean) / std,
+            "rotation_index": rot_idx.astype(np.int64),
+            "rot": eul[:, 0],
+            "tilt": eul[:, 1],
+            "psi": eul[:, 2],
+            "x_voxel": zyx[:, 2].astype(np.int64),
+            "y_voxel": zyx[:, 1].astype(np.int64),
+            "z_voxel": zyx[:, 0].astype(np.int64),
+        }
+    )
+    df.attrs.update(
+        {
+            "cutoff": float(c),
+            "cutoff_sigma": float((c - mean) / std),
+            "cutoff_method": used,
+            "false_alarms": float(nfp),
+            "radius_voxels": float(radius),
+            "search_mean": float(mean),
+            "search_std": float(std),
+            "sigma_source": sigma_source,
+            "job": jp,
+            "n_peaks_total": int(all_vals.size),
+            "gaussian_cutoff": None if gauss is None else float(gauss),
+        }
+    )
     if return_details:
         details["scores"] = scores
         details["eligible"] = eligible

@@ -14,6 +14,7 @@ Units of :func:`density_from_model`
     the voxel size: ``vol.sum() * v**3 = 47.878 * sum_atoms(occ * f_e(0))`` (V A^3). For the
     weak-phase approximation the projected phase is ``sigma_e * sum_z(V) * v`` radians.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,8 +97,9 @@ def _check_box(box_size) -> int | None:
 # --------------------------------------------------------------------------- resampling
 
 
-def _interp_matrix(n_in: int, n_out: int, positions: np.ndarray, cutoff_cycles_per_voxel: float | None,
-                   dtype=np.float64) -> np.ndarray:
+def _interp_matrix(
+    n_in: int, n_out: int, positions: np.ndarray, cutoff_cycles_per_voxel: float | None, dtype=np.float64
+) -> np.ndarray:
     """Trigonometric (band-limited, periodic) interpolation matrix ``(n_out, n_in)``.
 
     Row ``j`` evaluates at input coordinate ``positions[j]`` (input voxel units) the
@@ -105,7 +107,7 @@ def _interp_matrix(n_in: int, n_out: int, positions: np.ndarray, cutoff_cycles_p
     ``|k / n_in| <= cutoff`` (cycles per input voxel). For even ``n_in`` the Nyquist term is
     split half to ``+n/2`` and half to ``-n/2`` so the result is real.
     """
-    k = np.arange(-(n_in // 2), n_in // 2 + 1, dtype=np.float64)   # symmetric range
+    k = np.arange(-(n_in // 2), n_in // 2 + 1, dtype=np.float64)  # symmetric range
     w = np.ones_like(k)
     if n_in % 2 == 0:
         w[0] = w[-1] = 0.5
@@ -115,19 +117,19 @@ def _interp_matrix(n_in: int, n_out: int, positions: np.ndarray, cutoff_cycles_p
     x = np.asarray(positions, dtype=np.float64)
     i = np.arange(n_in, dtype=np.float64)
     # M[j, i] = 1/n sum_k w_k cos(2 pi k (x_j - i) / n) = Re(E diag(w) F)
-    e_out = np.exp(2j * np.pi * np.outer(x, k) / n_in)          # (n_out, K)
-    f_in = np.exp(-2j * np.pi * np.outer(k, i) / n_in) / n_in   # (K, n_in)
+    e_out = np.exp(2j * np.pi * np.outer(x, k) / n_in)  # (n_out, K)
+    f_in = np.exp(-2j * np.pi * np.outer(k, i) / n_in) / n_in  # (K, n_in)
     m = (e_out * w[None, :]) @ f_in
     return np.ascontiguousarray(m.real, dtype=dtype)
 
 
 def _apply_axis(vol: np.ndarray, m: np.ndarray, axis: int) -> np.ndarray:
-    out = np.tensordot(m, vol, axes=([1], [axis]))   # new axis first
+    out = np.tensordot(m, vol, axes=([1], [axis]))  # new axis first
     return np.moveaxis(out, 0, axis)
 
 
 def _work_dtype(size: int):
-    return np.float64 if size <= 2 ** 24 else np.float32
+    return np.float64 if size <= 2**24 else np.float32
 
 
 def resample_fourier(volume: np.ndarray, voxel_in: float, voxel_out: float) -> np.ndarray:
@@ -164,7 +166,7 @@ def resample_fourier(volume: np.ndarray, voxel_in: float, voxel_out: float) -> n
     if abs(vin - vout) <= 1e-9 * vout:
         return np.array(vol, dtype=np.float32)
     ratio = vout / vin
-    cutoff = 0.5 / ratio if ratio > 1 else None          # output Nyquist, cycles per input voxel
+    cutoff = 0.5 / ratio if ratio > 1 else None  # output Nyquist, cycles per input voxel
     work = vol.astype(_work_dtype(vol.size))
     for axis in range(vol.ndim):
         n_in = vol.shape[axis]
@@ -209,8 +211,9 @@ def _frequency_radius(shape, voxel_size_angstrom: float) -> np.ndarray:
     return np.sqrt(f2)
 
 
-def low_pass(volume: np.ndarray, voxel_size_angstrom: float, resolution_angstrom: float,
-             edge_fraction: float = 0.2) -> np.ndarray:
+def low_pass(
+    volume: np.ndarray, voxel_size_angstrom: float, resolution_angstrom: float, edge_fraction: float = 0.2
+) -> np.ndarray:
     """Low-pass filter with a raised-cosine (soft) edge centred on ``1/resolution``.
 
     The filter is 1 below ``fc - w/2``, 0 above ``fc + w/2`` and ``(1 + cos)/2`` in between,
@@ -268,7 +271,7 @@ def pad_or_crop(volume: np.ndarray, box_size) -> np.ndarray:
     out = np.zeros(shape, dtype=vol.dtype)
     src, dst = [], []
     for n_in, n_out in zip(vol.shape, shape):
-        off = centre_index(n_out) - centre_index(n_in)   # out index = in index + off
+        off = centre_index(n_out) - centre_index(n_in)  # out index = in index + off
         lo_in = max(0, -off)
         hi_in = min(n_in, n_out - off)
         src.append(slice(lo_in, hi_in))
@@ -320,7 +323,7 @@ def _fits(low_xyz, high_xyz, box: int) -> bool:
 
 def _min_box(low_xyz, high_xyz) -> int:
     need = int(max(np.max(-np.asarray(low_xyz)), np.max(np.asarray(high_xyz)) + 1))
-    return 2 * need   # box b has c = b//2 voxels below and b - 1 - c above
+    return 2 * need  # box b has c = b//2 voxels below and b - 1 - c above
 
 
 def recentre_volume(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -367,13 +370,21 @@ def _model_arrays(model):
         occ.append(a.occ)
         b.append(a.b_iso)
         z.append(a.element.atomic_number)
-    return (np.array(xyz, dtype=np.float64).reshape(-1, 3), np.array(occ, dtype=np.float64),
-            np.array(b, dtype=np.float64), np.array(z, dtype=np.int64))
+    return (
+        np.array(xyz, dtype=np.float64).reshape(-1, 3),
+        np.array(occ, dtype=np.float64),
+        np.array(b, dtype=np.float64),
+        np.array(z, dtype=np.int64),
+    )
 
 
-def density_from_model(path, voxel_size_angstrom: float, box_size: int | None = None,
-                       blur_angstrom2: float | None = None,
-                       resolution_angstrom: float | None = None) -> np.ndarray:
+def density_from_model(
+    path,
+    voxel_size_angstrom: float,
+    box_size: int | None = None,
+    blur_angstrom2: float | None = None,
+    resolution_angstrom: float | None = None,
+) -> np.ndarray:
     """Electrostatic potential map (volts) of an atomic model, centred in a cubic box.
 
     The first model of the PDB/mmCIF file (``.gz`` is fine) goes through
@@ -422,7 +433,7 @@ def density_from_model(path, voxel_size_angstrom: float, box_size: int | None = 
     model = st[0]
     xyz, occ, b_iso, znum = _model_arrays(model)
 
-    blur = 8 * np.pi ** 2 * (v / 2) ** 2 if blur_angstrom2 is None else float(blur_angstrom2)
+    blur = 8 * np.pi**2 * (v / 2) ** 2 if blur_angstrom2 is None else float(blur_angstrom2)
 
     # scattering weights and the largest Gaussian width present
     f0 = {}
@@ -436,8 +447,8 @@ def density_from_model(path, voxel_size_angstrom: float, box_size: int | None = 
         raise InputError("model has zero total occupancy", path)
     centroid = (xyz * wts[:, None]).sum(0) / wts.sum()
     rel = xyz - centroid
-    sigma_max = math.sqrt((bmax_coef + max(float(b_iso.max()), 0.0) + blur) / (8 * np.pi ** 2))
-    margin_a = 4.0 * sigma_max + 2 * v            # density negligible beyond this from an atom
+    sigma_max = math.sqrt((bmax_coef + max(float(b_iso.max()), 0.0) + blur) / (8 * np.pi**2))
+    margin_a = 4.0 * sigma_max + 2 * v  # density negligible beyond this from an atom
 
     # internal box (coarse voxels), even, big enough for atoms + margin on both sides
     reach = np.max(np.abs(rel)) + margin_a
@@ -448,8 +459,10 @@ def density_from_model(path, voxel_size_angstrom: float, box_size: int | None = 
         if not _fits(low, high, box):
             need = _min_box(low, high)
             raise InputError(
-                f"box of {box} voxels is smaller than the model (needs at least {need} voxels "
-                f"at {v:g} A)", path, "box size")
+                f"box of {box} voxels is smaller than the model (needs at least {need} voxels at {v:g} A)",
+                path,
+                "box size",
+            )
     length = n_int * v
     centre_a = centre_index(n_int) * v
 
@@ -466,7 +479,7 @@ def density_from_model(path, voxel_size_angstrom: float, box_size: int | None = 
     dc.grid.set_unit_cell(st.cell)
     dc.grid.set_size(n_int, n_int, n_int)
     dc.put_model_density_on_grid(model)
-    vol = np.array(dc.grid, copy=True).transpose(2, 1, 0) * MOTT_BETHE_VOLT_ANGSTROM2   # [z, y, x]
+    vol = np.array(dc.grid, copy=True).transpose(2, 1, 0) * MOTT_BETHE_VOLT_ANGSTROM2  # [z, y, x]
 
     if resolution_angstrom is not None:
         vol = low_pass(vol, v, resolution_angstrom)
@@ -478,10 +491,17 @@ def density_from_model(path, voxel_size_angstrom: float, box_size: int | None = 
 # --------------------------------------------------------------------------- template
 
 
-def create_template(source, voxel_size_angstrom: float, *, box_size: int | None = None,
-                    input_voxel_size_angstrom: float | None = None,
-                    low_pass_angstrom: float | None = None, invert: bool = False,
-                    mirror: bool = False, recentre: bool = True) -> tuple[np.ndarray, float]:
+def create_template(
+    source,
+    voxel_size_angstrom: float,
+    *,
+    box_size: int | None = None,
+    input_voxel_size_angstrom: float | None = None,
+    low_pass_angstrom: float | None = None,
+    invert: bool = False,
+    mirror: bool = False,
+    recentre: bool = True,
+) -> tuple[np.ndarray, float]:
     """Make a matching template from a density map or an atomic model.
 
     Steps, in order:
@@ -514,8 +534,7 @@ def create_template(source, voxel_size_angstrom: float, *, box_size: int | None 
     src = Path(source)
     if is_model_path(src):
         if input_voxel_size_angstrom is not None:
-            raise InputError("an input voxel size applies only to maps, not atomic models",
-                             src, "input voxel size")
+            raise InputError("an input voxel size applies only to maps, not atomic models", src, "input voxel size")
         if not src.exists():
             raise InputError("atomic model file not found", src)
         vol = density_from_model(src, v, box_size=box, resolution_angstrom=low_pass_angstrom)
@@ -525,8 +544,7 @@ def create_template(source, voxel_size_angstrom: float, *, box_size: int | None 
             raise InputError("is a 2D image; expected a 3D density map", src)
         if abs(vin - v) > 1e-9 * v:
             if vin > v:
-                warnings.warn(f"upsampling the map from {vin:g} A to {v:g} A adds no information",
-                              stacklevel=2)
+                warnings.warn(f"upsampling the map from {vin:g} A to {v:g} A adds no information", stacklevel=2)
             vol = resample_fourier(vol, vin, v)
         if low_pass_angstrom is not None:
             vol = low_pass(vol, v, low_pass_angstrom)
@@ -538,11 +556,13 @@ def create_template(source, voxel_size_angstrom: float, *, box_size: int | None 
         elif not _fits(low, high, box):
             raise InputError(
                 f"box of {box} voxels is smaller than the object in the map (needs at least "
-                f"{_min_box(low, high)} voxels at {v:g} A)", src, "box size")
+                f"{_min_box(low, high)} voxels at {v:g} A)",
+                src,
+                "box size",
+            )
         vol = pad_or_crop(vol, box)
     if mirror:
         vol = mirror_x(vol)
     if invert:
         vol = -vol
     return np.ascontiguousarray(vol, dtype=np.float32), v
-
