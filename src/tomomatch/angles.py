@@ -80,6 +80,7 @@ __all__ = [
     "healpix_nside",
     "uniform_rotations",
     "uniform_rotation_count",
+    "MAX_ROTATIONS",
     "local_rotations",
     "geodesic_distance_deg",
     "rotations_to_relion",
@@ -329,6 +330,60 @@ def _check_step(step_deg: float) -> float:
 
 # --------------------------------------------------------------------------- global grid
 
+#: Largest rotation set :func:`uniform_rotations` builds (the grid before the asymmetric-unit
+#: selection of ``T``, ``O``, ``I``). 5 million rotations are about 360 MB of pose matrices
+#: (and as much again while building them) and a C1 step of about 1.44 degrees; a finer global
+#: search would take days per tomogram. A finer step from ``--angular-step`` or a very large
+#: ``--particle-diameter`` (the Crowther step shrinks with it) is refused before anything is
+#: allocated; a larger set can still be searched from a file (``--angle-list``).
+MAX_ROTATIONS = 5_000_000
+
+
+def _grid_count(step: float, name: str) -> int:
+    """Rotations the grid of ``uniform_rotations(step, name)`` holds before the asymmetric-unit
+    selection of ``T``, ``O``, ``I`` (integer arithmetic, nothing allocated)."""
+    n_sym, beta, _ = _exact_subgroup(name, step)
+    nside = healpix_nside(step)
+    return (6 if beta is not None else 12) * nside * nside * _n_psi(step, n_sym)
+
+
+def _check_rotation_count(step: float, name: str) -> int:
+    """:func:`_grid_count`, or InputError naming ``--angular-step``/``--particle-diameter`` when
+    it is above :data:`MAX_ROTATIONS`.
+
+    A lower bound first, in floats (``4 pi / step^2`` directions times ``360 / step`` in-plane
+    angles over the group order: the grid never holds fewer), so that a step of 1e-300 degrees
+    neither overflows nor allocates; the exact count only when that bound is below the limit.
+    """
+    limit = int(MAX_ROTATIONS)
+    order = symmetry_order(name)
+    rad = math.radians(step)
+    try:
+        bound = 4.0 * math.pi / (rad * rad) * (360.0 / step) / order
+    except (ZeroDivisionError, OverflowError):
+        bound = math.inf
+    count: int | float = bound if bound > limit else _grid_count(step, name)
+    if count <= limit:
+        return int(count)
+    # the finest step within the limit, from the same bound, then checked exactly
+    finest = math.degrees((8.0 * math.pi**2 / (limit * order)) ** (1.0 / 3.0))
+    for _ in range(1000):
+        finest = math.ceil(finest * 100.0) / 100.0
+        if _grid_count(finest, name) <= limit:
+            break
+        finest *= 1.01
+    if isinstance(count, int):
+        shown = f"{count:,}"
+    else:
+        shown = f"more than {count:.3g}" if math.isfinite(count) else "more than 1e308"
+    raise InputError(
+        f"an angular step of {step:.3g} degrees ({name}) means a grid of {shown} rotations; at most {limit:,} are "
+        f"built (tomomatch.angles.MAX_ROTATIONS); expected a step of at least {finest:g} degrees (a "
+        "coarser --angular-step or a smaller --particle-diameter), or the rotations in a file (--angle-list)",
+        None,
+        "--angular-step/--particle-diameter",
+    )
+
 
 def healpix_nside(step_deg: float) -> int:
     """Smallest HEALPix ``nside`` with ``12 nside^2 >= 4 pi / step^2`` (any integer, RING)."""
@@ -347,9 +402,11 @@ def _n_psi(step_deg: float, n_sym: int) -> int:
 
 def uniform_rotation_count(step_deg: float, symmetry: str | int = "C1") -> int:
     """Number of rotations :func:`uniform_rotations` returns (without building them for
-    ``Cn`` and ``Dn``; ``T``, ``O`` and ``I`` build the set, a fraction of a second)."""
+    ``Cn`` and ``Dn``; ``T``, ``O`` and ``I`` build the set, a fraction of a second). Refuses
+    what :func:`uniform_rotations` refuses (:data:`MAX_ROTATIONS`)."""
     name = parse_symmetry(symmetry)
     step = _check_step(step_deg)
+    _check_rotation_count(step, name)
     n, beta, in_h = _exact_subgroup(name, step)
     if in_h.all():
         return (6 if beta is not None else 12) * healpix_nside(step) ** 2 * _n_psi(step, n)
@@ -383,9 +440,16 @@ def uniform_rotations(step_deg: float, symmetry: str | int = "C1") -> np.ndarray
         ``(N, 3, 3)`` float64 pose matrices ``Rz(phi) Ry(theta) Rz(psi)``, ordered by
         direction (HEALPix RING index) then ``psi``. ``N = 12 nside^2 * n_psi`` for ``Cn``,
         half of that for ``Dn``, about ``N(C1) / |G|`` for ``T``, ``O``, ``I``.
+
+    Raises
+    ------
+    InputError
+        The grid would hold more than :data:`MAX_ROTATIONS` rotations (checked from the step
+        before anything is allocated; the message names the finest step allowed).
     """
     step = _check_step(step_deg)
     name = parse_symmetry(symmetry)
+    _check_rotation_count(step, name)  # before anything the size of the grid is allocated
     n_sym, beta, in_h = _exact_subgroup(name, step)
     nside = healpix_nside(step)
     theta, phi = _healpix_directions(nside)

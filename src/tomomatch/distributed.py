@@ -122,33 +122,86 @@ def _read_relion_list(path: Path, allow_missing_dose: bool = False) -> list[Batc
     return out
 
 
+def _strip_comment(line: str) -> str:
+    """``line`` up to a ``#`` outside double quotes (as pandas' ``comment="#"`` reads it)."""
+    quoted = False
+    for k, ch in enumerate(line):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "#" and not quoted:
+            return line[:k]
+    return line
+
+
+def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header cells and ``(line number, cells)`` of each data row of a TSV/CSV table.
+
+    ``#`` starts a comment, blank lines are skipped, cells may be double-quoted (one line each).
+    A row with more or fewer cells than the header is refused with its line number: pandas
+    would fill missing cells silently, and its message for extra ones spans lines.
+    """
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"cannot read the tomogram table ({exc.strerror or exc})", path) from None
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file; expected a tab- or comma-separated table", path) from None
+    kind = "comma" if sep == "," else "tab"
+    header: list[str] | None = None
+    rows: list[tuple[int, list[str]]] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = _strip_comment(raw)
+        if not line.strip():
+            continue
+        try:
+            cells = next(csv.reader([line], delimiter=sep, strict=True))
+        except csv.Error as exc:
+            raise InputError(
+                f"cannot split the line into cells ({exc}); expected {kind}-separated cells", path, f"line {lineno}"
+            ) from None
+        if header is None:
+            header = [c.strip() for c in cells]
+            dup = sorted({c for c in header if header.count(c) > 1})
+            if dup:
+                raise InputError(
+                    f"column(s) {', '.join(map(repr, dup))} appear twice in the header", path, f"line {lineno}"
+                )
+            continue
+        if len(cells) != len(header):
+            raise InputError(
+                f"{len(cells)} {kind}-separated cell(s); expected {len(header)}, one per header column "
+                f"({', '.join(header)}; an empty cell is an absent value)",
+                path,
+                f"line {lineno}",
+            )
+        rows.append((lineno, cells))
+    return header or [], rows
+
+
 def _read_table(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry]:
-    import pandas as pd
     from .metadata import load_tilt_series
 
     sep = "," if path.suffix.lower() == ".csv" else "\t"
-    try:
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment="#")
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise InputError(f"cannot read the tomogram table ({exc})", path) from None
-    df.columns = [str(c).strip() for c in df.columns]
-    if "tomogram" not in df.columns:
+    columns, rows = _table_rows(path, sep)
+    if "tomogram" not in columns:
         raise InputError(
-            f"no 'tomogram' column (columns: {', '.join(df.columns) or 'none'}; "
+            f"no 'tomogram' column (columns: {', '.join(columns) or 'none'}; "
             f"{'comma' if sep == ',' else 'tab'}-separated expected)",
             path,
             "tomogram",
         )
-    unknown = [c for c in df.columns if c not in TABLE_COLUMNS]
+    unknown = [c for c in columns if c not in TABLE_COLUMNS]
     if unknown:
         raise InputError(f"unknown column(s) {', '.join(unknown)}; expected {', '.join(TABLE_COLUMNS)}", path)
-    if len(df) == 0:
+    if len(rows) == 0:
         raise InputError("the table lists no tomograms", path)
     base = path.resolve().parent
     out = []
-    for i, row in df.iterrows():
-        line = f"row {i + 1}"
-        cells = {c: str(row[c]).strip() for c in df.columns if str(row[c]).strip() != ""}
+    for lineno, row in rows:
+        line = f"line {lineno}"
+        cells = {c: v.strip() for c, v in zip(columns, row) if v.strip() != ""}
         if "tomogram" not in cells:
             raise InputError("empty tomogram cell", path, line)
         kw: dict[str, Any] = {}

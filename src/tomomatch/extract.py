@@ -364,15 +364,62 @@ def tail_cutoff(
 # --------------------------------------------------------------------------- peaks
 
 
-def _ball(radius: float, strict: bool = True) -> np.ndarray:
-    """Boolean ball of voxels with distance ``< radius`` (``<=`` if not strict) from the centre."""
+def _ball(radius: float, strict: bool = True, extent: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Boolean ball of voxels with distance ``< radius`` (``<=`` if not strict) from the centre.
+
+    ``extent``: half-widths ``(z, y, x)`` to cut the box to (a ball wider than a map is only ever
+    used within it); default ``ceil(radius)`` on every axis. Built one z plane at a time, so it
+    costs one byte per voxel of its box (no integer distance cube).
+    """
     rad = max(float(radius), 0.0)
     half = int(math.ceil(rad))
-    g = np.arange(-half, half + 1)
-    d2 = g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2
-    ball = d2 < rad * rad if strict else d2 <= rad * rad
-    ball[half, half, half] = True
+    hz, hy, hx = (half,) * 3 if extent is None else tuple(min(half, max(int(e), 0)) for e in extent)
+    r2 = rad * rad
+    gy2 = (np.arange(-hy, hy + 1) ** 2)[:, None]
+    gx2 = (np.arange(-hx, hx + 1) ** 2)[None, :]
+    dyx = gy2 + gx2
+    ball = np.empty((2 * hz + 1, 2 * hy + 1, 2 * hx + 1), dtype=bool)
+    for i, z in enumerate(range(-hz, hz + 1)):
+        d2 = dyx + z * z
+        ball[i] = d2 < r2 if strict else d2 <= r2
+    ball[hz, hy, hx] = True
     return ball
+
+
+def _check_radius(
+    radius: float,
+    shape,
+    field: str,
+    path=None,
+    what: str = "exclusion radius",
+    diameter_voxel: tuple[float, float] | None = None,
+) -> None:
+    """InputError naming ``field`` when ``radius`` (voxels) is larger than the map's largest axis.
+
+    Such a radius has no use (one pick per map, or a top-hat ball wider than the map) and its
+    ball would be allocated as a cube of ``(2 r + 1)^3`` voxels: a particle diameter of 1e9 A
+    asks for about 1e24 bytes. ``diameter_voxel``: ``(diameter A, voxel size A)`` when the
+    radius is half a particle diameter, for a message in Angstrom.
+    """
+    dims = tuple(int(n) for n in shape)
+    largest = max(dims)
+    if not float(radius) > largest:
+        return
+    if diameter_voxel is not None:
+        d, vs = diameter_voxel
+        raise InputError(
+            f"particle diameter {d:g} A is an exclusion radius of {float(radius):.4g} voxels at {vs:g} A, larger"
+            f" than the map's largest axis ({largest} voxels of [z, y, x] {dims}); expected at most"
+            f" {2 * largest * vs:g} A",
+            path,
+            field,
+        )
+    raise InputError(
+        f"{what} of {float(radius):.4g} voxels is larger than the map's largest axis ({largest} voxels of"
+        f" [z, y, x] {dims}); expected at most {largest} voxels",
+        path,
+        field,
+    )
 
 
 def exclusion_radius_voxels(particle_diameter_angstrom: float, voxel_size_angstrom: float) -> float:
@@ -420,6 +467,7 @@ def pick_peaks(
         raise InputError(f"score map must be 3D, got shape {s.shape}")
     if not (float(radius_voxels) > 0):
         raise InputError(f"exclusion radius must be > 0 voxels, got {radius_voxels}", field="radius")
+    _check_radius(radius_voxels, s.shape, "radius")
     if max_count is not None and int(max_count) < 1:
         raise InputError(f"maximum number of particles must be >= 1, got {max_count}", field="max count")
     work = s
@@ -434,8 +482,9 @@ def pick_peaks(
     vals = s.reshape(-1)[flat]
     order = np.argsort(-vals, kind="stable")
     flat = flat[order]
-    ball = _ball(radius_voxels, strict=True)
-    half = ball.shape[0] // 2
+    # cut to the map: a suppression window never reaches further than the map's extent
+    ball = _ball(radius_voxels, strict=True, extent=tuple(n - 1 for n in s.shape))  # type: ignore[arg-type]
+    hz, hy, hx = (n // 2 for n in ball.shape)
     suppressed = np.zeros(s.shape, dtype=bool)
     sflat = suppressed.reshape(-1)
     nz, ny, nx = s.shape
@@ -449,11 +498,11 @@ def pick_peaks(
             break
         z, rem = divmod(v, ny * nx)
         y, x = divmod(rem, nx)
-        z0, z1 = max(z - half, 0), min(z + half + 1, nz)
-        y0, y1 = max(y - half, 0), min(y + half + 1, ny)
-        x0, x1 = max(x - half, 0), min(x + half + 1, nx)
+        z0, z1 = max(z - hz, 0), min(z + hz + 1, nz)
+        y0, y1 = max(y - hy, 0), min(y + hy + 1, ny)
+        x0, x1 = max(x - hx, 0), min(x + hx + 1, nx)
         suppressed[z0:z1, y0:y1, x0:x1] |= ball[
-            z0 - z + half : z1 - z + half, y0 - y + half : y1 - y + half, x0 - x + half : x1 - x + half
+            z0 - z + hz : z1 - z + hz, y0 - y + hy : y1 - y + hy, x0 - x + hx : x1 - x + hx
         ]
     idx = np.asarray(picks, dtype=np.int64)
     zyx = np.stack(np.unravel_index(idx, s.shape), axis=1) if idx.size else np.zeros((0, 3), np.int64)
@@ -680,6 +729,8 @@ def extract_candidates(
         raise InputError(f"border must be >= 0 voxels, got {border_voxels}", field="border")
 
     vs = float(job["voxel_size_angstrom"])
+    # where the exclusion radius comes from, for a message about its size
+    radius_from: dict[str, Any] = {"field": "--radius"}
     if radius_voxels is None:
         d = (
             particle_diameter_angstrom
@@ -694,12 +745,26 @@ def extract_candidates(
                 "particle diameter",
             )
         radius = exclusion_radius_voxels(d, vs)
+        radius_from = {"field": "--particle-diameter", "diameter_voxel": (float(d), vs)}
+        if particle_diameter_angstrom is None:  # the job's own
+            radius_from.update(field="particle_diameter_angstrom", path=jp)
     else:
         radius = float(radius_voxels)
         if not (math.isfinite(radius) and radius > 0):
             raise InputError(f"exclusion radius must be > 0 voxels, got {radius_voxels}", field="radius")
+    th_radius = float(tophat_radius_voxels)
+    if tophat and not (math.isfinite(th_radius) and th_radius > 0):
+        raise InputError(f"top-hat radius must be > 0 voxels, got {tophat_radius_voxels}", field="--tophat-radius")
 
+    def check_sizes(shape) -> None:  # before a ball the size of the radius is allocated
+        _check_radius(radius, shape, **radius_from)
+        if tophat:
+            _check_radius(th_radius, shape, "--tophat-radius", what="top-hat radius")
+
+    if job.get("tomogram_shape_zyx") is not None:  # before the maps are read
+        check_sizes(job["tomogram_shape_zyx"])
     scores, angle_idx, rotations = load_job_maps(job)
+    check_sizes(scores.shape)
     eligible = angle_idx >= 0
     if mask is not None:
         eligible &= _load_mask(mask, scores.shape, jp)

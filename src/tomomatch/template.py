@@ -55,6 +55,15 @@ MAP_EXTENSIONS = (".mrc", ".map", ".rec", ".ccp4", ".mrcs", ".st", ".ali")
 # Fraction of the maximum above which a map voxel counts as "object" (box checks).
 _SUPPORT_FRACTION = 0.05
 
+#: Working copies of the output box held at once while a template is made (resampling one axis
+#: at a time, the Fourier low-pass, the centring shift and padding): the estimate of
+#: :func:`_check_template_size` is this many float32 arrays of the largest box.
+TEMPLATE_WORK_COPIES = 4
+
+#: Largest memory (bytes) a template may need (:func:`_check_template_size`); None: the
+#: machine's physical memory (``os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')``).
+MAX_TEMPLATE_BYTES: int | None = None
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -92,6 +101,46 @@ def _check_box(box_size) -> int | None:
     if b != box_size or b < 2:
         raise InputError(f"{box_size!r} must be an integer >= 2 voxels", field="box size")
     return b
+
+
+def _memory_limit_bytes() -> int:
+    """:data:`MAX_TEMPLATE_BYTES`, else the physical memory of this machine (64 GiB if unknown)."""
+    if MAX_TEMPLATE_BYTES is not None:
+        return int(MAX_TEMPLATE_BYTES)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return 64 * 2**30
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n < 2**50 else f"{n / 2**40:.3g} TiB"
+
+
+def _check_template_size(shape, option: str, value, path=None) -> None:
+    """Refuse, before allocating, a template whose largest array ``shape`` (voxels ``[z, y, x]``)
+    would need more memory than the machine has (:func:`_memory_limit_bytes`).
+
+    The estimate is :data:`TEMPLATE_WORK_COPIES` float32 arrays of ``shape``; the message names
+    ``option`` (``--voxel-size``, ``--box-size``) and its ``value`` (text, with its unit).
+    """
+    dims = [float(n) for n in shape]
+    voxels = math.prod(dims)
+    need = voxels * 4.0 * TEMPLATE_WORK_COPIES
+    limit = _memory_limit_bytes()
+    if need <= limit:
+        return
+    if all(n < 1e15 for n in dims):
+        box = f"a template of {'x'.join(f'{n:.0f}' for n in dims)} voxels: about {_gib(need)}"
+    else:
+        box = "a template of more than 1e15 voxels per axis: more memory than exists"
+    raise InputError(
+        f"{value} gives {box} to compute, more than the "
+        f"{_gib(limit)} allowed (this machine's memory, or tomomatch.template.MAX_TEMPLATE_BYTES); "
+        "expected the tomogram's voxel size and a box of a few hundred voxels at most",
+        path,
+        option,
+    )
 
 
 # --------------------------------------------------------------------------- resampling
@@ -452,7 +501,9 @@ def density_from_model(
 
     # internal box (coarse voxels), even, big enough for atoms + margin on both sides
     reach = np.max(np.abs(rel)) + margin_a
-    n_int = 2 * int(math.ceil(reach / v)) + 2
+    n_int_f = 2.0 * math.ceil(reach / v) + 2.0 if math.isfinite(reach / v) else math.inf
+    _check_template_size((max(n_int_f, box or 0),) * 3, "--voxel-size", f"{v:g} A", path)
+    n_int = int(n_int_f)
     if box is not None:
         low = np.floor(rel.min(0) / v + 1e-9)
         high = np.ceil(rel.max(0) / v - 1e-9)
@@ -531,6 +582,8 @@ def create_template(
     """
     v = _check_voxel(voxel_size_angstrom)
     box = _check_box(box_size)
+    if box is not None:
+        _check_template_size((box,) * 3, "--box-size", f"{box} voxels")
     src = Path(source)
     if is_model_path(src):
         if input_voxel_size_angstrom is not None:
@@ -543,6 +596,10 @@ def create_template(
         if vol.shape[0] == 1:
             raise InputError("is a 2D image; expected a 3D density map", src)
         if abs(vin - v) > 1e-9 * v:
+            # the resampled map (round(n * vin / v) per axis), then the cubic box around it
+            out_shape = [max(1.0, float(round(x)) if math.isfinite(x) else x) for x in (n * vin / v for n in vol.shape)]
+            cube = max(max(out_shape), float(box or 0))
+            _check_template_size((cube,) * 3, "--voxel-size", f"{v:g} A (the map's is {vin:g} A)", src)
             if vin > v:
                 warnings.warn(f"upsampling the map from {vin:g} A to {v:g} A adds no information", stacklevel=2)
             vol = resample_fourier(vol, vin, v)
