@@ -332,8 +332,8 @@ def _check_step(step_deg: float) -> float:
 
 #: Largest rotation set :func:`uniform_rotations` builds (the grid before the asymmetric-unit
 #: selection of ``T``, ``O``, ``I``). 5 million rotations are about 360 MB of pose matrices
-#: (and as much again while building them) and a C1 step of about 1.44 degrees; a finer global
-#: search would take days per tomogram. A finer step from ``--angular-step`` or a very large
+#: (and as much again while building them), a C1 step of 1.46 degrees; a finer global search
+#: would take days per tomogram. A finer step from ``--angular-step`` or a very large
 #: ``--particle-diameter`` (the Crowther step shrinks with it) is refused before anything is
 #: allocated; a larger set can still be searched from a file (``--angle-list``).
 MAX_ROTATIONS = 5_000_000

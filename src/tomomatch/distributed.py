@@ -57,7 +57,16 @@ from .mrcio import atomic_path
 from .options import MatchOptions
 from .progress import ProgressBars
 
-__all__ = ["BatchEntry", "TABLE_COLUMNS", "read_tomogram_list", "read_slurm_config", "make_cluster", "run_batch"]
+__all__ = [
+    "BatchEntry",
+    "TABLE_COLUMNS",
+    "SCHEDULER_TIMEOUT_S",
+    "read_tomogram_list",
+    "read_slurm_config",
+    "check_scheduler",
+    "make_cluster",
+    "run_batch",
+]
 
 # Table columns -> tomomatch.metadata.load_tilt_series keyword (None: handled here)
 TABLE_COLUMNS: dict[str, str | None] = {
@@ -288,6 +297,72 @@ def read_tomogram_list(path, allow_missing_dose: bool = False) -> list[BatchEntr
 
 # --------------------------------------------------------------------------- clusters
 
+#: Seconds to wait for an existing scheduler (``--scheduler``) to answer before giving up.
+SCHEDULER_TIMEOUT_S = 5.0
+
+
+def check_scheduler(address: str, timeout: float | None = None) -> None:
+    """Raise :class:`InputError` (naming ``--scheduler``) unless a Dask scheduler answers at
+    ``address`` within ``timeout`` seconds (default :data:`SCHEDULER_TIMEOUT_S`).
+
+    A TCP connection first (a refused port or an unknown host fails at once), then Dask's
+    ``identity`` call with a hard deadline: ``distributed.Client`` alone waits forever on a port
+    that accepts connections but never answers (another service, a stopped process).
+    """
+    import asyncio
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    t = float(SCHEDULER_TIMEOUT_S if timeout is None else timeout)
+    expected = "expected the address of a running Dask scheduler, e.g. tcp://host:8786"
+    try:
+        scheme, loc = parse_address(str(address))
+        host, port = parse_host_port(loc) if scheme in ("tcp", "tls") else (None, None)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{address!r} is not a scheduler address ({exc}); {expected}", None, "--scheduler") from None
+    if host is not None:
+        try:
+            with socket.create_connection((host, port), timeout=t):
+                pass
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise InputError(f"cannot connect to {address} ({reason}); {expected}", None, "--scheduler") from None
+
+    async def identity():
+        from distributed.comm import connect
+        from distributed.security import Security
+
+        comm = await asyncio.wait_for(connect(address, timeout=t, **Security().get_connection_args("client")), t)
+        try:
+            await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), t)
+            return await asyncio.wait_for(comm.read(), t)
+        finally:
+            comm.abort()
+
+    box: dict[str, Any] = {}
+
+    def target():  # own thread and event loop: works inside a running loop too, and is abandoned on a hang
+        try:
+            box["reply"] = asyncio.run(identity())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            box["error"] = exc
+
+    th = threading.Thread(target=target, name="tomomatch-scheduler-check", daemon=True)
+    th.start()
+    th.join(t + 1.0)
+    reply = box.get("reply")
+    if isinstance(reply, dict) and reply.get("type") == "Scheduler":
+        return
+    err = box.get("error")
+    if err is None and "reply" not in box or isinstance(err, (TimeoutError, asyncio.TimeoutError)):
+        why = f"no answer within {t:g} s"
+    elif err is not None:
+        why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+    else:
+        why = f"it answered as {reply.get('type') if isinstance(reply, dict) else type(reply).__name__!r}"
+    raise InputError(f"no Dask scheduler at {address} ({why}); {expected}", None, "--scheduler")
+
 
 def read_slurm_config(path) -> dict[str, Any]:
     """Read a YAML SLURM configuration for :class:`dask_jobqueue.SLURMCluster`.
@@ -373,10 +448,14 @@ def make_cluster(
             cluster = SLURMCluster(**kw)
         except TypeError as exc:
             raise InputError(f"SLURMCluster rejected the configuration ({exc})", slurm_config, "cluster") from None
-        if "scale" in cfg:
-            cluster.scale(**cfg["scale"])
-        else:
-            cluster.adapt(**cfg["adapt"])
+        try:
+            if "scale" in cfg:
+                cluster.scale(**cfg["scale"])
+            else:
+                cluster.adapt(**cfg["adapt"])
+        except BaseException:
+            cluster.close()
+            raise
         return cluster, cluster.scheduler_address
     from distributed import LocalCluster
 
@@ -543,6 +622,46 @@ def _outputs_current(plan: MatchPlan) -> bool:
     return _job_key(paths["job"]) == plan.key and paths["scores"].exists() and paths["angles"].exists()
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) this run created, where they are still empty."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # not empty (something was written), or already gone
+            break
+
+
+@contextlib.contextmanager
+def _connect(client_class, address: str, scheduler: str | None):
+    """A connected ``Client``; an existing ``scheduler`` that does not answer within
+    :data:`SCHEDULER_TIMEOUT_S` is an :class:`InputError` naming ``--scheduler``."""
+    if scheduler is None:
+        client = client_class(address)
+    else:
+        check_scheduler(address)  # a deadline the Client itself does not keep on a silent port
+        try:
+            client = client_class(address, timeout=SCHEDULER_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"cannot connect to the Dask scheduler at {address} ({first}); expected a running scheduler",
+                None,
+                "--scheduler",
+            ) from None
+    with client:
+        yield client
+
+
 def run_batch(
     tomograms,
     template,
@@ -592,7 +711,11 @@ def run_batch(
     hand
         Keyword arguments of :func:`tomomatch.hand.run_hand` (None: no hand check).
     scheduler, slurm_config, n_workers, threads_per_worker, dashboard_address
-        The cluster (:func:`make_cluster`); default a local one.
+        The cluster (:func:`make_cluster`); default a local one. An existing ``scheduler``
+        must answer within :data:`SCHEDULER_TIMEOUT_S` (:func:`check_scheduler`), checked
+        before planning and again when connecting; the checkpoint folders are written only
+        once the client is connected, so a cluster that cannot be reached or started leaves no
+        lock, no ``key.txt`` and no new output folder.
     device
         ``"auto"`` (CUDA if this machine has it, one worker per GPU), ``"cpu"``, ``"cuda"``
         (each worker's GPU) or ``"cuda:N"``.
@@ -623,6 +746,8 @@ def run_batch(
         raise InputError("give at most one of --scheduler and --slurm-config", None, "--scheduler")
     if slurm_config is not None:
         read_slurm_config(slurm_config)  # fail before any planning
+    if scheduler is not None:
+        check_scheduler(scheduler)  # within SCHEDULER_TIMEOUT_S, before any planning
     say = (lambda m: None) if quiet else (log or print)
     # metadata without a dose is accepted only when the match does not weight by dose (--no-dose)
     no_dose = (
@@ -677,105 +802,112 @@ def run_batch(
                 min_units=min_units,
             )
         )
-    # the folder's batch and every tomogram's job are owned by this run until it ends
-    with contextlib.ExitStack() as locks:
-        locks.enter_context(JobLock(out_dir, "batch", "batch"))
-        for plan in plans:
-            locks.enter_context(JobLock(out_dir, plan.name, "batch"))
-        # what is left to do
-        todo: list[tuple[MatchPlan, list[WorkUnit], bool]] = []
-        n_skipped_units = 0
-        for plan in plans:
-            if _outputs_current(plan):
-                todo.append((plan, [], True))
-                continue
-            prepare_checkpoints(plan)
-            units = []
-            for u in plan.units:
-                st = load_unit(plan, u)
-                if st is not None and st.done == u.stop:
-                    n_skipped_units += 1
-                else:
-                    units.append(u)
-            todo.append((plan, units, False))
-        n_units = sum(len(u) for _, u, _ in todo)
-        say(
-            f"{len(plans)} tomogram(s), {sum(len(p.units) for p in plans)} work units "
-            f"({n_units} to run, {n_skipped_units} finished earlier; "
-            f"{sum(1 for *_, d in todo if d)} tomogram(s) matched earlier)"
-        )
-
-        cluster, address = make_cluster(
-            scheduler=scheduler,
-            slurm_config=slurm_config,
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            use_gpus=use_gpus,
-            dashboard_address=dashboard_address,
-        )
-        summaries: dict[str, dict] = {}
-        progress = None
-        try:
-            with Client(address) as client:
-                if client.dashboard_link and dashboard_address is not None:
-                    say(f"dask dashboard: {client.dashboard_link}")
-                progress = ProgressBars({"work units": n_units, "tomograms": len(plans)}, quiet)
-                kind: dict = {}
-                all_futs = []
-                for plan, units, done in todo:
-                    tag = f"{plan.name}-{plan.key[:12]}"
-                    pf = client.submit(_plan_task, plan, key=f"tomomatch-plan-{tag}", pure=False)
-                    ufs = [
-                        client.submit(
-                            _unit_task, pf, u, before_unit, key=f"tomomatch-unit-{tag}-{u.index:05d}", pure=False
-                        )
-                        for u in units
-                    ]
-                    ff = client.submit(
-                        _finish_task,
-                        pf,
-                        *ufs,
-                        match_done=done,
-                        extract=extract,
-                        hand=hand,
-                        started=t0,
-                        command=command or "",
-                        key=f"tomomatch-finish-{tag}",
-                        pure=False,
+    # the folder's batch and every tomogram's job are owned by this run until it ends; then the
+    # cluster starts. Only once a client is connected is anything written (the checkpoint folders
+    # and their key.txt), so a cluster that fails to start leaves the folder as it was: locks
+    # released, a folder made by the locks removed again.
+    made = _missing_folders(out_dir)
+    try:
+        with contextlib.ExitStack() as locks:
+            locks.enter_context(JobLock(out_dir, "batch", "batch"))
+            for plan in plans:
+                locks.enter_context(JobLock(out_dir, plan.name, "batch"))
+            cluster, address = make_cluster(
+                scheduler=scheduler,
+                slurm_config=slurm_config,
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                use_gpus=use_gpus,
+                dashboard_address=dashboard_address,
+            )
+            summaries: dict[str, dict] = {}
+            progress = None
+            try:
+                with _connect(Client, address, scheduler) as client:
+                    # what is left to do
+                    todo: list[tuple[MatchPlan, list[WorkUnit], bool]] = []
+                    n_skipped_units = 0
+                    for plan in plans:
+                        if _outputs_current(plan):
+                            todo.append((plan, [], True))
+                            continue
+                        prepare_checkpoints(plan)
+                        units = []
+                        for u in plan.units:
+                            st = load_unit(plan, u)
+                            if st is not None and st.done == u.stop:
+                                n_skipped_units += 1
+                            else:
+                                units.append(u)
+                        todo.append((plan, units, False))
+                    n_units = sum(len(u) for _, u, _ in todo)
+                    say(
+                        f"{len(plans)} tomogram(s), {sum(len(p.units) for p in plans)} work units "
+                        f"({n_units} to run, {n_skipped_units} finished earlier; "
+                        f"{sum(1 for *_, d in todo if d)} tomogram(s) matched earlier)"
                     )
-                    kind.update({f.key: ("unit", plan.name) for f in ufs})
-                    kind[ff.key] = ("finish", plan.name)
-                    all_futs += ufs + [ff]
-                del pf, ufs, ff
-                for f in as_completed(all_futs):
-                    what, name = kind[f.key]
-                    if f.status != "finished":
-                        exc = f.exception() if f.status == "error" else RuntimeError(f.status)
-                        if name not in summaries:
-                            summaries[name] = {"name": name, "error": f"{type(exc).__name__}: {exc}"}
-                            say(f"{name}: failed: {type(exc).__name__}: {exc}")
-                        progress.advance(0, int(what == "finish"))
-                        continue
-                    if what == "unit":
-                        progress.advance(1, 0)
-                    else:
-                        try:
-                            summaries.setdefault(name, f.result())
-                        except Exception as exc:  # e.g. the result was lost and its rerun failed
-                            summaries.setdefault(name, {"name": name, "error": f"{type(exc).__name__}: {exc}"})
-                        progress.advance(0, 1)
-                del all_futs
-        finally:
-            if progress is not None:
-                progress.close()
-            if cluster is not None:
-                cluster.close()
-        result = [summaries.get(p.name, {"name": p.name, "error": "not finished"}) for p in plans]
-        with atomic_path(out_dir / "batch_summary.json") as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-        n_err = sum("error" in r for r in result)
-        say(
-            f"{len(result) - n_err} of {len(result)} tomogram(s) done in {time.time() - t0:.1f} s; "
-            f"summary {out_dir / 'batch_summary.json'}"
-        )
-        return result
+                    if client.dashboard_link and dashboard_address is not None:
+                        say(f"dask dashboard: {client.dashboard_link}")
+                    progress = ProgressBars({"work units": n_units, "tomograms": len(plans)}, quiet)
+                    kind: dict = {}
+                    all_futs = []
+                    for plan, units, done in todo:
+                        tag = f"{plan.name}-{plan.key[:12]}"
+                        pf = client.submit(_plan_task, plan, key=f"tomomatch-plan-{tag}", pure=False)
+                        ufs = [
+                            client.submit(
+                                _unit_task, pf, u, before_unit, key=f"tomomatch-unit-{tag}-{u.index:05d}", pure=False
+                            )
+                            for u in units
+                        ]
+                        ff = client.submit(
+                            _finish_task,
+                            pf,
+                            *ufs,
+                            match_done=done,
+                            extract=extract,
+                            hand=hand,
+                            started=t0,
+                            command=command or "",
+                            key=f"tomomatch-finish-{tag}",
+                            pure=False,
+                        )
+                        kind.update({f.key: ("unit", plan.name) for f in ufs})
+                        kind[ff.key] = ("finish", plan.name)
+                        all_futs += ufs + [ff]
+                    del pf, ufs, ff
+                    for f in as_completed(all_futs):
+                        what, name = kind[f.key]
+                        if f.status != "finished":
+                            exc = f.exception() if f.status == "error" else RuntimeError(f.status)
+                            if name not in summaries:
+                                summaries[name] = {"name": name, "error": f"{type(exc).__name__}: {exc}"}
+                                say(f"{name}: failed: {type(exc).__name__}: {exc}")
+                            progress.advance(0, int(what == "finish"))
+                            continue
+                        if what == "unit":
+                            progress.advance(1, 0)
+                        else:
+                            try:
+                                summaries.setdefault(name, f.result())
+                            except Exception as exc:  # e.g. the result was lost and its rerun failed
+                                summaries.setdefault(name, {"name": name, "error": f"{type(exc).__name__}: {exc}"})
+                            progress.advance(0, 1)
+                    del all_futs
+            finally:
+                if progress is not None:
+                    progress.close()
+                if cluster is not None:
+                    cluster.close()
+            result = [summaries.get(p.name, {"name": p.name, "error": "not finished"}) for p in plans]
+            with atomic_path(out_dir / "batch_summary.json") as tmp:
+                tmp.write_text(json.dumps(result, indent=2) + "\n")
+            n_err = sum("error" in r for r in result)
+            say(
+                f"{len(result) - n_err} of {len(result)} tomogram(s) done in {time.time() - t0:.1f} s; "
+                f"summary {out_dir / 'batch_summary.json'}"
+            )
+            return result
+    except BaseException:
+        _remove_empty(made)
+        raise
