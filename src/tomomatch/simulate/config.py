@@ -252,29 +252,6 @@ PRESETS: dict[str, dict] = {
         defocus_scatter_um=0.15,
         ice_noise_rad=0.03,
     ),
-    # a FIB-milled lamella at ci's scale: asymmetric tilt range -40..+60 (a lamella's pre-tilt
-    # moves the usable range off zero), 2 degree step (51 tilts, dose-symmetric from 0: the
-    # config has no start angle), 180 nm thick. Ice noise and blob count scale with the
-    # thickness (ci's 0.03 rad at 40 nm x sqrt(180/40); blobs per volume as ci). Seconds on 2 cores.
-    "lamella": dict(
-        structure="phantom",
-        phantom_diameter_angstrom=200.0,
-        n_particles=30,
-        n_decoys=4,
-        n_blobs=130,
-        thickness_nm=180.0,
-        tomogram_size_xyz=(128, 128, 200),
-        voxel_size_angstrom=10.0,
-        binning=2,
-        tilt_min_deg=-40.0,
-        tilt_max_deg=60.0,
-        tilt_step_deg=2.0,
-        tilt_order="dose-symmetric",
-        dose_per_tilt=2.2,
-        defocus_um=3.0,
-        defocus_scatter_um=0.15,
-        ice_noise_rad=0.064,
-    ),
     # like pytom-match-pick's defocus-handedness benchmark (EMPIAR-10985 TS 27)
     "seed": dict(
         structure="@4v5d",
@@ -318,6 +295,24 @@ PRESETS: dict[str, dict] = {
         ice_noise_rad=0.03,
     ),
 }
+
+# a FIB-milled lamella at ci's scale: asymmetric tilt range -40..+60 (a lamella's pre-tilt
+# moves the usable range off zero), 2 degree step (51 tilts, dose-symmetric from 0: the
+# config has no start angle), 180 nm thick. Ice noise and blob count scale with the
+# thickness (ci's 0.03 rad at 40 nm x sqrt(180/40); blobs per volume as ci). Seconds on 2 cores.
+PRESETS["lamella"] = dict(
+    PRESETS["ci"],
+    n_particles=30,
+    n_decoys=4,
+    n_blobs=130,
+    thickness_nm=180.0,
+    tomogram_size_xyz=(128, 128, 200),
+    tilt_min_deg=-40.0,
+    tilt_step_deg=2.0,
+    tilt_order="dose-symmetric",
+    dose_per_tilt=2.2,
+    ice_noise_rad=0.064,
+)
 
 
 def preset_config(preset: str = "ci", **overrides) -> SimulationConfig:
