@@ -35,9 +35,9 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .errors import InputError
 from .job import (
@@ -98,6 +98,10 @@ class BatchEntry:
     name: str
     tomogram: Path
     tilt_series: Any = None
+    #: cells of the caller's extra path columns (``read_tomogram_list(extra_columns=...)``), resolved
+    extra: dict[str, Path] = field(default_factory=dict)
+    #: line of the table the entry comes from (None for a RELION 5 star file)
+    line: int | None = None
 
 
 # --------------------------------------------------------------------------- input lists
@@ -189,7 +193,7 @@ def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[s
     return header or [], rows
 
 
-def _read_table(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry]:
+def _read_table(path: Path, allow_missing_dose: bool = False, extra_columns: Sequence[str] = ()) -> list[BatchEntry]:
     from .metadata import load_tilt_series
 
     sep = "," if path.suffix.lower() == ".csv" else "\t"
@@ -201,9 +205,10 @@ def _read_table(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry
             path,
             "tomogram",
         )
-    unknown = [c for c in columns if c not in TABLE_COLUMNS]
+    unknown = [c for c in columns if c not in TABLE_COLUMNS and c not in extra_columns]
     if unknown:
-        raise InputError(f"unknown column(s) {', '.join(unknown)}; expected {', '.join(TABLE_COLUMNS)}", path)
+        expected = ", ".join([*TABLE_COLUMNS, *extra_columns])
+        raise InputError(f"unknown column(s) {', '.join(unknown)}; expected {expected}", path)
     if len(rows) == 0:
         raise InputError("the table lists no tomograms", path)
     base = path.resolve().parent
@@ -214,7 +219,10 @@ def _read_table(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry
         if "tomogram" not in cells:
             raise InputError("empty tomogram cell", path, line)
         kw: dict[str, Any] = {}
+        extra = {col: _resolve(val, base) for col, val in cells.items() if col in extra_columns}
         for col, val in cells.items():
+            if col in extra:
+                continue
             dest = TABLE_COLUMNS[col]
             if dest is None:
                 continue
@@ -248,11 +256,11 @@ def _read_table(path: Path, allow_missing_dose: bool = False) -> list[BatchEntry
             )
         tomo = _resolve(cells["tomogram"], base)
         name = cells.get("name") or (cells.get("tomo_name") or tomo.stem)
-        out.append(BatchEntry(name, tomo, ts))
+        out.append(BatchEntry(name, tomo, ts, extra, lineno))
     return out
 
 
-def read_tomogram_list(path, allow_missing_dose: bool = False) -> list[BatchEntry]:
+def read_tomogram_list(path, allow_missing_dose: bool = False, extra_columns: Sequence[str] = ()) -> list[BatchEntry]:
     """Read a list of tomograms to match.
 
     Parameters
@@ -267,6 +275,11 @@ def read_tomogram_list(path, allow_missing_dose: bool = False) -> list[BatchEntr
         micrometres), ``relion5`` + ``tomo_name``, ``warp_xml``, ``mdoc``, ``aln``,
         ``voltage_kv``, ``cs_mm``, ``amplitude_contrast``, ``phase_shift_deg``, ``hand``. Empty
         cells are absent values; relative paths are relative to the list's folder.
+    allow_missing_dose
+        Accept tilt metadata without dose.
+    extra_columns
+        Further path columns the caller reads (e.g. ``job``, ``particles`` for ``tomomatch
+        hand --list``): resolved like the other paths into :attr:`BatchEntry.extra`.
 
     Returns
     -------
@@ -281,7 +294,9 @@ def read_tomogram_list(path, allow_missing_dose: bool = False) -> list[BatchEntr
     if not p.is_file():
         raise InputError("tomogram list not found", p)
     entries = (
-        _read_relion_list(p, allow_missing_dose) if p.suffix.lower() == ".star" else _read_table(p, allow_missing_dose)
+        _read_relion_list(p, allow_missing_dose)
+        if p.suffix.lower() == ".star"
+        else _read_table(p, allow_missing_dose, extra_columns)
     )
     seen: dict[str, Path] = {}
     for e in entries:

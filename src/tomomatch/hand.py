@@ -8,6 +8,8 @@ weighted with the wrong ``h``, and the advantage grows with ``|x|`` (the ``x sin
 * :func:`run_hand` -- ``tomomatch hand``: candidates re-scored under ``h = +1, -1, 0``
   (:mod:`tomomatch.rescore`), then the statistics (:mod:`tomomatch.hand_stats`).
 * :func:`run_compare_hands` -- ``tomomatch compare-hands``: the seed's two-run workflow.
+* :func:`run_hand_pooled`, :func:`run_compare_hands_pooled`, :func:`pool_reports` -- one verdict
+  for several tomograms of a data set (:func:`tomomatch.hand_stats.pooled_hand_statistics`).
 
 The statistics, pairing and report live in :mod:`tomomatch.hand_stats`, the re-scoring engine
 in :mod:`tomomatch.rescore`; their public names are re-exported here.
@@ -16,6 +18,7 @@ in :mod:`tomomatch.rescore`; their public names are re-exported here.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -30,6 +33,7 @@ from .hand_stats import (
     compare_hands,
     hand_statistics,
     pair_particles,
+    pooled_hand_statistics,
     read_report,
     verdict_settings,
     write_report,
@@ -59,7 +63,18 @@ __all__ = [
     "run_hand",
     "load_run",
     "run_compare_hands",
+    "NoCandidatesError",
+    "HandTomogram",
+    "read_hand_list",
+    "read_compare_list",
+    "pool_reports",
+    "run_hand_pooled",
+    "run_compare_hands_pooled",
 ]
+
+
+class NoCandidatesError(InputError):
+    """A tomogram without candidates: fatal for one tomogram, excluded from a pooled verdict."""
 
 
 # --------------------------------------------------------------------------- pipelines (CLI layer calls these)
@@ -262,7 +277,7 @@ def run_hand(
             particle_diameter_angstrom=(particle_diameter_angstrom or jobd.get("particle_diameter_angstrom")),
         )
     if len(particles) == 0:
-        raise InputError("no candidates (none above the cut-off)", field="particles")
+        raise NoCandidatesError("no candidates (none above the cut-off)", field="particles")
     table = particles
     if "score" in table.columns and len(table) > max_particles:
         table = table.sort_values("score", ascending=False, kind="stable").head(max_particles)
@@ -367,7 +382,7 @@ def load_run(
             run_hand_ = job_hand(read_job(attrs["job"]))
         info = {"path": str(p), "kind": "star", "n_candidates": int(len(table))}
     if len(table) == 0:
-        raise InputError("no candidates (none above the cut-off)", p)
+        raise NoCandidatesError("no candidates (none above the cut-off)", p)
     if score not in table.columns:
         raise InputError(f"no {score!r} column; expected 'score' or 'score_sigma'", p, score)
     idx = table[["x", "y", "z"]].to_numpy(float) if {"x", "y", "z"} <= set(table.columns) else None
@@ -440,3 +455,409 @@ def run_compare_hands(
     )
     report["method"] = {"command": "compare-hands", "runs": [info_a, info_b], "score": score}
     return _finish_report(out_prefix, report, paired, figure)
+
+
+# --------------------------------------------------------------------------- several tomograms (one data set)
+
+
+@dataclass
+class HandTomogram:
+    """One tomogram of a pooled run: a row of ``tomomatch hand --list`` or one ``--job``/``--particles``.
+
+    ``tomogram``, ``tilt_series``, ``job`` and ``particles`` are passed to :func:`run_hand` (None:
+    from the job, or extracted). ``error`` marks a tomogram a batch failed on (reported,
+    excluded). ``where`` is ``(file, field)`` naming the list line (or the option) in errors.
+    """
+
+    name: str
+    tomogram: Path | None = None
+    tilt_series: Any = None
+    job: Path | None = None
+    particles: Path | None = None
+    error: str | None = None
+    where: tuple[str | None, str | None] = (None, None)
+
+
+#: the columns ``tomomatch hand --list`` adds to the batch table (docs/batch.md)
+HAND_LIST_COLUMNS = ("job", "particles")
+
+
+def _read_batch_summary(path: Path) -> list[HandTomogram]:
+    """The tomograms of a ``batch_summary.json`` (``tomomatch batch``): job and particles per entry."""
+    import json
+
+    from .distributed import _resolve
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the batch summary ({exc})", path) from None
+    if not isinstance(doc, list) or not doc or not all(isinstance(r, dict) and r.get("name") for r in doc):
+        raise InputError("not a tomomatch batch summary (a JSON list of per-tomogram entries with a name)", path)
+    base = path.resolve().parent
+    out = []
+    for i, r in enumerate(doc, start=1):
+        where = (str(path), f"entry {i} ({r['name']})")
+        if r.get("error"):
+            out.append(HandTomogram(str(r["name"]), error=str(r["error"]), where=where))
+            continue
+        if not r.get("job"):
+            raise InputError("no job file", *where)
+        files = {k: _resolve(str(r[k]), base) for k in ("job", "particles", "tomogram") if r.get(k)}
+        for k, f in files.items():
+            if not f.is_file():
+                raise InputError(f"{k} not found: {f}", *where)
+        out.append(
+            HandTomogram(str(r["name"]), files.get("tomogram"), None, files["job"], files.get("particles"), where=where)
+        )
+    return out
+
+
+def read_hand_list(path, allow_missing_dose: bool = False) -> list[HandTomogram]:
+    """The tomograms of a data set for a pooled ``tomomatch hand``.
+
+    ``path`` is ``tomomatch batch``'s tomogram list (read by
+    :func:`tomomatch.distributed.read_tomogram_list`: a TSV/CSV table or a RELION 5
+    ``tomograms.star``) whose table may add the columns ``job`` (the tomogram's match job) and
+    ``particles`` (its candidate STAR), or a ``batch_summary.json`` written by
+    ``tomomatch batch`` (job and particles of each tomogram). Errors name the line (or entry).
+    ``allow_missing_dose`` accepts tilt metadata without dose (exposure filter off).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("tomogram list not found", p)
+    if p.suffix.lower() == ".json":
+        return _read_batch_summary(p)
+    from .distributed import read_tomogram_list
+
+    out = []
+    for e in read_tomogram_list(p, allow_missing_dose=allow_missing_dose, extra_columns=HAND_LIST_COLUMNS):
+        where = (str(p), f"line {e.line}" if e.line is not None else f"rlnTomoName {e.name}")
+        for col, f in e.extra.items():
+            if not f.is_file():
+                raise InputError(f"{col} of {e.name!r} not found: {f}", *where)
+        out.append(
+            HandTomogram(e.name, e.tomogram, e.tilt_series, e.extra.get("job"), e.extra.get("particles"), where=where)
+        )
+    return out
+
+
+def read_compare_list(path) -> list[tuple[str, Path, Path, tuple[str, str]]]:
+    """``(name, run_a, run_b, (file, "line N"))`` per row of a ``compare-hands --list`` table.
+
+    Tab-separated (``.tsv``, ``.txt``) or comma-separated (``.csv``) with a header: ``run_a`` and
+    ``run_b`` (match job .json or candidate .star; required), ``name`` (default: ``run_a``'s
+    stem). Comments, quoting and relative paths as in ``tomomatch batch``'s table.
+    """
+    from .distributed import _resolve, _table_rows
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("run list not found", p)
+    sep = "," if p.suffix.lower() == ".csv" else "\t"
+    columns, rows = _table_rows(p, sep)
+    missing = [c for c in ("run_a", "run_b") if c not in columns]
+    unknown = [c for c in columns if c not in ("name", "run_a", "run_b")]
+    if missing or unknown:
+        raise InputError(
+            f"columns {', '.join(columns) or 'none'}; expected run_a, run_b and optionally name"
+            f" ({'comma' if sep == ',' else 'tab'}-separated, with a header row)",
+            p,
+        )
+    if not rows:
+        raise InputError("the table lists no runs", p)
+    base = p.resolve().parent
+    out: list[tuple[str, Path, Path, tuple[str, str]]] = []
+    for lineno, row in rows:
+        where = (str(p), f"line {lineno}")
+        cells = {c: v.strip() for c, v in zip(columns, row) if v.strip()}
+        for c in ("run_a", "run_b"):
+            if c not in cells:
+                raise InputError(f"empty {c} cell", *where)
+        a, b = _resolve(cells["run_a"], base), _resolve(cells["run_b"], base)
+        for c, f in (("run_a", a), ("run_b", b)):
+            if not f.is_file():
+                raise InputError(f"{c} not found: {f}", *where)
+        out.append((cells.get("name") or _run_name(a), a, b, where))
+    names = [n for n, *_ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"name(s) {', '.join(dup)} appear twice; give a name column", p, "name")
+    return out
+
+
+def _run_name(path: Path) -> str:
+    """A tomogram name from a run's file name: the stem without ``_job``/``_particles``/``_hand``."""
+    stem = path.name.split(".")[0]
+    for suffix in ("_job", "_particles", "_hand"):
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """Tomogram names for files given on the command line: :func:`_run_name`, made unique with the
+    parent folder's name and then the position where needed."""
+    names = [_run_name(Path(p)) for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{Path(p).parent.name}_{n}" if Path(p).parent.name else n for p, n in zip(paths, names)]
+    if len(set(names)) < len(names):
+        names = [f"{i}_{n}" for i, n in enumerate(names, start=1)]
+    return names
+
+
+def _report_hand_mode(report: dict[str, Any]) -> str:
+    method = report.get("method") or {}
+    modes = {r.get("hand_mode", "full") for r in method.get("runs", [])} | (
+        {method["hand_mode"]} if method.get("hand_mode") else set()
+    )
+    return modes.pop() if len(modes) == 1 else ("mixed" if modes else "full")
+
+
+def _write_tomogram_table(path: Path, report: dict[str, Any]) -> Path:
+    """The per-tomogram table as TSV (one row per tomogram, excluded ones with their reason)."""
+    from .mrcio import atomic_path
+
+    cols = (
+        "name",
+        "verdict",
+        "n_particles",
+        "n_nonzero_delta",
+        "n_plus_better",
+        "n_minus_better",
+        "mean_delta",
+        "median_delta",
+        "p",
+        "p_plus",
+        "p_minus",
+        "z",
+        "weight",
+        "disagrees",
+        "report",
+        "reason",
+    )
+
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        return str(v).replace("\t", " ").replace("\n", " ")
+
+    lines = ["\t".join(cols)]
+    for r in report["tomograms"]:
+        lines.append("\t".join(cell(r.get(c)) for c in cols))
+    for e in report["excluded"]:
+        lines.append(
+            "\t".join(cell({"name": e["name"], "verdict": "excluded", "reason": e["reason"]}.get(c)) for c in cols)
+        )
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    return path
+
+
+def pool_reports(
+    out_prefix,
+    reports: Sequence[tuple[str, Any]],
+    *,
+    excluded: Sequence[tuple[str, str]] = (),
+    alpha: float = DEFAULT_ALPHA,
+    min_particles: int = DEFAULT_MIN_PARTICLES,
+    n_bootstrap: int = 10_000,
+    seed: int = 0,
+    method: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One verdict from per-tomogram hand reports (``tomomatch hand`` / ``compare-hands`` JSON).
+
+    ``reports`` is ``(name, report path)`` per tomogram; ``excluded`` ``(name, reason)`` for
+    tomograms without candidates. Applies :func:`pooled_hand_statistics` to the reports'
+    per-particle tables and writes ``<out_prefix>.json`` (the pooled report with the
+    per-tomogram rows under ``"tomograms"``) and ``<out_prefix>_tomograms.tsv``. All reports
+    must use one hand mode (in ``pytom`` mode ``+1`` means tomomatch's ``-1``). Returns the report.
+    """
+    out_prefix = Path(out_prefix)
+    if not reports:
+        why = "; ".join(f"{n}: {r}" for n, r in excluded)
+        raise InputError(f"no tomogram has candidates ({why or 'none given'})", field="tomograms")
+    strata = []
+    modes: dict[str, str] = {}
+    paths: dict[str, str] = {}
+    figures: dict[str, str] = {}
+    for name, path in reports:
+        try:
+            rep, scores = read_report(path)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise InputError(f"cannot read the hand report ({exc})", path) from None
+        if scores is None:
+            raise InputError("the report has no per-particle table ('particles')", path)
+        modes[name] = _report_hand_mode(rep)
+        paths[name] = str(path)
+        fig = (rep.get("files") or {}).get("figure")
+        if fig:
+            figures[name] = str(fig)
+        strata.append((name, scores))
+    if len(set(modes.values())) > 1:
+        by = ", ".join(f"{n}: {m}" for n, m in modes.items())
+        raise InputError(
+            f"the tomograms were scored in different hand modes ({by}); h means different things in"
+            " them (give --hand-mode)",
+            field="hand_mode",
+        )
+    try:
+        report = pooled_hand_statistics(
+            strata, alpha=alpha, min_particles=min_particles, n_bootstrap=n_bootstrap, seed=seed
+        )
+    except ValueError as exc:
+        raise InputError(str(exc), field="tomograms") from None
+    for name, why in excluded:
+        report["excluded"].append({"name": name, "reason": why})
+        report["warnings"].insert(0, f"tomogram {name} excluded: {why}")
+    report["n_tomograms"] = len(reports) + len(excluded)
+    for r in report["tomograms"]:
+        r["report"] = paths[r["name"]]
+        if r["name"] in figures:
+            r["figure"] = figures[r["name"]]
+    mode = next(iter(modes.values()))
+    report["hand_mode"] = mode
+    report["settings"] = verdict_settings(report.get("verdict"), "pytom" if mode == "pytom" else "full")
+    report["method"] = method or {}
+    report["files"] = {
+        "report": str(out_prefix.with_suffix(".json")),
+        "table": str(out_prefix.parent / f"{out_prefix.name}_tomograms.tsv"),
+    }
+    _write_tomogram_table(Path(report["files"]["table"]), report)
+    write_report(out_prefix.with_suffix(".json"), report)
+    return report
+
+
+def _tomogram_prefix(out_prefix: Path, name: str) -> Path:
+    return out_prefix.parent / f"{out_prefix.name}_{name}"
+
+
+def run_hand_pooled(
+    out_prefix,
+    tomograms: Sequence[HandTomogram],
+    *,
+    template=None,
+    mask=None,
+    alpha: float = DEFAULT_ALPHA,
+    min_particles: int = DEFAULT_MIN_PARTICLES,
+    n_bootstrap: int = 10_000,
+    seed: int = 0,
+    figure: bool = True,
+    progress_factory=None,
+    **hand_options,
+) -> dict[str, Any]:
+    """``tomomatch hand`` on several tomograms of one data set: one pooled verdict.
+
+    Runs :func:`run_hand` on each tomogram (``<out_prefix>_<name>.json`` and ``.png``: its
+    own report, figure and verdict), then :func:`pool_reports` (``<out_prefix>.json``,
+    ``<out_prefix>_tomograms.tsv``). ``template`` and ``mask`` (and ``hand_options``, e.g.
+    ``max_particles``, ``hand_mode``, ``max_angle_deg``) apply to every tomogram; the rest comes
+    from each :class:`HandTomogram` and its job. A tomogram without candidates is reported and
+    excluded (an error only if all are); any other bad input stops the run naming the list line.
+    ``progress_factory(name)`` may return a per-particle ``progress(i, n)`` for that tomogram.
+    """
+    from .particles import read_particles
+
+    out_prefix = Path(out_prefix)
+    if not tomograms:
+        raise InputError("no tomograms given", field="tomograms")
+    names = [t.name for t in tomograms]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"tomogram name(s) {', '.join(dup)} appear twice", field="tomograms")
+    done: list[tuple[str, Path]] = []
+    excluded: list[tuple[str, str]] = []
+    for t in tomograms:
+        if t.error:
+            excluded.append((t.name, f"failed in the batch ({t.error})"))
+            continue
+        prefix = _tomogram_prefix(out_prefix, t.name)
+        try:
+            particles = read_particles(t.particles, job=t.job) if t.particles is not None else None
+            if particles is not None and len(particles) == 0:
+                raise NoCandidatesError("no candidates in the particle file", t.particles)
+            run_hand(
+                prefix,
+                job=t.job,
+                tomogram=t.tomogram,
+                template=template,
+                mask=mask,
+                tilt_series=t.tilt_series,
+                particles=particles,
+                alpha=alpha,
+                min_particles=min_particles,
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+                figure=figure,
+                progress=progress_factory(t.name) if progress_factory is not None else None,
+                **hand_options,
+            )
+        except NoCandidatesError as exc:
+            excluded.append((t.name, exc.detail))
+            continue
+        except InputError as exc:
+            raise InputError(f"tomogram {t.name!r}: {exc}", *t.where) from None
+        done.append((t.name, prefix.with_suffix(".json")))
+    return pool_reports(
+        out_prefix,
+        done,
+        excluded=excluded,
+        alpha=alpha,
+        min_particles=min_particles,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        method={"command": "hand", "pooled": True, "n_tomograms": len(tomograms)},
+    )
+
+
+def run_compare_hands_pooled(
+    out_prefix,
+    pairs: Sequence[tuple[str, Any, Any, tuple[str | None, str | None]]],
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_particles: int = DEFAULT_MIN_PARTICLES,
+    n_bootstrap: int = 10_000,
+    seed: int = 0,
+    figure: bool = True,
+    **compare_options,
+) -> dict[str, Any]:
+    """``tomomatch compare-hands`` on several tomograms: ``(name, run_a, run_b, where)`` per
+    tomogram, :func:`run_compare_hands` on each (``<out_prefix>_<name>.json/.png``), then
+    :func:`pool_reports`. Tomograms without candidates are reported and excluded."""
+    out_prefix = Path(out_prefix)
+    if not pairs:
+        raise InputError("no runs given", field="runs")
+    done: list[tuple[str, Path]] = []
+    excluded: list[tuple[str, str]] = []
+    for name, a, b, where in pairs:
+        prefix = _tomogram_prefix(out_prefix, name)
+        try:
+            run_compare_hands(
+                a,
+                b,
+                prefix,
+                alpha=alpha,
+                min_particles=min_particles,
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+                figure=figure,
+                **compare_options,
+            )
+        except NoCandidatesError as exc:
+            excluded.append((name, str(exc)))
+            continue
+        except InputError as exc:
+            raise InputError(f"tomogram {name!r}: {exc}", *where) from None
+        done.append((name, prefix.with_suffix(".json")))
+    return pool_reports(
+        out_prefix,
+        done,
+        excluded=excluded,
+        alpha=alpha,
+        min_particles=min_particles,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        method={"command": "compare-hands", "pooled": True, "n_tomograms": len(pairs)},
+    )

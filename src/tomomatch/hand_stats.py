@@ -8,6 +8,9 @@
 * :func:`pair_particles` -- one-to-one nearest-neighbour pairing of two candidate lists
   within a radius (for ``tomomatch compare-hands``: the seed's two-run workflow).
 * :func:`compare_hands` -- pair two runs made with opposite hands and apply the statistics.
+* :func:`pooled_hand_statistics` -- one verdict for a data set of several tomograms: a per-tomogram
+  Wilcoxon signed-rank z combined with Stouffer's method (weights ``sqrt(n)``), each tomogram's
+  own verdict, and the tomograms that significantly disagree with the pooled verdict.
 * :func:`verdict_settings` -- the verdict as the value to set in RELION 5, Warp, pytom, IMOD.
 * :func:`write_report` / :func:`read_report` -- the JSON report, written atomically.
 """
@@ -34,6 +37,9 @@ __all__ = [
     "hand_statistics",
     "pair_particles",
     "compare_hands",
+    "signed_rank_z",
+    "stouffer",
+    "pooled_hand_statistics",
     "verdict_settings",
     "write_report",
     "read_report",
@@ -96,11 +102,8 @@ class HandScores:
 # --------------------------------------------------------------------------- statistics
 
 
-def _bootstrap_mean_interval(
-    values: np.ndarray, n_bootstrap: int, seed: int, confidence: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (seeded, vectorised in chunks)."""
-    rng = np.random.default_rng(seed)
+def _bootstrap_means(values: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_bootstrap`` means of resamples (with replacement) of ``values`` (vectorised in chunks)."""
     n = values.size
     means = np.empty(n_bootstrap)
     chunk = max(1, 2_000_000 // max(n, 1))
@@ -108,8 +111,26 @@ def _bootstrap_mean_interval(
         stop = min(n_bootstrap, start + chunk)
         idx = rng.integers(0, n, size=(stop - start, n))
         means[start:stop] = values[idx].mean(axis=1)
+    return means
+
+
+def _bootstrap_mean_interval(
+    values: np.ndarray, n_bootstrap: int, seed: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seeded, vectorised in chunks)."""
+    means = _bootstrap_means(values, n_bootstrap, np.random.default_rng(seed))
     lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
     return float(lo), float(hi)
+
+
+def _tied_delta(scores: HandScores, tie_tolerance: float | None) -> tuple[np.ndarray, float]:
+    """``delta`` with float-rounding ties set to 0, and the tolerance used (see :func:`hand_statistics`)."""
+    delta = scores.delta.copy()
+    if tie_tolerance is None:
+        top = max(np.max(np.abs(scores.score_plus), initial=0.0), np.max(np.abs(scores.score_minus), initial=0.0))
+        tie_tolerance = 1e-6 * top
+    delta[np.abs(delta) <= tie_tolerance] = 0.0
+    return delta, float(tie_tolerance)
 
 
 def _trend(abs_x: np.ndarray, delta: np.ndarray) -> dict[str, Any]:
@@ -185,12 +206,8 @@ def hand_statistics(
     template) are dropped from both tests (Wilcoxon's ``zero_method="wilcox"``).
     """
     x = scores.x_angstrom
-    delta = scores.delta.copy()
     n = len(scores)
-    if tie_tolerance is None:
-        top = max(np.max(np.abs(scores.score_plus), initial=0.0), np.max(np.abs(scores.score_minus), initial=0.0))
-        tie_tolerance = 1e-6 * top
-    delta[np.abs(delta) <= tie_tolerance] = 0.0
+    delta, tie_tolerance = _tied_delta(scores, tie_tolerance)
     nonzero = delta != 0
     n_nonzero = int(nonzero.sum())
     n_pos = int((delta > 0).sum())
@@ -434,6 +451,293 @@ def compare_hands(
         "max_pair_distance_angstrom": float(dist.max()) if dist.size else None,
     }
     return paired, report
+
+
+# --------------------------------------------------------------------------- several tomograms
+
+#: one-sided p-values are clipped to at least this before the normal quantile (|z| <= 37): a
+#: normal approximation's p can underflow to 0
+_P_FLOOR = 1e-300
+
+
+def _signed_z(p_plus: float, p_minus: float) -> float:
+    """The signed normal score of two one-sided p-values (see :func:`signed_rank_z`)."""
+    p_min = min(p_plus, p_minus)
+    if not p_min < 0.5:
+        return 0.0
+    z = float(stats.norm.isf(max(p_min, _P_FLOOR)))
+    return z if p_plus < p_minus else -z
+
+
+def signed_rank_z(delta) -> dict[str, Any]:
+    """One tomogram's Wilcoxon signed-rank test as a signed normal score ``z``.
+
+    Zero deltas are dropped (``zero_method="wilcox"``, as in :func:`hand_statistics`).
+    ``p_plus`` and ``p_minus`` are :func:`scipy.stats.wilcoxon`'s one-sided p-values
+    (``alternative="greater"``: ``h = +1`` scores higher; ``"less"``: ``-1`` does) and ``p`` its
+    two-sided one, which scipy defines as ``min(1, 2 min(p_plus, p_minus))``.
+
+    ``z = Phi^-1(1 - p_plus)`` when ``p_plus < p_minus``, ``-Phi^-1(1 - p_minus)`` when
+    ``p_minus < p_plus``, and 0 when ``p = 1``; so ``2 (1 - Phi(|z|)) = p`` exactly. With the
+    normal approximation (scipy's for more than 50 non-zero deltas, or ties) ``p_minus = 1 -
+    p_plus`` and this is the usual ``z = Phi^-1(1 - p_plus)``; with the exact small-sample
+    distribution it takes the smaller tail, which keeps ``z`` finite when every delta has the
+    same sign (``p_plus = 1``).
+
+    Returns ``{"n", "p_plus", "p_minus", "p", "z"}`` (``n`` non-zero deltas; p-values None and
+    ``z = 0`` when ``n = 0``).
+    """
+    d = np.asarray(delta, dtype=float).reshape(-1)
+    d = d[d != 0]
+    if d.size == 0:
+        return {"n": 0, "p_plus": None, "p_minus": None, "p": None, "z": 0.0}
+    p_plus = float(stats.wilcoxon(d, zero_method="wilcox", alternative="greater").pvalue)
+    p_minus = float(stats.wilcoxon(d, zero_method="wilcox", alternative="less").pvalue)
+    return {
+        "n": int(d.size),
+        "p_plus": p_plus,
+        "p_minus": p_minus,
+        "p": min(1.0, 2.0 * min(p_plus, p_minus)),
+        "z": _signed_z(p_plus, p_minus),
+    }
+
+
+def stouffer(z, weights) -> float:
+    """Stouffer's weighted combination ``sum(w z) / sqrt(sum(w^2))`` (0 when all weights are 0).
+
+    With ``z_i = Phi^-1(1 - p_i)`` this is the statistic of
+    ``scipy.stats.combine_pvalues(p, method="stouffer", weights=w)``.
+    """
+    z = np.asarray(z, dtype=float).reshape(-1)
+    w = np.asarray(weights, dtype=float).reshape(-1)
+    if z.size != w.size:
+        raise ValueError(f"{z.size} z-scores and {w.size} weights")
+    norm = float(np.sqrt(np.sum(w**2)))
+    return float(np.sum(w * z) / norm) if norm > 0 else 0.0
+
+
+def _two_sided(z: float) -> float:
+    return float(min(1.0, 2.0 * stats.norm.sf(abs(z))))
+
+
+def pooled_hand_statistics(
+    strata,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_particles: int = DEFAULT_MIN_PARTICLES,
+    n_bootstrap: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One handedness verdict for several tomograms of one data set (a stratified test).
+
+    The hand is a property of the microscope, acquisition software and reconstruction, shared
+    by every tomogram of a data set, but the size of the score difference is not (it depends
+    on each tomogram's SNR, thickness, defocus and field of view). So the particles are not
+    thrown into one test; each tomogram is a stratum:
+
+    * per tomogram, the Wilcoxon signed-rank test of ``delta = s(+1) - s(-1)``
+      (:func:`signed_rank_z`: signed normal score ``z_i``, ``n_i`` non-zero deltas) and its own
+      full verdict (:func:`hand_statistics`);
+    * pooled: Stouffer's ``Z = sum(w_i z_i) / sqrt(sum(w_i^2))`` with ``w_i = sqrt(n_i)``
+      (the weights that are optimal when every particle carries the same evidence: ``z_i``
+      grows like ``sqrt(n_i)``), two-sided ``p = 2 (1 - Phi(|Z|))``. With one tomogram this is
+      exactly that tomogram's two-sided Wilcoxon p-value;
+    * the particle-weighted mean delta with a stratified bootstrap 95 % interval (particles
+      resampled within each tomogram);
+    * the trend of delta against ``|x|``: each tomogram's least-squares slope as a signed z
+      (from its two-sided p-value), combined in the same way.
+
+    The verdict is ``sign(Z)`` under the rules of :func:`hand_statistics` applied to the pooled
+    numbers: at least ``min_particles`` non-zero deltas in all, ``p <= alpha``, the bootstrap
+    interval excluding 0 on the same side, and no significant pooled trend the other way.
+
+    A tomogram **disagrees** when its own two-sided Wilcoxon p is ``<= alpha`` with the sign
+    opposite to the pooled verdict (a flipped tilt-angle sign, another microscope or a mirrored
+    reconstruction in that tomogram's metadata): it is flagged and warned about; it is not
+    dropped and does not change the verdict. With an undetermined verdict, tomograms
+    significant in both directions give a warning.
+
+    Parameters
+    ----------
+    strata
+        ``(name, HandScores)`` pairs, or a mapping name -> :class:`HandScores`. A tomogram with
+        no particles is listed under ``"excluded"`` and takes no part.
+    alpha, min_particles, n_bootstrap, seed
+        As in :func:`hand_statistics` (each tomogram's own verdict uses them too).
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``verdict``, ``reason``, ``p``, ``warnings``, ``stouffer``, ``bootstrap``,
+        ``trend_abs_x``, ``tomograms`` (one row per used tomogram), ``disagreeing``,
+        ``excluded`` and the counts.
+
+    Raises
+    ------
+    ValueError
+        No strata, or two with the same name.
+    """
+    items = list(strata.items()) if hasattr(strata, "items") else [(str(k), v) for k, v in strata]
+    if not items:
+        raise ValueError("no tomograms to pool")
+    names = [str(k) for k, _ in items]
+    dup = sorted({k for k in names if names.count(k) > 1})
+    if dup:
+        raise ValueError(f"tomogram name(s) {', '.join(dup)} appear twice")
+    rows: list[dict[str, Any]] = []
+    excluded: list[dict[str, Any]] = []
+    deltas: list[np.ndarray] = []
+    for name, sc in items:
+        if len(sc) == 0:
+            excluded.append({"name": str(name), "reason": "no particles"})
+            continue
+        rep = hand_statistics(sc, alpha=alpha, min_particles=min_particles, n_bootstrap=n_bootstrap, seed=seed)
+        delta, _ = _tied_delta(sc, rep["tie_tolerance"])
+        sr = signed_rank_z(delta)
+        tr = rep["trend_abs_x"]
+        trend_z = None
+        if tr["slope_p"] is not None and np.isfinite(tr["slope_p"]):
+            trend_z = _signed_z(
+                *((tr["slope_p"] / 2, 1.0) if tr["slope_per_angstrom"] > 0 else (1.0, tr["slope_p"] / 2))
+            )
+        deltas.append(delta)
+        rows.append(
+            {
+                "name": str(name),
+                "n_particles": int(len(sc)),
+                "n_nonzero_delta": sr["n"],
+                "n_plus_better": rep["n_plus_better"],
+                "n_minus_better": rep["n_minus_better"],
+                "mean_delta": rep["mean_delta"],
+                "median_delta": rep["median_delta"],
+                "p": sr["p"],
+                "p_plus": sr["p_plus"],
+                "p_minus": sr["p_minus"],
+                "z": sr["z"],
+                "weight": float(np.sqrt(sr["n"])),
+                "trend_z": trend_z,
+                "trend_slope_p": tr["slope_p"],
+                "verdict": rep["verdict"],
+                "reason": rep["reason"],
+                "disagrees": False,
+            }
+        )
+    n_total = int(sum(r["n_particles"] for r in rows))
+    n_nonzero = int(sum(r["n_nonzero_delta"] for r in rows))
+    n_pos = int(sum(r["n_plus_better"] for r in rows))
+    n_neg = int(sum(r["n_minus_better"] for r in rows))
+    report: dict[str, Any] = {
+        "pooled": True,
+        "n_tomograms": len(items),
+        "n_tomograms_used": len(rows),
+        "n_particles": n_total,
+        "n_nonzero_delta": n_nonzero,
+        "n_plus_better": n_pos,
+        "n_minus_better": n_neg,
+        "fraction_plus_better": (n_pos / n_nonzero) if n_nonzero else None,
+        "alpha": float(alpha),
+        "min_particles": int(min_particles),
+        "mean_delta": float(np.mean(np.concatenate(deltas))) if deltas else None,
+        "statistic": (
+            "stratified Wilcoxon signed-rank: per-tomogram z combined with Stouffer's method, weights sqrt(n non-zero)"
+        ),
+        "stouffer": {"z": None, "p": None, "p_plus": None, "p_minus": None},
+        "bootstrap": {
+            "n_resamples": int(n_bootstrap),
+            "seed": int(seed),
+            "confidence": 0.95,
+            "stratified": True,
+            "mean_delta_interval": None,
+        },
+        "trend_abs_x": {"z": None, "p": None},
+        "tomograms": rows,
+        "disagreeing": [],
+        "excluded": excluded,
+        "warnings": [f"tomogram {e['name']} excluded: {e['reason']}" for e in excluded],
+    }
+    need = max(int(min_particles), 2)
+    if not rows:
+        report.update(verdict=UNDETERMINED, reason="no tomogram has particles", p=None)
+        return report
+    if n_nonzero < need:
+        report.update(
+            verdict=UNDETERMINED,
+            reason=(
+                f"too few particles: {n_nonzero} with a non-zero score difference in {len(rows)} tomogram(s)"
+                f" (of {n_total}); need at least {need}"
+            ),
+            p=None,
+        )
+        return report
+    z = np.array([r["z"] for r in rows])
+    w = np.array([r["weight"] for r in rows])
+    big_z = stouffer(z, w)
+    p = _two_sided(big_z)
+    report["stouffer"] = {
+        "z": big_z,
+        "p": p,
+        "p_plus": float(stats.norm.sf(big_z)),
+        "p_minus": float(stats.norm.cdf(big_z)),
+    }
+    report["p"] = p
+    # stratified bootstrap of the particle-weighted mean delta
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(int(n_bootstrap))
+    for d in deltas:
+        boot += d.size * _bootstrap_means(d, int(n_bootstrap), rng)
+    boot /= n_total
+    lo, hi = (float(v) for v in np.quantile(boot, [0.025, 0.975]))
+    report["bootstrap"]["mean_delta_interval"] = [lo, hi]
+    tz = [(r["trend_z"], r["weight"]) for r in rows if r["trend_z"] is not None]
+    trend_z = stouffer([a for a, _ in tz], [b for _, b in tz]) if tz else None
+    trend_p = _two_sided(trend_z) if tz and trend_z is not None else None
+    report["trend_abs_x"] = {"z": trend_z, "p": trend_p, "n_tomograms": len(tz)}
+
+    direction = int(np.sign(big_z))
+    reasons = []
+    if direction == 0:
+        reasons.append("the tomograms' signed-rank z-scores cancel (Z = 0)")
+    if not p <= alpha:
+        reasons.append(f"pooled p = {p:.3g} > {alpha:g}")
+    if lo <= 0 <= hi:
+        reasons.append(f"the stratified 95 % bootstrap interval of the mean delta [{lo:.3g}, {hi:.3g}] contains 0")
+    elif direction and (lo > 0) != (direction > 0):
+        reasons.append("the pooled mean delta and the signed-rank direction disagree in sign")
+    if trend_p is not None and trend_z is not None and trend_p <= alpha and np.sign(trend_z) == -direction:
+        reasons.append(f"delta's pooled trend against |x| points the other way (p = {trend_p:.3g})")
+    if reasons:
+        report.update(verdict=UNDETERMINED, reason="; ".join(reasons))
+    else:
+        report.update(
+            verdict=direction,
+            reason=(
+                f"pooled over {len(rows)} tomogram(s): {max(n_pos, n_neg)} of {n_nonzero} particles score higher"
+                f" with h = {direction:+d}; Stouffer Z = {big_z:.3g}, p = {p:.3g}; mean delta 95 % interval"
+                f" [{lo:.3g}, {hi:.3g}]"
+            ),
+        )
+    significant = {r["name"]: int(np.sign(r["z"])) for r in rows if r["p"] is not None and r["p"] <= alpha}
+    if report["verdict"] in (1, -1):
+        for r in rows:
+            r["disagrees"] = significant.get(r["name"], 0) == -report["verdict"]
+        report["disagreeing"] = [r["name"] for r in rows if r["disagrees"]]
+        if report["disagreeing"]:
+            report["warnings"].append(
+                f"tomogram(s) {', '.join(report['disagreeing'])} significantly (p <= {alpha:g}) prefer"
+                f" h = {-report['verdict']:+d}: check their tilt-angle sign, acquisition and reconstruction"
+            )
+        if trend_p is not None and trend_z is not None and not (trend_p <= alpha and np.sign(trend_z) == direction):
+            report["warnings"].append(
+                "delta does not grow significantly with |x| in the preferred direction"
+                f" (pooled trend p = {trend_p:.3g}); the gradient signal is weak"
+            )
+    elif set(significant.values()) == {1, -1}:
+        plus = [k for k, v in significant.items() if v == 1]
+        minus = [k for k, v in significant.items() if v == -1]
+        report["warnings"].append(
+            f"the tomograms conflict: {', '.join(plus)} significantly prefer h = +1, {', '.join(minus)} h = -1"
+        )
+    return report
 
 
 # --------------------------------------------------------------------------- report

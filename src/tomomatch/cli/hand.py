@@ -1,6 +1,9 @@
 """``tomomatch hand`` and ``tomomatch compare-hands``: decide the defocus handedness from data.
 
-Thin layer over :func:`tomomatch.hand.run_hand` and :func:`tomomatch.hand.run_compare_hands`.
+Thin layer over :func:`tomomatch.hand.run_hand` and :func:`tomomatch.hand.run_compare_hands`
+(one tomogram), and their pooled forms :func:`tomomatch.hand.run_hand_pooled`,
+:func:`tomomatch.hand.run_compare_hands_pooled` and :func:`tomomatch.hand.pool_reports` (several
+tomograms of one data set, one verdict).
 ``compare-hands`` is registered from here through the one-line module
 ``tomomatch.cli.compare_hands``.
 """
@@ -68,6 +71,43 @@ def _print_report(report: dict, stream=None) -> None:
         print(f"  wrote {f}", file=stream)
 
 
+_POOLED_HELP = (
+    " Several tomograms of one data set (--list, several --job/--particles"
+    "%s): each is tested on its own (OUT_<name>.json, OUT_<name>.png), then one verdict is drawn"
+    " from all: each tomogram's Wilcoxon signed-rank z combined with Stouffer's method (weights"
+    " sqrt(n)); tomograms that significantly prefer the other hand are flagged. Writes OUT.json"
+    " (pooled report) and OUT_tomograms.tsv (per-tomogram table)."
+)
+
+
+def _fmt_p(p) -> str:
+    return "-" if p is None else f"{p:.2g}"
+
+
+def _print_pooled(report: dict, stream=None) -> None:
+    """The pooled verdict (as for one tomogram), then one line per tomogram."""
+    stream = sys.stdout if stream is None else stream
+    head = dict(report)
+    head["files"] = {}
+    used, total = report["n_tomograms_used"], report["n_tomograms"]
+    print(f"pooled over {used} of {total} tomogram(s), {report['n_particles']} particles:", file=stream)
+    _print_report(head, stream)
+    print("per tomogram:", file=stream)
+    for r in report["tomograms"]:
+        rv = r["verdict"]
+        flag = "  DISAGREES with the pooled verdict" if r.get("disagrees") else ""
+        print(
+            f"  {r['name']}: {f'h = {rv:+d}' if isinstance(rv, int) else rv}; n = {r['n_nonzero_delta']}"
+            f" ({r['n_plus_better']} prefer +1, {r['n_minus_better']} prefer -1); Wilcoxon p = {_fmt_p(r['p'])},"
+            f" z = {r['z']:+.2f}{flag}",
+            file=stream,
+        )
+    for e in report.get("excluded", []):
+        print(f"  {e['name']}: excluded ({e['reason']})", file=stream)
+    for k, f in (report.get("files") or {}).items():
+        print(f"  wrote {f}", file=stream)
+
+
 # --------------------------------------------------------------------------- hand
 
 
@@ -81,7 +121,9 @@ def register(subparsers) -> None:
             "h = +1, h = -1 and h = 0 (no gradient); the score is the normalised cross-correlation "
             "maximised over the local rotations and +-SHIFT voxels. Candidates come from --particles "
             "(a candidate STAR), else are extracted from --job, else a coarse search (no gradient) "
-            "is run first. Writes OUT.json (statistics and per-particle scores) and OUT.png. " + _VERDICT_HELP
+            "is run first. Writes OUT.json (statistics and per-particle scores) and OUT.png. "
+            + _VERDICT_HELP
+            + _POOLED_HELP % " or --reports of earlier hand runs"
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -90,12 +132,34 @@ def register(subparsers) -> None:
         "-j",
         "--job",
         metavar="JOB.json",
-        help="match job: tomogram, template, mask, tilt metadata, filters and candidates from it",
+        nargs="+",
+        help="match job: tomogram, template, mask, tilt metadata, filters and candidates from it "
+        "(several: one per tomogram, pooled verdict)",
+    )
+    p.add_argument(
+        "-l",
+        "--list",
+        metavar="LIST",
+        help="several tomograms of one data set, one pooled verdict: tomomatch batch's table (TSV/CSV, "
+        "docs/batch.md) with the optional extra columns job and particles, a RELION 5 tomograms.star, "
+        "or a batch_summary.json",
+    )
+    p.add_argument(
+        "--reports",
+        metavar="HAND.json",
+        nargs="+",
+        help="pool the reports of earlier hand or compare-hands runs (one per tomogram) without re-scoring",
     )
     p.add_argument("-v", "--tomogram", metavar="MRC", help="tomogram (default: the job's)")
     p.add_argument("-t", "--template", metavar="MRC", help="template (default: the job's)")
     p.add_argument("-m", "--mask", metavar="MRC", help="mask (default: the job's)")
-    p.add_argument("-p", "--particles", metavar="STAR", help="candidate STAR (from tomomatch extract)")
+    p.add_argument(
+        "-p",
+        "--particles",
+        metavar="STAR",
+        nargs="+",
+        help="candidate STAR (from tomomatch extract); several: one per tomogram, in --job's order",
+    )
     p.add_argument("--voxel-size", type=float, metavar="A", help="override the tomogram's voxel size")
     p.add_argument(
         "-n", "--max-particles", type=int, default=200, help="rescore at most this many candidates (strongest first)"
@@ -166,7 +230,11 @@ def run(args) -> int:
     if args.max_angle < 0 or args.angle_step <= 0 or args.shift < 0:
         raise InputError("--max-angle must be >= 0, --angle-step > 0 and --shift >= 0", field="--max-angle")
     ts = tilt_series_from_args(args)
-    particles = _read_candidate_star(args.particles, args.job) if args.particles else None
+    jobs, stars = args.job or [], args.particles or []
+    if args.list or args.reports or len(jobs) > 1 or len(stars) > 1:
+        return _run_pooled(args, ts)
+    job = jobs[0] if jobs else None
+    particles = _read_candidate_star(stars[0], job) if stars else None
 
     bars: list = []
 
@@ -179,7 +247,7 @@ def run(args) -> int:
 
     report = run_hand(
         args.output,
-        job=args.job,
+        job=job,
         tomogram=args.tomogram,
         template=args.template,
         mask=args.mask,
@@ -209,6 +277,99 @@ def run(args) -> int:
     return 0
 
 
+def _run_pooled(args, ts) -> int:
+    """``hand`` on several tomograms (--list, several --job/--particles) or --reports: one verdict."""
+    from pathlib import Path
+
+    from ..hand import HandTomogram, pool_reports, read_hand_list, run_hand_pooled, unique_names
+
+    jobs, stars = args.job or [], args.particles or []
+    sources = [
+        name
+        for name, given in (("--list", args.list), ("--reports", args.reports), ("--job/--particles", jobs or stars))
+        if given
+    ]
+    if len(sources) > 1:
+        raise InputError(f"give one of {', '.join(sources)}", field=sources[1].split("/")[0])
+    stats = {"alpha": args.alpha, "min_particles": args.min_particles, "n_bootstrap": args.bootstrap, "seed": args.seed}
+    if args.reports:
+        report = pool_reports(
+            args.output,
+            list(zip(unique_names([Path(r) for r in args.reports]), args.reports)),
+            method={"command": "hand", "pooled": True, "from_reports": True},
+            **stats,
+        )
+        _print_pooled(report)
+        return 0
+    if args.tomogram is not None:
+        raise InputError("one tomogram for several: give each tomogram in the --list table", field="--tomogram")
+    if ts is not None:
+        raise InputError(
+            "tilt metadata options describe one tomogram: give each tomogram's metadata in the --list table",
+            field="--tilt-angles",
+        )
+    if args.list:
+        tomograms = read_hand_list(args.list, allow_missing_dose=bool(getattr(args, "allow_missing_dose", False)))
+    else:
+        if jobs and stars and len(jobs) != len(stars):
+            raise InputError(
+                f"{len(jobs)} jobs and {len(stars)} particle files; expected one of each per tomogram",
+                field="--particles",
+            )
+        tomograms = []
+        if jobs:
+            names = unique_names([Path(j) for j in jobs])
+            for i, (name, j) in enumerate(zip(names, jobs)):
+                tomograms.append(
+                    HandTomogram(name, job=Path(j), particles=Path(stars[i]) if stars else None, where=(j, "--job"))
+                )
+        else:  # STARs naming their match job (tomomatch extract writes it into the header)
+            from ..particles import read_particles
+
+            for name, st in zip(unique_names([Path(p) for p in stars]), stars):
+                job = read_particles(st).attrs.get("job")
+                if not job:
+                    raise InputError("the STAR names no match job; give --job for each file, or a --list", st)
+                tomograms.append(HandTomogram(name, job=Path(job), particles=Path(st), where=(st, "--particles")))
+
+    def progress_factory(name):
+        bars: list = []
+
+        def progress(i, n):
+            if not bars:
+                bars.append(ProgressBars({"particles rescored": n}, label=f"tomomatch hand {name}"))
+            bars[0].advance(1)
+            if i >= n:
+                bars[0].close()
+
+        return progress
+
+    report = run_hand_pooled(
+        args.output,
+        tomograms,
+        template=args.template,
+        mask=args.mask,
+        figure=not args.no_figure,
+        progress_factory=progress_factory,
+        voxel_size_angstrom=args.voxel_size,
+        max_particles=args.max_particles,
+        hand_mode=args.hand_mode,
+        max_angle_deg=args.max_angle,
+        angle_step_deg=args.angle_step,
+        shift_voxels=args.shift,
+        oversampling=args.oversampling,
+        low_pass_angstrom=args.low_pass,
+        high_pass_angstrom=args.high_pass,
+        whiten=args.whiten,
+        ctf_mode=args.ctf,
+        coarse_step_deg=args.coarse_step,
+        particle_diameter_angstrom=args.particle_diameter,
+        **stats,
+    )
+    _print_pooled(report)
+    return 0
+
+
 # --------------------------------------------------------------------------- compare-hands
 
 
@@ -222,11 +383,22 @@ def register_compare_hands(subparsers) -> None:
             "candidates are extracted from the score map and its hand is read from it) or a "
             "candidate STAR (then give --hands). Candidates are paired one-to-one within --radius "
             "(Hungarian assignment), delta = s(+1 run) - s(-1 run) per pair. Writes OUT.json and "
-            "OUT.png. " + _VERDICT_HELP
+            "OUT.png. " + _VERDICT_HELP + _POOLED_HELP % ": RUN_A RUN_B pairs in a row, or --list"
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("runs", nargs=2, metavar="RUN", help="match job .json or candidate .star")
+    p.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help="match job .json or candidate .star: two (one tomogram), or pairs of runs, one pair per tomogram",
+    )
+    p.add_argument(
+        "-l",
+        "--list",
+        metavar="TABLE",
+        help="one tomogram per row: TSV/CSV with columns run_a, run_b and optionally name (pooled verdict)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output prefix: OUT.json and OUT.png")
     p.add_argument(
         "--hands",
@@ -271,6 +443,41 @@ def run_compare(args) -> int:
         extract["cutoff_method"] = args.cutoff_method
     if args.particle_diameter is not None:
         extract["particle_diameter_angstrom"] = args.particle_diameter
+    if args.list and args.runs:
+        raise InputError("give the runs either on the command line or in --list", field="--list")
+    if not args.list and (len(args.runs) < 2 or len(args.runs) % 2):
+        raise InputError(
+            f"{len(args.runs)} run(s); expected two (a +1 and a -1 run),"
+            " pairs of runs (one pair per tomogram) or --list",
+            field="RUN",
+        )
+    if args.list or len(args.runs) > 2:
+        from pathlib import Path
+
+        from ..hand import read_compare_list, run_compare_hands_pooled, unique_names
+
+        if args.list:
+            pairs = read_compare_list(args.list)
+        else:
+            firsts, seconds = args.runs[0::2], args.runs[1::2]
+            names = unique_names([Path(r) for r in firsts])
+            pairs = [(n, a, b, (a, "RUN")) for n, a, b in zip(names, firsts, seconds)]
+        report = run_compare_hands_pooled(
+            args.output,
+            pairs,
+            hands=args.hands,
+            max_distance_angstrom=args.radius,
+            max_particles=args.max_particles,
+            score=args.score,
+            alpha=args.alpha,
+            min_particles=args.min_particles,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
+            figure=not args.no_figure,
+            **extract,
+        )
+        _print_pooled(report)
+        return 0
     report = run_compare_hands(
         args.runs[0],
         args.runs[1],
