@@ -204,7 +204,8 @@ def test_cli_writes_json_and_figure(sim_job, capsys):
     assert doc["n_particles"] == pytest.approx(24, rel=0.15)
     assert {"cutoff", "false_positives", "recall", "precision", "false_positive_rate"} <= set(doc["curves"])
     assert not list(job.parent.glob(".*.part"))  # written atomically, nothing left behind
-    # an output prefix, no figure
+    # an output prefix (in an existing folder: a missing one is refused, tests/test_output_locations.py), no figure
+    (job.parent / "other").mkdir(exist_ok=True)
     rc = main(["roc", "-j", str(job), "-o", str(job.parent / "other" / "r"), "--no-figure"])
     assert rc == 0 and (job.parent / "other" / "r.json").exists() and not (job.parent / "other" / "r.png").exists()
     capsys.readouterr()

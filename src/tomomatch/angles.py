@@ -617,6 +617,11 @@ ANGLE_LIST_CONVENTIONS = {
 }
 
 
+#: memory estimate per line of a ``--angle-list`` file while it is parsed (the line's string, a
+#: row of three Python floats, and the float64 angles and pose matrices made from them)
+ANGLE_LIST_BYTES_PER_LINE = 800
+
+
 class AngleList(NamedTuple):
     """A ``--angle-list`` file as read: pose matrices, the file's SHA-256 and its resolved name."""
 
@@ -666,7 +671,13 @@ def read_angle_list(spec) -> AngleList:
     A malformed file raises :class:`InputError` with the file, the line and what was expected.
     """
     conv, path = parse_angle_list(spec)
+    from .resources import check_fits
+
     try:
+        if path.is_file():  # the file itself must fit before it is read
+            check_fits(
+                2.0 * path.stat().st_size, "reading the file", path, "--angle-list", "expected a list of rotations"
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(
@@ -681,6 +692,14 @@ def read_angle_list(spec) -> AngleList:
         raise InputError(
             f"not a text file; expected {ANGLE_LIST_CONVENTIONS[conv]}, 3 per line", path, "--angle-list"
         ) from None
+    n_lines = data.count(b"\n") + 1
+    check_fits(
+        2.0 * len(data) + ANGLE_LIST_BYTES_PER_LINE * n_lines,
+        f"reading {n_lines:,} lines (rotations)",
+        path,
+        "--angle-list",
+        "expected a list of rotations that fits in memory",
+    )
     rots = _parse_rotations(text, path, conv, f" ({ANGLE_LIST_CONVENTIONS[conv]})", "--angle-list ")
     resolved = path.absolute()
     return AngleList(rots, hashlib.sha256(data).hexdigest(), format_angle_list(conv, resolved), resolved, conv)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["read_volume", "write_volume", "read_voxel_size", "atomic_path"]
+__all__ = ["read_volume", "write_volume", "read_voxel_size", "atomic_path", "check_volume_fits"]
 
 
 def _one_line(text: object) -> str:
@@ -40,6 +40,7 @@ def read_volume(
         raise InputError(f"{what} file not found", p)
     if p.is_dir():
         raise InputError(f"is a folder; expected a {what} MRC file", p)
+    check_volume_fits(p, what)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -82,6 +83,43 @@ def read_volume(
     if nonconstant and data.size and float(data.max()) == float(data.min()):
         raise InputError(f"every voxel is {float(data.flat[0]):g}; expected a {what} with some contrast", p)
     return np.ascontiguousarray(data), float(voxel_size_angstrom)
+
+
+#: bytes per voxel of each MRC mode (mrcfile's modes; 101 is 4-bit)
+_MODE_BYTES = {0: 1.0, 1: 2.0, 2: 4.0, 3: 4.0, 4: 8.0, 6: 2.0, 12: 2.0, 101: 0.5}
+
+
+def check_volume_fits(path, what: str = "volume") -> None:
+    """Refuse an MRC file whose header claims more voxels than this machine's memory holds,
+    from the header alone (:func:`tomomatch.resources.check_fits`), before any data are read.
+
+    The estimate is the data as stored, a float32 copy unless stored as float32, and one byte
+    per voxel for the finiteness check. A header that cannot be read is left to
+    :func:`read_volume`'s own one-line errors.
+    """
+    from .resources import check_fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, header_only=True, permissive=True) as m:
+                h = m.header
+                dims = [int(h.nx), int(h.ny), int(h.nz)]
+                mode = int(h.mode)
+    except Exception:  # noqa: BLE001 - read_volume reports an unreadable header in one line
+        return
+    if min(dims) <= 0:
+        return
+    voxels = float(dims[0]) * float(dims[1]) * float(dims[2])
+    stored = _MODE_BYTES.get(mode, 4.0)
+    need = voxels * (stored + (0.0 if mode == 2 else 4.0) + 1.0)
+    check_fits(
+        need,
+        f"the header says {dims[0]} x {dims[1]} x {dims[2]} voxels (MRC mode {mode}); reading them",
+        path,
+        "header",
+        f"expected a {what} that fits in memory (bin it, or cut out the region to search)",
+    )
 
 
 def read_voxel_size(path) -> float:

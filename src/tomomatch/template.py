@@ -107,10 +107,9 @@ def _memory_limit_bytes() -> int:
     """:data:`MAX_TEMPLATE_BYTES`, else the physical memory of this machine (64 GiB if unknown)."""
     if MAX_TEMPLATE_BYTES is not None:
         return int(MAX_TEMPLATE_BYTES)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
-        return 64 * 2**30
+    from .resources import memory_limit_bytes
+
+    return memory_limit_bytes()
 
 
 def _gib(n: float) -> str:

@@ -33,10 +33,19 @@ COMMANDS: list[str] = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block), exit status 2.
+
+    Sub-parsers are made with the parent's class, so every command's errors are one line too.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        msg = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {msg} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tomomatch", description="Defocus-gradient-aware 3D template matching for cryo-ET."
-    )
+    parser = OneLineParser(prog="tomomatch", description="Defocus-gradient-aware 3D template matching for cryo-ET.")
     parser.add_argument("--version", action="version", version=f"tomomatch {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -79,6 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a read-only or vanished folder, a file not allowed: one line
+        if args.debug or isinstance(exc, BrokenPipeError):
+            raise
+        from ._outputs import os_error_message
+
+        print(f"tomomatch {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print(
+            f"tomomatch {args.command}: error: out of memory; expected inputs and options that fit in this "
+            "machine's memory (smaller tiles, --max-memory, fewer rotations)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def run() -> None:  # pragma: no cover - console entry

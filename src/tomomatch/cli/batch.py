@@ -86,6 +86,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..distributed import run_batch
     from ..errors import InputError
+    from ._outputs import output_folder
 
     if args.angular_step is None and args.particle_diameter is None and getattr(args, "angle_list", None) is None:
         raise InputError("give --angular-step, --particle-diameter or --angle-list", None, "--angular-step")
@@ -98,6 +99,7 @@ def run(args) -> int:
     if args.cutoff is not None and args.cutoff_method not in (None, "fixed"):
         raise InputError(f"--cutoff given with --cutoff-method {args.cutoff_method}", None, "--cutoff")
     match = match_options_from_args(args)
+    output_folder(args.out_dir, "--out-dir")
     extract = None
     if not args.no_extract:
         extract = dict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..demo import run_demo
+from ._outputs import output_folder
 
 
 def register(subparsers) -> None:
@@ -23,6 +24,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    output_folder(args.out, "--out")
     summary = run_demo(
         args.out,
         true_hand=args.true_hand,

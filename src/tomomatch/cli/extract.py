@@ -56,8 +56,12 @@ def run(args) -> int:
     from ..errors import InputError
     from ..extract import extract_candidates, read_job
     from ..particles import write_particles
+    from ._outputs import output_file
 
     job = read_job(args.job)
+    name = job.get("name") or Path(job["_job_path"]).stem.removesuffix("_job")
+    out = Path(args.output) if args.output else Path(job["_job_path"]).parent / f"{name}_particles.star"
+    output_file(out, "--output")  # before the maps are read
     if args.cutoff is not None and args.cutoff_method not in (None, "fixed"):
         raise InputError(f"--cutoff given with --cutoff-method {args.cutoff_method}", field="--cutoff")
     with warnings.catch_warnings(record=True) as caught:
@@ -79,8 +83,6 @@ def run(args) -> int:
         )
     for w in caught:
         print(f"warning: {w.message}")
-    name = job.get("name") or Path(job["_job_path"]).stem.removesuffix("_job")
-    out = Path(args.output) if args.output else Path(job["_job_path"]).parent / f"{name}_particles.star"
     write_particles(df, out, args.format, job)
     a = df.attrs
     gauss = a.get("gaussian_cutoff")

@@ -16,6 +16,7 @@ import sys
 from ..errors import InputError
 from ..progress import ProgressBars
 from ._metadata_args import add_tilt_metadata_arguments, tilt_series_from_args
+from ._outputs import output_prefix
 
 _VERDICT_HELP = (
     "Verdict: +1 or -1 when the Wilcoxon signed-rank p-value of delta = s(+1) - s(-1) is <= "
@@ -225,6 +226,7 @@ def run(args) -> int:
     from ..hand import run_hand
 
     _check_common(args)
+    output_prefix(args.output, "--output")
     if args.max_particles < 1:
         raise InputError(f"{args.max_particles}; expected at least 1", field="--max-particles")
     if args.max_angle < 0 or args.angle_step <= 0 or args.shift < 0:
@@ -434,6 +436,7 @@ def run_compare(args) -> int:
     from ..hand import run_compare_hands
 
     _check_common(args)
+    output_prefix(args.output, "--output")
     if args.radius is not None and not args.radius > 0:
         raise InputError(f"{args.radius}; expected a radius > 0 Angstrom", field="--radius")
     extract = {"false_alarms": args.false_alarms}

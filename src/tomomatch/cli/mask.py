@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import InputError
 from ..mask import ellipsoid_mask, spherical_mask
 from ..mrcio import write_volume
+from ._outputs import output_file
 
 
 def register(subparsers) -> None:
@@ -53,6 +54,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    output_file(args.output, "--output")
     v = args.voxel_size
     if not (v is not None and v > 0):
         raise InputError(f"{v} must be a positive number of Angstrom", field="--voxel-size")

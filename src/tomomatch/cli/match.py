@@ -10,6 +10,7 @@ from pathlib import Path
 from ..job import run_match
 from ..options import add_match_arguments, match_options_from_args
 from ._metadata_args import add_tilt_metadata_arguments, tilt_series_from_args
+from ._outputs import match_output_folder
 
 
 def register(subparsers) -> None:
@@ -60,6 +61,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     options = match_options_from_args(args)  # every value checked before metadata is read
+    match_output_folder(args.out_dir, options.name or Path(args.tomogram).stem)
     ts = tilt_series_from_args(args)
     job = run_match(
         args.template,

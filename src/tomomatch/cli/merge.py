@@ -23,7 +23,9 @@ def run(args) -> int:
     import warnings
 
     from ..particles import merge_stars
+    from ._outputs import output_file
 
+    output_file(args.output, "--output")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = merge_stars(args.stars, args.output)

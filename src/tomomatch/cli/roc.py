@@ -79,7 +79,10 @@ def print_report(report: dict, stream=None) -> None:
 
 def run(args) -> int:
     from ..roc import run_roc
+    from ._outputs import output_prefix
 
+    if args.output is not None:
+        output_prefix(args.output, "--output")
     report = run_roc(
         args.job,
         args.output,

@@ -72,7 +72,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..simulate import simulate
+    from ._outputs import output_folder
 
+    output_folder(args.output, "--output")
     ov = dict(
         n_particles=args.n_particles,
         n_decoys=args.n_decoys,

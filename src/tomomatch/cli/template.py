@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..mrcio import write_volume
 from ..template import create_template
+from ._outputs import output_file
 
 
 def register(subparsers) -> None:
@@ -65,6 +66,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    output_file(args.output, "--output")
     vol, voxel = create_template(
         args.input,
         args.voxel_size,

@@ -208,7 +208,27 @@ class SimulationConfig:
             raise InputError(
                 f"{self.tomo_name!r} must be a non-empty name without spaces or slashes", field="tomo name"
             )
+        self._check_memory()
         return self
+
+    def _check_memory(self) -> None:
+        """Refuse, before allocating, a simulation whose arrays cannot fit in this machine's memory
+        (:func:`tomomatch.resources.check_fits`): the tomogram (float32, a few working copies), the
+        tilt series at the fine pixel (complex64 per tilt) and the phantom's fine density grid."""
+        from ..resources import check_fits
+
+        nx, ny, nz = (float(n) for n in self.tomogram_size_xyz)
+        b = float(self.binning)
+        n_tilts = math.floor((float(self.tilt_max_deg) - float(self.tilt_min_deg)) / float(self.tilt_step_deg)) + 1
+        fine = float(self.phantom_diameter_angstrom) * b / float(self.voxel_size_angstrom)
+        need = 4.0 * 4 * nx * ny * nz + 8.0 * n_tilts * (nx * b) * (ny * b) + 4.0 * 2 * (2 * fine) ** 3
+        check_fits(
+            need,
+            f"a {nx:.0f} x {ny:.0f} x {nz:.0f} tomogram, {n_tilts:.3g} tilts and binning {b:.3g}",
+            None,
+            "tomogram size / binning / tilt step",
+            "expected a smaller --size, --binning or a coarser --tilt-step",
+        )
 
 
 def default_data_dir() -> Path:

@@ -1,0 +1,129 @@
+"""Output locations, checked once before a command does any work (issue 15).
+
+Every command that writes calls one of these with the paths it will write, before it reads a
+big input or computes anything. Each refuses, as one :class:`~tomomatch.errors.InputError`
+naming the path and the option:
+
+* a folder given where a file is written (``-o OUT.mrc`` naming a folder), and a file given
+  where a folder is written (``-d``/``--out``/``simulate -o`` naming a file);
+* a missing parent folder: an output file's folder, and the folder an output folder is made in,
+  must exist (a mistyped path does not silently create a tree of folders);
+* a folder this process may not write into (permissions, a read-only file system).
+
+Nothing is created here. A write that still fails later (a full disk, a folder removed
+mid-run) is one line from :func:`tomomatch.mrcio.atomic_path` or from the command line's
+``OSError`` handler (:func:`tomomatch.cli.main`), and leaves no ``.part`` file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["output_file", "output_folder", "output_prefix", "match_output_folder", "os_error_message"]
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def _check_parent(folder: Path, target: Path, option: str, what: str) -> None:
+    """``folder`` (the parent of ``target``) must be an existing, writable folder."""
+    if not folder.exists():
+        raise InputError(
+            f"folder {str(folder)!r} does not exist; expected the {what} in an existing folder", target, option
+        )
+    if not folder.is_dir():
+        raise InputError(f"{str(folder)!r} is a file, not a folder; expected the {what} in a folder", target, option)
+    if _read_only_fs(folder):
+        raise InputError(
+            f"folder {str(folder)!r} is on a read-only file system; expected a writable folder", target, option
+        )
+    if not _writable(folder):
+        raise InputError(
+            f"folder {str(folder)!r} is not writable (permission denied); expected a writable folder", target, option
+        )
+
+
+def output_file(path, option: str, what: str = "output file") -> Path:
+    """Check that ``path`` can be written as a file: not a folder, in an existing writable folder."""
+    p = Path(path)
+    if str(path) == "":
+        raise InputError(f"empty name; expected a file name for the {what}", None, option)
+    if p.is_dir():
+        raise InputError(f"is a folder; expected a file name for the {what}", p, option)
+    _check_parent(p.parent, p, option, what)
+    return p
+
+
+def output_prefix(path, option: str, suffixes: Iterable[str] = (".json", ".png")) -> Path:
+    """Check an output prefix ``OUT`` (the command writes ``OUT.json``, ``OUT.png``, ...).
+
+    The files are ``Path(OUT).with_suffix(s)``, as the commands name them.
+    """
+    p = Path(path)
+    if str(path) == "" or p.name in ("", ".", ".."):
+        raise InputError("expected an output prefix (OUT gives OUT.json, OUT.png)", path or None, option)
+    for s in suffixes:
+        f = p.with_suffix(s)
+        if f.is_dir():
+            raise InputError(f"{str(f)!r} is a folder; expected a file name for the output", p, option)
+    _check_parent(p.parent, p, option, "output")
+    return p
+
+
+def output_folder(path, option: str, files: Iterable[str] = ()) -> Path:
+    """Check that ``path`` can be used as an output folder: a writable folder, or a new one in an
+    existing writable folder. ``files`` (names inside it) must not be folders."""
+    p = Path(path)
+    if str(path) == "":
+        raise InputError("empty name; expected an output folder", None, option)
+    if p.exists():
+        if not p.is_dir():
+            raise InputError("is a file; expected an output folder (an existing folder or a new name)", p, option)
+        if _read_only_fs(p):
+            raise InputError("is on a read-only file system; expected a writable output folder", p, option)
+        if not _writable(p):
+            raise InputError("is not writable (permission denied); expected a writable output folder", p, option)
+        for name in files:
+            if (p / name).is_dir():
+                raise InputError(f"{name!r} in it is a folder; expected a file name to write", p, option)
+    else:
+        _check_parent(p.absolute().parent, p, option, "output folder")
+    return p
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an ``OSError`` that reached the command line: the file, what went wrong, and
+    what to do for the usual causes (no space, permissions, a read-only file system)."""
+    reason = exc.strerror or exc.__class__.__name__
+    hint = {
+        errno.ENOSPC: "free some space or write elsewhere",
+        errno.EDQUOT: "free some space or write elsewhere",
+        errno.EACCES: "expected a file or folder this user may read and write",
+        errno.EPERM: "expected a file or folder this user may read and write",
+        errno.EROFS: "expected a writable file system",
+        errno.ENOENT: "expected an existing file or folder",
+        errno.ENOTDIR: "expected a folder",
+        errno.EISDIR: "expected a file",
+    }.get(exc.errno or 0, "")
+    names = [os.fspath(n) for n in (exc.filename, exc.filename2) if n is not None]
+    text = f"{reason}{'; ' + hint if hint else ''}"
+    return f"{' -> '.join(map(str, names))}: {text}" if names else text
+
+
+def match_output_folder(out_dir, name: str) -> Path:
+    """:func:`output_folder` for ``match``'s ``-d``: its four outputs must not be folders."""
+    files = [f"{name}_scores.mrc", f"{name}_angles.mrc", f"{name}_rotations.txt", f"{name}_job.json"]
+    return output_folder(out_dir, "--out-dir", files)
