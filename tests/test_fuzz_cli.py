@@ -378,9 +378,30 @@ def test_mutations_are_seeded_and_change_the_argv(tmp_path, inputs):
 
 def test_fuzz_every_command(tmp_path, inputs):
     """A short seeded run: every command, accepted runs on tiny inputs; no failure allowed."""
-    report = run_fuzz(6, 0, tmp_path, inputs=inputs)
+    report = run_fuzz(5, 0, tmp_path, inputs=inputs)
     print(report.table())
     assert not report.failures, report.table()
     outcomes = Counter(c.outcome for c in report.cases)
     assert outcomes["refused"] > 0 and outcomes["ok"] + outcomes["accepted (stub)"] > 0, outcomes
     assert {c.command for c in report.cases} == set(COMMANDS)
+
+
+# --------------------------------------------------------------------------- what the fuzz found
+
+
+@pytest.mark.parametrize(
+    "command,extra,words",
+    [
+        # a fine pixel of 1e-20 voxels: numpy's "Maximum allowed size exceeded" (ValueError, exit 1)
+        ("simulate", ["--binning", "99999999999999999999"], "tomogram size / binning / tilt step"),
+        # 100000 threads per worker: "can't start new thread" on the workers, exit 1
+        ("batch", ["--threads-per-worker", "100000"], "--workers/--threads-per-worker"),
+        ("batch", ["--workers", "100000"], "--workers/--threads-per-worker"),
+        ("batch", ["--workers", "0"], "--workers"),
+    ],
+)
+def test_fuzz_findings_are_refused_in_one_line(command, extra, words, tmp_path, inputs):
+    rc, _, err = run_cli([*base_argv(command, inputs, tmp_path / "out"), *extra])
+    lines = _non_warning_lines(err)
+    assert rc == 2 and len(lines) == 1 and words in lines[0], err
+    assert not (tmp_path / "out").exists()

@@ -24,7 +24,14 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["output_file", "output_folder", "output_prefix", "match_output_folder", "os_error_message"]
+__all__ = [
+    "output_file",
+    "output_folder",
+    "output_prefix",
+    "match_output_folder",
+    "os_error_message",
+    "check_local_cluster",
+]
 
 
 def _writable(folder: Path) -> bool:
@@ -127,3 +134,33 @@ def match_output_folder(out_dir, name: str) -> Path:
     """:func:`output_folder` for ``match``'s ``-d``: its four outputs must not be folders."""
     files = [f"{name}_scores.mrc", f"{name}_angles.mrc", f"{name}_rotations.txt", f"{name}_job.json"]
     return output_folder(out_dir, "--out-dir", files)
+
+
+def check_local_cluster(workers: int | None, threads_per_worker: int, local: bool = True) -> None:
+    """``batch``'s local cluster size, checked before anything starts: ``--workers`` and
+    ``--threads-per-worker`` at least 1, and at most :func:`max_local_threads` threads in all (a
+    huge value would start thousands of processes or threads, and fail only on the workers)."""
+    from ..resources import available_cpus
+
+    if workers is not None and workers < 1:
+        raise InputError(f"{workers}; expected at least 1 worker", None, "--workers")
+    if threads_per_worker < 1:
+        raise InputError(f"{threads_per_worker}; expected at least 1 thread per worker", None, "--threads-per-worker")
+    if not local:
+        return
+    limit = max_local_threads()
+    n = (workers or 1) * threads_per_worker
+    if n > limit:
+        raise InputError(
+            f"{workers or 1} workers x {threads_per_worker} threads = {n} threads; expected at most {limit} on this "
+            f"machine ({available_cpus()} cores; 4 threads per core, at least 64)",
+            None,
+            "--workers/--threads-per-worker",
+        )
+
+
+def max_local_threads() -> int:
+    """Most threads (workers x threads per worker) a local ``batch`` cluster may have."""
+    from ..resources import available_cpus
+
+    return max(64, 4 * available_cpus())
