@@ -394,10 +394,17 @@ def test_fuzz_every_command(tmp_path, inputs):
     [
         # a fine pixel of 1e-20 voxels: numpy's "Maximum allowed size exceeded" (ValueError, exit 1)
         ("simulate", ["--binning", "99999999999999999999"], "tomogram size / binning / tilt step"),
+        # OverflowError building the particle table; numpy's "lam value too large" for the shot noise
+        ("simulate", ["--n-particles", "99999999999999999999"], "particles"),
+        ("simulate", ["--dose-per-tilt", "1e30"], "dose per tilt"),
         # 100000 threads per worker: "can't start new thread" on the workers, exit 1
         ("batch", ["--threads-per-worker", "100000"], "--workers/--threads-per-worker"),
         ("batch", ["--workers", "100000"], "--workers/--threads-per-worker"),
         ("batch", ["--workers", "0"], "--workers"),
+        # a path as the dashboard address: "Cluster failed to start: Name or service not known" (RuntimeError)
+        ("batch", ["--dashboard-address", "/tmp/x/out"], "--dashboard-address"),
+        # a 1e20 voxel box: numpy's "Maximum allowed size exceeded" (ValueError)
+        ("mask", ["-b", "99999999999999999999"], "--box-size"),
     ],
 )
 def test_fuzz_findings_are_refused_in_one_line(command, extra, words, tmp_path, inputs):

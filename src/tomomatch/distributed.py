@@ -486,9 +486,20 @@ def make_cluster(
             n_workers = max(1, n_workers)
     if n_workers < 1 or threads_per_worker < 1:
         raise InputError(f"{n_workers} workers x {threads_per_worker} threads; expected >= 1", None, "--workers")
-    local = LocalCluster(
-        n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=dashboard_address
-    )
+    try:
+        local = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=dashboard_address,
+        )
+    except Exception as exc:  # noqa: BLE001 - Dask's start errors (RuntimeError, OSError, ...) are one line
+        raise InputError(
+            f"the local Dask cluster did not start ({' '.join(str(exc).split())}); expected a free "
+            "--dashboard-address (or none) and --workers this machine can start",
+            None,
+            "--workers/--dashboard-address",
+        ) from None
     return local, local.scheduler_address
 
 

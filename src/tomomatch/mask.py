@@ -41,7 +41,21 @@ def _shape(box_size) -> tuple[int, int, int]:
         raise InputError(f"{box_size!r} is not an integer box size", field="box size") from None
     if len(out) != 3 or any(b < 1 or b != s for b, s in zip(out, shape)):
         raise InputError(f"{box_size!r} must be a positive integer (or 3 of them, z y x)", field="box size")
+    from .resources import check_fits
+
+    # float64 distance grid and weights plus the float32 result, before any of them is allocated
+    check_fits(
+        MASK_BYTES_PER_VOXEL * float(out[0]) * float(out[1]) * float(out[2]),
+        f"a mask of {' x '.join(map(str, out))} voxels",
+        None,
+        "--box-size",
+        "expected the template's box, a few hundred voxels at most",
+    )
     return out
+
+
+#: memory per voxel while a mask is made (float64 distances and weights, the float32 result)
+MASK_BYTES_PER_VOXEL = 28
 
 
 def _offsets(shape, centre):

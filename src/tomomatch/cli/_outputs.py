@@ -31,6 +31,7 @@ __all__ = [
     "match_output_folder",
     "os_error_message",
     "check_local_cluster",
+    "check_dashboard_address",
 ]
 
 
@@ -134,6 +135,17 @@ def match_output_folder(out_dir, name: str) -> Path:
     """:func:`output_folder` for ``match``'s ``-d``: its four outputs must not be folders."""
     files = [f"{name}_scores.mrc", f"{name}_angles.mrc", f"{name}_rotations.txt", f"{name}_job.json"]
     return output_folder(out_dir, "--out-dir", files)
+
+
+def check_dashboard_address(address) -> None:
+    """``batch --dashboard-address``: ``none``, ``:PORT`` or ``HOST:PORT`` with a port 0-65535."""
+    text = str(address)
+    if text.lower() == "none":
+        return
+    host, sep, port = text.rpartition(":")
+    ok = bool(sep) and port.isdigit() and int(port) <= 65535 and "/" not in host and " " not in host
+    if not ok:
+        raise InputError(f"{text!r}; expected :PORT or HOST:PORT (port 0-65535), or none", None, "--dashboard-address")
 
 
 def check_local_cluster(workers: int | None, threads_per_worker: int, local: bool = True) -> None:

@@ -86,7 +86,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..distributed import run_batch
     from ..errors import InputError
-    from ._outputs import check_local_cluster, output_folder
+    from ._outputs import check_dashboard_address, check_local_cluster, output_folder
 
     if args.angular_step is None and args.particle_diameter is None and getattr(args, "angle_list", None) is None:
         raise InputError("give --angular-step, --particle-diameter or --angle-list", None, "--angular-step")
@@ -101,6 +101,7 @@ def run(args) -> int:
     match = match_options_from_args(args)
     output_folder(args.out_dir, "--out-dir")
     check_local_cluster(args.workers, args.threads_per_worker, local=args.scheduler is None and not args.slurm_config)
+    check_dashboard_address(args.dashboard_address)
     extract = None
     if not args.no_extract:
         extract = dict(
