@@ -388,8 +388,9 @@ def test_angle_signs_follow_the_file_except_warp(tmp_path):
     assert read_mdoc(FIXTURES / "small_ts.mrc.mdoc").tilt_angles_deg[0] == pytest.approx(-6.01)
     assert read_aln(FIXTURES / "dark_frames.aln").tilt_angles_deg[3] == -6.0  # SEC 3 TILT -6
     ts = read_warp_xml(FIXTURES / "warp_small.xml")
-    np.testing.assert_allclose(ts.tilt_angles_deg, -ts.extra["warp_angles_deg"])
-    assert ts.extra["warp_angles_deg"][0] == -30 and ts.tilt_angles_deg[0] == 30
+    # negated, then LevelAngleY = -0.5 subtracted (tests/test_warp_level.py)
+    np.testing.assert_allclose(ts.extra["unleveled_tilt_angles_deg"], -ts.extra["warp_angles_deg"])
+    assert ts.extra["warp_angles_deg"][0] == -30 and ts.tilt_angles_deg[0] == 30.5
 
 
 # --------------------------------------------------------------------------- bad input
@@ -450,8 +451,10 @@ def test_bad_imod_defocus(tmp_path, content, fragment):
 
 def test_warp_xml_fixture():
     ts = read_warp_xml(FIXTURES / "warp_small.xml")
-    # Warp angles -30..30 are negated to the IMOD/RELION sign
-    np.testing.assert_allclose(ts.tilt_angles_deg, [30, 15, 0, -15, -30])
+    # Warp angles -30..30 are negated to the IMOD/RELION sign, then LevelAngleY = -0.5 is
+    # subtracted and LevelAngleX = 1.5 becomes the x tilt (tests/test_warp_level.py)
+    np.testing.assert_allclose(ts.tilt_angles_deg, [30.5, 15.5, 0.5, -14.5, -29.5])
+    np.testing.assert_allclose(ts.x_tilt_deg, 1.5)
     np.testing.assert_allclose(ts.accumulated_dose, [9, 3, 0, 6, 12])
     assert ts.excluded.tolist() == [False, False, False, True, False]
     # U = D + delta/2, V = D - delta/2 (Warp's RELION export)

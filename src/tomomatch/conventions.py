@@ -84,6 +84,7 @@ __all__ = [
     "imod_ctfphaseflip_hand",
     "hand_report",
     "warp_tilt_angles_to_internal",
+    "warp_level_angles",
     "relion_to_matrix",
     "matrix_to_relion",
     "pytom_to_matrix",
@@ -375,6 +376,29 @@ def hand_report(hand: int) -> dict[str, str]:
 def warp_tilt_angles_to_internal(warp_angles_deg) -> np.ndarray:
     """Warp stores tilt angles with the opposite sign to IMOD/AreTomo/RELION: negate them."""
     return -np.asarray(warp_angles_deg, dtype=float)
+
+
+def warp_level_angles(tilt_deg, level_angle_x_deg: float = 0.0, level_angle_y_deg: float = 0.0):
+    """Apply Warp's sample levelling angles to tilt angles already in tomomatch's sign.
+
+    Returns ``(y_tilt_deg, x_tilt_deg)`` for :func:`tilt_frame`: ``y_tilt = tilt - LevelAngleY``
+    and ``x_tilt = LevelAngleX`` for every tilt.
+
+    Warp (warpem/warp ``WarpLib/TiltSeries/TiltSeries.cs``, ``GetPositionInAllTilts``,
+    ``GetAngleInAllTilts``; the same product in every projection routine) projects a volume
+    point with ``Matrix3.Euler(0, (Angle + LevelAngleY), -AxisAngle) * Matrix3.RotateX(LevelAngleX)``
+    (radians). ``WarpLib/Tools/Matrix3.cs``: ``Euler(0, b, g)`` = ``Rz(-g) Ry(-b)`` and
+    ``RotateX(a)`` = ``Rx(a)`` (right-handed, matrix times column vector, as here). So Warp's
+    frame is ``Rz(AxisAngle) Ry(-(Angle + LevelAngleY)) Rx(LevelAngleX)``, RELION 5's order
+    ``Rz Ry Rx`` with ``ytilt = -Angle - LevelAngleY`` (``-Angle`` is
+    :func:`warp_tilt_angles_to_internal`) and ``xtilt = +LevelAngleX``. Warp's own RELION
+    export (``ExportParticlesTiltseries.cs``) writes the rows of this matrix as
+    ``rlnTomoProjX/Y/Z``. The mapping assumes, as the tilt-angle negation does, that the
+    tomogram on disk is Warp's volume frame (``TiltSeries.ReconstructFull`` writes voxel
+    ``(x, y, z)`` at position ``(x, y, z) * pixel``).
+    """
+    t = np.asarray(tilt_deg, dtype=float)
+    return t - float(level_angle_y_deg), np.full(t.shape, float(level_angle_x_deg))
 
 
 # --------------------------------------------------------------------------- Euler angles

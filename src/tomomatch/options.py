@@ -321,8 +321,9 @@ def add_match_arguments(p: argparse.ArgumentParser, *, batch: bool = False) -> N
     p.add_argument(
         "--ctf",
         choices=["signed", "abs", "none"],
-        default="signed",
-        help="CTF in the wedge: signed, abs (phase-flipped tomogram) or none",
+        default=None,
+        help="CTF in the wedge: signed, abs (phase-flipped tomogram) or none (default: signed; "
+        "abs with --warp-xml, as Warp reconstructs tomograms phase-flipped)",
     )
     p.add_argument("--no-dose", action="store_true", help="no exposure (dose) filter in the per-tilt wedge")
     p.add_argument(
@@ -385,7 +386,7 @@ def match_options_from_args(args: argparse.Namespace) -> MatchOptions:
         angle_list=getattr(args, "angle_list", None),
         weighting=WeightingOptions(
             wedge=args.wedge,
-            ctf=args.ctf,
+            ctf="signed" if args.ctf is None else args.ctf,  # None: not given (match may pick abs)
             dose=not args.no_dose,
             low_pass_angstrom=args.low_pass,
             high_pass_angstrom=args.high_pass,

@@ -11,6 +11,7 @@ import numpy as np
 from ..conventions import check_hand
 from ..errors import InputError
 from ..tiltseries import TiltSeries
+from ._common import check_tilt_angles
 from .aln import read_aln
 from .mdoc import read_mdoc
 from .plausibility import (
@@ -167,7 +168,14 @@ def load_tilt_series(
             ts = TiltSeries(angles, name=p.name.split(".")[0], source=str(p))
         else:
             _check_n(angles.size, ts, tilt_angles)
-            ts = ts.with_(tilt_angles_deg=angles, extra={**ts.extra, "tilt_angles_file": str(tilt_angles)})
+            extra = {**ts.extra, "tilt_angles_file": str(tilt_angles)}
+            level = ts.extra.get("level_angles")
+            if level:  # Warp reconstructed with its levelling angles whatever the angles' source
+                angles = check_tilt_angles(
+                    angles + level["tilt_angle_offset_deg"], tilt_angles, None, "tilt angle - LevelAngleY"
+                )
+                extra["level_angles"] = {**level, "applied_to": str(tilt_angles)}
+            ts = ts.with_(tilt_angles_deg=angles, extra=extra)
     if ts is None:
         raise InputError(
             "no tilt angles: give a tilt-angle file (--tilt-angles) or a RELION 5, Warp XML, mdoc or aln file"

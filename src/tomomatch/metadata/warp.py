@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from lxml import etree
 
-from ..conventions import hand_from_warp, warp_tilt_angles_to_internal
+from ..conventions import hand_from_warp, warp_level_angles, warp_tilt_angles_to_internal
 from ..errors import InputError
 from ..tiltseries import TiltSeries
 from ._common import check_tilt_angles, library_errors, require_file
@@ -23,7 +23,15 @@ from .plausibility import (
     require_dose_information,
 )
 
-__all__ = ["read_warp_xml"]
+__all__ = ["read_warp_xml", "LEVEL_ANGLE_RULE", "MAX_LEVEL_ANGLE_DEG"]
+
+#: what the reader does with Warp's sample levelling angles (recorded in ``extra["level_angles"]``)
+LEVEL_ANGLE_RULE = (
+    "Warp TiltSeries.cs: Euler(0, Angle + LevelAngleY, -AxisAngle) * RotateX(LevelAngleX) = "
+    "Rz Ry(-(Angle + LevelAngleY)) Rx(LevelAngleX): tilt = -Angle - LevelAngleY, x tilt = LevelAngleX"
+)
+#: largest |LevelAngleX/Y| accepted (the x tilt must stay a small correction, TiltSeries' limit)
+MAX_LEVEL_ANGLE_DEG = 45.0
 
 
 def _list(root, tag: str, path, n: int | None, required: bool, kind=float):
@@ -126,7 +134,13 @@ def read_warp_xml(
       per tilt (Z). A missing grid falls back to the ``<CTF>`` Param of the same name.
     * ``<CTF>`` Params ``Voltage``, ``Cs``, ``Amplitude``, ``PixelSize``.
     * ``AreAnglesInverted`` -> ``hand`` (:func:`tomomatch.conventions.hand_from_warp`).
-    * ``<AxisAngle>`` (mean) -> ``tilt_axis_angle_deg``; ``LevelAngleX/Y`` kept in ``extra``.
+    * ``<AxisAngle>`` (mean) -> ``tilt_axis_angle_deg``.
+    * ``LevelAngleX/Y`` (``ts_autolevel``'s sample levelling, applied by Warp when it reconstructs)
+      -> tilt ``= -Angle - LevelAngleY`` and ``x_tilt_deg = LevelAngleX``
+      (:func:`tomomatch.conventions.warp_level_angles`), recorded in ``extra["level_angles"]``;
+      the angles before levelling in ``extra["unleveled_tilt_angles_deg"]``.
+    * ``extra["reconstruction_phase_flipped"]`` is True: Warp's tomogram reconstruction
+      (``TiltSeries.ReconstructFull``) always phase-flips, so ``match`` defaults to ``--ctf abs``.
 
     Values are checked by :mod:`tomomatch.metadata.plausibility`: no ``<Dose>`` (or 0 for every
     tilt) is an error unless ``allow_missing_dose``; defocus of the used tilts must be 0.5-20 um
@@ -192,12 +206,35 @@ def read_warp_xml(
     if inverted_attr not in ("true", "false"):
         raise InputError(f"AreAnglesInverted={inverted_attr!r}; expected True or False", p, "AreAnglesInverted")
     extra = {"are_angles_inverted": inverted_attr == "true", "warp_angles_deg": warp_angles}
+    level = {}
     for attr in ("LevelAngleX", "LevelAngleY"):
         if root.get(attr) is not None:
             try:
-                extra[attr] = float(root.get(attr))
+                level[attr] = float(root.get(attr))
             except ValueError:
                 raise InputError(f"{attr}={root.get(attr)!r} is not a number", p, attr) from None
+            if not abs(level[attr]) <= MAX_LEVEL_ANGLE_DEG:
+                raise InputError(
+                    f"{attr}={root.get(attr)!r}; expected a finite sample levelling angle within "
+                    f"+-{MAX_LEVEL_ANGLE_DEG:g} degrees",
+                    p,
+                    attr,
+                )
+            extra[attr] = level[attr]
+    angles, x_tilt = warp_level_angles(angles, level.get("LevelAngleX", 0.0), level.get("LevelAngleY", 0.0))
+    if level:
+        angles = check_tilt_angles(angles, p, None, "Angles - LevelAngleY")
+        extra["level_angles"] = {
+            "LevelAngleX": level.get("LevelAngleX", 0.0),
+            "LevelAngleY": level.get("LevelAngleY", 0.0),
+            "x_tilt_deg": level.get("LevelAngleX", 0.0),
+            "tilt_angle_offset_deg": -level.get("LevelAngleY", 0.0),
+            "rule": LEVEL_ANGLE_RULE,
+        }
+        extra["unleveled_tilt_angles_deg"] = warp_tilt_angles_to_internal(warp_angles) + 0.0
+    # Warp's TiltSeries.ReconstructFull phase-flips every tilt (no option turns it off)
+    extra["reconstruction_phase_flipped"] = True
+    extra["reconstruction_phase_flipped_by"] = "Warp/WarpTools reconstruction (TiltSeries.ReconstructFull)"
     pixel = _param(params, "PixelSize", p)
     if pixel is not None:
         pixel = check_pixel_size(pixel, p, "CTF/PixelSize")
@@ -212,6 +249,7 @@ def read_warp_xml(
         astigmatism_angle_deg=astig_angle,
         phase_shift_deg=None if phase is None else phase * 180.0,
         excluded=None if use is None else ~use,
+        x_tilt_deg=x_tilt,
         voltage_kv=check_voltage(_param(params, "Voltage", p, 300.0), p, "CTF/Voltage"),
         cs_mm=check_cs(_param(params, "Cs", p, 2.7), p, "CTF/Cs"),
         amplitude_contrast=check_amplitude_contrast(_param(params, "Amplitude", p, 0.07), p, "CTF/Amplitude"),
