@@ -14,7 +14,15 @@ import numpy as np
 from ..conventions import HandMode, check_hand
 from ..errors import InputError
 
-__all__ = ["SimulationConfig", "Structure", "PRESETS", "preset_config", "default_data_dir"]
+__all__ = [
+    "SimulationConfig",
+    "Structure",
+    "PRESETS",
+    "SHARED_STRUCTURES",
+    "preset_config",
+    "default_data_dir",
+    "shared_structure",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +91,25 @@ class SimulationConfig:
     ice_noise_rad: float = 0.03  # rms ice phase noise per tilt-series pixel at 0 degrees (white, / sqrt(cos t))
     inelastic_mean_free_path_nm: float = 350.0
     jitter_angstrom: float = 0.0  # rms per-tilt residual misalignment (x and y)
+    # ---- realism (docs/simulation.md "Realism"); every one off by default
+    template_structure: Any = None  # the matching template's source (None: the particles' structure)
+    template_low_pass_angstrom: float | None = None  # low-pass the written template (mismatch)
+    crowding_volume_fraction: float = 0.0  # fraction of the slab occupied by crowders (0: none)
+    crowder_structures: tuple = ("@26S-map", "@6z6u", "@70S-map")  # '@name' shared data, paths, phantoms
+    tilt_rotation_deg: float = 0.0  # rms in-plane rotation per tilt (residual misalignment)
+    detector: str = "ideal"  # ideal | k2 | k3 | falcon4 | custom (counting-detector MTF/DQE model)
+    detector_pixel_angstrom: float | None = None  # physical detector pixel at the specimen (None: tilt pixel)
+    detector_mtf_nyquist: float | None = None  # MTF at the detector's Nyquist (override of the model)
+    detector_dqe0: float | None = None  # DQE at zero frequency (override of the model)
+    n_gold: int = 0  # gold fiducials at the slab surfaces
+    gold_diameter_nm: float = 10.0
+    gold_potential_volt: float = 25.0  # mean inner potential of gold above the ice
+    gold_amplitude_contrast: float = 0.3  # amplitude contrast of gold (scattering outside the aperture)
+    carbon_edge_x_fraction: float | None = None  # carbon film for x > fraction * size (None: no edge)
+    carbon_thickness_nm: float = 15.0
+    carbon_potential_volt: float = 9.0
+    carbon_noise_rad: float = 0.05  # rms amorphous-carbon phase noise per pixel through the film at 0 deg
+    estimate_sigma: bool = False  # score the particles at their true pose against the background
     # ---- outputs
     tomo_name: str = "sim"
     template_box_size: int | None = None
@@ -141,10 +168,44 @@ class SimulationConfig:
             "ice_noise_rad",
             "jitter_angstrom",
             "blob_peak_volt",
+            "crowding_volume_fraction",
+            "tilt_rotation_deg",
+            "gold_potential_volt",
+            "carbon_potential_volt",
+            "carbon_noise_rad",
         ):
             pos(n, allow_zero=True)
-        for n in ("n_particles", "n_decoys", "n_blobs"):
+        for n in ("n_particles", "n_decoys", "n_blobs", "n_gold"):
             pos(n, integer=True, allow_zero=True)
+        for n in ("gold_diameter_nm", "carbon_thickness_nm"):
+            pos(n)
+        self.n_gold = int(self.n_gold)
+        if not 0 <= float(self.gold_amplitude_contrast) < 1:
+            raise InputError(f"{self.gold_amplitude_contrast} outside [0, 1)", field="gold amplitude contrast")
+        if float(self.crowding_volume_fraction) > 0.45:
+            raise InputError(
+                f"{self.crowding_volume_fraction} is more than random packing reaches; expected 0-0.45",
+                field="crowding volume fraction",
+            )
+        if float(self.crowding_volume_fraction) > 0 and not len(self.crowder_structures):
+            raise InputError("crowding needs at least one crowder structure", field="crowder structures")
+        for n in ("template_low_pass_angstrom", "detector_pixel_angstrom"):
+            if getattr(self, n) is not None:
+                pos(n)
+        from .realism import DETECTORS
+
+        if self.detector not in DETECTORS and self.detector != "custom":
+            raise InputError(
+                f"unknown detector {self.detector!r}; expected {', '.join(DETECTORS)} or custom", field="detector"
+            )
+        for n in ("detector_mtf_nyquist", "detector_dqe0"):
+            val = getattr(self, n)
+            if val is not None and not 0 < float(val) <= 1:
+                raise InputError(f"{val!r} must be in (0, 1]", field=n)
+        if self.detector == "custom" and (self.detector_mtf_nyquist is None or self.detector_dqe0 is None):
+            raise InputError("a custom detector needs detector_mtf_nyquist and detector_dqe0", field="detector")
+        if self.carbon_edge_x_fraction is not None and not 0 <= float(self.carbon_edge_x_fraction) <= 1:
+            raise InputError(f"{self.carbon_edge_x_fraction!r} must be in [0, 1]", field="carbon edge x fraction")
         pos("binning", integer=True)
         self.binning = int(self.binning)
         self.n_particles, self.n_decoys, self.n_blobs = int(self.n_particles), int(self.n_decoys), int(self.n_blobs)
@@ -221,13 +282,25 @@ class SimulationConfig:
         b = float(self.binning)
         n_tilts = math.floor((float(self.tilt_max_deg) - float(self.tilt_min_deg)) / float(self.tilt_step_deg)) + 1
         fine = float(self.phantom_diameter_angstrom) * b / float(self.voxel_size_angstrom)
+        n_objects = float(self.n_particles) + float(self.n_decoys) + float(self.n_blobs)
         need = 4.0 * 4 * nx * ny * nz + 8.0 * n_tilts * (nx * b) * (ny * b) + 4.0 * 2 * (2 * fine) ** 3
+        need += 1024.0 * n_objects  # poses, positions and per-tilt tables of every particle, decoy and blob
+        # the dose files written must read back: the readers' total-dose limit (metadata.plausibility)
+        from ..metadata.plausibility import MAX_TOTAL_DOSE
+
+        if float(self.dose_per_tilt) * n_tilts >= MAX_TOTAL_DOSE:
+            raise InputError(
+                f"{self.dose_per_tilt} e/A^2 per tilt x {n_tilts:.3g} tilts; expected a total below "
+                f"{MAX_TOTAL_DOSE:g} e/A^2 (the range tomomatch's readers accept)",
+                field="dose per tilt",
+            )
         check_fits(
             need,
-            f"a {nx:.0f} x {ny:.0f} x {nz:.0f} tomogram, {n_tilts:.3g} tilts and binning {b:.3g}",
+            f"a {nx:.0f} x {ny:.0f} x {nz:.0f} tomogram, {n_tilts:.3g} tilts, binning {b:.3g} and "
+            f"{n_objects:.3g} particles, decoys and blobs",
             None,
-            "tomogram size / binning / tilt step",
-            "expected a smaller --size, --binning or a coarser --tilt-step",
+            "tomogram size / binning / tilt step / particles",
+            "expected a smaller --size, --binning, --n-particles/--n-decoys/--n-blobs or a coarser --tilt-step",
         )
 
 
@@ -238,17 +311,85 @@ def default_data_dir() -> Path:
     return shared_data_dir() or Path("shared-data-not-found")
 
 
-def _ribosome_structure() -> tuple[Any, list[str]]:
-    p = default_data_dir() / "structures" / "4v5d.cif.gz"
-    try:
-        import gemmi  # noqa: F401
+#: ``"@name"`` structure specs: files of the shared data folder (``../shared/data``, see its README)
+SHARED_STRUCTURES: dict[str, tuple[str, str, float]] = {
+    # name: (relative path, what, fallback phantom diameter in A)
+    "@4v5d": ("structures/4v5d.cif.gz", "70S ribosome model 4V5D", 250.0),
+    "@3j9i": ("structures/3j9i.pdb.gz", "20S proteasome model 3J9I", 170.0),
+    "@6z6u": ("structures/6z6u.pdb.gz", "apoferritin model 6Z6U", 125.0),
+    "@20S-map": ("maps/polnet_3j9i_20S_5A.mrc", "PolNet 20S proteasome map (3J9I, 5 A)", 170.0),
+    "@26S-map": ("maps/polnet_4cr2_26S_5A.mrc", "PolNet 26S proteasome map (4CR2, 5 A)", 300.0),
+    "@70S-map": ("maps/polnet_4v4r_70S_5A.mrc", "PolNet 70S ribosome map (4V4R, 5 A)", 250.0),
+}
 
-        ok = p.exists()
-    except ImportError:  # pragma: no cover
-        ok = False
+
+def shared_structure(spec: str) -> tuple[str | None, list[str]]:
+    """Path of a ``"@name"`` structure (:data:`SHARED_STRUCTURES`), or ``(None, [warning])`` when
+    the shared data (or gemmi, for a model) is missing."""
+    rel, what, _ = SHARED_STRUCTURES[spec]
+    p = default_data_dir() / rel
+    ok = p.exists()
+    if ok and not rel.startswith("maps/"):
+        try:
+            import gemmi  # noqa: F401
+        except ImportError:  # pragma: no cover
+            ok = False
     if ok:
         return str(p), []
+    return None, [f"{what} {p} not found (or gemmi missing)"]
+
+
+def _ribosome_structure() -> tuple[Any, list[str]]:
+    path, _ = shared_structure("@4v5d")
+    if path is not None:
+        return path, []
+    p = default_data_dir() / "structures" / "4v5d.cif.gz"
     return "phantom", [f"70S model {p} not found (or gemmi missing): simulating the built-in phantom instead"]
+
+
+def _resolve_shared(params: dict, overrides: dict) -> list[str]:
+    """Resolve the ``"@name"`` specs of ``params`` in place (the new structure fields; the 70S of
+    the existing presets goes through :func:`_ribosome_structure`, unchanged). Missing files: the
+    particles fall back to the phantom, the template to the particles' structure, crowders are
+    dropped; each with a warning."""
+    warns: list[str] = []
+    spec = params.get("structure")
+    if isinstance(spec, str) and spec in SHARED_STRUCTURES and spec != "@4v5d":
+        path, w = shared_structure(spec)
+        if path is None:
+            params["structure"] = "phantom"
+            if "phantom_diameter_angstrom" not in overrides:
+                params["phantom_diameter_angstrom"] = SHARED_STRUCTURES[spec][2]
+            warns += [w[0] + ": simulating the built-in phantom instead"]
+        else:
+            params["structure"] = path
+    tspec = params.get("template_structure")
+    if isinstance(tspec, str) and tspec in SHARED_STRUCTURES:
+        path, w = shared_structure(tspec)
+        if path is None:
+            warns += [w[0] + ": the template is made from the particles' structure (no mismatch)"]
+        params["template_structure"] = path
+    crowders = params.get("crowder_structures") or ()
+    if isinstance(crowders, str):
+        crowders = (crowders,)
+    if float(params.get("crowding_volume_fraction") or 0.0) > 0:
+        kept = []
+        for c in crowders:
+            if isinstance(c, str) and c in SHARED_STRUCTURES:
+                path, w = shared_structure(c)
+                if path is None:
+                    warns += [w[0] + ": left out of the crowders"]
+                    continue
+                kept.append(path)
+            else:
+                kept.append(c)
+        if not kept:
+            warns += ["no crowder structure is available: crowding switched off"]
+            params["crowding_volume_fraction"] = 0.0
+        params["crowder_structures"] = tuple(kept)
+    else:
+        params["crowder_structures"] = tuple(crowders)
+    return warns
 
 
 #: Preset name -> parameter overrides of :class:`SimulationConfig`.
@@ -335,6 +476,38 @@ PRESETS["lamella"] = dict(
 )
 
 
+# a hard picking problem: 20S proteasomes (3J9I model) matched with the PolNet 20S map, among
+# 26S proteasomes (look-alikes: a 20S core with caps), apoferritin and 70S ribosomes at 15 %
+# volume, in 160 nm of ice, with residual misalignment, a K3-like detector, gold fiducials and a
+# carbon edge. 200 x 200 x 200 voxels of 10 A; under a minute on 2 cores (docs/simulation.md).
+PRESETS["hard"] = dict(
+    structure="@3j9i",
+    template_structure="@20S-map",
+    n_particles=40,
+    n_decoys=0,
+    n_blobs=100,
+    thickness_nm=160.0,
+    tomogram_size_xyz=(200, 200, 200),
+    voxel_size_angstrom=10.0,
+    binning=2,
+    tilt_min_deg=-60.0,
+    tilt_max_deg=60.0,
+    tilt_step_deg=3.0,
+    dose_per_tilt=3.0,
+    defocus_um=3.0,
+    defocus_scatter_um=0.15,
+    ice_noise_rad=0.06,
+    jitter_angstrom=3.0,
+    tilt_rotation_deg=0.3,
+    detector="k3",
+    detector_pixel_angstrom=5.0,
+    crowding_volume_fraction=0.15,
+    crowder_structures=("@26S-map", "@6z6u", "@70S-map"),
+    n_gold=6,
+    carbon_edge_x_fraction=0.8,
+)
+
+
 def preset_config(preset: str = "ci", **overrides) -> SimulationConfig:
     """A validated :class:`SimulationConfig` for ``preset`` with keyword overrides.
 
@@ -348,7 +521,15 @@ def preset_config(preset: str = "ci", **overrides) -> SimulationConfig:
     for k, v in overrides.items():
         if k not in names or k in ("preset", "warnings"):
             raise InputError(f"unknown simulation parameter {k!r}", field=k)
-        if v is not None or k in ("min_distance_angstrom", "template_box_size", "astigmatism_angle_deg"):
+        if v is not None or k in (
+            "min_distance_angstrom",
+            "template_box_size",
+            "astigmatism_angle_deg",
+            "template_structure",
+            "template_low_pass_angstrom",
+            "detector_pixel_angstrom",
+            "carbon_edge_x_fraction",
+        ):
             params[k] = v
     warns: list[str] = []
     if params.get("structure") == "@4v5d":
@@ -358,6 +539,7 @@ def preset_config(preset: str = "ci", **overrides) -> SimulationConfig:
     if params.get("decoy_structure") == "@4v5d":
         params["decoy_structure"], w2 = _ribosome_structure()
         warns += w2
+    warns += _resolve_shared(params, overrides)
     cfg = SimulationConfig(preset=preset, **params)
     cfg.warnings = warns
     return cfg.validate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from ..mrcio import atomic_path, write_volume
 from ..tiltseries import TiltSeries
 from .config import SimulationConfig, Structure, preset_config
 from .physics import FourierProjector, interaction_constant, poisson_counts, tilt_scheme, weighted_back_projection
+from . import realism
 
 __all__ = ["simulate", "run_simulation", "SimulationResult", "load_structure", "LoadedStructure"]
 
@@ -150,6 +152,8 @@ class SimulationResult:
     tilt_series_counts, tomogram, tomogram_noise_free
         The tilt series (detected electrons), the reconstruction and, with
         ``write_noise_free``, the reconstruction without noise (else None); set by :func:`simulate`.
+    distractors
+        Crowders and gold beads (the ``distractors.star`` rows), or None when there are none.
     """
 
     out_dir: Path
@@ -160,6 +164,7 @@ class SimulationResult:
     hand: int
     config: SimulationConfig
     summary: dict = field(default_factory=dict)
+    distractors: pd.DataFrame | None = None
     tilt_series_counts: np.ndarray = field(init=False, repr=False, compare=False)
     tomogram: np.ndarray = field(init=False, repr=False, compare=False)
     tomogram_noise_free: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
@@ -252,6 +257,8 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     (rng_place, rng_rot, rng_tilt, rng_noise, rng_blob, rng_jitter, rng_ice) = [
         np.random.default_rng(s) for s in ss.spawn(7)
     ]
+    # the realism features' streams, spawned after the first seven (which they leave unchanged)
+    rng_crowd, rng_gold, rng_carbon, rng_inplane = [np.random.default_rng(s) for s in ss.spawn(4)]
     nx, ny, nz = cfg.tomogram_size_xyz
     v = float(cfg.voxel_size_angstrom)
     b = int(cfg.binning)
@@ -278,6 +285,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     df_u = df_tilt + 0.5 * cfg.astigmatism_um
     df_v = df_tilt - 0.5 * cfg.astigmatism_um
     jitter = cfg.jitter_angstrom * rng_jitter.standard_normal((nt, 2))  # (dx, dy) A per tilt
+    inplane_deg = cfg.tilt_rotation_deg * rng_inplane.standard_normal(nt)  # in-plane rotation per tilt
     lam = electron_wavelength_angstrom(cfg.voltage_kv)
     sigma_e = interaction_constant(cfg.voltage_kv)
     # columns: image x axis, image y axis, beam (in the tomogram frame), per tilt
@@ -288,6 +296,11 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     structs = [part]
     if cfg.n_decoys:
         structs.append(load_structure(cfg.decoy_structure, ps, cfg.phantom_diameter_angstrom))
+    crowder_kinds: list[int] = []
+    if cfg.crowding_volume_fraction > 0:
+        for spec in cfg.crowder_structures:
+            crowder_kinds.append(len(structs))
+            structs.append(load_structure(spec, ps, cfg.phantom_diameter_angstrom))
     clock.lap("structures")
 
     # ---------------------------------------------------------------- sample
@@ -314,10 +327,18 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         poses = relion_to_matrix(ang)
     else:
         poses = Rotation.random(n_tot, random_state=rng_rot).as_matrix() if n_tot else np.zeros((0, 3, 3))
+    # realism: gold beads and crowders around the particles (occupancy grid at the tomogram voxel)
+    extra = _place_extras(cfg, structs, crowder_kinds, kind, pos, poses, slab_z, rng_gold, rng_crowd)
+    if extra["crowder_kind"].size:
+        kind = np.concatenate([kind, extra["crowder_kind"]])
+        pos = np.concatenate([pos, extra["crowder_pos"]])
+        poses = np.concatenate([poses, extra["crowder_rot"]])
+    n_obj = kind.size  # particles, decoys and crowders: everything projected from a structure
+    gold_pos = extra["gold_pos"]
     # per-particle per-tilt defocus (U and V shifted alike), with the TRUE hand
     off_um = (
         defocus_at_point_um(0.0, pos[:, 0:1], pos[:, 2:3], angles[None, :], cfg.hand, cfg.hand_mode)
-        if n_tot
+        if n_obj
         else np.zeros((0, nt))
     )
     part_df = df_tilt[None, :] + off_um
@@ -338,7 +359,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     # the fine projection Fourier-cropped to v (the tilt series is made at v directly).
     k_out = 0.5 / v
     df_max = (
-        abs(cfg.defocus_um) + 4 * cfg.defocus_scatter_um + cfg.astigmatism_um + (np.abs(off_um).max() if n_tot else 0.0)
+        abs(cfg.defocus_um) + 4 * cfg.defocus_scatter_um + cfg.astigmatism_um + (np.abs(off_um).max() if n_obj else 0.0)
     )
     deloc_px = lam * df_max * ANGSTROM_PER_MICROMETRE * k_out / v  # CTF delocalisation, output pixels
     projectors, qsizes = [], []
@@ -356,7 +377,7 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     beam_z = beam_direction(angles)[:, 2]
     atten = np.exp(-cfg.thickness_nm / (beam_z * cfg.inelastic_mean_free_path_nm))
     e_per_px = dose_tilt * v * v * atten
-    proj_pos_x = projected_x(pos[:, 0:1], pos[:, 2:3], angles[None, :]) if n_tot else np.zeros((0, nt))
+    proj_pos_x = projected_x(pos[:, 0:1], pos[:, 2:3], angles[None, :]) if n_obj else np.zeros((0, nt))
     contrast = np.zeros((nt, ny, nx), dtype=np.float32)
     dose_mid = pre + 0.5 * dose_tilt
     # particles of one kind in batches (all tilts at once); patches are made centred on index
@@ -396,12 +417,16 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
                     _paste(
                         contrast[t], patch[jj, t], int(Yi[jj, t]) - centre_index(Q), int(Xi[jj, t]) - centre_index(Q)
                     )
+    if gold_pos.shape[0]:
+        _add_gold(contrast, cfg, gold_pos, angles, jitter, df_tilt, ast_ang, dose_mid, deloc_px, cx, cy, sigma_e)
     clock.lap("projection")
     # background: ice phase noise + blobs, through the nominal CTF of each tilt
     signal = np.zeros_like(contrast) if cfg.write_noise_free else None
     if signal is not None:
         signal += contrast
-    if cfg.ice_noise_rad > 0 or cfg.n_blobs:
+    carbon = _carbon_geometry(cfg, slab_z, half)
+    rotate = cfg.tilt_rotation_deg > 0
+    if cfg.ice_noise_rad > 0 or cfg.n_blobs or carbon is not None or rotate:
         fy = torch.from_numpy(np.fft.fftfreq(ny).astype(np.float32))[None, :, None] / v
         fx = torch.from_numpy(np.fft.rfftfreq(nx).astype(np.float32))[None, None, :] / v
         for t in range(nt):
@@ -414,15 +439,41 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
                 _add_blobs(bg, blob_pos, blob_sig, cfg.blob_peak_volt, angles[t], jitter[t], cx, cy, v, sigma_e)
                 if signal is not None:
                     signal[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * filt, s=(ny, nx)).numpy()
+            if carbon is not None:
+                path = realism.carbon_edge_profile(
+                    nx, v, angles[t], jitter[t, 0], carbon["x_edge"], carbon["z_low"], carbon["z_high"]
+                )
+                cb = np.broadcast_to((sigma_e * cfg.carbon_potential_volt * path)[None, :], (ny, nx)).astype(np.float32)
+                if cfg.carbon_noise_rad > 0:
+                    rms = cfg.carbon_noise_rad * np.sqrt(path / (cfg.carbon_thickness_nm * 10.0))
+                    cb = cb + (rng_carbon.standard_normal((ny, nx)) * rms[None, :]).astype(np.float32)
+                bg += cb
+                if signal is not None:
+                    signal[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(cb)) * filt, s=(ny, nx)).numpy()
+            if rotate:  # residual in-plane rotation of everything the specimen makes (not the ice noise)
+                contrast[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * filt, s=(ny, nx)).numpy()
+                contrast[t] = realism.rotate_image(contrast[t], inplane_deg[t], (cy, cx))
+                if signal is not None:
+                    signal[t] = realism.rotate_image(signal[t], inplane_deg[t], (cy, cx))
+                bg = np.zeros((ny, nx), dtype=np.float32)
             if cfg.ice_noise_rad > 0:
                 bg += rng_ice.standard_normal((ny, nx)).astype(np.float32) * np.float32(
                     cfg.ice_noise_rad / math.sqrt(beam_z[t])
                 )
             contrast[t] += torch.fft.irfft2(torch.fft.rfft2(torch.from_numpy(bg)) * filt, s=(ny, nx)).numpy()
-    # detection: expected electrons per pixel, Poisson
+    # detection: expected electrons per pixel, Poisson (and the detector's MTF and DQE)
+    det = (
+        None
+        if cfg.detector == "ideal"
+        else realism.detector_parameters(cfg.detector, cfg.detector_mtf_nyquist, cfg.detector_dqe0)
+    )
     for t in range(nt):
         intensity = contrast[t] + np.float32(1.0)
-        if cfg.shot_noise:
+        if det is not None:
+            noisy = poisson_counts(intensity, e_per_px[t], rng_noise) if cfg.shot_noise else None
+            expected = np.clip(intensity, 0.0, None) * e_per_px[t]
+            counts[t] = realism.apply_detector(expected, noisy, v, cfg.detector_pixel_angstrom or v, det[0], det[1])
+        elif cfg.shot_noise:
             counts[t] = poisson_counts(intensity, e_per_px[t], rng_noise)
         else:
             counts[t] = intensity * np.float32(e_per_px[t])
@@ -442,17 +493,18 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     clock.lap("reconstruction")
 
     # ---------------------------------------------------------------- ground truth
-    idx = (
+    idx_all = (
         np.column_stack(
             [pos[:, 0] / v + centre_index(nx), pos[:, 1] / v + centre_index(ny), pos[:, 2] / v + centre_index(nz)]
         )
-        if n_tot
+        if n_obj
         else np.zeros((0, 3))
     )
-    rel = relion5_centered_angstrom(idx, v, (nx, ny, nz), v) if n_tot else np.zeros((0, 3))
+    rel_all = relion5_centered_angstrom(idx_all, v, (nx, ny, nz), v) if n_obj else np.zeros((0, 3))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Gimbal lock")
-        eul = matrix_to_relion(poses) if n_tot else np.zeros((0, 3))
+        eul_all = matrix_to_relion(poses) if n_obj else np.zeros((0, 3))
+    idx, rel, eul = idx_all[:n_tot], rel_all[:n_tot], eul_all[:n_tot]
     particles = pd.DataFrame(
         {
             "rlnTomoName": [cfg.tomo_name] * n_tot,
@@ -465,10 +517,13 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
             "tmVoxelIndexX": idx[:, 0],
             "tmVoxelIndexY": idx[:, 1],
             "tmVoxelIndexZ": idx[:, 2],
-            "tmIsDecoy": kind.astype(int),
+            "tmIsDecoy": kind[:n_tot].astype(int),
             "tmTrueHand": np.full(n_tot, cfg.hand, dtype=int),
-            "tmStructure": [structs[k].name for k in kind],
+            "tmStructure": [structs[k].name for k in kind[:n_tot]],
         }
+    )
+    distractors = _distractor_table(
+        cfg, structs, kind[n_tot:], rel_all[n_tot:], idx_all[n_tot:], eul_all[n_tot:], gold_pos
     )
     ts = TiltSeries(
         tilt_angles_deg=angles,
@@ -526,12 +581,14 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
             "defocus_v_um": df_v.tolist(),
             "astigmatism_angle_deg": ast_ang.tolist(),
             "jitter_xy_angstrom": jitter.tolist(),
+            "in_plane_rotation_deg": inplane_deg.tolist(),
             "attenuation": atten.tolist(),
             "electrons_per_simulation_pixel": e_per_px.tolist(),
         },
         "n_particles": cfg.n_particles,
         "n_decoys": cfg.n_decoys,
         "n_blobs": cfg.n_blobs,
+        "realism": _realism_summary(cfg, extra, carbon, gold_pos, structs, crowder_kinds, kind, n_tot),
         "conventions": {
             "pose": "particle(r) = template(R^T (r - p)); RELION rot/tilt/psi = conventions.matrix_to_relion(R)",
             "image": "tilt axis y; x' = x cos t + z sin t (IMOD/RELION 5); centre voxel n//2; "
@@ -545,15 +602,34 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
         out_dir=out_dir,
         paths={},
         particles=particles,
-        defocus_um=part_df,
+        defocus_um=part_df[:n_tot],
         tilt_series=ts,
         hand=cfg.hand,
         config=cfg,
         summary=summary,
+        distractors=distractors,
     )
     result.tilt_series_counts = counts
     result.tomogram = tomo
     result.tomogram_noise_free = tomo_nf
+    if cfg.estimate_sigma and cfg.n_particles:
+        from .scoring import particle_sigma
+
+        template, mask, _ = make_template(cfg, structs[0])
+        summary["particle_sigma"] = particle_sigma(
+            tomo,
+            v,
+            ts,
+            template,
+            mask,
+            idx[: cfg.n_particles],
+            poses[: cfg.n_particles],
+            hand=cfg.hand,
+            hand_mode=cfg.hand_mode,
+            particle_diameter_angstrom=2.0 * structs[0].radius_angstrom,
+            seed=cfg.seed,
+        )
+        clock.lap("particle_sigma")
     if write:
         _write_outputs(result, counts, tomo, structs[0], cfg)
         clock.lap("write")
@@ -562,6 +638,226 @@ def run_simulation(cfg: SimulationConfig, out_dir, *, write: bool = True) -> Sim
     if write:
         _write_json(out_dir / "summary.json", summary)
     return result
+
+
+def _support_at_voxel(s: LoadedStructure, v: float) -> np.ndarray:
+    """A structure's density resampled to the tomogram voxel ``v`` (for the occupancy grid)."""
+    from .. import template as tpl
+
+    return _cube(tpl.resample_fourier(s.density, s.voxel_size_angstrom, v))
+
+
+def _place_extras(cfg, structs, crowder_kinds, kind, pos, poses, slab_z, rng_gold, rng_crowd) -> dict:
+    """Gold beads and crowders, placed on an occupancy grid at the tomogram voxel that already
+    holds the particles and decoys (their supports at their poses): nothing overlaps."""
+    nx, ny, nz = cfg.tomogram_size_xyz
+    v = float(cfg.voxel_size_angstrom)
+    out: dict[str, Any] = {
+        "gold_pos": np.zeros((0, 3)),
+        "crowder_kind": np.zeros(0, dtype=int),
+        "crowder_pos": np.zeros((0, 3)),
+        "crowder_rot": np.zeros((0, 3, 3)),
+        "crowding": None,
+    }
+    if cfg.n_gold == 0 and cfg.crowding_volume_fraction <= 0:
+        return out
+    c = np.array([centre_index(nz), centre_index(ny), centre_index(nx)], dtype=float)
+    occ = np.zeros((nz, ny, nx), dtype=bool)
+    coarse = {}
+    for i, k in enumerate(kind):
+        if k not in coarse:
+            coarse[k] = _support_at_voxel(structs[k], v)
+        m = realism.rotated_support(coarse[k], poses[i])
+        realism._paste_mask(occ, m, np.rint(pos[i, ::-1] / v + c).astype(int), test_only=False)
+    # gold: balls touching one of the slab's two surfaces, anywhere in the field
+    r_gold = cfg.gold_diameter_nm * 5.0
+    gold = []
+    if cfg.n_gold:
+        rv = r_gold / v
+        n = 2 * int(math.ceil(rv)) + 3
+        g = np.arange(n) - centre_index(n)
+        ball = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2) <= rv * rv
+        half_xy = np.array([nx * v / 2 - r_gold, ny * v / 2 - r_gold])
+        if np.any(half_xy <= 0) or slab_z[1] - slab_z[0] < 2 * r_gold:
+            raise InputError(
+                f"gold beads of {cfg.gold_diameter_nm:g} nm do not fit in the field or the slab", field="gold diameter"
+            )
+        for _ in range(cfg.n_gold):
+            for _try in range(200):
+                xy = rng_gold.uniform(-half_xy, half_xy)
+                z = slab_z[0] + r_gold if rng_gold.random() < 0.5 else slab_z[1] - r_gold
+                p = np.array([xy[0], xy[1], z])
+                free, _n = realism._paste_mask(occ, ball, np.rint(p[::-1] / v + c).astype(int), test_only=False)
+                if free:
+                    gold.append(p)
+                    break
+            else:
+                raise InputError(f"no room for {cfg.n_gold} gold beads (placed {len(gold)})", field="n gold")
+    out["gold_pos"] = np.asarray(gold, dtype=float).reshape(-1, 3)
+    if cfg.crowding_volume_fraction > 0:
+        z0 = int(math.ceil(slab_z[0] / v + c[0] - 1e-9))
+        z1 = int(math.floor(slab_z[1] / v + c[0] + 1e-9))
+        dens = [_support_at_voxel(structs[k], v) for k in crowder_kinds]
+        pl = realism.place_crowders(rng_crowd, dens, occ, (max(z0, 0), min(z1, nz - 1)), cfg.crowding_volume_fraction)
+        out["crowder_kind"] = np.asarray(crowder_kinds, dtype=int)[pl.kind] if pl.kind.size else np.zeros(0, int)
+        out["crowder_pos"] = (pl.centre_zyx[:, ::-1] - c[::-1]) * v
+        out["crowder_rot"] = pl.rotation
+        out["crowding"] = pl
+        if pl.fraction < 0.9 * cfg.crowding_volume_fraction:
+            msg = (
+                f"crowders fill {pl.fraction:.3f} of the slab, short of the requested "
+                f"{cfg.crowding_volume_fraction:g} (no room found after {pl.n_failures} tries)"
+            )
+            cfg.warnings.append(msg)
+            warnings.warn(msg, stacklevel=3)
+    return out
+
+
+def _add_gold(contrast, cfg, gold_pos, angles, jitter, df_tilt, ast_ang, dose_mid, deloc_px, cx, cy, sigma_e) -> None:
+    """Gold beads: uniform balls (``gold_potential_volt``) through the CTF at each bead's own
+    defocus, from the analytic transform of a ball's projection (band-limited, exact), with the
+    amplitude contrast ``gold_amplitude_contrast`` (gold scatters strongly outside the objective
+    aperture: the bead is dark at low frequencies, not only at its rim)."""
+    nt = angles.size
+    v = float(cfg.voxel_size_angstrom)
+    r = cfg.gold_diameter_nm * 5.0
+    q = int(sfft.next_fast_len(int(math.ceil(2 * r / v + 2 * deloc_px + 8))))
+    q += q % 2
+    ku = np.fft.rfftfreq(q)[None, :] / v
+    kv = np.fft.fftfreq(q)[:, None] / v
+    ft = torch.from_numpy(realism.sphere_projection_ft(np.sqrt(ku * ku + kv * kv), r, cfg.gold_potential_volt))
+    ku_t = torch.from_numpy(np.fft.rfftfreq(q).astype(np.float32))[None, None, :]
+    kv_t = torch.from_numpy(np.fft.fftfreq(q).astype(np.float32))[None, :, None]
+    off = defocus_at_point_um(0.0, gold_pos[:, 0:1], gold_pos[:, 2:3], angles[None, :], cfg.hand, cfg.hand_mode)
+    xs = projected_x(gold_pos[:, 0:1], gold_pos[:, 2:3], angles[None, :])
+    gold_cfg = dataclasses.replace(cfg, amplitude_contrast=cfg.gold_amplitude_contrast)
+    for j in range(gold_pos.shape[0]):
+        df = df_tilt + off[j]
+        filt = _transfer(
+            ku_t / v,
+            kv_t / v,
+            gold_cfg,
+            df + 0.5 * cfg.astigmatism_um,
+            df - 0.5 * cfg.astigmatism_um,
+            ast_ang,
+            dose_mid,
+        )
+        X = cx + (xs[j] + jitter[:, 0]) / v
+        Y = cy + (gold_pos[j, 1] + jitter[:, 1]) / v
+        Xi, Yi = np.round(X), np.round(Y)
+        dx = torch.from_numpy((X - Xi + centre_index(q)).astype(np.float32).reshape(-1, 1, 1))
+        dy = torch.from_numpy((Y - Yi + centre_index(q)).astype(np.float32).reshape(-1, 1, 1))
+        ramp = -2 * math.pi * (dx * ku_t + dy * kv_t)
+        spec = (ft[None] * (2.0 * sigma_e / (v * v))).to(torch.float32) * filt
+        patch = torch.fft.irfft2(spec * torch.polar(torch.ones_like(ramp), ramp), s=(q, q)).numpy()
+        for t in range(nt):
+            _paste(contrast[t], patch[t], int(Yi[t]) - centre_index(q), int(Xi[t]) - centre_index(q))
+
+
+def _carbon_geometry(cfg, slab_z, half) -> dict | None:
+    """The carbon film: ``x > x_edge``, on top of the ice slab (``slab_z[1] .. + thickness``),
+    all y; centred Angstrom."""
+    if cfg.carbon_edge_x_fraction is None:
+        return None
+    nx = cfg.tomogram_size_xyz[0]
+    v = float(cfg.voxel_size_angstrom)
+    x_edge = (float(cfg.carbon_edge_x_fraction) * nx - centre_index(nx)) * v
+    return {
+        "x_edge": x_edge,
+        "z_low": float(slab_z[1]),
+        "z_high": float(slab_z[1]) + cfg.carbon_thickness_nm * 10.0,
+        "x_edge_voxel": x_edge / v + centre_index(nx),
+    }
+
+
+def _distractor_table(cfg, structs, ckind, rel, idx, eul, gold_pos) -> pd.DataFrame | None:
+    """Crowders and gold beads, for attributing false positives (``distractors.star``)."""
+    if ckind.size == 0 and gold_pos.shape[0] == 0:
+        return None
+    nx, ny, nz = cfg.tomogram_size_xyz
+    v = float(cfg.voxel_size_angstrom)
+    g_idx = (
+        gold_pos / v + np.array([centre_index(nx), centre_index(ny), centre_index(nz)])
+        if gold_pos.shape[0]
+        else np.zeros((0, 3))
+    )
+    g_rel = relion5_centered_angstrom(g_idx, v, (nx, ny, nz), v) if gold_pos.shape[0] else np.zeros((0, 3))
+    n_c, n_g = ckind.size, gold_pos.shape[0]
+    return pd.DataFrame(
+        {
+            "rlnTomoName": [cfg.tomo_name] * (n_c + n_g),
+            "rlnCenteredCoordinateXAngst": np.concatenate([rel[:, 0], g_rel[:, 0]]),
+            "rlnCenteredCoordinateYAngst": np.concatenate([rel[:, 1], g_rel[:, 1]]),
+            "rlnCenteredCoordinateZAngst": np.concatenate([rel[:, 2], g_rel[:, 2]]),
+            "rlnAngleRot": np.concatenate([eul[:, 0], np.zeros(n_g)]),
+            "rlnAngleTilt": np.concatenate([eul[:, 1], np.zeros(n_g)]),
+            "rlnAnglePsi": np.concatenate([eul[:, 2], np.zeros(n_g)]),
+            "tmVoxelIndexX": np.concatenate([idx[:, 0], g_idx[:, 0]]),
+            "tmVoxelIndexY": np.concatenate([idx[:, 1], g_idx[:, 1]]),
+            "tmVoxelIndexZ": np.concatenate([idx[:, 2], g_idx[:, 2]]),
+            "tmSource": ["crowder"] * n_c + ["gold"] * n_g,
+            "tmStructure": [structs[k].name for k in ckind] + ["gold"] * n_g,
+            "tmRadiusAngstrom": np.concatenate(
+                [[structs[k].radius_angstrom for k in ckind], np.full(n_g, cfg.gold_diameter_nm * 5.0)]
+            ),
+        }
+    )
+
+
+def _realism_summary(cfg, extra, carbon, gold_pos, structs, crowder_kinds, kind, n_tot) -> dict:
+    out: dict[str, Any] = {}
+    if cfg.template_structure is not None or cfg.template_low_pass_angstrom is not None:
+        out["template_mismatch"] = {
+            "template_structure": str(cfg.template_structure or cfg.structure),
+            "template_low_pass_angstrom": cfg.template_low_pass_angstrom,
+        }
+    pl = extra.get("crowding")
+    if pl is not None:
+        names = [structs[k].name for k in kind[n_tot:]]
+        out["crowding"] = {
+            "requested_volume_fraction": cfg.crowding_volume_fraction,
+            "achieved_volume_fraction": round(pl.fraction, 4),
+            "definition": "crowder voxels (support above 5 % of the maximum, posed, at the tomogram voxel) "
+            "inside the field and the slab / the slab's voxels in the field",
+            "n_crowders": int(len(names)),
+            "per_structure": {structs[k].name: names.count(structs[k].name) for k in crowder_kinds},
+            "failed_poses": pl.n_failures,
+        }
+    if gold_pos.shape[0]:
+        out["gold"] = {
+            "n": int(gold_pos.shape[0]),
+            "diameter_nm": cfg.gold_diameter_nm,
+            "potential_volt": cfg.gold_potential_volt,
+            "centres_angstrom": gold_pos.round(3).tolist(),
+        }
+    if carbon is not None:
+        out["carbon_edge"] = {
+            "region": "x > x_edge, z_low < z < z_high, all y (centred Angstrom; film on top of the ice slab)",
+            "x_edge_angstrom": carbon["x_edge"],
+            "x_edge_voxel": carbon["x_edge_voxel"],
+            "z_low_angstrom": carbon["z_low"],
+            "z_high_angstrom": carbon["z_high"],
+            "potential_volt": cfg.carbon_potential_volt,
+            "noise_rad": cfg.carbon_noise_rad,
+        }
+    if cfg.jitter_angstrom > 0 or cfg.tilt_rotation_deg > 0:
+        out["misalignment"] = {
+            "shift_rms_angstrom": cfg.jitter_angstrom,
+            "rotation_rms_deg": cfg.tilt_rotation_deg,
+            "per_tilt": "per_tilt.jitter_xy_angstrom (particle and feature shifts) and "
+            "per_tilt.in_plane_rotation_deg (image rotated about the tilt-axis centre after the shift)",
+        }
+    if cfg.detector != "ideal":
+        mtf_n, dqe0 = realism.detector_parameters(cfg.detector, cfg.detector_mtf_nyquist, cfg.detector_dqe0)
+        out["detector"] = {
+            "model": cfg.detector,
+            "mtf_nyquist": mtf_n,
+            "dqe0": dqe0,
+            "detector_pixel_angstrom": cfg.detector_pixel_angstrom or cfg.voxel_size_angstrom,
+            "mtf": "sinc(f) exp(-g f^2), f in cycles per detector pixel, MTF(1/2) = mtf_nyquist",
+            "noise": "white, variance = counts / dqe0 (DQE(f) = dqe0 MTF(f)^2)",
+        }
+    return out
 
 
 def _transfer(kx, ky, cfg: SimulationConfig, du, dv, ang, dose_for_filter) -> torch.Tensor:
@@ -644,11 +940,74 @@ def _write_json(path: Path, obj) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
-def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, part, cfg: SimulationConfig) -> None:
+def make_template(cfg: SimulationConfig, part: LoadedStructure) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The matching template (dark, like the tomogram) and its spherical mask at the tomogram
+    voxel size, as written next to the simulation, and their description.
+
+    Made from ``cfg.template_structure`` when given (template mismatch), else from the particles'
+    structure; optionally low-passed (``template_low_pass_angstrom``). The mask radius is the
+    template's radius x 1.05 + 1 voxel (Gaussian edge sigma 1 voxel).
+    """
     from .. import template as tpl
     from ..mask import spherical_mask
-    from ..metadata import write_dose, write_imod_defocus, write_relion5, write_tilt_angles
     from ..phantom import phantom_density
+
+    v = cfg.voxel_size_angstrom
+    mismatch = cfg.template_structure is not None
+    spec = cfg.template_structure if mismatch else cfg.structure
+    radius_a = part.radius_angstrom
+    if mismatch:
+        radius_a = load_structure(spec, v, cfg.phantom_diameter_angstrom).radius_angstrom
+    radius_vox = radius_a / v
+    mask_radius, mask_sigma = radius_vox * 1.05 + 1.0, 1.0
+    # the soft edge (cut at 3 sigma) must stay inside the box's inscribed sphere, so the mask is
+    # rotation-invariant and the matcher can take its spherical-mask fast path
+    box = cfg.template_box_size or int(2 * math.ceil(max(1.2 * radius_vox + 2, mask_radius + 3 * mask_sigma + 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if isinstance(spec, Structure):
+            t = tpl.pad_or_crop(tpl.resample_fourier(spec.density, spec.voxel_size_angstrom, v), box)
+        elif isinstance(spec, str) and spec in _PHANTOMS:
+            variant, mirror = _PHANTOMS[spec]
+            t = phantom_density(v, box, cfg.phantom_diameter_angstrom, variant=variant, mirror=mirror)
+        else:
+            t, _ = tpl.create_template(spec, v)
+            box = max(box, t.shape[0])
+            t = tpl.pad_or_crop(t, box)
+        if cfg.template_low_pass_angstrom is not None:
+            t = tpl.low_pass(t, v, cfg.template_low_pass_angstrom)
+    template = -np.asarray(t, dtype=np.float32)
+    mask = spherical_mask(box, mask_radius, mask_sigma)
+    info: dict[str, Any] = {
+        "box_size": box,
+        "mask_radius_voxels": mask_radius,
+        "mask_sigma_voxels": mask_sigma,
+        "contrast": "dark (inverted density)",
+    }
+    if mismatch or cfg.template_low_pass_angstrom is not None:
+        # how different the template is from the simulated particle: correlation of the two
+        # densities at the tomogram voxel, same frame (identity pose), and with the template mirrored
+        ref = tpl.pad_or_crop(_support_at_voxel(part, v), box)
+        a, b = ref.ravel(), -template.ravel()
+        info["source"] = str(spec)
+        info["low_pass_angstrom"] = cfg.template_low_pass_angstrom
+        info["cc_with_particle_structure"] = round(float(np.corrcoef(a, b)[0, 1]), 4)
+        info["cc_with_particle_structure_mirrored"] = round(
+            float(np.corrcoef(a, -template[:, :, ::-1].ravel())[0, 1]), 4
+        )
+        if info["cc_with_particle_structure"] < 0.8:
+            msg = (
+                f"template {spec} correlates only {info['cc_with_particle_structure']:.2f} with the particles' "
+                "structure in the same frame: its frame may differ, so the poses in particles.star (particle "
+                "frame) need not be the template's"
+            )
+            cfg.warnings.append(msg)
+            info["warning"] = msg
+    return template, mask, info
+
+
+def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, part, cfg: SimulationConfig) -> None:
+    from ..metadata import write_dose, write_imod_defocus, write_relion5, write_tilt_angles
 
     out = res.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -694,35 +1053,21 @@ def _write_outputs(res: SimulationResult, counts: np.ndarray, tomo: np.ndarray, 
         )
     paths["particles_star"] = star
 
-    # template (dark, like the tomogram) and mask at the tomogram voxel size
-    radius_vox = part.radius_angstrom / v
-    mask_radius, mask_sigma = radius_vox * 1.05 + 1.0, 1.0
-    # the soft edge (cut at 3 sigma) must stay inside the box's inscribed sphere, so the mask is
-    # rotation-invariant and the matcher can take its spherical-mask fast path
-    box = cfg.template_box_size or int(2 * math.ceil(max(1.2 * radius_vox + 2, mask_radius + 3 * mask_sigma + 1)))
-    spec = cfg.structure
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if isinstance(spec, Structure):
-            t = tpl.pad_or_crop(tpl.resample_fourier(spec.density, spec.voxel_size_angstrom, v), box)
-        elif isinstance(spec, str) and spec in _PHANTOMS:
-            variant, mirror = _PHANTOMS[spec]
-            t = phantom_density(v, box, cfg.phantom_diameter_angstrom, variant=variant, mirror=mirror)
-        else:
-            t, _ = tpl.create_template(spec, v)
-            box = max(box, t.shape[0])
-            t = tpl.pad_or_crop(t, box)
-    template = -np.asarray(t, dtype=np.float32)
+    if res.distractors is not None:
+        dstar = out / "distractors.star"
+        with atomic_path(dstar) as tmp:
+            starfile.write({"distractors": res.distractors}, tmp, float_format="%.6f")
+            _fix_star_comment(
+                tmp,
+                "# tomomatch simulate: crowders and gold beads (tmSource), for attributing false positives; "
+                "the carbon edge region is in summary.json (realism.carbon_edge)",
+            )
+        paths["distractors_star"] = dstar
+    template, mask, info = make_template(cfg, part)
     paths["template"] = _write_mrc(out / "template.mrc", template, v)
-    mask = spherical_mask(box, mask_radius, mask_sigma)
     paths["mask"] = _write_mrc(out / "mask.mrc", mask, v)
     paths["summary"] = out / "summary.json"
-    res.summary["template"] = {
-        "box_size": box,
-        "mask_radius_voxels": mask_radius,
-        "mask_sigma_voxels": mask_sigma,
-        "contrast": "dark (inverted density)",
-    }
+    res.summary["template"] = info
     res.summary["files"] = {k: os.path.relpath(p, out) for k, p in paths.items()}
 
 
