@@ -3,7 +3,11 @@
 Pipeline (:func:`extract_candidates`)
 
 1. Read the job file (:func:`read_job`), the score map, the angle-index map and the rotation
-   list. Voxels with angle index ``< 0`` were not searched and are never picked.
+   list. Voxels with angle index ``< 0`` were not searched and are never picked. A job
+   matched with a search region (``match --tomogram-mask``/``--search-x/-y/-z``) is picked
+   only inside that region (:func:`tomomatch.region.job_search_region`; the voxels its
+   cropped tiles computed around it are left out), unless ``use_tomogram_mask=False``
+   (``extract --ignore-tomogram-mask``): then every computed voxel may hold a pick.
 2. Optional mask (voxels with mask ``> 0`` may hold picks) and optional top-hat constraint
    (:func:`tophat_mask`: a white top-hat with a small ball removes broad ridges; only voxels
    whose top-hat value stands out from the top-hat background may hold picks).
@@ -615,10 +619,16 @@ def tophat_mask(
 # --------------------------------------------------------------------------- main API
 
 
-def _search_stats(job) -> tuple[float | None, float | None, float | None]:
+def _search_stats(job, computed: bool = False) -> tuple[float | None, float | None, float | None]:
+    """``(n_search, mean, std)`` of the job; ``computed``: ``n_search`` counts every computed
+    voxel (a search region's cropped tiles compute a little more than the region)."""
     st = job.get("search_statistics") or {}
     try:
-        n = float(st["n_search"]) if st.get("n_search") is not None else None
+        n = None
+        if computed and st.get("n_search_computed") is not None:
+            n = float(st["n_search_computed"])
+        elif st.get("n_search") is not None:
+            n = float(st["n_search"])
         if n is None and st.get("n_voxels") is not None and st.get("n_rotations") is not None:
             n = float(st["n_voxels"]) * float(st["n_rotations"])
         mean = float(st["mean"]) if st.get("mean") is not None else None
@@ -662,6 +672,7 @@ def extract_candidates(
     tophat_radius_voxels: float = 1.0,
     border_voxels: int = 0,
     subvoxel: bool = True,
+    use_tomogram_mask: bool = True,
     return_details: bool = False,
 ):
     """Extract particle candidates from a match job.
@@ -688,6 +699,11 @@ def extract_candidates(
         Apply the top-hat constraint (:func:`tophat_mask`).
     border_voxels
         Ignore peaks within this many voxels of the map faces.
+    use_tomogram_mask
+        Pick only inside the job's search region (``match --tomogram-mask``/``--search-x/-y/-z``),
+        AND-combined with ``mask``; the false-alarm count ``N_search`` is then the region's
+        voxels x rotations. False: every voxel the job computed (angle index >= 0) may hold a
+        pick, and ``N_search`` counts them all.
     subvoxel
         Refine positions with a 3-point parabola per axis.
     return_details
@@ -766,6 +782,13 @@ def extract_candidates(
     scores, angle_idx, rotations = load_job_maps(job)
     check_sizes(scores.shape)
     eligible = angle_idx >= 0
+    region = None
+    if use_tomogram_mask:
+        from .region import job_search_region
+
+        region = job_search_region(job, scores.shape)
+        if region is not None:
+            eligible &= region
     if mask is not None:
         eligible &= _load_mask(mask, scores.shape, jp)
     b = int(border_voxels)
@@ -776,7 +799,7 @@ def extract_candidates(
     if not eligible.any():
         raise InputError("no searched voxel is left to pick from (check the mask and the angle map)", jp, "mask")
 
-    n_search, mean, std = _search_stats(job)
+    n_search, mean, std = _search_stats(job, computed=region is None)
     sigma_source = "search_statistics"
     if mean is None or std is None:
         vals = scores[eligible]
@@ -872,6 +895,8 @@ def extract_candidates(
             "sigma_source": sigma_source,
             "job": jp,
             "n_peaks_total": int(all_vals.size),
+            "n_search": None if n_search is None else float(n_search),
+            "search_region": region is not None,
             "gaussian_cutoff": None if gauss is None else float(gauss),
         }
     )

@@ -75,7 +75,8 @@ from .jobfile import JOB_FORMAT, check_geometry_version, read_job, write_job
 from .options import DEFAULT_MAX_MEMORY_GB, MatchOptions
 from . import preparation
 from .progress import ProgressBars
-from .tiles import Tile, auto_tile_counts, plan_tiles
+from .region import load_search_region
+from .tiles import Tile, auto_tile_counts, crop_tiles, plan_tiles
 
 __all__ = [
     "run_match",
@@ -171,6 +172,19 @@ class MatchPlan:
     units: list[WorkUnit]
     key: str
     engine: EngineConfig
+    search_region: dict | None = None
+
+    @property
+    def n_voxels_computed(self) -> int:
+        """Voxels whose scores the tiles compute (the union of their unique regions)."""
+        return int(sum(np.prod([b - a for a, b in zip(t.unique_start_zyx, t.unique_stop_zyx)]) for t in self.tiles))
+
+    @property
+    def n_voxels_searched(self) -> int:
+        """Voxels of the search region (the whole tomogram without one)."""
+        if self.search_region is None:
+            return int(np.prod(self.shape_zyx))
+        return int(self.search_region["n_voxels"])
 
     @property
     def n_rotations(self) -> int:
@@ -388,6 +402,12 @@ def plan_match(
     tile_plan = plan_tiles(
         vol_shape, n, counts, voxel, tilts_all, hand, opts.hand_mode, x_tilt_deg=0.0 if ts is None else ts.x_tilt_deg
     )
+    # search region: tiles that miss it are dropped, the others cropped to it (their centres and
+    # defocus offsets stay those of the full tiles, so the scores are the unrestricted search's)
+    region, region_record = load_search_region(opts, vol_shape, voxel)
+    if region is not None:
+        tile_plan = crop_tiles(tile_plan, region, n)
+        del region
     for t in tile_plan:
         if any(n > s for s in t.data_shape_zyx):
             raise InputError(
@@ -418,6 +438,7 @@ def plan_match(
         tiles=counts,
         device=str(dev),
         weighting=replace(wopts, wedge=wedge, ctf=ctf_used),
+        tomogram_mask=None if region_record is None else region_record["tomogram_mask"],
     )
     params = {
         "format": JOB_FORMAT,
@@ -445,6 +466,10 @@ def plan_match(
     }
     if angle_list_sha is not None:
         params["angle_list_sha256"] = angle_list_sha
+    if region_record is not None:  # another region crops other tiles: never resume across regions
+        params["search_region"] = {
+            k: region_record[k] for k in ("tomogram_mask_sha256", "search_x", "search_y", "search_z", "n_voxels")
+        }
     key_src = json.dumps(params, sort_keys=True) + "".join(_file_digest(p) for p in (tomogram, template, mask))
     key = hashlib.sha256(key_src.encode()).hexdigest()
     return MatchPlan(
@@ -465,6 +490,7 @@ def plan_match(
         units=units,
         key=key,
         engine=engine,
+        search_region=region_record,
     )
 
 
@@ -878,6 +904,12 @@ def write_outputs(
         }
     n_rot, opts = plan.n_rotations, plan.options
     wo, wedge = opts.weighting, opts.weighting.wedge
+    search_region = None
+    if plan.search_region is not None:
+        search_region = dict(plan.search_region)
+        if search_region["tomogram_mask"]:
+            search_region["tomogram_mask"] = _rel(Path(search_region["tomogram_mask"]), out_dir)
+        search_region["n_voxels_computed"] = int(merged.n_search // max(n_rot, 1))
     job: dict[str, Any] = {
         "tomomatch_version": __version__,
         "job_format": JOB_FORMAT,
@@ -902,6 +934,7 @@ def write_outputs(
         "tiles": list(opts.tiles),
         "tile_regions": [
             {
+                "grid_index_xyz": list(t.grid_index_xyz),
                 "unique_start_zyx": list(t.unique_start_zyx),
                 "unique_stop_zyx": list(t.unique_stop_zyx),
                 "centre_angstrom_xyz": list(t.centre_angstrom_xyz),
@@ -921,10 +954,15 @@ def write_outputs(
         },
         "tilt_series": _ts_json(ts),
         "relion": relion,
+        "search_region": search_region,
         "search_statistics": {
-            "n_voxels": int(merged.n_search // max(n_rot, 1)),
+            # the false-alarm count of extract: the searched voxels (the region) x rotations
+            "n_voxels": int(plan.n_voxels_searched),
             "n_rotations": int(n_rot),
-            "n_search": int(merged.n_search),
+            "n_search": int(plan.n_voxels_searched) * int(n_rot),
+            # mean and std are over every computed score: the region's bounding box per tile
+            "n_voxels_computed": int(merged.n_search // max(n_rot, 1)),
+            "n_search_computed": int(merged.n_search),
             "mean": merged.mean,
             "std": merged.std,
         },
@@ -1154,7 +1192,7 @@ def run_match(
 
     plan = plan_for(1 if processes is None else int(processes))
     if processes is None:  # auto
-        work = float(np.prod(plan.shape_zyx)) * plan.n_rotations
+        work = float(plan.n_voxels_computed) * plan.n_rotations
         # a worker costs a few seconds to start (spawn, import torch): not worth it for small searches
         processes = (
             cpus if (torch.device(plan.options.device).type == "cpu" and work >= _AUTO_PROCESSES_MIN_WORK) else 1

@@ -110,6 +110,10 @@ def read_job(path) -> dict[str, Any]:
         if isinstance(val, str) and val:
             q = Path(val)
             doc[key] = str(q if q.is_absolute() else base / q)
+    region = doc.get("search_region")
+    if isinstance(region, dict) and isinstance(region.get("tomogram_mask"), str) and region["tomogram_mask"]:
+        q = Path(region["tomogram_mask"])
+        region["tomogram_mask"] = str(q if q.is_absolute() else base / q)
     doc["_job_path"] = str(p.resolve())
     doc["job_dir"] = str(base)
     return doc

@@ -29,6 +29,7 @@ __all__ = [
     "add_match_arguments",
     "match_options_from_args",
     "parse_tiles",
+    "parse_search_range",
 ]
 
 DEFAULT_MAX_MEMORY_GB = 4.0
@@ -73,6 +74,40 @@ def parse_tiles(values) -> tuple[int, int, int] | str:
     if min(counts) < 1:
         raise InputError(f"--tiles counts must be >= 1, got {counts}", None, "--tiles")
     return counts  # type: ignore[return-value]
+
+
+def parse_search_range(values, axis: str) -> tuple[int, int] | None:
+    """``--search-x/-y/-z START END``: two integers ``0 <= START < END`` (voxel indices of the
+    full tomogram, END exclusive as a Python slice and pytom-match-pick's ``--search-x``), or
+    None. The upper bound (END <= the tomogram's size) is checked by the plan."""
+    flag = f"--search-{axis}"
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = values.split()
+    values = list(values)
+    text = " ".join(map(str, values))
+    if len(values) != 2:
+        raise InputError(f"{text!r}; expected START END (two voxel indices)", None, flag)
+    try:
+        out = []
+        for v in values:
+            if isinstance(v, bool):
+                raise ValueError
+            f = float(v)
+            if not math.isfinite(f) or f != int(f):
+                raise ValueError
+            out.append(int(f))
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{text!r}; expected two integer voxel indices START END", None, flag) from None
+    start, end = out
+    if start < 0:
+        raise InputError(f"START {start} < 0; expected voxel indices >= 0", None, flag)
+    if start >= end:
+        raise InputError(
+            f"START {start} >= END {end}; expected START < END (END exclusive: voxels START..END-1)", None, flag
+        )
+    return start, end
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +185,10 @@ class MatchOptions:
     method: str = "fast"
     checkpoint_interval_s: float = 60.0
     batch_size: int | None = None
+    tomogram_mask: str | None = None
+    search_x: tuple[int, int] | None = None
+    search_y: tuple[int, int] | None = None
+    search_z: tuple[int, int] | None = None
 
     def __post_init__(self):
         from .angles import format_angle_list, parse_angle_list, parse_symmetry
@@ -203,6 +242,18 @@ class MatchOptions:
             set_(self, "batch_size", int(self.batch_size))
         set_(self, "device", str(self.device))
         set_(self, "random_phase", bool(self.random_phase))
+        if self.tomogram_mask is not None:
+            tm = str(self.tomogram_mask)
+            if not tm:
+                raise InputError("empty path; expected an MRC file", None, "--tomogram-mask")
+            set_(self, "tomogram_mask", tm)
+        for axis in "xyz":
+            set_(self, f"search_{axis}", parse_search_range(getattr(self, f"search_{axis}"), axis))
+
+    @property
+    def has_search_region(self) -> bool:
+        """Whether a tomogram mask or a search range restricts the search."""
+        return self.tomogram_mask is not None or any(getattr(self, f"search_{a}") is not None for a in "xyz")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -228,6 +279,9 @@ class MatchOptions:
         """A JSON-ready dict (``tiles`` as a list or ``"auto"``); :meth:`from_json` inverts it."""
         d = asdict(self)
         d["tiles"] = self.tiles if isinstance(self.tiles, str) else list(self.tiles)
+        for a in "xyz":
+            r = getattr(self, f"search_{a}")
+            d[f"search_{a}"] = None if r is None else list(r)
         return d
 
     @classmethod
@@ -372,6 +426,20 @@ def add_match_arguments(p: argparse.ArgumentParser, *, batch: bool = False) -> N
         metavar="S",
         help="seconds between rotation-chunk checkpoints",
     )
+    p.add_argument(
+        "--tomogram-mask",
+        metavar="MRC",
+        help="search only voxels where this mask (the tomogram's shape) is > 0; tiles outside it are"
+        " skipped and tiles are cropped to it" + ("; applies to every tomogram of the batch" if batch else ""),
+    )
+    for axis in "xyz":
+        p.add_argument(
+            f"--search-{axis}",
+            nargs=2,
+            metavar=("START", "END"),
+            help=f"search only {axis} voxel indices START..END-1 of the full tomogram (END exclusive,"
+            " as pytom-match-pick's)",
+        )
     p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -401,4 +469,8 @@ def match_options_from_args(args: argparse.Namespace) -> MatchOptions:
         method=args.method,
         checkpoint_interval_s=args.checkpoint_interval,
         batch_size=args.batch_size,
+        tomogram_mask=getattr(args, "tomogram_mask", None),
+        search_x=getattr(args, "search_x", None),
+        search_y=getattr(args, "search_y", None),
+        search_z=getattr(args, "search_z", None),
     )

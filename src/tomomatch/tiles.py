@@ -12,12 +12,18 @@ The defocus of each tilt is evaluated at the centre of the tile's unique region:
 :mod:`tomomatch.conventions`, so an unsplit tomogram's single tile sits at the tomogram
 centre and gets zero offset), converted to centred Angstrom, and shifted per tilt by
 ``conventions.defocus_offset_angstrom`` with the hand and hand mode.
+
+A search region (:func:`crop_tiles`) drops the tiles whose unique region holds no voxel of it
+and crops the others to the region's bounding box inside their unique region; the data region
+is that cropped box widened by the template reach as above (and to at least one template box).
+A cropped tile keeps its grid index, centre and defocus offsets: those of the full tile, so
+every voxel it still owns is scored exactly as in the unrestricted search.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -32,7 +38,15 @@ from .conventions import (
 )
 from .errors import InputError
 
-__all__ = ["Tile", "split_axis", "plan_tiles", "auto_tile_counts", "tile_defocus_um", "defocus_tolerance_angstrom"]
+__all__ = [
+    "Tile",
+    "split_axis",
+    "plan_tiles",
+    "crop_tiles",
+    "auto_tile_counts",
+    "tile_defocus_um",
+    "defocus_tolerance_angstrom",
+]
 
 
 @dataclass(frozen=True)
@@ -160,6 +174,52 @@ def plan_tiles(
                     )
                 )
     return tiles
+
+
+def crop_tiles(tiles: Sequence[Tile], region, box: int) -> list[Tile]:
+    """The tiles restricted to a search region (boolean ``[z, y, x]`` array, the tomogram's shape).
+
+    A tile whose unique region holds no region voxel is dropped. The others keep their grid
+    index, ``centre_angstrom_xyz`` and ``defocus_offsets_um`` (the full tile's, so the weights,
+    and so the scores, are those of the unrestricted search); their unique region becomes the
+    bounding box of the region voxels inside it, and their data region that box widened by the
+    template reach (``box // 2`` before, ``box - box // 2 - 1`` after), clipped to the tomogram
+    and, where that leaves fewer than ``box`` voxels along an axis, widened inside the
+    tomogram to ``box`` (the extra voxels lie beyond every kept voxel's template reach).
+    """
+    region = np.asarray(region, bool)
+    shape = region.shape
+    lo, hi = box // 2, box - box // 2 - 1
+    out = []
+    for t in tiles:
+        sub = region[t.unique_slices]
+        if not sub.any():
+            continue
+        u0, u1, d0, d1 = [], [], [], []
+        for ax in range(3):
+            other = tuple(a for a in range(3) if a != ax)
+            hit = np.flatnonzero(sub.any(axis=other))
+            a = t.unique_start_zyx[ax] + int(hit[0])
+            b = t.unique_start_zyx[ax] + int(hit[-1]) + 1
+            n = shape[ax]
+            ds, de = max(0, a - lo), min(n, b + hi)
+            if de - ds < box:  # at least one template box of data (the tomogram is >= box)
+                de = min(n, ds + box)
+                ds = max(0, de - box)
+            u0.append(a)
+            u1.append(b)
+            d0.append(ds)
+            d1.append(de)
+        out.append(
+            replace(
+                t,
+                unique_start_zyx=(u0[0], u0[1], u0[2]),
+                unique_stop_zyx=(u1[0], u1[1], u1[2]),
+                data_start_zyx=(d0[0], d0[1], d0[2]),
+                data_stop_zyx=(d1[0], d1[1], d1[2]),
+            )
+        )
+    return out
 
 
 def tile_defocus_um(tilt_series, tile: Tile, hand: int, hand_mode: HandMode = "full"):

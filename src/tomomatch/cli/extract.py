@@ -38,6 +38,12 @@ def register(subparsers) -> None:
         "sqrt(2) erfcinv(2 N_fp / N_search) sigma; fixed: --cutoff",
     )
     p.add_argument("--mask", help="MRC mask: peaks only where it is > 0 (same shape as the score map)")
+    p.add_argument(
+        "--ignore-tomogram-mask",
+        action="store_true",
+        help="pick in every voxel the job computed, not only in its search region (match --tomogram-mask,"
+        " --search-x/-y/-z); the default picks inside the region, AND-combined with --mask",
+    )
     p.add_argument("--tophat", action="store_true", help="apply the white top-hat constraint (suppresses broad ridges)")
     p.add_argument("--tophat-radius", type=float, default=1.0, metavar="VOX", help="top-hat ball radius in voxels")
     p.add_argument("--border", type=int, default=0, metavar="VOX", help="ignore peaks this close to the map faces")
@@ -79,6 +85,7 @@ def run(args) -> int:
             tophat_radius_voxels=args.tophat_radius,
             border_voxels=args.border,
             subvoxel=not args.no_subvoxel,
+            use_tomogram_mask=not args.ignore_tomogram_mask,
             return_details=True,
         )
     for w in caught:

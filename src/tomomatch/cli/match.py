@@ -92,4 +92,10 @@ def run(args) -> int:
             f"{args.out_dir}: {job['n_rotations']} rotations, {len(job['tile_regions'])} tile(s), "
             f"search mean {st['mean']:.4g} std {st['std']:.4g}, {job['elapsed_s']:.1f} s"
         )
+        reg = job.get("search_region")
+        if reg:
+            print(
+                f"search region: {reg['n_voxels']} of {reg['n_voxels_tomogram']} voxels"
+                f" ({100.0 * reg['n_voxels'] / reg['n_voxels_tomogram']:.1f} %), {reg['n_voxels_computed']} computed"
+            )
     return 0
