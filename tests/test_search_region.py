@@ -287,3 +287,22 @@ def test_bad_region_input_is_one_line_exit_2_nothing_written(data, tmp_path, ext
     assert rc == 2 and len(lines) == 1, err
     assert flag in lines[0] and words in lines[0], lines[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_batch_takes_the_region_options_and_a_per_row_mask_column(data, tmp_path):
+    from tomomatch.cli import build_parser
+    from tomomatch.distributed import read_tomogram_list
+
+    d = data["dir"]
+    table = tmp_path / "list.tsv"
+    table.write_text(f"name\ttomogram\ttomogram_mask\nA\t{d / 'tomo.mrc'}\t{d / 'tmask.mrc'}\nB\t{d / 'tomo.mrc'}\t\n")
+    a, b = read_tomogram_list(table)
+    assert a.extra["tomogram_mask"] == (d / "tmask.mrc") and "tomogram_mask" not in b.extra
+    args = build_parser().parse_args(
+        ["batch", "-l", str(table), "-t", "t.mrc", "-m", "m.mrc", "-d", "o", "--angular-step", "30"]
+        + ["--search-x", "3", "45", "--tomogram-mask", "x.mrc"]
+    )
+    from tomomatch.options import match_options_from_args
+
+    o = match_options_from_args(args)
+    assert o.search_x == (3, 45) and o.tomogram_mask == "x.mrc"

@@ -86,6 +86,7 @@ TABLE_COLUMNS: dict[str, str | None] = {
     "amplitude_contrast": "amplitude_contrast",
     "phase_shift_deg": "phase_shift_deg",
     "hand": "hand",
+    "tomogram_mask": None,  # per-row match --tomogram-mask (BatchEntry.extra), overrides the option
 }
 _PATH_COLUMNS = ("tomogram", "tilt_angles", "dose", "relion5", "warp_xml", "mdoc", "aln")
 _NUMBER_COLUMNS = ("voltage_kv", "cs_mm", "amplitude_contrast", "phase_shift_deg")
@@ -220,6 +221,8 @@ def _read_table(path: Path, allow_missing_dose: bool = False, extra_columns: Seq
             raise InputError("empty tomogram cell", path, line)
         kw: dict[str, Any] = {}
         extra = {col: _resolve(val, base) for col, val in cells.items() if col in extra_columns}
+        if "tomogram_mask" in cells:
+            extra["tomogram_mask"] = _resolve(cells["tomogram_mask"], base)
         for col, val in cells.items():
             if col in extra:
                 continue
@@ -820,7 +823,12 @@ def run_batch(
                 mask,
                 e.tomogram,
                 out_dir,
-                replace(match, name=e.name, device=device),
+                replace(
+                    match,
+                    name=e.name,
+                    device=device,
+                    tomogram_mask=str(e.extra["tomogram_mask"]) if "tomogram_mask" in e.extra else match.tomogram_mask,
+                ),
                 tilt_series=e.tilt_series,
                 rotations=rotations,
                 check_device=(scheduler is None and slurm_config is None),
