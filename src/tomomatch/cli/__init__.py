@@ -29,6 +29,7 @@ COMMANDS: list[str] = [
     "simulate",
     "hand",
     "compare-hands",
+    "view",
     "demo",
 ]
 
