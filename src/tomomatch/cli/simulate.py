@@ -60,6 +60,24 @@ def register(subparsers) -> None:
     p.add_argument("--amplitude-contrast", type=float, default=None)
     p.add_argument("--ice-noise", type=float, default=None, help="rms ice phase noise per pixel at 0 deg (rad)")
     p.add_argument("--jitter", type=float, default=None, help="rms per-tilt misalignment (A)")
+    p.add_argument("--tilt-rotation", type=float, default=None, help="rms per-tilt in-plane rotation (degrees)")
+    p.add_argument(
+        "--template-structure",
+        default=None,
+        help="make template.mrc from this structure instead of the particles' (template mismatch)",
+    )
+    p.add_argument("--template-low-pass", type=float, default=None, help="low-pass template.mrc (A)")
+    p.add_argument("--crowding", type=float, default=None, help="crowder volume fraction of the slab (0-0.45)")
+    p.add_argument("--crowders", nargs="+", default=None, help="crowder structures (@26S-map, @6z6u, paths, ...)")
+    p.add_argument("--detector", default=None, help="ideal, k2, k3 or falcon4 (counting-detector MTF/DQE)")
+    p.add_argument("--detector-pixel", type=float, default=None, help="physical detector pixel at the specimen (A)")
+    p.add_argument("--n-gold", type=int, default=None, help="10 nm gold beads at the slab surfaces")
+    p.add_argument("--carbon-edge", type=float, default=None, help="carbon film for x > FRACTION of the field (0-1)")
+    p.add_argument(
+        "--sigma",
+        action="store_true",
+        help="score the particles at their true pose against the background (seconds; in the summary)",
+    )
     p.add_argument("--no-shot-noise", action="store_true", help="expected counts instead of Poisson samples")
     p.add_argument(
         "--noise-free",
@@ -97,6 +115,15 @@ def run(args: argparse.Namespace) -> int:
         amplitude_contrast=args.amplitude_contrast,
         ice_noise_rad=args.ice_noise,
         jitter_angstrom=args.jitter,
+        tilt_rotation_deg=args.tilt_rotation,
+        template_structure=args.template_structure,
+        template_low_pass_angstrom=args.template_low_pass,
+        crowding_volume_fraction=args.crowding,
+        crowder_structures=tuple(args.crowders) if args.crowders else None,
+        detector=args.detector,
+        detector_pixel_angstrom=args.detector_pixel,
+        n_gold=args.n_gold,
+        carbon_edge_x_fraction=args.carbon_edge,
         hand_mode=args.hand_mode,
         tomo_name=args.tomo_name,
     )
@@ -106,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         ov["shot_noise"] = False
     if args.noise_free:
         ov["write_noise_free"] = True
+    if args.sigma:
+        ov["estimate_sigma"] = True
     ov = {k: v for k, v in ov.items() if v is not None}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -119,4 +148,32 @@ def run(args: argparse.Namespace) -> int:
         f"at {s['tomogram_voxel_angstrom']:g} A in {s['timings']['total_s']:.1f} s "
         f"(peak {s['peak_memory_gb']:.2f} GB) -> {res.out_dir}"
     )
+    for line in sigma_lines(s):
+        print(line)
     return 0
+
+
+def sigma_lines(summary: dict) -> list[str]:
+    """The realism and particle-sigma lines of the simulation summary (empty when off)."""
+    out = []
+    r = summary.get("realism") or {}
+    if "crowding" in r:
+        c = r["crowding"]
+        out.append(
+            f"crowding: {c['n_crowders']} crowders, volume fraction {c['achieved_volume_fraction']:.3f} "
+            f"(requested {c['requested_volume_fraction']:g})"
+        )
+    if "gold" in r:
+        out.append(f"gold: {r['gold']['n']} beads of {r['gold']['diameter_nm']:g} nm")
+    if "carbon_edge" in r:
+        out.append(f"carbon edge at x voxel {r['carbon_edge']['x_edge_voxel']:.1f}")
+    ps = summary.get("particle_sigma")
+    if ps:
+        q, fs = ps["summary"], ps["full_search"]
+        out.append(
+            f"particles at their true pose: {q['n']} particles, sigma min {q['min']:.1f}, p10 {q['p10']:.1f}, "
+            f"median {q['median']:.1f}, p90 {q['p90']:.1f}, max {q['max']:.1f}; full-search cut-off "
+            f"{fs['cutoff_sigma_1_false_alarm']:.2f} sigma (1 false alarm), "
+            f"{100 * fs['fraction_above_cutoff']:.0f} % above"
+        )
+    return out
