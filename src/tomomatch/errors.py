@@ -7,9 +7,10 @@ unless ``--debug`` is given.
 
 from __future__ import annotations
 
+import math
 import os
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "positive_number"]
 
 
 class InputError(ValueError):
@@ -36,3 +37,17 @@ class InputError(ValueError):
             parts.append(str(field))
         prefix = ": ".join(parts)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+def positive_number(value, field: str, *, zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (>= 0 with ``zero``), else :class:`InputError` naming
+    ``field`` (an option or a field)."""
+    if value is None:
+        raise InputError("missing; expected a number", None, field)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{value!r}; expected a number", None, field) from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not zero):
+        raise InputError(f"{value!r}; expected a finite number {'>=' if zero else '>'} 0", None, field)
+    return v

@@ -57,7 +57,7 @@ from scipy import ndimage, optimize, special
 from scipy.special import erfcinv
 
 from .conventions import matrix_to_relion
-from .errors import InputError
+from .errors import InputError, positive_number
 from .jobfile import as_job as _as_job
 from .jobfile import load_job_maps, read_job
 from .mrcio import read_volume
@@ -105,19 +105,8 @@ _XI_BOUNDS = [-0.2, 1.5]
 # --------------------------------------------------------------------------- cut-offs
 
 
-def _positive_number(value, field: str, what: str) -> float:
-    """``value`` as a finite float > 0, else InputError naming ``field``."""
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"expected a number, got {value!r}", field=field) from None
-    if not (math.isfinite(n) and n > 0):
-        raise InputError(f"{what} must be > 0, got {value}", field=field)
-    return n
-
-
 def _check_false_alarms(n_false_alarms) -> float:
-    return _positive_number(n_false_alarms, "false alarms", "number of false alarms")
+    return positive_number(n_false_alarms, "--false-alarms")
 
 
 def gaussian_cutoff_sigma(n_false_alarms: float, n_search: float) -> float:
@@ -128,7 +117,7 @@ def gaussian_cutoff_sigma(n_false_alarms: float, n_search: float) -> float:
     ``gaussian_cutoff_sigma(1, 6_749_723_520_000)`` is 7.296 (the seed's 7.30 sigma).
     """
     nfp = _check_false_alarms(n_false_alarms)
-    ns = _positive_number(n_search, "n_search", "search size")
+    ns = positive_number(n_search, "n_search")
     if 2 * nfp >= 2 * ns:
         raise InputError(f"{nfp:g} false alarms is not fewer than the {ns:g} samples searched", field="false alarms")
     return float(math.sqrt(2.0) * erfcinv(2.0 * nfp / ns))

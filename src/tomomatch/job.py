@@ -75,7 +75,7 @@ from .jobfile import JOB_FORMAT, check_geometry_version, read_job, write_job
 from .options import DEFAULT_MAX_MEMORY_GB, MatchOptions
 from . import preparation
 from .progress import ProgressBars
-from .region import load_search_region
+from .region import file_sha256, load_search_region
 from .tiles import Tile, auto_tile_counts, crop_tiles, plan_tiles
 
 __all__ = [
@@ -106,18 +106,6 @@ _MAX_BATCH = 16
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _ts_json(ts) -> dict | None:
-    return None if ts is None else ts.to_json()
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -458,7 +446,7 @@ def plan_match(
         "hand_mode": resolved.hand_mode,
         "tiles": list(counts),
         "random_phase": resolved.random_phase,
-        "tilt_series": _ts_json(ts),
+        "tilt_series": None if ts is None else ts.to_json(),
         "batch_sizes": batch_sizes,
         "device_type": dev.type,
         "units_format": 2,
@@ -470,7 +458,7 @@ def plan_match(
         params["search_region"] = {
             k: region_record[k] for k in ("tomogram_mask_sha256", "search_x", "search_y", "search_z", "n_voxels")
         }
-    key_src = json.dumps(params, sort_keys=True) + "".join(_file_digest(p) for p in (tomogram, template, mask))
+    key_src = json.dumps(params, sort_keys=True) + "".join(file_sha256(p) for p in (tomogram, template, mask))
     key = hashlib.sha256(key_src.encode()).hexdigest()
     return MatchPlan(
         name=name,
@@ -952,7 +940,7 @@ def write_outputs(
             "whitening": bool(wo.whiten),
             "random_phase": bool(opts.random_phase),
         },
-        "tilt_series": _ts_json(ts),
+        "tilt_series": None if ts is None else ts.to_json(),
         "relion": relion,
         "search_region": search_region,
         "search_statistics": {

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .conventions import HandMode, check_hand
-from .errors import InputError
+from .errors import InputError, positive_number
 
 __all__ = [
     "WeightingOptions",
@@ -41,17 +41,7 @@ _HAND_MODES = ("full", "pytom")
 
 
 def _positive(value, flag: str, *, allow_none: bool = True, zero: bool = False) -> float | None:
-    if value is None:
-        if allow_none:
-            return None
-        raise InputError("missing; expected a number", None, flag)
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{value!r}; expected a number", None, flag) from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not zero):
-        raise InputError(f"{value!r}; expected a finite number {'>=' if zero else '>'} 0", None, flag)
-    return v
+    return None if value is None and allow_none else positive_number(value, flag, zero=zero)
 
 
 def parse_tiles(values) -> tuple[int, int, int] | str:
