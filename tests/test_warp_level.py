@@ -207,3 +207,47 @@ def test_warp_xml_defaults_to_abs_ctf(tmp_path):
     assert "--ctf abs" not in err
     job = json.loads(next((tmp_path / "tlt").glob("*_job.json")).read_text())
     assert job["options"]["weighting"]["ctf"] == "signed"
+
+
+@pytest.mark.parametrize("ctf_from_reconstruction, expected", [(True, "abs"), (False, "signed")])
+def test_batch_rows_follow_the_reconstruction(tmp_path, monkeypatch, ctf_from_reconstruction, expected):
+    """batch plans each row as match would: a Warp row gets abs unless the user chose --ctf."""
+    from tomomatch import distributed
+    from tomomatch.distributed import BatchEntry, run_batch
+
+    _match_inputs(tmp_path)
+    planned = []
+    real_plan = distributed.plan_match
+
+    def spy(*args, **kwargs):
+        plan = real_plan(*args, **kwargs)
+        planned.append((plan.name, plan.options.weighting.ctf))
+        return plan
+
+    class NoCluster(Exception):
+        pass
+
+    def no_cluster(*args, **kwargs):
+        raise NoCluster  # planning is done; nothing more is needed
+
+    monkeypatch.setattr(distributed, "plan_match", spy)
+    monkeypatch.setattr(distributed, "make_cluster", no_cluster)
+    entries = [
+        BatchEntry("warp", tmp_path / "tomo.mrc", read_warp_xml(WARP_XML)),
+        BatchEntry("bare", tmp_path / "tomo.mrc", None),  # no metadata: no CTF at all
+    ]
+    lines: list[str] = []
+    with pytest.raises(NoCluster):
+        run_batch(
+            entries,
+            tmp_path / "tmpl.mrc",
+            tmp_path / "mask.mrc",
+            tmp_path / "out",
+            match={"angle_list": str(tmp_path / "rot.txt")},
+            device="cpu",
+            quiet=False,
+            log=lines.append,
+            ctf_from_reconstruction=ctf_from_reconstruction,
+        )
+    assert planned == [("warp", expected), ("bare", None)]
+    assert sum("--ctf abs" in ln for ln in lines) == (expected == "abs")

@@ -54,7 +54,7 @@ from .job import (
 )
 from .locking import JobLock
 from .mrcio import atomic_path
-from .options import MatchOptions
+from .options import MatchOptions, ctf_for_reconstruction
 from .progress import ProgressBars
 
 __all__ = [
@@ -713,6 +713,7 @@ def run_batch(
     before_unit: Callable | None = None,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
+    ctf_from_reconstruction: bool = False,
 ) -> list[dict]:
     """Match (then extract, optionally hand) a list of tomograms on a Dask cluster.
 
@@ -760,6 +761,10 @@ def run_batch(
         computations and to kill a worker mid-task.
     command, log
         Command line recorded in the job files; ``log(message)`` for messages (default print).
+    ctf_from_reconstruction
+        True when the CTF mode was not chosen by the user: rows whose metadata say the tomogram
+        was reconstructed phase-flipped (a Warp XML) are matched with ``ctf="abs"``
+        (:func:`tomomatch.options.ctf_for_reconstruction`), as ``match`` does.
 
     Returns
     -------
@@ -817,6 +822,9 @@ def run_batch(
     # plan every tomogram first (validates all inputs before any cluster starts)
     plans: list[MatchPlan] = []
     for e in entries:
+        row_match, note = ctf_for_reconstruction(match, e.tilt_series, ctf_given=not ctf_from_reconstruction)
+        if note:
+            say(f"{e.name}: {note}")
         plans.append(
             plan_match(
                 template,
@@ -824,7 +832,7 @@ def run_batch(
                 e.tomogram,
                 out_dir,
                 replace(
-                    match,
+                    row_match,
                     name=e.name,
                     device=device,
                     tomogram_mask=str(e.extra["tomogram_mask"]) if "tomogram_mask" in e.extra else match.tomogram_mask,

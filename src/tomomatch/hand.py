@@ -39,6 +39,7 @@ from .hand_stats import (
     write_report,
 )
 from .jobfile import job_hand, job_options, tilt_series_from_job
+from .options import phase_flip_note
 from .rescore import RescoreResult, oversample_volume, rescore_particles, rotate_volumes
 
 if TYPE_CHECKING:
@@ -223,6 +224,8 @@ def run_hand(
         if w.wedge == "per_tilt":  # else keep the per-tilt defaults (dose and cos on)
             weight_extra = {"dose_weighting": w.dose, "cos_weighting": w.cos_weighting}
     hand_mode = hand_mode or "full"
+    if ctf_mode is None and phase_flip_note(tilt_series) is not None:
+        ctf_mode = "abs"  # no job to follow: a phase-flipped reconstruction (Warp), as match does
     ctf_mode = ctf_mode or "signed"
     for what, val in (("tomogram", tomogram), ("template", template), ("mask", mask)):
         if val is None:

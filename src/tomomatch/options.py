@@ -30,6 +30,8 @@ __all__ = [
     "match_options_from_args",
     "parse_tiles",
     "parse_search_range",
+    "ctf_for_reconstruction",
+    "phase_flip_note",
 ]
 
 DEFAULT_MAX_MEMORY_GB = 4.0
@@ -463,4 +465,29 @@ def match_options_from_args(args: argparse.Namespace) -> MatchOptions:
         search_x=getattr(args, "search_x", None),
         search_y=getattr(args, "search_y", None),
         search_z=getattr(args, "search_z", None),
+    )
+
+
+def ctf_for_reconstruction(options: MatchOptions, tilt_series, ctf_given: bool) -> tuple[MatchOptions, str | None]:
+    """The options with the CTF mode the tomogram's reconstruction calls for, and the line to say.
+
+    Warp always reconstructs phase-flipped (``TiltSeries.ReconstructFull`` divides by |CTF|),
+    which its XML reader records as ``extra["reconstruction_phase_flipped"]``: such a tomogram
+    is matched with ``--ctf abs`` unless the user chose a CTF mode (``ctf_given``). Used by
+    ``match``, by ``batch`` per row and by ``hand``'s own search, so all three agree.
+    """
+    note = None if ctf_given else phase_flip_note(tilt_series)
+    if note is None:
+        return options, None
+    return replace(options, weighting=replace(options.weighting, ctf="abs")), note
+
+
+def phase_flip_note(tilt_series) -> str | None:
+    """None, or the line saying the tomogram was reconstructed phase-flipped (so ``ctf="abs"``)."""
+    if tilt_series is None or not tilt_series.extra.get("reconstruction_phase_flipped"):
+        return None
+    by = tilt_series.extra.get("reconstruction_phase_flipped_by", "the reconstruction")
+    return (
+        f"{tilt_series.source}: {by} phase-flips the tomogram: using --ctf abs"
+        " (give --ctf signed for a tomogram reconstructed elsewhere)"
     )

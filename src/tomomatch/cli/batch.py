@@ -128,6 +128,7 @@ def run(args) -> int:
         device=args.device,
         rotations_per_unit=args.rotations_per_unit,
         quiet=args.quiet,
+        ctf_from_reconstruction=args.ctf is None,
         dashboard_address=dash,
         command=" ".join(shlex.quote(a) for a in ["tomomatch"] + sys.argv[1:]),
     )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from ..job import run_match
-from ..options import add_match_arguments, match_options_from_args
+from ..options import add_match_arguments, ctf_for_reconstruction, match_options_from_args
 from ._metadata_args import add_tilt_metadata_arguments, tilt_series_from_args
 from ._outputs import match_output_folder
 
@@ -64,14 +63,9 @@ def run(args) -> int:
     options = match_options_from_args(args)  # every value checked before metadata is read
     match_output_folder(args.out_dir, options.name or Path(args.tomogram).stem)
     ts = tilt_series_from_args(args)
-    if args.ctf is None and ts is not None and ts.extra.get("reconstruction_phase_flipped"):
-        # Warp's reconstruction always phase-flips (TiltSeries.ReconstructFull); an explicit --ctf wins
-        options = replace(options, weighting=replace(options.weighting, ctf="abs"))
-        print(
-            f"tomomatch match: {ts.source}: {ts.extra.get('reconstruction_phase_flipped_by', 'the reconstruction')}"
-            " phase-flips the tomogram: using --ctf abs (give --ctf signed for a tomogram reconstructed elsewhere)",
-            file=sys.stderr,
-        )
+    options, note = ctf_for_reconstruction(options, ts, ctf_given=args.ctf is not None)
+    if note:
+        print(f"tomomatch match: {note}", file=sys.stderr)
     job = run_match(
         args.template,
         args.mask,
