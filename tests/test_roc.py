@@ -257,7 +257,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["roc", "-j", str(tmp_path / "missing_job.json")], "not found"),
         (["roc", "-j", str(few)], "peaks"),
         (["roc", "-j", str(unsearched)], "no searched voxel"),
-        (["roc", "-j", str(few), "--false-alarms", "0"], "false alarms"),
+        (["roc", "-j", str(few), "--false-alarms", "0"], "--false-alarms: 0.0; expected a finite number > 0"),
     ]
     for argv, words in cases:
         rc = main(argv)
