@@ -35,7 +35,7 @@ import pytest
 
 from _cli_inputs import OUTPUT_KIND, base_argv, make_inputs, run_cli
 
-COMMANDS = list(OUTPUT_KIND) + ["metadata"]
+COMMANDS = list(OUTPUT_KIND) + ["metadata", "view"]
 
 NUMBERS = ["0", "-1", "nan", "inf", "-inf", "1e30", "1e-30", "", "abc", "99999999999999999999", "100000", "45.5"]
 PATH_KINDS = ["missing", "folder", "empty", "garbage", "other-input"]
