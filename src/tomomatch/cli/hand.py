@@ -222,6 +222,39 @@ def _read_candidate_star(path, job=None):
     return read_particles(path, job=job)
 
 
+def _rescore_options(args) -> dict:
+    """The re-scoring keywords of run_hand / run_hand_pooled, from the command line."""
+    return dict(
+        voxel_size_angstrom=args.voxel_size,
+        max_particles=args.max_particles,
+        hand_mode=args.hand_mode,
+        max_angle_deg=args.max_angle,
+        angle_step_deg=args.angle_step,
+        shift_voxels=args.shift,
+        oversampling=args.oversampling,
+        low_pass_angstrom=args.low_pass,
+        high_pass_angstrom=args.high_pass,
+        whiten=args.whiten,
+        ctf_mode=args.ctf,
+        coarse_step_deg=args.coarse_step,
+        particle_diameter_angstrom=args.particle_diameter,
+    )
+
+
+def _progress(label: str):
+    """A progress callback ``(i, n)`` drawing one bar (or log lines) for the particles rescored."""
+    bars: list = []
+
+    def progress(i, n):
+        if not bars:
+            bars.append(ProgressBars({"particles rescored": n}, label=label))
+        bars[0].advance(1)
+        if i >= n:
+            bars[0].close()
+
+    return progress
+
+
 def run(args) -> int:
     from ..hand import run_hand
 
@@ -238,15 +271,6 @@ def run(args) -> int:
     job = jobs[0] if jobs else None
     particles = _read_candidate_star(stars[0], job) if stars else None
 
-    bars: list = []
-
-    def progress(i, n):
-        if not bars:
-            bars.append(ProgressBars({"particles rescored": n}, label="tomomatch hand"))
-        bars[0].advance(1)
-        if i >= n:
-            bars[0].close()
-
     report = run_hand(
         args.output,
         job=job,
@@ -255,25 +279,13 @@ def run(args) -> int:
         mask=args.mask,
         tilt_series=ts,
         particles=particles,
-        voxel_size_angstrom=args.voxel_size,
-        max_particles=args.max_particles,
-        hand_mode=args.hand_mode,
-        max_angle_deg=args.max_angle,
-        angle_step_deg=args.angle_step,
-        shift_voxels=args.shift,
-        oversampling=args.oversampling,
-        low_pass_angstrom=args.low_pass,
-        high_pass_angstrom=args.high_pass,
-        whiten=args.whiten,
-        ctf_mode=args.ctf,
-        coarse_step_deg=args.coarse_step,
-        particle_diameter_angstrom=args.particle_diameter,
+        **_rescore_options(args),
         alpha=args.alpha,
         min_particles=args.min_particles,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
         figure=not args.no_figure,
-        progress=progress,
+        progress=_progress("tomomatch hand"),
     )
     _print_report(report)
     return 0
@@ -334,38 +346,14 @@ def _run_pooled(args, ts) -> int:
                     raise InputError("the STAR names no match job; give --job for each file, or a --list", st)
                 tomograms.append(HandTomogram(name, job=Path(job), particles=Path(st), where=(st, "--particles")))
 
-    def progress_factory(name):
-        bars: list = []
-
-        def progress(i, n):
-            if not bars:
-                bars.append(ProgressBars({"particles rescored": n}, label=f"tomomatch hand {name}"))
-            bars[0].advance(1)
-            if i >= n:
-                bars[0].close()
-
-        return progress
-
     report = run_hand_pooled(
         args.output,
         tomograms,
         template=args.template,
         mask=args.mask,
         figure=not args.no_figure,
-        progress_factory=progress_factory,
-        voxel_size_angstrom=args.voxel_size,
-        max_particles=args.max_particles,
-        hand_mode=args.hand_mode,
-        max_angle_deg=args.max_angle,
-        angle_step_deg=args.angle_step,
-        shift_voxels=args.shift,
-        oversampling=args.oversampling,
-        low_pass_angstrom=args.low_pass,
-        high_pass_angstrom=args.high_pass,
-        whiten=args.whiten,
-        ctf_mode=args.ctf,
-        coarse_step_deg=args.coarse_step,
-        particle_diameter_angstrom=args.particle_diameter,
+        progress_factory=lambda name: _progress(f"tomomatch hand {name}"),
+        **_rescore_options(args),
         **stats,
     )
     _print_pooled(report)
