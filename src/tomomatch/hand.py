@@ -770,48 +770,53 @@ def run_hand_pooled(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InputError(f"tomogram name(s) {', '.join(dup)} appear twice", field="tomograms")
+    stats: dict[str, Any] = dict(alpha=alpha, min_particles=min_particles, n_bootstrap=n_bootstrap, seed=seed)
+
+    def run_one(t: HandTomogram, prefix: Path) -> None:
+        if t.error:
+            raise NoCandidatesError(f"failed in the batch ({t.error})")
+        particles = read_particles(t.particles, job=t.job) if t.particles is not None else None
+        if particles is not None and len(particles) == 0:
+            raise NoCandidatesError("no candidates in the particle file", t.particles)
+        run_hand(
+            prefix,
+            job=t.job,
+            tomogram=t.tomogram,
+            template=template,
+            mask=mask,
+            tilt_series=t.tilt_series,
+            particles=particles,
+            figure=figure,
+            progress=progress_factory(t.name) if progress_factory is not None else None,
+            **stats,
+            **hand_options,
+        )
+
+    return _run_each_and_pool(out_prefix, [(t.name, t.where, t) for t in tomograms], run_one, stats, command="hand")
+
+
+def _run_each_and_pool(out_prefix: Path, items, run_one, stats: dict[str, Any], *, command: str) -> dict[str, Any]:
+    """``run_one(item, <out_prefix>_<name>)`` for each ``(name, where, item)``, then
+    :func:`pool_reports`. A tomogram without candidates (:class:`NoCandidatesError`) is reported
+    and excluded; any other bad input stops the run naming the tomogram and where it was given."""
     done: list[tuple[str, Path]] = []
     excluded: list[tuple[str, str]] = []
-    for t in tomograms:
-        if t.error:
-            excluded.append((t.name, f"failed in the batch ({t.error})"))
-            continue
-        prefix = _tomogram_prefix(out_prefix, t.name)
+    for name, where, item in items:
+        prefix = _tomogram_prefix(out_prefix, name)
         try:
-            particles = read_particles(t.particles, job=t.job) if t.particles is not None else None
-            if particles is not None and len(particles) == 0:
-                raise NoCandidatesError("no candidates in the particle file", t.particles)
-            run_hand(
-                prefix,
-                job=t.job,
-                tomogram=t.tomogram,
-                template=template,
-                mask=mask,
-                tilt_series=t.tilt_series,
-                particles=particles,
-                alpha=alpha,
-                min_particles=min_particles,
-                n_bootstrap=n_bootstrap,
-                seed=seed,
-                figure=figure,
-                progress=progress_factory(t.name) if progress_factory is not None else None,
-                **hand_options,
-            )
+            run_one(item, prefix)
         except NoCandidatesError as exc:
-            excluded.append((t.name, exc.detail))
+            excluded.append((name, exc.detail))
             continue
         except InputError as exc:
-            raise InputError(f"tomogram {t.name!r}: {exc}", *t.where) from None
-        done.append((t.name, prefix.with_suffix(".json")))
+            raise InputError(f"tomogram {name!r}: {exc}", *where) from None
+        done.append((name, prefix.with_suffix(".json")))
     return pool_reports(
         out_prefix,
         done,
         excluded=excluded,
-        alpha=alpha,
-        min_particles=min_particles,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-        method={"command": "hand", "pooled": True, "n_tomograms": len(tomograms)},
+        **stats,
+        method={"command": command, "pooled": True, "n_tomograms": len(items)},
     )
 
 
@@ -832,35 +837,11 @@ def run_compare_hands_pooled(
     out_prefix = Path(out_prefix)
     if not pairs:
         raise InputError("no runs given", field="runs")
-    done: list[tuple[str, Path]] = []
-    excluded: list[tuple[str, str]] = []
-    for name, a, b, where in pairs:
-        prefix = _tomogram_prefix(out_prefix, name)
-        try:
-            run_compare_hands(
-                a,
-                b,
-                prefix,
-                alpha=alpha,
-                min_particles=min_particles,
-                n_bootstrap=n_bootstrap,
-                seed=seed,
-                figure=figure,
-                **compare_options,
-            )
-        except NoCandidatesError as exc:
-            excluded.append((name, str(exc)))
-            continue
-        except InputError as exc:
-            raise InputError(f"tomogram {name!r}: {exc}", *where) from None
-        done.append((name, prefix.with_suffix(".json")))
-    return pool_reports(
-        out_prefix,
-        done,
-        excluded=excluded,
-        alpha=alpha,
-        min_particles=min_particles,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-        method={"command": "compare-hands", "pooled": True, "n_tomograms": len(pairs)},
+    stats: dict[str, Any] = dict(alpha=alpha, min_particles=min_particles, n_bootstrap=n_bootstrap, seed=seed)
+
+    def run_one(runs: tuple[Any, Any], prefix: Path) -> None:
+        run_compare_hands(runs[0], runs[1], prefix, figure=figure, **stats, **compare_options)
+
+    return _run_each_and_pool(
+        out_prefix, [(name, where, (a, b)) for name, a, b, where in pairs], run_one, stats, command="compare-hands"
     )
