@@ -505,6 +505,23 @@ def test_default_processes_recorded_and_small_searches_stay_in_process(data, tmp
     assert job["execution"] == {**ex, "processes_rule": "given"}
 
 
+def test_recut_units_equal_a_fresh_plan(data, tmp_path):
+    """run_match's auto processes re-cut the plan's units instead of planning (reading) again:
+    the re-cut plan must equal a plan made for that many units, key included."""
+    d = data["dir"]
+    args = (d / "tmpl.mrc", d / "mask.mrc", d / "tomo.mrc", tmp_path)
+    rots = data["rots"][:20]
+    one = plan_match(*args, rotations=rots, tiles=(2, 1, 1), batch_size=3)
+    fresh = plan_match(*args, rotations=rots, tiles=(2, 1, 1), batch_size=3, min_units=8)
+    recut = one.with_units(None, 8)
+    assert len(one.units) == 2 and len(recut.units) >= 8
+    assert recut.units == fresh.units and recut.key == fresh.key == one.key
+    assert (
+        one.with_units(6).units
+        == plan_match(*args, rotations=rots, tiles=(2, 1, 1), batch_size=3, rotations_per_unit=6).units
+    )
+
+
 def test_pool_workers_die_with_a_killed_parent(data, tmp_path):
     """SIGKILL the parent of a --processes 2 run: its workers must not stay behind."""
     d = data["dir"]

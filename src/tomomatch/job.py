@@ -178,6 +178,12 @@ class MatchPlan:
     def n_rotations(self) -> int:
         return int(len(self.rotations))
 
+    def with_units(self, rotations_per_unit: int | None = None, min_units: int = 1) -> "MatchPlan":
+        """The same plan cut into other work units (not part of the key: any cut gives the same
+        outputs, and finished units of another cut are recomputed, never mixed)."""
+        units = _make_units(len(self.tiles), self.n_rotations, self.batch_sizes, rotations_per_unit, min_units)
+        return replace(self, units=units)
+
     @property
     def checkpoint_dir(self) -> Path:
         return self.out_dir / f"{self.name}_checkpoints"
@@ -1163,30 +1169,30 @@ def run_match(
         raise InputError(f"{processes!r} processes; expected an integer >= 1", None, "--processes")
     cpus = available_cpus()
 
-    def plan_for(n_proc: int) -> MatchPlan:
-        return plan_match(
-            template,
-            mask,
-            tomogram,
-            out_dir,
-            options,
-            tilt_series=tilt_series,
-            rotations=rotations,
-            rotations_per_unit=rotations_per_unit,
-            min_units=4 * n_proc if n_proc > 1 else 1,
-            engine=engine,
-            **option_fields,
-        )
+    def min_units(n_proc: int) -> int:
+        return 4 * n_proc if n_proc > 1 else 1
 
-    plan = plan_for(1 if processes is None else int(processes))
+    plan = plan_match(
+        template,
+        mask,
+        tomogram,
+        out_dir,
+        options,
+        tilt_series=tilt_series,
+        rotations=rotations,
+        rotations_per_unit=rotations_per_unit,
+        min_units=min_units(1 if processes is None else int(processes)),
+        engine=engine,
+        **option_fields,
+    )
     if processes is None:  # auto
         work = float(plan.n_voxels_computed) * plan.n_rotations
         # a worker costs a few seconds to start (spawn, import torch): not worth it for small searches
         processes = (
             cpus if (torch.device(plan.options.device).type == "cpu" and work >= _AUTO_PROCESSES_MIN_WORK) else 1
         )
-        if processes > 1:
-            plan = plan_for(processes)  # units for the pool (the same outputs, finer chunks)
+        if processes > 1:  # units for the pool (the same outputs, finer chunks); inputs not read again
+            plan = plan.with_units(rotations_per_unit, min_units(processes))
     execution = {
         "processes": int(processes),
         "processes_rule": "auto" if auto else "given",
