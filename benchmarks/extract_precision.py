@@ -18,10 +18,12 @@ Usage::
         [--device cpu|cuda] [--false-alarms 1] [--set n_blobs=300]
 
 ``ci`` (128 x 128 x 48, 8 particles + 2 decoys, 30 blobs) runs in minutes on a CPU at a 12-15
-degree step; ``seed`` (514 x 720 x 84, 100 ribosomes, 60 blobs) needs a GPU for a fine search.
-A coarse seed-like run (1,944 rotations; about 2-3 minutes on an H100/H200, mostly simulation)::
+degree step; ``seed-clean`` (514 x 720 x 84, 100 ribosomes, 60 blobs, clean ice: the run in
+docs/extraction.md) and ``seed`` (the same calibrated to the seed page's ~20 sigma: crowders,
+misalignment, K3-like detector) need a GPU for a fine search. A coarse seed-like run (1,944
+rotations; about 2-3 minutes on an H100/H200, mostly simulation)::
 
-    python3 benchmarks/extract_precision.py OUT --preset seed --seeds 8201 --step 20 --device cuda
+    python3 benchmarks/extract_precision.py OUT --preset seed-clean --seeds 8201 --step 20 --device cuda
 Results: ``OUT/<preset>_<seed>/`` (simulation, match job, one STAR per method) and one JSON
 line per case in ``OUT/summary.jsonl``.
 """

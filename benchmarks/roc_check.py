@@ -17,7 +17,8 @@ Cases (``--cases``; default all):
   0.064 rad: the values of the ``lamella`` preset), 2 seeds. About a minute each at 20 degrees.
 * ``strip``: a thin 1400 x 56 x 40 strip at 5 A with shot noise, 24 particles of 100 A, 2 decoys,
   20 blobs (docs/extraction.md's "strip"): particles and background overlap. 2 seeds.
-* ``seed``: the ``seed`` preset (70S ribosomes from 4V5D) cropped to 256 x 360 x 84 voxels of
+* ``seed``: the ``seed-clean`` preset (70S ribosomes from 4V5D in clean ice; the ``seed`` preset
+  before its calibration, on which the 2026-12-04 record was measured) cropped to 256 x 360 x 84 voxels of
   8.56 A with 25 ribosomes and 15 blobs, 1 seed (needs gemmi and the shared 4v5d.cif.gz;
   otherwise the phantom is simulated and the record says so).
 
@@ -100,7 +101,7 @@ CASES: dict[str, dict] = {
         ),
     ),
     "seed": dict(
-        preset="seed",
+        preset="seed-clean",
         seeds=[8331],
         step=25.0,
         tiles=(1, 1, 1),

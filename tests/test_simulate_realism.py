@@ -329,6 +329,70 @@ def test_hard_preset_has_every_feature_on_and_a_matching_20s_template():
     assert cfg.carbon_edge_x_fraction is not None and not cfg.warnings
 
 
+@pytest.mark.parametrize("name", ["ci", "lamella", "seed", "seed-clean", "wide", "hard"])
+def test_every_preset_is_listed_and_validates(name):
+    from tomomatch.simulate.config import PRESETS
+
+    assert name in PRESETS
+    assert preset_config(name).preset == name
+
+
+def test_seed_clean_keeps_the_former_seed_values_and_seed_adds_only_the_calibration():
+    """`seed-clean` is the `seed` preset before its calibration (docs/simulation.md "Calibration"):
+    its values are pinned here so that the measurements made on it stay reproducible."""
+    from tomomatch.simulate.config import PRESETS
+
+    former_seed = dict(
+        structure="@4v5d",
+        n_particles=100,
+        n_decoys=0,
+        n_blobs=60,
+        thickness_nm=70.0,
+        tomogram_size_xyz=(514, 720, 84),
+        voxel_size_angstrom=8.56,
+        binning=2,
+        tilt_min_deg=-60.0,
+        tilt_max_deg=60.0,
+        tilt_step_deg=3.0,
+        dose_per_tilt=3.0,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+        defocus_um=3.0,
+        defocus_scatter_um=0.15,
+        ice_noise_rad=0.03,
+    )
+    assert PRESETS["seed-clean"] == former_seed
+    calibration = {k: v for k, v in PRESETS["seed"].items() if former_seed.get(k, object()) != v}
+    assert set(calibration) == {
+        "ice_noise_rad",
+        "crowding_volume_fraction",
+        "crowder_structures",
+        "jitter_angstrom",
+        "tilt_rotation_deg",
+        "detector",
+        "detector_pixel_angstrom",
+    }
+    clean = preset_config("seed-clean")
+    assert clean.preset == "seed-clean" and clean.crowding_volume_fraction == 0 and clean.detector == "ideal"
+    assert clean.jitter_angstrom == 0 and clean.tilt_rotation_deg == 0 and clean.template_structure is None
+
+
+@pytest.mark.skipif(not (DATA / "maps" / "polnet_4cr2_26S_5A.mrc").exists(), reason="shared data not available")
+def test_seed_preset_is_calibrated_with_crowders_misalignment_and_a_k3_detector():
+    cfg = preset_config("seed")
+    assert cfg.crowding_volume_fraction == pytest.approx(0.1) and len(cfg.crowder_structures) == 3
+    assert not any("70S" in str(c) or "4v4r" in str(c) for c in cfg.crowder_structures)  # no untracked ribosomes
+    assert cfg.jitter_angstrom > 0 and cfg.tilt_rotation_deg > 0 and cfg.detector == "k3"
+    assert cfg.template_structure is None and not cfg.warnings  # template from the particles' own model
+
+
+@pytest.mark.skipif(not (DATA / "maps" / "polnet_4cr2_26S_5A.mrc").exists(), reason="shared data not available")
+def test_crowding_on_a_preset_without_crowders_uses_the_default_crowders():
+    cfg = preset_config("seed-clean", crowding_volume_fraction=0.05)
+    assert cfg.crowding_volume_fraction == 0.05 and len(cfg.crowder_structures) == 3 and not cfg.warnings
+
+
 def test_sigma_estimate_falls_with_dose_and_clean_particles_pass_the_cutoff():
     kw = dict(n_particles=4, n_decoys=0, n_blobs=0, tomogram_size_xyz=(80, 80, 40), tilt_step_deg=6.0)
     hi = simulate("ci", write=False, seed=2, estimate_sigma=True, dose_per_tilt=5.0, **kw).summary["particle_sigma"]
