@@ -527,3 +527,23 @@ def test_null_max_density_matches_monte_carlo():
     assert np.abs(hist - model).max() < 0.1 * model.max()
     # the per-rotation Gaussian is not this distribution: its mode is 2 sigma lower
     assert abs(centres[np.argmax(model)] - 0.1) > 1.5 * 0.02
+
+
+def test_empty_tail_cutoff_warns_when_many_peaks_pass_the_gaussian_one():
+    """hard preset (docs/extraction.md): 26S look-alikes lift the tail cut-off above every peak;
+    the user must hear it in one line, with the numbers, instead of an empty STAR alone."""
+    from tomomatch.extract import empty_tail_warning
+
+    rng = np.random.default_rng(0)
+    peaks = np.sort(rng.normal(0.10, 0.01, 2000))[::-1]  # score units; search mean 0, std 0.01
+    msg = empty_tail_warning(peaks, peaks[0] + 0.01, 0.07, 1.0, {"xi": 0.07}, 0.0, 0.01)
+    n_gauss = int(np.count_nonzero(peaks > 0.07))
+    assert msg is not None and "\n" not in msg
+    assert f"{n_gauss} peaks pass the Gaussian cut-off 0.07 (7.0 sigma)" in msg and "xi = +0.07" in msg
+    # a peak passes the tail cut-off: nothing to say
+    assert empty_tail_warning(peaks, peaks[5], 0.07, 1.0, None, 0.0, 0.01) is None
+    # only the background's own expectation passes the Gaussian cut-off (10 x N_fp): quiet
+    top = peaks[9] - 1e-6  # exactly 10 peaks above
+    assert empty_tail_warning(peaks, peaks[0] + 0.01, top, 1.0, None, 0.0, 0.01) is None
+    assert empty_tail_warning(peaks, peaks[0] + 0.01, peaks[10] - 1e-6, 1.0, None, 0.0, 0.01) is not None
+    assert empty_tail_warning(peaks, peaks[0] + 0.01, None, 1.0, None, 0.0, 0.01) is None
