@@ -442,6 +442,18 @@ def run_compare(args) -> int:
             " pairs of runs (one pair per tomogram) or --list",
             field="RUN",
         )
+    options = dict(
+        hands=args.hands,
+        max_distance_angstrom=args.radius,
+        max_particles=args.max_particles,
+        score=args.score,
+        alpha=args.alpha,
+        min_particles=args.min_particles,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        figure=not args.no_figure,
+        **extract,
+    )
     if args.list or len(args.runs) > 2:
         from pathlib import Path
 
@@ -456,16 +468,7 @@ def run_compare(args) -> int:
         report = run_compare_hands_pooled(
             args.output,
             pairs,
-            hands=args.hands,
-            max_distance_angstrom=args.radius,
-            max_particles=args.max_particles,
-            score=args.score,
-            alpha=args.alpha,
-            min_particles=args.min_particles,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-            figure=not args.no_figure,
-            **extract,
+            **options,
         )
         _print_pooled(report)
         return 0
@@ -473,16 +476,7 @@ def run_compare(args) -> int:
         args.runs[0],
         args.runs[1],
         args.output,
-        hands=args.hands,
-        max_distance_angstrom=args.radius,
-        max_particles=args.max_particles,
-        score=args.score,
-        alpha=args.alpha,
-        min_particles=args.min_particles,
-        n_bootstrap=args.bootstrap,
-        seed=args.seed,
-        figure=not args.no_figure,
-        **extract,
+        **options,
     )
     pr = report.get("pairing", {})
     print(
