@@ -205,3 +205,29 @@ def test_cli_flags(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0] and "tomomatch match: error:" in err[0]
         assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("name", ["C7", "D7", "D4"])  # O/I clouds of 48+ blobs in 15^3 are near-isotropic
+def test_symmetry_agreement_finds_an_off_axis_template(tmp_path, name):
+    """A template in RELION's orientation agrees with its mates (>= 0.9); the same template
+    turned off the axes (as the PolNet 20S map's 7-fold axis is) does not, and match warns."""
+    from tomomatch.template import SYMMETRY_AGREEMENT_MIN, symmetry_agreement
+
+    group = angles.symmetry_matrices(name)
+    centres, amps = _symmetric_cloud(group)
+    c = N // 2
+    z, y, x = np.indices((N, N, N)) - c
+    mask = (np.sqrt(x**2 + y**2 + z**2) <= c - 0.5).astype(np.float32)
+    aligned = _blobs(centres, amps, (N, N, N), (c, c, c))
+    tilt = Rotation.from_euler("xz", [40, 25], degrees=True).as_matrix()
+    off_axis = _blobs(centres @ tilt.T, amps, (N, N, N), (c, c, c))
+    assert symmetry_agreement(aligned, mask, name) >= SYMMETRY_AGREEMENT_MIN
+    assert symmetry_agreement(off_axis, mask, name) < 0.8
+    assert symmetry_agreement(off_axis, mask, "C1") == 1.0
+    write_volume(tmp_path / "t.mrc", off_axis.astype(np.float32), VOXEL)
+    write_volume(tmp_path / "m.mrc", mask, VOXEL)
+    write_volume(tmp_path / "v.mrc", np.random.default_rng(0).normal(0, 1, SHAPE).astype(np.float32), VOXEL)
+    with pytest.warns(UserWarning, match=rf"not in RELION's {name} orientation"):
+        plan_match(
+            tmp_path / "t.mrc", tmp_path / "m.mrc", tmp_path / "v.mrc", tmp_path, angular_step_deg=40.0, symmetry=name
+        )

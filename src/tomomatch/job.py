@@ -45,6 +45,7 @@ import os
 import pickle
 import shutil
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +77,7 @@ from .options import DEFAULT_MAX_MEMORY_GB, MatchOptions
 from . import preparation
 from .progress import ProgressBars
 from .region import file_sha256, load_search_region
+from .template import SYMMETRY_AGREEMENT_MIN, symmetry_agreement
 from .tiles import Tile, auto_tile_counts, crop_tiles, plan_tiles
 
 __all__ = [
@@ -377,6 +379,16 @@ def plan_match(
                 raise InputError("give --angular-step, --particle-diameter or --angle-list", None, "--angular-step")
             angular_step_deg = crowther_step_deg(opts.particle_diameter_angstrom, voxel, low_pass_angstrom)
         rots = uniform_rotations(angular_step_deg, symmetry)
+        if symmetry != "C1":
+            agreement = symmetry_agreement(tmpl_np, mask_np, symmetry)
+            if agreement < SYMMETRY_AGREEMENT_MIN:
+                warnings.warn(
+                    f"{template}: the template correlates only {agreement:.2f} with its own {symmetry} mates"
+                    f" (expected >= {SYMMETRY_AGREEMENT_MIN}): it is not in RELION's {symmetry} orientation"
+                    " (n-fold axis along z), so --symmetry would skip orientations the particles need;"
+                    " align it (e.g. relion_align_symmetry) or search C1",
+                    stacklevel=2,
+                )
     else:
         rots = np.asarray(rotations, float).reshape(-1, 3, 3)
     if len(rots) == 0:

@@ -30,6 +30,7 @@ from .errors import InputError
 from .mrcio import read_volume
 
 __all__ = [
+    "symmetry_agreement",
     "MOTT_BETHE_VOLT_ANGSTROM2",
     "MODEL_EXTENSIONS",
     "MAP_EXTENSIONS",
@@ -622,3 +623,33 @@ def create_template(
     if invert:
         vol = -vol
     return np.ascontiguousarray(vol, dtype=np.float32), v
+
+
+#: below this correlation with its own symmetry mate, a template is not in the point group's
+#: RELION orientation: a symmetry search would skip orientations it needs
+SYMMETRY_AGREEMENT_MIN = 0.9
+
+
+def symmetry_agreement(template: np.ndarray, mask: np.ndarray, symmetry: str) -> float:
+    """The lowest correlation, inside ``mask > 0.5``, of the template with itself turned by each
+    operation of ``symmetry`` in RELION's orientation (n-fold axis along z, 2-folds of Dn along
+    x, ...; :func:`tomomatch.angles.symmetry_matrices`). Near 1 for a template in that
+    orientation; an off-axis template (e.g. the PolNet 20S map, whose 7-fold axis is not z)
+    gives much less. 1.0 for C1. Trilinear turns about the box centre ``n // 2``: the engine's
+    :func:`tomomatch.matching.rotate_volume`."""
+    from .angles import symmetry_matrices
+    from .matching import rotate_volume
+
+    ops = symmetry_matrices(symmetry)[1:]
+    if len(ops) == 0:
+        return 1.0
+    t = np.asarray(template, float)
+    inside = np.asarray(mask, float) > 0.5
+    a = t[inside] - t[inside].mean()
+    worst = 1.0
+    for r in ops:
+        b = rotate_volume(t, r, order=1)[inside]
+        b = b - b.mean()
+        den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+        worst = min(worst, float((a * b).sum() / den) if den > 0 else 0.0)
+    return worst
