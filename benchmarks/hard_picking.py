@@ -66,31 +66,30 @@ HERE = Path(__file__).resolve().parent
 
 
 def symmetry_check(template_path: Path, mask_path: Path, symmetry: str) -> dict:
-    """Correlation (inside the mask) of the template with itself turned by each generator-like
-    operation of ``symmetry`` (RELION orientation): near 1 when the template is in that
-    orientation. Also, as a control, turned by half the n-fold angle about z."""
-    from scipy.ndimage import affine_transform
+    """The template's agreement with its own symmetry mates (tomomatch.template.symmetry_agreement,
+    the check match runs itself) and, as a control, with itself turned by half the n-fold angle
+    about z (low for any template with a z axis of that order)."""
+    from tomomatch.template import symmetry_agreement
 
     t = np.asarray(read_volume(template_path)[0], float)
-    m = np.asarray(read_volume(mask_path)[0], float) > 0.5
-    c = np.full(3, t.shape[0] // 2, float)
-    perm = np.eye(3)[::-1]  # (x, y, z) <-> array (z, y, x)
+    m = np.asarray(read_volume(mask_path)[0], float)
+    order = len(symmetry_matrices(symmetry)) // (2 if symmetry.upper().startswith("D") else 1)
+    half_step = np.radians(180.0 / max(2, order))
+    rz = np.array([[np.cos(half_step), -np.sin(half_step), 0], [np.sin(half_step), np.cos(half_step), 0], [0, 0, 1]])
+    agreement = symmetry_agreement(t, m, symmetry)
+    control = symmetry_agreement_under(t, m, rz)
+    return {"min": round(agreement, 4), "control_half_step_about_z": round(control, 4)}
 
-    def turned(r: np.ndarray) -> np.ndarray:  # out(x) = t(R^T x)
-        ra = perm @ r.T @ perm
-        return affine_transform(t, ra, offset=c - ra @ c, order=3)
 
-    def cc(b: np.ndarray) -> float:
-        x, y = t[m] - t[m].mean(), b[m] - b[m].mean()
-        return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+def symmetry_agreement_under(t: np.ndarray, m: np.ndarray, rotation: np.ndarray) -> float:
+    """Correlation inside the mask of ``t`` with ``t`` turned by ``rotation`` (the engine's turn)."""
+    from tomomatch.matching import rotate_volume
 
-    g = symmetry_matrices(symmetry)
-    out = {"operations": [round(cc(turned(r)), 4) for r in g[1:]]}
-    ang = 2 * np.pi / max(2, len(g) // (2 if symmetry.upper().startswith("D") else 1)) / 2
-    rz = np.array([[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
-    out["control_half_step_about_z"] = round(cc(turned(rz)), 4)
-    out["min"] = min(out["operations"]) if out["operations"] else 1.0
-    return out
+    inside = m > 0.5
+    a = t[inside] - t[inside].mean()
+    b = rotate_volume(t, rotation, order=1)[inside]
+    b = b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def greedy_pairs(picks_xyz: np.ndarray, truth_xyz: np.ndarray, radius: float) -> np.ndarray:
