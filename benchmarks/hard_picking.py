@@ -69,7 +69,7 @@ def symmetry_check(template_path: Path, mask_path: Path, symmetry: str) -> dict:
     """The template's agreement with its own symmetry mates (tomomatch.template.symmetry_agreement,
     the check match runs itself) and, as a control, with itself turned by half the n-fold angle
     about z (low for any template with a z axis of that order)."""
-    from tomomatch.template import symmetry_agreement
+    from tomomatch.template import self_correlation, symmetry_agreement
 
     t = np.asarray(read_volume(template_path)[0], float)
     m = np.asarray(read_volume(mask_path)[0], float)
@@ -77,19 +77,8 @@ def symmetry_check(template_path: Path, mask_path: Path, symmetry: str) -> dict:
     half_step = np.radians(180.0 / max(2, order))
     rz = np.array([[np.cos(half_step), -np.sin(half_step), 0], [np.sin(half_step), np.cos(half_step), 0], [0, 0, 1]])
     agreement = symmetry_agreement(t, m, symmetry)
-    control = symmetry_agreement_under(t, m, rz)
+    control = self_correlation(t, m, rz)
     return {"min": round(agreement, 4), "control_half_step_about_z": round(control, 4)}
-
-
-def symmetry_agreement_under(t: np.ndarray, m: np.ndarray, rotation: np.ndarray) -> float:
-    """Correlation inside the mask of ``t`` with ``t`` turned by ``rotation`` (the engine's turn)."""
-    from tomomatch.matching import rotate_volume
-
-    inside = m > 0.5
-    a = t[inside] - t[inside].mean()
-    b = rotate_volume(t, rotation, order=1)[inside]
-    b = b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def greedy_pairs(picks_xyz: np.ndarray, truth_xyz: np.ndarray, radius: float) -> np.ndarray:

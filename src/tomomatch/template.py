@@ -31,6 +31,7 @@ from .mrcio import read_volume
 
 __all__ = [
     "symmetry_agreement",
+    "self_correlation",
     "MOTT_BETHE_VOLT_ANGSTROM2",
     "MODEL_EXTENSIONS",
     "MAP_EXTENSIONS",
@@ -113,10 +114,6 @@ def _memory_limit_bytes() -> int:
     return memory_limit_bytes()
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB" if n < 2**50 else f"{n / 2**40:.3g} TiB"
-
-
 def _check_template_size(shape, option: str, value, path=None) -> None:
     """Refuse, before allocating, a template whose largest array ``shape`` (voxels ``[z, y, x]``)
     would need more memory than the machine has (:func:`_memory_limit_bytes`).
@@ -124,6 +121,8 @@ def _check_template_size(shape, option: str, value, path=None) -> None:
     The estimate is :data:`TEMPLATE_WORK_COPIES` float32 arrays of ``shape``; the message names
     ``option`` (``--voxel-size``, ``--box-size``) and its ``value`` (text, with its unit).
     """
+    from .resources import gib
+
     dims = [float(n) for n in shape]
     voxels = math.prod(dims)
     need = voxels * 4.0 * TEMPLATE_WORK_COPIES
@@ -131,12 +130,12 @@ def _check_template_size(shape, option: str, value, path=None) -> None:
     if need <= limit:
         return
     if all(n < 1e15 for n in dims):
-        box = f"a template of {'x'.join(f'{n:.0f}' for n in dims)} voxels: about {_gib(need)}"
+        box = f"a template of {'x'.join(f'{n:.0f}' for n in dims)} voxels: about {gib(need)}"
     else:
         box = "a template of more than 1e15 voxels per axis: more memory than exists"
     raise InputError(
         f"{value} gives {box} to compute, more than the "
-        f"{_gib(limit)} allowed (this machine's memory, or tomomatch.template.MAX_TEMPLATE_BYTES); "
+        f"{gib(limit)} allowed (this machine's memory, or tomomatch.template.MAX_TEMPLATE_BYTES); "
         "expected the tomogram's voxel size and a box of a few hundred voxels at most",
         path,
         option,
@@ -635,21 +634,22 @@ def symmetry_agreement(template: np.ndarray, mask: np.ndarray, symmetry: str) ->
     operation of ``symmetry`` in RELION's orientation (n-fold axis along z, 2-folds of Dn along
     x, ...; :func:`tomomatch.angles.symmetry_matrices`). Near 1 for a template in that
     orientation; an off-axis template (e.g. the PolNet 20S map, whose 7-fold axis is not z)
-    gives much less. 1.0 for C1. Trilinear turns about the box centre ``n // 2``: the engine's
-    :func:`tomomatch.matching.rotate_volume`."""
+    gives much less. 1.0 for C1."""
     from .angles import symmetry_matrices
+
+    return min((self_correlation(template, mask, r) for r in symmetry_matrices(symmetry)[1:]), default=1.0)
+
+
+def self_correlation(template: np.ndarray, mask: np.ndarray, rotation: np.ndarray) -> float:
+    """Correlation, inside ``mask > 0.5``, of the template with itself turned by ``rotation``
+    (a pose matrix on ``(x, y, z)``) about the box centre ``n // 2``: the engine's
+    :func:`tomomatch.matching.rotate_volume`, trilinear."""
     from .matching import rotate_volume
 
-    ops = symmetry_matrices(symmetry)[1:]
-    if len(ops) == 0:
-        return 1.0
     t = np.asarray(template, float)
     inside = np.asarray(mask, float) > 0.5
     a = t[inside] - t[inside].mean()
-    worst = 1.0
-    for r in ops:
-        b = rotate_volume(t, r, order=1)[inside]
-        b = b - b.mean()
-        den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-        worst = min(worst, float((a * b).sum() / den) if den > 0 else 0.0)
-    return worst
+    b = rotate_volume(t, rotation, order=1)[inside]
+    b = b - b.mean()
+    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
