@@ -71,7 +71,7 @@ from .matching import (
     resolve_device,
 )
 from .matching.fft import _MIN_THREADED_FFT
-from .mrcio import atomic_path, read_volume, read_voxel_size, write_volume
+from .mrcio import atomic_path, check_voxel_size_agrees, read_volume, read_voxel_size, write_volume
 from .jobfile import JOB_FORMAT, check_geometry_version, read_job, write_job
 from .options import DEFAULT_MAX_MEMORY_GB, MatchOptions
 from . import preparation
@@ -327,21 +327,8 @@ def plan_match(
     vol_np, voxel = read_volume(tomogram, opts.voxel_size_angstrom, what="tomogram")
     t_vs = read_voxel_size(template)
     tmpl_np, _ = read_volume(template, t_vs if t_vs > 0 else voxel, what="template")
-    if t_vs > 0 and abs(t_vs - voxel) > 0.01 * voxel:
-        raise InputError(
-            f"template voxel size {t_vs:g} A differs from the tomogram's {voxel:g} A by more"
-            " than 1 %; resample the template",
-            template,
-            "voxel size",
-        )
-    m_vs = read_voxel_size(mask)
-    if m_vs > 0 and abs(m_vs - voxel) > 0.01 * voxel:
-        raise InputError(
-            f"mask voxel size {m_vs:g} A differs from the tomogram's {voxel:g} A by more than"
-            " 1 %; make the mask at the template's voxel size",
-            mask,
-            "voxel size",
-        )
+    check_voxel_size_agrees(template, voxel, "template", "resample the template", "voxel size")
+    check_voxel_size_agrees(mask, voxel, "mask", "make the mask at the template's voxel size", "voxel size")
     mask_np, _ = read_volume(mask, voxel, what="mask")
     nz, ny, nx = vol_np.shape  # 3-D: read_volume's default ndim
     vol_shape = (int(nz), int(ny), int(nx))

@@ -12,7 +12,14 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["read_volume", "write_volume", "read_voxel_size", "atomic_path", "check_volume_fits"]
+__all__ = [
+    "read_volume",
+    "write_volume",
+    "read_voxel_size",
+    "check_voxel_size_agrees",
+    "atomic_path",
+    "check_volume_fits",
+]
 
 
 def _one_line(text: object) -> str:
@@ -120,6 +127,21 @@ def check_volume_fits(path, what: str = "volume") -> None:
         "header",
         f"expected a {what} that fits in memory (bin it, or cut out the region to search)",
     )
+
+
+def check_voxel_size_agrees(path, voxel_size_angstrom: float, what: str, advice: str, field: str) -> float:
+    """The voxel size in ``path``'s header (0 when absent), refused (one :class:`InputError`
+    naming ``field`` and ``advice``) when it differs from the tomogram's by more than 1 %."""
+    vs = read_voxel_size(path)
+    voxel = float(voxel_size_angstrom)
+    if vs > 0 and abs(vs - voxel) > 0.01 * voxel:
+        raise InputError(
+            f"{what + ' ' if what else ''}voxel size {vs:g} A differs from the tomogram's {voxel:g} A by more than"
+            f" 1 %; {advice}",
+            path,
+            field,
+        )
+    return vs
 
 
 def read_voxel_size(path) -> float:

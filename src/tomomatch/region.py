@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .mrcio import read_volume, read_voxel_size
+from .mrcio import check_voxel_size_agrees, read_volume
 
 __all__ = ["load_search_region", "job_search_region", "file_sha256"]
 
@@ -50,16 +50,9 @@ def _ranges_box(ranges: dict[str, Any], shape_zyx) -> tuple[slice, slice, slice]
 def _read_mask(path: Path, shape_zyx, voxel: float, field: str) -> np.ndarray:
     try:
         m, _ = read_volume(path, voxel, what="tomogram mask", nonconstant=False)
-        m_vs = read_voxel_size(path)
     except InputError as exc:
         raise InputError(exc.detail, exc.path or path, field) from None
-    if m_vs > 0 and abs(m_vs - voxel) > 0.01 * voxel:
-        raise InputError(
-            f"voxel size {m_vs:g} A differs from the tomogram's {voxel:g} A by more than 1 %;"
-            " expected a mask of the tomogram's voxels",
-            path,
-            field,
-        )
+    check_voxel_size_agrees(path, voxel, "", "expected a mask of the tomogram's voxels", field)
     if m.shape != tuple(int(s) for s in shape_zyx):
         raise InputError(
             f"shape [z, y, x] {m.shape} differs from the tomogram's {tuple(int(s) for s in shape_zyx)};"
