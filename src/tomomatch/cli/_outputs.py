@@ -46,6 +46,15 @@ def _read_only_fs(folder: Path) -> bool:
         return False
 
 
+def _why_not_writable(folder: Path) -> str | None:
+    """Why this process cannot write into the existing folder ``folder``, or None."""
+    if _read_only_fs(folder):
+        return "is on a read-only file system"
+    if not _writable(folder):
+        return "is not writable (permission denied)"
+    return None
+
+
 def _check_parent(folder: Path, target: Path, option: str, what: str) -> None:
     """``folder`` (the parent of ``target``) must be an existing, writable folder."""
     if not folder.exists():
@@ -54,14 +63,9 @@ def _check_parent(folder: Path, target: Path, option: str, what: str) -> None:
         )
     if not folder.is_dir():
         raise InputError(f"{str(folder)!r} is a file, not a folder; expected the {what} in a folder", target, option)
-    if _read_only_fs(folder):
-        raise InputError(
-            f"folder {str(folder)!r} is on a read-only file system; expected a writable folder", target, option
-        )
-    if not _writable(folder):
-        raise InputError(
-            f"folder {str(folder)!r} is not writable (permission denied); expected a writable folder", target, option
-        )
+    why = _why_not_writable(folder)
+    if why:
+        raise InputError(f"folder {str(folder)!r} {why}; expected a writable folder", target, option)
 
 
 def output_file(path, option: str, what: str = "output file") -> Path:
@@ -100,10 +104,9 @@ def output_folder(path, option: str, files: Iterable[str] = ()) -> Path:
     if p.exists():
         if not p.is_dir():
             raise InputError("is a file; expected an output folder (an existing folder or a new name)", p, option)
-        if _read_only_fs(p):
-            raise InputError("is on a read-only file system; expected a writable output folder", p, option)
-        if not _writable(p):
-            raise InputError("is not writable (permission denied); expected a writable output folder", p, option)
+        why = _why_not_writable(p)
+        if why:
+            raise InputError(f"{why}; expected a writable output folder", p, option)
         for name in files:
             if (p / name).is_dir():
                 raise InputError(f"{name!r} in it is a folder; expected a file name to write", p, option)
