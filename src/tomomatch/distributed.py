@@ -220,9 +220,10 @@ def _read_table(path: Path, allow_missing_dose: bool = False, extra_columns: Seq
         if "tomogram" not in cells:
             raise InputError("empty tomogram cell", path, line)
         kw: dict[str, Any] = {}
-        extra = {col: _resolve(val, base) for col, val in cells.items() if col in extra_columns}
-        if "tomogram_mask" in cells:
-            extra["tomogram_mask"] = _resolve(cells["tomogram_mask"], base)
+        # the caller's path columns and the per-row tomogram mask: resolved paths kept beside the metadata
+        extra = {
+            col: _resolve(val, base) for col, val in cells.items() if col in extra_columns or col == "tomogram_mask"
+        }
         for col, val in cells.items():
             if col in extra:
                 continue
