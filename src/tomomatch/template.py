@@ -30,6 +30,7 @@ from .errors import InputError
 from .mrcio import read_volume
 
 __all__ = [
+    "align_symmetry",
     "symmetry_agreement",
     "self_correlation",
     "MOTT_BETHE_VOLT_ANGSTROM2",
@@ -653,3 +654,352 @@ def self_correlation(template: np.ndarray, mask: np.ndarray, rotation: np.ndarra
     b = b - b.mean()
     den = math.sqrt(float((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- symmetry alignment
+
+#: largest work cube (voxels) of the coarse stage of :func:`align_symmetry` (the axis directions
+#: and the angle about the axis on a grid) and of its refinement; larger maps are Fourier-cropped
+_ALIGN_COARSE_BOX = 24
+_ALIGN_REFINE_BOX = 40
+#: directions of the coarse axis search: a Fibonacci half-sphere, about 7 degrees apart
+_ALIGN_DIRECTIONS = 400
+#: axes of the coarse stage refined (besides duplicates within this many degrees)
+_ALIGN_STARTS, _ALIGN_DISTINCT_DEG = 4, 15.0
+
+
+def _alignment_group(symmetry) -> str:
+    """``parse_symmetry``, with the option named ``--align-symmetry`` in the message."""
+    from .angles import parse_symmetry
+
+    try:
+        return parse_symmetry(symmetry)
+    except InputError as exc:
+        raise InputError(exc.detail.replace("--symmetry", "--align-symmetry"), None, exc.field) from None
+
+
+def _rotation_about(axis, angle: float) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    a = np.asarray(axis, float)
+    return Rotation.from_rotvec(a / np.linalg.norm(a) * angle).as_matrix()
+
+
+def _frame_z_to(axis) -> np.ndarray:
+    """The smallest rotation carrying z onto the direction ``axis`` (its columns: the images of x, y, z)."""
+    a = np.asarray(axis, float) / np.linalg.norm(axis)
+    v = np.cross([0.0, 0.0, 1.0], a)
+    s = float(np.linalg.norm(v))
+    if s < 1e-12:
+        return np.eye(3) if a[2] > 0 else np.diag([1.0, -1.0, -1.0])
+    return _rotation_about(v, math.atan2(s, float(a[2])))
+
+
+def _principal_axis(name: str) -> tuple[np.ndarray, int]:
+    """``(v, m)``: an axis ``v`` of the highest order ``m`` of the group (RELION's orientation), the
+    one nearest z: z for ``Cn``, ``Dn``, ``T``, ``O``, ``I3``; a 5-fold of ``I``/``I1``/``I2``/``I4``."""
+    from scipy.spatial.transform import Rotation
+
+    from .angles import symmetry_matrices
+
+    rv = Rotation.from_matrix(symmetry_matrices(name)[1:]).as_rotvec()
+    ang = np.linalg.norm(rv, axis=1)
+    m = int(round(2.0 * math.pi / ang.min()))
+    axes = rv[ang < ang.min() + 1e-6] / ang.min()
+    v = axes[int(np.argmax(np.round(np.abs(axes[:, 2]), 9)))]
+    return v * (1.0 if v[2] >= 0 else -1.0), m
+
+
+def _fibonacci_half_sphere(n: int) -> np.ndarray:
+    """``n`` near-uniform unit vectors ``(x, y, z)`` with ``z > 0`` (one of each antipodal pair)."""
+    i = np.arange(n) + 0.5
+    z = i / n
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))
+    r = np.sqrt(1.0 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def _inertia_axes(volume: np.ndarray, sign: float) -> np.ndarray:
+    """Eigenvectors (rows, ``(x, y, z)``, each with ``z >= 0``) of the inertia tensor about the box
+    centre of the density above 5 % of its maximum; a symmetric top's axis is the non-degenerate one."""
+    sv = sign * np.asarray(volume, float)
+    w = np.clip(sv - _SUPPORT_FRACTION * sv.max(), 0.0, None)
+    z, y, x = np.indices(volume.shape, dtype=float)
+    pts = np.stack(
+        [x - centre_index(volume.shape[2]), y - centre_index(volume.shape[1]), z - centre_index(volume.shape[0])], -1
+    )
+    pts = pts.reshape(-1, 3)
+    second = (pts * w.reshape(-1, 1)).T @ pts
+    vecs = np.linalg.eigh(np.trace(second) * np.eye(3) - second)[1].T
+    return vecs * np.where(vecs[:, 2] < 0, -1.0, 1.0)[:, None]
+
+
+def _sphere(shape, radius: float) -> np.ndarray:
+    """1 inside a sphere of ``radius`` voxels about the box centre ``n // 2``, else 0."""
+    z, y, x = (np.arange(n) - centre_index(n) for n in shape)
+    d2 = z[:, None, None] ** 2 + y[None, :, None] ** 2 + x[None, None, :] ** 2
+    return (d2 <= radius * radius).astype(np.float32)
+
+
+def _object_mask(volume: np.ndarray) -> np.ndarray:
+    """The default mask of :func:`align_symmetry`: a sphere about the box centre holding the object
+    (voxels above 5 % of the maximum) with 1.5 voxels to spare, no larger than the box."""
+    vol = np.asarray(volume)
+    sign = -1.0 if -vol.min() > vol.max() else 1.0
+    sv = sign * vol
+    idx = np.nonzero(sv > _SUPPORT_FRACTION * sv.max())
+    if not idx[0].size:
+        raise InputError("map is empty (no density above background)", field="template")
+    d2 = sum((i - centre_index(n)) ** 2 for i, n in zip(idx, vol.shape))
+    return _sphere(vol.shape, min(math.sqrt(float(d2.max())) + 1.5, min(vol.shape) // 2 - 0.5))
+
+
+def _nelder_mead(fun, n_params: int, step: float, max_evals: int) -> np.ndarray:
+    from scipy.optimize import minimize
+
+    simplex = np.vstack([np.zeros(n_params), step * np.eye(n_params)])
+    res = minimize(
+        fun,
+        np.zeros(n_params),
+        method="Nelder-Mead",
+        options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-4, "maxfev": max_evals},
+    )
+    return np.asarray(res.x, float)
+
+
+def align_symmetry(
+    template: np.ndarray, symmetry: str, mask: np.ndarray | None = None, *, box_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Turn a template into RELION's orientation for its point group (``relion_align_symmetry``).
+
+    ``tomomatch match --symmetry`` searches one asymmetric unit, valid only for a template whose
+    symmetry axes are RELION's (:func:`tomomatch.angles.symmetry_matrices`: ``Cn`` n-fold along z;
+    ``Dn`` and a 2-fold along x; ``T``, ``O``, ``I``/``I1``-``I4`` as there). This finds them:
+
+    1. **Centre.** The centre of mass (:func:`centre_of_mass`; dark-on-light maps too), which lies
+       on every symmetry axis, goes to ``n // 2`` (sub-voxel Fourier shift, zero-padded first).
+    2. **Axis.** Candidates for an axis of the group's highest order ``m`` (the n-fold; a 5-fold
+       for ``I``): the eigenvectors of the inertia tensor of the density (a symmetric top's
+       unique one is its axis) and the best of 400 directions on the half sphere (7 degrees
+       apart), scored by the template's correlation with itself turned about the direction by
+       ``360 * (m // 2) / m`` degrees, the turn nearest 180 (:func:`self_correlation`: the
+       engine's :func:`tomomatch.matching.rotate_volume`, trilinear, inside a sphere holding the
+       object). The best four are refined by a Nelder-Mead search of the direction, scored by
+       that turn and by ``360/m`` degrees.
+    3. **Angle about the axis** (all groups but ``Cn``): a 1 degree grid over ``360/m`` degrees
+       scored by the operations that move the axis (for ``Dn`` the 2-folds), then the whole
+       rotation refined by Nelder-Mead under both kinds of operation.
+    4. **Turn** with :func:`tomomatch.matching.rotate_volume` (cubic B-spline) by the rotation
+       that takes the axes onto RELION's, of all equivalent ones (times the group; for ``Cn`` any
+       angle about z, also upside down; for ``Dn`` also ``180/n`` about z) the smallest, so an
+       aligned template stays as it is.
+
+    The coarse stage works on a Fourier-cropped copy of at most 24 voxels across the object, the
+    refinement on at most 40 (a 42^3 template aligns in about a second).
+
+    Parameters
+    ----------
+    template
+        ``[z, y, x]`` map, bright or dark protein.
+    symmetry
+        The group, as ``--symmetry`` (``C7``, ``D7``, ``O``, ...). ``C1``: nothing to align
+        (the identity; the template is only boxed).
+    mask
+        Mask of the same shape as ``template`` in which the agreement before and after is
+        measured (:func:`symmetry_agreement`, as ``match`` does with its mask; padded or cropped
+        with the template). Give one that does not depend on the orientation (a sphere). Default:
+        a sphere about the box centre holding the object.
+    box_size
+        Cubic output box. Default: the input's box, larger when the turned object needs it
+        (as :func:`create_template`'s default box); a box too small for it is an error.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, dict)
+        The aligned float32 cubic template; the rotation ``R`` (pose matrix on ``(x, y, z)``)
+        applied after centring (a point ``p`` from the centre of mass goes to ``R p`` from
+        ``n // 2``); and ``info``: ``symmetry``, ``agreement_before``, ``agreement_after``,
+        ``axis_xyz`` (the ``axis_order``-fold axis found, a unit vector in the input's frame),
+        ``axis_relion_xyz`` (where ``R`` turns it: z, or a 5-fold of ``I``), ``twofold_xyz``
+        (``Dn``: the 2-fold turned onto x), ``agreement_half_step`` (a control: the aligned
+        template with itself turned by ``180/m`` degrees about the axis; 0.9 or more means it is
+        nearly a cylinder about the axis, so the order ``m`` is not told apart), ``rotation``
+        (``R``), ``rotation_relion_deg`` (``R`` as RELION rot, tilt, psi), ``shift_xyz`` (the
+        centring shift, voxels), ``box`` and ``seconds``.
+
+    Raises
+    ------
+    InputError
+        An unknown group, an empty map, a mask of another shape, a ``box_size`` too small, or a
+        map without the symmetry: the agreement reached stays below :data:`SYMMETRY_AGREEMENT_MIN`.
+    """
+    import time
+
+    from .conventions import matrix_to_relion
+    from .matching import rotate_volume
+
+    t0 = time.perf_counter()
+    name = _alignment_group(symmetry)
+    vol = np.asarray(template, dtype=np.float64)
+    if vol.ndim != 3 or min(vol.shape) < 2:
+        raise InputError(f"expected a 3D map, got an array of shape {vol.shape}", field="template")
+    if not np.all(np.isfinite(vol)):
+        raise InputError("map has NaN or infinite values", field="template")
+    if mask is not None and np.shape(mask) != vol.shape:
+        raise InputError(f"mask of shape {np.shape(mask)} for a template of shape {vol.shape}", field="mask")
+    box = _check_box(box_size)
+    if box is not None:
+        _check_template_size((box,) * 3, "--box-size", f"{box} voxels")
+    mask_in = _object_mask(vol) if mask is None else np.asarray(mask, np.float32)
+    before = symmetry_agreement(vol, mask_in, name)
+
+    rotation, order, axis_xyz, shift = np.eye(3), 1, np.array([0.0, 0.0, 1.0]), np.zeros(3)
+    if name == "C1":
+        aligned = pad_or_crop(vol, (max(vol.shape),) * 3)
+    else:
+        # 1. centre of mass -> n // 2, in a cube with room for the shift and for any turn
+        com = centre_of_mass(vol)
+        shift = np.array([centre_index(n) for n in vol.shape[::-1]], float) - com
+        sign = -1.0 if -vol.min() > vol.max() else 1.0
+        idx = np.nonzero(sign * vol > _SUPPORT_FRACTION * (sign * vol).max())
+        radius = math.sqrt(float(sum((i - c) ** 2 for i, c in zip(idx, com[::-1])).max()))
+        work_box = 2 * int(math.ceil(radius + 2.0)) + 1
+        big_box = max(max(vol.shape), work_box) + 2 * (int(math.ceil(np.abs(shift).max())) + 1)
+        big = fourier_shift(pad_or_crop(vol, (big_box,) * 3), shift).astype(np.float64)
+        # 2.-3. the rotation; 4. the turn
+        rotation, order, axis_xyz = _find_alignment(pad_or_crop(big, work_box), radius, name, sign)
+        aligned = rotate_volume(big, rotation, order=3)
+
+    # box: the input's (or the one asked for), larger when the turned object needs it
+    low, high = object_extent_voxels(aligned)
+    need = _min_box(low, high)
+    if box is None:
+        box = max(max(vol.shape), need)
+        _check_template_size((box,) * 3, "--box-size", f"{box} voxels (the turned object's)")
+    elif not _fits(low, high, box):
+        raise InputError(
+            f"box of {box} voxels is smaller than the aligned object (needs at least {need} voxels)",
+            field="box size",
+        )
+    out = np.ascontiguousarray(pad_or_crop(aligned, box), dtype=np.float32)
+    mask_out = _object_mask(out) if mask is None else pad_or_crop(mask_in, box)
+    after = symmetry_agreement(out, mask_out, name)
+    # control: half a step about the principal axis (near 1 for a map nearly cylindrical about it)
+    v0 = _principal_axis(name)[0] if name != "C1" else axis_xyz
+    half = self_correlation(out, mask_out, _rotation_about(v0, math.pi / order)) if order > 1 else None
+    info: dict = {
+        "symmetry": name,
+        "agreement_before": round(float(before), 4),
+        "agreement_after": round(float(after), 4),
+        "axis_order": int(order),
+        "axis_xyz": [round(float(a), 4) for a in axis_xyz],
+        "axis_relion_xyz": [round(float(a), 6) + 0.0 for a in v0],
+        "agreement_half_step": None if half is None else round(float(half), 4),
+        "rotation": np.round(rotation, 6).tolist(),
+        "rotation_relion_deg": [round(float(a), 3) for a in matrix_to_relion(rotation)],
+        "shift_xyz": [round(float(s), 3) for s in shift],
+        "box": int(box),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if name[0] == "D":
+        info["twofold_xyz"] = [round(float(a), 4) for a in rotation.T @ [1.0, 0.0, 0.0]]
+    if after < SYMMETRY_AGREEMENT_MIN:
+        raise InputError(
+            f"the map is not {name}-symmetric: turned into the best {name} orientation found it correlates "
+            f"only {after:.2f} with its own {name} mates (before {before:.2f}; expected >= {SYMMETRY_AGREEMENT_MIN})",
+            None,
+            "--align-symmetry",
+        )
+    return out, rotation, info
+
+
+def _find_alignment(work: np.ndarray, radius: float, name: str, sign: float) -> tuple[np.ndarray, int, np.ndarray]:
+    """Steps 2-3 of :func:`align_symmetry` on ``work`` (a cube, centre of mass at ``n // 2``, the
+    object within ``radius`` voxels of it). Returns ``(R, m, axis)``: the rotation into RELION's
+    orientation, the order of the principal axis and that axis in the input's frame."""
+    from scipy.spatial.transform import Rotation
+
+    from .angles import symmetry_matrices
+
+    group = symmetry_matrices(name)
+    v0, m = _principal_axis(name)
+    b = _frame_z_to(v0)  # RELION's principal axis is b @ z
+
+    def level(target: int) -> tuple[np.ndarray, np.ndarray]:
+        n = work.shape[0]
+        if n <= target:
+            return work, _sphere(work.shape, radius + 1.5)
+        small = resample_fourier(work, 1.0, n / target).astype(np.float64)
+        return small, _sphere(small.shape, (radius + 1.5) * small.shape[0] / n)
+
+    coarse, fine = level(_ALIGN_COARSE_BOX), level(_ALIGN_REFINE_BOX)
+
+    def score(lv, ops) -> float:
+        return min(self_correlation(lv[0], lv[1], g) for g in ops)
+
+    def turns(axis) -> list[np.ndarray]:  # about the axis by 360/m and 360 (m // 2) / m degrees
+        return [_rotation_about(axis, 2.0 * math.pi * k / m) for k in sorted({1, m // 2})]
+
+    # 2. the principal axis: inertia eigenvectors and a half-sphere of directions, then refined
+    dirs = np.vstack([_inertia_axes(work, sign), _fibonacci_half_sphere(_ALIGN_DIRECTIONS)])
+    coarse_scores = np.array([score(coarse, turns(a)[-1:]) for a in dirs])  # the largest turn only
+    starts: list[np.ndarray] = []
+    for i in np.argsort(-coarse_scores, kind="stable"):
+        if all(abs(float(dirs[i] @ s)) < math.cos(math.radians(_ALIGN_DISTINCT_DEG)) for s in starts):
+            starts.append(dirs[i])
+        if len(starts) == _ALIGN_STARTS:
+            break
+    found: list[tuple[float, np.ndarray]] = []
+    for a0 in starts:
+        e = _frame_z_to(a0)
+
+        def axis_at(p, a0=a0, e=e):
+            a = a0 + p[0] * e[:, 0] + p[1] * e[:, 1]
+            return a / np.linalg.norm(a)
+
+        a = axis_at(_nelder_mead(lambda p, axis_at=axis_at: -score(fine, turns(axis_at(p))), 2, 0.05, 80))
+        found.append((score(fine, turns(a)), a))
+    found.sort(key=lambda t: -t[0])
+
+    if len(group) == m:  # Cn: the axis is all there is; the smallest turn taking it onto z
+        r = b @ _frame_z_to(found[0][1]).T
+        best = None
+        for flip in (np.eye(3), np.diag([1.0, -1.0, -1.0])):
+            fr = flip @ r
+            theta = math.atan2(fr[0, 1] - fr[1, 0], fr[0, 0] + fr[1, 1])
+            cand = _rotation_about([0.0, 0.0, 1.0], theta) @ fr
+            if best is None or np.trace(cand) > np.trace(best) + 1e-9:
+                best = cand
+        assert best is not None
+        return best, m, best.T @ v0
+
+    # 3. the angle about the axis (operations that move it), then the whole rotation
+    moving = [g for g in group[1:] if float(v0 @ g @ v0) < 1.0 - 1e-6]
+    # two that move it least and one that moves it most: a turn about the axis by a fraction of
+    # 360/m that keeps some operations (O by 45 degrees about z keeps D4) still changes these
+    by_move = np.argsort([-float(v0 @ g @ v0) for g in moving], kind="stable")
+    moving = [moving[i] for i in sorted({int(by_move[0]), int(by_move[1 % len(by_move)]), int(by_move[-1])})]
+    ops = [b @ turns([0.0, 0.0, 1.0])[-1] @ b.T] + moving  # in RELION's frame
+    results: list[tuple[float, np.ndarray]] = []
+    for _, a in [f for f in found[:2] if f[0] >= found[0][0] - 0.05]:  # the best axis, and a close second
+        qa = _frame_z_to(a)
+        qs = [qa @ _rotation_about([0.0, 0.0, 1.0], psi) @ b.T for psi in np.radians(np.arange(0.0, 360.0 / m, 1.0))]
+        q0 = qs[int(np.argmax([score(coarse, [q @ g @ q.T for g in moving]) for q in qs]))]
+
+        def turned(d, q0=q0):
+            return Rotation.from_rotvec(d).as_matrix() @ q0
+
+        q = turned(
+            _nelder_mead(
+                lambda d, turned=turned: -score(fine, [turned(d) @ g @ turned(d).T for g in ops]), 3, 0.03, 100
+            )
+        )
+        results.append((score(fine, [q @ g @ q.T for g in group[1:]]), q))  # the whole group decides
+    results.sort(key=lambda t: -t[0])
+    r = results[0][1].T
+    # of the equivalent rotations g R (and, for Dn, Rz(180/n) g R: its 2-folds onto the next ones) the smallest
+    ext = list(group)
+    if name[0] == "D":
+        ext += [_rotation_about([0.0, 0.0, 1.0], math.pi / m) @ g for g in group]
+    r = max((g @ r for g in ext), key=lambda x: float(np.trace(x)))
+    return r, m, r.T @ v0
