@@ -777,6 +777,14 @@ def run_batch(
     from distributed import Client, as_completed
 
     t0 = time.time()
+    if "," in str(device) or str(device).strip().lower() == "cuda:all":
+        # a device list is match's (one process per GPU); here every Dask worker is one process
+        raise InputError(
+            f"device list {device!r} is for `tomomatch match`; batch gives each Dask worker its own GPU:"
+            " use --device cuda (one worker per GPU, the default on a GPU machine) or cuda:N",
+            None,
+            "--device",
+        )
     if scheduler is not None and slurm_config is not None:
         raise InputError("give at most one of --scheduler and --slurm-config", None, "--scheduler")
     if slurm_config is not None:

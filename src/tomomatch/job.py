@@ -68,6 +68,7 @@ from .matching import (
     fast_fft_shape,
     is_spherical_mask,
     phase_randomised_template,
+    parse_devices,
     resolve_device,
 )
 from .matching.fft import _MIN_THREADED_FFT
@@ -142,7 +143,9 @@ class MatchPlan:
     result); ``batch_sizes[i]`` is tile ``i``'s rotation batch (batches start at multiples of
     it, and so do the unit boundaries). ``engine`` is the engine configuration (FFT sizes and
     libraries, packed path, fold kernel; :class:`~tomomatch.matching.EngineConfig`) every unit
-    is computed with, whatever process or machine runs it; it is part of the key.
+    is computed with, whatever process or machine runs it; it is part of the key. ``devices``
+    are the workers' devices of ``--device cuda:0,1`` (empty: ``options.device``, which is the
+    first of them; :attr:`worker_devices`).
     """
 
     name: str
@@ -163,6 +166,12 @@ class MatchPlan:
     key: str
     engine: EngineConfig
     search_region: dict | None = None
+    devices: tuple[str, ...] = ()
+
+    @property
+    def worker_devices(self) -> tuple[str, ...]:
+        """The device of each worker slot (``--device cuda:0,1``), or the options' one device."""
+        return self.devices or (str(self.options.device),)
 
     @property
     def n_voxels_computed(self) -> int:
@@ -309,15 +318,10 @@ def plan_match(
     elif not isinstance(engine, EngineConfig):
         raise TypeError(f"engine must be an EngineConfig, got {type(engine).__name__}")
     wopts = opts.weighting
-    if check_device:
-        dev = resolve_device(opts.device)
-    else:
-        try:
-            dev = torch.device("cpu" if opts.device is None else str(opts.device))
-        except (RuntimeError, ValueError):
-            raise InputError(
-                f"unknown device {opts.device!r}; expected cpu, cuda or cuda:N", None, "--device"
-            ) from None
+    # one device per worker (--device cuda:0,1 / cuda:all); the plan is made for the first, the
+    # others compute the same units with the same batches (the key holds the device type only)
+    devices = parse_devices(opts.device, check=check_device)
+    dev = torch.device(devices[0])
     out_dir = Path(out_dir).absolute()
     template, mask, tomogram = Path(template).absolute(), Path(mask).absolute(), Path(tomogram).absolute()
     name = opts.name or tomogram.stem
@@ -373,7 +377,7 @@ def plan_match(
                     f"{template}: the template correlates only {agreement:.2f} with its own {symmetry} mates"
                     f" (expected >= {SYMMETRY_AGREEMENT_MIN}): it is not in RELION's {symmetry} orientation"
                     " (n-fold axis along z), so --symmetry would skip orientations the particles need;"
-                    " align it (e.g. relion_align_symmetry) or search C1",
+                    " align it (tomomatch template --align-symmetry, or relion_align_symmetry) or search C1",
                     stacklevel=2,
                 )
     else:
@@ -484,6 +488,7 @@ def plan_match(
         key=key,
         engine=engine,
         search_region=region_record,
+        devices=tuple(devices),
     )
 
 
@@ -587,6 +592,8 @@ class UnitResult:
     rotation_sumsqs: np.ndarray
     count: int
     resumed: int = 0
+    #: the worker slot that computed it (``execute_local``), None when restored from a checkpoint
+    worker: int | None = None
 
     @classmethod
     def from_state(cls, unit: WorkUnit, st: TileState, resumed: int = 0) -> "UnitResult":
@@ -1005,26 +1012,58 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _pool_init(parent_pid: int | None = None) -> None:  # worker processes of the local pool
+#: this pool worker's slot and device (set once by ``_pool_init`` from the slot queue)
+_WORKER_SLOT: tuple[int, str | None] = (0, None)
+
+
+def _pool_init(parent_pid: int | None = None, slots=None) -> None:  # worker processes of the local pool
+    global _WORKER_SLOT
     if parent_pid is not None:
         _die_with_parent(parent_pid)
     torch.set_num_threads(1)
+    if slots is not None:  # each worker takes one (slot, device): its GPU for the whole job
+        _WORKER_SLOT = slots.get(timeout=60)
 
 
 def _pool_unit(plan: MatchPlan, unit: WorkUnit, parent_pid: int | None = None) -> UnitResult:
     if parent_pid is not None and os.getppid() != parent_pid:  # orphaned: stop, do not compute
         os._exit(1)
-    return run_unit(plan, unit)
+    slot, device = _WORKER_SLOT
+    return replace(run_unit(plan, unit, device=device), worker=slot)
 
 
-def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> list[UnitResult]:
+def worker_slots(devices: Sequence[str], processes: int) -> list[tuple[int, str]]:
+    """``(slot, device)`` of each of ``processes`` pool workers: the devices in turn."""
+    return [(i, str(devices[i % len(devices)])) for i in range(processes)]
+
+
+def _worker_record(results: Sequence[UnitResult], devices: Sequence[str], processes: int) -> list[dict]:
+    """Per worker slot: its device, and the units and rotations it computed (resumed ones left out)."""
+    slots = worker_slots(devices, processes)
+    units, rotations = [0] * len(slots), [0] * len(slots)
+    for r in results:
+        if r.worker is not None and r.worker < len(slots):
+            units[r.worker] += 1
+            rotations[r.worker] += r.unit.stop - r.unit.start - r.resumed
+    return [{"slot": i, "device": d, "units": units[i], "rotations": rotations[i]} for i, d in slots]
+
+
+def execute_local(
+    plan: MatchPlan, processes: int = 1, quiet: bool = True, devices: Sequence[str] | None = None
+) -> list[UnitResult]:
     """Run all the plan's units here (``processes == 1``) or in a pool of single-threaded processes.
 
-    Finished units (checkpoints with the plan's key) are loaded, not recomputed. Returns the
-    results in unit order. The checkpoint folder must exist (:func:`prepare_checkpoints`).
+    ``devices`` (default: the plan's :attr:`MatchPlan.worker_devices`) are given to the pool's
+    workers in turn, one device per worker for the whole job (``--device cuda:0,1``): units go
+    to whichever worker is free, and the merge is the same as for any other split, so the
+    outputs do not depend on the devices or their number. Finished units (checkpoints with the
+    plan's key) are loaded, not recomputed. Returns the results in unit order; each computed
+    result names its worker slot (:attr:`UnitResult.worker`). The checkpoint folder must exist
+    (:func:`prepare_checkpoints`).
     """
     if processes < 1:
         raise InputError(f"{processes} processes; expected >= 1", None, "--processes")
+    devs = list(devices or plan.worker_devices)
     results: dict[int, UnitResult] = {}
     todo = []
     for u in plan.units:
@@ -1041,18 +1080,24 @@ def execute_local(plan: MatchPlan, processes: int = 1, quiet: bool = True) -> li
     try:
         if processes == 1 or len(todo) <= 1:
             for u in todo:
-                results[u.index] = run_unit(plan, u, on_progress=lambda k: progress.advance(0, k))
+                res = run_unit(plan, u, device=devs[0], on_progress=lambda k: progress.advance(0, k))
+                results[u.index] = replace(res, worker=0)
                 progress.advance(1, 0)
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             parent = os.getpid()
+            n_workers = min(processes, len(todo))
+            ctx = mp.get_context("spawn")
+            slots = ctx.Queue()
+            for slot in worker_slots(devs, n_workers):
+                slots.put(slot)
             with ProcessPoolExecutor(
-                max_workers=min(processes, len(todo)),
-                mp_context=mp.get_context("spawn"),
+                max_workers=n_workers,
+                mp_context=ctx,
                 initializer=_pool_init,
-                initargs=(parent,),
+                initargs=(parent, slots),
             ) as pool:
                 futs = {pool.submit(_pool_unit, plan, u, parent): u for u in todo}
                 for f in as_completed(futs):
@@ -1184,7 +1229,11 @@ def run_match(
         engine=engine,
         **option_fields,
     )
-    if processes is None:  # auto
+    devices = plan.worker_devices
+    if len(devices) > 1:  # --device cuda:0,1: one worker per listed device unless --processes says
+        processes = len(devices) if processes is None else processes
+        plan = plan.with_units(rotations_per_unit, min_units(processes))
+    elif processes is None:  # auto
         work = float(plan.n_voxels_computed) * plan.n_rotations
         # a worker costs a few seconds to start (spawn, import torch): not worth it for small searches
         processes = (
@@ -1192,10 +1241,11 @@ def run_match(
         )
         if processes > 1:  # units for the pool (the same outputs, finer chunks); inputs not read again
             plan = plan.with_units(rotations_per_unit, min_units(processes))
-    execution = {
+    execution: dict[str, Any] = {
         "processes": int(processes),
         "processes_rule": "auto" if auto else "given",
         "available_cpus": int(cpus),
+        "devices": list(devices),
     }
     with JobLock(plan.out_dir, plan.name, "match"):
         prepare_checkpoints(plan)
@@ -1203,6 +1253,7 @@ def run_match(
             results = execute_local(plan, processes, quiet)
         finally:
             clear_caches()
+        execution["workers"] = _worker_record(results, devices, processes)
         merged = merge_units(plan, results)
         write_outputs(plan, merged, elapsed_s=time.time() - t_start, command=command, execution=execution)
         remove_checkpoints(plan)

@@ -393,7 +393,12 @@ def add_match_arguments(p: argparse.ArgumentParser, *, batch: bool = False) -> N
         help="tile counts NX NY NZ, or 'auto' (residual defocus below d^2/(4 lambda))",
     )
     if not batch:
-        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+        p.add_argument(
+            "--device",
+            default="cpu",
+            help="cpu, cuda or cuda:N; several GPUs: cuda:0,1,2,3 or cuda:all (one worker per GPU, outputs"
+            " identical to one GPU; a GPU listed twice gets two workers)",
+        )
     p.add_argument(
         "--max-memory",
         type=float,

@@ -107,6 +107,7 @@ from .volumes import (
     normalise_under_mask,
     phase_randomised_template,
     place_centered,
+    parse_devices,
     resolve_device,
     rotate_volume,
 )
@@ -118,6 +119,7 @@ __all__ = [
     "EngineConfig",
     "configure_allocator",
     "WeightFn",
+    "parse_devices",
     "resolve_device",
     "match_volume",
     "MatchResult",

@@ -36,10 +36,7 @@ WeightFn = Callable[[tuple[int, int, int]], torch.Tensor]
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> torch device; InputError if CUDA is absent."""
     name = "cpu" if device is None else str(device)
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"unknown device {name!r}; expected cpu, cuda or cuda:N", None, "--device") from None
+    dev = _device_or_error(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {name!r} requested but no CUDA device is available", None, "--device")
@@ -47,7 +44,54 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise InputError(
                 f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist", None, "--device"
             )
-    elif dev.type != "cpu":
+    return dev
+
+
+def parse_devices(spec: str | torch.device | None, check: bool = True) -> list[str]:
+    """``--device`` as one torch device name per worker of a match job.
+
+    ``"cpu"``, ``"cuda"``, ``"cuda:N"``: one worker. ``"cuda:0,1,3"`` (or ``"cuda:0,cuda:1"``): one
+    worker per listed GPU; a bare index takes the type of the entry before it. A GPU listed twice
+    (``"cuda:0,0"``) gets two workers. ``"cuda:all"``: one worker per visible GPU. ``"cpu,cpu"``:
+    two CPU workers (what ``processes=2`` does; it exercises the same assignment on a machine
+    without GPUs). Every entry is checked with :func:`resolve_device` when ``check`` (CUDA present,
+    index in range); the entries must be all CPU or all CUDA. Bad specs raise :class:`InputError`.
+    """
+    name = "cpu" if spec is None else str(spec).strip()
+    if name.lower() == "cuda:all":
+        if not check:
+            return ["cuda"]
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            raise InputError("device 'cuda:all' requested but no CUDA device is available", None, "--device")
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    devices: list[str] = []
+    kind = None
+    for item in name.split(","):
+        item = item.strip()
+        if not item:
+            raise InputError(
+                f"empty entry in device list {name!r}; expected e.g. cuda:0,1 or cuda:all", None, "--device"
+            )
+        if item.isdigit() and kind is not None:
+            item = f"{kind}:{item}"
+        dev = resolve_device(item) if check else _device_or_error(item)
+        if dev.type == "cpu" and dev.index is not None:
+            dev = torch.device("cpu")
+        kind = dev.type
+        devices.append(str(dev))
+    if len({torch.device(d).type for d in devices}) > 1:
+        raise InputError(
+            f"device list {name!r} mixes CPU and CUDA; expected one kind (e.g. cuda:0,1)", None, "--device"
+        )
+    return devices
+
+
+def _device_or_error(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {name!r}; expected cpu, cuda or cuda:N", None, "--device") from None
+    if dev.type not in ("cpu", "cuda"):
         raise InputError(f"unsupported device {name!r}; expected cpu, cuda or cuda:N", None, "--device")
     return dev
 
