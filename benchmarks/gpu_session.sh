@@ -2,12 +2,9 @@
 # One prepared device run (see README "Benchmarks"): CUDA correctness vs CPU, cuFFT grid sizes,
 # tomomatch rates on CUDA (Triton fold = default vs separate kernels, FFT size rule), whole-job
 # seed timing, a per-tile profile, and pytom-match-pick's rate on the same card (after a warm-up
-# run). About 8 minutes on an H200. Wheels carried in .wheels/ (no network there),
-# made here with:
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
-#     --platform any -d .wheels pytom-match-pick==0.14.0 voltools healpix==2025.1 mrcfile \
-#     starfile==0.5.13 importlib_resources
-# and passed to the device tool with carry [".wheels"].
+# run). About 8 minutes on an H200. Wheels carried in .wheels/ (no network there), made here
+# with `bash benchmarks/gpu_wheels.sh` and passed to the device tool with carry [".wheels"].
+# Issue 19's measurements (hand question, several workers) are benchmarks/gpu_session_19.sh.
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-deps --no-index .wheels/*.whl > "$OUT/pip.log" 2>&1
