@@ -202,7 +202,9 @@ def test_heavy_tailed_background_does_not_fool_the_tail_cutoff(tmp_path):
         got = set(map(tuple, df[["x_voxel", "y_voxel", "z_voxel"]].to_numpy()))
         return len(planted_xyz & got), len(got - planted_xyz), df.attrs
 
-    kept_t, bg_t, attrs_t = run("tail")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tail is right here: no tail-gap warning (20 of 319 kept)
+        kept_t, bg_t, attrs_t = run("tail")
     kept_g, bg_g, attrs_g = run("gaussian")
     assert attrs_t["cutoff_method"] == "tail" and attrs_g["cutoff_method"] == "gaussian"
     assert kept_t == 20 and kept_g == 20
@@ -529,21 +531,27 @@ def test_null_max_density_matches_monte_carlo():
     assert abs(centres[np.argmax(model)] - 0.1) > 1.5 * 0.02
 
 
-def test_empty_tail_cutoff_warns_when_many_peaks_pass_the_gaussian_one():
-    """hard preset (docs/extraction.md): 26S look-alikes lift the tail cut-off above every peak;
-    the user must hear it in one line, with the numbers, instead of an empty STAR alone."""
-    from tomomatch.extract import empty_tail_warning
+def test_tail_cutoff_far_above_the_gaussian_one_warns():
+    """hard preset (docs/extraction.md): 26S look-alikes lift the tail cut-off above every peak,
+    or above all but a few; the user must hear it in one line, with the numbers, instead of a
+    (nearly) empty STAR alone."""
+    from tomomatch.extract import TAIL_GAP_FRACTION, tail_gap_warning
 
     rng = np.random.default_rng(0)
     peaks = np.sort(rng.normal(0.10, 0.01, 2000))[::-1]  # score units; search mean 0, std 0.01
-    msg = empty_tail_warning(peaks, peaks[0] + 0.01, 0.07, 1.0, {"xi": 0.07}, 0.0, 0.01)
+    msg = tail_gap_warning(peaks, peaks[0] + 0.01, 0.07, 1.0, {"xi": 0.07}, 0.0, 0.01)
     n_gauss = int(np.count_nonzero(peaks > 0.07))
-    assert msg is not None and "\n" not in msg
+    assert msg is not None and "\n" not in msg and "is above every peak" in msg
     assert f"{n_gauss} peaks pass the Gaussian cut-off 0.07 (7.0 sigma)" in msg and "xi = +0.07" in msg
-    # a peak passes the tail cut-off: nothing to say
-    assert empty_tail_warning(peaks, peaks[5], 0.07, 1.0, None, 0.0, 0.01) is None
+    # a few peaks pass the tail cut-off: still far fewer than the Gaussian one passes
+    msg = tail_gap_warning(peaks, peaks[5], 0.07, 1.0, None, 0.0, 0.01)
+    assert msg is not None and "keeps 5 peaks" in msg
+    # the tail cut-off keeps at least a tenth of them: nothing to say
+    k = int(np.ceil(TAIL_GAP_FRACTION * n_gauss))
+    assert tail_gap_warning(peaks, peaks[k] - 1e-9, 0.07, 1.0, None, 0.0, 0.01) is None
+    assert tail_gap_warning(peaks, peaks[k - 2], 0.07, 1.0, None, 0.0, 0.01) is not None
     # only the background's own expectation passes the Gaussian cut-off (10 x N_fp): quiet
     top = peaks[9] - 1e-6  # exactly 10 peaks above
-    assert empty_tail_warning(peaks, peaks[0] + 0.01, top, 1.0, None, 0.0, 0.01) is None
-    assert empty_tail_warning(peaks, peaks[0] + 0.01, peaks[10] - 1e-6, 1.0, None, 0.0, 0.01) is not None
-    assert empty_tail_warning(peaks, peaks[0] + 0.01, None, 1.0, None, 0.0, 0.01) is None
+    assert tail_gap_warning(peaks, peaks[0] + 0.01, top, 1.0, None, 0.0, 0.01) is None
+    assert tail_gap_warning(peaks, peaks[0] + 0.01, peaks[10] - 1e-6, 1.0, None, 0.0, 0.01) is not None
+    assert tail_gap_warning(peaks, peaks[0] + 0.01, None, 1.0, None, 0.0, 0.01) is None
