@@ -18,6 +18,7 @@ import pytest
 
 from tomomatch import angles as A
 from tomomatch import distributed as D
+from tomomatch import resources
 from tomomatch import template as T
 from tomomatch.cli import main
 from tomomatch.errors import InputError
@@ -189,8 +190,8 @@ def test_template_refuses_a_box_that_cannot_fit_in_memory(data, tmp_path, capsys
     )
     _one_line_error(capsys, ["template", "-i", str(pdb), "-o", str(out), "--voxel-size", "0.001"], "--voxel-size")
     assert not out.exists()
-    # the limit is the machine's memory or MAX_TEMPLATE_BYTES; TEMPLATE_WORK_COPIES float32 boxes
-    monkeypatch.setattr(T, "MAX_TEMPLATE_BYTES", 4 * T.TEMPLATE_WORK_COPIES * 20**3)
+    # the limit is the machine's memory or resources.MAX_MEMORY_BYTES; TEMPLATE_WORK_COPIES float32 boxes
+    monkeypatch.setattr(resources, "MAX_MEMORY_BYTES", 4 * T.TEMPLATE_WORK_COPIES * 20**3)
     vol, _ = T.create_template(data / "tmpl.mrc", VOXEL, box_size=20)
     assert vol.shape == (20, 20, 20)
     with pytest.raises(InputError, match="--box-size"):

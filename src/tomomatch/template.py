@@ -63,10 +63,6 @@ _SUPPORT_FRACTION = 0.05
 #: :func:`_check_template_size` is this many float32 arrays of the largest box.
 TEMPLATE_WORK_COPIES = 4
 
-#: Largest memory (bytes) a template may need (:func:`_check_template_size`); None: the
-#: machine's physical memory (``os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')``).
-MAX_TEMPLATE_BYTES: int | None = None
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -106,28 +102,19 @@ def _check_box(box_size) -> int | None:
     return b
 
 
-def _memory_limit_bytes() -> int:
-    """:data:`MAX_TEMPLATE_BYTES`, else the physical memory of this machine (64 GiB if unknown)."""
-    if MAX_TEMPLATE_BYTES is not None:
-        return int(MAX_TEMPLATE_BYTES)
-    from .resources import memory_limit_bytes
-
-    return memory_limit_bytes()
-
-
 def _check_template_size(shape, option: str, value, path=None) -> None:
     """Refuse, before allocating, a template whose largest array ``shape`` (voxels ``[z, y, x]``)
-    would need more memory than the machine has (:func:`_memory_limit_bytes`).
+    would need more memory than the machine has (:func:`tomomatch.resources.memory_limit_bytes`).
 
     The estimate is :data:`TEMPLATE_WORK_COPIES` float32 arrays of ``shape``; the message names
     ``option`` (``--voxel-size``, ``--box-size``) and its ``value`` (text, with its unit).
     """
-    from .resources import gib
+    from .resources import gib, memory_limit_bytes
 
     dims = [float(n) for n in shape]
     voxels = math.prod(dims)
     need = voxels * 4.0 * TEMPLATE_WORK_COPIES
-    limit = _memory_limit_bytes()
+    limit = memory_limit_bytes()
     if need <= limit:
         return
     if all(n < 1e15 for n in dims):
@@ -136,7 +123,7 @@ def _check_template_size(shape, option: str, value, path=None) -> None:
         box = "a template of more than 1e15 voxels per axis: more memory than exists"
     raise InputError(
         f"{value} gives {box} to compute, more than the "
-        f"{gib(limit)} allowed (this machine's memory, or tomomatch.template.MAX_TEMPLATE_BYTES); "
+        f"{gib(limit)} allowed (this machine's memory, or tomomatch.resources.MAX_MEMORY_BYTES); "
         "expected the tomogram's voxel size and a box of a few hundred voxels at most",
         path,
         option,
