@@ -231,3 +231,35 @@ def test_symmetry_agreement_finds_an_off_axis_template(tmp_path, name):
         plan_match(
             tmp_path / "t.mrc", tmp_path / "m.mrc", tmp_path / "v.mrc", tmp_path, angular_step_deg=40.0, symmetry=name
         )
+
+
+def test_symmetry_check_runs_once_per_template_mask_and_group(tmp_path, monkeypatch):
+    """Batch rows and hand's coarse searches plan one template many times: the agreement is
+    computed once per (template contents, mask contents, group) and the warning still comes."""
+    import tomomatch.job as J
+
+    calls = []
+    real = J.symmetry_agreement
+
+    def counting(t, m, sym):
+        calls.append(sym)
+        return real(t, m, sym)
+
+    monkeypatch.setattr(J, "symmetry_agreement", counting)
+    monkeypatch.setattr(J, "_AGREEMENT_CACHE", {})
+    centres, amps = _symmetric_cloud(angles.symmetry_matrices("C7"))
+    c = N // 2
+    off = _blobs(centres @ Rotation.from_euler("x", 40, degrees=True).as_matrix().T, amps, (N, N, N), (c, c, c))
+    z, y, x = np.indices((N, N, N)) - c
+    write_volume(tmp_path / "t.mrc", off.astype(np.float32), VOXEL)
+    write_volume(tmp_path / "m.mrc", (np.sqrt(x**2 + y**2 + z**2) <= c - 0.5).astype(np.float32), VOXEL)
+    write_volume(tmp_path / "v.mrc", np.random.default_rng(0).normal(0, 1, SHAPE).astype(np.float32), VOXEL)
+    files = (tmp_path / "t.mrc", tmp_path / "m.mrc", tmp_path / "v.mrc")
+    for sym in ("C7", "C7", "D7"):
+        with pytest.warns(UserWarning, match="not in RELION's"):
+            plan_match(*files, tmp_path / "o", angular_step_deg=40.0, symmetry=sym)
+    assert calls == ["C7", "D7"]
+    write_volume(tmp_path / "t.mrc", (off + 0.01).astype(np.float32), VOXEL)  # new contents: checked again
+    with pytest.warns(UserWarning, match="not in RELION's"):
+        plan_match(*files, tmp_path / "o", angular_step_deg=40.0, symmetry="C7")
+    assert calls == ["C7", "D7", "C7"]

@@ -273,6 +273,20 @@ def _check_relion_tomogram_size(ts, shape_zyx, tomogram) -> None:
         )
 
 
+#: symmetry agreement per (template SHA-256, mask SHA-256, group): batch rows and hand's coarse
+#: searches plan the same template many times, and the check turns it |G| - 1 times
+_AGREEMENT_CACHE: dict[tuple[str, str, str], float] = {}
+
+
+def _symmetry_agreement_of_files(template: Path, mask: Path, symmetry: str, tmpl_np, mask_np) -> float:
+    """:func:`tomomatch.template.symmetry_agreement` of the template and mask files, computed once
+    per their contents and the group in this process."""
+    key = (file_sha256(template), file_sha256(mask), symmetry)
+    if key not in _AGREEMENT_CACHE:
+        _AGREEMENT_CACHE[key] = symmetry_agreement(tmpl_np, mask_np, symmetry)
+    return _AGREEMENT_CACHE[key]
+
+
 def plan_match(
     template,
     mask,
@@ -371,7 +385,7 @@ def plan_match(
             angular_step_deg = crowther_step_deg(opts.particle_diameter_angstrom, voxel, low_pass_angstrom)
         rots = uniform_rotations(angular_step_deg, symmetry)
         if symmetry != "C1":
-            agreement = symmetry_agreement(tmpl_np, mask_np, symmetry)
+            agreement = _symmetry_agreement_of_files(template, mask, symmetry, tmpl_np, mask_np)
             if agreement < SYMMETRY_AGREEMENT_MIN:
                 warnings.warn(
                     f"{template}: the template correlates only {agreement:.2f} with its own {symmetry} mates"
