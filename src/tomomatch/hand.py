@@ -172,6 +172,7 @@ def run_hand(
     seed: int = 0,
     figure: bool = True,
     progress=None,
+    device="cpu",
 ) -> dict[str, Any]:
     """``tomomatch hand``: rescore candidates under ``h = +1, -1, 0`` and decide the hand.
 
@@ -182,6 +183,8 @@ def run_hand(
     from ``job`` (:func:`tomomatch.extract.extract_candidates`), and without a job a coarse
     search (``coarse_step_deg``, no gradient) is run first into ``<out_prefix>_coarse/``.
     The strongest ``max_particles`` candidates are rescored (:func:`rescore_particles`).
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``) runs the re-scoring and the coarse search
+    there; it is checked first and recorded in the report (``method.device``).
 
     Writes ``<out_prefix>.json`` (report with the per-particle table) and, with ``figure``,
     ``<out_prefix>.png``. Returns the report (with ``"files"``).
@@ -190,9 +193,11 @@ def run_hand(
 
     from .extract import extract_candidates, read_job
     from .jobfile import as_job
+    from .matching import resolve_device
     from .mrcio import read_volume
     from .options import MatchOptions, WeightingOptions
 
+    dev = resolve_device(device)  # before any work: a bad device is one line, at once
     out_prefix = Path(out_prefix)
     jobd = None
     weight_extra: dict[str, Any] = {}
@@ -268,6 +273,7 @@ def run_hand(
                 angular_step_deg=coarse_step_deg,
                 particle_diameter_angstrom=diameter,
                 defocus_handedness=0,
+                device=str(dev),
             )
             run_match(template, mask, tomogram, coarse_dir, coarse, tilt_series=tilt_series)
             jobd = read_job(coarse_dir / "coarse_job.json")
@@ -306,6 +312,7 @@ def run_hand(
         whiten=bool(whiten),
         weight_options={"ctf_mode": ctf_mode, **weight_extra},
         progress=progress,
+        device=dev,
     )
     scores = res.to_hand_scores()
     report = hand_statistics(scores, alpha=alpha, min_particles=min_particles, n_bootstrap=n_bootstrap, seed=seed)
@@ -333,6 +340,7 @@ def run_hand(
         "template": str(template),
         "mask": str(mask),
         "score": "normalised cross-correlation (max over local rotations and shifts)",
+        "device": str(dev),
     }
     return _finish_report(out_prefix, report, scores, figure)
 
@@ -760,10 +768,14 @@ def run_hand_pooled(
     from each :class:`HandTomogram` and its job. A tomogram without candidates is reported and
     excluded (an error only if all are); any other bad input stops the run naming the list line.
     ``progress_factory(name)`` may return a per-particle ``progress(i, n)`` for that tomogram.
+    A ``device`` among ``hand_options`` is checked once, before the first tomogram.
     """
+    from .matching import resolve_device
     from .particles import read_particles
 
     out_prefix = Path(out_prefix)
+    if "device" in hand_options:  # a bad device is the caller's error, not the first tomogram's
+        resolve_device(hand_options["device"])
     if not tomograms:
         raise InputError("no tomograms given", field="tomograms")
     names = [t.name for t in tomograms]

@@ -110,25 +110,27 @@ def rotate_volumes(volume, matrices, *, oversampling: int = 1, out_shape_zyx=Non
     Returns
     -------
     torch.Tensor
-        ``(k, z, y, x)``.
+        ``(k, z, y, x)``, on the input tensor's device (the CPU for an array); the sampling grid
+        is built there too, so a CUDA tensor is rotated on its GPU.
     """
     import torch
     import torch.nn.functional as F
 
     vol = volume if isinstance(volume, torch.Tensor) else torch.as_tensor(np.array(volume))
     vol = vol.to(dtype or torch.float32)
-    mats = torch.as_tensor(np.asarray(matrices, dtype=float), dtype=vol.dtype).reshape(-1, 3, 3)
+    dev = vol.device
+    mats = torch.as_tensor(np.asarray(matrices, dtype=float), dtype=vol.dtype, device=dev).reshape(-1, 3, 3)
     f = int(oversampling)
     in_z, in_y, in_x = vol.shape
     if out_shape_zyx is None:
         out_shape_zyx = tuple((n - 1) // f + 1 for n in vol.shape)
     nz, ny, nx = (int(v) for v in out_shape_zyx)
-    in_size_xyz = torch.tensor([in_x, in_y, in_z], dtype=vol.dtype)
-    centre = torch.tensor([nx // 2, ny // 2, nz // 2], dtype=vol.dtype)
+    in_size_xyz = torch.tensor([in_x, in_y, in_z], dtype=vol.dtype, device=dev)
+    centre = torch.tensor([nx // 2, ny // 2, nz // 2], dtype=vol.dtype, device=dev)
     zz, yy, xx = torch.meshgrid(
-        torch.arange(nz, dtype=vol.dtype),
-        torch.arange(ny, dtype=vol.dtype),
-        torch.arange(nx, dtype=vol.dtype),
+        torch.arange(nz, dtype=vol.dtype, device=dev),
+        torch.arange(ny, dtype=vol.dtype, device=dev),
+        torch.arange(nx, dtype=vol.dtype, device=dev),
         indexing="ij",
     )
     r = torch.stack([xx, yy, zz], -1).reshape(-1, 3) - centre  # (V, 3) as (x, y, z)
@@ -142,11 +144,10 @@ def rotate_volumes(volume, matrices, *, oversampling: int = 1, out_shape_zyx=Non
     return out[:, 0]
 
 
-def _windows(tomogram: np.ndarray, centre_zyx: np.ndarray, box_zyx: tuple[int, int, int], shift: int) -> np.ndarray:
-    """All ``(2 shift + 1)^3`` boxes around ``centre_zyx`` as ``(n_shifts, V)`` (float64).
+def _window_region(tomogram: np.ndarray, centre_zyx: np.ndarray, box_zyx: tuple[int, int, int], shift: int):
+    """The ``box + 2 shift`` region around ``centre_zyx`` (float64) that :func:`_windows` cuts.
 
-    Box ``[c - box//2 + s, c - box//2 + s + box)`` per axis for shifts ``s`` in ``-shift..shift``
-    (ordered z, y, x). Parts outside the tomogram are filled with the mean of the part inside.
+    Parts outside the tomogram are filled with the mean of the part inside.
     """
     b = np.asarray(box_zyx)
     lo = centre_zyx - b // 2 - shift
@@ -157,8 +158,23 @@ def _windows(tomogram: np.ndarray, centre_zyx: np.ndarray, box_zyx: tuple[int, i
     inner = tomogram[clo[0] : chi[0], clo[1] : chi[1], clo[2] : chi[2]].astype(np.float64)
     region = np.full(tuple(hi - lo), inner.mean() if inner.size else 0.0)
     region[clo[0] - lo[0] : chi[0] - lo[0], clo[1] - lo[1] : chi[1] - lo[1], clo[2] - lo[2] : chi[2] - lo[2]] = inner
-    view = np.lib.stride_tricks.sliding_window_view(region, tuple(b))  # (2s+1,)*3 + box
-    return np.array(view.reshape(-1, int(np.prod(b))))  # a writable copy
+    return region
+
+
+def _windows(tomogram: np.ndarray, centre_zyx: np.ndarray, box_zyx: tuple[int, int, int], shift: int, device=None):
+    """All ``(2 shift + 1)^3`` boxes around ``centre_zyx`` as a ``(n_shifts, V)`` float64 tensor.
+
+    Box ``[c - box//2 + s, c - box//2 + s + box)`` per axis for shifts ``s`` in ``-shift..shift``
+    (ordered z, y, x). Parts outside the tomogram are filled with the mean of the part inside.
+    Only the small region (:func:`_window_region`) goes to ``device``; the ``n_shifts`` copies of
+    the box are made there.
+    """
+    import torch
+
+    bz, by, bx = (int(v) for v in box_zyx)
+    region = torch.as_tensor(_window_region(tomogram, centre_zyx, box_zyx, shift), device=device)
+    view = region.unfold(0, bz, 1).unfold(1, by, 1).unfold(2, bx, 1)  # (2s+1,)*3 + box
+    return view.reshape(-1, bz * by * bx)  # a contiguous copy
 
 
 def _hand_weights(
@@ -225,6 +241,7 @@ def rescore_particles(
     weight_options: dict[str, Any] | None = None,
     weight_function=None,
     progress=None,
+    device="cpu",
 ) -> RescoreResult:
     """Re-score every particle under several defocus hands, with local refinement.
 
@@ -282,6 +299,14 @@ def rescore_particles(
         (tests; default the per-tilt wedge with the particle's defocus).
     progress
         Optional callable ``progress(i, n)`` called after each particle.
+    device
+        Torch device (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a :class:`torch.device`; checked by
+        :func:`tomomatch.matching.resolve_device`). The tomogram's band pass and whitening, the
+        weights, the oversampled template, the mask, the rotations, FFTs, normalisations and
+        correlations of every particle are computed there; the (prepared) tomogram is kept in
+        host memory and only each particle's ``box + 2 shift`` region is sent. The results come
+        back as numpy arrays. The same code runs on every device (on the CPU, boxes below 64^3
+        run on one torch thread).
 
     Returns
     -------
@@ -291,7 +316,9 @@ def rescore_particles(
 
     from .angles import local_rotations
     from .conventions import check_hand, index_to_centered_angstrom
+    from .matching import resolve_device
 
+    dev = resolve_device(device)
     hands = tuple(check_hand(h) for h in hands)
     tomo = np.asarray(tomogram, dtype=np.float32)
     tmpl = np.asarray(template, dtype=np.float32)
@@ -335,12 +362,15 @@ def rescore_particles(
             whiten=whiten,
             tilt_angles_deg=(None if tilt_series is None else tilt_series.tilt_angles_deg[~tilt_series.excluded]),
             template_shape_zyx=box,
+            device=dev,
         )
         if whiten:
             opts["whitening"] = prep.whitening[tuple(box)]
         opts["low_pass_angstrom"] = low_pass_angstrom
         opts["high_pass_angstrom"] = high_pass_angstrom
-        tomo = prep.volume.numpy()
+        tomo = prep.volume.cpu().numpy()
+        del prep
+    opts["device"] = dev
 
     n, nh = len(pos), len(hands)
     shifts = np.stack(np.meshgrid(*(np.arange(-shift_voxels, shift_voxels + 1),) * 3, indexing="ij"), -1).reshape(
@@ -351,16 +381,18 @@ def rescore_particles(
     best_shift = np.zeros((n, nh, 3), dtype=int)
     from .matching import is_spherical_mask, normalise_under_mask
 
-    tmpl_fine = torch.as_tensor(oversample_volume(tmpl, oversampling))
-    msk_t = torch.as_tensor(np.array(msk))
+    tmpl_fine = torch.as_tensor(oversample_volume(tmpl, oversampling), device=dev)
+    msk_t = torch.as_tensor(np.array(msk), device=dev)
     spherical = is_spherical_mask(msk)
     n_rot = 0
     weight_batch = max(1, int(2**24 // (nh * np.prod(box))))  # ~64 MB of weights per batch
     vox = int(np.prod(box))
-    rot_chunk = max(1, int(2**25 // (8 * nh * vox)))  # ~32 MB per float64 template stack
-    # small boxes: one torch thread is faster (no barrier per op; matters on a loaded machine)
+    # ~32 MB per float64 template stack on the CPU (cache); 32x that on a GPU (fewer, larger kernels)
+    rot_chunk = max(1, int((2**25 if dev.type == "cpu" else 2**30) // (8 * nh * vox)))
+    hand_index = torch.arange(nh, device=dev)
+    # small boxes on the CPU: one torch thread is faster (no barrier per op; matters on a loaded machine)
     threads = torch.get_num_threads()
-    single = vox < 2**18 and threads > 1
+    single = dev.type == "cpu" and vox < 2**18 and threads > 1
     if single:
         torch.set_num_threads(1)
     try:
@@ -375,8 +407,8 @@ def rescore_particles(
                 w = w_batch[i % weight_batch]
             else:
                 w = torch.stack([torch.as_tensor(weight_function(centred[i], h)) for h in hands])
-            w = w.to(torch.float32)
-            x = torch.as_tensor(_windows(tomo, idx[i][::-1], box, shift_voxels))  # (S, V) float64
+            w = w.to(device=dev, dtype=torch.float32)
+            x = _windows(tomo, idx[i][::-1], box, shift_voxels, dev)  # (S, V) float64
             x2 = x * x
             cc_parts = []
             for k0 in range(0, n_rot, rot_chunk):
@@ -403,7 +435,8 @@ def rescore_particles(
             cc = torch.cat(cc_parts, dim=2)  # (H, S, K)
             flat = cc.reshape(nh, -1)
             best = torch.argmax(flat, dim=1)
-            scores[i] = flat[torch.arange(nh), best].numpy()
+            scores[i] = flat[hand_index, best].cpu().numpy()
+            best = best.cpu()
             s_idx = (best // n_rot).numpy()
             k_idx = (best % n_rot).numpy()
             best_rot[i] = rots[k_idx]

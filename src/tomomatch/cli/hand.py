@@ -179,6 +179,11 @@ def register(subparsers) -> None:
         "--oversampling", type=int, default=2, choices=[1, 2, 3], help="template oversampling before trilinear rotation"
     )
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device: cpu, cuda or cuda:N (the re-scoring, and the coarse search when one is run)",
+    )
+    p.add_argument(
         "--hand-mode",
         choices=["full", "pytom"],
         default=None,
@@ -238,6 +243,7 @@ def _rescore_options(args) -> dict:
         ctf_mode=args.ctf,
         coarse_step_deg=args.coarse_step,
         particle_diameter_angstrom=args.particle_diameter,
+        device=args.device,
     )
 
 
@@ -257,8 +263,10 @@ def _progress(label: str):
 
 def run(args) -> int:
     from ..hand import run_hand
+    from ..matching import resolve_device
 
     _check_common(args)
+    resolve_device(args.device)  # a bad device or a missing GPU: one line, before any work
     output_prefix(args.output, "--output")
     if args.max_particles < 1:
         raise InputError(f"{args.max_particles}; expected at least 1", field="--max-particles")
