@@ -49,22 +49,16 @@ Usage, here (CPU smoke run, about 1-2 minutes on 2 shared cores)::
 On the GPU machine (nothing can be fetched there: carry the wheels of the packages its image
 lacks, and the 70S model). Prepared once on the development machine, into ignored folders::
 
-    mkdir -p build/hq_wheels build/hq_data/structures
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \\
-        --platform manylinux2014_x86_64 --platform any -d build/hq_wheels \\
-        mrcfile starfile==0.5.13 gemmi healpix==2025.1 mdocfile==0.2.3 alnfile==0.1.1 \\
-        pydantic pydantic-core annotated-types typing-inspection typing-extensions
-    cp ../shared/data/structures/4v5d.cif.gz build/hq_data/structures/
+    bash benchmarks/gpu_wheels.sh          # .wheels/: mrcfile, starfile, gemmi, healpix, mdocfile, ...
+    mkdir -p build/hq_data/structures && cp ../shared/data/structures/4v5d.cif.gz build/hq_data/structures/
 
 (mdocfile and alnfile, and pydantic for them, because the simulator checks its defocus range with
-``tomomatch.metadata``; pydantic-core must be the version the pydantic wheel names. About 9 MB.)
+``tomomatch.metadata``.) Then run ``benchmarks/gpu_session_19.sh`` through the device tool with
+``carry: [".wheels", "build/hq_data"]``; it installs the wheels with
+``pip install --no-index --no-deps --target /tmp/site`` and runs this script as::
 
-then run with ``carry: ["build/hq_wheels", "build/hq_data"]``::
-
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site build/hq_wheels/*.whl \\
-      && PYTHONPATH=/tmp/site:$PWD/src TOMOMATCH_DATA=$PWD/build/hq_data PYTHONUNBUFFERED=1 \\
-      timeout 400 python3 benchmarks/gpu_hand_question.py --device cuda --size seed --commit <HASH>
+    PYTHONPATH=/tmp/site:$PWD/src TOMOMATCH_DATA=$PWD/build/hq_data \\
+      timeout 300 python3 benchmarks/gpu_hand_question.py --device cuda --size seed --commit <HASH>
 
 The image's python3 (3.12) holds torch, numpy, scipy, pandas, matplotlib, rich and Triton;
 pyFFTW and dask are not needed on this path.

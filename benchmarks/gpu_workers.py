@@ -42,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _commit() -> str | None:
+    if os.environ.get("COMMIT"):  # the device machine's copy of the tree has no .git
+        return os.environ["COMMIT"]
     try:
         return subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
