@@ -357,7 +357,7 @@ def tail_cutoff(
 #: the tail cut-off keeping fewer than this fraction of the peaks above the Gaussian cut-off is
 #: worth a warning (when those are more than ``max(10, 10 N_fp)``). Measured: a Student-t
 #: background with 20 planted peaks, where the tail cut-off is right, keeps 20 of 319 (0.063); the
-#: ``hard`` simulation's D7 random-phase search, where it is wrong, 4 of about 250 (0.016)
+#: ``hard`` simulation's D7 random-phase search, where it is wrong, 4 of 206 (0.019)
 TAIL_GAP_FRACTION = 0.05
 
 
