@@ -31,7 +31,7 @@ crowders and a K3 detector) would take longer and needs shared maps, and changes
 ``seed-clean`` is the fastest honest input. Its particles are the 70S model 4V5D when the
 shared data and gemmi are there, else the simulator's built-in phantom of the same diameter
 (recorded as ``structure``; the timings depend on the sizes, not on the structure).
-``--size small``: a quick CPU smoke size (the CI test's strong-gradient geometry: 1400 x 56 x
+``--size small``: a quick CPU smoke size (the `strip` preset, the CI test's strong-gradient geometry: 1400 x 56 x
 40 voxels of 5 A, 24 phantoms of 100 A, true hand -1, a 30 degree coarse search, 48 candidates).
 ``--coarse-step 90 --n-candidates 4`` with ``--size seed`` runs the seed-size path on a CPU in
 about 1.5 minutes (a smoke test of the sizes, not a measurement).
@@ -101,19 +101,8 @@ SIZES = {
         n_candidates=300,
     ),
     "small": dict(
-        preset="ci",
-        overrides=dict(
-            phantom_diameter_angstrom=100.0,
-            n_particles=24,
-            n_decoys=0,
-            n_blobs=0,
-            tomogram_size_xyz=(1400, 56, 40),
-            voxel_size_angstrom=5.0,
-            thickness_nm=14.0,
-            defocus_um=1.5,
-            tilt_step_deg=3.0,
-            shot_noise=False,
-        ),
+        preset="strip",
+        overrides={},
         seed=4242,
         hand=-1,
         coarse_step_deg=30.0,

@@ -47,7 +47,7 @@ CASES = {
     "wide0": ("wide", 0, 7003),
     "seed+1": ("seed-clean", 1, 7004),
     "seed-1": ("seed-clean", -1, 7005),
-    "ci-strong-1": ("ci", -1, 7006),
+    "ci-strong-1": ("strip", -1, 7006),
 }
 
 
@@ -127,21 +127,7 @@ def rescore_truth(
 def run_truth_case(out_root: Path, name: str, args) -> dict:
     preset, hand, seed = CASES[name]
     out = out_root / name
-    overrides = {}
-    if preset == "ci":  # a CI-size case with a strong gradient (see tests/test_hand.py)
-        overrides = dict(
-            phantom_diameter_angstrom=100.0,
-            n_particles=24,
-            n_decoys=0,
-            n_blobs=0,
-            tomogram_size_xyz=(1400, 56, 40),
-            voxel_size_angstrom=5.0,
-            thickness_nm=14.0,
-            defocus_um=1.5,
-            tilt_step_deg=3.0,
-            shot_noise=False,
-        )
-    res, t_sim = simulate_case(out, preset, hand, seed, **overrides)
+    res, t_sim = simulate_case(out, preset, hand, seed)
     resc, t_res, box = rescore_truth(res, args.pose_error, seed, args.max_angle, args.angle_step, args.max_particles)
     scores = resc.to_hand_scores()
     report = hand_statistics(scores, seed=0)

@@ -499,22 +499,7 @@ def test_run_hand_on_simulated_strong_gradient(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sim = simulate(
-            "ci",
-            tmp_path / "sim",
-            seed=4242,
-            hand=-1,
-            phantom_diameter_angstrom=100.0,
-            n_particles=24,
-            n_decoys=0,
-            n_blobs=0,
-            tomogram_size_xyz=(1400, 56, 40),
-            voxel_size_angstrom=5.0,
-            thickness_nm=14.0,
-            defocus_um=1.5,
-            tilt_step_deg=3.0,
-            shot_noise=False,
-        )
+        sim = simulate("strip", tmp_path / "sim", seed=4242, hand=-1)
     d = sim.out_dir
     ts = load_tilt_series(tilt_angles=d / "sim.rawtlt", dose=d / "sim_dose.txt", defocus=d / "sim.defocus")
     p = sim.particles

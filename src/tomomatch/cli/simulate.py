@@ -22,7 +22,8 @@ def register(subparsers) -> None:
         help="ci (seconds), lamella (ci-sized, 180 nm thick, tilts "
         "-40..+60 step 2), seed (70S, 0.44x0.62 um at 8.56 A, calibrated to the seed page's ~20 sigma: "
         "crowders, misalignment, K3-like detector), seed-clean (seed in clean ice, ~64 sigma), "
-        "wide (0.88 um at 4.28 A), hard (20S among crowders, ~8 sigma) or custom (default ci)",
+        "wide (0.88 um at 4.28 A), strip (7 um x 0.28 um at 5 A, strong defocus gradient: the hand test's case), "
+        "hard (20S among crowders, ~8 sigma) or custom (default ci)",
     )
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")

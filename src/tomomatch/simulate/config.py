@@ -485,6 +485,24 @@ PRESETS["lamella"] = dict(
     ice_noise_rad=0.064,
 )
 
+# a long, thin strip with a strong defocus gradient along x: 1400 x 56 x 40 voxels of 5 A (7 um
+# of field), 24 phantoms of 100 A, 1.5 um defocus, no shot noise. The hand test's CI-size case
+# (tests/test_hand.py, benchmarks/hand_acceptance.py): seconds to simulate, a verdict from 24
+# particles, and the gradient across the field is what decides.
+PRESETS["strip"] = dict(
+    PRESETS["ci"],
+    phantom_diameter_angstrom=100.0,
+    n_particles=24,
+    n_decoys=0,
+    n_blobs=0,
+    tomogram_size_xyz=(1400, 56, 40),
+    voxel_size_angstrom=5.0,
+    thickness_nm=14.0,
+    defocus_um=1.5,
+    tilt_step_deg=3.0,
+    shot_noise=False,
+)
+
 
 # a hard picking problem: 20S proteasomes (3J9I model) matched with the PolNet 20S map, among
 # 26S proteasomes (look-alikes: a 20S core with caps), apoferritin and 70S ribosomes at 20 %
