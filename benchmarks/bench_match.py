@@ -230,6 +230,14 @@ def main(argv=None):
         help="rotation pairs in one complex FFT (auto: on CUDA only); several values run each",
     )
     ap.add_argument("--peer", action="store_true", help="also time pyTME (benchmarks/.venv-peer)")
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="record file (default: results/cpu-DATE.json, or gpu-DATE.json when a CUDA device ran; "
+        "$OUT/... when $OUT is set)",
+    )
+    ap.add_argument("--no-json", action="store_true", help="write no record")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -258,7 +266,37 @@ def main(argv=None):
                 rows.append(r)
                 print(_fmt(r), flush=True)
     print(f"# load average at end {os.getloadavg()[0]:.1f}")
+    if not args.no_json:
+        from records import header, record_path, write_record
+
+        kind = "gpu" if any(str(r["device"]).startswith("cuda") for r in rows) else "cpu"
+        record = header("bench_match")
+        record.update(threads=args.threads, method=args.method, summary=summarise(rows), rows=rows)
+        write_record(record, args.json or record_path(kind))
     return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """The issue's keys per case and device: ``tomomatch_rot_s_unsplit``, ``tomomatch_rot_s_3tiles``
+    (the best packed variant measured), ``pytme_rot_s``, ``peak_gpu_gb`` and, for case (b), what
+    the seed's 248,400-rotation search takes at the unsplit / 3-tile rate (``seed_search_s_*``:
+    set-up plus rotations over rate; ``seed_job.py`` times the whole job)."""
+    out: dict = {}
+    for r in rows:
+        key = f"case_{r['case']}_{str(r['device']).split(':')[0]}"
+        d = out.setdefault(key, {})
+        if r["tool"].startswith("tomomatch"):
+            name = "unsplit" if r["tiles"] == 1 else f"{r['tiles']}tiles"
+            best = d.get(f"tomomatch_rot_s_{name}")
+            if best is None or r["rot_per_s"] > best:
+                d[f"tomomatch_rot_s_{name}"] = round(r["rot_per_s"], 2)
+                if r["case"] == "b":
+                    d[f"seed_search_s_{name}"] = round(r["setup_s"] + SEED_ROTATIONS / r["rot_per_s"], 1)
+            if r["peak_gb"] == r["peak_gb"]:  # not NaN
+                d["peak_gpu_gb"] = round(max(d.get("peak_gpu_gb", 0.0), r["peak_gb"]), 3)
+        else:
+            d["pytme_rot_s"] = round(r["rot_per_s"], 2)
+    return out
 
 
 def _fmt(r):

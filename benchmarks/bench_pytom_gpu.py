@@ -94,7 +94,9 @@ def main():
     ap.add_argument("--cases", nargs="+", default=["a", "b"])
     ap.add_argument("--tiles", nargs="+", type=int, default=[1, 3])
     ap.add_argument("--n", nargs=2, type=int, default=[1000, 5000])
+    ap.add_argument("--json", type=Path, default=None, help="also write the rates here")
     args = ap.parse_args()
+    rows: list[dict] = []
     print("| tool | case | tiles | rotations | rot/s (whole volume) | set-up s |")
     print("|---|---|---|---|---|---|")
     for c in args.cases:
@@ -113,10 +115,18 @@ def main():
                     f"| {rate:.1f} | {setup:.1f} |",
                     flush=True,
                 )
+                rows.append({"case": c, "tiles": tiles, "rot_per_s": round(rate, 2), "setup_s": round(setup, 2)})
             except Exception as exc:  # report and go on with the next case
                 print(f"| pytom-match-pick 0.14.0 | {c} | {tiles} | failed: {str(exc)[-300:]!r} | | |", flush=True)
+                rows.append({"case": c, "tiles": tiles, "rot_per_s": None, "why": str(exc)[-300:]})
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+    if args.json is not None:
+        from records import header, write_record
+
+        record = header("bench_pytom_gpu")
+        record.update(tool="pytom-match-pick 0.14.0", rotation_counts=args.n, rows=rows)
+        write_record(record, args.json)
 
 
 if __name__ == "__main__":

@@ -23,4 +23,5 @@ timeout 300 python3 benchmarks/gpu_hand_question.py --device cuda --size seed --
     --json "$OUT/hand_question.json" > "$OUT/hand_question.log" 2>&1
 timeout 180 python3 benchmarks/gpu_workers.py --device cuda --n 4968 --json "$OUT/workers.json" \
     > "$OUT/workers.log" 2>&1
-tail -n 30 "$OUT/hand_question.log" "$OUT/workers.log"
+python3 benchmarks/gpu_record.py --out "$OUT" > "$OUT/gpu_record.txt" 2>&1
+tail -n 30 "$OUT/hand_question.log" "$OUT/workers.log" "$OUT/gpu_record.txt"

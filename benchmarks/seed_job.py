@@ -34,6 +34,7 @@ def main(argv=None):
     ap.add_argument("--n", nargs=2, type=int, default=[2484, 24840], help="two rotation counts")
     ap.add_argument("--tiles", nargs=3, type=int, default=[3, 1, 1])
     ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     case = CASES["b"]
     tmpl, mask, vol = make_data(case)
@@ -67,6 +68,22 @@ def main(argv=None):
         f"({SEED_ROTATIONS} rotations, tiles {' '.join(map(str, args.tiles))}, device {args.device}): "
         f"{(a + c + b * SEED_ROTATIONS) / 60:.2f} min"
     )
+    if args.json is not None:
+        from records import header, write_record
+
+        record = header("seed_job")
+        record.update(
+            device=args.device,
+            tiles=args.tiles,
+            rotation_counts=[32] + list(args.n),
+            wall_s=[round(t, 2) for t in times],
+            fixed_s=round(a, 2),
+            compilation_s=round(c, 2),
+            rot_per_s=round(1 / b, 1),
+            seed_search_s=round(a + c + b * SEED_ROTATIONS, 1),
+            seed_search_how=f"extrapolated from {args.n[0]} and {args.n[1]} rotations (whole run_match)",
+        )
+        write_record(record, args.json)
 
 
 if __name__ == "__main__":
