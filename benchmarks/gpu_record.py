@@ -40,6 +40,8 @@ def combine(folder: Path) -> dict:
     rec["peak_gpu_gb"] = case_b.get("peak_gpu_gb")
     if bench is None:
         why["tomomatch"] = "bench_match.json missing (bench_match.py did not finish)"
+    elif not case_b:
+        why["tomomatch"] = "bench_match.json has no CUDA row for case (b)"
     pytom = _load(folder, "bench_pytom_gpu.json")
     for tiles, key in ((1, "pytom_rot_s_unsplit"), (3, "pytom_rot_s_3tiles")):
         row = next((r for r in (pytom or {}).get("rows", []) if r["case"] == "b" and r["tiles"] == tiles), None)
