@@ -85,7 +85,7 @@ sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without inst
 
 import torch  # noqa: E402
 
-from tomomatch.conventions import relion_to_matrix  # noqa: E402
+from hand_acceptance import perturbed_truth  # noqa: E402
 from tomomatch.hand import HandScores, hand_statistics, rescore_particles, run_hand  # noqa: E402
 from tomomatch.matching import resolve_device  # noqa: E402
 from tomomatch.mrcio import read_volume  # noqa: E402
@@ -167,12 +167,7 @@ def candidates(inp: dict, shape_zyx, n: int, seed: int = 0):
     if "tmIsDecoy" in p.columns:
         p = p[p["tmIsDecoy"] == 0]
     p = p.head(n)
-    pos = p[["tmVoxelIndexX", "tmVoxelIndexY", "tmVoxelIndexZ"]].to_numpy(float)
-    pos = pos + rng.integers(-1, 2, pos.shape)
-    truth = relion_to_matrix(p[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float))
-    axes = rng.normal(size=(len(p), 3))
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    poses = Rotation.from_rotvec(np.deg2rad(POSE_ERROR_DEG) * axes).as_matrix() @ truth
+    pos, poses = perturbed_truth(p, POSE_ERROR_DEG, rng)
     n_false = n - len(p)
     size_xyz = np.asarray(shape_zyx[::-1])
     false_pos = rng.uniform(0, 1, (n_false, 3)) * (size_xyz - 1)

@@ -100,13 +100,7 @@ def rescore_truth(
     p = p[p["tmIsDecoy"] == 0]
     if max_particles:
         p = p.head(max_particles)
-    rng = np.random.default_rng(seed)
-    pos = p[["tmVoxelIndexX", "tmVoxelIndexY", "tmVoxelIndexZ"]].to_numpy(float)
-    pos = pos + rng.integers(-1, 2, pos.shape)
-    truth = relion_to_matrix(p[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float))
-    axes = rng.normal(size=(len(p), 3))
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    start = Rotation.from_rotvec(np.deg2rad(pose_error_deg) * axes).as_matrix() @ truth
+    pos, start = perturbed_truth(p, pose_error_deg, np.random.default_rng(seed))
     t0 = time.time()
     out = rescore_particles(
         tomo,
@@ -122,6 +116,18 @@ def rescore_truth(
         angle_step_deg=angle_step_deg,
     )
     return out, time.time() - t0, tmpl.shape[0]
+
+
+def perturbed_truth(particles, pose_error_deg: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates as a matcher delivers them from a simulation's ``particles.star`` table: each
+    position moved by -1, 0 or +1 voxel per axis and each pose turned by ``pose_error_deg`` about
+    a random axis. Returns positions (voxels, x y z) and pose matrices."""
+    pos = particles[["tmVoxelIndexX", "tmVoxelIndexY", "tmVoxelIndexZ"]].to_numpy(float)
+    pos = pos + rng.integers(-1, 2, pos.shape)
+    truth = relion_to_matrix(particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float))
+    axes = rng.normal(size=(len(particles), 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    return pos, Rotation.from_rotvec(np.deg2rad(pose_error_deg) * axes).as_matrix() @ truth
 
 
 def run_truth_case(out_root: Path, name: str, args) -> dict:
