@@ -31,6 +31,7 @@ from .mrcio import read_volume
 
 __all__ = [
     "align_symmetry",
+    "remove_radial_average",
     "symmetry_agreement",
     "self_correlation",
     "MOTT_BETHE_VOLT_ANGSTROM2",
@@ -990,3 +991,57 @@ def _find_alignment(work: np.ndarray, radius: float, name: str, sign: float) -> 
         ext += [_rotation_about([0.0, 0.0, 1.0], math.pi / m) @ g for g in group]
     r = max((g @ r for g in ext), key=lambda x: float(np.trace(x)))
     return r, m, r.T @ v0
+
+
+def remove_radial_average(template: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """The template minus its radial average about the box centre ``n // 2``: the part that depends
+    on orientation.
+
+    The radial average (the mean over each shell of voxels at the same rounded distance from the
+    centre) is what any dense object of the template's size and radial profile matches, whatever
+    its shape and orientation: gold beads, other complexes, a thick edge. Subtracted, the template
+    keeps only what tells the particle from such look-alikes and its orientations apart, so the
+    scores of a crowded sample lose their structured background. The subtraction is the
+    orthogonal projection off the shell-constant volumes, so the result is uncorrelated with every
+    radially symmetric density within the box and its radial average is 0.
+
+    Measured on the ``hard`` simulation (docs/extraction.md, "Picking on the hard simulation"):
+    70S ribosomes, which outscored a third of the 20S particles with the full template, no longer
+    reach the best threshold, and the default tail cut-off moved from above every peak to within
+    0.05-0.14 F1 of the best threshold.
+
+    Parameters
+    ----------
+    template
+        ``[z, y, x]`` cubic box (either contrast).
+    mask
+        Optional mask of the same shape, only to measure ``info["correlation_with_radial_average"]``
+        inside it (``mask > 0.5``; default the whole box).
+
+    Returns
+    -------
+    volume, info
+        float32 volume; ``info``: ``correlation_with_radial_average`` of the input (the fraction of
+        its variance removed is its square) and ``radial_profile`` (the subtracted shell means,
+        from the centre outwards).
+    """
+    t = np.asarray(template, dtype=np.float64)
+    if t.ndim != 3 or len(set(t.shape)) != 1:
+        raise InputError(f"template shape {t.shape}; expected a cubic box", field="template")
+    n = t.shape[0]
+    c = n // 2
+    r = np.rint(np.sqrt(((np.indices(t.shape) - c) ** 2).sum(axis=0))).astype(np.int64)
+    counts = np.bincount(r.ravel())
+    profile = np.bincount(r.ravel(), weights=t.ravel()) / np.maximum(counts, 1)
+    radial = profile[r]
+    inside = np.ones(t.shape, bool) if mask is None else np.asarray(mask, float) > 0.5
+    if mask is not None and np.asarray(mask).shape != t.shape:
+        raise InputError(f"mask shape {np.asarray(mask).shape} differs from template shape {t.shape}", field="mask")
+    a = t[inside] - t[inside].mean()
+    b = radial[inside] - radial[inside].mean()
+    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    info = {
+        "correlation_with_radial_average": float((a * b).sum() / den) if den > 0 else 0.0,
+        "radial_profile": [float(v) for v in profile],
+    }
+    return (t - radial).astype(np.float32), info
