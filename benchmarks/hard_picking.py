@@ -14,7 +14,10 @@ dose, the true hand) and extracts (:func:`tomomatch.extract.extract_candidates`)
 * ``tophat``: the same with ``tophat=True``;
 * ``mask``: the same with a search mask a user would draw: inside the ice slab, and at least a
   particle radius away from the carbon film (``extract --mask``);
-* ``random_phase``: a second match with ``random_phase=True``, default extraction.
+* ``random_phase``: a second match with ``random_phase=True``, default extraction;
+* ``radial``: a match with the template's radial average removed
+  (``tomomatch template --remove-radial-average``), default extraction;
+* ``radial_random_phase``: both.
 
 A pick within ``--match-radius`` x particle radius of a true particle is a true positive (paired
 one to one, greedily by score). Each false positive is attributed to the nearest source: a gold
@@ -376,7 +379,12 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=None, help="match processes (default: auto)")
     ap.add_argument("--reuse", action="store_true", help="reuse finished matches in --work (same step)")
     ap.add_argument("--match-radius", type=float, default=0.5, help="pairing radius / particle radius")
-    ap.add_argument("--variants", nargs="+", default=["default", "tophat", "mask", "random_phase"])
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["default", "tophat", "mask", "random_phase", "radial", "radial_random_phase"],
+        choices=["default", "tophat", "mask", "random_phase", "radial", "radial_random_phase"],
+    )
     ap.add_argument("--json", type=Path, default=HERE / "results" / f"hard-picking-{today}.json")
     args = ap.parse_args()
     work = args.work
@@ -443,15 +451,25 @@ def main() -> int:
             return 2
     rotations = uniform_rotations(args.step, args.symmetry)
     runs: dict[str, dict] = {}
-    jobs: dict[bool, Path] = {}
+    jobs: dict[str, Path] = {}
+    radial_path = None
     for variant in args.variants:
-        rp = variant == "random_phase"
-        tag = "rp" if rp else "plain"
+        rp = variant.endswith("random_phase")
+        radial = variant.startswith("radial")
+        tag = ("radial_" if radial else "") + ("rp" if rp else "plain")
+        if radial and radial_path is None:  # `template --remove-radial-average`
+            from tomomatch.template import remove_radial_average
+
+            t_rad, rinfo = remove_radial_average(read_volume(template_path)[0], read_volume(tmask_path)[0])
+            radial_path = write_volume(work / f"template_{args.symmetry}_radial_removed.mrc", t_rad, voxel)
+            runs["_radial_average"] = {
+                "correlation_with_radial_average": round(rinfo["correlation_with_radial_average"], 4)
+            }
         out = work / f"match_{tag}_{args.symmetry}_step{args.step:g}_seed{args.seed}"
-        if rp not in jobs and not (args.reuse and (out / f"{tag}_job.json").exists()):
+        if tag not in jobs and not (args.reuse and (out / f"{tag}_job.json").exists()):
             t0 = time.time()
             run_match(
-                template_path,
+                radial_path if radial else template_path,
                 tmask_path,
                 res.paths["tomogram"],
                 out,
@@ -469,9 +487,9 @@ def main() -> int:
                 processes=args.processes,
             )
             runs.setdefault("_match_s", {})[tag] = round(time.time() - t0, 1)
-        jobs[rp] = out / f"{tag}_job.json"
-        runs.setdefault("_match_elapsed_s", {})[tag] = json.loads(jobs[rp].read_text())["elapsed_s"]
-        job = jobs[rp]
+        jobs[tag] = out / f"{tag}_job.json"
+        runs.setdefault("_match_elapsed_s", {})[tag] = json.loads(jobs[tag].read_text())["elapsed_s"]
+        job = jobs[tag]
         kw: dict = {"particle_diameter_angstrom": 2 * radius_a}
         if variant == "tophat":
             kw["tophat"] = True

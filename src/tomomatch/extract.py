@@ -391,8 +391,8 @@ def tail_gap_warning(
         f" {n_gauss} peaks pass the Gaussian cut-off {gaussian:.4g} ({(gaussian - mean) / std:.1f} sigma):"
         f" the tail fit took a whole population of strong peaks for background{heavy}: structured"
         " background (gold, edges, other complexes) or targets it could not separate (look-alikes, a"
-        " crowded sample); look at --plot and pick deeper with --false-alarms N or --cutoff"
-        " (docs/extraction.md)"
+        " crowded sample); look at --plot and pick deeper with --false-alarms N or --cutoff, or match"
+        " again with template --remove-radial-average and --random-phase (docs/extraction.md)"
     )
 
 
