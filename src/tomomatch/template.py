@@ -274,6 +274,22 @@ def low_pass(
 # --------------------------------------------------------------------------- boxes, centring
 
 
+def _dominant_sign(volume: np.ndarray) -> float:
+    """-1 for a map whose dominant extreme is negative (``|min| > max``: dark-protein contrast), else +1."""
+    return -1.0 if -volume.min() > volume.max() else 1.0
+
+
+def _support(volume: np.ndarray, fraction: float = _SUPPORT_FRACTION) -> tuple[np.ndarray, ...]:
+    """Indices ``(z, y, x)`` of the object's voxels: ``s * map > fraction * max(s * map)`` with ``s``
+    the dominant sign (:func:`_dominant_sign`); InputError for an empty map."""
+    vol = np.asarray(volume)
+    sv = _dominant_sign(vol) * vol
+    idx = np.nonzero(sv > fraction * sv.max())
+    if not idx[0].size:
+        raise InputError("map is empty (no density above background)", field="template")
+    return idx
+
+
 def centre_of_mass(volume: np.ndarray, weights: str = "auto") -> np.ndarray:
     """Centre of mass ``(x, y, z)`` in voxel indices.
 
@@ -283,9 +299,7 @@ def centre_of_mass(volume: np.ndarray, weights: str = "auto") -> np.ndarray:
     """
     vol = np.asarray(volume)
     vol = vol.astype(_work_dtype(vol.size))
-    sign = 1.0
-    if weights == "auto" and -vol.min() > vol.max():
-        sign = -1.0
+    sign = _dominant_sign(vol) if weights == "auto" else 1.0
     wts = np.clip(sign * vol, 0.0, None)
     total = wts.sum()
     if not total > 0:
@@ -339,12 +353,7 @@ def object_extent_voxels(volume: np.ndarray, fraction: float = _SUPPORT_FRACTION
     sign of the dominant extreme (as in :func:`centre_of_mass`).
     """
     vol = np.asarray(volume)
-    sign = -1.0 if -vol.min() > vol.max() else 1.0
-    sv = sign * vol
-    mask = sv > fraction * sv.max()
-    if not mask.any():
-        raise InputError("map is empty (no density above background)", field="template")
-    idx = np.nonzero(mask)
+    idx = _support(vol, fraction)
     low, high = [], []
     for axis in range(vol.ndim):
         c = centre_index(vol.shape[axis])
@@ -722,24 +731,14 @@ def _inertia_axes(volume: np.ndarray, sign: float) -> np.ndarray:
     return vecs * np.where(vecs[:, 2] < 0, -1.0, 1.0)[:, None]
 
 
-def _sphere(shape, radius: float) -> np.ndarray:
-    """1 inside a sphere of ``radius`` voxels about the box centre ``n // 2``, else 0."""
-    z, y, x = (np.arange(n) - centre_index(n) for n in shape)
-    d2 = z[:, None, None] ** 2 + y[None, :, None] ** 2 + x[None, None, :] ** 2
-    return (d2 <= radius * radius).astype(np.float32)
-
-
 def _object_mask(volume: np.ndarray) -> np.ndarray:
     """The default mask of :func:`align_symmetry`: a sphere about the box centre holding the object
     (voxels above 5 % of the maximum) with 1.5 voxels to spare, no larger than the box."""
+    from .mask import spherical_mask
+
     vol = np.asarray(volume)
-    sign = -1.0 if -vol.min() > vol.max() else 1.0
-    sv = sign * vol
-    idx = np.nonzero(sv > _SUPPORT_FRACTION * sv.max())
-    if not idx[0].size:
-        raise InputError("map is empty (no density above background)", field="template")
-    d2 = sum((i - centre_index(n)) ** 2 for i, n in zip(idx, vol.shape))
-    return _sphere(vol.shape, min(math.sqrt(float(d2.max())) + 1.5, min(vol.shape) // 2 - 0.5))
+    d2 = sum((i - centre_index(n)) ** 2 for i, n in zip(_support(vol), vol.shape))
+    return spherical_mask(vol.shape, min(math.sqrt(float(d2.max())) + 1.5, min(vol.shape) // 2 - 0.5))
 
 
 def _nelder_mead(fun, n_params: int, step: float, max_evals: int) -> np.ndarray:
@@ -848,9 +847,8 @@ def align_symmetry(
         # 1. centre of mass -> n // 2, in a cube with room for the shift and for any turn
         com = centre_of_mass(vol)
         shift = np.array([centre_index(n) for n in vol.shape[::-1]], float) - com
-        sign = -1.0 if -vol.min() > vol.max() else 1.0
-        idx = np.nonzero(sign * vol > _SUPPORT_FRACTION * (sign * vol).max())
-        radius = math.sqrt(float(sum((i - c) ** 2 for i, c in zip(idx, com[::-1])).max()))
+        sign = _dominant_sign(vol)
+        radius = math.sqrt(float(sum((i - c) ** 2 for i, c in zip(_support(vol), com[::-1])).max()))
         work_box = 2 * int(math.ceil(radius + 2.0)) + 1
         big_box = max(max(vol.shape), work_box) + 2 * (int(math.ceil(np.abs(shift).max())) + 1)
         big = fourier_shift(pad_or_crop(vol, (big_box,) * 3), shift).astype(np.float64)
@@ -913,12 +911,14 @@ def _find_alignment(work: np.ndarray, radius: float, name: str, sign: float) -> 
     v0, m = _principal_axis(name)
     b = _frame_z_to(v0)  # RELION's principal axis is b @ z
 
+    from .mask import spherical_mask
+
     def level(target: int) -> tuple[np.ndarray, np.ndarray]:
         n = work.shape[0]
         if n <= target:
-            return work, _sphere(work.shape, radius + 1.5)
+            return work, spherical_mask(work.shape, radius + 1.5)
         small = resample_fourier(work, 1.0, n / target).astype(np.float64)
-        return small, _sphere(small.shape, (radius + 1.5) * small.shape[0] / n)
+        return small, spherical_mask(small.shape, (radius + 1.5) * small.shape[0] / n)
 
     coarse, fine = level(_ALIGN_COARSE_BOX), level(_ALIGN_REFINE_BOX)
 
