@@ -278,10 +278,10 @@ def _check_relion_tomogram_size(ts, shape_zyx, tomogram) -> None:
 _AGREEMENT_CACHE: dict[tuple[str, str, str], float] = {}
 
 
-def _symmetry_agreement_of_files(template: Path, mask: Path, symmetry: str, tmpl_np, mask_np) -> float:
-    """:func:`tomomatch.template.symmetry_agreement` of the template and mask files, computed once
-    per their contents and the group in this process."""
-    key = (file_sha256(template), file_sha256(mask), symmetry)
+def _symmetry_agreement_of_files(digests: tuple[str, str], symmetry: str, tmpl_np, mask_np) -> float:
+    """:func:`tomomatch.template.symmetry_agreement` of the template and mask whose files have the
+    SHA-256 ``digests``, computed once per their contents and the group in this process."""
+    key = (digests[0], digests[1], symmetry)
     if key not in _AGREEMENT_CACHE:
         _AGREEMENT_CACHE[key] = symmetry_agreement(tmpl_np, mask_np, symmetry)
     return _AGREEMENT_CACHE[key]
@@ -348,6 +348,7 @@ def plan_match(
     check_voxel_size_agrees(template, voxel, "template", "resample the template", "voxel size")
     check_voxel_size_agrees(mask, voxel, "mask", "make the mask at the template's voxel size", "voxel size")
     mask_np, _ = read_volume(mask, voxel, what="mask")
+    digests = (file_sha256(template), file_sha256(mask))  # the checkpoint key's and the symmetry cache's
     nz, ny, nx = vol_np.shape  # 3-D: read_volume's default ndim
     vol_shape = (int(nz), int(ny), int(nx))
     del vol_np
@@ -385,7 +386,7 @@ def plan_match(
             angular_step_deg = crowther_step_deg(opts.particle_diameter_angstrom, voxel, low_pass_angstrom)
         rots = uniform_rotations(angular_step_deg, symmetry)
         if symmetry != "C1":
-            agreement = _symmetry_agreement_of_files(template, mask, symmetry, tmpl_np, mask_np)
+            agreement = _symmetry_agreement_of_files(digests, symmetry, tmpl_np, mask_np)
             if agreement < SYMMETRY_AGREEMENT_MIN:
                 warnings.warn(
                     f"{template}: the template correlates only {agreement:.2f} with its own {symmetry} mates"
@@ -481,7 +482,7 @@ def plan_match(
         params["search_region"] = {
             k: region_record[k] for k in ("tomogram_mask_sha256", "search_x", "search_y", "search_z", "n_voxels")
         }
-    key_src = json.dumps(params, sort_keys=True) + "".join(file_sha256(p) for p in (tomogram, template, mask))
+    key_src = json.dumps(params, sort_keys=True) + file_sha256(tomogram) + "".join(digests)
     key = hashlib.sha256(key_src.encode()).hexdigest()
     return MatchPlan(
         name=name,
@@ -1245,8 +1246,9 @@ def run_match(
     )
     devices = plan.worker_devices
     if len(devices) > 1:  # --device cuda:0,1: one worker per listed device unless --processes says
-        processes = len(devices) if processes is None else processes
-        plan = plan.with_units(rotations_per_unit, min_units(processes))
+        if processes is None:  # planned for one process: re-cut for the workers
+            processes = len(devices)
+            plan = plan.with_units(rotations_per_unit, min_units(processes))
     elif processes is None:  # auto
         work = float(plan.n_voxels_computed) * plan.n_rotations
         # a worker costs a few seconds to start (spawn, import torch): not worth it for small searches
