@@ -71,7 +71,6 @@ import datetime as _dt
 import json
 import os
 import pickle
-import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +85,7 @@ sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without inst
 import torch  # noqa: E402
 
 from hand_acceptance import perturbed_truth  # noqa: E402
+from records import commit  # noqa: E402
 from tomomatch.hand import HandScores, hand_statistics, rescore_particles, run_hand  # noqa: E402
 from tomomatch.matching import resolve_device  # noqa: E402
 from tomomatch.mrcio import read_volume  # noqa: E402
@@ -115,18 +115,6 @@ POSE_ERROR_DEG = 3.0
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-def _commit(given: str | None) -> str | None:
-    if given:
-        return given
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def simulate_input(work: Path, size: dict):
@@ -294,7 +282,7 @@ def main(argv=None) -> int:
             "gpu": gpu,
             "device": str(dev),
             "torch": torch.__version__,
-            "commit": _commit(args.commit),
+            "commit": args.commit or commit(),
             "size": args.size,
             "hand_question_s": round(t_question, 2),
             "hand_rescore_300_s": round(t_rescore, 2) if n_cand == 300 else None,

@@ -21,35 +21,21 @@ On the CPU (a smoke test of the script; about a minute)::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import mrcfile
 import numpy as np
-import torch
 from scipy.spatial.transform import Rotation
 
 from bench_match import CASES, make_data, tilt_series
+from records import header, write_record
 from tomomatch.job import run_match
 from tomomatch.mrcio import write_volume
 
 HERE = Path(__file__).resolve().parent
-
-
-def _commit() -> str | None:
-    if os.environ.get("COMMIT"):  # the device machine's copy of the tree has no .git
-        return os.environ["COMMIT"]
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _maps(out: Path) -> bytes:
@@ -75,15 +61,8 @@ def main(argv=None) -> int:
     case = CASES[args.case]
     tmpl, mask, vol = make_data(case)
     rots = Rotation.random(args.n, random_state=1).as_matrix()
-    record: dict = {
-        "benchmark": "gpu_workers",
-        "date": datetime.date.today().isoformat(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "commit": _commit(),
-        "case": args.case,
-        "n_rotations": args.n,
-        "tiles": args.tiles,
-    }
+    record = header("gpu_workers")
+    record.update(case=args.case, n_rotations=args.n, tiles=args.tiles)
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
         for name, arr in (("tomo", vol), ("tmpl", tmpl), ("mask", mask)):
@@ -137,9 +116,7 @@ def main(argv=None) -> int:
         if os.environ.get("OUT")
         else HERE / "results" / f"workers-{record['date']}.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"-> {out}")
+    write_record(record, out)
     return 0 if identical else 1
 
 
