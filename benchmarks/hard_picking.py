@@ -65,7 +65,7 @@ import starfile
 
 import tomomatch
 from tomomatch.angles import symmetry_matrices, uniform_rotations
-from tomomatch.extract import _fit_gpd, _gpd_cutoff, extract_candidates
+from tomomatch.extract import _fit_gpd, _gpd_cutoff, _tail_window, extract_candidates
 from tomomatch.job import run_match
 from tomomatch.metadata import read_relion5
 from tomomatch.mrcio import read_volume, write_volume
@@ -257,8 +257,7 @@ def diagnose(low, truth: dict, match_r: float, r: dict) -> dict:
         src, cnt = np.unique(lab[:k], return_counts=True)
         out[f"top{k}"] = {str(a): int(b) for a, b in zip(src, cnt)}
     n = sc.size
-    m = int(min(max(0.2 * n, 100), 1000, n // 2))  # the tail fit's window (extract.tail_cutoff)
-    u = sc[m]
+    u = _tail_window(sc)[0]  # the tail fit's window threshold (extract.tail_cutoff)
     lookalike = (lab == "particle") | (lab == "gold") | (lab == "crowder:26S")
     for name, sel in (("all_peaks", np.ones(n, bool)), ("background_only", ~lookalike)):
         y = sc[sel & (sc > u)] - u
@@ -296,14 +295,8 @@ def two_cluster_fit(sc: np.ndarray, mean: float, std: float) -> dict:
 
     from tomomatch.extract import _XI_BOUNDS, _gpd_logpdf, tail_cutoff
 
-    s = np.sort(sc)[::-1]
-    m = int(min(max(0.2 * s.size, 100), 1000, s.size // 2))
-    u = float(s[m])
-    y = s[:m] - u
-    y = y[y > 0]
-    scale = float(y.mean())
-    y = y / scale
-    xi1, lb1, _ = _fit_gpd(y)
+    u, y, scale, _ = _tail_window(sc)
+    xi1, lb1, nll1 = _fit_gpd(y)
 
     def cluster(lw: float, mu: float, lsd: float) -> np.ndarray:
         sd = math.exp(lsd)
@@ -339,7 +332,7 @@ def two_cluster_fit(sc: np.ndarray, mean: float, std: float) -> dict:
     w = math.exp(lw1) + math.exp(lw2)
     c = _gpd_cutoff(u, xi, math.exp(lb) * scale, y.size * (1 - w), 1.0)
     _, one = tail_cutoff(sc, 1.0)
-    nll_one = float(_fit_gpd(y)[2]) - one["likelihood_ratio"] / 2.0
+    nll_one = nll1 - one["likelihood_ratio"] / 2.0
 
     def sig(v: float) -> float:
         return round((u + v * scale - mean) / std, 2)

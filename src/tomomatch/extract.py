@@ -239,6 +239,28 @@ def _gpd_cutoff(u: float, xi: float, beta: float, n_above_u: float, n_false_alar
     return u + beta / xi * (ratio**xi - 1.0)
 
 
+def _tail_window(
+    peak_scores, tail_fraction: float = 0.2, min_tail: int = 100, max_tail: int = 1000
+) -> tuple[float, np.ndarray, float, int]:
+    """The window :func:`tail_cutoff` fits: ``(u, y, scale, n)`` with ``u`` the ``(m+1)``-th strongest
+    of the ``n`` finite peak scores, ``m = clip(tail_fraction * n, min_tail, max_tail)`` (at most
+    ``n // 2``), and ``y`` the exceedances above ``u`` divided by their mean ``scale``.
+    ValueError when fewer than 40 (distinct) exceedances remain."""
+    vals = np.asarray(peak_scores, float)
+    s_desc = np.sort(vals[np.isfinite(vals)])[::-1]
+    n = s_desc.size
+    m = int(min(max(tail_fraction * n, min_tail), max_tail, n // 2))
+    if m < 40:
+        raise ValueError(f"only {n} peaks; the tail fit needs at least 80")
+    u = float(s_desc[m])
+    y = s_desc[:m] - u
+    y = y[y > 0]
+    if y.size < 40 or not np.ptp(y) > 0:
+        raise ValueError(f"only {y.size} distinct peak scores above the tail threshold")
+    scale = float(y.mean())
+    return u, y / scale, scale, int(n)
+
+
 def tail_cutoff(
     peak_scores,
     n_false_alarms: float = 1.0,
@@ -297,19 +319,7 @@ def tail_cutoff(
     heavy background tail without a cluster is fitted as such.
     """
     nfp = _check_false_alarms(n_false_alarms)
-    vals = np.asarray(peak_scores, float)
-    s_desc = np.sort(vals[np.isfinite(vals)])[::-1]
-    n = s_desc.size
-    m = int(min(max(tail_fraction * n, min_tail), max_tail, n // 2))
-    if m < 40:
-        raise ValueError(f"only {n} peaks; the tail fit needs at least 80")
-    u = float(s_desc[m])
-    y = s_desc[:m] - u
-    y = y[y > 0]
-    if y.size < 40 or not np.ptp(y) > 0:
-        raise ValueError(f"only {y.size} distinct peak scores above the tail threshold")
-    scale = float(y.mean())
-    y = y / scale
+    u, y, scale, n = _tail_window(peak_scores, tail_fraction, min_tail, max_tail)
     xi1, lb1, nll1 = _fit_gpd(y)
     mix = _fit_gpd_mixture(y, xi1, lb1, max_strong_fraction)
     lr = 2.0 * (nll1 - mix[1]) if mix is not None else -math.inf
